@@ -1,0 +1,68 @@
+//! What an operation hands back: one [`Completion`] per outcome, carrying the buffer.
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+
+use crate::error::Error;
+use crate::pool::Buf;
+
+/// Which operation a completion belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OpKind {
+    /// A stream receive (WSARecv).
+    Recv,
+    /// A datagram receive (WSARecvFrom).
+    RecvFrom,
+    /// A stream send (WSASend).
+    Send,
+    /// A datagram send (WSASendTo).
+    SendTo,
+    /// AcceptEx.
+    Accept,
+    /// ConnectEx.
+    Connect,
+    /// DisconnectEx.
+    Disconnect,
+    /// PostQueuedCompletionStatus.
+    Post,
+    /// A RIO completion queue notification posted to a port (RIO_IOCP_COMPLETION).
+    RioNotify,
+}
+
+/// The outcome of one operation (or, for multishot operations, of one of its shots).
+///
+/// Every operation ends in exactly one completion with `more == false`; multishot receives
+/// and accepts deliver earlier completions with `more == true`. A cancelled operation ends
+/// with `Err(Error::Aborted)`. The buffer the operation owned comes back in `buffer`.
+#[derive(Debug)]
+pub struct Completion {
+    /// The key given when the socket was associated with its port (CompletionKey).
+    pub key: u64,
+    /// The token given when the operation was issued (the OVERLAPPED).
+    pub token: u64,
+    pub op: OpKind,
+    /// Bytes transferred, or the error.
+    pub result: Result<usize, Error>,
+    /// The data buffer: received bytes, or the sent buffer handed back.
+    pub buffer: Option<Buf>,
+    /// Source of a datagram (RecvFrom).
+    pub peer: Option<SocketAddr>,
+    /// The new connection of an Accept; turn it into a stream with the engine.
+    pub accepted: Option<OwnedFd>,
+    /// More completions of this same operation follow (multishot).
+    pub more: bool,
+    /// For a zero-copy send: the kernel copied the data after all (e.g. on loopback).
+    pub zc_copied: bool,
+}
+
+impl Completion {
+    /// A bare completion, as posted by an application.
+    pub fn new(key: u64, token: u64, result: Result<usize, Error>) -> Completion {
+        Completion::of(OpKind::Post, key, token, result)
+    }
+
+    pub(crate) fn of(op: OpKind, key: u64, token: u64, result: Result<usize, Error>) -> Completion {
+        Completion { key, token, op, result, buffer: None, peer: None, accepted: None, more: false, zc_copied: false }
+    }
+}

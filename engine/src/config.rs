@@ -1,0 +1,126 @@
+//! Engine configuration. Every queue, table and pool has a limit here, validated before any
+//! shard starts; the data path allocates nothing after start-up.
+
+use crate::error::SetupError;
+use crate::pool::FRAMES_MAX;
+
+/// Sizes and switches for an engine (and each of its shards).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Shard threads to start (port mode). Polling-mode shards are made one at a time.
+    pub shards: usize,
+    /// Pin shard `i` to `cores[i % cores.len()]`; empty means cores 0, 1, ... in order.
+    pub cores: Vec<usize>,
+    /// Pin shard threads at all.
+    pub pin: bool,
+    /// Frames in each shard's registered pool (at most 65536).
+    pub frames_per_shard: u32,
+    /// Bytes per frame (a power of two, at least 512).
+    pub frame_size: u32,
+    /// Frames kept in the provided-buffer ring for receives (a power of two, < frames).
+    pub recv_frames: u32,
+    /// Submission queue entries.
+    pub sq_entries: u32,
+    /// Completion queue entries (at least `sq_entries`).
+    pub cq_entries: u32,
+    /// In-flight operations per shard.
+    pub ops_max: u32,
+    /// Open sockets per shard.
+    pub sockets_max: u32,
+    /// Commands queued from application threads to a shard.
+    pub commands_max: u32,
+    /// Fixed-buffer slots for Registered I/O buffers per shard.
+    pub rio_buffers_max: u32,
+    /// Use a kernel SQ polling thread (idle time in ms) instead of io_uring_enter.
+    pub sqpoll_idle_ms: Option<u32>,
+    /// Try explicit 2 MiB huge pages for the pool.
+    pub huge_pages: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            shards: 1,
+            cores: Vec::new(),
+            pin: true,
+            frames_per_shard: 2048,
+            frame_size: 2048,
+            recv_frames: 1024,
+            sq_entries: 256,
+            cq_entries: 4096,
+            ops_max: 4096,
+            sockets_max: 1024,
+            commands_max: 4096,
+            rio_buffers_max: 64,
+            sqpoll_idle_ms: None,
+            huge_pages: true,
+        }
+    }
+}
+
+impl Config {
+    /// Checks every limit; the error says which value is wrong and why.
+    pub fn validate(&self) -> Result<(), SetupError> {
+        let bad = |m: String| Err(SetupError::Config(m));
+        if self.shards == 0 || self.shards > 256 {
+            return bad(format!("shards = {}: must be 1..=256", self.shards));
+        }
+        if self.frames_per_shard == 0 || self.frames_per_shard > FRAMES_MAX {
+            return bad(format!("frames_per_shard = {}: must be 1..={FRAMES_MAX}", self.frames_per_shard));
+        }
+        if !self.frame_size.is_power_of_two() || !(512..=65536).contains(&self.frame_size) {
+            return bad(format!("frame_size = {}: must be a power of two in 512..=65536", self.frame_size));
+        }
+        if !self.recv_frames.is_power_of_two() || self.recv_frames > 32768 || self.recv_frames >= self.frames_per_shard {
+            return bad(format!(
+                "recv_frames = {}: must be a power of two <= 32768 and below frames_per_shard ({})",
+                self.recv_frames, self.frames_per_shard
+            ));
+        }
+        if self.sq_entries == 0 || self.sq_entries > 32768 || self.cq_entries < self.sq_entries || self.cq_entries > 1 << 20 {
+            return bad(format!(
+                "sq_entries = {}, cq_entries = {}: need 1 <= sq <= 32768 and sq <= cq <= 1048576",
+                self.sq_entries, self.cq_entries
+            ));
+        }
+        if self.ops_max == 0 || self.ops_max > 1 << 24 {
+            return bad(format!("ops_max = {}: must be 1..=16777216", self.ops_max));
+        }
+        if self.sockets_max == 0 || self.commands_max == 0 {
+            return bad("sockets_max and commands_max must be positive".into());
+        }
+        if self.rio_buffers_max > 1 << 14 {
+            return bad(format!("rio_buffers_max = {}: at most 16384", self.rio_buffers_max));
+        }
+        Ok(())
+    }
+
+    /// Bytes of registered memory per shard.
+    pub fn pool_bytes(&self) -> usize {
+        self.frames_per_shard as usize * self.frame_size as usize
+    }
+
+    pub(crate) fn core_of(&self, shard: usize) -> usize {
+        if self.cores.is_empty() {
+            shard
+        } else {
+            self.cores[shard % self.cores.len()]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_bad_values_are_named() {
+        Config::default().validate().unwrap();
+        let c = Config { recv_frames: 3000, ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("recv_frames"));
+        let c = Config { cq_entries: 8, sq_entries: 16, ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("cq_entries"));
+        let c = Config { frame_size: 1000, ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("frame_size"));
+    }
+}

@@ -1,0 +1,119 @@
+//! The engine in completion-port mode: one pinned thread per shard, each turning its shard
+//! and sleeping in io_uring_enter when idle.
+
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use crate::config::Config;
+use crate::error::SetupError;
+use crate::shard::{self, Shard, ShardHandle};
+
+/// Which transport a provider really runs on (Winsock's provider catalogue, reported).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transport {
+    /// Kernel TCP/UDP through io_uring.
+    IoUring,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::IoUring => "io_uring",
+        })
+    }
+}
+
+/// Running shards. Dropping the engine stops them: in-flight operations complete `Aborted`,
+/// sockets are closed, threads joined, rings torn down.
+pub struct Engine {
+    shards: Vec<ShardHandle>,
+    threads: Vec<JoinHandle<()>>,
+    next: AtomicUsize,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine").field("shards", &self.shards.len()).finish()
+    }
+}
+
+impl Engine {
+    /// Starts `cfg.shards` shard threads. Fails as a whole, leaving no thread behind.
+    pub fn start(cfg: &Config) -> Result<Engine, SetupError> {
+        cfg.validate()?;
+        let mut engine = Engine { shards: Vec::new(), threads: Vec::new(), next: AtomicUsize::new(0) };
+        for i in 0..cfg.shards {
+            let shared = shard::new_shared(cfg, i)?;
+            let core = cfg.pin.then(|| cfg.core_of(i));
+            let (tx, rx) = mpsc::sync_channel(1);
+            let c = cfg.clone();
+            let sh = shared.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("porto-shard-{i}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        shard::pin(core);
+                    }
+                    let mut shard = match Shard::start(&c, sh.clone(), core) {
+                        Ok(s) => {
+                            let _ = tx.send(Ok(()));
+                            s
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    while !sh.is_stopping() {
+                        if let Err(e) = shard.turn(true) {
+                            tracing::error!(shard = i, error = %e, "shard loop failed; stopping the shard");
+                            break;
+                        }
+                    }
+                })
+                .map_err(|source| SetupError::Syscall { what: "spawning a shard thread", source })?;
+            engine.threads.push(t);
+            engine.shards.push(ShardHandle { shared });
+            match rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(SetupError::Stopped),
+            }
+        }
+        Ok(engine)
+    }
+
+    pub fn shards(&self) -> &[ShardHandle] {
+        &self.shards
+    }
+
+    pub fn shard(&self, i: usize) -> &ShardHandle {
+        &self.shards[i]
+    }
+
+    /// Shards in turn, for spreading sockets.
+    pub fn next_shard(&self) -> &ShardHandle {
+        &self.shards[self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len()]
+    }
+
+    /// The transport actually in use.
+    pub fn transport(&self) -> Transport {
+        Transport::IoUring
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        for s in &self.shards {
+            s.shared.request_stop();
+        }
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a shard thread panicked");
+            }
+        }
+    }
+}

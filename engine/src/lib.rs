@@ -1,0 +1,53 @@
+//! porto-engine: per-core shards over io_uring and registered buffer pools, with a
+//! Winsock-style completion model on top. Applications normally use the `porto` crate, which
+//! re-exports this one under Winsock names.
+//!
+//! # A tour, top down
+//!
+//! ```text
+//!  application threads ─┬─ CompletionPort::dequeue (IOCP mode)        port
+//!                       ├─ Shard::poll (polling mode, on the shard thread)
+//!                       └─ rio::CompletionQueue::dequeue (RIO)        rio
+//!            ▲ completions (token, result, buffer)      │ operations (token, buffer)
+//!            │                                          ▼
+//!  ┌──────────────────────── shard (one per core, shares nothing) ─────────────────────┐
+//!  │ socket: UdpSocket / TcpListener / TcpStream      socket                            │
+//!  │ op table (stable slots, generation-checked user_data)   op                         │
+//!  │ registered buffer pool (frames, typed ownership)        pool                       │
+//!  │ loop: commands -> SQEs -> enter -> CQEs -> sinks        shard, engine              │
+//!  └──────────────────────────────────────────┬──────────────────────────────────────────┘
+//!                                             ▼
+//!  sys: the only unsafe, kernel-facing code: region (mmap), bufring (provided buffers),
+//!       ring (io_uring set-up, push, reap), net (sockets)
+//! ```
+//!
+//! - [`config`]: every limit, validated before start.
+//! - [`pool`]: frames and [`pool::Buf`], the owned view that makes reuse-while-in-flight
+//!   impossible.
+//! - [`port`]: the completion port; [`completion`]: what it carries.
+//! - [`shard`]: the loop; [`engine`]: shard threads for port mode.
+//! - [`socket`]: overlapped and blocking socket calls; [`rio`]: Registered I/O.
+//! - [`stats`]: counters and latency histograms; [`error`]: Winsock-like error kinds.
+//!
+//! Guarantees: every operation ends in exactly one terminal completion (success, error,
+//! or `Aborted` after a cancel); every completion is delivered once; pool exhaustion and full
+//! queues are backpressure, counted, never a crash; the data path allocates nothing after a
+//! shard starts.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod completion;
+pub mod config;
+pub mod engine;
+pub mod error;
+mod op;
+pub mod pool;
+pub mod port;
+pub mod rio;
+pub mod shard;
+pub mod socket;
+pub mod stats;
+mod sys;
+
+pub use sys::region::PageKind;
+pub use sys::ring::{RingInfo, TaskRunMode};

@@ -1,0 +1,219 @@
+//! The in-flight operation table and the requests that fill it.
+//!
+//! Each slot has a stable address (the table is one boxed slice allocated at start-up), so
+//! the msghdr, iovec, sockaddr and timespec an SQE points to stay valid until the kernel is
+//! done. `user_data` packs the slot index, its generation and a tag, so a stale or foreign
+//! completion is recognised instead of being applied to a reused slot.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use io_uring::types::Timespec;
+
+use crate::completion::OpKind;
+use crate::pool::Buf;
+use crate::rio::RioOp;
+
+/// What an application asks a shard to do on one of its sockets.
+#[derive(Debug)]
+pub(crate) enum Request {
+    /// Datagram receive; multishot keeps delivering until cancelled.
+    RecvFrom { multishot: bool, timeout: Option<Duration> },
+    /// Stream receive into pool frames; multishot keeps delivering until EOF or cancel.
+    Recv { multishot: bool, timeout: Option<Duration> },
+    SendTo { buf: Buf, addr: SocketAddr, zerocopy: bool },
+    Send { buf: Buf, zerocopy: bool },
+    Accept { multishot: bool },
+    Connect { addr: SocketAddr, timeout: Option<Duration> },
+    Disconnect,
+    Rio(RioOp),
+}
+
+impl Request {
+    pub(crate) fn kind(&self) -> OpKind {
+        match self {
+            Request::RecvFrom { .. } => OpKind::RecvFrom,
+            Request::Recv { .. } => OpKind::Recv,
+            Request::SendTo { .. } => OpKind::SendTo,
+            Request::Send { .. } => OpKind::Send,
+            Request::Accept { .. } => OpKind::Accept,
+            Request::Connect { .. } => OpKind::Connect,
+            Request::Disconnect => OpKind::Disconnect,
+            Request::Rio(r) => r.kind(),
+        }
+    }
+
+    /// The buffer the request owns, handed back if it is refused.
+    pub(crate) fn into_buf(self) -> Option<Buf> {
+        match self {
+            Request::SendTo { buf, .. } | Request::Send { buf, .. } => Some(buf),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) const TAG_OP: u64 = 0;
+pub(crate) const TAG_LINK_TIMEOUT: u64 = 1;
+pub(crate) const TAG_CANCEL: u64 = 2;
+pub(crate) const TAG_WAKE: u64 = 3;
+
+const IDX_BITS: u32 = 24;
+const GEN_BITS: u32 = 32;
+
+pub(crate) fn user_data(tag: u64, idx: u32, gen: u32) -> u64 {
+    debug_assert!(idx < 1 << IDX_BITS);
+    (tag << (IDX_BITS + GEN_BITS)) | (u64::from(gen) << IDX_BITS) | u64::from(idx)
+}
+
+pub(crate) fn decode(ud: u64) -> (u64, u32, u32) {
+    let idx = (ud & ((1 << IDX_BITS) - 1)) as u32;
+    let gen = ((ud >> IDX_BITS) & ((1 << GEN_BITS) - 1)) as u32;
+    (ud >> (IDX_BITS + GEN_BITS), idx, gen)
+}
+
+/// One in-flight operation.
+pub(crate) struct Slot {
+    pub gen: u32,
+    pub live: bool,
+    pub kind: OpKind,
+    pub multishot: bool,
+    pub sock: u32,
+    pub token: u64,
+    pub buf: Option<Buf>,
+    pub rio: Option<RioOp>,
+    pub addr: libc::sockaddr_storage,
+    pub addr_len: libc::socklen_t,
+    pub msg: libc::msghdr,
+    pub iov: libc::iovec,
+    pub ts: Timespec,
+    pub timeout: Option<Duration>,
+    pub started: Instant,
+    /// CQEs still expected (main, linked timeout, zero-copy notification).
+    pub pending: u8,
+    /// Final result of the main CQE, kept until `pending` drops to 0.
+    pub result: Option<i32>,
+    pub timed_out: bool,
+    pub cancelled: bool,
+    pub zerocopy: bool,
+    pub zc_copied: bool,
+    /// Bytes of a stream send already accepted by the kernel.
+    pub sent: u32,
+    /// Multishot stopped for want of buffers; waiting to be re-armed.
+    pub starved: bool,
+}
+
+impl Slot {
+    fn empty() -> Slot {
+        Slot {
+            gen: 0,
+            live: false,
+            kind: OpKind::Post,
+            multishot: false,
+            sock: 0,
+            token: 0,
+            buf: None,
+            rio: None,
+            // SAFETY: all-zero is a valid sockaddr_storage and msghdr (null pointers, 0 lengths).
+            addr: unsafe { std::mem::zeroed() },
+            addr_len: 0,
+            // SAFETY: as above.
+            msg: unsafe { std::mem::zeroed() },
+            iov: libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 },
+            ts: Timespec::new(),
+            timeout: None,
+            started: Instant::now(),
+            pending: 0,
+            result: None,
+            timed_out: false,
+            cancelled: false,
+            zerocopy: false,
+            zc_copied: false,
+            sent: 0,
+            starved: false,
+        }
+    }
+}
+
+/// The op table: fixed capacity, O(1) allocate and free.
+pub(crate) struct Table {
+    slots: Box<[Slot]>,
+    free: Vec<u32>,
+}
+
+impl Table {
+    pub(crate) fn new(capacity: u32) -> Table {
+        Table { slots: (0..capacity).map(|_| Slot::empty()).collect(), free: (0..capacity).rev().collect() }
+    }
+
+    pub(crate) fn alloc(&mut self) -> Option<u32> {
+        let idx = self.free.pop()?;
+        let s = &mut self.slots[idx as usize];
+        debug_assert!(!s.live);
+        s.gen = s.gen.wrapping_add(1);
+        s.live = true;
+        s.pending = 1;
+        s.result = None;
+        s.timed_out = false;
+        s.cancelled = false;
+        s.zerocopy = false;
+        s.zc_copied = false;
+        s.sent = 0;
+        s.starved = false;
+        s.multishot = false;
+        s.timeout = None;
+        Some(idx)
+    }
+
+    pub(crate) fn release(&mut self, idx: u32) {
+        let s = &mut self.slots[idx as usize];
+        debug_assert!(s.live && s.buf.is_none() && s.rio.is_none());
+        s.live = false;
+        self.free.push(idx);
+    }
+
+    /// The live slot `idx` if its generation matches.
+    pub(crate) fn get(&mut self, idx: u32, gen: u32) -> Option<&mut Slot> {
+        self.slots.get_mut(idx as usize).filter(|s| s.live && s.gen == gen)
+    }
+
+    pub(crate) fn slot(&mut self, idx: u32) -> &mut Slot {
+        &mut self.slots[idx as usize]
+    }
+
+    pub(crate) fn live(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Indices of live slots matching `f`, written into `out` (cleared first).
+    pub(crate) fn find(&self, out: &mut Vec<u32>, f: impl Fn(&Slot) -> bool) {
+        out.clear();
+        out.extend(self.slots.iter().enumerate().filter(|(_, s)| s.live && f(s)).map(|(i, _)| i as u32));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips() {
+        for (tag, idx, gen) in [(0, 0, 0), (3, (1 << 24) - 1, u32::MAX), (1, 77, 5)] {
+            assert_eq!(decode(user_data(tag, idx, gen)), (tag, idx, gen));
+        }
+    }
+
+    #[test]
+    fn stale_generation_is_not_found() {
+        let mut t = Table::new(2);
+        let a = t.alloc().unwrap();
+        let gen = t.slot(a).gen;
+        t.release(a);
+        let b = t.alloc().unwrap();
+        assert_eq!(a, b);
+        assert!(t.get(a, gen).is_none());
+        assert!(t.get(b, gen + 1).is_some());
+        assert!(t.alloc().is_some());
+        assert!(t.alloc().is_none());
+        assert_eq!(t.live(), 2);
+    }
+}

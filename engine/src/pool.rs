@@ -1,0 +1,274 @@
+//! The registered buffer pool: one [`Region`] cut into fixed-size frames.
+//!
+//! Ownership is typed. A frame is in exactly one of these places at any time:
+//!
+//! | where                      | who may touch the bytes          |
+//! |----------------------------|----------------------------------|
+//! | the free queue             | nobody                           |
+//! | the shard's buffer ring    | the kernel (it may write any time)|
+//! | an in-flight operation     | the kernel                       |
+//! | a [`Buf`] the application holds | the application, exclusively |
+//!
+//! A [`Buf`] is the only way to read or write frame bytes from safe code, and it is moved into
+//! an operation when submitted and moved back out in the operation's completion; so the
+//! application cannot touch memory the kernel owns. Dropping a `Buf` returns its frame to the
+//! free queue, from any thread (the queue is lock-free and bounded by the frame count, so the
+//! push cannot fail). Frame conservation: `free + in buffer ring + in flight + held == total`.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use crossbeam_queue::ArrayQueue;
+
+use crate::error::Error;
+use crate::sys::region::{PageKind, Region};
+
+/// Largest frame count: provided-buffer ids are 16-bit.
+pub const FRAMES_MAX: u32 = 1 << 16;
+
+pub(crate) struct PoolShared {
+    region: Region,
+    frame_size: u32,
+    frames: u32,
+    free: ArrayQueue<u32>,
+}
+
+/// A handle to a shard's buffer pool. Cloning is cheap; every clone is the same pool.
+#[derive(Clone)]
+pub struct Pool {
+    shared: Arc<PoolShared>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("frames", &self.shared.frames)
+            .field("frame_size", &self.shared.frame_size)
+            .field("free", &self.shared.free.len())
+            .field("pages", &self.shared.region.kind())
+            .finish()
+    }
+}
+
+impl Pool {
+    /// Maps `frames` frames of `frame_size` bytes (a power of two, at least 512).
+    pub(crate) fn new(frames: u32, frame_size: u32, try_huge: bool) -> std::io::Result<Pool> {
+        assert!(frames > 0 && frames <= FRAMES_MAX, "frame count out of range");
+        assert!(frame_size.is_power_of_two() && frame_size >= 512, "bad frame size");
+        let region = Region::new(frames as usize * frame_size as usize, try_huge)?;
+        let free = ArrayQueue::new(frames as usize);
+        for i in 0..frames {
+            free.push(i).expect("queue sized to the frame count");
+        }
+        Ok(Pool { shared: Arc::new(PoolShared { region, frame_size, frames, free }) })
+    }
+
+    /// Takes a free frame for the application to fill and send.
+    ///
+    /// Pool exhaustion is backpressure: `Err(Error::NoBuffers)` until frames come back.
+    pub fn alloc(&self) -> Result<Buf, Error> {
+        let frame = self.shared.free.pop().ok_or(Error::NoBuffers)?;
+        Ok(Buf { pool: self.shared.clone(), frame, off: 0, len: 0 })
+    }
+
+    /// Takes a free frame and copies `data` into it.
+    pub fn alloc_from(&self, data: &[u8]) -> Result<Buf, Error> {
+        if data.len() > self.shared.frame_size as usize {
+            return Err(Error::MessageTooLong);
+        }
+        let mut b = self.alloc()?;
+        b.set_len(data.len());
+        b.copy_from_slice(data);
+        Ok(b)
+    }
+
+    pub fn frame_size(&self) -> u32 {
+        self.shared.frame_size
+    }
+
+    pub fn total_frames(&self) -> u32 {
+        self.shared.frames
+    }
+
+    pub fn free_frames(&self) -> u32 {
+        self.shared.free.len() as u32
+    }
+
+    pub fn page_kind(&self) -> PageKind {
+        self.shared.region.kind()
+    }
+
+    pub(crate) fn region(&self) -> &Region {
+        &self.shared.region
+    }
+
+    /// Takes a free frame for the kernel (the buffer ring); the caller now owns it.
+    pub(crate) fn take_frame(&self) -> Option<u32> {
+        self.shared.free.pop()
+    }
+
+    /// Kernel address of `frame`.
+    pub(crate) fn frame_addr(&self, frame: u32) -> u64 {
+        debug_assert!(frame < self.shared.frames);
+        self.shared.region.as_ptr() as u64 + u64::from(frame) * u64::from(self.shared.frame_size)
+    }
+
+    /// Wraps a frame the kernel has handed back (a provided-buffer completion) as a `Buf`
+    /// holding bytes `off..off+len`.
+    pub(crate) fn adopt(&self, frame: u32, off: u32, len: u32) -> Buf {
+        assert!(frame < self.shared.frames && off + len <= self.shared.frame_size, "kernel frame out of range");
+        Buf { pool: self.shared.clone(), frame, off, len }
+    }
+
+    /// Narrows a kernel-filled buffer to `off..off+len` of its frame.
+    pub(crate) fn adopt_window(&self, mut buf: Buf, off: u32, len: u32) -> Buf {
+        assert!(off + len <= self.shared.frame_size, "window out of the frame");
+        buf.off = off;
+        buf.len = len;
+        buf
+    }
+
+    pub(crate) fn same(&self, buf: &Buf) -> bool {
+        Arc::ptr_eq(&self.shared, &buf.pool)
+    }
+}
+
+/// Exclusive ownership of one pool frame, with a window `offset..offset+len` of valid bytes.
+///
+/// Deref gives the window. Dropping the `Buf` returns the frame to its pool.
+pub struct Buf {
+    pool: Arc<PoolShared>,
+    frame: u32,
+    off: u32,
+    len: u32,
+}
+
+impl fmt::Debug for Buf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Buf").field("frame", &self.frame).field("off", &self.off).field("len", &self.len).finish()
+    }
+}
+
+impl Buf {
+    /// Bytes the window can grow to without moving its start.
+    pub fn capacity(&self) -> usize {
+        (self.pool.frame_size - self.off) as usize
+    }
+
+    /// Sets the window length. Bytes past the old length hold whatever the frame held
+    /// before (always initialised memory).
+    ///
+    /// # Panics
+    /// If `len` exceeds [`capacity`](Self::capacity).
+    pub fn set_len(&mut self, len: usize) {
+        assert!(len <= self.capacity(), "Buf::set_len beyond the frame");
+        self.len = len as u32;
+    }
+
+    /// Moves the window start back to the frame start, keeping its end (e.g. to reuse a
+    /// received frame, whose payload sits after a header, as a send buffer).
+    pub fn reset(&mut self) {
+        self.off = 0;
+        self.len = 0;
+    }
+
+    /// The frame index in its pool (stable for the `Buf`'s life).
+    pub fn frame(&self) -> u32 {
+        self.frame
+    }
+
+    /// Start of the window inside the frame.
+    pub fn offset(&self) -> usize {
+        self.off as usize
+    }
+
+    /// Pointer and length of the window, for building an SQE.
+    pub(crate) fn raw(&self) -> (*mut u8, u32) {
+        (self.window_ptr(), self.len)
+    }
+
+    fn window_ptr(&self) -> *mut u8 {
+        let at = self.frame as usize * self.pool.frame_size as usize + self.off as usize;
+        debug_assert!(at < self.pool.region.len());
+        // SAFETY: frame < frames and off < frame_size, so the offset is inside the region.
+        unsafe { self.pool.region.as_ptr().add(at) }
+    }
+}
+
+impl Deref for Buf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: this Buf owns the frame exclusively (module contract), the window lies inside
+        // it, and region memory is always initialised (zero-filled at map time).
+        unsafe { std::slice::from_raw_parts(self.window_ptr(), self.len as usize) }
+    }
+}
+
+impl DerefMut for Buf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` makes the access unique.
+        unsafe { std::slice::from_raw_parts_mut(self.window_ptr(), self.len as usize) }
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        self.pool.free.push(self.frame).expect("free queue holds every frame: a frame was returned twice");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exhaustion_is_backpressure_and_frames_come_back() {
+        let pool = Pool::new(4, 2048, false).unwrap();
+        let bufs: Vec<Buf> = (0..4).map(|_| pool.alloc().unwrap()).collect();
+        assert_eq!(pool.alloc().unwrap_err(), Error::NoBuffers);
+        assert_eq!(pool.free_frames(), 0);
+        drop(bufs);
+        assert_eq!(pool.free_frames(), 4);
+        assert!(pool.alloc().is_ok());
+    }
+
+    #[test]
+    fn frames_are_disjoint() {
+        let pool = Pool::new(8, 512, false).unwrap();
+        let mut bufs: Vec<Buf> = (0..8u8)
+            .map(|i| {
+                let mut b = pool.alloc().unwrap();
+                b.set_len(512);
+                b.fill(i);
+                b
+            })
+            .collect();
+        for (i, b) in bufs.iter_mut().enumerate() {
+            assert!(b.iter().all(|&x| x == i as u8));
+        }
+    }
+
+    #[test]
+    fn alloc_from_rejects_oversize() {
+        let pool = Pool::new(2, 512, false).unwrap();
+        assert_eq!(pool.alloc_from(&[0; 513]).unwrap_err(), Error::MessageTooLong);
+        let b = pool.alloc_from(b"hello").unwrap();
+        assert_eq!(&b[..], b"hello");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn conservation_under_random_alloc_and_drop(ops in proptest::collection::vec(0u8..3, 1..200)) {
+            let pool = Pool::new(16, 512, false).unwrap();
+            let mut held = Vec::new();
+            for op in ops {
+                match op {
+                    0 | 1 => if let Ok(b) = pool.alloc() { held.push(b) } else { proptest::prop_assert_eq!(held.len(), 16) },
+                    _ => { held.pop(); }
+                }
+                proptest::prop_assert_eq!(pool.free_frames() as usize + held.len(), 16);
+            }
+        }
+    }
+}

@@ -1,0 +1,1112 @@
+//! A shard: one io_uring, one registered buffer pool, one op table, one socket table; run by
+//! one thread and shared with nobody.
+//!
+//! Application threads reach a shard only through its [`ShardShared`]: a bounded lock-free
+//! command queue plus a wake-up eventfd that is written only when the shard is asleep. Results
+//! leave through the sink of each socket: a completion port (IOCP mode), the shard's own
+//! local queue that [`Shard::poll`] drains (polling mode), or a RIO completion queue.
+//!
+//! One turn of the loop:
+//! ```text
+//!   commands ─► SQEs ─► io_uring_enter(GETEVENTS[, wait 1]) ─► CQEs ─► completions ─► sinks
+//!        ▲                                                           │
+//!        └── buffer ring refilled from the pool, starved multishot receives re-armed
+//! ```
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use hdrhistogram::Histogram;
+use io_uring::{cqueue, opcode, squeue, types};
+
+use crate::completion::{Completion, OpKind};
+use crate::config::Config;
+use crate::error::{Error, SetupError};
+use crate::op::{self, Request, Table};
+use crate::pool::Pool;
+use crate::port::CompletionPort;
+use crate::rio::RioKind;
+use crate::stats::{new_histogram, Stats};
+use crate::sys::bufring::BufRing;
+use crate::sys::net;
+use crate::sys::region::PageKind;
+use crate::sys::ring::{Ring, RingConfig, RingInfo, NOTIF_USAGE_ZC_COPIED, SEND_ZC_REPORT_USAGE};
+
+/// Buffer group id of the shard's provided-buffer ring.
+const BGID: u16 = 0;
+/// Bytes reserved for the source address in each multishot recvmsg buffer (sockaddr_in6).
+const NAME_LEN: u32 = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+/// Commands taken from the queue per turn, so CQEs are reaped regularly under load.
+const COMMANDS_PER_TURN: usize = 256;
+
+/// Where a socket's completions go.
+#[derive(Clone, Debug)]
+pub enum Delivery {
+    /// To a completion port, tagged with `key` (IOCP association).
+    Port { port: CompletionPort, key: u64 },
+    /// To the owning shard's [`Shard::poll`] (polling mode), tagged with `key`.
+    Poll { key: u64 },
+}
+
+impl Delivery {
+    fn key(&self) -> u64 {
+        match self {
+            Delivery::Port { key, .. } | Delivery::Poll { key } => *key,
+        }
+    }
+}
+
+/// What a shard actually obtained from the kernel.
+#[derive(Clone, Debug)]
+pub struct ShardInfo {
+    pub index: usize,
+    /// The core the shard thread is pinned to, if pinned.
+    pub core: Option<usize>,
+    pub ring: RingInfo,
+    pub pages: PageKind,
+    pub frames: u32,
+    pub frame_size: u32,
+    /// The pool is registered as io_uring fixed buffer 0.
+    pub registered_buffers: bool,
+    pub bufring_entries: u16,
+}
+
+impl std::fmt::Display for ShardInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "shard {} core {}: io_uring {} (sq {}, cq {}), pool {} x {} B on {} pages, fixed buffers {}, buf ring {}",
+            self.index,
+            self.core.map_or("-".into(), |c| c.to_string()),
+            self.ring.task_run,
+            self.ring.sq_entries,
+            self.ring.cq_entries,
+            self.frames,
+            self.frame_size,
+            self.pages,
+            if self.registered_buffers { "registered" } else { "not registered" },
+            self.bufring_entries,
+        )?;
+        if let Some(why) = &self.ring.fallback {
+            write!(f, " (fell back: {why})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Messages from application threads to a shard.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Open { sock: u32, fd: OwnedFd, delivery: Delivery },
+    Op { sock: u32, token: u64, req: Request },
+    Cancel { sock: u32, token: u64 },
+    Close { sock: u32 },
+    UnregisterRio { slot: u32 },
+}
+
+/// The part of a shard other threads may touch.
+#[derive(Debug)]
+pub(crate) struct ShardShared {
+    pub index: usize,
+    commands: ArrayQueue<Command>,
+    /// The shard is about to block in io_uring_enter (set by the shard, cleared by a waker).
+    sleeping: AtomicBool,
+    wake_fd: OwnedFd,
+    stop: AtomicBool,
+    free_sockets: ArrayQueue<u32>,
+    pub stats: Stats,
+    pub pool: Pool,
+    pub info: OnceLock<ShardInfo>,
+}
+
+impl ShardShared {
+    /// Queues a command and wakes the shard if it sleeps. A full queue hands it back.
+    pub(crate) fn send(&self, cmd: Command) -> Result<(), Command> {
+        self.push(cmd)?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Queues without waking; follow a batch with one [`wake`](Self::wake).
+    pub(crate) fn push(&self, cmd: Command) -> Result<(), Command> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(cmd);
+        }
+        self.commands.push(cmd)
+    }
+
+    /// Sends a command that must not be lost (closing a socket): waits for queue room.
+    pub(crate) fn send_reliably(&self, mut cmd: Command) {
+        loop {
+            match self.commands.push(cmd) {
+                Ok(()) => return self.wake(),
+                Err(back) if !self.stop.load(Ordering::Relaxed) => {
+                    cmd = back;
+                    self.wake();
+                    std::thread::yield_now();
+                }
+                // A stopping shard closes every socket itself.
+                Err(_) => return,
+            }
+        }
+    }
+
+    pub(crate) fn wake(&self) {
+        // SeqCst fence: pairs with the shard's fence between setting `sleeping` and checking
+        // the command queue; either the shard sees our command or we see it sleeping.
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::AcqRel) {
+            net::eventfd_signal(self.wake_fd.as_raw_fd());
+        }
+    }
+
+    pub(crate) fn alloc_socket(&self) -> Result<u32, SetupError> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(SetupError::Stopped);
+        }
+        self.free_sockets.pop().ok_or(SetupError::Limit("socket"))
+    }
+
+    pub(crate) fn free_socket_id(&self, id: u32) {
+        self.free_sockets.push(id).expect("socket id returned twice");
+    }
+
+    pub(crate) fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.sleeping.store(false, Ordering::Relaxed);
+        net::eventfd_signal(self.wake_fd.as_raw_fd());
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+}
+
+struct SockEntry {
+    fd: Option<OwnedFd>,
+    delivery: Option<Delivery>,
+    live_ops: u32,
+    closing: bool,
+}
+
+/// A shard. In polling mode the application owns it and calls [`poll`](Self::poll) on its own
+/// thread; in port mode an engine thread runs it.
+pub struct Shard {
+    // Field order is drop order: the ring goes first, so the kernel lets go of the buffer
+    // ring and the pool's pages before they are unmapped.
+    ring: Ring,
+    bufring: BufRing,
+    shared: Arc<ShardShared>,
+    pool: Pool,
+    ops: Table,
+    sockets: Box<[SockEntry]>,
+    cqes: Vec<cqueue::Entry>,
+    local: VecDeque<Completion>,
+    backlog: VecDeque<(CompletionPort, Completion)>,
+    touched: Vec<CompletionPort>,
+    starved: Vec<u32>,
+    scratch: Vec<u32>,
+    bufring_frames: u32,
+    bufring_target: u32,
+    rio_slots: Vec<u32>,
+    wake_buf: Box<u64>,
+    wake_armed: bool,
+    hist: Histogram<u64>,
+    last_merge: Instant,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard").field("index", &self.shared.index).field("live_ops", &self.ops.live()).finish()
+    }
+}
+
+/// A handle to a shard for any thread: socket creation, the pool, stats.
+#[derive(Clone, Debug)]
+pub struct ShardHandle {
+    pub(crate) shared: Arc<ShardShared>,
+}
+
+impl ShardHandle {
+    pub fn index(&self) -> usize {
+        self.shared.index
+    }
+
+    /// The shard's buffer pool (allocate send buffers here).
+    pub fn pool(&self) -> &Pool {
+        &self.shared.pool
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// What the shard obtained; `None` only before it has started.
+    pub fn info(&self) -> Option<&ShardInfo> {
+        self.shared.info.get()
+    }
+}
+
+pub(crate) fn new_shared(cfg: &Config, index: usize) -> Result<Arc<ShardShared>, SetupError> {
+    let pool = Pool::new(cfg.frames_per_shard, cfg.frame_size, cfg.huge_pages)
+        .map_err(|source| SetupError::Map { bytes: cfg.pool_bytes(), source })?;
+    let wake_fd = blocking_eventfd()?;
+    let free_sockets = ArrayQueue::new(cfg.sockets_max as usize);
+    for i in 0..cfg.sockets_max {
+        free_sockets.push(i).expect("sized to sockets_max");
+    }
+    Ok(Arc::new(ShardShared {
+        index,
+        commands: ArrayQueue::new(cfg.commands_max as usize),
+        sleeping: AtomicBool::new(false),
+        wake_fd,
+        stop: AtomicBool::new(false),
+        free_sockets,
+        stats: Stats::default(),
+        pool,
+        info: OnceLock::new(),
+    }))
+}
+
+fn blocking_eventfd() -> Result<OwnedFd, SetupError> {
+    // io_uring honours O_NONBLOCK (a read would fail with EAGAIN instead of waiting), so the
+    // wake-up eventfd is blocking; writes to it never block in practice (the counter is 2^64).
+    let fd = net::eventfd().map_err(|source| SetupError::Syscall { what: "eventfd", source })?;
+    // SAFETY: fcntl on an fd we own, no pointers.
+    unsafe {
+        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+    }
+    Ok(fd)
+}
+
+impl Shard {
+    /// A polling-mode shard on the calling thread (pinned to `core` if given). Sockets made
+    /// through its handle with [`Delivery::Poll`] complete into [`poll`](Self::poll).
+    pub fn new(cfg: &Config, core: Option<usize>) -> Result<Shard, SetupError> {
+        cfg.validate()?;
+        let shared = new_shared(cfg, 0)?;
+        if let Some(c) = core {
+            pin(c);
+        }
+        Shard::start(cfg, shared, core)
+    }
+
+    /// Builds the shard on the calling thread, which becomes its only submitter.
+    pub(crate) fn start(cfg: &Config, shared: Arc<ShardShared>, core: Option<usize>) -> Result<Shard, SetupError> {
+        let rc = RingConfig {
+            sq_entries: cfg.sq_entries,
+            cq_entries: cfg.cq_entries,
+            sqpoll_idle_ms: cfg.sqpoll_idle_ms,
+            sqpoll_cpu: cfg.sqpoll_idle_ms.and(core.map(|c| c as u32)),
+        };
+        let mut ring = Ring::new(&rc).map_err(|source| SetupError::Ring {
+            fix: match source.raw_os_error() {
+                Some(libc::EPERM) => "io_uring is disabled for this user (sysctl kernel.io_uring_disabled)",
+                Some(libc::ENOMEM) => "raise RLIMIT_MEMLOCK or lower sq_entries/cq_entries",
+                Some(libc::ENOSYS) => "this kernel has no io_uring",
+                _ => "check sq_entries/cq_entries",
+            },
+            source,
+        })?;
+        let pool = shared.pool.clone();
+        register_with_retry(&mut ring, &pool, cfg.rio_buffers_max)?;
+        let bufring = BufRing::new(cfg.recv_frames as u16)
+            .map_err(|source| SetupError::Syscall { what: "mmap of the provided-buffer ring", source })?;
+        ring.register_buf_ring(&bufring, BGID)
+            .map_err(|source| SetupError::Syscall { what: "IORING_REGISTER_PBUF_RING", source })?;
+        let info = ShardInfo {
+            index: shared.index,
+            core,
+            ring: ring.info().clone(),
+            pages: pool.page_kind(),
+            frames: pool.total_frames(),
+            frame_size: pool.frame_size(),
+            registered_buffers: true,
+            bufring_entries: bufring.entries(),
+        };
+        tracing::info!("{info}");
+        let _ = shared.info.set(info);
+        let mut shard = Shard {
+            ring,
+            bufring,
+            pool,
+            ops: Table::new(cfg.ops_max),
+            sockets: (0..cfg.sockets_max).map(|_| SockEntry { fd: None, delivery: None, live_ops: 0, closing: false }).collect(),
+            cqes: Vec::with_capacity(cfg.cq_entries as usize),
+            local: VecDeque::with_capacity(cfg.cq_entries as usize),
+            backlog: VecDeque::with_capacity(cfg.cq_entries as usize),
+            touched: Vec::with_capacity(8),
+            starved: Vec::with_capacity(cfg.ops_max as usize),
+            scratch: Vec::with_capacity(cfg.ops_max as usize),
+            bufring_frames: 0,
+            bufring_target: cfg.recv_frames,
+            rio_slots: (1..=cfg.rio_buffers_max).rev().collect(),
+            wake_buf: Box::new(0),
+            wake_armed: false,
+            hist: new_histogram(),
+            last_merge: Instant::now(),
+            shared,
+        };
+        shard.refill();
+        shard.arm_wake().map_err(|source| SetupError::Syscall { what: "arming the wake-up read", source })?;
+        shard.ring.submit().map_err(|source| SetupError::Syscall { what: "io_uring_enter", source })?;
+        Ok(shard)
+    }
+
+    pub fn handle(&self) -> ShardHandle {
+        ShardHandle { shared: self.shared.clone() }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Operations in flight.
+    pub fn live_ops(&self) -> usize {
+        self.ops.live()
+    }
+
+    /// Frames held by the kernel in the buffer ring.
+    pub fn bufring_frames(&self) -> u32 {
+        self.bufring_frames
+    }
+
+    /// Polling mode: one non-blocking turn, then moves up to `max` completions into `out`.
+    pub fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> usize {
+        if self.local.is_empty() {
+            if let Err(e) = self.turn(false) {
+                tracing::error!(error = %e, "shard turn failed");
+            }
+        }
+        let n = max.min(self.local.len());
+        out.extend(self.local.drain(..n));
+        n
+    }
+
+    /// Polling mode: like [`poll`](Self::poll) but keeps turning (busy-polling, never
+    /// sleeping) until something arrives or `timeout` passes.
+    pub fn poll_until(&mut self, out: &mut Vec<Completion>, max: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self.poll(out, max);
+            if n > 0 || Instant::now() >= deadline {
+                return n;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// One turn: take commands, submit, reap, deliver. With `wait`, sleeps in the kernel
+    /// when there is nothing to do (port mode).
+    pub(crate) fn turn(&mut self, wait: bool) -> io::Result<()> {
+        let took = self.take_commands();
+        self.refill();
+        let idle = took == 0 && self.backlog.is_empty();
+        if wait && idle {
+            self.shared.sleeping.store(true, Ordering::Relaxed);
+            // SeqCst fence: pairs with `ShardShared::wake` (see there).
+            fence(Ordering::SeqCst);
+            if self.shared.commands.is_empty() && !self.shared.is_stopping() {
+                self.merge_stats();
+                self.ring.submit_and_wait(None)?;
+            }
+            self.shared.sleeping.store(false, Ordering::Relaxed);
+        } else if wait && !self.backlog.is_empty() {
+            // A full port: wait briefly for room, but keep reaping.
+            self.ring.submit_and_wait(Some(Duration::from_micros(200)))?;
+        } else {
+            self.ring.submit()?;
+        }
+        self.reap();
+        self.flush();
+        if self.last_merge.elapsed() >= Duration::from_millis(50) {
+            self.merge_stats();
+        }
+        Ok(())
+    }
+
+    fn merge_stats(&mut self) {
+        let st = &self.shared.stats;
+        st.merge_latency(&mut self.hist);
+        st.set(&st.counters.cq_overflows, self.ring.overflows());
+        st.set(&st.counters.bufring_frames, u64::from(self.bufring_frames));
+        st.set(&st.counters.pool_free, u64::from(self.pool.free_frames()));
+        self.last_merge = Instant::now();
+    }
+
+    fn take_commands(&mut self) -> usize {
+        let mut n = 0;
+        while n < COMMANDS_PER_TURN {
+            let Some(cmd) = self.shared.commands.pop() else { break };
+            n += 1;
+            match cmd {
+                Command::Open { sock, fd, delivery } => {
+                    let e = &mut self.sockets[sock as usize];
+                    debug_assert!(e.fd.is_none() && e.live_ops == 0);
+                    *e = SockEntry { fd: Some(fd), delivery: Some(delivery), live_ops: 0, closing: false };
+                }
+                Command::Op { sock, token, req } => self.start_op(sock, token, req),
+                Command::Cancel { sock, token } => self.cancel_where(|s| s.sock == sock && s.token == token),
+                Command::Close { sock } => {
+                    self.sockets[sock as usize].closing = true;
+                    self.cancel_where(|s| s.sock == sock);
+                    self.maybe_close(sock);
+                }
+                Command::UnregisterRio { slot } => {
+                    if let Err(e) = self.ring.unregister_slot(slot) {
+                        tracing::warn!(slot, error = %e, "clearing a RIO fixed-buffer slot failed");
+                    }
+                    self.rio_slots.push(slot);
+                }
+            }
+        }
+        n
+    }
+
+    fn start_op(&mut self, sock: u32, token: u64, req: Request) {
+        let kind = req.kind();
+        let entry = &self.sockets[sock as usize];
+        let Some(delivery) = entry.delivery.clone().filter(|_| !entry.closing) else {
+            // Only reachable if a handle outlived its socket: the op still completes, once.
+            debug_assert!(false, "op on a closed socket");
+            return;
+        };
+        let Some(idx) = self.ops.alloc() else {
+            self.shared.stats.add(&self.shared.stats.counters.ops_rejected, 1);
+            self.reject(&delivery, kind, token, req, Error::NoBuffers);
+            return;
+        };
+        self.sockets[sock as usize].live_ops += 1;
+        let st = &self.shared.stats;
+        st.add(&st.counters.ops_submitted, 1);
+        let s = self.ops.slot(idx);
+        s.kind = kind;
+        s.sock = sock;
+        s.token = token;
+        s.started = Instant::now();
+        match req {
+            Request::RecvFrom { multishot, timeout } | Request::Recv { multishot, timeout } => {
+                s.multishot = multishot;
+                s.timeout = if multishot { None } else { timeout };
+            }
+            Request::SendTo { buf, addr, zerocopy } => {
+                (s.addr, s.addr_len) = net::to_raw(&addr);
+                s.zerocopy = zerocopy && self.pool.same(&buf);
+                s.buf = Some(buf);
+            }
+            Request::Send { buf, zerocopy } => {
+                s.zerocopy = zerocopy && self.pool.same(&buf);
+                s.buf = Some(buf);
+            }
+            Request::Accept { multishot } => s.multishot = multishot,
+            Request::Connect { addr, timeout } => {
+                (s.addr, s.addr_len) = net::to_raw(&addr);
+                s.timeout = timeout;
+            }
+            Request::Disconnect => {}
+            Request::Rio(mut r) => {
+                if let Some(a) = r.addr.take() {
+                    (s.addr, s.addr_len) = net::to_raw(&a);
+                } else {
+                    s.addr_len = 0;
+                }
+                s.zerocopy = r.kind == RioKind::Send && r.buf.fixed_slot(&mut self.rio_slots, &mut self.ring).is_some();
+                s.rio = Some(r);
+            }
+        }
+        if let Err(e) = self.submit_slot(idx) {
+            tracing::error!(error = %e, "submitting an operation failed");
+            self.ops.slot(idx).pending = 0;
+            self.ops.slot(idx).result = Some(-e.raw_os_error().unwrap_or(libc::EIO));
+            self.finish(idx);
+        }
+    }
+
+    /// Delivers a refused request's completion (with its buffer) without touching the ring.
+    fn reject(&mut self, delivery: &Delivery, kind: OpKind, token: u64, req: Request, err: Error) {
+        if let Request::Rio(r) = req {
+            r.complete(token, Err(err), None);
+            return;
+        }
+        let mut c = Completion::of(kind, delivery.key(), token, Err(err));
+        c.buffer = req.into_buf();
+        self.deliver_to(delivery.clone(), c);
+    }
+
+    /// Builds and pushes the SQE(s) for slot `idx` (also used to re-arm and to continue).
+    fn submit_slot(&mut self, idx: u32) -> io::Result<()> {
+        let s = self.ops.slot(idx);
+        let fd = types::Fd(self.sockets[s.sock as usize].fd.as_ref().map_or(-1, |f| f.as_raw_fd()));
+        let ud = op::user_data(op::TAG_OP, idx, s.gen);
+        let entry: squeue::Entry = match (s.kind, &s.rio) {
+            (_, Some(r)) => {
+                let (ptr, len) = r.buf.raw(r.kind);
+                s.iov = libc::iovec { iov_base: ptr.cast(), iov_len: len as usize };
+                s.msg = msghdr(&mut s.addr, if r.kind == RioKind::Send { s.addr_len } else { storage_len() }, &mut s.iov);
+                if s.msg.msg_namelen == 0 {
+                    s.msg.msg_name = std::ptr::null_mut();
+                }
+                match r.kind {
+                    RioKind::Receive => opcode::RecvMsg::new(fd, &mut s.msg).build(),
+                    RioKind::Send if s.zerocopy => {
+                        let slot = r.buf.registered_slot().expect("zerocopy implies a fixed slot") as u16;
+                        let mut e = opcode::SendZc::new(fd, ptr, len).buf_index(Some(slot)).zc_flags(SEND_ZC_REPORT_USAGE);
+                        if s.addr_len > 0 {
+                            e = e.dest_addr((&s.addr as *const libc::sockaddr_storage).cast()).dest_addr_len(s.addr_len);
+                        }
+                        e.build()
+                    }
+                    RioKind::Send => opcode::SendMsg::new(fd, &s.msg).flags(libc::MSG_NOSIGNAL as u32).build(),
+                }
+            }
+            (OpKind::RecvFrom, _) if s.multishot => {
+                // The kernel lays out [recvmsg_out | name (NAME_LEN) | payload] in each buffer;
+                // an iov of length 0 means "the whole selected buffer".
+                s.iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+                s.msg = msghdr(&mut s.addr, NAME_LEN, &mut s.iov);
+                opcode::RecvMsgMulti::new(fd, &s.msg, BGID).build()
+            }
+            (OpKind::RecvFrom, _) => {
+                s.iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: self.pool.frame_size() as usize };
+                s.msg = msghdr(&mut s.addr, storage_len(), &mut s.iov);
+                opcode::RecvMsg::new(fd, &mut s.msg).buf_group(BGID).build().flags(squeue::Flags::BUFFER_SELECT)
+            }
+            (OpKind::Recv, _) if s.multishot => opcode::RecvMulti::new(fd, BGID).build(),
+            (OpKind::Recv, _) => opcode::Recv::new(fd, std::ptr::null_mut(), self.pool.frame_size())
+                .buf_group(BGID)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT),
+            (OpKind::SendTo | OpKind::Send, _) => {
+                let buf = s.buf.as_ref().expect("send slot holds its buffer");
+                let (ptr, len) = buf.raw();
+                // SAFETY: `sent <= len`, so the pointer stays inside the buffer.
+                let (ptr, len) = (unsafe { ptr.add(s.sent as usize) }, len - s.sent);
+                let (dest, dest_len) = if s.kind == OpKind::SendTo {
+                    ((&s.addr as *const libc::sockaddr_storage).cast(), s.addr_len)
+                } else {
+                    (std::ptr::null(), 0)
+                };
+                if s.zerocopy {
+                    opcode::SendZc::new(fd, ptr, len)
+                        .buf_index(Some(0))
+                        .dest_addr(dest)
+                        .dest_addr_len(dest_len)
+                        .flags(libc::MSG_NOSIGNAL)
+                        .zc_flags(SEND_ZC_REPORT_USAGE)
+                        .build()
+                } else {
+                    // MSG_WAITALL: a stream send completes whole (io_uring retries short sends).
+                    let wait_all = if s.kind == OpKind::Send { libc::MSG_WAITALL } else { 0 };
+                    opcode::Send::new(fd, ptr, len)
+                        .dest_addr(dest)
+                        .dest_addr_len(dest_len)
+                        .flags(libc::MSG_NOSIGNAL | wait_all)
+                        .build()
+                }
+            }
+            (OpKind::Accept, _) if s.multishot => opcode::AcceptMulti::new(fd).flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK).build(),
+            (OpKind::Accept, _) => {
+                s.addr_len = storage_len();
+                opcode::Accept::new(fd, (&mut s.addr as *mut libc::sockaddr_storage).cast(), &mut s.addr_len)
+                    .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+                    .build()
+            }
+            (OpKind::Connect, _) => opcode::Connect::new(fd, (&s.addr as *const libc::sockaddr_storage).cast(), s.addr_len).build(),
+            (OpKind::Disconnect, _) => opcode::Shutdown::new(fd, libc::SHUT_RDWR).build(),
+            (OpKind::Post | OpKind::RioNotify, _) => unreachable!("not a socket operation"),
+        };
+        let mut entry = entry.user_data(ud);
+        let timeout = s.timeout;
+        if let Some(t) = timeout {
+            s.ts = types::Timespec::from(t);
+            s.pending += 1;
+            entry = entry.flags(squeue::Flags::IO_LINK);
+        }
+        // SAFETY: everything the entry points to lives in slot `idx` (stable address, kept
+        // until its last CQE), in the slot's Buf/RioBuf (owned by the slot until then), in the
+        // pool region or the buffer ring (both outlive the ring: field order).
+        unsafe { self.ring.push(&entry)? };
+        if timeout.is_some() {
+            let s = self.ops.slot(idx);
+            let lt = opcode::LinkTimeout::new(&s.ts).build().user_data(op::user_data(op::TAG_LINK_TIMEOUT, idx, s.gen));
+            // SAFETY: the timespec lives in the slot until the linked-timeout CQE.
+            unsafe { self.ring.push(&lt)? };
+        }
+        Ok(())
+    }
+
+    /// Cancels every live op matching `f`.
+    fn cancel_where(&mut self, f: impl Fn(&op::Slot) -> bool) {
+        let mut found = std::mem::take(&mut self.scratch);
+        self.ops.find(&mut found, |s| f(s) && !s.cancelled);
+        for &idx in &found {
+            let st = &self.shared.stats;
+            st.add(&st.counters.cancels, 1);
+            let s = self.ops.slot(idx);
+            s.cancelled = true;
+            if s.starved {
+                // Not in the kernel: it ends here.
+                s.starved = false;
+                s.pending = 0;
+                s.result = Some(-libc::ECANCELED);
+                self.starved.retain(|&i| i != idx);
+                self.finish(idx);
+                continue;
+            }
+            let target = op::user_data(op::TAG_OP, idx, s.gen);
+            let e = opcode::AsyncCancel::new(target).build().user_data(op::user_data(op::TAG_CANCEL, idx, s.gen));
+            // SAFETY: a cancel SQE points at no memory.
+            if let Err(err) = unsafe { self.ring.push(&e) } {
+                tracing::error!(error = %err, "queueing a cancel failed");
+            }
+        }
+        self.scratch = found;
+    }
+
+    fn arm_wake(&mut self) -> io::Result<()> {
+        let fd = types::Fd(self.shared.wake_fd.as_raw_fd());
+        let e = opcode::Read::new(fd, (&mut *self.wake_buf as *mut u64).cast(), 8)
+            .build()
+            .user_data(op::user_data(op::TAG_WAKE, 0, 0));
+        // SAFETY: `wake_buf` is boxed in the shard; shutdown waits for this read's CQE before
+        // the shard (and the box) is dropped.
+        unsafe { self.ring.push(&e)? };
+        self.wake_armed = true;
+        Ok(())
+    }
+
+    /// Tops the buffer ring up from the pool and re-arms starved multishot receives.
+    fn refill(&mut self) {
+        let mut pushed = 0;
+        while self.bufring_frames < self.bufring_target {
+            let Some(frame) = self.pool.take_frame() else { break };
+            // SAFETY: the frame was just taken from the free queue, so nobody else holds it;
+            // the pool region outlives the ring; bufring_frames < entries.
+            unsafe { self.bufring.push(self.pool.frame_addr(frame), self.pool.frame_size(), frame as u16) };
+            self.bufring_frames += 1;
+            pushed += 1;
+        }
+        if pushed > 0 {
+            self.bufring.publish();
+        }
+        if !self.starved.is_empty() && self.bufring_frames > 0 {
+            let mut starved = std::mem::take(&mut self.starved);
+            for idx in starved.drain(..) {
+                self.ops.slot(idx).starved = false;
+                if let Err(e) = self.submit_slot(idx) {
+                    tracing::error!(error = %e, "re-arming a receive failed");
+                }
+            }
+            self.starved = starved;
+        }
+    }
+
+    fn reap(&mut self) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        self.ring.reap(&mut cqes);
+        for cqe in &cqes {
+            self.on_cqe(cqe.user_data(), cqe.result(), cqe.flags());
+        }
+        self.cqes = cqes;
+    }
+
+    fn on_cqe(&mut self, ud: u64, res: i32, flags: u32) {
+        let (tag, idx, gen) = op::decode(ud);
+        match tag {
+            op::TAG_WAKE => {
+                self.wake_armed = false;
+                if res < 0 && res != -libc::ECANCELED {
+                    tracing::warn!(res, "wake-up read failed");
+                }
+                if !self.shared.is_stopping() {
+                    if let Err(e) = self.arm_wake() {
+                        tracing::error!(error = %e, "re-arming the wake-up read failed");
+                    }
+                }
+                return;
+            }
+            op::TAG_CANCEL => return,
+            _ => {}
+        }
+        // A buffer the kernel picked must go back to us even if the slot were unknown.
+        let picked = cqueue::buffer_select(flags).map(|bid| {
+            self.bufring_frames -= 1;
+            u32::from(bid)
+        });
+        let Some(s) = self.ops.get(idx, gen) else {
+            let st = &self.shared.stats;
+            st.add(&st.counters.stray_cqes, 1);
+            debug_assert!(false, "stray CQE {ud:#x} res {res}");
+            if let Some(frame) = picked {
+                drop(self.pool.adopt(frame, 0, 0));
+            }
+            return;
+        };
+        if tag == op::TAG_LINK_TIMEOUT {
+            if res == -libc::ETIME {
+                s.timed_out = true;
+            }
+            s.pending -= 1;
+            if s.pending == 0 {
+                self.finish(idx);
+            }
+            return;
+        }
+        if cqueue::notif(flags) {
+            s.zc_copied = (res as u32) & NOTIF_USAGE_ZC_COPIED != 0;
+            s.pending -= 1;
+            if s.pending == 0 {
+                self.finish(idx);
+            }
+            return;
+        }
+        let more = cqueue::more(flags);
+        if s.multishot && (matches!(s.kind, OpKind::RecvFrom | OpKind::Recv | OpKind::Accept)) {
+            self.on_multishot(idx, res, more, picked);
+            return;
+        }
+        // Single-shot (or SEND_ZC's first CQE, whose MORE flag announces the notification).
+        let s = self.ops.slot(idx);
+        if s.zerocopy && more {
+            s.pending += 1;
+        }
+        if matches!(s.kind, OpKind::Send) && s.rio.is_none() && res > 0 && !s.cancelled {
+            let total = s.buf.as_ref().map_or(0, |b| b.len() as u32);
+            s.sent += res as u32;
+            if s.sent < total && !(s.zerocopy && more) {
+                // A short stream send: push the rest, as WSASend completes whole.
+                if let Err(e) = self.submit_slot(idx) {
+                    tracing::error!(error = %e, "continuing a send failed");
+                } else {
+                    return;
+                }
+            }
+        }
+        let s = self.ops.slot(idx);
+        if let Some(frame) = picked {
+            let len = res.max(0) as u32;
+            s.buf = Some(self.pool.adopt(frame, 0, len));
+        }
+        s.result = Some(if s.kind == OpKind::Send && res > 0 { s.sent as i32 } else { res });
+        s.pending -= 1;
+        if s.pending == 0 {
+            self.finish(idx);
+        }
+    }
+
+    fn on_multishot(&mut self, idx: u32, res: i32, more: bool, picked: Option<u32>) {
+        let s = self.ops.slot(idx);
+        let (kind, token, sock) = (s.kind, s.token, s.sock);
+        if res >= 0 {
+            let delivery = self.sockets[sock as usize].delivery.clone().expect("open socket");
+            let mut c = Completion::of(kind, delivery.key(), token, Ok(res as usize));
+            c.more = true;
+            match kind {
+                OpKind::Accept => {
+                    // SAFETY: a successful accept CQE's result is a new fd that nobody owns yet.
+                    c.accepted = Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(res) });
+                    c.result = Ok(0);
+                }
+                OpKind::Recv => {
+                    let frame = picked.expect("multishot recv always selects a buffer");
+                    c.buffer = Some(self.pool.adopt(frame, 0, res as u32));
+                    if res == 0 {
+                        // EOF: the stream is done; the op ends with this completion.
+                        c.more = false;
+                    }
+                }
+                _ => {
+                    let frame = picked.expect("multishot recvmsg always selects a buffer");
+                    let mut buf = self.pool.adopt(frame, 0, res as u32);
+                    let s = self.ops.slot(idx);
+                    match types::RecvMsgOut::parse(&buf, &s.msg) {
+                        Ok(out) => {
+                            c.peer = net::from_bytes(out.name_data(), out.incoming_name_len() as usize);
+                            let off = out.payload_data().as_ptr() as usize - buf.as_ptr() as usize;
+                            let len = out.payload_data().len();
+                            if out.is_payload_truncated() {
+                                c.result = Err(Error::MessageTooLong);
+                                let st = &self.shared.stats;
+                                st.add(&st.counters.recv_truncated, 1);
+                            } else {
+                                c.result = Ok(len);
+                            }
+                            buf = self.pool.adopt_window(buf, off as u32, len as u32);
+                            c.buffer = Some(buf);
+                        }
+                        Err(()) => {
+                            c.result = Err(Error::MessageTooLong);
+                            let st = &self.shared.stats;
+                            st.add(&st.counters.recv_truncated, 1);
+                        }
+                    }
+                }
+            }
+            let st = &self.shared.stats;
+            if kind != OpKind::Accept {
+                st.add(&st.counters.receives, 1);
+                st.add(&st.counters.recv_bytes, c.result.unwrap_or(0) as u64);
+            }
+            let ended = !c.more;
+            self.deliver_to(delivery, c);
+            if ended {
+                let s = self.ops.slot(idx);
+                s.pending = 0;
+                s.result = None;
+                self.finish(idx);
+            } else if !more {
+                // The kernel ended the multishot (e.g. CQ pressure) but the op goes on: re-arm.
+                if let Err(e) = self.submit_slot(idx) {
+                    tracing::error!(error = %e, "re-arming a multishot op failed");
+                }
+            }
+            return;
+        }
+        debug_assert!(picked.is_none());
+        let cancelled = self.ops.slot(idx).cancelled;
+        // A cancelled op ends Aborted, whatever stopped it first.
+        let res = if cancelled && res == -libc::ENOBUFS { -libc::ECANCELED } else { res };
+        if res == -libc::ENOBUFS {
+            // The buffer ring ran dry: backpressure, not an error. Re-armed by `refill`.
+            let st = &self.shared.stats;
+            st.add(&st.counters.recv_nobufs, 1);
+            self.ops.slot(idx).starved = true;
+            self.starved.push(idx);
+            return;
+        }
+        let s = self.ops.slot(idx);
+        s.result = Some(res);
+        s.pending = 0;
+        self.finish(idx);
+    }
+
+    /// Ends slot `idx`: builds its terminal completion, delivers it, frees the slot.
+    fn finish(&mut self, idx: u32) {
+        let s = self.ops.slot(idx);
+        debug_assert_eq!(s.pending, 0);
+        let res = s.result.take();
+        let kind = s.kind;
+        let token = s.token;
+        let sock = s.sock;
+        let timed_out = s.timed_out;
+        let zc_copied = s.zc_copied;
+        let zerocopy = s.zerocopy;
+        let buf = s.buf.take();
+        let rio = s.rio.take();
+        let multishot = s.multishot;
+        let started = s.started;
+        let receive = rio.as_ref().map_or(kind == OpKind::RecvFrom && !multishot, |r| r.kind == RioKind::Receive);
+        let peer = if receive {
+            net::from_raw(&s.addr, s.msg.msg_namelen)
+        } else {
+            None
+        };
+        let accepted_peer = (kind == OpKind::Accept && !multishot).then(|| net::from_raw(&s.addr, s.addr_len)).flatten();
+        self.ops.release(idx);
+        let result = match res {
+            None => Ok(0),
+            Some(r) if r >= 0 => Ok(r as usize),
+            Some(r) if timed_out && r == -libc::ECANCELED => Err(Error::TimedOut),
+            Some(r) => Err(Error::from_errno(-r)),
+        };
+        let st = &self.shared.stats;
+        st.add(&st.counters.ops_completed, 1);
+        if !multishot {
+            let _ = self.hist.record(started.elapsed().as_nanos().max(1) as u64);
+        }
+        if let Ok(n) = result {
+            match kind {
+                OpKind::Send | OpKind::SendTo => {
+                    st.add(&st.counters.sends, 1);
+                    st.add(&st.counters.send_bytes, n as u64);
+                    if zerocopy {
+                        st.add(if zc_copied { &st.counters.zc_copied } else { &st.counters.zc_sends }, 1);
+                    }
+                }
+                OpKind::Recv | OpKind::RecvFrom if !multishot => {
+                    st.add(&st.counters.receives, 1);
+                    st.add(&st.counters.recv_bytes, n as u64);
+                }
+                _ => {}
+            }
+        }
+        let entry = &mut self.sockets[sock as usize];
+        entry.live_ops -= 1;
+        if let Some(r) = rio {
+            r.complete(token, result, peer);
+        } else {
+            let delivery = entry.delivery.clone().expect("open socket");
+            let mut c = Completion::of(kind, delivery.key(), token, result);
+            c.buffer = buf;
+            c.peer = peer.or(accepted_peer);
+            c.zc_copied = zc_copied;
+            if kind == OpKind::Accept && !multishot {
+                if let Ok(fd) = c.result {
+                    // SAFETY: a successful accept's result is a new fd nobody owns yet.
+                    c.accepted = Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) });
+                    c.result = Ok(0);
+                }
+            }
+            self.deliver_to(delivery, c);
+        }
+        self.maybe_close(sock);
+    }
+
+    fn maybe_close(&mut self, sock: u32) {
+        let e = &mut self.sockets[sock as usize];
+        if e.closing && e.live_ops == 0 {
+            e.fd = None;
+            e.delivery = None;
+            e.closing = false;
+            self.shared.free_socket_id(sock);
+        }
+    }
+
+    fn deliver_to(&mut self, delivery: Delivery, c: Completion) {
+        match delivery {
+            Delivery::Poll { .. } => self.local.push_back(c),
+            Delivery::Port { port, .. } => {
+                if !self.backlog.is_empty() {
+                    self.backlog.push_back((port, c));
+                    return;
+                }
+                match port.push(c) {
+                    Ok(()) => {
+                        if !self.touched.iter().any(|p| p.ptr_eq(&port)) {
+                            self.touched.push(port);
+                        }
+                    }
+                    Err(c) => {
+                        let st = &self.shared.stats;
+                        st.add(&st.counters.port_full, 1);
+                        self.backlog.push_back((port.clone(), c));
+                        self.touched.push(port);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Retries completions held back by full ports (in order), then wakes each port once.
+    fn flush(&mut self) {
+        while let Some((port, c)) = self.backlog.pop_front() {
+            match port.push(c) {
+                Ok(()) => {
+                    if !self.touched.iter().any(|p| p.ptr_eq(&port)) {
+                        self.touched.push(port);
+                    }
+                }
+                Err(c) => {
+                    self.backlog.push_front((port, c));
+                    break;
+                }
+            }
+        }
+        for p in self.touched.drain(..) {
+            p.wake();
+        }
+    }
+
+    /// Cancels everything, waits (bounded) for the kernel to finish, closes every socket.
+    pub(crate) fn shutdown(&mut self) {
+        self.cancel_where(|_| true);
+        if self.wake_armed {
+            let target = op::user_data(op::TAG_WAKE, 0, 0);
+            let e = opcode::AsyncCancel::new(target).build().user_data(op::user_data(op::TAG_CANCEL, 0, 0));
+            // SAFETY: a cancel SQE points at no memory.
+            if let Err(err) = unsafe { self.ring.push(&e) } {
+                tracing::error!(error = %err, "cancelling the wake-up read failed");
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while (self.ops.live() > 0 || self.wake_armed) && Instant::now() < deadline {
+            if let Err(e) = self.ring.submit_and_wait(Some(Duration::from_millis(10))) {
+                tracing::error!(error = %e, "io_uring_enter failed during shutdown");
+                break;
+            }
+            self.reap();
+            self.flush();
+            // Starved receives are not in the kernel; end them.
+            self.cancel_where(|s| s.starved);
+        }
+        if self.ops.live() > 0 || self.wake_armed {
+            tracing::error!(live = self.ops.live(), "operations still in flight at shutdown");
+            // The kernel may still write into op memory: leak it rather than free it under the
+            // kernel's feet.
+            std::mem::forget(std::mem::replace(&mut self.ops, Table::new(0)));
+            std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
+        }
+        for e in self.sockets.iter_mut() {
+            e.fd = None;
+            e.delivery = None;
+        }
+        self.merge_stats();
+    }
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shutdown();
+    }
+}
+
+fn storage_len() -> libc::socklen_t {
+    std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t
+}
+
+fn msghdr(addr: &mut libc::sockaddr_storage, namelen: libc::socklen_t, iov: &mut libc::iovec) -> libc::msghdr {
+    // SAFETY: all-zero is a valid msghdr.
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_name = (addr as *mut libc::sockaddr_storage).cast();
+    m.msg_namelen = namelen;
+    m.msg_iov = iov;
+    m.msg_iovlen = 1;
+    m
+}
+
+/// Registers the pool, retrying ENOMEM for up to a second: a ring dropped just before keeps
+/// its pinned pages charged to RLIMIT_MEMLOCK until its asynchronous teardown ends.
+fn register_with_retry(ring: &mut Ring, pool: &Pool, extra: u32) -> Result<(), SetupError> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match ring.register_region(pool.region(), extra) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(source) => {
+                return Err(SetupError::Register { bytes: pool.region().len(), memlock: memlock_limit(), source });
+            }
+        }
+    }
+}
+
+fn memlock_limit() -> String {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
+        return "unknown".into();
+    }
+    if r.rlim_cur == libc::RLIM_INFINITY {
+        "unlimited".into()
+    } else {
+        format!("{} KiB", r.rlim_cur / 1024)
+    }
+}
+
+pub(crate) fn pin(core: usize) {
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+        tracing::warn!(core, "could not pin the thread to its core; it runs unpinned");
+    }
+}

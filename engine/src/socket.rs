@@ -1,0 +1,384 @@
+//! Sockets bound to a shard: overlapped operations (each with a per-operation token and
+//! exactly one terminal completion) beside plain blocking calls.
+//!
+//! A socket's fd is owned by its shard from creation on; the handle keeps the raw number for
+//! blocking calls and options. Dropping the handle asks the shard to cancel what is in flight
+//! (each such op completes `Aborted`) and close the fd once the kernel is done with it.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, SetupError};
+use crate::op::Request;
+use crate::pool::Buf;
+use crate::shard::{Command, Delivery, ShardHandle, ShardShared};
+use crate::sys::net;
+
+/// An operation the shard could not accept; the buffer it carried comes back.
+#[derive(Debug)]
+pub struct Rejected {
+    pub error: Error,
+    pub buffer: Option<Buf>,
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for Rejected {}
+
+/// Socket options applied at creation.
+#[derive(Clone, Debug, Default)]
+pub struct SocketOptions {
+    /// SO_REUSEPORT, to spread one port over several shards.
+    pub reuse_port: bool,
+    /// SO_RCVBUF / SO_SNDBUF in bytes.
+    pub recv_buffer: Option<usize>,
+    pub send_buffer: Option<usize>,
+    /// IPV6_V6ONLY for IPv6 sockets (default: the system's).
+    pub v6_only: Option<bool>,
+}
+
+impl SocketOptions {
+    fn apply(&self, fd: RawFd, v6: bool) -> Result<(), SetupError> {
+        let sys = |what, r: std::io::Result<()>| r.map_err(|source| SetupError::Syscall { what, source });
+        sys("setsockopt(SO_REUSEADDR)", net::set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1))?;
+        if self.reuse_port {
+            sys("setsockopt(SO_REUSEPORT)", net::set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1))?;
+        }
+        if let Some(n) = self.recv_buffer {
+            sys("setsockopt(SO_RCVBUF)", net::set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, n as i32))?;
+        }
+        if let Some(n) = self.send_buffer {
+            sys("setsockopt(SO_SNDBUF)", net::set_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, n as i32))?;
+        }
+        if let (true, Some(only)) = (v6, self.v6_only) {
+            sys("setsockopt(IPV6_V6ONLY)", net::set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, i32::from(only)))?;
+        }
+        Ok(())
+    }
+}
+
+/// The shard-side identity of a socket, shared by the typed sockets and RIO request queues.
+#[derive(Debug)]
+pub struct SocketCore {
+    shared: Arc<ShardShared>,
+    id: u32,
+    fd: RawFd,
+    /// Only the original handle closes the socket; RIO queues hold non-owning copies.
+    owner: bool,
+}
+
+impl SocketCore {
+    fn open(shard: &ShardHandle, fd: OwnedFd, delivery: Delivery) -> Result<SocketCore, SetupError> {
+        let shared = shard.shared.clone();
+        let id = shared.alloc_socket()?;
+        let raw = fd.as_raw_fd();
+        if let Err(cmd) = shared.send(Command::Open { sock: id, fd, delivery }) {
+            drop(cmd);
+            shared.free_socket_id(id);
+            return Err(if shared.is_stopping() { SetupError::Stopped } else { SetupError::Limit("shard command queue") });
+        }
+        Ok(SocketCore { shared, id, fd: raw, owner: true })
+    }
+
+    pub(crate) fn clone_handle(&self) -> SocketCore {
+        SocketCore { shared: self.shared.clone(), id: self.id, fd: self.fd, owner: false }
+    }
+
+    pub(crate) fn shard(&self) -> &ShardShared {
+        &self.shared
+    }
+
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
+    fn submit(&self, token: u64, req: Request) -> Result<(), Rejected> {
+        self.shared.send(Command::Op { sock: self.id, token, req }).map_err(|cmd| {
+            let error = if self.shared.is_stopping() { Error::Shutdown } else { Error::NoBuffers };
+            let buffer = match cmd {
+                Command::Op { req, .. } => req.into_buf(),
+                _ => None,
+            };
+            Rejected { error, buffer }
+        })
+    }
+
+    /// CancelIoEx: cancels the operations issued with `token`; each completes `Aborted`
+    /// (unless it completed first). Cancelling nothing is not an error.
+    pub fn cancel(&self, token: u64) -> Result<(), Error> {
+        self.shared.send(Command::Cancel { sock: self.id, token }).map_err(|_| Error::NoBuffers)
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        Ok(net::local_addr(self.fd)?)
+    }
+
+    /// The shard this socket lives on.
+    pub fn shard_index(&self) -> usize {
+        self.shared.index
+    }
+
+    fn raw(&self) -> RawFd {
+        self.fd
+    }
+}
+
+impl Drop for SocketCore {
+    fn drop(&mut self) {
+        if self.owner {
+            self.shared.send_reliably(Command::Close { sock: self.id });
+        }
+    }
+}
+
+fn new_socket(addr: &SocketAddr, kind: net::Kind, opts: &SocketOptions) -> Result<OwnedFd, SetupError> {
+    let fd = net::socket(addr, kind).map_err(|source| SetupError::Syscall { what: "socket", source })?;
+    opts.apply(fd.as_raw_fd(), addr.is_ipv6())?;
+    Ok(fd)
+}
+
+fn blocking_timeout_ms(t: Option<Duration>) -> i32 {
+    t.map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32)
+}
+
+/// A UDP socket on a shard.
+#[derive(Debug)]
+pub struct UdpSocket {
+    core: SocketCore,
+}
+
+impl UdpSocket {
+    /// Binds `addr` (IPv4 or IPv6) on `shard`; completions go to `delivery`.
+    pub fn bind(shard: &ShardHandle, addr: SocketAddr, opts: &SocketOptions, delivery: Delivery) -> Result<UdpSocket, SetupError> {
+        let fd = new_socket(&addr, net::Kind::Udp, opts)?;
+        net::bind(fd.as_raw_fd(), &addr).map_err(|e| SetupError::bind(addr, e))?;
+        Ok(UdpSocket { core: SocketCore::open(shard, fd, delivery)? })
+    }
+
+    pub fn core(&self) -> &SocketCore {
+        &self.core
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        self.core.local_addr()
+    }
+
+    /// WSARecvFrom: one datagram into a pool frame (or `TimedOut` after `timeout`).
+    pub fn recv_from(&self, token: u64, timeout: Option<Duration>) -> Result<(), Rejected> {
+        self.core.submit(token, Request::RecvFrom { multishot: false, timeout })
+    }
+
+    /// Multishot WSARecvFrom: every datagram becomes a completion (`more == true`) until
+    /// cancelled; an empty buffer ring pauses it (counted) instead of failing it.
+    pub fn recv_from_multishot(&self, token: u64) -> Result<(), Rejected> {
+        self.core.submit(token, Request::RecvFrom { multishot: true, timeout: None })
+    }
+
+    /// WSASendTo: sends `buf` to `addr`; the buffer comes back in the completion.
+    pub fn send_to(&self, buf: Buf, addr: SocketAddr, token: u64) -> Result<(), Rejected> {
+        self.core.submit(token, Request::SendTo { buf, addr, zerocopy: false })
+    }
+
+    /// WSASendTo with IORING_OP_SEND_ZC from the registered pool: the completion arrives
+    /// after the kernel's notification and reports whether the kernel copied anyway.
+    pub fn send_to_zc(&self, buf: Buf, addr: SocketAddr, token: u64) -> Result<(), Rejected> {
+        self.core.submit(token, Request::SendTo { buf, addr, zerocopy: true })
+    }
+
+    pub fn cancel(&self, token: u64) -> Result<(), Error> {
+        self.core.cancel(token)
+    }
+
+    /// Blocking sendto.
+    pub fn send_to_blocking(&self, data: &[u8], addr: SocketAddr, timeout: Option<Duration>) -> Result<usize, Error> {
+        loop {
+            match net::send_to(self.core.raw(), data, Some(&addr)) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if !net::poll_one(self.core.raw(), libc::POLLOUT, blocking_timeout_ms(timeout))? {
+                        return Err(Error::TimedOut);
+                    }
+                }
+                r => return Ok(r?),
+            }
+        }
+    }
+
+    /// Blocking recvfrom. Do not mix with overlapped receives on the same socket: each
+    /// datagram goes to exactly one of them.
+    pub fn recv_from_blocking(&self, buf: &mut [u8], timeout: Option<Duration>) -> Result<(usize, Option<SocketAddr>), Error> {
+        loop {
+            match net::recv_from(self.core.raw(), buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if !net::poll_one(self.core.raw(), libc::POLLIN, blocking_timeout_ms(timeout))? {
+                        return Err(Error::TimedOut);
+                    }
+                }
+                r => return Ok(r?),
+            }
+        }
+    }
+}
+
+/// A listening TCP socket on a shard.
+#[derive(Debug)]
+pub struct TcpListener {
+    core: SocketCore,
+}
+
+impl TcpListener {
+    pub fn bind(shard: &ShardHandle, addr: SocketAddr, backlog: i32, opts: &SocketOptions, delivery: Delivery) -> Result<TcpListener, SetupError> {
+        let fd = new_socket(&addr, net::Kind::Tcp, opts)?;
+        net::bind(fd.as_raw_fd(), &addr).map_err(|e| SetupError::bind(addr, e))?;
+        net::listen(fd.as_raw_fd(), backlog).map_err(|source| SetupError::Syscall { what: "listen", source })?;
+        Ok(TcpListener { core: SocketCore::open(shard, fd, delivery)? })
+    }
+
+    pub fn core(&self) -> &SocketCore {
+        &self.core
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        self.core.local_addr()
+    }
+
+    /// AcceptEx: one connection, in `Completion::accepted` (peer in `Completion::peer`).
+    pub fn accept(&self, token: u64) -> Result<(), Rejected> {
+        self.core.submit(token, Request::Accept { multishot: false })
+    }
+
+    /// Multishot accept: every connection becomes a completion until cancelled.
+    pub fn accept_multishot(&self, token: u64) -> Result<(), Rejected> {
+        self.core.submit(token, Request::Accept { multishot: true })
+    }
+
+    pub fn cancel(&self, token: u64) -> Result<(), Error> {
+        self.core.cancel(token)
+    }
+}
+
+/// A TCP connection on a shard.
+#[derive(Debug)]
+pub struct TcpStream {
+    core: SocketCore,
+}
+
+impl TcpStream {
+    /// ConnectEx: creates a socket on `shard` and starts connecting; the `Connect`
+    /// completion (token `token`) says how it went, `TimedOut` after `timeout`.
+    pub fn connect(
+        shard: &ShardHandle,
+        addr: SocketAddr,
+        token: u64,
+        timeout: Option<Duration>,
+        opts: &SocketOptions,
+        delivery: Delivery,
+    ) -> Result<TcpStream, SetupError> {
+        let fd = new_socket(&addr, net::Kind::Tcp, opts)?;
+        let s = TcpStream { core: SocketCore::open(shard, fd, delivery)? };
+        s.core.submit(token, Request::Connect { addr, timeout }).map_err(|r| SetupError::Syscall {
+            what: "queueing connect",
+            source: std::io::Error::from_raw_os_error(r.error.errno()),
+        })?;
+        Ok(s)
+    }
+
+    /// A plain blocking connect (up to `timeout`), then the stream joins `shard`.
+    pub fn connect_blocking(shard: &ShardHandle, addr: SocketAddr, timeout: Option<Duration>, delivery: Delivery) -> Result<TcpStream, SetupError> {
+        let fd = new_socket(&addr, net::Kind::Tcp, &SocketOptions::default())?;
+        net::connect_wait(fd.as_raw_fd(), &addr, blocking_timeout_ms(timeout)).map_err(|source| SetupError::Syscall { what: "connect", source })?;
+        TcpStream::adopt(shard, fd, delivery)
+    }
+
+    /// Takes over an accepted connection (from `Completion::accepted`).
+    pub fn adopt(shard: &ShardHandle, fd: OwnedFd, delivery: Delivery) -> Result<TcpStream, SetupError> {
+        Ok(TcpStream { core: SocketCore::open(shard, fd, delivery)? })
+    }
+
+    pub fn core(&self) -> &SocketCore {
+        &self.core
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        self.core.local_addr()
+    }
+
+    pub fn peer_addr(&self) -> Result<SocketAddr, Error> {
+        Ok(net::peer_addr(self.core.raw())?)
+    }
+
+    /// TCP_NODELAY.
+    pub fn set_nodelay(&self, on: bool) -> Result<(), Error> {
+        Ok(net::set_int(self.core.raw(), libc::IPPROTO_TCP, libc::TCP_NODELAY, i32::from(on))?)
+    }
+
+    /// WSASend: the whole buffer is sent (or the op fails); the buffer comes back.
+    pub fn send(&self, buf: Buf, token: u64) -> Result<(), Rejected> {
+        self.core.submit(token, Request::Send { buf, zerocopy: false })
+    }
+
+    /// WSASend with SEND_ZC from the registered pool.
+    pub fn send_zc(&self, buf: Buf, token: u64) -> Result<(), Rejected> {
+        self.core.submit(token, Request::Send { buf, zerocopy: true })
+    }
+
+    /// WSARecv into a pool frame: `Ok(0)` means the peer closed.
+    pub fn recv(&self, token: u64, timeout: Option<Duration>) -> Result<(), Rejected> {
+        self.core.submit(token, Request::Recv { multishot: false, timeout })
+    }
+
+    /// Multishot WSARecv: chunks as they arrive until EOF (a final `Ok(0)`), error or cancel.
+    pub fn recv_multishot(&self, token: u64) -> Result<(), Rejected> {
+        self.core.submit(token, Request::Recv { multishot: true, timeout: None })
+    }
+
+    /// DisconnectEx: shuts the connection down (both directions).
+    pub fn disconnect(&self, token: u64) -> Result<(), Rejected> {
+        self.core.submit(token, Request::Disconnect)
+    }
+
+    pub fn cancel(&self, token: u64) -> Result<(), Error> {
+        self.core.cancel(token)
+    }
+
+    /// Blocking send of all of `data`.
+    pub fn send_blocking(&self, mut data: &[u8], timeout: Option<Duration>) -> Result<(), Error> {
+        while !data.is_empty() {
+            match net::send_to(self.core.raw(), data, None) {
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if !net::poll_one(self.core.raw(), libc::POLLOUT, blocking_timeout_ms(timeout))? {
+                        return Err(Error::TimedOut);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Blocking receive of whatever is available (0: the peer closed).
+    pub fn recv_blocking(&self, buf: &mut [u8], timeout: Option<Duration>) -> Result<usize, Error> {
+        loop {
+            match net::recv_from(self.core.raw(), buf) {
+                Ok((n, _)) => return Ok(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if !net::poll_one(self.core.raw(), libc::POLLIN, blocking_timeout_ms(timeout))? {
+                        return Err(Error::TimedOut);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Shuts down the sending side now (blocking call).
+    pub fn shutdown_write(&self) -> Result<(), Error> {
+        net::shutdown_raw(self.core.raw(), libc::SHUT_WR).map_err(Error::from)
+    }
+}

@@ -1,0 +1,105 @@
+//! Per-shard counters and an operation-latency histogram, readable while the shard runs.
+//!
+//! Counters are `Relaxed` atomics written only by the shard thread: readers see each value
+//! eventually and exactly; no ordering between counters is promised.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use hdrhistogram::Histogram;
+
+macro_rules! counters {
+    ($($(#[$m:meta])* $name:ident),* $(,)?) => {
+        /// Live counters of one shard.
+        #[derive(Debug, Default)]
+        pub struct Counters { $($(#[$m])* pub $name: AtomicU64,)* }
+
+        /// A copy of [`Counters`] at one moment.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Snapshot { $($(#[$m])* pub $name: u64,)* }
+
+        impl Counters {
+            pub fn snapshot(&self) -> Snapshot {
+                Snapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Operations accepted into the op table.
+    ops_submitted,
+    /// Terminal completions delivered.
+    ops_completed,
+    /// Datagrams or stream chunks received.
+    receives,
+    recv_bytes,
+    /// Send operations completed successfully.
+    sends,
+    send_bytes,
+    /// Zero-copy sends whose notification said the kernel used the pages in place.
+    zc_sends,
+    /// Zero-copy sends the kernel had to copy (IORING_NOTIF_USAGE_ZC_COPIED).
+    zc_copied,
+    /// Multishot receives stopped by an empty buffer ring (re-armed when frames return).
+    recv_nobufs,
+    /// Datagrams larger than a frame (delivered truncated with MessageTooLong).
+    recv_truncated,
+    /// Operations refused because the op table was full (NoBuffers).
+    ops_rejected,
+    /// Times a completion port was full and completions waited in the shard's backlog.
+    port_full,
+    /// Times the CQ overflow flag was found set (completions parked in the kernel, then flushed).
+    cq_overflows,
+    /// Cancellations issued.
+    cancels,
+    /// Frames currently in the provided-buffer ring (a gauge).
+    bufring_frames,
+    /// Free frames in the pool at the last update (a gauge).
+    pool_free,
+    /// Completions with an unknown or stale user_data (must stay 0).
+    stray_cqes,
+}
+
+/// Counters plus a latency histogram (ns, submit to completion of single-shot operations).
+#[derive(Debug)]
+pub struct Stats {
+    pub counters: Counters,
+    latency: Mutex<Histogram<u64>>,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats { counters: Counters::default(), latency: Mutex::new(new_histogram()) }
+    }
+}
+
+pub(crate) fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static histogram bounds are valid")
+}
+
+impl Stats {
+    pub(crate) fn add(&self, c: &AtomicU64, n: u64) {
+        c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set(&self, c: &AtomicU64, v: u64) {
+        c.store(v, Ordering::Relaxed);
+    }
+
+    /// Merges the shard's local histogram if the lock is free (never blocks the shard).
+    pub(crate) fn merge_latency(&self, local: &mut Histogram<u64>) {
+        if local.is_empty() {
+            return;
+        }
+        if let Ok(mut h) = self.latency.try_lock() {
+            h.add(&*local).expect("histograms share bounds");
+            local.reset();
+        }
+    }
+
+    /// A copy of the operation-latency histogram so far.
+    pub fn latency(&self) -> Histogram<u64> {
+        self.latency.lock().expect("stats lock poisoned").clone()
+    }
+}

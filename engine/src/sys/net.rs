@@ -1,0 +1,262 @@
+//! Sockets through libc: creation, options, bind/listen, and `SocketAddr` <-> `sockaddr`
+//! conversion. Every fd comes back as an `OwnedFd`, so it is closed exactly once.
+
+use std::io;
+use std::mem::{size_of, MaybeUninit};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Socket type for [`socket`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Udp,
+    Tcp,
+}
+
+/// A non-blocking, close-on-exec socket of the family of `addr`.
+pub(crate) fn socket(addr: &SocketAddr, kind: Kind) -> io::Result<OwnedFd> {
+    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let ty = match kind {
+        Kind::Udp => libc::SOCK_DGRAM,
+        Kind::Tcp => libc::SOCK_STREAM,
+    } | libc::SOCK_NONBLOCK
+        | libc::SOCK_CLOEXEC;
+    // SAFETY: socket(2) takes no pointers.
+    let fd = cvt(unsafe { libc::socket(domain, ty, 0) })?;
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// setsockopt with an integer value.
+pub(crate) fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: the option value is a live c_int of the size passed.
+    cvt(unsafe {
+        libc::setsockopt(fd, level, name, (&value as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32)
+    })
+    .map(|_| ())
+}
+
+/// getsockopt of an integer value.
+pub(crate) fn get_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: value/len point to live locals of the declared size.
+    cvt(unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut libc::c_int).cast(), &mut len) })?;
+    Ok(value)
+}
+
+pub(crate) fn bind(fd: RawFd, addr: &SocketAddr) -> io::Result<()> {
+    let (storage, len) = to_raw(addr);
+    // SAFETY: storage is a valid sockaddr of `len` bytes.
+    cvt(unsafe { libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) }).map(|_| ())
+}
+
+pub(crate) fn listen(fd: RawFd, backlog: i32) -> io::Result<()> {
+    // SAFETY: listen(2) takes no pointers.
+    cvt(unsafe { libc::listen(fd, backlog) }).map(|_| ())
+}
+
+/// Blocking-style connect on a non-blocking socket: waits with poll(2) up to `timeout_ms`.
+pub(crate) fn connect_wait(fd: RawFd, addr: &SocketAddr, timeout_ms: i32) -> io::Result<()> {
+    let (storage, len) = to_raw(addr);
+    // SAFETY: storage is a valid sockaddr of `len` bytes.
+    let r = unsafe { libc::connect(fd, (&storage as *const libc::sockaddr_storage).cast(), len) };
+    if r == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EINPROGRESS) {
+        return Err(err);
+    }
+    if !poll_one(fd, libc::POLLOUT, timeout_ms)? {
+        return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
+    }
+    match get_int(fd, libc::SOL_SOCKET, libc::SO_ERROR)? {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Waits for `events` on `fd`; `Ok(false)` on timeout.
+pub(crate) fn poll_one(fd: RawFd, events: libc::c_short, timeout_ms: i32) -> io::Result<bool> {
+    let mut p = libc::pollfd { fd, events, revents: 0 };
+    loop {
+        // SAFETY: one live pollfd.
+        let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+        if r >= 0 {
+            return Ok(r > 0);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// sendto(2) without blocking.
+pub(crate) fn send_to(fd: RawFd, data: &[u8], addr: Option<&SocketAddr>) -> io::Result<usize> {
+    let raw = addr.map(to_raw);
+    let (ptr, len) = match &raw {
+        Some((s, l)) => ((s as *const libc::sockaddr_storage).cast(), *l),
+        None => (std::ptr::null(), 0),
+    };
+    // SAFETY: data is a live slice; ptr/len is either null/0 or a valid sockaddr.
+    let n = unsafe { libc::sendto(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL, ptr, len) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// recvfrom(2) without blocking.
+pub(crate) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<SocketAddr>)> {
+    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: buf is a live mutable slice; storage/len describe a live sockaddr_storage.
+    let n = unsafe {
+        libc::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), 0, storage.as_mut_ptr().cast(), &mut len)
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zero-initialised and possibly filled in by the kernel: valid either way.
+    let storage = unsafe { storage.assume_init() };
+    Ok((n as usize, from_raw(&storage, len)))
+}
+
+pub(crate) fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
+    name_of(fd, libc::getsockname)
+}
+
+pub(crate) fn peer_addr(fd: RawFd) -> io::Result<SocketAddr> {
+    name_of(fd, libc::getpeername)
+}
+
+type NameFn = unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int;
+
+fn name_of(fd: RawFd, f: NameFn) -> io::Result<SocketAddr> {
+    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: storage/len describe a live sockaddr_storage.
+    cvt(unsafe { f(fd, storage.as_mut_ptr().cast(), &mut len) })?;
+    // SAFETY: zero-initialised, then written by the kernel.
+    let storage = unsafe { storage.assume_init() };
+    from_raw(&storage, len).ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
+}
+
+pub(crate) fn shutdown_raw(fd: RawFd, how: libc::c_int) -> io::Result<()> {
+    // SAFETY: shutdown(2) takes no pointers.
+    cvt(unsafe { libc::shutdown(fd, how) }).map(|_| ())
+}
+
+/// An eventfd used to wake a sleeping shard.
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd(2) takes no pointers.
+    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    // SAFETY: fresh fd, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub(crate) fn eventfd_signal(fd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64. EAGAIN (counter saturated) still leaves the
+    // eventfd readable, which is all a wake-up needs.
+    unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+}
+
+/// Encodes `addr` as a `sockaddr_storage` and its length.
+pub(crate) fn to_raw(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and as aligned as sockaddr_in.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo().to_be(),
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and as aligned as sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// Decodes a kernel-written sockaddr; `None` for other families or short lengths.
+pub(crate) fn from_raw(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    from_bytes(
+        // SAFETY: a sockaddr_storage is plain bytes of its own size.
+        unsafe {
+            std::slice::from_raw_parts((storage as *const libc::sockaddr_storage).cast::<u8>(), size_of::<libc::sockaddr_storage>())
+        },
+        len as usize,
+    )
+}
+
+/// Decodes a sockaddr laid out in `bytes` (as io_uring's recvmsg-multishot output carries it).
+pub(crate) fn from_bytes(bytes: &[u8], len: usize) -> Option<SocketAddr> {
+    let len = len.min(bytes.len());
+    if len < 2 {
+        return None;
+    }
+    let family = u16::from_ne_bytes([bytes[0], bytes[1]]) as libc::c_int;
+    let port = |b: &[u8]| u16::from_be_bytes([b[2], b[3]]);
+    match family {
+        libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
+            let ip = Ipv4Addr::new(bytes[4], bytes[5], bytes[6], bytes[7]);
+            Some(SocketAddr::V4(SocketAddrV4::new(ip, port(bytes))))
+        }
+        libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
+            let flow = u32::from_be_bytes(bytes[4..8].try_into().ok()?);
+            let ip: [u8; 16] = bytes[8..24].try_into().ok()?;
+            let scope = u32::from_ne_bytes(bytes[24..28].try_into().ok()?);
+            Some(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port(bytes), flow, scope)))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddr_round_trips_v4_and_v6() {
+        for a in ["127.0.0.1:9000", "[::1]:443", "[fe80::1%3]:7"] {
+            let addr: SocketAddr = a.parse().unwrap();
+            let (raw, len) = to_raw(&addr);
+            assert_eq!(from_raw(&raw, len), Some(addr), "{a}");
+        }
+    }
+
+    #[test]
+    fn short_or_foreign_sockaddr_is_rejected() {
+        assert_eq!(from_bytes(&[2, 0, 1], 3), None);
+        let mut unix = [0u8; 16];
+        unix[0] = libc::AF_UNIX as u8;
+        assert_eq!(from_bytes(&unix, 16), None);
+    }
+}

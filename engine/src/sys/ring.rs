@@ -1,0 +1,277 @@
+//! The io_uring instance of one shard: set-up with a capability ladder, SQE push, submission,
+//! waiting, completion reaping with CQ-overflow accounting, and buffer registration.
+//!
+//! ```text
+//!   shard thread ──push(SQE)──► SQ ring ──io_uring_enter──► kernel
+//!   shard thread ◄──reap(CQE)── CQ ring ◄── completions (overflow list if CQ full)
+//! ```
+//!
+//! With `IORING_SETUP_DEFER_TASKRUN` the kernel runs completion work only inside an
+//! `io_uring_enter` that carries `IORING_ENTER_GETEVENTS`; so every submission here passes it,
+//! even a non-blocking one. With `IORING_FEAT_NODROP` an overflowing CQ parks completions in
+//! the kernel; they come back only through such an enter, which `reap` triggers whenever the
+//! `IORING_SQ_CQ_OVERFLOW` flag is up. Nothing is lost and nothing stalls.
+
+use std::io;
+use std::time::Duration;
+
+use io_uring::{cqueue, squeue, types, IoUring};
+
+use super::bufring::BufRing;
+use super::region::Region;
+
+/// `IORING_ENTER_GETEVENTS`.
+const ENTER_GETEVENTS: u32 = 1;
+/// `IORING_SEND_ZC_REPORT_USAGE` (zc_flags of SEND_ZC).
+pub(crate) const SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
+/// `IORING_NOTIF_USAGE_ZC_COPIED`: set in a SEND_ZC notification's result when the kernel
+/// had to copy after all.
+pub(crate) const NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
+
+/// How the kernel runs completion work for this ring; reported in [`RingInfo`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskRunMode {
+    /// SINGLE_ISSUER + DEFER_TASKRUN: completion work runs only when the shard asks.
+    Deferred,
+    /// COOP_TASKRUN: no IPI, work runs at the next kernel transition.
+    Cooperative,
+    /// Plain task work (signals the task).
+    Signal,
+    /// A kernel SQ polling thread submits and completes.
+    SqPoll,
+}
+
+impl std::fmt::Display for TaskRunMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TaskRunMode::Deferred => "single-issuer+defer-taskrun",
+            TaskRunMode::Cooperative => "coop-taskrun",
+            TaskRunMode::Signal => "default task work",
+            TaskRunMode::SqPoll => "sqpoll",
+        })
+    }
+}
+
+/// Ring parameters asked for.
+#[derive(Clone, Debug)]
+pub(crate) struct RingConfig {
+    pub sq_entries: u32,
+    pub cq_entries: u32,
+    /// SQPOLL with this idle time in milliseconds, pinned to `sqpoll_cpu` if given.
+    pub sqpoll_idle_ms: Option<u32>,
+    pub sqpoll_cpu: Option<u32>,
+}
+
+/// What the kernel actually gave.
+#[derive(Clone, Debug)]
+pub struct RingInfo {
+    pub task_run: TaskRunMode,
+    pub sq_entries: u32,
+    pub cq_entries: u32,
+    /// Why a better mode was not obtained, if it was not.
+    pub fallback: Option<String>,
+}
+
+pub(crate) struct Ring {
+    ring: IoUring,
+    info: RingInfo,
+    /// Times the CQ overflow flag was seen up (completions parked in the kernel).
+    overflows: u64,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring").field("info", &self.info).finish()
+    }
+}
+
+impl Ring {
+    /// Creates the ring on the calling thread (with SINGLE_ISSUER, the only thread that may
+    /// submit afterwards), walking down the ladder DEFER_TASKRUN -> COOP_TASKRUN -> plain.
+    pub(crate) fn new(cfg: &RingConfig) -> io::Result<Ring> {
+        if let Some(idle) = cfg.sqpoll_idle_ms {
+            let mut b = IoUring::builder();
+            b.setup_sqpoll(idle).setup_cqsize(cfg.cq_entries);
+            if let Some(cpu) = cfg.sqpoll_cpu {
+                b.setup_sqpoll_cpu(cpu);
+            }
+            let ring = b.build(cfg.sq_entries)?;
+            return Ok(Ring::with(ring, TaskRunMode::SqPoll, None));
+        }
+        let mut reasons = Vec::new();
+        let ladder: [(TaskRunMode, fn(&mut io_uring::Builder)); 3] = [
+            (TaskRunMode::Deferred, |b| {
+                b.setup_single_issuer().setup_defer_taskrun();
+            }),
+            (TaskRunMode::Cooperative, |b| {
+                b.setup_coop_taskrun();
+            }),
+            (TaskRunMode::Signal, |_| {}),
+        ];
+        for (mode, apply) in ladder {
+            let mut b = IoUring::builder();
+            b.setup_cqsize(cfg.cq_entries).setup_submit_all();
+            apply(&mut b);
+            match b.build(cfg.sq_entries) {
+                Ok(ring) => {
+                    let fallback = (!reasons.is_empty()).then(|| reasons.join("; "));
+                    if let Some(why) = &fallback {
+                        tracing::warn!(mode = %mode, why = %why, "io_uring fell back");
+                    }
+                    return Ok(Ring::with(ring, mode, fallback));
+                }
+                Err(e) if mode != TaskRunMode::Signal => reasons.push(format!("{mode}: {e}")),
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the ladder ends with a mode that returns")
+    }
+
+    fn with(ring: IoUring, task_run: TaskRunMode, fallback: Option<String>) -> Ring {
+        let info = RingInfo {
+            task_run,
+            sq_entries: ring.params().sq_entries(),
+            cq_entries: ring.params().cq_entries(),
+            fallback,
+        };
+        Ring { ring, info, overflows: 0 }
+    }
+
+    pub(crate) fn info(&self) -> &RingInfo {
+        &self.info
+    }
+
+    pub(crate) fn overflows(&self) -> u64 {
+        self.overflows
+    }
+
+    /// Queues one SQE, submitting first if the SQ is full.
+    ///
+    /// # Safety
+    /// Every pointer in `entry` (buffers, msghdr, sockaddr, iovec, timespec) must stay valid,
+    /// and every buffer the kernel writes must not be accessed by anyone else, until the
+    /// kernel posts the operation's final completion (for SEND_ZC: its notification).
+    pub(crate) unsafe fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: forwarded to the caller's contract.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            self.enter(0, None)?;
+        }
+    }
+
+    /// Submits what is queued and runs completion work, without waiting.
+    pub(crate) fn submit(&mut self) -> io::Result<()> {
+        self.enter(0, None)
+    }
+
+    /// Submits and waits for at least one completion, or for `timeout`.
+    pub(crate) fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.enter(1, timeout)
+    }
+
+    fn enter(&mut self, want: u32, timeout: Option<Duration>) -> io::Result<()> {
+        let res = if self.info.task_run == TaskRunMode::SqPoll {
+            match timeout {
+                Some(t) => {
+                    let ts = types::Timespec::from(t);
+                    let args = types::SubmitArgs::new().timespec(&ts);
+                    self.ring.submitter().submit_with_args(want as usize, &args)
+                }
+                None => self.ring.submitter().submit_and_wait(want as usize),
+            }
+        } else {
+            let to_submit = self.ring.submission().len() as u32;
+            match timeout {
+                Some(t) if want > 0 => {
+                    let ts = types::Timespec::from(t);
+                    let args = types::SubmitArgs::new().timespec(&ts);
+                    self.ring.submitter().submit_with_args(want as usize, &args)
+                }
+                // SAFETY: plain io_uring_enter with no argument struct.
+                _ => unsafe {
+                    self.ring.submitter().enter::<libc::sigset_t>(
+                        to_submit,
+                        want,
+                        ENTER_GETEVENTS,
+                        None,
+                    )
+                },
+            }
+        };
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) => match e.raw_os_error() {
+                // A timed-out or interrupted wait, or a busy CQ that reap will drain: not errors.
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {
+                    Ok(())
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// Moves every available CQE into `out` (cleared first), flushing the kernel's overflow
+    /// list when the CQ overflowed. Returns the number reaped.
+    pub(crate) fn reap(&mut self, out: &mut Vec<cqueue::Entry>) -> usize {
+        out.clear();
+        loop {
+            {
+                let mut cq = self.ring.completion();
+                cq.sync();
+                let room = out.capacity() - out.len();
+                out.extend(cq.by_ref().take(room));
+            }
+            let overflowed = self.ring.submission().cq_overflow();
+            if !overflowed || out.len() == out.capacity() {
+                return out.len();
+            }
+            // Completions are parked in the kernel: an enter with GETEVENTS moves them into
+            // the CQ we just emptied.
+            self.overflows += 1;
+            if let Err(e) = self.enter(0, None) {
+                tracing::error!(error = %e, "io_uring_enter failed while flushing CQ overflow");
+                return out.len();
+            }
+        }
+    }
+
+    /// Registers the whole region as fixed buffer 0 (the pool), plus `extra_slots` sparse
+    /// slots for Registered I/O buffers.
+    pub(crate) fn register_region(&mut self, region: &Region, extra_slots: u32) -> io::Result<()> {
+        let sub = self.ring.submitter();
+        sub.register_buffers_sparse(1 + extra_slots)?;
+        let iov = libc::iovec { iov_base: region.as_ptr().cast(), iov_len: region.len() };
+        // SAFETY: the region outlives the ring: both belong to the shard, and the shard drops
+        // its ring before its pool's region (field order), so the kernel never sees freed memory.
+        unsafe { sub.register_buffers_update(0, std::slice::from_ref(&iov), None) }?;
+        Ok(())
+    }
+
+    /// Registers `len` bytes at `ptr` as fixed buffer `slot`.
+    ///
+    /// # Safety
+    /// The memory must stay mapped until the slot is cleared with `unregister_slot` or the
+    /// ring is dropped.
+    pub(crate) unsafe fn register_slot(&mut self, slot: u32, ptr: *mut u8, len: usize) -> io::Result<()> {
+        let iov = libc::iovec { iov_base: ptr.cast(), iov_len: len };
+        // SAFETY: forwarded to the caller's contract.
+        unsafe { self.ring.submitter().register_buffers_update(slot, std::slice::from_ref(&iov), None) }
+            .map(|_| ())
+    }
+
+    /// Clears fixed buffer `slot`.
+    pub(crate) fn unregister_slot(&mut self, slot: u32) -> io::Result<()> {
+        let iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+        // SAFETY: a null iovec clears the slot; no memory is handed to the kernel.
+        unsafe { self.ring.submitter().register_buffers_update(slot, std::slice::from_ref(&iov), None) }
+            .map(|_| ())
+    }
+
+    /// Registers a provided-buffer ring under group `bgid`.
+    pub(crate) fn register_buf_ring(&mut self, br: &BufRing, bgid: u16) -> io::Result<()> {
+        // SAFETY: the BufRing is owned by the shard next to this ring and dropped after it.
+        unsafe { self.ring.submitter().register_buf_ring_with_flags(br.addr(), br.entries(), bgid, 0) }
+    }
+}
