@@ -797,7 +797,8 @@ impl Shard {
             let len = res.max(0) as u32;
             s.buf = Some(self.pool.adopt(frame, 0, len));
         }
-        s.result = Some(if s.kind == OpKind::Send && res > 0 { s.sent as i32 } else { res });
+        let stream_send = s.kind == OpKind::Send && s.rio.is_none();
+        s.result = Some(if stream_send && res > 0 { s.sent as i32 } else { res });
         s.pending -= 1;
         if s.pending == 0 {
             self.finish(idx);
@@ -818,12 +819,10 @@ impl Shard {
                     c.result = Ok(0);
                 }
                 OpKind::Recv => {
-                    let frame = picked.expect("multishot recv always selects a buffer");
-                    c.buffer = Some(self.pool.adopt(frame, 0, res as u32));
-                    if res == 0 {
-                        // EOF: the stream is done; the op ends with this completion.
-                        c.more = false;
-                    }
+                    // EOF (res 0) selects no buffer: the stream is done and the op ends with
+                    // this completion.
+                    c.buffer = picked.map(|frame| self.pool.adopt(frame, 0, res as u32));
+                    c.more = res > 0;
                 }
                 _ => {
                     let frame = picked.expect("multishot recvmsg always selects a buffer");

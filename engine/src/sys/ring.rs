@@ -223,13 +223,16 @@ impl Ring {
                 let room = out.capacity() - out.len();
                 out.extend(cq.by_ref().take(room));
             }
-            let overflowed = self.ring.submission().cq_overflow();
-            if !overflowed || out.len() == out.capacity() {
+            if !self.ring.submission().cq_overflow() {
+                return out.len();
+            }
+            self.overflows += 1;
+            if out.len() == out.capacity() {
+                // The caller handles these first; the next turn's enter flushes the rest.
                 return out.len();
             }
             // Completions are parked in the kernel: an enter with GETEVENTS moves them into
             // the CQ we just emptied.
-            self.overflows += 1;
             if let Err(e) = self.enter(0, None) {
                 tracing::error!(error = %e, "io_uring_enter failed while flushing CQ overflow");
                 return out.len();

@@ -1,0 +1,413 @@
+//! Kernel integration tests on loopback (no root needed): echo round trips, exactly-once
+//! completions, cancel, timeouts, pool exhaustion and recovery, CQ overflow, RIO.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, UdpSocket as StdUdp};
+use std::time::{Duration, Instant};
+
+use porto_engine::completion::{Completion, OpKind};
+use porto_engine::config::Config;
+use porto_engine::engine::Engine;
+use porto_engine::error::Error;
+use porto_engine::port::CompletionPort;
+use porto_engine::rio::{CompletionQueue, RegisteredBuffer, RequestQueue, RioEvent, RioFlags, RioNotify};
+use porto_engine::shard::{Delivery, Shard};
+use porto_engine::socket::{SocketOptions, TcpListener, TcpStream, UdpSocket};
+
+fn small() -> Config {
+    Config { pin: false, frames_per_shard: 512, recv_frames: 256, huge_pages: false, ..Config::default() }
+}
+
+fn any(v6: bool) -> SocketAddr {
+    if v6 { "[::1]:0" } else { "127.0.0.1:0" }.parse().unwrap()
+}
+
+/// Polls until `n` completions arrived or 5 s passed.
+fn poll_n(shard: &mut Shard, n: usize) -> Vec<Completion> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while out.len() < n && Instant::now() < deadline {
+        let want = n - out.len();
+        shard.poll_until(&mut out, want, Duration::from_millis(10));
+    }
+    out
+}
+
+fn udp_echo_polling(v6: bool) {
+    let mut shard = Shard::new(&small(), None).unwrap();
+    let h = shard.handle();
+    let sock = UdpSocket::bind(&h, any(v6), &SocketOptions::default(), Delivery::Poll { key: 9 }).unwrap();
+    let server = sock.local_addr().unwrap();
+    sock.recv_from_multishot(1).unwrap();
+    let client = StdUdp::bind(any(v6)).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for i in 0..50u32 {
+        let msg = i.to_be_bytes();
+        client.send_to(&msg, server).unwrap();
+        let c = poll_n(&mut shard, 1).pop().expect("datagram completion");
+        assert_eq!((c.key, c.token, c.op, c.more), (9, 1, OpKind::RecvFrom, true));
+        assert_eq!(c.result, Ok(4));
+        assert_eq!(c.peer, Some(client.local_addr().unwrap()));
+        let buf = c.buffer.unwrap();
+        assert_eq!(&buf[..], &msg);
+        // Echo the very frame we received: no copy.
+        sock.send_to(buf, c.peer.unwrap(), 100 + u64::from(i)).unwrap();
+        let sent = poll_n(&mut shard, 1).pop().expect("send completion");
+        assert_eq!((sent.op, sent.token, sent.result), (OpKind::SendTo, 100 + u64::from(i), Ok(4)));
+        assert!(sent.buffer.is_some(), "the send hands its buffer back");
+        let mut back = [0u8; 16];
+        let (n, from) = client.recv_from(&mut back).unwrap();
+        assert_eq!((&back[..n], from), (&msg[..], server));
+    }
+    let st = shard.stats().counters.snapshot();
+    assert_eq!(st.receives, 50);
+    assert_eq!(st.sends, 50);
+}
+
+#[test]
+fn udp_echo_polling_mode_ipv4() {
+    udp_echo_polling(false);
+}
+
+#[test]
+fn udp_echo_polling_mode_ipv6() {
+    udp_echo_polling(true);
+}
+
+#[test]
+fn udp_echo_through_completion_port() {
+    let engine = Engine::start(&Config { shards: 2, ..small() }).unwrap();
+    let port = CompletionPort::new(0, 1024);
+    let socks: Vec<UdpSocket> = engine
+        .shards()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| UdpSocket::bind(h, any(false), &SocketOptions::default(), Delivery::Port { port: port.clone(), key: i as u64 }).unwrap())
+        .collect();
+    for s in &socks {
+        s.recv_from_multishot(7).unwrap();
+    }
+    let client = StdUdp::bind(any(false)).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = Vec::with_capacity(16);
+    for round in 0..20u8 {
+        for (i, s) in socks.iter().enumerate() {
+            client.send_to(&[round, i as u8], s.local_addr().unwrap()).unwrap();
+            out.clear();
+            assert_eq!(port.dequeue(&mut out, 16, Some(Duration::from_secs(5))), 1);
+            let c = out.pop().unwrap();
+            assert_eq!((c.key, c.token, c.result), (i as u64, 7, Ok(2)));
+            socks[c.key as usize].send_to(c.buffer.unwrap(), c.peer.unwrap(), 1).unwrap();
+            assert_eq!(port.dequeue(&mut out, 16, Some(Duration::from_secs(5))), 1);
+            assert_eq!(out.pop().unwrap().result, Ok(2));
+            let mut b = [0u8; 8];
+            assert_eq!(client.recv(&mut b).unwrap(), 2);
+            assert_eq!(&b[..2], &[round, i as u8]);
+        }
+    }
+    // Dropping the sockets cancels the multishot receives: exactly one Aborted each.
+    drop(socks);
+    let mut ends = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ends.len() < 2 && Instant::now() < deadline {
+        out.clear();
+        port.dequeue(&mut out, 16, Some(Duration::from_millis(100)));
+        ends.extend(out.drain(..).map(|c| (c.key, c.result, c.more)));
+    }
+    ends.sort_by_key(|e| e.0);
+    assert_eq!(ends, [(0, Err(Error::Aborted), false), (1, Err(Error::Aborted), false)]);
+    out.clear();
+    assert_eq!(port.dequeue(&mut out, 16, Some(Duration::from_millis(100))), 0, "nothing after the terminal completion");
+    for h in engine.shards() {
+        assert_eq!(h.stats().counters.snapshot().stray_cqes, 0);
+    }
+}
+
+#[test]
+fn cancel_yields_exactly_one_aborted_completion() {
+    let mut shard = Shard::new(&small(), None).unwrap();
+    let h = shard.handle();
+    let sock = UdpSocket::bind(&h, any(false), &SocketOptions::default(), Delivery::Poll { key: 0 }).unwrap();
+    sock.recv_from_multishot(1).unwrap();
+    sock.recv_from(2, None).unwrap();
+    let mut none = Vec::new();
+    assert_eq!(shard.poll_until(&mut none, 8, Duration::from_millis(50)), 0, "nothing before the cancel");
+    sock.cancel(1).unwrap();
+    sock.cancel(2).unwrap();
+    let got = poll_n(&mut shard, 2);
+    let mut tokens: Vec<(u64, Result<usize, Error>, bool)> = got.iter().map(|c| (c.token, c.result, c.more)).collect();
+    tokens.sort_by_key(|t| t.0);
+    assert_eq!(tokens, [(1, Err(Error::Aborted), false), (2, Err(Error::Aborted), false)]);
+    // Cancelling again (nothing in flight) produces nothing.
+    sock.cancel(1).unwrap();
+    let mut more = Vec::new();
+    assert_eq!(shard.poll_until(&mut more, 8, Duration::from_millis(100)), 0);
+    assert_eq!(shard.live_ops(), 0);
+}
+
+#[test]
+fn receive_timeout_completes_timed_out() {
+    let mut shard = Shard::new(&small(), None).unwrap();
+    let h = shard.handle();
+    let sock = UdpSocket::bind(&h, any(false), &SocketOptions::default(), Delivery::Poll { key: 0 }).unwrap();
+    let t0 = Instant::now();
+    sock.recv_from(5, Some(Duration::from_millis(50))).unwrap();
+    let c = poll_n(&mut shard, 1).pop().unwrap();
+    assert_eq!((c.token, c.result), (5, Err(Error::TimedOut)));
+    assert!(t0.elapsed() >= Duration::from_millis(50));
+    assert_eq!(shard.live_ops(), 0);
+}
+
+#[test]
+fn pool_exhaustion_is_backpressure_then_recovers() {
+    // 64 frames, 32 of them in the buffer ring.
+    let cfg = Config { frames_per_shard: 64, recv_frames: 32, ..small() };
+    let mut shard = Shard::new(&cfg, None).unwrap();
+    let h = shard.handle();
+    let opts = SocketOptions { recv_buffer: Some(4 << 20), ..SocketOptions::default() };
+    let sock = UdpSocket::bind(&h, any(false), &opts, Delivery::Poll { key: 0 }).unwrap();
+    sock.recv_from_multishot(1).unwrap();
+    let client = StdUdp::bind(any(false)).unwrap();
+    const N: u32 = 200;
+    for i in 0..N {
+        client.send_to(&i.to_be_bytes(), sock.local_addr().unwrap()).unwrap();
+    }
+    // Hold every buffer: the pool runs dry, the multishot receive stops with ENOBUFS.
+    let mut held = Vec::new();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        shard.poll(&mut out, 256);
+        held.extend(out.drain(..).map(|c| c.buffer.unwrap()));
+    }
+    assert_eq!(held.len(), 64, "every frame is with the application");
+    assert_eq!(shard.pool().alloc().unwrap_err(), Error::NoBuffers);
+    assert!(shard.stats().counters.snapshot().recv_nobufs >= 1);
+    // Give the frames back: receiving resumes and nothing queued is lost.
+    let mut seen: Vec<u32> = held.iter().map(|b| u32::from_be_bytes(b[..4].try_into().unwrap())).collect();
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen.len() < N as usize && Instant::now() < deadline {
+        shard.poll(&mut out, 256);
+        seen.extend(out.drain(..).map(|c| u32::from_be_bytes(c.buffer.unwrap()[..4].try_into().unwrap())));
+    }
+    assert_eq!(seen, (0..N).collect::<Vec<_>>(), "all datagrams, once, in order");
+    drop(sock);
+    poll_n(&mut shard, 1);
+    assert_eq!(shard.pool().free_frames() + shard.bufring_frames(), 64, "frame conservation");
+}
+
+#[test]
+fn cq_overflow_loses_nothing() {
+    let cfg = Config { sq_entries: 8, cq_entries: 8, ..small() };
+    let mut shard = Shard::new(&cfg, None).unwrap();
+    let h = shard.handle();
+    let opts = SocketOptions { recv_buffer: Some(4 << 20), ..SocketOptions::default() };
+    let sock = UdpSocket::bind(&h, any(false), &opts, Delivery::Poll { key: 0 }).unwrap();
+    sock.recv_from_multishot(1).unwrap();
+    let mut out = Vec::new();
+    shard.poll(&mut out, 1);
+    let client = StdUdp::bind(any(false)).unwrap();
+    const N: u32 = 200;
+    for i in 0..N {
+        client.send_to(&i.to_be_bytes(), sock.local_addr().unwrap()).unwrap();
+    }
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen.len() < N as usize && Instant::now() < deadline {
+        shard.poll(&mut out, 1024);
+        seen.extend(out.drain(..).map(|c| u32::from_be_bytes(c.buffer.unwrap()[..4].try_into().unwrap())));
+    }
+    let uniq: HashSet<u32> = seen.iter().copied().collect();
+    assert_eq!(uniq.len(), seen.len(), "no duplicates");
+    assert_eq!(seen, (0..N).collect::<Vec<_>>());
+    std::thread::sleep(Duration::from_millis(60));
+    shard.poll(&mut out, 1);
+    assert!(shard.stats().counters.snapshot().cq_overflows > 0, "the 8-entry CQ must have overflowed");
+}
+
+#[test]
+fn tcp_echo_round_trip_through_port() {
+    let engine = Engine::start(&small()).unwrap();
+    let h = engine.shard(0);
+    let port = CompletionPort::new(1, 1024);
+    let lst = TcpListener::bind(h, any(false), 128, &SocketOptions::default(), Delivery::Port { port: port.clone(), key: 1 }).unwrap();
+    lst.accept(10).unwrap();
+    let addr = lst.local_addr().unwrap();
+    let client = TcpStream::connect(h, addr, 20, Some(Duration::from_secs(5)), &SocketOptions::default(), Delivery::Port { port: port.clone(), key: 2 }).unwrap();
+    let mut out = Vec::new();
+    let mut server = None;
+    let mut connected = false;
+    while server.is_none() || !connected {
+        assert!(port.dequeue(&mut out, 8, Some(Duration::from_secs(5))) > 0, "accept/connect completions");
+        for c in out.drain(..) {
+            match c.op {
+                OpKind::Accept => {
+                    assert_eq!(c.peer, Some(client.local_addr().unwrap()));
+                    server = Some(TcpStream::adopt(h, c.accepted.unwrap(), Delivery::Port { port: port.clone(), key: 3 }).unwrap());
+                }
+                OpKind::Connect => {
+                    assert_eq!(c.result, Ok(0));
+                    connected = true;
+                }
+                o => panic!("unexpected {o:?}"),
+            }
+        }
+    }
+    let server = server.unwrap();
+    server.recv_multishot(30).unwrap();
+    let payload: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+    let mut sent = 0;
+    let mut echoed = Vec::new();
+    let mut offset = 0;
+    while echoed.len() < payload.len() {
+        if sent < payload.len() {
+            let n = (payload.len() - sent).min(1500);
+            client.send(h.pool().alloc_from(&payload[sent..sent + n]).unwrap(), 40).unwrap();
+            sent += n;
+        }
+        out.clear();
+        port.dequeue(&mut out, 64, Some(Duration::from_secs(5)));
+        for c in out.drain(..) {
+            match (c.key, c.op) {
+                (3, OpKind::Recv) => {
+                    let data = c.buffer.unwrap();
+                    server.send(h.pool().alloc_from(&data).unwrap(), 50).unwrap();
+                    offset += data.len();
+                }
+                (3, OpKind::Send) | (2, OpKind::Send) => assert!(c.result.is_ok(), "{c:?}"),
+                _ => panic!("unexpected {c:?}"),
+            }
+        }
+        let mut b = [0u8; 65536];
+        if offset > echoed.len() {
+            let n = client.recv_blocking(&mut b, Some(Duration::from_secs(5))).unwrap();
+            echoed.extend_from_slice(&b[..n]);
+        }
+    }
+    assert_eq!(echoed, payload);
+    client.disconnect(60).unwrap();
+    // The server sees EOF: its multishot receive ends with a final Ok(0).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut eof = false;
+    while !eof && Instant::now() < deadline {
+        out.clear();
+        port.dequeue(&mut out, 8, Some(Duration::from_millis(100)));
+        eof |= out.iter().any(|c| c.key == 3 && c.op == OpKind::Recv && c.result == Ok(0) && !c.more);
+    }
+    assert!(eof);
+}
+
+#[test]
+fn connect_refused_is_reported() {
+    let mut shard = Shard::new(&small(), None).unwrap();
+    let h = shard.handle();
+    // Bind then drop a listener to get a port that refuses.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let _s = TcpStream::connect(&h, addr, 1, None, &SocketOptions::default(), Delivery::Poll { key: 0 }).unwrap();
+    let c = poll_n(&mut shard, 1).pop().unwrap();
+    assert_eq!((c.op, c.result), (OpKind::Connect, Err(Error::ConnectionRefused)));
+}
+
+#[test]
+fn bind_in_use_names_the_fix() {
+    let shard = Shard::new(&small(), None).unwrap();
+    let taken = StdUdp::bind("127.0.0.1:0").unwrap();
+    let e = UdpSocket::bind(&shard.handle(), taken.local_addr().unwrap(), &SocketOptions::default(), Delivery::Poll { key: 0 }).unwrap_err();
+    assert!(e.to_string().contains("port is in use"), "{e}");
+}
+
+#[test]
+fn op_table_exhaustion_is_backpressure() {
+    let cfg = Config { ops_max: 4, ..small() };
+    let mut shard = Shard::new(&cfg, None).unwrap();
+    let h = shard.handle();
+    let sock = UdpSocket::bind(&h, any(false), &SocketOptions::default(), Delivery::Poll { key: 0 }).unwrap();
+    for t in 0..6 {
+        sock.recv_from(t, None).unwrap();
+    }
+    let mut out = Vec::new();
+    shard.poll_until(&mut out, 16, Duration::from_millis(200));
+    let mut rejected: Vec<u64> = out.iter().filter(|c| c.result == Err(Error::NoBuffers)).map(|c| c.token).collect();
+    rejected.sort_unstable();
+    assert_eq!(rejected, [4, 5]);
+    assert_eq!(shard.stats().counters.snapshot().ops_rejected, 2);
+}
+
+#[test]
+fn rio_receive_send_and_notify() {
+    let engine = Engine::start(&small()).unwrap();
+    let h = engine.shard(0);
+    let port = CompletionPort::new(1, 64);
+    let sock = UdpSocket::bind(h, any(false), &SocketOptions::default(), Delivery::Port { port: port.clone(), key: 0 }).unwrap();
+    let ev = RioEvent::new();
+    let cq = CompletionQueue::new(8, RioNotify::Event(ev.clone()));
+    assert!(RequestQueue::new(sock.core(), &cq, 8, 8, 5).is_err(), "16 outstanding cannot fit an 8-entry CQ");
+    let mut rq = RequestQueue::new(sock.core(), &cq, 2, 2, 5).unwrap();
+    let mut segs = RegisteredBuffer::register(h, vec![0u8; 4096], 1024).unwrap();
+    assert_eq!(segs.len(), 4);
+    let (a, b, c) = (segs.pop().unwrap(), segs.pop().unwrap(), segs.pop().unwrap());
+    rq.receive(a, 1, RioFlags::DEFER).unwrap();
+    rq.receive(b, 2, RioFlags::DEFER).unwrap();
+    let (e, c) = rq.receive(c, 3, RioFlags::NONE).unwrap_err();
+    assert_eq!(e, Error::NoBuffers, "max_recv = 2");
+    rq.commit().unwrap();
+    cq.notify();
+    let client = StdUdp::bind(any(false)).unwrap();
+    client.send_to(b"hello rio", sock.local_addr().unwrap()).unwrap();
+    assert!(ev.wait(Duration::from_secs(5)), "notification fired");
+    let mut res = Vec::new();
+    assert_eq!(cq.dequeue(&mut res, 8), 1);
+    let r = res.pop().unwrap();
+    // Either outstanding receive may take the datagram; the other stays outstanding.
+    assert!(r.token == 1 || r.token == 2);
+    let other = 3 - r.token;
+    assert_eq!((r.key, r.result), (5, Ok(9)));
+    assert_eq!(&r.buf[..], b"hello rio");
+    assert_eq!(r.peer, Some(client.local_addr().unwrap()));
+    // Send a segment back with RIOSendEx.
+    let mut c = c;
+    c.set_len(5);
+    c.copy_from_slice(b"pong!");
+    rq.send_to(c, client.local_addr().unwrap(), 9, RioFlags::NONE).unwrap();
+    let mut got = [0u8; 16];
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let n = client.recv(&mut got).unwrap();
+    assert_eq!(&got[..n], b"pong!");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while res.is_empty() && Instant::now() < deadline {
+        cq.dequeue(&mut res, 8);
+    }
+    let s = res.pop().unwrap();
+    assert_eq!((s.token, s.result), (9, Ok(5)));
+    // The second receive is still outstanding; closing the socket aborts it into the CQ.
+    drop(rq);
+    drop(sock);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while res.is_empty() && Instant::now() < deadline {
+        cq.dequeue(&mut res, 8);
+    }
+    assert_eq!(res.pop().map(|r| (r.token, r.result)), Some((other, Err(Error::Aborted))));
+    assert!(port.is_empty(), "RIO results never go to the socket's port");
+}
+
+#[test]
+fn zero_copy_send_reports_copy_on_loopback() {
+    let mut shard = Shard::new(&small(), None).unwrap();
+    let h = shard.handle();
+    let sock = UdpSocket::bind(&h, any(false), &SocketOptions::default(), Delivery::Poll { key: 0 }).unwrap();
+    let rx = StdUdp::bind(any(false)).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let buf = h.pool().alloc_from(&[7u8; 1000]).unwrap();
+    sock.send_to_zc(buf, rx.local_addr().unwrap(), 1).unwrap();
+    let c = poll_n(&mut shard, 1).pop().unwrap();
+    assert_eq!((c.op, c.result), (OpKind::SendTo, Ok(1000)));
+    // Loopback cannot send in place: the notification says the kernel copied.
+    assert!(c.zc_copied);
+    assert!(c.buffer.is_some());
+    let mut b = [0u8; 2000];
+    assert_eq!(rx.recv(&mut b).unwrap(), 1000);
+    assert_eq!(shard.stats().counters.snapshot().zc_copied, 1);
+}
