@@ -100,7 +100,8 @@ impl Config {
         self.frames_per_shard as usize * self.frame_size as usize
     }
 
-    pub(crate) fn core_of(&self, shard: usize) -> usize {
+    /// The core shard `shard` is pinned to.
+    pub fn core_of(&self, shard: usize) -> usize {
         if self.cores.is_empty() {
             shard
         } else {

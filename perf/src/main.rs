@@ -1,1 +1,174 @@
-fn main(){}
+//! The `porto` command: `demo` (the main job), `echo` (a sockperf-compatible server), `info`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use porto::{Config, Shard};
+
+mod demo;
+mod echo;
+mod kernel;
+mod loadgen;
+mod report;
+mod sockperf;
+
+#[derive(Parser, Debug)]
+#[command(name = "porto", version, about = "porto: kernel-bypass network I/O with a Winsock-style completion API")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Echo under built-in load on loopback: porto (port and polling mode) vs kernel sockets.
+    Demo {
+        /// Seconds measured per row.
+        #[arg(long, default_value_t = 1.5)]
+        seconds: f64,
+        /// Message size in bytes (at least 14, the sockperf header).
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(14..=65000))]
+        size: u32,
+    },
+    /// A sockperf-compatible echo server (`sockperf ping-pong` / `throughput` work against it).
+    Echo(EchoArgs),
+    /// Starts one shard and prints what the kernel gave it.
+    Info {
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+struct EchoArgs {
+    /// Serve UDP.
+    #[arg(long, required_unless_present = "tcp")]
+    udp: bool,
+    /// Serve TCP.
+    #[arg(long)]
+    tcp: bool,
+    /// Address to bind (IPv4 or IPv6).
+    #[arg(long, default_value = "127.0.0.1")]
+    addr: IpAddr,
+    #[arg(long, short)]
+    port: u16,
+    /// Polling mode: the application runs on the shard thread, which busy-polls.
+    #[arg(long)]
+    poll: bool,
+    /// Reply with IORING_OP_SEND_ZC from the registered pool.
+    #[arg(long)]
+    zerocopy: bool,
+    /// Stop after this many seconds (default: until SIGINT/SIGTERM).
+    #[arg(long)]
+    seconds: Option<f64>,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Args, Debug)]
+struct EngineArgs {
+    /// Shards (threads, one per core).
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
+    /// Cores to pin shards to, e.g. 0,1 (default: 0, 1, ...).
+    #[arg(long, value_delimiter = ',')]
+    cores: Vec<usize>,
+    /// Do not pin threads.
+    #[arg(long)]
+    no_pin: bool,
+    /// Frames in each shard's registered pool.
+    #[arg(long, default_value_t = 2048)]
+    frames: u32,
+    /// Bytes per frame.
+    #[arg(long, default_value_t = 2048)]
+    frame_size: u32,
+    /// Use a kernel SQ polling thread (idle ms).
+    #[arg(long)]
+    sqpoll: Option<u32>,
+}
+
+impl EngineArgs {
+    fn config(&self) -> Config {
+        let recv_frames = (self.frames / 2).max(1).next_power_of_two().min(32768);
+        Config {
+            shards: self.shards,
+            cores: self.cores.clone(),
+            pin: !self.no_pin,
+            frames_per_shard: self.frames,
+            frame_size: self.frame_size,
+            recv_frames: if recv_frames >= self.frames { recv_frames / 2 } else { recv_frames },
+            sqpoll_idle_ms: self.sqpoll,
+            ..Config::default()
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Demo { seconds, size } => demo::run(&demo::DemoConfig { seconds, msg_size: size as usize }),
+        Cmd::Echo(a) => run_echo(a),
+        Cmd::Info { engine } => info(&engine),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("porto: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn info(a: &EngineArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let cfg = a.config();
+    let shard = Shard::new(&cfg, cfg.pin.then(|| cfg.core_of(0)))?;
+    println!("transport: io_uring");
+    if let Some(i) = shard.handle().info() {
+        println!("{i}");
+    }
+    Ok(())
+}
+
+fn run_echo(a: EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    let cfg = echo::EchoConfig {
+        addr: SocketAddr::new(a.addr, a.port),
+        udp: a.udp,
+        tcp: a.tcp,
+        poll: a.poll,
+        zerocopy: a.zerocopy,
+        engine: a.engine.config(),
+    };
+    let server = echo::EchoServer::start(&cfg, stop.clone())?;
+    let protos = [(a.udp, "udp"), (a.tcp, "tcp")].iter().filter(|p| p.0).map(|p| p.1).collect::<Vec<_>>().join("+");
+    println!(
+        "porto echo: {protos} on {} in {} mode, {} shard(s)",
+        server.addr,
+        if a.poll { "polling" } else { "completion-port" },
+        cfg.engine.shards
+    );
+    for i in &server.info {
+        println!("  {i}");
+    }
+    let deadline = a.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
+    while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let c = server.stop();
+    println!(
+        "porto echo: stopped; {} requests, {} replies, {} ignored, {} reply drops, {} connections, {} bad streams",
+        c.requests, c.replies, c.ignored, c.reply_drops, c.connections, c.bad_streams
+    );
+    Ok(())
+}

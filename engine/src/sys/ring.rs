@@ -72,6 +72,9 @@ pub struct RingInfo {
     pub fallback: Option<String>,
 }
 
+/// Sets the set-up flags of one rung of the ladder.
+type ApplyFlags = fn(&mut io_uring::Builder);
+
 pub(crate) struct Ring {
     ring: IoUring,
     info: RingInfo,
@@ -99,7 +102,7 @@ impl Ring {
             return Ok(Ring::with(ring, TaskRunMode::SqPoll, None));
         }
         let mut reasons = Vec::new();
-        let ladder: [(TaskRunMode, fn(&mut io_uring::Builder)); 3] = [
+        let ladder: [(TaskRunMode, ApplyFlags); 3] = [
             (TaskRunMode::Deferred, |b| {
                 b.setup_single_issuer().setup_defer_taskrun();
             }),
