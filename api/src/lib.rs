@@ -55,5 +55,7 @@ pub use porto_engine::{PageKind, RingInfo, TaskRunMode};
 
 /// Registered I/O: registered buffers, request queues, completion queues.
 pub mod rio {
-    pub use porto_engine::rio::{CompletionQueue, RegisteredBuffer, RequestQueue, RioBuf, RioEvent, RioFlags, RioNotify, RioResult};
+    pub use porto_engine::rio::{
+        CompletionQueue, RegisteredBuffer, RequestQueue, RioBuf, RioEvent, RioFlags, RioNotify, RioResult,
+    };
 }

@@ -1,0 +1,1 @@
+//! criterion micro-benchmarks for porto live in `benches/`; this crate has no library code.

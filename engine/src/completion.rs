@@ -63,6 +63,16 @@ impl Completion {
     }
 
     pub(crate) fn of(op: OpKind, key: u64, token: u64, result: Result<usize, Error>) -> Completion {
-        Completion { key, token, op, result, buffer: None, peer: None, accepted: None, more: false, zc_copied: false }
+        Completion {
+            key,
+            token,
+            op,
+            result,
+            buffer: None,
+            peer: None,
+            accepted: None,
+            more: false,
+            zc_copied: false,
+        }
     }
 }

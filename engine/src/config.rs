@@ -66,18 +66,29 @@ impl Config {
             return bad(format!("shards = {}: must be 1..=256", self.shards));
         }
         if self.frames_per_shard == 0 || self.frames_per_shard > FRAMES_MAX {
-            return bad(format!("frames_per_shard = {}: must be 1..={FRAMES_MAX}", self.frames_per_shard));
+            return bad(format!(
+                "frames_per_shard = {}: must be 1..={FRAMES_MAX}",
+                self.frames_per_shard
+            ));
         }
         if !self.frame_size.is_power_of_two() || !(512..=65536).contains(&self.frame_size) {
-            return bad(format!("frame_size = {}: must be a power of two in 512..=65536", self.frame_size));
+            return bad(format!(
+                "frame_size = {}: must be a power of two in 512..=65536",
+                self.frame_size
+            ));
         }
-        if !self.recv_frames.is_power_of_two() || self.recv_frames > 32768 || self.recv_frames >= self.frames_per_shard {
+        if !self.recv_frames.is_power_of_two() || self.recv_frames > 32768 || self.recv_frames >= self.frames_per_shard
+        {
             return bad(format!(
                 "recv_frames = {}: must be a power of two <= 32768 and below frames_per_shard ({})",
                 self.recv_frames, self.frames_per_shard
             ));
         }
-        if self.sq_entries == 0 || self.sq_entries > 32768 || self.cq_entries < self.sq_entries || self.cq_entries > 1 << 20 {
+        if self.sq_entries == 0
+            || self.sq_entries > 32768
+            || self.cq_entries < self.sq_entries
+            || self.cq_entries > 1 << 20
+        {
             return bad(format!(
                 "sq_entries = {}, cq_entries = {}: need 1 <= sq <= 32768 and sq <= cq <= 1048576",
                 self.sq_entries, self.cq_entries
@@ -117,11 +128,21 @@ mod tests {
     #[test]
     fn default_is_valid_and_bad_values_are_named() {
         Config::default().validate().unwrap();
-        let c = Config { recv_frames: 3000, ..Config::default() };
+        let c = Config {
+            recv_frames: 3000,
+            ..Config::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("recv_frames"));
-        let c = Config { cq_entries: 8, sq_entries: 16, ..Config::default() };
+        let c = Config {
+            cq_entries: 8,
+            sq_entries: 16,
+            ..Config::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("cq_entries"));
-        let c = Config { frame_size: 1000, ..Config::default() };
+        let c = Config {
+            frame_size: 1000,
+            ..Config::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("frame_size"));
     }
 }

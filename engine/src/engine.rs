@@ -44,7 +44,11 @@ impl Engine {
     /// Starts `cfg.shards` shard threads. Fails as a whole, leaving no thread behind.
     pub fn start(cfg: &Config) -> Result<Engine, SetupError> {
         cfg.validate()?;
-        let mut engine = Engine { shards: Vec::new(), threads: Vec::new(), next: AtomicUsize::new(0) };
+        let mut engine = Engine {
+            shards: Vec::new(),
+            threads: Vec::new(),
+            next: AtomicUsize::new(0),
+        };
         for i in 0..cfg.shards {
             let shared = shard::new_shared(cfg, i)?;
             let core = cfg.pin.then(|| cfg.core_of(i));
@@ -74,7 +78,10 @@ impl Engine {
                         }
                     }
                 })
-                .map_err(|source| SetupError::Syscall { what: "spawning a shard thread", source })?;
+                .map_err(|source| SetupError::Syscall {
+                    what: "spawning a shard thread",
+                    source,
+                })?;
             engine.threads.push(t);
             engine.shards.push(ShardHandle { shared });
             match rx.recv() {

@@ -153,11 +153,19 @@ pub enum SetupError {
          {memlock}: raise it (`ulimit -l unlimited`, or LimitMEMLOCK= in a systemd unit), run with \
          CAP_IPC_LOCK, or lower frames_per_shard"
     )]
-    Register { bytes: usize, memlock: String, source: io::Error },
+    Register {
+        bytes: usize,
+        memlock: String,
+        source: io::Error,
+    },
     #[error("{what} failed: {source}")]
     Syscall { what: &'static str, source: io::Error },
     #[error("binding {addr}: {source}{hint}")]
-    Bind { addr: std::net::SocketAddr, source: io::Error, hint: &'static str },
+    Bind {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+        hint: &'static str,
+    },
     #[error("the engine is stopped")]
     Stopped,
     #[error("no free {0} slot: raise the limit in the engine configuration")]
@@ -202,7 +210,10 @@ mod tests {
 
     #[test]
     fn bind_error_names_the_fix() {
-        let e = SetupError::bind("127.0.0.1:1".parse().unwrap(), io::Error::from_raw_os_error(libc::EADDRINUSE));
+        let e = SetupError::bind(
+            "127.0.0.1:1".parse().unwrap(),
+            io::Error::from_raw_os_error(libc::EADDRINUSE),
+        );
         assert!(e.to_string().contains("port is in use"), "{e}");
     }
 }

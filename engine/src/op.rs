@@ -18,13 +18,31 @@ use crate::rio::RioOp;
 #[derive(Debug)]
 pub(crate) enum Request {
     /// Datagram receive; multishot keeps delivering until cancelled.
-    RecvFrom { multishot: bool, timeout: Option<Duration> },
+    RecvFrom {
+        multishot: bool,
+        timeout: Option<Duration>,
+    },
     /// Stream receive into pool frames; multishot keeps delivering until EOF or cancel.
-    Recv { multishot: bool, timeout: Option<Duration> },
-    SendTo { buf: Buf, addr: SocketAddr, zerocopy: bool },
-    Send { buf: Buf, zerocopy: bool },
-    Accept { multishot: bool },
-    Connect { addr: SocketAddr, timeout: Option<Duration> },
+    Recv {
+        multishot: bool,
+        timeout: Option<Duration>,
+    },
+    SendTo {
+        buf: Buf,
+        addr: SocketAddr,
+        zerocopy: bool,
+    },
+    Send {
+        buf: Buf,
+        zerocopy: bool,
+    },
+    Accept {
+        multishot: bool,
+    },
+    Connect {
+        addr: SocketAddr,
+        timeout: Option<Duration>,
+    },
     Disconnect,
     Rio(RioOp),
 }
@@ -118,7 +136,10 @@ impl Slot {
             addr_len: 0,
             // SAFETY: as above.
             msg: unsafe { std::mem::zeroed() },
-            iov: libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 },
+            iov: libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
             ts: Timespec::new(),
             timeout: None,
             started: Instant::now(),
@@ -142,7 +163,10 @@ pub(crate) struct Table {
 
 impl Table {
     pub(crate) fn new(capacity: u32) -> Table {
-        Table { slots: (0..capacity).map(|_| Slot::empty()).collect(), free: (0..capacity).rev().collect() }
+        Table {
+            slots: (0..capacity).map(|_| Slot::empty()).collect(),
+            free: (0..capacity).rev().collect(),
+        }
     }
 
     pub(crate) fn alloc(&mut self) -> Option<u32> {
@@ -187,7 +211,13 @@ impl Table {
     /// Indices of live slots matching `f`, written into `out` (cleared first).
     pub(crate) fn find(&self, out: &mut Vec<u32>, f: impl Fn(&Slot) -> bool) {
         out.clear();
-        out.extend(self.slots.iter().enumerate().filter(|(_, s)| s.live && f(s)).map(|(i, _)| i as u32));
+        out.extend(
+            self.slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.live && f(s))
+                .map(|(i, _)| i as u32),
+        );
     }
 }
 

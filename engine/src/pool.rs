@@ -61,7 +61,14 @@ impl Pool {
         for i in 0..frames {
             free.push(i).expect("queue sized to the frame count");
         }
-        Ok(Pool { shared: Arc::new(PoolShared { region, frame_size, frames, free }) })
+        Ok(Pool {
+            shared: Arc::new(PoolShared {
+                region,
+                frame_size,
+                frames,
+                free,
+            }),
+        })
     }
 
     /// Takes a free frame for the application to fill and send.
@@ -69,7 +76,12 @@ impl Pool {
     /// Pool exhaustion is backpressure: `Err(Error::NoBuffers)` until frames come back.
     pub fn alloc(&self) -> Result<Buf, Error> {
         let frame = self.shared.free.pop().ok_or(Error::NoBuffers)?;
-        Ok(Buf { pool: self.shared.clone(), frame, off: 0, len: 0 })
+        Ok(Buf {
+            pool: self.shared.clone(),
+            frame,
+            off: 0,
+            len: 0,
+        })
     }
 
     /// Takes a free frame and copies `data` into it.
@@ -117,8 +129,16 @@ impl Pool {
     /// Wraps a frame the kernel has handed back (a provided-buffer completion) as a `Buf`
     /// holding bytes `off..off+len`.
     pub(crate) fn adopt(&self, frame: u32, off: u32, len: u32) -> Buf {
-        assert!(frame < self.shared.frames && off + len <= self.shared.frame_size, "kernel frame out of range");
-        Buf { pool: self.shared.clone(), frame, off, len }
+        assert!(
+            frame < self.shared.frames && off + len <= self.shared.frame_size,
+            "kernel frame out of range"
+        );
+        Buf {
+            pool: self.shared.clone(),
+            frame,
+            off,
+            len,
+        }
     }
 
     /// Narrows a kernel-filled buffer to `off..off+len` of its frame.
@@ -146,7 +166,11 @@ pub struct Buf {
 
 impl fmt::Debug for Buf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Buf").field("frame", &self.frame).field("off", &self.off).field("len", &self.len).finish()
+        f.debug_struct("Buf")
+            .field("frame", &self.frame)
+            .field("off", &self.off)
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -214,7 +238,10 @@ impl DerefMut for Buf {
 
 impl Drop for Buf {
     fn drop(&mut self) {
-        self.pool.free.push(self.frame).expect("free queue holds every frame: a frame was returned twice");
+        self.pool
+            .free
+            .push(self.frame)
+            .expect("free queue holds every frame: a frame was returned twice");
     }
 }
 

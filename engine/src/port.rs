@@ -189,7 +189,10 @@ impl CompletionPort {
             if active >= s.concurrency || s.queue.is_empty() {
                 return None;
             }
-            match s.active.compare_exchange_weak(active, active + 1, Ordering::AcqRel, Ordering::Acquire) {
+            match s
+                .active
+                .compare_exchange_weak(active, active + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => break,
                 Err(a) => active = a,
             }
@@ -251,7 +254,6 @@ impl PortShared {
 mod tests {
     use super::*;
     use crate::error::Error;
-
 
     #[test]
     fn post_then_batch_dequeue_in_order() {
@@ -319,11 +321,18 @@ mod tests {
             (n, t0.elapsed())
         });
         std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(port.len(), 1, "the second thread must wait while the first holds the slot");
+        assert_eq!(
+            port.len(),
+            1,
+            "the second thread must wait while the first holds the slot"
+        );
         port.release_thread();
         let (n, waited) = other.join().unwrap();
         assert_eq!(n, 1);
-        assert!(waited >= Duration::from_millis(90), "released only after the holder let go: {waited:?}");
+        assert!(
+            waited >= Duration::from_millis(90),
+            "released only after the holder let go: {waited:?}"
+        );
     }
 
     #[test]

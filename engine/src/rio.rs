@@ -80,7 +80,8 @@ impl RegisteredBuffer {
     /// The kernel registration (a fixed-buffer slot, used for zero-copy sends) happens on the
     /// shard thread at first use; [`RioBuf::is_registered`] tells whether it took.
     pub fn register(shard: &ShardHandle, memory: Vec<u8>, segment_len: usize) -> Result<Vec<RioBuf>, Error> {
-        if memory.is_empty() || segment_len == 0 || segment_len > u32::MAX as usize || memory.len() > u32::MAX as usize {
+        if memory.is_empty() || segment_len == 0 || segment_len > u32::MAX as usize || memory.len() > u32::MAX as usize
+        {
             return Err(Error::InvalidArgument);
         }
         let len = memory.len();
@@ -96,7 +97,12 @@ impl RegisteredBuffer {
             .step_by(segment_len)
             .map(|off| {
                 let cap = segment_len.min(len - off) as u32;
-                RioBuf { region: region.clone(), off: off as u32, cap, len: 0 }
+                RioBuf {
+                    region: region.clone(),
+                    off: off as u32,
+                    cap,
+                    len: 0,
+                }
             })
             .collect())
     }
@@ -112,7 +118,11 @@ pub struct RioBuf {
 
 impl fmt::Debug for RioBuf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RioBuf").field("off", &self.off).field("cap", &self.cap).field("len", &self.len).finish()
+        f.debug_struct("RioBuf")
+            .field("off", &self.off)
+            .field("cap", &self.cap)
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -240,7 +250,11 @@ impl RioEvent {
     /// Waits until set (true) or `timeout` passes (false). Does not reset.
     pub fn wait(&self, timeout: Duration) -> bool {
         let g = self.0 .0.lock().expect("event lock poisoned");
-        let (g, _) = self.0 .1.wait_timeout_while(g, timeout, |set| !*set).expect("event lock poisoned");
+        let (g, _) = self
+            .0
+             .1
+            .wait_timeout_while(g, timeout, |set| !*set)
+            .expect("event lock poisoned");
         *g
     }
 
@@ -273,7 +287,10 @@ impl CqShared {
             RioNotify::None => {}
             RioNotify::Event(e) => e.set(),
             RioNotify::Port { port, key } => {
-                if port.post(Completion::of(OpKind::RioNotify, *key, 0, Ok(self.queue.len()))).is_err() {
+                if port
+                    .post(Completion::of(OpKind::RioNotify, *key, 0, Ok(self.queue.len())))
+                    .is_err()
+                {
                     tracing::warn!("RIO notification lost: its completion port is full");
                 }
             }
@@ -289,7 +306,9 @@ pub struct CompletionQueue {
 
 impl fmt::Debug for CompletionQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CompletionQueue").field("queued", &self.shared.queue.len()).finish()
+        f.debug_struct("CompletionQueue")
+            .field("queued", &self.shared.queue.len())
+            .finish()
     }
 }
 
@@ -365,7 +384,10 @@ pub(crate) struct RioOp {
 
 impl fmt::Debug for RioOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RioOp").field("kind", &self.kind).field("buf", &self.buf).finish()
+        f.debug_struct("RioOp")
+            .field("kind", &self.kind)
+            .field("buf", &self.buf)
+            .finish()
     }
 }
 
@@ -387,7 +409,13 @@ impl RioOp {
             RioKind::Receive => &rq.recv_out,
             RioKind::Send => &rq.send_out,
         };
-        let r = RioResult { token, key: rq.key, result, buf, peer };
+        let r = RioResult {
+            token,
+            key: rq.key,
+            result,
+            buf,
+            peer,
+        };
         if rq.cq.queue.push(r).is_err() {
             unreachable!("RIO completion queue overflow despite reservation");
         }
@@ -418,7 +446,13 @@ impl fmt::Debug for RqShared {
 impl RequestQueue {
     /// RIOCreateRequestQueue. Reserves `max_recv + max_send` entries in `cq`; `NoBuffers` if
     /// the queue cannot hold them on top of earlier reservations.
-    pub fn new(socket: &SocketCore, cq: &CompletionQueue, max_recv: u32, max_send: u32, key: u64) -> Result<RequestQueue, Error> {
+    pub fn new(
+        socket: &SocketCore,
+        cq: &CompletionQueue,
+        max_recv: u32,
+        max_send: u32,
+        key: u64,
+    ) -> Result<RequestQueue, Error> {
         let need = (max_recv + max_send) as usize;
         let cqs = &cq.shared;
         let mut cur = cqs.reserved.load(Ordering::Acquire);
@@ -426,14 +460,23 @@ impl RequestQueue {
             if cur + need > cqs.queue.capacity() {
                 return Err(Error::NoBuffers);
             }
-            match cqs.reserved.compare_exchange_weak(cur, cur + need, Ordering::AcqRel, Ordering::Acquire) {
+            match cqs
+                .reserved
+                .compare_exchange_weak(cur, cur + need, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => break,
                 Err(c) => cur = c,
             }
         }
         Ok(RequestQueue {
             socket: socket.clone_handle(),
-            rq: Arc::new(RqShared { cq: cqs.clone(), key, recv_out: AtomicU32::new(0), send_out: AtomicU32::new(0), reserved: need }),
+            rq: Arc::new(RqShared {
+                cq: cqs.clone(),
+                key,
+                recv_out: AtomicU32::new(0),
+                send_out: AtomicU32::new(0),
+                reserved: need,
+            }),
             max_recv,
             max_send,
             deferred: VecDeque::with_capacity(need),
@@ -451,11 +494,24 @@ impl RequestQueue {
     }
 
     /// RIOSendEx: send `buf` to `addr`.
-    pub fn send_to(&mut self, buf: RioBuf, addr: SocketAddr, token: u64, flags: RioFlags) -> Result<(), (Error, RioBuf)> {
+    pub fn send_to(
+        &mut self,
+        buf: RioBuf,
+        addr: SocketAddr,
+        token: u64,
+        flags: RioFlags,
+    ) -> Result<(), (Error, RioBuf)> {
         self.issue(RioKind::Send, buf, Some(addr), token, flags)
     }
 
-    fn issue(&mut self, kind: RioKind, buf: RioBuf, addr: Option<SocketAddr>, token: u64, flags: RioFlags) -> Result<(), (Error, RioBuf)> {
+    fn issue(
+        &mut self,
+        kind: RioKind,
+        buf: RioBuf,
+        addr: Option<SocketAddr>,
+        token: u64,
+        flags: RioFlags,
+    ) -> Result<(), (Error, RioBuf)> {
         let (out, max) = match kind {
             RioKind::Receive => (&self.rq.recv_out, self.max_recv),
             RioKind::Send => (&self.rq.send_out, self.max_send),
@@ -464,7 +520,15 @@ impl RequestQueue {
             return Err((Error::NoBuffers, buf));
         }
         out.fetch_add(1, Ordering::AcqRel);
-        self.deferred.push_back((token, RioOp { kind, buf, rq: self.rq.clone(), addr }));
+        self.deferred.push_back((
+            token,
+            RioOp {
+                kind,
+                buf,
+                rq: self.rq.clone(),
+                addr,
+            },
+        ));
         if flags == RioFlags::DEFER {
             return Ok(());
         }
@@ -487,11 +551,23 @@ impl RequestQueue {
         let mut sent = 0;
         let mut result = Ok(());
         while let Some((token, op)) = self.deferred.pop_front() {
-            match shard.push(Command::Op { sock: self.socket.id(), token, req: Request::Rio(op) }) {
+            match shard.push(Command::Op {
+                sock: self.socket.id(),
+                token,
+                req: Request::Rio(op),
+            }) {
                 Ok(()) => sent += 1,
-                Err(Command::Op { token, req: Request::Rio(op), .. }) => {
+                Err(Command::Op {
+                    token,
+                    req: Request::Rio(op),
+                    ..
+                }) => {
                     self.deferred.push_front((token, op));
-                    result = Err(if shard.is_stopping() { Error::Shutdown } else { Error::NoBuffers });
+                    result = Err(if shard.is_stopping() {
+                        Error::Shutdown
+                    } else {
+                        Error::NoBuffers
+                    });
                     break;
                 }
                 Err(_) => unreachable!("push hands back what it was given"),

@@ -89,7 +89,11 @@ impl std::fmt::Display for ShardInfo {
             self.frames,
             self.frame_size,
             self.pages,
-            if self.registered_buffers { "registered" } else { "not registered" },
+            if self.registered_buffers {
+                "registered"
+            } else {
+                "not registered"
+            },
             self.bufring_entries,
         )?;
         if let Some(why) = &self.ring.fallback {
@@ -222,7 +226,10 @@ pub struct Shard {
 
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shard").field("index", &self.shared.index).field("live_ops", &self.ops.live()).finish()
+        f.debug_struct("Shard")
+            .field("index", &self.shared.index)
+            .field("live_ops", &self.ops.live())
+            .finish()
     }
 }
 
@@ -253,8 +260,10 @@ impl ShardHandle {
 }
 
 pub(crate) fn new_shared(cfg: &Config, index: usize) -> Result<Arc<ShardShared>, SetupError> {
-    let pool = Pool::new(cfg.frames_per_shard, cfg.frame_size, cfg.huge_pages)
-        .map_err(|source| SetupError::Map { bytes: cfg.pool_bytes(), source })?;
+    let pool = Pool::new(cfg.frames_per_shard, cfg.frame_size, cfg.huge_pages).map_err(|source| SetupError::Map {
+        bytes: cfg.pool_bytes(),
+        source,
+    })?;
     let wake_fd = blocking_eventfd()?;
     let free_sockets = ArrayQueue::new(cfg.sockets_max as usize);
     for i in 0..cfg.sockets_max {
@@ -276,7 +285,10 @@ pub(crate) fn new_shared(cfg: &Config, index: usize) -> Result<Arc<ShardShared>,
 fn blocking_eventfd() -> Result<OwnedFd, SetupError> {
     // io_uring honours O_NONBLOCK (a read would fail with EAGAIN instead of waiting), so the
     // wake-up eventfd is blocking; writes to it never block in practice (the counter is 2^64).
-    let fd = net::eventfd().map_err(|source| SetupError::Syscall { what: "eventfd", source })?;
+    let fd = net::eventfd().map_err(|source| SetupError::Syscall {
+        what: "eventfd",
+        source,
+    })?;
     // SAFETY: fcntl on an fd we own, no pointers.
     unsafe {
         let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
@@ -316,10 +328,15 @@ impl Shard {
         })?;
         let pool = shared.pool.clone();
         register_with_retry(&mut ring, &pool, cfg.rio_buffers_max)?;
-        let bufring = BufRing::new(cfg.recv_frames as u16)
-            .map_err(|source| SetupError::Syscall { what: "mmap of the provided-buffer ring", source })?;
+        let bufring = BufRing::new(cfg.recv_frames as u16).map_err(|source| SetupError::Syscall {
+            what: "mmap of the provided-buffer ring",
+            source,
+        })?;
         ring.register_buf_ring(&bufring, BGID)
-            .map_err(|source| SetupError::Syscall { what: "IORING_REGISTER_PBUF_RING", source })?;
+            .map_err(|source| SetupError::Syscall {
+                what: "IORING_REGISTER_PBUF_RING",
+                source,
+            })?;
         let info = ShardInfo {
             index: shared.index,
             core,
@@ -337,7 +354,14 @@ impl Shard {
             bufring,
             pool,
             ops: Table::new(cfg.ops_max),
-            sockets: (0..cfg.sockets_max).map(|_| SockEntry { fd: None, delivery: None, live_ops: 0, closing: false }).collect(),
+            sockets: (0..cfg.sockets_max)
+                .map(|_| SockEntry {
+                    fd: None,
+                    delivery: None,
+                    live_ops: 0,
+                    closing: false,
+                })
+                .collect(),
             cqes: Vec::with_capacity(cfg.cq_entries as usize),
             local: VecDeque::with_capacity(cfg.cq_entries as usize),
             backlog: VecDeque::with_capacity(cfg.cq_entries as usize),
@@ -354,13 +378,21 @@ impl Shard {
             shared,
         };
         shard.refill();
-        shard.arm_wake().map_err(|source| SetupError::Syscall { what: "arming the wake-up read", source })?;
-        shard.ring.submit().map_err(|source| SetupError::Syscall { what: "io_uring_enter", source })?;
+        shard.arm_wake().map_err(|source| SetupError::Syscall {
+            what: "arming the wake-up read",
+            source,
+        })?;
+        shard.ring.submit().map_err(|source| SetupError::Syscall {
+            what: "io_uring_enter",
+            source,
+        })?;
         Ok(shard)
     }
 
     pub fn handle(&self) -> ShardHandle {
-        ShardHandle { shared: self.shared.clone() }
+        ShardHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     pub fn pool(&self) -> &Pool {
@@ -453,7 +485,12 @@ impl Shard {
                 Command::Open { sock, fd, delivery } => {
                     let e = &mut self.sockets[sock as usize];
                     debug_assert!(e.fd.is_none() && e.live_ops == 0);
-                    *e = SockEntry { fd: Some(fd), delivery: Some(delivery), live_ops: 0, closing: false };
+                    *e = SockEntry {
+                        fd: Some(fd),
+                        delivery: Some(delivery),
+                        live_ops: 0,
+                        closing: false,
+                    };
                 }
                 Command::Op { sock, token, req } => self.start_op(sock, token, req),
                 Command::Cancel { sock, token } => self.cancel_where(|s| s.sock == sock && s.token == token),
@@ -551,8 +588,19 @@ impl Shard {
         let entry: squeue::Entry = match (s.kind, &s.rio) {
             (_, Some(r)) => {
                 let (ptr, len) = r.buf.raw(r.kind);
-                s.iov = libc::iovec { iov_base: ptr.cast(), iov_len: len as usize };
-                s.msg = msghdr(&mut s.addr, if r.kind == RioKind::Send { s.addr_len } else { storage_len() }, &mut s.iov);
+                s.iov = libc::iovec {
+                    iov_base: ptr.cast(),
+                    iov_len: len as usize,
+                };
+                s.msg = msghdr(
+                    &mut s.addr,
+                    if r.kind == RioKind::Send {
+                        s.addr_len
+                    } else {
+                        storage_len()
+                    },
+                    &mut s.iov,
+                );
                 if s.msg.msg_namelen == 0 {
                     s.msg.msg_name = std::ptr::null_mut();
                 }
@@ -560,26 +608,41 @@ impl Shard {
                     RioKind::Receive => opcode::RecvMsg::new(fd, &mut s.msg).build(),
                     RioKind::Send if s.zerocopy => {
                         let slot = r.buf.registered_slot().expect("zerocopy implies a fixed slot") as u16;
-                        let mut e = opcode::SendZc::new(fd, ptr, len).buf_index(Some(slot)).zc_flags(SEND_ZC_REPORT_USAGE);
+                        let mut e = opcode::SendZc::new(fd, ptr, len)
+                            .buf_index(Some(slot))
+                            .zc_flags(SEND_ZC_REPORT_USAGE);
                         if s.addr_len > 0 {
-                            e = e.dest_addr((&s.addr as *const libc::sockaddr_storage).cast()).dest_addr_len(s.addr_len);
+                            e = e
+                                .dest_addr((&s.addr as *const libc::sockaddr_storage).cast())
+                                .dest_addr_len(s.addr_len);
                         }
                         e.build()
                     }
-                    RioKind::Send => opcode::SendMsg::new(fd, &s.msg).flags(libc::MSG_NOSIGNAL as u32).build(),
+                    RioKind::Send => opcode::SendMsg::new(fd, &s.msg)
+                        .flags(libc::MSG_NOSIGNAL as u32)
+                        .build(),
                 }
             }
             (OpKind::RecvFrom, _) if s.multishot => {
                 // The kernel lays out [recvmsg_out | name (NAME_LEN) | payload] in each buffer;
                 // an iov of length 0 means "the whole selected buffer".
-                s.iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+                s.iov = libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                };
                 s.msg = msghdr(&mut s.addr, NAME_LEN, &mut s.iov);
                 opcode::RecvMsgMulti::new(fd, &s.msg, BGID).build()
             }
             (OpKind::RecvFrom, _) => {
-                s.iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: self.pool.frame_size() as usize };
+                s.iov = libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: self.pool.frame_size() as usize,
+                };
                 s.msg = msghdr(&mut s.addr, storage_len(), &mut s.iov);
-                opcode::RecvMsg::new(fd, &mut s.msg).buf_group(BGID).build().flags(squeue::Flags::BUFFER_SELECT)
+                opcode::RecvMsg::new(fd, &mut s.msg)
+                    .buf_group(BGID)
+                    .build()
+                    .flags(squeue::Flags::BUFFER_SELECT)
             }
             (OpKind::Recv, _) if s.multishot => opcode::RecvMulti::new(fd, BGID).build(),
             (OpKind::Recv, _) => opcode::Recv::new(fd, std::ptr::null_mut(), self.pool.frame_size())
@@ -614,14 +677,18 @@ impl Shard {
                         .build()
                 }
             }
-            (OpKind::Accept, _) if s.multishot => opcode::AcceptMulti::new(fd).flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK).build(),
+            (OpKind::Accept, _) if s.multishot => opcode::AcceptMulti::new(fd)
+                .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+                .build(),
             (OpKind::Accept, _) => {
                 s.addr_len = storage_len();
                 opcode::Accept::new(fd, (&mut s.addr as *mut libc::sockaddr_storage).cast(), &mut s.addr_len)
                     .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
                     .build()
             }
-            (OpKind::Connect, _) => opcode::Connect::new(fd, (&s.addr as *const libc::sockaddr_storage).cast(), s.addr_len).build(),
+            (OpKind::Connect, _) => {
+                opcode::Connect::new(fd, (&s.addr as *const libc::sockaddr_storage).cast(), s.addr_len).build()
+            }
             (OpKind::Disconnect, _) => opcode::Shutdown::new(fd, libc::SHUT_RDWR).build(),
             (OpKind::Post | OpKind::RioNotify, _) => unreachable!("not a socket operation"),
         };
@@ -638,7 +705,9 @@ impl Shard {
         unsafe { self.ring.push(&entry)? };
         if timeout.is_some() {
             let s = self.ops.slot(idx);
-            let lt = opcode::LinkTimeout::new(&s.ts).build().user_data(op::user_data(op::TAG_LINK_TIMEOUT, idx, s.gen));
+            let lt = opcode::LinkTimeout::new(&s.ts)
+                .build()
+                .user_data(op::user_data(op::TAG_LINK_TIMEOUT, idx, s.gen));
             // SAFETY: the timespec lives in the slot until the linked-timeout CQE.
             unsafe { self.ring.push(&lt)? };
         }
@@ -664,7 +733,9 @@ impl Shard {
                 continue;
             }
             let target = op::user_data(op::TAG_OP, idx, s.gen);
-            let e = opcode::AsyncCancel::new(target).build().user_data(op::user_data(op::TAG_CANCEL, idx, s.gen));
+            let e = opcode::AsyncCancel::new(target)
+                .build()
+                .user_data(op::user_data(op::TAG_CANCEL, idx, s.gen));
             // SAFETY: a cancel SQE points at no memory.
             if let Err(err) = unsafe { self.ring.push(&e) } {
                 tracing::error!(error = %err, "queueing a cancel failed");
@@ -692,7 +763,10 @@ impl Shard {
             let Some(frame) = self.pool.take_frame() else { break };
             // SAFETY: the frame was just taken from the free queue, so nobody else holds it;
             // the pool region outlives the ring; bufring_frames < entries.
-            unsafe { self.bufring.push(self.pool.frame_addr(frame), self.pool.frame_size(), frame as u16) };
+            unsafe {
+                self.bufring
+                    .push(self.pool.frame_addr(frame), self.pool.frame_size(), frame as u16)
+            };
             self.bufring_frames += 1;
             pushed += 1;
         }
@@ -874,7 +948,11 @@ impl Shard {
         debug_assert!(picked.is_none());
         let cancelled = self.ops.slot(idx).cancelled;
         // A cancelled op ends Aborted, whatever stopped it first.
-        let res = if cancelled && res == -libc::ENOBUFS { -libc::ECANCELED } else { res };
+        let res = if cancelled && res == -libc::ENOBUFS {
+            -libc::ECANCELED
+        } else {
+            res
+        };
         if res == -libc::ENOBUFS {
             // The buffer ring ran dry: backpressure, not an error. Re-armed by `refill`.
             let st = &self.shared.stats;
@@ -904,13 +982,17 @@ impl Shard {
         let rio = s.rio.take();
         let multishot = s.multishot;
         let started = s.started;
-        let receive = rio.as_ref().map_or(kind == OpKind::RecvFrom && !multishot, |r| r.kind == RioKind::Receive);
+        let receive = rio
+            .as_ref()
+            .map_or(kind == OpKind::RecvFrom && !multishot, |r| r.kind == RioKind::Receive);
         let peer = if receive {
             net::from_raw(&s.addr, s.msg.msg_namelen)
         } else {
             None
         };
-        let accepted_peer = (kind == OpKind::Accept && !multishot).then(|| net::from_raw(&s.addr, s.addr_len)).flatten();
+        let accepted_peer = (kind == OpKind::Accept && !multishot)
+            .then(|| net::from_raw(&s.addr, s.addr_len))
+            .flatten();
         self.ops.release(idx);
         let result = match res {
             None => Ok(0),
@@ -929,7 +1011,14 @@ impl Shard {
                     st.add(&st.counters.sends, 1);
                     st.add(&st.counters.send_bytes, n as u64);
                     if zerocopy {
-                        st.add(if zc_copied { &st.counters.zc_copied } else { &st.counters.zc_sends }, 1);
+                        st.add(
+                            if zc_copied {
+                                &st.counters.zc_copied
+                            } else {
+                                &st.counters.zc_sends
+                            },
+                            1,
+                        );
                     }
                 }
                 OpKind::Recv | OpKind::RecvFrom if !multishot => {
@@ -1021,7 +1110,9 @@ impl Shard {
         self.cancel_where(|_| true);
         if self.wake_armed {
             let target = op::user_data(op::TAG_WAKE, 0, 0);
-            let e = opcode::AsyncCancel::new(target).build().user_data(op::user_data(op::TAG_CANCEL, 0, 0));
+            let e = opcode::AsyncCancel::new(target)
+                .build()
+                .user_data(op::user_data(op::TAG_CANCEL, 0, 0));
             // SAFETY: a cancel SQE points at no memory.
             if let Err(err) = unsafe { self.ring.push(&e) } {
                 tracing::error!(error = %err, "cancelling the wake-up read failed");
@@ -1085,14 +1176,21 @@ fn register_with_retry(ring: &mut Ring, pool: &Pool, extra: u32) -> Result<(), S
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(source) => {
-                return Err(SetupError::Register { bytes: pool.region().len(), memlock: memlock_limit(), source });
+                return Err(SetupError::Register {
+                    bytes: pool.region().len(),
+                    memlock: memlock_limit(),
+                    source,
+                });
             }
         }
     }
 }
 
 fn memlock_limit() -> String {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes one rlimit we own.
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
         return "unknown".into();

@@ -46,18 +46,33 @@ pub struct SocketOptions {
 impl SocketOptions {
     fn apply(&self, fd: RawFd, v6: bool) -> Result<(), SetupError> {
         let sys = |what, r: std::io::Result<()>| r.map_err(|source| SetupError::Syscall { what, source });
-        sys("setsockopt(SO_REUSEADDR)", net::set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1))?;
+        sys(
+            "setsockopt(SO_REUSEADDR)",
+            net::set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1),
+        )?;
         if self.reuse_port {
-            sys("setsockopt(SO_REUSEPORT)", net::set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1))?;
+            sys(
+                "setsockopt(SO_REUSEPORT)",
+                net::set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1),
+            )?;
         }
         if let Some(n) = self.recv_buffer {
-            sys("setsockopt(SO_RCVBUF)", net::set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, n as i32))?;
+            sys(
+                "setsockopt(SO_RCVBUF)",
+                net::set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, n as i32),
+            )?;
         }
         if let Some(n) = self.send_buffer {
-            sys("setsockopt(SO_SNDBUF)", net::set_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, n as i32))?;
+            sys(
+                "setsockopt(SO_SNDBUF)",
+                net::set_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, n as i32),
+            )?;
         }
         if let (true, Some(only)) = (v6, self.v6_only) {
-            sys("setsockopt(IPV6_V6ONLY)", net::set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, i32::from(only)))?;
+            sys(
+                "setsockopt(IPV6_V6ONLY)",
+                net::set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, i32::from(only)),
+            )?;
         }
         Ok(())
     }
@@ -81,13 +96,27 @@ impl SocketCore {
         if let Err(cmd) = shared.send(Command::Open { sock: id, fd, delivery }) {
             drop(cmd);
             shared.free_socket_id(id);
-            return Err(if shared.is_stopping() { SetupError::Stopped } else { SetupError::Limit("shard command queue") });
+            return Err(if shared.is_stopping() {
+                SetupError::Stopped
+            } else {
+                SetupError::Limit("shard command queue")
+            });
         }
-        Ok(SocketCore { shared, id, fd: raw, owner: true })
+        Ok(SocketCore {
+            shared,
+            id,
+            fd: raw,
+            owner: true,
+        })
     }
 
     pub(crate) fn clone_handle(&self) -> SocketCore {
-        SocketCore { shared: self.shared.clone(), id: self.id, fd: self.fd, owner: false }
+        SocketCore {
+            shared: self.shared.clone(),
+            id: self.id,
+            fd: self.fd,
+            owner: false,
+        }
     }
 
     pub(crate) fn shard(&self) -> &ShardShared {
@@ -99,20 +128,32 @@ impl SocketCore {
     }
 
     fn submit(&self, token: u64, req: Request) -> Result<(), Rejected> {
-        self.shared.send(Command::Op { sock: self.id, token, req }).map_err(|cmd| {
-            let error = if self.shared.is_stopping() { Error::Shutdown } else { Error::NoBuffers };
-            let buffer = match cmd {
-                Command::Op { req, .. } => req.into_buf(),
-                _ => None,
-            };
-            Rejected { error, buffer }
-        })
+        self.shared
+            .send(Command::Op {
+                sock: self.id,
+                token,
+                req,
+            })
+            .map_err(|cmd| {
+                let error = if self.shared.is_stopping() {
+                    Error::Shutdown
+                } else {
+                    Error::NoBuffers
+                };
+                let buffer = match cmd {
+                    Command::Op { req, .. } => req.into_buf(),
+                    _ => None,
+                };
+                Rejected { error, buffer }
+            })
     }
 
     /// CancelIoEx: cancels the operations issued with `token`; each completes `Aborted`
     /// (unless it completed first). Cancelling nothing is not an error.
     pub fn cancel(&self, token: u64) -> Result<(), Error> {
-        self.shared.send(Command::Cancel { sock: self.id, token }).map_err(|_| Error::NoBuffers)
+        self.shared
+            .send(Command::Cancel { sock: self.id, token })
+            .map_err(|_| Error::NoBuffers)
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, Error> {
@@ -155,10 +196,17 @@ pub struct UdpSocket {
 
 impl UdpSocket {
     /// Binds `addr` (IPv4 or IPv6) on `shard`; completions go to `delivery`.
-    pub fn bind(shard: &ShardHandle, addr: SocketAddr, opts: &SocketOptions, delivery: Delivery) -> Result<UdpSocket, SetupError> {
+    pub fn bind(
+        shard: &ShardHandle,
+        addr: SocketAddr,
+        opts: &SocketOptions,
+        delivery: Delivery,
+    ) -> Result<UdpSocket, SetupError> {
         let fd = new_socket(&addr, net::Kind::Udp, opts)?;
         net::bind(fd.as_raw_fd(), &addr).map_err(|e| SetupError::bind(addr, e))?;
-        Ok(UdpSocket { core: SocketCore::open(shard, fd, delivery)? })
+        Ok(UdpSocket {
+            core: SocketCore::open(shard, fd, delivery)?,
+        })
     }
 
     pub fn core(&self) -> &SocketCore {
@@ -171,24 +219,50 @@ impl UdpSocket {
 
     /// WSARecvFrom: one datagram into a pool frame (or `TimedOut` after `timeout`).
     pub fn recv_from(&self, token: u64, timeout: Option<Duration>) -> Result<(), Rejected> {
-        self.core.submit(token, Request::RecvFrom { multishot: false, timeout })
+        self.core.submit(
+            token,
+            Request::RecvFrom {
+                multishot: false,
+                timeout,
+            },
+        )
     }
 
     /// Multishot WSARecvFrom: every datagram becomes a completion (`more == true`) until
     /// cancelled; an empty buffer ring pauses it (counted) instead of failing it.
     pub fn recv_from_multishot(&self, token: u64) -> Result<(), Rejected> {
-        self.core.submit(token, Request::RecvFrom { multishot: true, timeout: None })
+        self.core.submit(
+            token,
+            Request::RecvFrom {
+                multishot: true,
+                timeout: None,
+            },
+        )
     }
 
     /// WSASendTo: sends `buf` to `addr`; the buffer comes back in the completion.
     pub fn send_to(&self, buf: Buf, addr: SocketAddr, token: u64) -> Result<(), Rejected> {
-        self.core.submit(token, Request::SendTo { buf, addr, zerocopy: false })
+        self.core.submit(
+            token,
+            Request::SendTo {
+                buf,
+                addr,
+                zerocopy: false,
+            },
+        )
     }
 
     /// WSASendTo with IORING_OP_SEND_ZC from the registered pool: the completion arrives
     /// after the kernel's notification and reports whether the kernel copied anyway.
     pub fn send_to_zc(&self, buf: Buf, addr: SocketAddr, token: u64) -> Result<(), Rejected> {
-        self.core.submit(token, Request::SendTo { buf, addr, zerocopy: true })
+        self.core.submit(
+            token,
+            Request::SendTo {
+                buf,
+                addr,
+                zerocopy: true,
+            },
+        )
     }
 
     pub fn cancel(&self, token: u64) -> Result<(), Error> {
@@ -211,7 +285,11 @@ impl UdpSocket {
 
     /// Blocking recvfrom. Do not mix with overlapped receives on the same socket: each
     /// datagram goes to exactly one of them.
-    pub fn recv_from_blocking(&self, buf: &mut [u8], timeout: Option<Duration>) -> Result<(usize, Option<SocketAddr>), Error> {
+    pub fn recv_from_blocking(
+        &self,
+        buf: &mut [u8],
+        timeout: Option<Duration>,
+    ) -> Result<(usize, Option<SocketAddr>), Error> {
         loop {
             match net::recv_from(self.core.raw(), buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -232,11 +310,19 @@ pub struct TcpListener {
 }
 
 impl TcpListener {
-    pub fn bind(shard: &ShardHandle, addr: SocketAddr, backlog: i32, opts: &SocketOptions, delivery: Delivery) -> Result<TcpListener, SetupError> {
+    pub fn bind(
+        shard: &ShardHandle,
+        addr: SocketAddr,
+        backlog: i32,
+        opts: &SocketOptions,
+        delivery: Delivery,
+    ) -> Result<TcpListener, SetupError> {
         let fd = new_socket(&addr, net::Kind::Tcp, opts)?;
         net::bind(fd.as_raw_fd(), &addr).map_err(|e| SetupError::bind(addr, e))?;
         net::listen(fd.as_raw_fd(), backlog).map_err(|source| SetupError::Syscall { what: "listen", source })?;
-        Ok(TcpListener { core: SocketCore::open(shard, fd, delivery)? })
+        Ok(TcpListener {
+            core: SocketCore::open(shard, fd, delivery)?,
+        })
     }
 
     pub fn core(&self) -> &SocketCore {
@@ -280,24 +366,40 @@ impl TcpStream {
         delivery: Delivery,
     ) -> Result<TcpStream, SetupError> {
         let fd = new_socket(&addr, net::Kind::Tcp, opts)?;
-        let s = TcpStream { core: SocketCore::open(shard, fd, delivery)? };
-        s.core.submit(token, Request::Connect { addr, timeout }).map_err(|r| SetupError::Syscall {
-            what: "queueing connect",
-            source: std::io::Error::from_raw_os_error(r.error.errno()),
-        })?;
+        let s = TcpStream {
+            core: SocketCore::open(shard, fd, delivery)?,
+        };
+        s.core
+            .submit(token, Request::Connect { addr, timeout })
+            .map_err(|r| SetupError::Syscall {
+                what: "queueing connect",
+                source: std::io::Error::from_raw_os_error(r.error.errno()),
+            })?;
         Ok(s)
     }
 
     /// A plain blocking connect (up to `timeout`), then the stream joins `shard`.
-    pub fn connect_blocking(shard: &ShardHandle, addr: SocketAddr, timeout: Option<Duration>, delivery: Delivery) -> Result<TcpStream, SetupError> {
+    pub fn connect_blocking(
+        shard: &ShardHandle,
+        addr: SocketAddr,
+        timeout: Option<Duration>,
+        delivery: Delivery,
+    ) -> Result<TcpStream, SetupError> {
         let fd = new_socket(&addr, net::Kind::Tcp, &SocketOptions::default())?;
-        net::connect_wait(fd.as_raw_fd(), &addr, blocking_timeout_ms(timeout)).map_err(|source| SetupError::Syscall { what: "connect", source })?;
+        net::connect_wait(fd.as_raw_fd(), &addr, blocking_timeout_ms(timeout)).map_err(|source| {
+            SetupError::Syscall {
+                what: "connect",
+                source,
+            }
+        })?;
         TcpStream::adopt(shard, fd, delivery)
     }
 
     /// Takes over an accepted connection (from `Completion::accepted`).
     pub fn adopt(shard: &ShardHandle, fd: OwnedFd, delivery: Delivery) -> Result<TcpStream, SetupError> {
-        Ok(TcpStream { core: SocketCore::open(shard, fd, delivery)? })
+        Ok(TcpStream {
+            core: SocketCore::open(shard, fd, delivery)?,
+        })
     }
 
     pub fn core(&self) -> &SocketCore {
@@ -314,7 +416,12 @@ impl TcpStream {
 
     /// TCP_NODELAY.
     pub fn set_nodelay(&self, on: bool) -> Result<(), Error> {
-        Ok(net::set_int(self.core.raw(), libc::IPPROTO_TCP, libc::TCP_NODELAY, i32::from(on))?)
+        Ok(net::set_int(
+            self.core.raw(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            i32::from(on),
+        )?)
     }
 
     /// WSASend: the whole buffer is sent (or the op fails); the buffer comes back.
@@ -329,12 +436,24 @@ impl TcpStream {
 
     /// WSARecv into a pool frame: `Ok(0)` means the peer closed.
     pub fn recv(&self, token: u64, timeout: Option<Duration>) -> Result<(), Rejected> {
-        self.core.submit(token, Request::Recv { multishot: false, timeout })
+        self.core.submit(
+            token,
+            Request::Recv {
+                multishot: false,
+                timeout,
+            },
+        )
     }
 
     /// Multishot WSARecv: chunks as they arrive until EOF (a final `Ok(0)`), error or cancel.
     pub fn recv_multishot(&self, token: u64) -> Result<(), Rejected> {
-        self.core.submit(token, Request::Recv { multishot: true, timeout: None })
+        self.core.submit(
+            token,
+            Request::Recv {
+                multishot: true,
+                timeout: None,
+            },
+        )
     }
 
     /// DisconnectEx: shuts the connection down (both directions).

@@ -70,7 +70,10 @@ pub struct Stats {
 
 impl Default for Stats {
     fn default() -> Stats {
-        Stats { counters: Counters::default(), latency: Mutex::new(new_histogram()) }
+        Stats {
+            counters: Counters::default(),
+            latency: Mutex::new(new_histogram()),
+        }
     }
 }
 

@@ -15,7 +15,13 @@ use porto_engine::shard::{Delivery, Shard};
 use porto_engine::socket::{SocketOptions, TcpListener, TcpStream, UdpSocket};
 
 fn small() -> Config {
-    Config { pin: false, frames_per_shard: 512, recv_frames: 256, huge_pages: false, ..Config::default() }
+    Config {
+        pin: false,
+        frames_per_shard: 512,
+        recv_frames: 256,
+        huge_pages: false,
+        ..Config::default()
+    }
 }
 
 fn any(v6: bool) -> SocketAddr {
@@ -53,7 +59,10 @@ fn udp_echo_polling(v6: bool) {
         // Echo the very frame we received: no copy.
         sock.send_to(buf, c.peer.unwrap(), 100 + u64::from(i)).unwrap();
         let sent = poll_n(&mut shard, 1).pop().expect("send completion");
-        assert_eq!((sent.op, sent.token, sent.result), (OpKind::SendTo, 100 + u64::from(i), Ok(4)));
+        assert_eq!(
+            (sent.op, sent.token, sent.result),
+            (OpKind::SendTo, 100 + u64::from(i), Ok(4))
+        );
         assert!(sent.buffer.is_some(), "the send hands its buffer back");
         let mut back = [0u8; 16];
         let (n, from) = client.recv_from(&mut back).unwrap();
@@ -82,7 +91,18 @@ fn udp_echo_through_completion_port() {
         .shards()
         .iter()
         .enumerate()
-        .map(|(i, h)| UdpSocket::bind(h, any(false), &SocketOptions::default(), Delivery::Port { port: port.clone(), key: i as u64 }).unwrap())
+        .map(|(i, h)| {
+            UdpSocket::bind(
+                h,
+                any(false),
+                &SocketOptions::default(),
+                Delivery::Port {
+                    port: port.clone(),
+                    key: i as u64,
+                },
+            )
+            .unwrap()
+        })
         .collect();
     for s in &socks {
         s.recv_from_multishot(7).unwrap();
@@ -97,7 +117,9 @@ fn udp_echo_through_completion_port() {
             assert_eq!(port.dequeue(&mut out, 16, Some(Duration::from_secs(5))), 1);
             let c = out.pop().unwrap();
             assert_eq!((c.key, c.token, c.result), (i as u64, 7, Ok(2)));
-            socks[c.key as usize].send_to(c.buffer.unwrap(), c.peer.unwrap(), 1).unwrap();
+            socks[c.key as usize]
+                .send_to(c.buffer.unwrap(), c.peer.unwrap(), 1)
+                .unwrap();
             assert_eq!(port.dequeue(&mut out, 16, Some(Duration::from_secs(5))), 1);
             assert_eq!(out.pop().unwrap().result, Ok(2));
             let mut b = [0u8; 8];
@@ -117,7 +139,11 @@ fn udp_echo_through_completion_port() {
     ends.sort_by_key(|e| e.0);
     assert_eq!(ends, [(0, Err(Error::Aborted), false), (1, Err(Error::Aborted), false)]);
     out.clear();
-    assert_eq!(port.dequeue(&mut out, 16, Some(Duration::from_millis(100))), 0, "nothing after the terminal completion");
+    assert_eq!(
+        port.dequeue(&mut out, 16, Some(Duration::from_millis(100))),
+        0,
+        "nothing after the terminal completion"
+    );
     for h in engine.shards() {
         assert_eq!(h.stats().counters.snapshot().stray_cqes, 0);
     }
@@ -131,13 +157,20 @@ fn cancel_yields_exactly_one_aborted_completion() {
     sock.recv_from_multishot(1).unwrap();
     sock.recv_from(2, None).unwrap();
     let mut none = Vec::new();
-    assert_eq!(shard.poll_until(&mut none, 8, Duration::from_millis(50)), 0, "nothing before the cancel");
+    assert_eq!(
+        shard.poll_until(&mut none, 8, Duration::from_millis(50)),
+        0,
+        "nothing before the cancel"
+    );
     sock.cancel(1).unwrap();
     sock.cancel(2).unwrap();
     let got = poll_n(&mut shard, 2);
     let mut tokens: Vec<(u64, Result<usize, Error>, bool)> = got.iter().map(|c| (c.token, c.result, c.more)).collect();
     tokens.sort_by_key(|t| t.0);
-    assert_eq!(tokens, [(1, Err(Error::Aborted), false), (2, Err(Error::Aborted), false)]);
+    assert_eq!(
+        tokens,
+        [(1, Err(Error::Aborted), false), (2, Err(Error::Aborted), false)]
+    );
     // Cancelling again (nothing in flight) produces nothing.
     sock.cancel(1).unwrap();
     let mut more = Vec::new();
@@ -161,10 +194,17 @@ fn receive_timeout_completes_timed_out() {
 #[test]
 fn pool_exhaustion_is_backpressure_then_recovers() {
     // 64 frames, 32 of them in the buffer ring.
-    let cfg = Config { frames_per_shard: 64, recv_frames: 32, ..small() };
+    let cfg = Config {
+        frames_per_shard: 64,
+        recv_frames: 32,
+        ..small()
+    };
     let mut shard = Shard::new(&cfg, None).unwrap();
     let h = shard.handle();
-    let opts = SocketOptions { recv_buffer: Some(4 << 20), ..SocketOptions::default() };
+    let opts = SocketOptions {
+        recv_buffer: Some(4 << 20),
+        ..SocketOptions::default()
+    };
     let sock = UdpSocket::bind(&h, any(false), &opts, Delivery::Poll { key: 0 }).unwrap();
     sock.recv_from_multishot(1).unwrap();
     let client = StdUdp::bind(any(false)).unwrap();
@@ -184,25 +224,42 @@ fn pool_exhaustion_is_backpressure_then_recovers() {
     assert_eq!(shard.pool().alloc().unwrap_err(), Error::NoBuffers);
     assert!(shard.stats().counters.snapshot().recv_nobufs >= 1);
     // Give the frames back: receiving resumes and nothing queued is lost.
-    let mut seen: Vec<u32> = held.iter().map(|b| u32::from_be_bytes(b[..4].try_into().unwrap())).collect();
+    let mut seen: Vec<u32> = held
+        .iter()
+        .map(|b| u32::from_be_bytes(b[..4].try_into().unwrap()))
+        .collect();
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(5);
     while seen.len() < N as usize && Instant::now() < deadline {
         shard.poll(&mut out, 256);
-        seen.extend(out.drain(..).map(|c| u32::from_be_bytes(c.buffer.unwrap()[..4].try_into().unwrap())));
+        seen.extend(
+            out.drain(..)
+                .map(|c| u32::from_be_bytes(c.buffer.unwrap()[..4].try_into().unwrap())),
+        );
     }
     assert_eq!(seen, (0..N).collect::<Vec<_>>(), "all datagrams, once, in order");
     drop(sock);
     poll_n(&mut shard, 1);
-    assert_eq!(shard.pool().free_frames() + shard.bufring_frames(), 64, "frame conservation");
+    assert_eq!(
+        shard.pool().free_frames() + shard.bufring_frames(),
+        64,
+        "frame conservation"
+    );
 }
 
 #[test]
 fn cq_overflow_loses_nothing() {
-    let cfg = Config { sq_entries: 8, cq_entries: 8, ..small() };
+    let cfg = Config {
+        sq_entries: 8,
+        cq_entries: 8,
+        ..small()
+    };
     let mut shard = Shard::new(&cfg, None).unwrap();
     let h = shard.handle();
-    let opts = SocketOptions { recv_buffer: Some(4 << 20), ..SocketOptions::default() };
+    let opts = SocketOptions {
+        recv_buffer: Some(4 << 20),
+        ..SocketOptions::default()
+    };
     let sock = UdpSocket::bind(&h, any(false), &opts, Delivery::Poll { key: 0 }).unwrap();
     sock.recv_from_multishot(1).unwrap();
     let mut out = Vec::new();
@@ -216,14 +273,20 @@ fn cq_overflow_loses_nothing() {
     let deadline = Instant::now() + Duration::from_secs(5);
     while seen.len() < N as usize && Instant::now() < deadline {
         shard.poll(&mut out, 1024);
-        seen.extend(out.drain(..).map(|c| u32::from_be_bytes(c.buffer.unwrap()[..4].try_into().unwrap())));
+        seen.extend(
+            out.drain(..)
+                .map(|c| u32::from_be_bytes(c.buffer.unwrap()[..4].try_into().unwrap())),
+        );
     }
     let uniq: HashSet<u32> = seen.iter().copied().collect();
     assert_eq!(uniq.len(), seen.len(), "no duplicates");
     assert_eq!(seen, (0..N).collect::<Vec<_>>());
     std::thread::sleep(Duration::from_millis(60));
     shard.poll(&mut out, 1);
-    assert!(shard.stats().counters.snapshot().cq_overflows > 0, "the 8-entry CQ must have overflowed");
+    assert!(
+        shard.stats().counters.snapshot().cq_overflows > 0,
+        "the 8-entry CQ must have overflowed"
+    );
 }
 
 #[test]
@@ -231,20 +294,54 @@ fn tcp_echo_round_trip_through_port() {
     let engine = Engine::start(&small()).unwrap();
     let h = engine.shard(0);
     let port = CompletionPort::new(1, 1024);
-    let lst = TcpListener::bind(h, any(false), 128, &SocketOptions::default(), Delivery::Port { port: port.clone(), key: 1 }).unwrap();
+    let lst = TcpListener::bind(
+        h,
+        any(false),
+        128,
+        &SocketOptions::default(),
+        Delivery::Port {
+            port: port.clone(),
+            key: 1,
+        },
+    )
+    .unwrap();
     lst.accept(10).unwrap();
     let addr = lst.local_addr().unwrap();
-    let client = TcpStream::connect(h, addr, 20, Some(Duration::from_secs(5)), &SocketOptions::default(), Delivery::Port { port: port.clone(), key: 2 }).unwrap();
+    let client = TcpStream::connect(
+        h,
+        addr,
+        20,
+        Some(Duration::from_secs(5)),
+        &SocketOptions::default(),
+        Delivery::Port {
+            port: port.clone(),
+            key: 2,
+        },
+    )
+    .unwrap();
     let mut out = Vec::new();
     let mut server = None;
     let mut connected = false;
     while server.is_none() || !connected {
-        assert!(port.dequeue(&mut out, 8, Some(Duration::from_secs(5))) > 0, "accept/connect completions");
+        assert!(
+            port.dequeue(&mut out, 8, Some(Duration::from_secs(5))) > 0,
+            "accept/connect completions"
+        );
         for c in out.drain(..) {
             match c.op {
                 OpKind::Accept => {
                     assert_eq!(c.peer, Some(client.local_addr().unwrap()));
-                    server = Some(TcpStream::adopt(h, c.accepted.unwrap(), Delivery::Port { port: port.clone(), key: 3 }).unwrap());
+                    server = Some(
+                        TcpStream::adopt(
+                            h,
+                            c.accepted.unwrap(),
+                            Delivery::Port {
+                                port: port.clone(),
+                                key: 3,
+                            },
+                        )
+                        .unwrap(),
+                    );
                 }
                 OpKind::Connect => {
                     assert_eq!(c.result, Ok(0));
@@ -263,7 +360,9 @@ fn tcp_echo_round_trip_through_port() {
     while echoed.len() < payload.len() {
         if sent < payload.len() {
             let n = (payload.len() - sent).min(1500);
-            client.send(h.pool().alloc_from(&payload[sent..sent + n]).unwrap(), 40).unwrap();
+            client
+                .send(h.pool().alloc_from(&payload[sent..sent + n]).unwrap(), 40)
+                .unwrap();
             sent += n;
         }
         out.clear();
@@ -293,7 +392,9 @@ fn tcp_echo_round_trip_through_port() {
     while !eof && Instant::now() < deadline {
         out.clear();
         port.dequeue(&mut out, 8, Some(Duration::from_millis(100)));
-        eof |= out.iter().any(|c| c.key == 3 && c.op == OpKind::Recv && c.result == Ok(0) && !c.more);
+        eof |= out
+            .iter()
+            .any(|c| c.key == 3 && c.op == OpKind::Recv && c.result == Ok(0) && !c.more);
     }
     assert!(eof);
 }
@@ -315,7 +416,13 @@ fn connect_refused_is_reported() {
 fn bind_in_use_names_the_fix() {
     let shard = Shard::new(&small(), None).unwrap();
     let taken = StdUdp::bind("127.0.0.1:0").unwrap();
-    let e = UdpSocket::bind(&shard.handle(), taken.local_addr().unwrap(), &SocketOptions::default(), Delivery::Poll { key: 0 }).unwrap_err();
+    let e = UdpSocket::bind(
+        &shard.handle(),
+        taken.local_addr().unwrap(),
+        &SocketOptions::default(),
+        Delivery::Poll { key: 0 },
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("port is in use"), "{e}");
 }
 
@@ -330,7 +437,11 @@ fn op_table_exhaustion_is_backpressure() {
     }
     let mut out = Vec::new();
     shard.poll_until(&mut out, 16, Duration::from_millis(200));
-    let mut rejected: Vec<u64> = out.iter().filter(|c| c.result == Err(Error::NoBuffers)).map(|c| c.token).collect();
+    let mut rejected: Vec<u64> = out
+        .iter()
+        .filter(|c| c.result == Err(Error::NoBuffers))
+        .map(|c| c.token)
+        .collect();
     rejected.sort_unstable();
     assert_eq!(rejected, [4, 5]);
     assert_eq!(shard.stats().counters.snapshot().ops_rejected, 2);
@@ -341,10 +452,22 @@ fn rio_receive_send_and_notify() {
     let engine = Engine::start(&small()).unwrap();
     let h = engine.shard(0);
     let port = CompletionPort::new(1, 64);
-    let sock = UdpSocket::bind(h, any(false), &SocketOptions::default(), Delivery::Port { port: port.clone(), key: 0 }).unwrap();
+    let sock = UdpSocket::bind(
+        h,
+        any(false),
+        &SocketOptions::default(),
+        Delivery::Port {
+            port: port.clone(),
+            key: 0,
+        },
+    )
+    .unwrap();
     let ev = RioEvent::new();
     let cq = CompletionQueue::new(8, RioNotify::Event(ev.clone()));
-    assert!(RequestQueue::new(sock.core(), &cq, 8, 8, 5).is_err(), "16 outstanding cannot fit an 8-entry CQ");
+    assert!(
+        RequestQueue::new(sock.core(), &cq, 8, 8, 5).is_err(),
+        "16 outstanding cannot fit an 8-entry CQ"
+    );
     let mut rq = RequestQueue::new(sock.core(), &cq, 2, 2, 5).unwrap();
     let mut segs = RegisteredBuffer::register(h, vec![0u8; 4096], 1024).unwrap();
     assert_eq!(segs.len(), 4);
@@ -389,7 +512,10 @@ fn rio_receive_send_and_notify() {
     while res.is_empty() && Instant::now() < deadline {
         cq.dequeue(&mut res, 8);
     }
-    assert_eq!(res.pop().map(|r| (r.token, r.result)), Some((other, Err(Error::Aborted))));
+    assert_eq!(
+        res.pop().map(|r| (r.token, r.result)),
+        Some((other, Err(Error::Aborted)))
+    );
     assert!(port.is_empty(), "RIO results never go to the socket's port");
 }
 

@@ -34,7 +34,15 @@ pub fn run(cfg: &DemoConfig) -> Result<(), Box<dyn std::error::Error>> {
     let loopback: SocketAddr = "127.0.0.1:0".parse()?;
     let duration = Duration::from_secs_f64(cfg.seconds);
     let load = |udp: bool, target: SocketAddr| -> std::io::Result<PingPongResult> {
-        PingPong { udp, target, msg_size: cfg.msg_size, warmup: Duration::from_millis(200), duration, core: client_core }.run()
+        PingPong {
+            udp,
+            target,
+            msg_size: cfg.msg_size,
+            warmup: Duration::from_millis(200),
+            duration,
+            core: client_core,
+        }
+        .run()
     };
     let engine = Config {
         shards: 1,
@@ -53,18 +61,33 @@ pub fn run(cfg: &DemoConfig) -> Result<(), Box<dyn std::error::Error>> {
     let mut info_line = None;
     for udp in [true, false] {
         let proto = if udp { "UDP" } else { "TCP" };
-        let baseline = if udp { KernelEcho::udp(loopback, server_core)? } else { KernelEcho::tcp(loopback, server_core)? };
+        let baseline = if udp {
+            KernelEcho::udp(loopback, server_core)?
+        } else {
+            KernelEcho::tcp(loopback, server_core)?
+        };
         let base = load(udp, baseline.addr)?;
         drop(baseline);
         println!("  measured {proto} kernel baseline");
         table.push(LatencyRow::new(proto, "kernel sockets (blocking)", &base, None));
         for poll in [false, true] {
-            let ec = EchoConfig { addr: loopback, udp, tcp: !udp, poll, zerocopy: false, engine: engine.clone() };
+            let ec = EchoConfig {
+                addr: loopback,
+                udp,
+                tcp: !udp,
+                poll,
+                zerocopy: false,
+                engine: engine.clone(),
+            };
             let server = EchoServer::start(&ec, Arc::new(AtomicBool::new(false)))?;
             info_line.get_or_insert_with(|| server.info.first().map(|i| i.to_string()));
             let r = load(udp, server.addr)?;
             let counters = server.stop();
-            let mode = if poll { "porto polling mode" } else { "porto completion port" };
+            let mode = if poll {
+                "porto polling mode"
+            } else {
+                "porto completion port"
+            };
             println!("  measured {proto} {mode} ({} requests answered)", counters.replies);
             table.push(LatencyRow::new(proto, mode, &r, Some(&base)));
         }

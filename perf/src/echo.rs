@@ -12,8 +12,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use porto::{
-    Buf, Completion, CompletionPort, Config, Delivery, Engine, Error, OpKind, SetupError, Shard, ShardHandle, ShardInfo,
-    SocketOptions, TcpListener, TcpStream, UdpSocket,
+    Buf, Completion, CompletionPort, Config, Delivery, Engine, Error, OpKind, SetupError, Shard, ShardHandle,
+    ShardInfo, SocketOptions, TcpListener, TcpStream, UdpSocket,
 };
 
 use crate::sockperf;
@@ -81,35 +81,66 @@ struct EchoApp {
 
 impl EchoApp {
     fn new(shard: ShardHandle, cfg: &EchoConfig, addr: SocketAddr, delivery: Delivery) -> Result<EchoApp, SetupError> {
-        let opts = SocketOptions { reuse_port: true, recv_buffer: Some(4 << 20), send_buffer: Some(4 << 20), ..SocketOptions::default() };
+        let opts = SocketOptions {
+            reuse_port: true,
+            recv_buffer: Some(4 << 20),
+            send_buffer: Some(4 << 20),
+            ..SocketOptions::default()
+        };
         let with_key = |key| match &delivery {
-            Delivery::Port { port, .. } => Delivery::Port { port: port.clone(), key },
+            Delivery::Port { port, .. } => Delivery::Port {
+                port: port.clone(),
+                key,
+            },
             Delivery::Poll { .. } => Delivery::Poll { key },
         };
-        let udp = cfg.udp.then(|| UdpSocket::bind(&shard, addr, &opts, with_key(KEY_UDP))).transpose()?;
-        let listener = cfg.tcp.then(|| TcpListener::bind(&shard, addr, 1024, &opts, with_key(KEY_LISTENER))).transpose()?;
-        let app = EchoApp { shard, udp, listener, conns: Vec::new(), delivery, zerocopy: cfg.zerocopy, counters: EchoCounters::default() };
+        let udp = cfg
+            .udp
+            .then(|| UdpSocket::bind(&shard, addr, &opts, with_key(KEY_UDP)))
+            .transpose()?;
+        let listener = cfg
+            .tcp
+            .then(|| TcpListener::bind(&shard, addr, 1024, &opts, with_key(KEY_LISTENER)))
+            .transpose()?;
+        let app = EchoApp {
+            shard,
+            udp,
+            listener,
+            conns: Vec::new(),
+            delivery,
+            zerocopy: cfg.zerocopy,
+            counters: EchoCounters::default(),
+        };
         app.arm();
         Ok(app)
     }
 
     fn local_addr(&self) -> SocketAddr {
-        let a = self.udp.as_ref().map(|s| s.local_addr()).or_else(|| self.listener.as_ref().map(|l| l.local_addr()));
+        let a = self
+            .udp
+            .as_ref()
+            .map(|s| s.local_addr())
+            .or_else(|| self.listener.as_ref().map(|l| l.local_addr()));
         a.expect("echo serves UDP or TCP").expect("bound socket has an address")
     }
 
     fn arm(&self) {
         if let Some(u) = &self.udp {
-            u.recv_from_multishot(TOKEN_RECV).expect("fresh shard accepts the first receive");
+            u.recv_from_multishot(TOKEN_RECV)
+                .expect("fresh shard accepts the first receive");
         }
         if let Some(l) = &self.listener {
-            l.accept_multishot(TOKEN_ACCEPT).expect("fresh shard accepts the first accept");
+            l.accept_multishot(TOKEN_ACCEPT)
+                .expect("fresh shard accepts the first accept");
         }
     }
 
     fn delivery_for(&self, key: u64) -> Delivery {
         match &self.delivery {
-            Delivery::Port { port, .. } => Delivery::Port { port: port.clone(), key },
+            Delivery::Port { port, .. } => Delivery::Port {
+                port: port.clone(),
+                key,
+            },
             Delivery::Poll { .. } => Delivery::Poll { key },
         }
     }
@@ -119,11 +150,7 @@ impl EchoApp {
             (KEY_UDP, OpKind::RecvFrom) => self.on_datagram(c, stopping),
             (KEY_LISTENER, OpKind::Accept) => self.on_accept(c, stopping),
             (k, OpKind::Recv) if k >= KEY_CONN0 => self.on_stream(c),
-            (_, OpKind::Send | OpKind::SendTo) => {
-                if c.result.is_err() {
-                    self.counters.reply_drops += 1;
-                }
-            }
+            (_, OpKind::Send | OpKind::SendTo) if c.result.is_err() => self.counters.reply_drops += 1,
             _ => {}
         }
     }
@@ -142,7 +169,11 @@ impl EchoApp {
             self.counters.ignored += 1;
             return;
         }
-        let r = if self.zerocopy { sock.send_to_zc(buf, peer, TOKEN_SEND) } else { sock.send_to(buf, peer, TOKEN_SEND) };
+        let r = if self.zerocopy {
+            sock.send_to_zc(buf, peer, TOKEN_SEND)
+        } else {
+            sock.send_to(buf, peer, TOKEN_SEND)
+        };
         match r {
             Ok(()) => self.counters.replies += 1,
             Err(_) => self.counters.reply_drops += 1,
@@ -161,18 +192,25 @@ impl EchoApp {
             self.conns.len() - 1
         });
         let key = KEY_CONN0 + slot as u64;
-        let Ok(stream) = TcpStream::adopt(&self.shard, fd, self.delivery_for(key)) else { return };
+        let Ok(stream) = TcpStream::adopt(&self.shard, fd, self.delivery_for(key)) else {
+            return;
+        };
         let _ = stream.set_nodelay(true);
         if stream.recv_multishot(TOKEN_RECV).is_err() {
             return;
         }
         self.counters.connections += 1;
-        self.conns[slot] = Some(Conn { stream, pending: Vec::with_capacity(sockperf::MESSAGE_LEN_MAX) });
+        self.conns[slot] = Some(Conn {
+            stream,
+            pending: Vec::with_capacity(sockperf::MESSAGE_LEN_MAX),
+        });
     }
 
     fn on_stream(&mut self, c: Completion) {
         let slot = (c.key - KEY_CONN0) as usize;
-        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else { return };
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
         let data = match (c.result, c.buffer) {
             (Ok(n), Some(b)) if n > 0 => b,
             _ => {
@@ -195,14 +233,24 @@ impl EchoApp {
 
 /// Answers every complete sockperf message in the stream; a message that arrives whole in
 /// one chunk is answered in place (its frame becomes the reply).
-fn serve_stream(conn: &mut Conn, mut data: Buf, zerocopy: bool, pool: &porto::Pool, n: &mut EchoCounters) -> Result<(), ()> {
+fn serve_stream(
+    conn: &mut Conn,
+    mut data: Buf,
+    zerocopy: bool,
+    pool: &porto::Pool,
+    n: &mut EchoCounters,
+) -> Result<(), ()> {
     if conn.pending.is_empty() && sockperf::stream_message_len(&data)? == Some(data.len()) {
         n.requests += 1;
         if !sockperf::make_reply(&mut data) {
             n.ignored += 1;
             return Ok(());
         }
-        let r = if zerocopy { conn.stream.send_zc(data, TOKEN_SEND) } else { conn.stream.send(data, TOKEN_SEND) };
+        let r = if zerocopy {
+            conn.stream.send_zc(data, TOKEN_SEND)
+        } else {
+            conn.stream.send(data, TOKEN_SEND)
+        };
         return r.map(|()| n.replies += 1).map_err(|_| n.reply_drops += 1);
     }
     conn.pending.extend_from_slice(&data);
@@ -262,7 +310,15 @@ impl EchoServer {
         let mut apps = Vec::new();
         for h in engine.shards() {
             let port = CompletionPort::new(1, cfg.engine.cq_entries as usize * 4);
-            let app = EchoApp::new(h.clone(), cfg, addr, Delivery::Port { port: port.clone(), key: 0 })?;
+            let app = EchoApp::new(
+                h.clone(),
+                cfg,
+                addr,
+                Delivery::Port {
+                    port: port.clone(),
+                    key: 0,
+                },
+            )?;
             addr = app.local_addr();
             info.push(h.info().expect("started shard has info").clone());
             apps.push((app, port));
@@ -286,10 +342,19 @@ impl EchoServer {
                         }
                         app.counters
                     })
-                    .map_err(|source| SetupError::Syscall { what: "spawning an echo thread", source })?,
+                    .map_err(|source| SetupError::Syscall {
+                        what: "spawning an echo thread",
+                        source,
+                    })?,
             );
         }
-        Ok(EchoServer { addr, info, stop, threads, engine: Some(engine) })
+        Ok(EchoServer {
+            addr,
+            info,
+            stop,
+            threads,
+            engine: Some(engine),
+        })
     }
 
     fn start_polling(cfg: &EchoConfig, stop: Arc<AtomicBool>) -> Result<EchoServer, SetupError> {
@@ -332,7 +397,10 @@ impl EchoServer {
                     drop(shard);
                     counters
                 })
-                .map_err(|source| SetupError::Syscall { what: "spawning a polling shard", source })?;
+                .map_err(|source| SetupError::Syscall {
+                    what: "spawning a polling shard",
+                    source,
+                })?;
             threads.push(t);
             match rx.recv() {
                 Ok(Ok((a, i))) => {
@@ -347,7 +415,13 @@ impl EchoServer {
                 Err(_) => return Err(SetupError::Stopped),
             }
         }
-        Ok(EchoServer { addr, info, stop, threads, engine: None })
+        Ok(EchoServer {
+            addr,
+            info,
+            stop,
+            threads,
+            engine: None,
+        })
     }
 
     /// Stops, joins every thread, and returns the summed counters.

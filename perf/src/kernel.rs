@@ -40,13 +40,19 @@ impl KernelEcho {
             pin(core);
             let mut buf = vec![0u8; 65536];
             while !st.load(Ordering::Relaxed) {
-                let Ok((n, peer)) = sock.recv_from(&mut buf) else { continue };
+                let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
                 if sockperf::make_reply(&mut buf[..n]) {
                     let _ = sock.send_to(&buf[..n], peer);
                 }
             }
         });
-        Ok(KernelEcho { addr, stop, thread: Some(thread) })
+        Ok(KernelEcho {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// Thread-per-connection blocking TCP server.
@@ -74,7 +80,14 @@ impl KernelEcho {
                                 let n = match s.read(&mut buf) {
                                     Ok(0) => return,
                                     Ok(n) => n,
-                                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+                                    Err(e)
+                                        if matches!(
+                                            e.kind(),
+                                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                        ) =>
+                                    {
+                                        continue
+                                    }
                                     Err(_) => return,
                                 };
                                 pending.extend_from_slice(&buf[..n]);
@@ -98,7 +111,11 @@ impl KernelEcho {
             }
             conns.into_iter().for_each(|c| drop(c.join()));
         });
-        Ok(KernelEcho { addr, stop, thread: Some(thread) })
+        Ok(KernelEcho {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 

@@ -36,6 +36,9 @@ impl PingPongResult {
     }
 }
 
+/// Sends one request and waits for its reply: `Ok(false)` when none came in time.
+type Exchange = dyn FnMut(&mut [u8], &mut [u8], u64) -> std::io::Result<bool>;
+
 const REPLY_TIMEOUT: Duration = Duration::from_millis(200);
 
 impl PingPong {
@@ -48,8 +51,10 @@ impl PingPong {
         let mut rsp = vec![0u8; size.max(65536)];
         let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("static bounds");
         let mut timeouts = 0;
-        let mut exchange: Box<dyn FnMut(&mut [u8], &mut [u8], u64) -> std::io::Result<bool>> = if self.udp {
-            let local: SocketAddr = if self.target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+        let mut exchange: Box<Exchange> = if self.udp {
+            let local: SocketAddr = if self.target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+                .parse()
+                .expect("literal");
             let s = UdpSocket::bind(local)?;
             s.connect(self.target)?;
             s.set_read_timeout(Some(REPLY_TIMEOUT))?;
@@ -57,9 +62,13 @@ impl PingPong {
                 s.send(req)?;
                 loop {
                     match s.recv(rsp) {
-                        Ok(n) if sockperf::is_reply(&rsp[..n]) && sockperf::seq(&rsp[..n]) == Some(seq) => return Ok(true),
+                        Ok(n) if sockperf::is_reply(&rsp[..n]) && sockperf::seq(&rsp[..n]) == Some(seq) => {
+                            return Ok(true)
+                        }
                         Ok(_) => continue,
-                        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return Ok(false),
+                        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                            return Ok(false)
+                        }
                         Err(e) => return Err(e),
                     }
                 }
@@ -98,11 +107,17 @@ impl PingPong {
             }
             if ok {
                 exchanges += 1;
-                hist.record(rtt.as_nanos().max(1) as u64).expect("rtt within histogram bounds");
+                hist.record(rtt.as_nanos().max(1) as u64)
+                    .expect("rtt within histogram bounds");
             } else {
                 timeouts += 1;
             }
         }
-        Ok(PingPongResult { exchanges, elapsed: self.duration, rtt_ns: hist, timeouts })
+        Ok(PingPongResult {
+            exchanges,
+            elapsed: self.duration,
+            rtt_ns: hist,
+            timeouts,
+        })
     }
 }

@@ -17,7 +17,11 @@ mod report;
 mod sockperf;
 
 #[derive(Parser, Debug)]
-#[command(name = "porto", version, about = "porto: kernel-bypass network I/O with a Winsock-style completion API")]
+#[command(
+    name = "porto",
+    version,
+    about = "porto: kernel-bypass network I/O with a Winsock-style completion API"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -100,7 +104,11 @@ impl EngineArgs {
             pin: !self.no_pin,
             frames_per_shard: self.frames,
             frame_size: self.frame_size,
-            recv_frames: if recv_frames >= self.frames { recv_frames / 2 } else { recv_frames },
+            recv_frames: if recv_frames >= self.frames {
+                recv_frames / 2
+            } else {
+                recv_frames
+            },
             sqpoll_idle_ms: self.sqpoll,
             ..Config::default()
         }
@@ -114,7 +122,10 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Demo { seconds, size } => demo::run(&demo::DemoConfig { seconds, msg_size: size as usize }),
+        Cmd::Demo { seconds, size } => demo::run(&demo::DemoConfig {
+            seconds,
+            msg_size: size as usize,
+        }),
         Cmd::Echo(a) => run_echo(a),
         Cmd::Info { engine } => info(&engine),
     };
@@ -151,7 +162,12 @@ fn run_echo(a: EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
         engine: a.engine.config(),
     };
     let server = echo::EchoServer::start(&cfg, stop.clone())?;
-    let protos = [(a.udp, "udp"), (a.tcp, "tcp")].iter().filter(|p| p.0).map(|p| p.1).collect::<Vec<_>>().join("+");
+    let protos = [(a.udp, "udp"), (a.tcp, "tcp")]
+        .iter()
+        .filter(|p| p.0)
+        .map(|p| p.1)
+        .collect::<Vec<_>>()
+        .join("+");
     println!(
         "porto echo: {protos} on {} in {} mode, {} shard(s)",
         server.addr,

@@ -33,7 +33,12 @@ impl LatencyRow {
             p999_us: us(h.value_at_quantile(0.999)),
             max_us: us(h.max()),
             timeouts: r.timeouts,
-            vs_base: base.map(|b| (p50 as f64 / b.rtt_ns.value_at_quantile(0.5).max(1) as f64, r.rate() / b.rate().max(1e-9))),
+            vs_base: base.map(|b| {
+                (
+                    p50 as f64 / b.rtt_ns.value_at_quantile(0.5).max(1) as f64,
+                    r.rate() / b.rate().max(1e-9),
+                )
+            }),
         }
     }
 }
@@ -46,7 +51,10 @@ pub struct Table {
 
 impl Table {
     pub fn new(title: &str) -> Table {
-        Table { title: title.into(), rows: Vec::new() }
+        Table {
+            title: title.into(),
+            rows: Vec::new(),
+        }
     }
 
     pub fn push(&mut self, r: LatencyRow) {
@@ -60,7 +68,9 @@ impl Table {
             "proto", "server", "msgs/s", "p50", "p99", "p99.9", "max", "lost", "p50 ×", "rate ×"
         );
         for r in &self.rows {
-            let (p, q) = r.vs_base.map_or(("1.00 (base)".to_string(), "".to_string()), |(p, q)| (format!("{p:.2}"), format!("{q:.2}")));
+            let (p, q) = r.vs_base.map_or(("1.00 (base)".to_string(), "".to_string()), |(p, q)| {
+                (format!("{p:.2}"), format!("{q:.2}"))
+            });
             println!(
                 "{:<5} {:<28} {:>11.0} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>8} {:>9} {:>8}",
                 r.proto, r.what, r.rate, r.p50_us, r.p99_us, r.p999_us, r.max_us, r.timeouts, p, q

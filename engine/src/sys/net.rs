@@ -39,7 +39,13 @@ pub(crate) fn socket(addr: &SocketAddr, kind: Kind) -> io::Result<OwnedFd> {
 pub(crate) fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: the option value is a live c_int of the size passed.
     cvt(unsafe {
-        libc::setsockopt(fd, level, name, (&value as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32)
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
     })
     .map(|_| ())
 }
@@ -123,7 +129,14 @@ pub(crate) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: buf is a live mutable slice; storage/len describe a live sockaddr_storage.
     let n = unsafe {
-        libc::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), 0, storage.as_mut_ptr().cast(), &mut len)
+        libc::recvfrom(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            0,
+            storage.as_mut_ptr().cast(),
+            &mut len,
+        )
     };
     if n < 0 {
         return Err(io::Error::last_os_error());
@@ -182,7 +195,9 @@ pub(crate) fn to_raw(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::sockle
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_storage is larger than and as aligned as sockaddr_in.
@@ -194,7 +209,9 @@ pub(crate) fn to_raw(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::sockle
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: a.flowinfo().to_be(),
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
                 sin6_scope_id: a.scope_id(),
             };
             // SAFETY: sockaddr_storage is larger than and as aligned as sockaddr_in6.
@@ -210,7 +227,10 @@ pub(crate) fn from_raw(storage: &libc::sockaddr_storage, len: libc::socklen_t) -
     from_bytes(
         // SAFETY: a sockaddr_storage is plain bytes of its own size.
         unsafe {
-            std::slice::from_raw_parts((storage as *const libc::sockaddr_storage).cast::<u8>(), size_of::<libc::sockaddr_storage>())
+            std::slice::from_raw_parts(
+                (storage as *const libc::sockaddr_storage).cast::<u8>(),
+                size_of::<libc::sockaddr_storage>(),
+            )
         },
         len as usize,
     )
@@ -233,7 +253,12 @@ pub(crate) fn from_bytes(bytes: &[u8], len: usize) -> Option<SocketAddr> {
             let flow = u32::from_be_bytes(bytes[4..8].try_into().ok()?);
             let ip: [u8; 16] = bytes[8..24].try_into().ok()?;
             let scope = u32::from_ne_bytes(bytes[24..28].try_into().ok()?);
-            Some(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port(bytes), flow, scope)))
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(ip),
+                port(bytes),
+                flow,
+                scope,
+            )))
         }
         _ => None,
     }

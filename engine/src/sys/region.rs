@@ -47,14 +47,22 @@ impl Region {
         if try_huge {
             let huge_len = len.div_ceil(HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES;
             if let Ok(ptr) = map(huge_len, libc::MAP_HUGETLB) {
-                return Ok(Region { ptr, len: huge_len, kind: PageKind::HugeTlb });
+                return Ok(Region {
+                    ptr,
+                    len: huge_len,
+                    kind: PageKind::HugeTlb,
+                });
             }
         }
         let ptr = map(len, 0)?;
         // SAFETY: `ptr..ptr+len` is the mapping just created; madvise only changes paging
         // policy. Failure (THP disabled) is harmless and ignored.
         unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
-        Ok(Region { ptr, len, kind: PageKind::Small })
+        Ok(Region {
+            ptr,
+            len,
+            kind: PageKind::Small,
+        })
     }
 
     pub(crate) fn as_ptr(&self) -> *mut u8 {

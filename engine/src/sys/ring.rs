@@ -137,7 +137,11 @@ impl Ring {
             cq_entries: ring.params().cq_entries(),
             fallback,
         };
-        Ring { ring, info, overflows: 0 }
+        Ring {
+            ring,
+            info,
+            overflows: 0,
+        }
     }
 
     pub(crate) fn info(&self) -> &RingInfo {
@@ -194,12 +198,9 @@ impl Ring {
                 }
                 // SAFETY: plain io_uring_enter with no argument struct.
                 _ => unsafe {
-                    self.ring.submitter().enter::<libc::sigset_t>(
-                        to_submit,
-                        want,
-                        ENTER_GETEVENTS,
-                        None,
-                    )
+                    self.ring
+                        .submitter()
+                        .enter::<libc::sigset_t>(to_submit, want, ENTER_GETEVENTS, None)
                 },
             }
         };
@@ -207,9 +208,7 @@ impl Ring {
             Ok(_) => Ok(()),
             Err(e) => match e.raw_os_error() {
                 // A timed-out or interrupted wait, or a busy CQ that reap will drain: not errors.
-                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {
-                    Ok(())
-                }
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => Ok(()),
                 _ => Err(e),
             },
         }
@@ -248,7 +247,10 @@ impl Ring {
     pub(crate) fn register_region(&mut self, region: &Region, extra_slots: u32) -> io::Result<()> {
         let sub = self.ring.submitter();
         sub.register_buffers_sparse(1 + extra_slots)?;
-        let iov = libc::iovec { iov_base: region.as_ptr().cast(), iov_len: region.len() };
+        let iov = libc::iovec {
+            iov_base: region.as_ptr().cast(),
+            iov_len: region.len(),
+        };
         // SAFETY: the region outlives the ring: both belong to the shard, and the shard drops
         // its ring before its pool's region (field order), so the kernel never sees freed memory.
         unsafe { sub.register_buffers_update(0, std::slice::from_ref(&iov), None) }?;
@@ -261,23 +263,41 @@ impl Ring {
     /// The memory must stay mapped until the slot is cleared with `unregister_slot` or the
     /// ring is dropped.
     pub(crate) unsafe fn register_slot(&mut self, slot: u32, ptr: *mut u8, len: usize) -> io::Result<()> {
-        let iov = libc::iovec { iov_base: ptr.cast(), iov_len: len };
+        let iov = libc::iovec {
+            iov_base: ptr.cast(),
+            iov_len: len,
+        };
         // SAFETY: forwarded to the caller's contract.
-        unsafe { self.ring.submitter().register_buffers_update(slot, std::slice::from_ref(&iov), None) }
-            .map(|_| ())
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buffers_update(slot, std::slice::from_ref(&iov), None)
+        }
+        .map(|_| ())
     }
 
     /// Clears fixed buffer `slot`.
     pub(crate) fn unregister_slot(&mut self, slot: u32) -> io::Result<()> {
-        let iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+        let iov = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
         // SAFETY: a null iovec clears the slot; no memory is handed to the kernel.
-        unsafe { self.ring.submitter().register_buffers_update(slot, std::slice::from_ref(&iov), None) }
-            .map(|_| ())
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buffers_update(slot, std::slice::from_ref(&iov), None)
+        }
+        .map(|_| ())
     }
 
     /// Registers a provided-buffer ring under group `bgid`.
     pub(crate) fn register_buf_ring(&mut self, br: &BufRing, bgid: u16) -> io::Result<()> {
         // SAFETY: the BufRing is owned by the shard next to this ring and dropped after it.
-        unsafe { self.ring.submitter().register_buf_ring_with_flags(br.addr(), br.entries(), bgid, 0) }
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buf_ring_with_flags(br.addr(), br.entries(), bgid, 0)
+        }
     }
 }

@@ -1,0 +1,214 @@
+//! End-to-end: the `porto` binary as a user runs it, driven by the real `sockperf` client.
+//!
+//! sockperf comes from Debian's `sockperf` package (`scripts/test.sh` installs it). Without it
+//! these tests say so and pass, unless `PORTO_REQUIRE_NETNS=1` (set by CI) demands every
+//! environment-dependent test run.
+
+use std::net::{TcpListener, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn porto() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_porto"))
+}
+
+fn strict() -> bool {
+    std::env::var("PORTO_REQUIRE_NETNS").is_ok_and(|v| v == "1")
+}
+
+fn have_sockperf() -> bool {
+    let ok = Command::new("sockperf")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        assert!(
+            !strict(),
+            "sockperf is not installed (apt-get install sockperf) and PORTO_REQUIRE_NETNS=1"
+        );
+        eprintln!("skipping: sockperf is not installed (apt-get install sockperf, or run scripts/test.sh)");
+    }
+    ok
+}
+
+/// A port free for both UDP and TCP right now.
+fn free_port() -> u16 {
+    loop {
+        let t = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = t.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_echo(args: &[&str], port: u16) -> Server {
+    let child = porto()
+        .args(["echo", "--port", &port.to_string(), "--no-pin", "--seconds", "30"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("porto binary runs");
+    // Wait until the port answers: bound means the server printed its banner.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if UdpSocket::bind(("127.0.0.1", port)).is_err() || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Server(child)
+}
+
+fn sockperf_ping_pong(port: u16, tcp: bool) -> String {
+    let mut c = Command::new("sockperf");
+    c.args([
+        "ping-pong",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-m",
+        "64",
+        "-t",
+        "1",
+    ]);
+    if tcp {
+        c.arg("--tcp");
+    }
+    let out = c.output().expect("sockperf runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "sockperf failed:\n{text}");
+    text
+}
+
+fn received_messages(text: &str) -> u64 {
+    let line = text
+        .lines()
+        .find(|l| l.contains("[Valid Duration]"))
+        .unwrap_or_else(|| panic!("no summary in:\n{text}"));
+    let v = line.split("ReceivedMessages=").nth(1).expect("ReceivedMessages field");
+    v.trim().parse().expect("a count")
+}
+
+fn check_sockperf(args: &[&str], tcp: bool) {
+    if !have_sockperf() {
+        return;
+    }
+    let port = free_port();
+    let server = start_echo(args, port);
+    let text = sockperf_ping_pong(port, tcp);
+    drop(server);
+    assert!(!text.contains("ERROR"), "sockperf reported an error:\n{text}");
+    assert!(text.contains("# dropped messages = 0"), "{text}");
+    assert!(received_messages(&text) > 100, "too few replies:\n{text}");
+}
+
+#[test]
+fn sockperf_udp_against_completion_port_mode() {
+    check_sockperf(&["--udp"], false);
+}
+
+#[test]
+fn sockperf_udp_against_polling_mode() {
+    check_sockperf(&["--udp", "--poll"], false);
+}
+
+#[test]
+fn sockperf_tcp_against_completion_port_mode() {
+    check_sockperf(&["--tcp"], true);
+}
+
+#[test]
+fn sockperf_tcp_against_polling_mode() {
+    check_sockperf(&["--tcp", "--poll"], true);
+}
+
+#[test]
+fn echo_on_a_port_in_use_fails_with_the_fix() {
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = porto()
+        .args(["echo", "--udp", "--port", &port.to_string(), "--no-pin"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("port is in use"), "{err}");
+}
+
+#[test]
+fn bad_arguments_fail_cleanly() {
+    let out = porto().args(["echo", "--port", "70000"]).output().unwrap();
+    assert!(!out.status.success());
+    let out = porto().args(["demo", "--size", "3"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("size"));
+}
+
+#[test]
+fn sigterm_stops_echo_cleanly() {
+    let port = free_port();
+    let mut server = porto()
+        .args(["echo", "--udp", "--port", &port.to_string(), "--no-pin"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = server.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "echo did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    let out = server.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("porto echo: stopped"));
+}
+
+#[test]
+fn demo_prints_its_table() {
+    let out = porto().args(["demo", "--seconds", "0.3"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("UDP ") || l.starts_with("TCP "))
+        .collect();
+    assert_eq!(rows.len(), 6, "three servers per protocol:\n{text}");
+    for label in ["kernel sockets", "porto completion port", "porto polling mode"] {
+        let row = rows.iter().filter(|r| r.contains(label)).count();
+        assert_eq!(row, 2, "{label} once per protocol:\n{text}");
+    }
+    for r in &rows {
+        let rate: f64 = r
+            .split_whitespace()
+            .find_map(|w| w.parse().ok())
+            .expect("a message rate");
+        assert!(rate > 0.0, "every server answered: {r}");
+    }
+    assert!(text.contains("p99.9"));
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# porto's test command: installs the system packages the tests use when they are missing
+# (sockperf as the external client, iproute2 for network namespaces), then runs the tests.
+# CI (.ci/run) calls this same script with PORTO_REQUIRE_NETNS=1, which turns every
+# "tool or privilege missing, skipping" into a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "scripts/test.sh: cargo is missing; install a Rust toolchain (1.85 or newer) first" >&2
+    exit 1
+fi
+
+need=()
+command -v sockperf >/dev/null 2>&1 || need+=(sockperf)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+if [ "${#need[@]}" -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "scripts/test.sh: installing ${need[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+cargo test --workspace "$@"
