@@ -222,6 +222,7 @@ pub struct Shard {
     wake_armed: bool,
     hist: Histogram<u64>,
     last_merge: Instant,
+    idle_spin: Duration,
 }
 
 impl std::fmt::Debug for Shard {
@@ -375,6 +376,7 @@ impl Shard {
             wake_armed: false,
             hist: new_histogram(),
             last_merge: Instant::now(),
+            idle_spin: Duration::from_micros(u64::from(cfg.idle_spin_us)),
             shared,
         };
         shard.refill();
@@ -444,7 +446,9 @@ impl Shard {
         let took = self.take_commands();
         self.refill();
         let idle = took == 0 && self.backlog.is_empty();
-        if wait && idle {
+        if wait && idle && self.spin_for_work()? {
+            // Work arrived while spinning; it is reaped or taken below.
+        } else if wait && idle {
             self.shared.sleeping.store(true, Ordering::Relaxed);
             // SeqCst fence: pairs with `ShardShared::wake` (see there).
             fence(Ordering::SeqCst);
@@ -465,6 +469,30 @@ impl Shard {
             self.merge_stats();
         }
         Ok(())
+    }
+
+    /// Before sleeping, yields the core for up to `idle_spin` while watching the command
+    /// queue and the CQ: an application thread answering a completion it was just given
+    /// (often on this same core) then hands its next operation over without an eventfd
+    /// wake-up, and a completion arriving meanwhile is reaped at once.
+    fn spin_for_work(&mut self) -> io::Result<bool> {
+        if self.idle_spin.is_zero() {
+            return Ok(false);
+        }
+        let end = Instant::now() + self.idle_spin;
+        loop {
+            if !self.shared.commands.is_empty() || self.shared.is_stopping() {
+                return Ok(true);
+            }
+            self.ring.submit()?;
+            if self.ring.has_completions() {
+                return Ok(true);
+            }
+            if Instant::now() >= end {
+                return Ok(false);
+            }
+            std::thread::yield_now();
+        }
     }
 
     fn merge_stats(&mut self) {

@@ -214,6 +214,11 @@ impl Ring {
         }
     }
 
+    /// Completions are waiting in the CQ (or parked in the overflow list).
+    pub(crate) fn has_completions(&mut self) -> bool {
+        !self.ring.completion().is_empty() || self.ring.submission().cq_overflow()
+    }
+
     /// Moves every available CQE into `out` (cleared first), flushing the kernel's overflow
     /// list when the CQ overflowed. Returns the number reaped.
     pub(crate) fn reap(&mut self, out: &mut Vec<cqueue::Entry>) -> usize {
