@@ -1196,9 +1196,14 @@ fn msghdr(addr: &mut libc::sockaddr_storage, namelen: libc::socklen_t, iov: &mut
 /// Registers the pool, retrying ENOMEM for up to a second: a ring dropped just before keeps
 /// its pinned pages charged to RLIMIT_MEMLOCK until its asynchronous teardown ends.
 fn register_with_retry(ring: &mut Ring, pool: &Pool, extra: u32) -> Result<(), SetupError> {
+    ring.register_buffer_table(1 + extra)
+        .map_err(|source| SetupError::Syscall {
+            what: "IORING_REGISTER_BUFFERS2 (sparse table)",
+            source,
+        })?;
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
-        match ring.register_region(pool.region(), extra) {
+        match ring.register_region(pool.region()) {
             Ok(()) => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::ENOMEM) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));

@@ -212,3 +212,67 @@ fn demo_prints_its_table() {
     }
     assert!(text.contains("p99.9"));
 }
+
+/// Runs `porto` as an unprivileged user with a small RLIMIT_MEMLOCK (needs root to drop
+/// privileges; CI runs as root).
+fn porto_unprivileged(memlock_kib: u32, args: &str) -> Option<std::process::Output> {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    if !root {
+        assert!(
+            !strict(),
+            "PORTO_REQUIRE_NETNS=1 but not root: cannot test unprivileged limits"
+        );
+        eprintln!("skipping: dropping privileges needs root");
+        return None;
+    }
+    let script = format!("ulimit -l {memlock_kib}; exec {} {args}", env!("CARGO_BIN_EXE_porto"));
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .output()
+        .expect("setpriv (util-linux) runs");
+    Some(out)
+}
+
+#[test]
+fn memlock_too_low_names_the_fix_and_exits_nonzero() {
+    let Some(out) = porto_unprivileged(1024, "info --no-pin") else {
+        return;
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("RLIMIT_MEMLOCK is 1024 KiB") && err.contains("ulimit -l"),
+        "{err}"
+    );
+}
+
+#[test]
+fn privileged_port_names_the_fix() {
+    // Enough memlock for a 256-frame pool: the failure must be the port, not the pool.
+    let Some(out) = porto_unprivileged(8192, "echo --udp --port 80 --frames 256 --no-pin") else {
+        return;
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    let start: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024);
+    if start <= 80 {
+        eprintln!("skipping: unprivileged users may bind port 80 here (ip_unprivileged_port_start = {start})");
+        return;
+    }
+    assert!(!out.status.success());
+    assert!(err.contains("CAP_NET_BIND_SERVICE"), "{err}");
+}

@@ -247,18 +247,25 @@ impl Ring {
         }
     }
 
-    /// Registers the whole region as fixed buffer 0 (the pool), plus `extra_slots` sparse
-    /// slots for Registered I/O buffers.
-    pub(crate) fn register_region(&mut self, region: &Region, extra_slots: u32) -> io::Result<()> {
-        let sub = self.ring.submitter();
-        sub.register_buffers_sparse(1 + extra_slots)?;
+    /// Creates an empty fixed-buffer table of `slots` entries (slot 0: the pool; the rest
+    /// for Registered I/O buffers).
+    pub(crate) fn register_buffer_table(&mut self, slots: u32) -> io::Result<()> {
+        self.ring.submitter().register_buffers_sparse(slots)
+    }
+
+    /// Registers the whole region as fixed buffer 0 (the pool).
+    pub(crate) fn register_region(&mut self, region: &Region) -> io::Result<()> {
         let iov = libc::iovec {
             iov_base: region.as_ptr().cast(),
             iov_len: region.len(),
         };
         // SAFETY: the region outlives the ring: both belong to the shard, and the shard drops
         // its ring before its pool's region (field order), so the kernel never sees freed memory.
-        unsafe { sub.register_buffers_update(0, std::slice::from_ref(&iov), None) }?;
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buffers_update(0, std::slice::from_ref(&iov), None)
+        }?;
         Ok(())
     }
 
