@@ -46,7 +46,7 @@ pub use porto_engine::completion::{Completion, OpKind};
 pub use porto_engine::config::Config;
 pub use porto_engine::engine::{Engine, Transport};
 pub use porto_engine::error::{Error, SetupError};
-pub use porto_engine::pool::{Buf, Pool};
+pub use porto_engine::pool::{Buf, Gather, Pool, GATHER_MAX};
 pub use porto_engine::port::CompletionPort;
 pub use porto_engine::shard::{Delivery, Shard, ShardHandle, ShardInfo};
 pub use porto_engine::socket::{Rejected, SocketOptions, TcpListener, TcpStream, UdpSocket};

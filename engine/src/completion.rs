@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 
 use crate::error::Error;
-use crate::pool::Buf;
+use crate::pool::{Buf, Gather};
 
 /// Which operation a completion belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -46,6 +46,8 @@ pub struct Completion {
     pub result: Result<usize, Error>,
     /// The data buffer: received bytes, or the sent buffer handed back.
     pub buffer: Option<Buf>,
+    /// The buffers of a gathered send, handed back.
+    pub gather: Option<Gather>,
     /// Source of a datagram (RecvFrom).
     pub peer: Option<SocketAddr>,
     /// The new connection of an Accept; turn it into a stream with the engine.
@@ -69,6 +71,7 @@ impl Completion {
             op,
             result,
             buffer: None,
+            gather: None,
             peer: None,
             accepted: None,
             more: false,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use io_uring::types::Timespec;
 
 use crate::completion::OpKind;
-use crate::pool::Buf;
+use crate::pool::{Buf, Gather, GATHER_MAX};
 use crate::rio::RioOp;
 
 /// What an application asks a shard to do on one of its sockets.
@@ -36,6 +36,11 @@ pub(crate) enum Request {
         buf: Buf,
         zerocopy: bool,
     },
+    /// One message gathered from several buffers, to `addr` (datagram) or the peer (stream).
+    SendGather {
+        gather: Gather,
+        addr: Option<SocketAddr>,
+    },
     Accept {
         multishot: bool,
     },
@@ -53,7 +58,8 @@ impl Request {
             Request::RecvFrom { .. } => OpKind::RecvFrom,
             Request::Recv { .. } => OpKind::Recv,
             Request::SendTo { .. } => OpKind::SendTo,
-            Request::Send { .. } => OpKind::Send,
+            Request::Send { .. } | Request::SendGather { addr: None, .. } => OpKind::Send,
+            Request::SendGather { addr: Some(_), .. } => OpKind::SendTo,
             Request::Accept { .. } => OpKind::Accept,
             Request::Connect { .. } => OpKind::Connect,
             Request::Disconnect => OpKind::Disconnect,
@@ -61,11 +67,12 @@ impl Request {
         }
     }
 
-    /// The buffer the request owns, handed back if it is refused.
-    pub(crate) fn into_buf(self) -> Option<Buf> {
+    /// The buffers the request owns, handed back if it is refused.
+    pub(crate) fn into_bufs(self) -> (Option<Buf>, Option<Gather>) {
         match self {
-            Request::SendTo { buf, .. } | Request::Send { buf, .. } => Some(buf),
-            _ => None,
+            Request::SendTo { buf, .. } | Request::Send { buf, .. } => (Some(buf), None),
+            Request::SendGather { gather, .. } => (None, Some(gather)),
+            _ => (None, None),
         }
     }
 }
@@ -98,6 +105,8 @@ pub(crate) struct Slot {
     pub sock: u32,
     pub token: u64,
     pub buf: Option<Buf>,
+    pub gather: Option<Gather>,
+    pub iovs: [libc::iovec; GATHER_MAX],
     pub rio: Option<RioOp>,
     pub addr: libc::sockaddr_storage,
     pub addr_len: libc::socklen_t,
@@ -130,6 +139,11 @@ impl Slot {
             sock: 0,
             token: 0,
             buf: None,
+            gather: None,
+            iovs: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; GATHER_MAX],
             rio: None,
             // SAFETY: all-zero is a valid sockaddr_storage and msghdr (null pointers, 0 lengths).
             addr: unsafe { std::mem::zeroed() },
@@ -190,7 +204,7 @@ impl Table {
 
     pub(crate) fn release(&mut self, idx: u32) {
         let s = &mut self.slots[idx as usize];
-        debug_assert!(s.live && s.buf.is_none() && s.rio.is_none());
+        debug_assert!(s.live && s.buf.is_none() && s.gather.is_none() && s.rio.is_none());
         s.live = false;
         self.free.push(idx);
     }

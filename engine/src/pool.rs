@@ -220,6 +220,68 @@ impl Buf {
     }
 }
 
+/// Most buffers one gathered send may carry.
+pub const GATHER_MAX: usize = 4;
+
+/// Up to [`GATHER_MAX`] buffers sent as one message (scatter-gather, e.g. a header frame and
+/// a payload frame). Moved into the send and handed back in the completion's `gather`.
+#[derive(Debug, Default)]
+pub struct Gather {
+    bufs: [Option<Buf>; GATHER_MAX],
+}
+
+impl Gather {
+    pub fn new() -> Gather {
+        Gather::default()
+    }
+
+    /// Appends a buffer; a full gather hands it back.
+    pub fn push(&mut self, b: Buf) -> Result<(), Buf> {
+        match self.bufs.iter_mut().find(|s| s.is_none()) {
+            Some(slot) => {
+                *slot = Some(b);
+                Ok(())
+            }
+            None => Err(b),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.bufs.iter().filter(|b| b.is_some()).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bufs[0].is_none()
+    }
+
+    /// Bytes in all buffers.
+    pub fn total_len(&self) -> usize {
+        self.bufs().map(|b| b.len()).sum()
+    }
+
+    pub fn bufs(&self) -> impl Iterator<Item = &Buf> {
+        self.bufs.iter().flatten()
+    }
+
+    pub fn into_bufs(self) -> impl Iterator<Item = Buf> {
+        self.bufs.into_iter().flatten()
+    }
+
+    /// Describes the buffers for sendmsg; returns how many iovecs were filled.
+    pub(crate) fn fill_iovecs(&self, iovs: &mut [libc::iovec; GATHER_MAX]) -> usize {
+        let mut n = 0;
+        for b in self.bufs() {
+            let (ptr, len) = b.raw();
+            iovs[n] = libc::iovec {
+                iov_base: ptr.cast(),
+                iov_len: len as usize,
+            };
+            n += 1;
+        }
+        n
+    }
+}
+
 impl Deref for Buf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -282,6 +344,21 @@ mod tests {
         assert_eq!(pool.alloc_from(&[0; 513]).unwrap_err(), Error::MessageTooLong);
         let b = pool.alloc_from(b"hello").unwrap();
         assert_eq!(&b[..], b"hello");
+    }
+
+    #[test]
+    fn gather_holds_at_most_its_max_in_order() {
+        let pool = Pool::new(8, 512, false).unwrap();
+        let mut g = Gather::new();
+        assert!(g.is_empty());
+        for i in 0..GATHER_MAX as u8 {
+            g.push(pool.alloc_from(&[i; 3]).unwrap()).unwrap();
+        }
+        assert!(g.push(pool.alloc().unwrap()).is_err());
+        assert_eq!((g.len(), g.total_len()), (GATHER_MAX, 3 * GATHER_MAX));
+        let firsts: Vec<u8> = g.into_bufs().map(|b| b[0]).collect();
+        assert_eq!(firsts, (0..GATHER_MAX as u8).collect::<Vec<_>>());
+        assert_eq!(pool.free_frames(), 8);
     }
 
     proptest::proptest! {

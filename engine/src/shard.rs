@@ -573,6 +573,13 @@ impl Shard {
                 s.zerocopy = zerocopy && self.pool.same(&buf);
                 s.buf = Some(buf);
             }
+            Request::SendGather { gather, addr } => {
+                match addr {
+                    Some(a) => (s.addr, s.addr_len) = net::to_raw(&a),
+                    None => s.addr_len = 0,
+                }
+                s.gather = Some(gather);
+            }
             Request::Accept { multishot } => s.multishot = multishot,
             Request::Connect { addr, timeout } => {
                 (s.addr, s.addr_len) = net::to_raw(&addr);
@@ -604,7 +611,7 @@ impl Shard {
             return;
         }
         let mut c = Completion::of(kind, delivery.key(), token, Err(err));
-        c.buffer = req.into_buf();
+        (c.buffer, c.gather) = req.into_bufs();
         self.deliver_to(delivery.clone(), c);
     }
 
@@ -677,6 +684,18 @@ impl Shard {
                 .buf_group(BGID)
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT),
+            (OpKind::SendTo | OpKind::Send, _) if s.gather.is_some() => {
+                let n = s.gather.as_ref().map_or(0, |g| g.fill_iovecs(&mut s.iovs));
+                s.msg = msghdr(&mut s.addr, s.addr_len, &mut s.iovs[0]);
+                s.msg.msg_iovlen = n;
+                if s.addr_len == 0 {
+                    s.msg.msg_name = std::ptr::null_mut();
+                }
+                let wait_all = if s.kind == OpKind::Send { libc::MSG_WAITALL } else { 0 };
+                opcode::SendMsg::new(fd, &s.msg)
+                    .flags((libc::MSG_NOSIGNAL | wait_all) as u32)
+                    .build()
+            }
             (OpKind::SendTo | OpKind::Send, _) => {
                 let buf = s.buf.as_ref().expect("send slot holds its buffer");
                 let (ptr, len) = buf.raw();
@@ -1007,6 +1026,7 @@ impl Shard {
         let zc_copied = s.zc_copied;
         let zerocopy = s.zerocopy;
         let buf = s.buf.take();
+        let gather = s.gather.take();
         let rio = s.rio.take();
         let multishot = s.multishot;
         let started = s.started;
@@ -1064,6 +1084,7 @@ impl Shard {
             let delivery = entry.delivery.clone().expect("open socket");
             let mut c = Completion::of(kind, delivery.key(), token, result);
             c.buffer = buf;
+            c.gather = gather;
             c.peer = peer.or(accepted_peer);
             c.zc_copied = zc_copied;
             if kind == OpKind::Accept && !multishot {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::error::{Error, SetupError};
 use crate::op::Request;
-use crate::pool::Buf;
+use crate::pool::{Buf, Gather};
 use crate::shard::{Command, Delivery, ShardHandle, ShardShared};
 use crate::sys::net;
 
@@ -21,6 +21,7 @@ use crate::sys::net;
 pub struct Rejected {
     pub error: Error,
     pub buffer: Option<Buf>,
+    pub gather: Option<Gather>,
 }
 
 impl std::fmt::Display for Rejected {
@@ -140,11 +141,11 @@ impl SocketCore {
                 } else {
                     Error::NoBuffers
                 };
-                let buffer = match cmd {
-                    Command::Op { req, .. } => req.into_buf(),
-                    _ => None,
+                let (buffer, gather) = match cmd {
+                    Command::Op { req, .. } => req.into_bufs(),
+                    _ => (None, None),
                 };
-                Rejected { error, buffer }
+                Rejected { error, buffer, gather }
             })
     }
 
@@ -261,6 +262,17 @@ impl UdpSocket {
                 buf,
                 addr,
                 zerocopy: true,
+            },
+        )
+    }
+
+    /// WSASendTo with several buffers (WSABUF array): one datagram gathered from `gather`.
+    pub fn send_to_gather(&self, gather: Gather, addr: SocketAddr, token: u64) -> Result<(), Rejected> {
+        self.core.submit(
+            token,
+            Request::SendGather {
+                gather,
+                addr: Some(addr),
             },
         )
     }
@@ -427,6 +439,11 @@ impl TcpStream {
     /// WSASend: the whole buffer is sent (or the op fails); the buffer comes back.
     pub fn send(&self, buf: Buf, token: u64) -> Result<(), Rejected> {
         self.core.submit(token, Request::Send { buf, zerocopy: false })
+    }
+
+    /// WSASend with several buffers (WSABUF array), sent whole and in order.
+    pub fn send_gather(&self, gather: Gather, token: u64) -> Result<(), Rejected> {
+        self.core.submit(token, Request::SendGather { gather, addr: None })
     }
 
     /// WSASend with SEND_ZC from the registered pool.

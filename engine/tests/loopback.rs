@@ -9,6 +9,7 @@ use porto_engine::completion::{Completion, OpKind};
 use porto_engine::config::Config;
 use porto_engine::engine::Engine;
 use porto_engine::error::Error;
+use porto_engine::pool::Gather;
 use porto_engine::port::CompletionPort;
 use porto_engine::rio::{CompletionQueue, RegisteredBuffer, RequestQueue, RioEvent, RioFlags, RioNotify};
 use porto_engine::shard::{Delivery, Shard};
@@ -536,4 +537,48 @@ fn zero_copy_send_reports_copy_on_loopback() {
     let mut b = [0u8; 2000];
     assert_eq!(rx.recv(&mut b).unwrap(), 1000);
     assert_eq!(shard.stats().counters.snapshot().zc_copied, 1);
+}
+
+#[test]
+fn gathered_send_is_one_message_and_hands_every_buffer_back() {
+    let mut shard = Shard::new(&small(), None).unwrap();
+    let h = shard.handle();
+    let sock = UdpSocket::bind(&h, any(true), &SocketOptions::default(), Delivery::Poll { key: 0 }).unwrap();
+    let rx = StdUdp::bind(any(true)).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let free_before = h.pool().free_frames();
+    let mut g = Gather::new();
+    g.push(h.pool().alloc_from(b"header|").unwrap()).unwrap();
+    g.push(h.pool().alloc_from(b"payload").unwrap()).unwrap();
+    sock.send_to_gather(g, rx.local_addr().unwrap(), 3).unwrap();
+    let c = poll_n(&mut shard, 1).pop().unwrap();
+    assert_eq!((c.op, c.token, c.result), (OpKind::SendTo, 3, Ok(14)));
+    let back = c.gather.expect("the gather comes back");
+    assert_eq!(back.len(), 2);
+    drop(back);
+    assert_eq!(h.pool().free_frames(), free_before);
+    let mut b = [0u8; 64];
+    let n = rx.recv(&mut b).unwrap();
+    assert_eq!(&b[..n], b"header|payload");
+
+    // The same on a stream, through the port path's sibling: polling delivery.
+    let lst = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let s = TcpStream::connect_blocking(
+        &h,
+        lst.local_addr().unwrap(),
+        Some(Duration::from_secs(5)),
+        Delivery::Poll { key: 1 },
+    )
+    .unwrap();
+    let (mut peer, _) = lst.accept().unwrap();
+    let mut g = Gather::new();
+    for part in [&b"a"[..], b"bb", b"ccc"] {
+        g.push(h.pool().alloc_from(part).unwrap()).unwrap();
+    }
+    s.send_gather(g, 4).unwrap();
+    let c = poll_n(&mut shard, 1).pop().unwrap();
+    assert_eq!((c.op, c.result), (OpKind::Send, Ok(6)));
+    let mut got = [0u8; 6];
+    std::io::Read::read_exact(&mut peer, &mut got).unwrap();
+    assert_eq!(&got, b"abbccc");
 }
