@@ -225,9 +225,12 @@ pub const GATHER_MAX: usize = 4;
 
 /// Up to [`GATHER_MAX`] buffers sent as one message (scatter-gather, e.g. a header frame and
 /// a payload frame). Moved into the send and handed back in the completion's `gather`.
+///
+/// The list lives in one small heap block made by [`Gather::new`]; the engine only moves it,
+/// so reusing a returned `Gather` (after [`clear`](Self::clear)) keeps sends allocation-free.
 #[derive(Debug, Default)]
 pub struct Gather {
-    bufs: [Option<Buf>; GATHER_MAX],
+    bufs: Box<[Option<Buf>; GATHER_MAX]>,
 }
 
 impl Gather {
@@ -246,12 +249,17 @@ impl Gather {
         }
     }
 
+    /// Drops every buffer (their frames return to the pool), keeping the list for reuse.
+    pub fn clear(&mut self) {
+        self.bufs.iter_mut().for_each(|b| *b = None);
+    }
+
     pub fn len(&self) -> usize {
         self.bufs.iter().filter(|b| b.is_some()).count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bufs[0].is_none()
+        self.bufs.iter().all(Option::is_none)
     }
 
     /// Bytes in all buffers.
@@ -263,8 +271,9 @@ impl Gather {
         self.bufs.iter().flatten()
     }
 
-    pub fn into_bufs(self) -> impl Iterator<Item = Buf> {
-        self.bufs.into_iter().flatten()
+    /// Takes the buffers out, in order, leaving the list empty for reuse.
+    pub fn take_bufs(&mut self) -> impl Iterator<Item = Buf> + '_ {
+        self.bufs.iter_mut().filter_map(Option::take)
     }
 
     /// Describes the buffers for sendmsg; returns how many iovecs were filled.
@@ -356,9 +365,13 @@ mod tests {
         }
         assert!(g.push(pool.alloc().unwrap()).is_err());
         assert_eq!((g.len(), g.total_len()), (GATHER_MAX, 3 * GATHER_MAX));
-        let firsts: Vec<u8> = g.into_bufs().map(|b| b[0]).collect();
+        let firsts: Vec<u8> = g.take_bufs().map(|b| b[0]).collect();
         assert_eq!(firsts, (0..GATHER_MAX as u8).collect::<Vec<_>>());
+        assert!(g.is_empty());
         assert_eq!(pool.free_frames(), 8);
+        g.push(pool.alloc().unwrap()).unwrap();
+        g.clear();
+        assert_eq!((g.len(), pool.free_frames()), (0, 8));
     }
 
     proptest::proptest! {
