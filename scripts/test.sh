@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # porto's test command: installs the system packages the tests use when they are missing
-# (sockperf as the external client, iproute2 for network namespaces), then runs the tests.
+# (sockperf as the external client and reference server, iproute2 for network namespaces,
+# a TrueType font for benchmark plots), then runs every test, with the peer runtimes
+# (tokio, monoio) built in so the benchmark smoke runs cover them.
 # CI (.ci/run) calls this same script with PORTO_REQUIRE_NETNS=1, which turns every
 # "tool or privilege missing, skipping" into a failure.
 set -euo pipefail
@@ -14,6 +16,7 @@ fi
 need=()
 command -v sockperf >/dev/null 2>&1 || need+=(sockperf)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 if [ "${#need[@]}" -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -22,4 +25,4 @@ if [ "${#need[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
-cargo test --workspace "$@"
+cargo test --workspace --all-features "$@"

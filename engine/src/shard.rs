@@ -41,6 +41,8 @@ use crate::sys::ring::{Ring, RingConfig, RingInfo, NOTIF_USAGE_ZC_COPIED, SEND_Z
 const BGID: u16 = 0;
 /// Bytes reserved for the source address in each multishot recvmsg buffer (sockaddr_in6).
 const NAME_LEN: u32 = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+/// How often a busy shard publishes its latency histogram and gauges.
+const STATS_PERIOD: Duration = Duration::from_millis(50);
 /// Commands taken from the queue per turn, so CQEs are reaped regularly under load.
 const COMMANDS_PER_TURN: usize = 256;
 
@@ -453,8 +455,11 @@ impl Shard {
             // SeqCst fence: pairs with `ShardShared::wake` (see there).
             fence(Ordering::SeqCst);
             if self.shared.commands.is_empty() && !self.shared.is_stopping() {
-                self.merge_stats();
-                self.ring.submit_and_wait(None)?;
+                // Merging the latency histogram costs tens of µs: never per sleep. Samples
+                // not yet published make the sleep a timed one, so they are at most
+                // STATS_PERIOD late.
+                let timeout = (!self.hist.is_empty()).then_some(STATS_PERIOD);
+                self.ring.submit_and_wait(timeout)?;
             }
             self.shared.sleeping.store(false, Ordering::Relaxed);
         } else if wait && !self.backlog.is_empty() {
@@ -465,7 +470,7 @@ impl Shard {
         }
         self.reap();
         self.flush();
-        if self.last_merge.elapsed() >= Duration::from_millis(50) {
+        if self.last_merge.elapsed() >= STATS_PERIOD {
             self.merge_stats();
         }
         Ok(())

@@ -10,7 +10,7 @@ use porto::Config;
 
 use crate::echo::{EchoConfig, EchoServer};
 use crate::kernel::KernelEcho;
-use crate::loadgen::{PingPong, PingPongResult};
+use crate::loadgen::{LoadResult, PingPong};
 use crate::report::{LatencyRow, Table};
 
 #[derive(Clone, Debug)]
@@ -33,7 +33,7 @@ pub fn run(cfg: &DemoConfig) -> Result<(), Box<dyn std::error::Error>> {
     let (server_core, client_core) = cores();
     let loopback: SocketAddr = "127.0.0.1:0".parse()?;
     let duration = Duration::from_secs_f64(cfg.seconds);
-    let load = |udp: bool, target: SocketAddr| -> std::io::Result<PingPongResult> {
+    let load = |udp: bool, target: SocketAddr| -> std::io::Result<LoadResult> {
         PingPong {
             udp,
             target,
@@ -62,14 +62,14 @@ pub fn run(cfg: &DemoConfig) -> Result<(), Box<dyn std::error::Error>> {
     for udp in [true, false] {
         let proto = if udp { "UDP" } else { "TCP" };
         let baseline = if udp {
-            KernelEcho::udp(loopback, server_core)?
+            KernelEcho::udp(loopback, server_core, Arc::new(AtomicBool::new(false)))?
         } else {
-            KernelEcho::tcp(loopback, server_core)?
+            KernelEcho::tcp(loopback, server_core, Arc::new(AtomicBool::new(false)))?
         };
         let base = load(udp, baseline.addr)?;
         drop(baseline);
         println!("  measured {proto} kernel baseline");
-        table.push(LatencyRow::new(proto, "kernel sockets (blocking)", &base, None));
+        table.push(LatencyRow::new(proto, "kernel sockets", &base, None));
         for poll in [false, true] {
             let ec = EchoConfig {
                 addr: loopback,

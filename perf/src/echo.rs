@@ -255,25 +255,25 @@ fn serve_stream(
     }
     conn.pending.extend_from_slice(&data);
     drop(data);
-    let mut at = 0;
-    while let Some(len) = sockperf::stream_message_len(&conn.pending[at..])? {
-        if conn.pending.len() - at < len {
-            break;
+    // A stream cannot skip a reply: running out of frames closes the connection.
+    let stream = &conn.stream;
+    let r = sockperf::answer_stream(&mut conn.pending, |msg| {
+        let buf = pool.alloc_from(msg).map_err(|_| ())?;
+        stream.send(buf, TOKEN_SEND).map_err(|_| ())
+    });
+    match r {
+        Ok(a) => {
+            n.requests += a.requests;
+            n.replies += a.replies;
+            n.ignored += a.requests - a.replies;
+            Ok(())
         }
-        let msg = &mut conn.pending[at..at + len];
-        at += len;
-        n.requests += 1;
-        if !sockperf::make_reply(msg) {
-            n.ignored += 1;
-            continue;
+        Err(sockperf::StreamError::Reply(())) => {
+            n.reply_drops += 1;
+            Err(())
         }
-        // A stream cannot skip a reply: running out of frames closes the connection.
-        let buf = pool.alloc_from(msg).map_err(|_| n.reply_drops += 1)?;
-        conn.stream.send(buf, TOKEN_SEND).map_err(|_| n.reply_drops += 1)?;
-        n.replies += 1;
+        Err(sockperf::StreamError::Malformed) => Err(()),
     }
-    conn.pending.drain(..at);
-    Ok(())
 }
 
 /// A running echo server.

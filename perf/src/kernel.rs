@@ -1,16 +1,21 @@
-//! The kernel-socket baseline: the plain blocking server everyone writes first, speaking the
-//! same sockperf protocol as `porto echo`. Measured in the same run as porto.
+//! The kernel-socket baseline: the servers everyone writes first, speaking the same
+//! sockperf protocol as `porto echo` — blocking `recvfrom`/`sendto` for UDP, a
+//! single-threaded epoll loop (mio) for TCP. Measured in the same run as porto.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
 use crate::sockperf;
 
-/// A blocking UDP or TCP echo server on its own (optionally pinned) thread.
+/// A kernel-socket echo server on its own (optionally pinned) thread.
 pub struct KernelEcho {
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -23,18 +28,18 @@ impl std::fmt::Debug for KernelEcho {
     }
 }
 
-fn pin(core: Option<usize>) {
+pub fn pin(core: Option<usize>) {
     if let Some(c) = core {
         core_affinity::set_for_current(core_affinity::CoreId { id: c });
     }
 }
 
 impl KernelEcho {
-    pub fn udp(addr: SocketAddr, core: Option<usize>) -> std::io::Result<KernelEcho> {
+    /// Blocking UDP: one thread in recvfrom/sendto.
+    pub fn udp(addr: SocketAddr, core: Option<usize>, stop: Arc<AtomicBool>) -> std::io::Result<KernelEcho> {
         let sock = UdpSocket::bind(addr)?;
         sock.set_read_timeout(Some(Duration::from_millis(50)))?;
         let addr = sock.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
         let thread = std::thread::spawn(move || {
             pin(core);
@@ -55,61 +60,47 @@ impl KernelEcho {
         })
     }
 
-    /// Thread-per-connection blocking TCP server.
-    pub fn tcp(addr: SocketAddr, core: Option<usize>) -> std::io::Result<KernelEcho> {
-        let lst = TcpListener::bind(addr)?;
-        lst.set_nonblocking(true)?;
+    /// TCP on one epoll loop (edge-triggered, via mio).
+    pub fn tcp(addr: SocketAddr, core: Option<usize>, stop: Arc<AtomicBool>) -> std::io::Result<KernelEcho> {
+        let mut lst = TcpListener::bind(addr)?;
         let addr = lst.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let mut poll = Poll::new()?;
+        poll.registry().register(&mut lst, Token(0), Interest::READABLE)?;
         let st = stop.clone();
         let thread = std::thread::spawn(move || {
             pin(core);
-            let mut conns = Vec::new();
+            let mut events = Events::with_capacity(1024);
+            let mut conns: HashMap<usize, (TcpStream, Vec<u8>)> = HashMap::new();
+            let mut next = 1;
+            let mut buf = vec![0u8; 65536];
             while !st.load(Ordering::Relaxed) {
-                match lst.accept() {
-                    Ok((mut s, _)) => {
-                        let st = st.clone();
-                        conns.push(std::thread::spawn(move || {
-                            pin(core);
-                            let _ = s.set_nonblocking(false);
+                if poll.poll(&mut events, Some(Duration::from_millis(50))).is_err() {
+                    continue;
+                }
+                for ev in events.iter() {
+                    if ev.token() == Token(0) {
+                        while let Ok((mut s, _)) = lst.accept() {
                             let _ = s.set_nodelay(true);
-                            let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
-                            let mut pending = Vec::with_capacity(sockperf::MESSAGE_LEN_MAX);
-                            let mut buf = vec![0u8; 65536];
-                            while !st.load(Ordering::Relaxed) {
-                                let n = match s.read(&mut buf) {
-                                    Ok(0) => return,
-                                    Ok(n) => n,
-                                    Err(e)
-                                        if matches!(
-                                            e.kind(),
-                                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                                        ) =>
-                                    {
-                                        continue
-                                    }
-                                    Err(_) => return,
-                                };
-                                pending.extend_from_slice(&buf[..n]);
-                                let mut at = 0;
-                                while let Ok(Some(len)) = sockperf::stream_message_len(&pending[at..]) {
-                                    if pending.len() - at < len {
-                                        break;
-                                    }
-                                    let msg = &mut pending[at..at + len];
-                                    at += len;
-                                    if sockperf::make_reply(msg) && s.write_all(msg).is_err() {
-                                        return;
-                                    }
-                                }
-                                pending.drain(..at);
+                            if poll
+                                .registry()
+                                .register(&mut s, Token(next), Interest::READABLE)
+                                .is_ok()
+                            {
+                                conns.insert(next, (s, Vec::with_capacity(sockperf::MESSAGE_LEN_MAX)));
+                                next += 1;
                             }
-                        }));
+                        }
+                        continue;
                     }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    let key = ev.token().0;
+                    let Some((s, pending)) = conns.get_mut(&key) else {
+                        continue;
+                    };
+                    if !serve_readable(s, pending, &mut buf) {
+                        conns.remove(&key);
+                    }
                 }
             }
-            conns.into_iter().for_each(|c| drop(c.join()));
         });
         Ok(KernelEcho {
             addr,
@@ -117,6 +108,44 @@ impl KernelEcho {
             thread: Some(thread),
         })
     }
+
+    /// Waits until the server thread ends (after `stop` is set).
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads until EAGAIN, answering whole messages; false when the connection is done.
+fn serve_readable(s: &mut TcpStream, pending: &mut Vec<u8>, buf: &mut [u8]) -> bool {
+    loop {
+        match s.read(buf) {
+            Ok(0) => return false,
+            Ok(n) => {
+                pending.extend_from_slice(&buf[..n]);
+                if sockperf::answer_stream(pending, |m| write_all_blocking(s, m)).is_err() {
+                    return false;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Replies are small and the peer reads them; spin through a full send buffer.
+fn write_all_blocking(s: &mut TcpStream, mut m: &[u8]) -> std::io::Result<()> {
+    while !m.is_empty() {
+        match s.write(m) {
+            Ok(n) => m = &m[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::yield_now(),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl Drop for KernelEcho {

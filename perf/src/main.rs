@@ -9,10 +9,14 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use porto::{Config, Shard};
 
+mod bench;
 mod demo;
 mod echo;
 mod kernel;
 mod loadgen;
+#[cfg(feature = "peers")]
+mod peers;
+mod plot;
 mod report;
 mod sockperf;
 
@@ -40,6 +44,11 @@ enum Cmd {
     },
     /// A sockperf-compatible echo server (`sockperf ping-pong` / `throughput` work against it).
     Echo(EchoArgs),
+    /// A baseline server for benchmarks: kernel sockets, or a peer runtime (tokio, monoio;
+    /// built with `--features peers`). Same sockperf protocol as `porto echo`.
+    Serve(ServeArgs),
+    /// Benchmark scenarios: porto vs kernel sockets, sockperf server and peer runtimes.
+    Bench(bench::BenchArgs),
     /// Starts one shard and prints what the kernel gave it.
     Info {
         #[command(flatten)]
@@ -73,6 +82,33 @@ struct EchoArgs {
     engine: EngineArgs,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Baseline {
+    /// Blocking recvfrom/sendto (UDP) or one epoll loop (TCP).
+    Kernel,
+    /// tokio, current-thread runtime.
+    Tokio,
+    /// monoio on io_uring.
+    Monoio,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[arg(value_enum)]
+    server: Baseline,
+    #[arg(long, required_unless_present = "tcp", conflicts_with = "tcp")]
+    udp: bool,
+    #[arg(long)]
+    tcp: bool,
+    #[arg(long, default_value = "127.0.0.1")]
+    addr: IpAddr,
+    #[arg(long, short)]
+    port: u16,
+    /// Core to pin the server thread to.
+    #[arg(long)]
+    core: Option<usize>,
+}
+
 #[derive(Args, Debug)]
 struct EngineArgs {
     /// Shards (threads, one per core).
@@ -93,6 +129,10 @@ struct EngineArgs {
     /// Use a kernel SQ polling thread (idle ms).
     #[arg(long)]
     sqpoll: Option<u32>,
+    /// Completion-port mode: µs a shard yields, watching for work, before it sleeps
+    /// (lower: less idle CPU; higher: fewer wake-ups).
+    #[arg(long, default_value_t = Config::default().idle_spin_us)]
+    idle_spin_us: u32,
 }
 
 impl EngineArgs {
@@ -110,6 +150,7 @@ impl EngineArgs {
                 recv_frames
             },
             sqpoll_idle_ms: self.sqpoll,
+            idle_spin_us: self.idle_spin_us,
             ..Config::default()
         }
     }
@@ -127,6 +168,8 @@ fn main() -> ExitCode {
             msg_size: size as usize,
         }),
         Cmd::Echo(a) => run_echo(a),
+        Cmd::Serve(a) => serve(a),
+        Cmd::Bench(a) => bench::run(&a),
         Cmd::Info { engine } => info(&engine),
     };
     match r {
@@ -146,6 +189,50 @@ fn info(a: &EngineArgs) -> Result<(), Box<dyn std::error::Error>> {
         println!("{i}");
     }
     Ok(())
+}
+
+fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let addr = SocketAddr::new(a.addr, a.port);
+    match a.server {
+        Baseline::Kernel => {
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone())?;
+            }
+            let server = if a.udp {
+                kernel::KernelEcho::udp(addr, a.core, stop)?
+            } else {
+                kernel::KernelEcho::tcp(addr, a.core, stop)?
+            };
+            println!(
+                "porto serve kernel: {} on {}",
+                if a.udp { "udp" } else { "tcp" },
+                server.addr
+            );
+            server.join();
+            Ok(())
+        }
+        #[cfg(feature = "peers")]
+        Baseline::Tokio | Baseline::Monoio => {
+            kernel::pin(a.core);
+            let rt = if a.server == Baseline::Tokio {
+                peers::Runtime::Tokio
+            } else {
+                peers::Runtime::Monoio
+            };
+            println!(
+                "porto serve {:?}: {} on {addr}",
+                a.server,
+                if a.udp { "udp" } else { "tcp" }
+            );
+            Ok(peers::serve(rt, addr, a.udp)?)
+        }
+        #[cfg(not(feature = "peers"))]
+        Baseline::Tokio | Baseline::Monoio => Err(
+            "peer runtimes are not built in: rebuild with `cargo build --release -p porto-perf --features peers`"
+                .into(),
+        ),
+    }
 }
 
 fn run_echo(a: EchoArgs) -> Result<(), Box<dyn std::error::Error>> {

@@ -1,6 +1,6 @@
 //! Result tables with ratios against a baseline measured in the same run.
 
-use crate::loadgen::PingPongResult;
+use crate::loadgen::LoadResult;
 
 #[derive(Clone, Debug)]
 pub struct LatencyRow {
@@ -21,8 +21,8 @@ fn us(ns: u64) -> f64 {
 }
 
 impl LatencyRow {
-    pub fn new(proto: &str, what: &str, r: &PingPongResult, base: Option<&PingPongResult>) -> LatencyRow {
-        let h = &r.rtt_ns;
+    pub fn new(proto: &str, what: &str, r: &LoadResult, base: Option<&LoadResult>) -> LatencyRow {
+        let h = &r.latency_ns;
         let p50 = h.value_at_quantile(0.5);
         LatencyRow {
             proto: proto.into(),
@@ -32,10 +32,10 @@ impl LatencyRow {
             p99_us: us(h.value_at_quantile(0.99)),
             p999_us: us(h.value_at_quantile(0.999)),
             max_us: us(h.max()),
-            timeouts: r.timeouts,
+            timeouts: r.lost,
             vs_base: base.map(|b| {
                 (
-                    p50 as f64 / b.rtt_ns.value_at_quantile(0.5).max(1) as f64,
+                    p50 as f64 / b.latency_ns.value_at_quantile(0.5).max(1) as f64,
                     r.rate() / b.rate().max(1e-9),
                 )
             }),

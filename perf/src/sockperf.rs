@@ -47,6 +47,49 @@ pub fn stream_message_len(buf: &[u8]) -> Result<Option<usize>, ()> {
     Ok(Some(len))
 }
 
+/// Counts from [`answer_stream`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Answered {
+    pub requests: u64,
+    pub replies: u64,
+}
+
+/// Why [`answer_stream`] stopped: the stream is not sockperf, or sending a reply failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StreamError<E> {
+    Malformed,
+    Reply(E),
+}
+
+/// Answers every complete message at the front of a stream buffer through `reply`, then
+/// removes them; an incomplete tail stays for the next read.
+pub fn answer_stream<E>(
+    pending: &mut Vec<u8>,
+    mut reply: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<Answered, StreamError<E>> {
+    let mut n = Answered::default();
+    let mut at = 0;
+    let result = loop {
+        match stream_message_len(&pending[at..]) {
+            Err(()) => break Err(StreamError::Malformed),
+            Ok(Some(len)) if pending.len() - at >= len => {
+                let msg = &mut pending[at..at + len];
+                at += len;
+                n.requests += 1;
+                if make_reply(msg) {
+                    if let Err(e) = reply(msg) {
+                        break Err(StreamError::Reply(e));
+                    }
+                    n.replies += 1;
+                }
+            }
+            Ok(_) => break Ok(n),
+        }
+    };
+    pending.drain(..at);
+    result
+}
+
 /// Writes a client request: sequence number, flags (client + pong request) and length.
 pub fn write_request(msg: &mut [u8], seq: u64) {
     assert!(msg.len() >= HEADER_LEN, "a sockperf message has a 14-byte header");
@@ -99,6 +142,43 @@ mod tests {
         let mut bad = CAPTURED;
         bad[10..14].copy_from_slice(&5u32.to_be_bytes());
         assert_eq!(stream_message_len(&bad), Err(()));
+    }
+
+    #[test]
+    fn stream_answers_whole_messages_and_keeps_the_tail() {
+        let mut a = [0u8; 20];
+        let mut b = [0u8; 30];
+        write_request(&mut a, 1);
+        write_request(&mut b, 2);
+        let mut pending: Vec<u8> = a.iter().chain(&b[..10]).copied().collect();
+        let mut seen = Vec::new();
+        let n = answer_stream(&mut pending, |m| -> Result<(), ()> {
+            seen.push((seq(m), m.len(), is_reply(m)));
+            Ok(())
+        });
+        assert_eq!(
+            n,
+            Ok(Answered {
+                requests: 1,
+                replies: 1
+            })
+        );
+        assert_eq!(seen, [(Some(1), 20, true)]);
+        assert_eq!(pending.len(), 10, "the partial second message stays");
+        pending.extend_from_slice(&b[10..]);
+        assert_eq!(
+            answer_stream(&mut pending, |_| Ok::<(), ()>(())),
+            Ok(Answered {
+                requests: 1,
+                replies: 1
+            })
+        );
+        assert!(pending.is_empty());
+        pending.extend_from_slice(&[0xff; 20]);
+        assert_eq!(
+            answer_stream(&mut pending, |_| Ok::<(), ()>(())),
+            Err(StreamError::Malformed)
+        );
     }
 
     #[test]

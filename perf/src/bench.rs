@@ -1,0 +1,654 @@
+//! `porto bench`: end-to-end scenarios, every server side by side in one run.
+//!
+//! Each server runs as its own process pinned to the server CPU (so its CPU time can be read
+//! from /proc), the load generator runs in this process on the client CPU. Rounds interleave
+//! the servers (A B C A B C) and the summary takes the median of the rounds, with ratios to
+//! the kernel-socket baseline of the same run, so machine noise cancels as far as it can.
+
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::loadgen::{LoadResult, OpenLoop, PingPong, TcpFleet, OPEN_LOOP_MIN_SIZE};
+use crate::plot;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// UDP ping-pong, closed loop: latency percentiles.
+    Latency,
+    /// UDP at a fixed offered rate, open loop: corrected latency and server CPU per message.
+    Throughput,
+    /// TCP echo over many connections: requests/s and latency.
+    Tcp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Server {
+    /// Plain kernel sockets: blocking UDP, one epoll loop for TCP (the baseline).
+    Kernel,
+    /// `sockperf server`, the industry reference.
+    Sockperf,
+    /// tokio, current-thread (needs `--features peers`).
+    Tokio,
+    /// monoio on io_uring (needs `--features peers`).
+    Monoio,
+    /// porto in completion-port mode.
+    PortoPort,
+    /// porto in polling mode.
+    PortoPoll,
+}
+
+impl Server {
+    pub fn label(self) -> &'static str {
+        match self {
+            Server::Kernel => "kernel",
+            Server::Sockperf => "sockperf server",
+            Server::Tokio => "tokio",
+            Server::Monoio => "monoio",
+            Server::PortoPort => "porto port",
+            Server::PortoPoll => "porto poll",
+        }
+    }
+
+    /// The command that serves `udp`/TCP on `port`, pinned to `core` (porto servers get
+    /// `porto_args` too); `Err` says why this server is unavailable here.
+    fn command(self, udp: bool, port: u16, core: usize, porto_args: &[String]) -> Result<Command, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let proto = if udp { "--udp" } else { "--tcp" };
+        let port_s = port.to_string();
+        let core_s = core.to_string();
+        let mut c;
+        match self {
+            Server::Kernel | Server::Tokio | Server::Monoio => {
+                if matches!(self, Server::Tokio | Server::Monoio) && !cfg!(feature = "peers") {
+                    return Err("not built in (build porto-perf with --features peers)".into());
+                }
+                c = Command::new(exe);
+                c.args(["serve", self.serve_name(), proto, "--port", &port_s, "--core", &core_s]);
+            }
+            Server::Sockperf => {
+                if Command::new("sockperf")
+                    .arg("--version")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_err()
+                {
+                    return Err("sockperf is not installed (apt-get install sockperf)".into());
+                }
+                c = Command::new("taskset");
+                c.args(["-c", &core_s, "sockperf", "server", "-i", "127.0.0.1", "-p", &port_s]);
+                if !udp {
+                    c.arg("--tcp");
+                }
+            }
+            Server::PortoPort | Server::PortoPoll => {
+                c = Command::new(exe);
+                c.args(["echo", proto, "--port", &port_s, "--cores", &core_s]);
+                if self == Server::PortoPoll {
+                    c.arg("--poll");
+                }
+                c.args(porto_args);
+            }
+        }
+        Ok(c)
+    }
+
+    fn serve_name(self) -> &'static str {
+        match self {
+            Server::Tokio => "tokio",
+            Server::Monoio => "monoio",
+            _ => "kernel",
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Seconds measured per server and round (after a 0.2 s warm-up).
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Rounds; servers interleave within each round.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    /// Message sizes in bytes (default: latency 64,1024; throughput 64; tcp 128).
+    #[arg(long, value_delimiter = ',')]
+    pub sizes: Vec<usize>,
+    /// TCP connection counts (tcp scenario).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 50, 300])]
+    pub conns: Vec<usize>,
+    /// Offered rate in messages/s (throughput scenario).
+    #[arg(long, default_value_t = 50_000)]
+    pub rate: u64,
+    /// Servers to run (default: all).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub servers: Vec<Server>,
+    /// Put server and client on the same CPU (default: different CPUs).
+    #[arg(long)]
+    pub same_cpu: bool,
+    /// Where JSON results and plots go.
+    #[arg(long, default_value = "target/porto-bench")]
+    pub out: PathBuf,
+    /// Seconds-long smoke run (CI): tiny durations, one round, first size only.
+    #[arg(long)]
+    pub smoke: bool,
+    /// Skip SVG/PNG plots.
+    #[arg(long)]
+    pub no_plots: bool,
+    /// Extra arguments for the porto servers, e.g. "--idle-spin-us 0".
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    pub porto_args: String,
+}
+
+/// One server, one setting, one round.
+#[derive(Clone, Debug, Serialize)]
+pub struct Measurement {
+    pub server: Server,
+    pub label: String,
+    pub size: usize,
+    pub conns: usize,
+    pub round: usize,
+    pub messages_per_s: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    pub lost: u64,
+    pub server_cpu_ns_per_msg: Option<f64>,
+    /// Latency percentiles for plotting: (percentile, µs).
+    pub curve: Vec<(f64, f64)>,
+}
+
+/// Median over rounds, with ratios to the kernel baseline of the same setting.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub server: Server,
+    pub label: String,
+    pub size: usize,
+    pub conns: usize,
+    pub messages_per_s: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    pub lost: u64,
+    pub server_cpu_ns_per_msg: Option<f64>,
+    pub rate_vs_kernel: Option<f64>,
+    pub p50_vs_kernel: Option<f64>,
+    pub p99_vs_kernel: Option<f64>,
+    pub cpu_vs_kernel: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    scenario: Scenario,
+    started_unix_s: u64,
+    kernel: String,
+    cpu_model: String,
+    cpus: usize,
+    server_cpu: usize,
+    client_cpu: usize,
+    seconds: f64,
+    rounds: usize,
+    rate: Option<u64>,
+    porto_args: &'a str,
+    unavailable: &'a [(Server, String)],
+    measurements: &'a [Measurement],
+    summary: &'a [Summary],
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+/// CPU time of every thread of `pid`, in ns (schedstat's first field).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+}
+
+fn free_port() -> u16 {
+    loop {
+        let t = TcpListener::bind("127.0.0.1:0").expect("loopback bind");
+        let p = t.local_addr().expect("bound").port();
+        if UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // SIGTERM lets every server shut down cleanly; then make sure.
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(server: Server, udp: bool, port: u16, core: usize, porto_args: &[String]) -> Result<Running, String> {
+    let mut cmd = server.command(udp, port, core, porto_args)?;
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn failed: {e}"))?;
+    let mut r = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let bound = if udp {
+            UdpSocket::bind(("127.0.0.1", port)).is_err()
+        } else {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        };
+        if bound {
+            return Ok(r);
+        }
+        if let Ok(Some(st)) = r.0.try_wait() {
+            return Err(format!("exited at start ({st})"));
+        }
+        if Instant::now() > deadline {
+            return Err("did not bind its port within 5 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn curve(h: &hdrhistogram::Histogram<u64>) -> Vec<(f64, f64)> {
+    [50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999]
+        .iter()
+        .map(|&p| (p, us(h.value_at_percentile(p))))
+        .collect()
+}
+
+fn measurement(server: Server, size: usize, conns: usize, round: usize, r: &LoadResult, cpu: u64) -> Measurement {
+    let h = &r.latency_ns;
+    Measurement {
+        server,
+        label: server.label().into(),
+        size,
+        conns,
+        round,
+        messages_per_s: r.rate(),
+        p50_us: us(h.value_at_quantile(0.5)),
+        p90_us: us(h.value_at_quantile(0.9)),
+        p99_us: us(h.value_at_quantile(0.99)),
+        p999_us: us(h.value_at_quantile(0.999)),
+        max_us: us(h.max()),
+        lost: r.lost,
+        server_cpu_ns_per_msg: (r.all_replies > 0).then(|| cpu as f64 / r.all_replies as f64),
+        curve: curve(h),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+fn summarize(ms: &[Measurement]) -> Vec<Summary> {
+    let mut keys: Vec<(usize, usize, Server)> = ms.iter().map(|m| (m.size, m.conns, m.server)).collect();
+    keys.sort();
+    keys.dedup();
+    let mut out: Vec<Summary> = keys
+        .iter()
+        .map(|&(size, conns, server)| {
+            let rs: Vec<&Measurement> = ms
+                .iter()
+                .filter(|m| (m.size, m.conns, m.server) == (size, conns, server))
+                .collect();
+            let med = |f: &dyn Fn(&Measurement) -> f64| median(rs.iter().map(|m| f(m)).collect());
+            let cpus: Vec<f64> = rs.iter().filter_map(|m| m.server_cpu_ns_per_msg).collect();
+            Summary {
+                server,
+                label: server.label().into(),
+                size,
+                conns,
+                messages_per_s: med(&|m| m.messages_per_s),
+                p50_us: med(&|m| m.p50_us),
+                p90_us: med(&|m| m.p90_us),
+                p99_us: med(&|m| m.p99_us),
+                p999_us: med(&|m| m.p999_us),
+                max_us: med(&|m| m.max_us),
+                lost: rs.iter().map(|m| m.lost).sum(),
+                server_cpu_ns_per_msg: (!cpus.is_empty()).then(|| median(cpus)),
+                rate_vs_kernel: None,
+                p50_vs_kernel: None,
+                p99_vs_kernel: None,
+                cpu_vs_kernel: None,
+            }
+        })
+        .collect();
+    let bases: Vec<Summary> = out.iter().filter(|s| s.server == Server::Kernel).cloned().collect();
+    for s in &mut out {
+        if let Some(b) = bases.iter().find(|b| (b.size, b.conns) == (s.size, s.conns)) {
+            s.rate_vs_kernel = Some(s.messages_per_s / b.messages_per_s);
+            s.p50_vs_kernel = Some(s.p50_us / b.p50_us);
+            s.p99_vs_kernel = Some(s.p99_us / b.p99_us);
+            s.cpu_vs_kernel = s.server_cpu_ns_per_msg.zip(b.server_cpu_ns_per_msg).map(|(a, b)| a / b);
+        }
+    }
+    out
+}
+
+fn ratio(r: Option<f64>) -> String {
+    r.map_or("-".into(), |v| format!("{v:.2}"))
+}
+
+fn print_table(scenario: Scenario, summary: &[Summary]) {
+    println!(
+        "{:<16} {:>6} {:>5} {:>11} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6} {:>9} {:>7} {:>7} {:>7}",
+        "server",
+        "size",
+        "conns",
+        "msgs/s",
+        "p50 µs",
+        "p90 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "max µs",
+        "lost",
+        "cpu ns/m",
+        "rate×",
+        "p50×",
+        "cpu×"
+    );
+    for s in summary {
+        println!(
+            "{:<16} {:>6} {:>5} {:>11.0} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>6} {:>9} {:>7} {:>7} {:>7}",
+            s.label,
+            s.size,
+            s.conns,
+            s.messages_per_s,
+            s.p50_us,
+            s.p90_us,
+            s.p99_us,
+            s.p999_us,
+            s.max_us,
+            s.lost,
+            s.server_cpu_ns_per_msg.map_or("-".into(), |c| format!("{c:.0}")),
+            ratio(s.rate_vs_kernel),
+            ratio(s.p50_vs_kernel),
+            ratio(s.cpu_vs_kernel),
+        );
+    }
+    println!("(medians of the rounds; × columns are ratios to the kernel baseline measured in this run; {scenario:?})");
+}
+
+fn env_string(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let cpus = core_affinity::get_core_ids().map_or(1, |c| c.len());
+    let server_cpu = 0;
+    let client_cpu = if a.same_cpu || cpus < 2 { 0 } else { 1 };
+    let seconds = if a.smoke { 0.2 } else { a.seconds.unwrap_or(1.5) };
+    let rounds = if a.smoke { 1 } else { a.rounds.max(1) };
+    let mut sizes = if a.sizes.is_empty() {
+        match a.scenario {
+            Scenario::Latency => vec![64, 1024],
+            Scenario::Throughput => vec![64],
+            Scenario::Tcp => vec![128],
+        }
+    } else {
+        a.sizes.clone()
+    };
+    let mut conns = if a.scenario == Scenario::Tcp {
+        a.conns.clone()
+    } else {
+        vec![1]
+    };
+    if a.smoke {
+        sizes.truncate(1);
+        conns = conns.into_iter().map(|c| c.min(8)).collect();
+        conns.dedup();
+    }
+    if a.scenario == Scenario::Throughput {
+        for s in &mut sizes {
+            *s = (*s).max(OPEN_LOOP_MIN_SIZE);
+        }
+    }
+    let mut servers = if a.servers.is_empty() {
+        vec![
+            Server::Kernel,
+            Server::Sockperf,
+            Server::Tokio,
+            Server::Monoio,
+            Server::PortoPort,
+            Server::PortoPoll,
+        ]
+    } else {
+        a.servers.clone()
+    };
+    let udp = a.scenario != Scenario::Tcp;
+    // Probe availability once; unavailable servers are reported, not silently dropped.
+    let mut unavailable = Vec::new();
+    let porto_args: Vec<String> = a.porto_args.split_whitespace().map(String::from).collect();
+    servers.retain(|&s| match s.command(udp, 1, 0, &porto_args) {
+        Ok(_) => true,
+        Err(why) => {
+            unavailable.push((s, why));
+            false
+        }
+    });
+    for (s, why) in &unavailable {
+        println!("{}: unavailable: {why}", s.label());
+    }
+    let total = (rounds * sizes.len() * conns.len() * servers.len()) as u64;
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let warmup = Duration::from_millis(200);
+    let duration = Duration::from_secs_f64(seconds);
+    let mut ms = Vec::new();
+    for round in 0..rounds {
+        for &size in &sizes {
+            for &c in &conns {
+                for &server in &servers {
+                    pb.set_message(format!("round {} {} {size} B x{c}", round + 1, server.label()));
+                    let port = free_port();
+                    let running = match start(server, udp, port, server_cpu, &porto_args) {
+                        Ok(r) => r,
+                        Err(why) => {
+                            pb.println(format!("{}: failed to start: {why}", server.label()));
+                            unavailable.push((server, why));
+                            pb.inc(1);
+                            continue;
+                        }
+                    };
+                    let target = SocketAddr::from(([127, 0, 0, 1], port));
+                    let pid = running.0.id();
+                    let cpu0 = cpu_ns(pid);
+                    let core = Some(client_cpu);
+                    let r = match a.scenario {
+                        Scenario::Latency => PingPong {
+                            udp: true,
+                            target,
+                            msg_size: size,
+                            warmup,
+                            duration,
+                            core,
+                        }
+                        .run(),
+                        Scenario::Throughput => OpenLoop {
+                            target,
+                            msg_size: size,
+                            rate: a.rate,
+                            warmup,
+                            duration,
+                            core,
+                        }
+                        .run(),
+                        Scenario::Tcp => TcpFleet {
+                            target,
+                            connections: c,
+                            msg_size: size,
+                            warmup,
+                            duration,
+                            core,
+                        }
+                        .run(),
+                    };
+                    let cpu = cpu_ns(pid).saturating_sub(cpu0);
+                    drop(running);
+                    match r {
+                        Ok(r) => ms.push(measurement(server, size, c, round, &r, cpu)),
+                        Err(e) => pb.println(format!("{}: load failed: {e}", server.label())),
+                    }
+                    pb.inc(1);
+                }
+            }
+        }
+    }
+    pb.finish_and_clear();
+    let summary = summarize(&ms);
+    print_table(a.scenario, &summary);
+    std::fs::create_dir_all(&a.out)?;
+    let stem = format!("{:?}", a.scenario).to_lowercase();
+    let report = Report {
+        scenario: a.scenario,
+        started_unix_s: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        kernel: env_string("uname", &["-r"]),
+        cpu_model: cpu_model(),
+        cpus,
+        server_cpu,
+        client_cpu,
+        seconds,
+        rounds,
+        rate: (a.scenario == Scenario::Throughput).then_some(a.rate),
+        porto_args: &a.porto_args,
+        unavailable: &unavailable,
+        measurements: &ms,
+        summary: &summary,
+    };
+    let json = a.out.join(format!("{stem}.json"));
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
+    println!("results: {}", json.display());
+    if !a.no_plots {
+        write_plots(a.scenario, &a.out, &stem, &summary, &ms)?;
+    }
+    // Every server that ran must have produced results: an empty side is a failed run.
+    let silent: Vec<&str> = servers
+        .iter()
+        .filter(|&&s| !unavailable.iter().any(|(u, _)| *u == s))
+        .filter(|&&s| !summary.iter().any(|m| m.server == s && m.messages_per_s > 0.0))
+        .map(|s| s.label())
+        .collect();
+    if !silent.is_empty() {
+        return Err(format!("no results from: {}", silent.join(", ")).into());
+    }
+    Ok(())
+}
+
+fn write_plots(
+    scenario: Scenario,
+    out: &Path,
+    stem: &str,
+    summary: &[Summary],
+    ms: &[Measurement],
+) -> Result<(), Box<dyn std::error::Error>> {
+    match scenario {
+        Scenario::Latency | Scenario::Throughput => {
+            let mut sizes: Vec<usize> = summary.iter().map(|s| s.size).collect();
+            sizes.dedup();
+            for size in sizes {
+                // The curve of the round with the median p99, per server.
+                let mut series = Vec::new();
+                for s in summary.iter().filter(|s| s.size == size) {
+                    let mut rs: Vec<&Measurement> =
+                        ms.iter().filter(|m| m.server == s.server && m.size == size).collect();
+                    rs.sort_by(|a, b| a.p99_us.total_cmp(&b.p99_us));
+                    if let Some(m) = rs.get(rs.len() / 2) {
+                        series.push((s.label.clone(), m.curve.clone()));
+                    }
+                }
+                let title = format!("{stem}: UDP {size} B, latency by percentile (µs)");
+                plot::percentile_curves(&out.join(format!("{stem}-{size}B")), &title, &series)?;
+            }
+            if scenario == Scenario::Throughput {
+                let bars: Vec<(String, f64)> = summary
+                    .iter()
+                    .filter_map(|s| s.server_cpu_ns_per_msg.map(|c| (s.label.clone(), c)))
+                    .collect();
+                plot::bars(
+                    &out.join(format!("{stem}-cpu")),
+                    "server CPU per message (ns)",
+                    &[("".into(), bars)],
+                )?;
+            }
+        }
+        Scenario::Tcp => {
+            let mut conns: Vec<usize> = summary.iter().map(|s| s.conns).collect();
+            conns.sort_unstable();
+            conns.dedup();
+            let groups: Vec<(String, Vec<(String, f64)>)> = conns
+                .iter()
+                .map(|&c| {
+                    let v = summary
+                        .iter()
+                        .filter(|s| s.conns == c)
+                        .map(|s| (s.label.clone(), s.messages_per_s))
+                        .collect();
+                    (format!("{c} conns"), v)
+                })
+                .collect();
+            plot::bars(&out.join(format!("{stem}-rate")), "TCP echo requests/s", &groups)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! Smoke runs of every `porto bench` scenario (CI): seconds long, tiny counts. They assert
+//! that every side produced results and that the files a user reads were written — never a
+//! speed.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn strict() -> bool {
+    std::env::var("PORTO_REQUIRE_NETNS").is_ok_and(|v| v == "1")
+}
+
+fn smoke(scenario: &str) -> serde_json::Value {
+    let out_dir: PathBuf = std::env::temp_dir().join(format!("porto-bench-smoke-{scenario}-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_porto"))
+        .args(["bench", scenario, "--smoke", "--out"])
+        .arg(&out_dir)
+        .output()
+        .expect("porto runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench {scenario} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("porto poll") && stdout.contains("kernel"), "{stdout}");
+    let json = std::fs::read_to_string(out_dir.join(format!("{scenario}.json"))).expect("JSON results written");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    let plots = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "svg"))
+        .count();
+    let font = std::path::Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").exists();
+    assert!(plots > 0 || (!font && !strict()), "no SVG plot written");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    v
+}
+
+fn servers_with_results(v: &serde_json::Value) -> Vec<String> {
+    v["summary"]
+        .as_array()
+        .expect("summary rows")
+        .iter()
+        .filter(|r| r["messages_per_s"].as_f64().is_some_and(|x| x > 0.0))
+        .map(|r| r["server"].as_str().expect("server name").to_string())
+        .collect()
+}
+
+fn check(scenario: &str) {
+    let v = smoke(scenario);
+    let got = servers_with_results(&v);
+    let mut want = vec!["kernel", "porto-port", "porto-poll"];
+    let sockperf = Command::new("sockperf").arg("--version").output().is_ok();
+    if sockperf || strict() {
+        want.push("sockperf");
+    }
+    if cfg!(feature = "peers") {
+        want.extend(["tokio", "monoio"]);
+    }
+    for w in want {
+        assert!(
+            got.iter().any(|g| g == w),
+            "{scenario}: no results from {w}; got {got:?}"
+        );
+    }
+    assert!(
+        v["kernel"].as_str().is_some_and(|k| !k.is_empty()),
+        "the run records the kernel version"
+    );
+}
+
+#[test]
+fn latency_smoke() {
+    check("latency");
+}
+
+#[test]
+fn throughput_smoke() {
+    check("throughput");
+}
+
+#[test]
+fn tcp_smoke() {
+    check("tcp");
+}
