@@ -114,7 +114,8 @@ impl Server {
 pub struct BenchArgs {
     #[arg(value_enum)]
     pub scenario: Scenario,
-    /// Seconds measured per server and round (after a 0.2 s warm-up).
+    /// Seconds measured per server and round, after a 0.2 s warm-up (default: latency 1.5,
+    /// throughput 2, tcp 1).
     #[arg(long)]
     pub seconds: Option<f64>,
     /// Rounds; servers interleave within each round.
@@ -204,6 +205,7 @@ struct Report<'a> {
     rate: Option<u64>,
     porto_args: &'a str,
     unavailable: &'a [(Server, String)],
+    failures: &'a [(Server, String)],
     measurements: &'a [Measurement],
     summary: &'a [Summary],
 }
@@ -432,7 +434,13 @@ pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let cpus = core_affinity::get_core_ids().map_or(1, |c| c.len());
     let server_cpu = 0;
     let client_cpu = if a.same_cpu || cpus < 2 { 0 } else { 1 };
-    let seconds = if a.smoke { 0.2 } else { a.seconds.unwrap_or(1.5) };
+    // Defaults keep each scenario under a minute on 2 cores.
+    let default_seconds = match a.scenario {
+        Scenario::Latency => 1.5,
+        Scenario::Throughput => 2.0,
+        Scenario::Tcp => 1.0,
+    };
+    let seconds = if a.smoke { 0.2 } else { a.seconds.unwrap_or(default_seconds) };
     let rounds = if a.smoke { 1 } else { a.rounds.max(1) };
     let mut sizes = if a.sizes.is_empty() {
         match a.scenario {
@@ -494,6 +502,7 @@ pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let warmup = Duration::from_millis(200);
     let duration = Duration::from_secs_f64(seconds);
     let mut ms = Vec::new();
+    let mut failures: Vec<(Server, String)> = Vec::new();
     for round in 0..rounds {
         for &size in &sizes {
             for &c in &conns {
@@ -503,7 +512,7 @@ pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
                     let running = match start(server, udp, port, server_cpu, &porto_args) {
                         Ok(r) => r,
                         Err(why) => {
-                            pb.println(format!("{}: failed to start: {why}", server.label()));
+                            pb.suspend(|| eprintln!("{}: failed to start: {why}", server.label()));
                             unavailable.push((server, why));
                             pb.inc(1);
                             continue;
@@ -546,7 +555,11 @@ pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
                     drop(running);
                     match r {
                         Ok(r) => ms.push(measurement(server, size, c, round, &r, cpu)),
-                        Err(e) => pb.println(format!("{}: load failed: {e}", server.label())),
+                        Err(e) => {
+                            let why = format!("{size} B x{c}: load failed: {e}");
+                            pb.suspend(|| eprintln!("{}: {why}", server.label()));
+                            failures.push((server, why));
+                        }
                     }
                     pb.inc(1);
                 }
@@ -556,6 +569,9 @@ pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     pb.finish_and_clear();
     let summary = summarize(&ms);
     print_table(a.scenario, &summary);
+    for (s, why) in &failures {
+        println!("{}: {why}", s.label());
+    }
     std::fs::create_dir_all(&a.out)?;
     let stem = format!("{:?}", a.scenario).to_lowercase();
     let report = Report {
@@ -573,6 +589,7 @@ pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         rate: (a.scenario == Scenario::Throughput).then_some(a.rate),
         porto_args: &a.porto_args,
         unavailable: &unavailable,
+        failures: &failures,
         measurements: &ms,
         summary: &summary,
     };
