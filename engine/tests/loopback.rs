@@ -25,6 +25,15 @@ fn small() -> Config {
     }
 }
 
+/// A UDP socket with a 4 MiB receive buffer, so bursts wait in the kernel, not on the wire.
+fn roomy_udp(h: &porto_engine::shard::ShardHandle) -> UdpSocket {
+    let opts = SocketOptions {
+        recv_buffer: Some(4 << 20),
+        ..SocketOptions::default()
+    };
+    UdpSocket::bind(h, any(false), &opts, Delivery::Poll { key: 0 }).unwrap()
+}
+
 fn any(v6: bool) -> SocketAddr {
     if v6 { "[::1]:0" } else { "127.0.0.1:0" }.parse().unwrap()
 }
@@ -202,11 +211,7 @@ fn pool_exhaustion_is_backpressure_then_recovers() {
     };
     let mut shard = Shard::new(&cfg, None).unwrap();
     let h = shard.handle();
-    let opts = SocketOptions {
-        recv_buffer: Some(4 << 20),
-        ..SocketOptions::default()
-    };
-    let sock = UdpSocket::bind(&h, any(false), &opts, Delivery::Poll { key: 0 }).unwrap();
+    let sock = roomy_udp(&h);
     sock.recv_from_multishot(1).unwrap();
     let client = StdUdp::bind(any(false)).unwrap();
     const N: u32 = 200;
@@ -257,11 +262,7 @@ fn cq_overflow_loses_nothing() {
     };
     let mut shard = Shard::new(&cfg, None).unwrap();
     let h = shard.handle();
-    let opts = SocketOptions {
-        recv_buffer: Some(4 << 20),
-        ..SocketOptions::default()
-    };
-    let sock = UdpSocket::bind(&h, any(false), &opts, Delivery::Poll { key: 0 }).unwrap();
+    let sock = roomy_udp(&h);
     sock.recv_from_multishot(1).unwrap();
     let mut out = Vec::new();
     shard.poll(&mut out, 1);

@@ -150,14 +150,9 @@ pub struct BenchArgs {
     pub porto_args: String,
 }
 
-/// One server, one setting, one round.
+/// What one measurement (or the median of several) says about a server.
 #[derive(Clone, Debug, Serialize)]
-pub struct Measurement {
-    pub server: Server,
-    pub label: String,
-    pub size: usize,
-    pub conns: usize,
-    pub round: usize,
+pub struct Figures {
     pub messages_per_s: f64,
     pub p50_us: f64,
     pub p90_us: f64,
@@ -166,6 +161,18 @@ pub struct Measurement {
     pub max_us: f64,
     pub lost: u64,
     pub server_cpu_ns_per_msg: Option<f64>,
+}
+
+/// One server, one setting, one round.
+#[derive(Clone, Debug, Serialize)]
+pub struct Measurement {
+    pub server: Server,
+    pub label: String,
+    pub size: usize,
+    pub conns: usize,
+    pub round: usize,
+    #[serde(flatten)]
+    pub figures: Figures,
     /// Latency percentiles for plotting: (percentile, µs).
     pub curve: Vec<(f64, f64)>,
 }
@@ -177,14 +184,8 @@ pub struct Summary {
     pub label: String,
     pub size: usize,
     pub conns: usize,
-    pub messages_per_s: f64,
-    pub p50_us: f64,
-    pub p90_us: f64,
-    pub p99_us: f64,
-    pub p999_us: f64,
-    pub max_us: f64,
-    pub lost: u64,
-    pub server_cpu_ns_per_msg: Option<f64>,
+    #[serde(flatten)]
+    pub figures: Figures,
     pub rate_vs_kernel: Option<f64>,
     pub p50_vs_kernel: Option<f64>,
     pub p99_vs_kernel: Option<f64>,
@@ -297,14 +298,16 @@ fn measurement(server: Server, size: usize, conns: usize, round: usize, r: &Load
         size,
         conns,
         round,
-        messages_per_s: r.rate(),
-        p50_us: us(h.value_at_quantile(0.5)),
-        p90_us: us(h.value_at_quantile(0.9)),
-        p99_us: us(h.value_at_quantile(0.99)),
-        p999_us: us(h.value_at_quantile(0.999)),
-        max_us: us(h.max()),
-        lost: r.lost,
-        server_cpu_ns_per_msg: (r.all_replies > 0).then(|| cpu as f64 / r.all_replies as f64),
+        figures: Figures {
+            messages_per_s: r.rate(),
+            p50_us: us(h.value_at_quantile(0.5)),
+            p90_us: us(h.value_at_quantile(0.9)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+            lost: r.lost,
+            server_cpu_ns_per_msg: (r.all_replies > 0).then(|| cpu as f64 / r.all_replies as f64),
+        },
         curve: curve(h),
     }
 }
@@ -333,21 +336,23 @@ fn summarize(ms: &[Measurement]) -> Vec<Summary> {
                 .iter()
                 .filter(|m| (m.size, m.conns, m.server) == (size, conns, server))
                 .collect();
-            let med = |f: &dyn Fn(&Measurement) -> f64| median(rs.iter().map(|m| f(m)).collect());
-            let cpus: Vec<f64> = rs.iter().filter_map(|m| m.server_cpu_ns_per_msg).collect();
+            let med = |f: &dyn Fn(&Figures) -> f64| median(rs.iter().map(|m| f(&m.figures)).collect());
+            let cpus: Vec<f64> = rs.iter().filter_map(|m| m.figures.server_cpu_ns_per_msg).collect();
             Summary {
                 server,
                 label: server.label().into(),
                 size,
                 conns,
-                messages_per_s: med(&|m| m.messages_per_s),
-                p50_us: med(&|m| m.p50_us),
-                p90_us: med(&|m| m.p90_us),
-                p99_us: med(&|m| m.p99_us),
-                p999_us: med(&|m| m.p999_us),
-                max_us: med(&|m| m.max_us),
-                lost: rs.iter().map(|m| m.lost).sum(),
-                server_cpu_ns_per_msg: (!cpus.is_empty()).then(|| median(cpus)),
+                figures: Figures {
+                    messages_per_s: med(&|f| f.messages_per_s),
+                    p50_us: med(&|f| f.p50_us),
+                    p90_us: med(&|f| f.p90_us),
+                    p99_us: med(&|f| f.p99_us),
+                    p999_us: med(&|f| f.p999_us),
+                    max_us: med(&|f| f.max_us),
+                    lost: rs.iter().map(|m| m.figures.lost).sum(),
+                    server_cpu_ns_per_msg: (!cpus.is_empty()).then(|| median(cpus)),
+                },
                 rate_vs_kernel: None,
                 p50_vs_kernel: None,
                 p99_vs_kernel: None,
@@ -358,10 +363,11 @@ fn summarize(ms: &[Measurement]) -> Vec<Summary> {
     let bases: Vec<Summary> = out.iter().filter(|s| s.server == Server::Kernel).cloned().collect();
     for s in &mut out {
         if let Some(b) = bases.iter().find(|b| (b.size, b.conns) == (s.size, s.conns)) {
-            s.rate_vs_kernel = Some(s.messages_per_s / b.messages_per_s);
-            s.p50_vs_kernel = Some(s.p50_us / b.p50_us);
-            s.p99_vs_kernel = Some(s.p99_us / b.p99_us);
-            s.cpu_vs_kernel = s.server_cpu_ns_per_msg.zip(b.server_cpu_ns_per_msg).map(|(a, b)| a / b);
+            let (f, b) = (&s.figures, &b.figures);
+            s.rate_vs_kernel = Some(f.messages_per_s / b.messages_per_s);
+            s.p50_vs_kernel = Some(f.p50_us / b.p50_us);
+            s.p99_vs_kernel = Some(f.p99_us / b.p99_us);
+            s.cpu_vs_kernel = f.server_cpu_ns_per_msg.zip(b.server_cpu_ns_per_msg).map(|(a, b)| a / b);
         }
     }
     out
@@ -390,19 +396,20 @@ fn print_table(scenario: Scenario, summary: &[Summary]) {
         "cpu×"
     );
     for s in summary {
+        let f = &s.figures;
         println!(
             "{:<16} {:>6} {:>5} {:>11.0} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>6} {:>9} {:>7} {:>7} {:>7}",
             s.label,
             s.size,
             s.conns,
-            s.messages_per_s,
-            s.p50_us,
-            s.p90_us,
-            s.p99_us,
-            s.p999_us,
-            s.max_us,
-            s.lost,
-            s.server_cpu_ns_per_msg.map_or("-".into(), |c| format!("{c:.0}")),
+            f.messages_per_s,
+            f.p50_us,
+            f.p90_us,
+            f.p99_us,
+            f.p999_us,
+            f.max_us,
+            f.lost,
+            f.server_cpu_ns_per_msg.map_or("-".into(), |c| format!("{c:.0}")),
             ratio(s.rate_vs_kernel),
             ratio(s.p50_vs_kernel),
             ratio(s.cpu_vs_kernel),
@@ -440,7 +447,11 @@ pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         Scenario::Throughput => 2.0,
         Scenario::Tcp => 1.0,
     };
-    let seconds = if a.smoke { 0.2 } else { a.seconds.unwrap_or(default_seconds) };
+    let seconds = if a.smoke {
+        0.2
+    } else {
+        a.seconds.unwrap_or(default_seconds)
+    };
     let rounds = if a.smoke { 1 } else { a.rounds.max(1) };
     let mut sizes = if a.sizes.is_empty() {
         match a.scenario {
@@ -603,7 +614,7 @@ pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let silent: Vec<&str> = servers
         .iter()
         .filter(|&&s| !unavailable.iter().any(|(u, _)| *u == s))
-        .filter(|&&s| !summary.iter().any(|m| m.server == s && m.messages_per_s > 0.0))
+        .filter(|&&s| !summary.iter().any(|m| m.server == s && m.figures.messages_per_s > 0.0))
         .map(|s| s.label())
         .collect();
     if !silent.is_empty() {
@@ -629,7 +640,7 @@ fn write_plots(
                 for s in summary.iter().filter(|s| s.size == size) {
                     let mut rs: Vec<&Measurement> =
                         ms.iter().filter(|m| m.server == s.server && m.size == size).collect();
-                    rs.sort_by(|a, b| a.p99_us.total_cmp(&b.p99_us));
+                    rs.sort_by(|a, b| a.figures.p99_us.total_cmp(&b.figures.p99_us));
                     if let Some(m) = rs.get(rs.len() / 2) {
                         series.push((s.label.clone(), m.curve.clone()));
                     }
@@ -640,7 +651,7 @@ fn write_plots(
             if scenario == Scenario::Throughput {
                 let bars: Vec<(String, f64)> = summary
                     .iter()
-                    .filter_map(|s| s.server_cpu_ns_per_msg.map(|c| (s.label.clone(), c)))
+                    .filter_map(|s| s.figures.server_cpu_ns_per_msg.map(|c| (s.label.clone(), c)))
                     .collect();
                 plot::bars(
                     &out.join(format!("{stem}-cpu")),
@@ -659,7 +670,7 @@ fn write_plots(
                     let v = summary
                         .iter()
                         .filter(|s| s.conns == c)
-                        .map(|s| (s.label.clone(), s.messages_per_s))
+                        .map(|s| (s.label.clone(), s.figures.messages_per_s))
                         .collect();
                     (format!("{c} conns"), v)
                 })

@@ -56,8 +56,9 @@ enum Cmd {
     },
 }
 
+/// Where a server listens.
 #[derive(Args, Debug)]
-struct EchoArgs {
+struct Listen {
     /// Serve UDP.
     #[arg(long, required_unless_present = "tcp")]
     udp: bool,
@@ -69,6 +70,18 @@ struct EchoArgs {
     addr: IpAddr,
     #[arg(long, short)]
     port: u16,
+}
+
+impl Listen {
+    fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.addr, self.port)
+    }
+}
+
+#[derive(Args, Debug)]
+struct EchoArgs {
+    #[command(flatten)]
+    listen: Listen,
     /// Polling mode: the application runs on the shard thread, which busy-polls.
     #[arg(long)]
     poll: bool,
@@ -96,14 +109,9 @@ enum Baseline {
 struct ServeArgs {
     #[arg(value_enum)]
     server: Baseline,
-    #[arg(long, required_unless_present = "tcp", conflicts_with = "tcp")]
-    udp: bool,
-    #[arg(long)]
-    tcp: bool,
-    #[arg(long, default_value = "127.0.0.1")]
-    addr: IpAddr,
-    #[arg(long, short)]
-    port: u16,
+    /// One protocol per baseline process.
+    #[command(flatten)]
+    listen: Listen,
     /// Core to pin the server thread to.
     #[arg(long)]
     core: Option<usize>,
@@ -192,21 +200,24 @@ fn info(a: &EngineArgs) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let addr = SocketAddr::new(a.addr, a.port);
+    if a.listen.udp == a.listen.tcp {
+        return Err("a baseline serves one protocol: --udp or --tcp".into());
+    }
+    let (addr, udp) = (a.listen.socket_addr(), a.listen.udp);
     match a.server {
         Baseline::Kernel => {
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 signal_hook::flag::register(sig, stop.clone())?;
             }
-            let server = if a.udp {
+            let server = if udp {
                 kernel::KernelEcho::udp(addr, a.core, stop)?
             } else {
                 kernel::KernelEcho::tcp(addr, a.core, stop)?
             };
             println!(
                 "porto serve kernel: {} on {}",
-                if a.udp { "udp" } else { "tcp" },
+                if udp { "udp" } else { "tcp" },
                 server.addr
             );
             server.join();
@@ -223,9 +234,9 @@ fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             println!(
                 "porto serve {:?}: {} on {addr}",
                 a.server,
-                if a.udp { "udp" } else { "tcp" }
+                if udp { "udp" } else { "tcp" }
             );
-            Ok(peers::serve(rt, addr, a.udp)?)
+            Ok(peers::serve(rt, addr, udp)?)
         }
         #[cfg(not(feature = "peers"))]
         Baseline::Tokio | Baseline::Monoio => Err(
@@ -241,15 +252,15 @@ fn run_echo(a: EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
         signal_hook::flag::register(sig, stop.clone())?;
     }
     let cfg = echo::EchoConfig {
-        addr: SocketAddr::new(a.addr, a.port),
-        udp: a.udp,
-        tcp: a.tcp,
+        addr: a.listen.socket_addr(),
+        udp: a.listen.udp,
+        tcp: a.listen.tcp,
         poll: a.poll,
         zerocopy: a.zerocopy,
         engine: a.engine.config(),
     };
     let server = echo::EchoServer::start(&cfg, stop.clone())?;
-    let protos = [(a.udp, "udp"), (a.tcp, "tcp")]
+    let protos = [(a.listen.udp, "udp"), (a.listen.tcp, "tcp")]
         .iter()
         .filter(|p| p.0)
         .map(|p| p.1)
