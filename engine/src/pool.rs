@@ -52,8 +52,9 @@ impl fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// Maps `frames` frames of `frame_size` bytes (a power of two, at least 512).
-    pub(crate) fn new(frames: u32, frame_size: u32, try_huge: bool) -> std::io::Result<Pool> {
+    /// Maps `frames` frames of `frame_size` bytes (a power of two, at least 512). A shard
+    /// registers its own pool; a stand-alone pool (tests, benchmarks) is registered nowhere.
+    pub fn new(frames: u32, frame_size: u32, try_huge: bool) -> std::io::Result<Pool> {
         assert!(frames > 0 && frames <= FRAMES_MAX, "frame count out of range");
         assert!(frame_size.is_power_of_two() && frame_size >= 512, "bad frame size");
         let region = Region::new(frames as usize * frame_size as usize, try_huge)?;
