@@ -48,6 +48,7 @@ pub mod shard;
 pub mod socket;
 pub mod stats;
 mod sys;
+pub mod wire;
 
 pub use sys::region::PageKind;
 pub use sys::ring::{RingInfo, TaskRunMode};
