@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # porto's test command: installs the system packages the tests use when they are missing
 # (sockperf as the external client and reference server, iproute2 for network namespaces,
-# a TrueType font for benchmark plots), then runs every test, with the peer runtimes
+# a TrueType font for benchmark plots, clang to check the committed XDP objects), then runs
+# every test, with the peer runtimes
 # (tokio, monoio) built in so the benchmark smoke runs cover them.
 # CI (.ci/run) calls this same script with PORTO_REQUIRE_NETNS=1, which turns every
 # "tool or privilege missing, skipping" into a failure.
@@ -17,6 +18,9 @@ need=()
 command -v sockperf >/dev/null 2>&1 || need+=(sockperf)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+# clang + make rebuild the committed XDP objects to prove them fresh (cargo build never needs it).
+command -v clang >/dev/null 2>&1 || need+=(clang)
+command -v make >/dev/null 2>&1 || need+=(make)
 if [ "${#need[@]}" -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

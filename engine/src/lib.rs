@@ -49,6 +49,7 @@ pub mod socket;
 pub mod stats;
 mod sys;
 pub mod wire;
+pub mod xdp;
 
 pub use sys::region::PageKind;
 pub use sys::ring::{RingInfo, TaskRunMode};

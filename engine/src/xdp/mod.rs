@@ -1,0 +1,7 @@
+//! The AF_XDP transport's control side: the XDP program that steers porto's UDP ports to
+//! AF_XDP sockets (`xdp-programs/porto_xdp.bpf.c`, compiled object embedded), loaded and
+//! attached with aya.
+
+pub mod program;
+
+pub use program::{AttachMode, XdpError, XdpProgram};

@@ -1,0 +1,225 @@
+//! Loading, attaching and feeding the XDP program.
+//!
+//! Attach ladder, never silent: native (driver) mode first, then generic (skb) mode; the
+//! mode obtained and the reason for any fallback are reported. The program is detached and
+//! unloaded when the [`XdpProgram`] drops (aya owns the link).
+
+use std::os::fd::AsRawFd;
+
+use aya::maps::{HashMap, MapData, PerCpuArray, XskMap};
+use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
+use aya::Ebpf;
+
+/// The compiled program (`make -C xdp-programs`), embedded so `cargo build` needs no clang.
+static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("CARGO_MANIFEST_DIR"), "/../xdp-programs/porto_xdp.bpf.o"));
+const PROGRAM: &str = "porto_xdp";
+const STAT_STEERED: u32 = 0;
+const STAT_PASSED: u32 = 1;
+
+/// How the program runs on the interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// In the driver (native XDP).
+    Driver,
+    /// In the kernel's generic receive path (skb mode), for drivers without native XDP.
+    Generic,
+}
+
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachMode::Driver => "driver (native) XDP",
+            AttachMode::Generic => "generic (skb) XDP",
+        })
+    }
+}
+
+/// Errors of the XDP control path, with the likely fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum XdpError {
+    #[error("loading the XDP object failed: {0}; loading BPF needs root or CAP_BPF+CAP_NET_ADMIN")]
+    Load(String),
+    #[error("attaching XDP to {iface} failed in every mode: {why}")]
+    Attach { iface: String, why: String },
+    #[error("XDP map {map}: {why}")]
+    Map { map: &'static str, why: String },
+    #[error("BPF_PROG_TEST_RUN failed: {0}")]
+    TestRun(String),
+}
+
+/// The loaded (and possibly attached) program and its maps.
+pub struct XdpProgram {
+    ebpf: Ebpf,
+    iface: Option<String>,
+    mode: Option<AttachMode>,
+    fallback: Option<String>,
+}
+
+impl std::fmt::Debug for XdpProgram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdpProgram")
+            .field("iface", &self.iface)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+impl XdpProgram {
+    /// Loads the program into the kernel without attaching it (for `test_run`).
+    pub fn load() -> Result<XdpProgram, XdpError> {
+        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| XdpError::Load(e.to_string()))?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| XdpError::Load(format!("no program {PROGRAM} in the object")))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| XdpError::Load(e.to_string()))?;
+        prog.load().map_err(|e| XdpError::Load(e.to_string()))?;
+        Ok(XdpProgram {
+            ebpf,
+            iface: None,
+            mode: None,
+            fallback: None,
+        })
+    }
+
+    /// Loads and attaches to `iface`: driver mode, else generic mode (the reason is kept).
+    /// `only` forces one mode.
+    pub fn attach(iface: &str, only: Option<AttachMode>) -> Result<XdpProgram, XdpError> {
+        let mut p = XdpProgram::load()?;
+        let ladder: &[AttachMode] = match only {
+            Some(AttachMode::Driver) => &[AttachMode::Driver],
+            Some(AttachMode::Generic) => &[AttachMode::Generic],
+            None => &[AttachMode::Driver, AttachMode::Generic],
+        };
+        let mut why = Vec::new();
+        for &mode in ladder {
+            let xdp_mode = match mode {
+                AttachMode::Driver => XdpMode::Driver,
+                AttachMode::Generic => XdpMode::Skb,
+            };
+            match p.prog().attach(iface, xdp_mode) {
+                Ok(_) => {
+                    p.iface = Some(iface.to_string());
+                    p.mode = Some(mode);
+                    p.fallback = (!why.is_empty()).then(|| why.join("; "));
+                    if let Some(w) = &p.fallback {
+                        tracing::warn!(iface, mode = %mode, why = %w, "XDP fell back");
+                    }
+                    return Ok(p);
+                }
+                Err(e) => why.push(format!("{mode}: {e}")),
+            }
+        }
+        Err(XdpError::Attach {
+            iface: iface.to_string(),
+            why: why.join("; "),
+        })
+    }
+
+    fn prog(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(PROGRAM)
+            .expect("checked at load")
+            .try_into()
+            .expect("checked at load")
+    }
+
+    /// The mode obtained, and why a better one was not (if it was not).
+    pub fn mode(&self) -> Option<(AttachMode, Option<&str>)> {
+        self.mode.map(|m| (m, self.fallback.as_deref()))
+    }
+
+    pub fn iface(&self) -> Option<&str> {
+        self.iface.as_deref()
+    }
+
+    /// Steers UDP datagrams for `port` to the AF_XDP sockets.
+    pub fn add_port(&mut self, port: u16) -> Result<(), XdpError> {
+        let mut ports: HashMap<&mut MapData, u16, u8> =
+            HashMap::try_from(self.ebpf.map_mut("ports").ok_or(XdpError::Map {
+                map: "ports",
+                why: "missing from the object".into(),
+            })?)
+            .map_err(|e| XdpError::Map {
+                map: "ports",
+                why: e.to_string(),
+            })?;
+        ports.insert(port.to_be(), 1, 0).map_err(|e| XdpError::Map {
+            map: "ports",
+            why: e.to_string(),
+        })
+    }
+
+    /// Stops steering `port`.
+    pub fn remove_port(&mut self, port: u16) -> Result<(), XdpError> {
+        let mut ports: HashMap<&mut MapData, u16, u8> =
+            HashMap::try_from(self.ebpf.map_mut("ports").ok_or(XdpError::Map {
+                map: "ports",
+                why: "missing from the object".into(),
+            })?)
+            .map_err(|e| XdpError::Map {
+                map: "ports",
+                why: e.to_string(),
+            })?;
+        ports.remove(&port.to_be()).map_err(|e| XdpError::Map {
+            map: "ports",
+            why: e.to_string(),
+        })
+    }
+
+    /// Puts an AF_XDP socket in the slot of receive queue `queue`.
+    pub fn set_socket(&mut self, queue: u32, socket: &impl AsRawFd) -> Result<(), XdpError> {
+        let mut xsks: XskMap<&mut MapData> = XskMap::try_from(self.ebpf.map_mut("xsks").ok_or(XdpError::Map {
+            map: "xsks",
+            why: "missing from the object".into(),
+        })?)
+        .map_err(|e| XdpError::Map {
+            map: "xsks",
+            why: e.to_string(),
+        })?;
+        xsks.set(queue, socket.as_raw_fd(), 0).map_err(|e| XdpError::Map {
+            map: "xsks",
+            why: e.to_string(),
+        })
+    }
+
+    /// Frames steered to porto and frames passed to the kernel, summed over CPUs.
+    pub fn counters(&self) -> Result<(u64, u64), XdpError> {
+        let map = self.ebpf.map("stats").ok_or(XdpError::Map {
+            map: "stats",
+            why: "missing from the object".into(),
+        })?;
+        let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(|e| XdpError::Map {
+            map: "stats",
+            why: e.to_string(),
+        })?;
+        let sum = |i: u32| -> Result<u64, XdpError> {
+            Ok(stats
+                .get(&i, 0)
+                .map_err(|e| XdpError::Map {
+                    map: "stats",
+                    why: e.to_string(),
+                })?
+                .iter()
+                .sum())
+        };
+        Ok((sum(STAT_STEERED)?, sum(STAT_PASSED)?))
+    }
+
+    /// Runs the program once on `frame` with BPF_PROG_TEST_RUN; returns the XDP action.
+    pub fn test_run(&mut self, frame: &[u8]) -> Result<u32, XdpError> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        };
+        let r = self
+            .prog()
+            .test_run(opts)
+            .map_err(|e| XdpError::TestRun(e.to_string()))?;
+        Ok(r.return_value)
+    }
+}

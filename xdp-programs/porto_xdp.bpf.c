@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: (MIT OR Apache-2.0)
+// porto's XDP program: steer UDP datagrams for porto's ports to the AF_XDP socket of the
+// receive queue they arrived on; pass everything else (ARP, ICMP, other ports, non-IP) to
+// the kernel.
+//
+// Maps (filled by the engine):
+//   xsks  : XSKMAP, rx queue index -> AF_XDP socket
+//   ports : UDP destination port (network byte order) -> 1
+//   stats : per-CPU counters, see enum stat
+//
+// Frames that are malformed beyond the UDP header (bad lengths, checksums, options,
+// fragments) but carry a porto port are steered too: the engine validates every frame and
+// counts each drop by reason. Frames whose UDP header cannot even be located go to the
+// kernel, which drops and counts them itself.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+enum stat {
+    STAT_STEERED = 0, // matched a porto port: redirected to the XSK (if one is bound)
+    STAT_PASSED = 1,  // handed to the kernel
+    STAT_MAX = 2,
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_XSKMAP);
+    __uint(max_entries, 64);
+    __type(key, __u32);
+    __type(value, __u32);
+} xsks SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 1024);
+    __type(key, __u16);
+    __type(value, __u8);
+} ports SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, STAT_MAX);
+    __type(key, __u32);
+    __type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline int count(__u32 which, int action)
+{
+    __u64 *c = bpf_map_lookup_elem(&stats, &which);
+    if (c)
+        *c += 1;
+    return action;
+}
+
+SEC("xdp")
+int porto_xdp(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+        return count(STAT_PASSED, XDP_PASS);
+
+    struct iphdr *ip = (void *)(eth + 1);
+    if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_UDP)
+        return count(STAT_PASSED, XDP_PASS);
+
+    __u32 ihl = ip->ihl * 4;
+    if (ihl < sizeof(*ip) || ihl > 60)
+        return count(STAT_PASSED, XDP_PASS);
+
+    struct udphdr *udp = (void *)ip + ihl;
+    if ((void *)(udp + 1) > end)
+        return count(STAT_PASSED, XDP_PASS);
+
+    __u16 port = udp->dest;
+    if (!bpf_map_lookup_elem(&ports, &port))
+        return count(STAT_PASSED, XDP_PASS);
+
+    // No socket on this queue: the kernel gets the frame (XDP_PASS as the fallback action).
+    count(STAT_STEERED, 0);
+    return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
