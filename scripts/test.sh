@@ -17,6 +17,7 @@ fi
 need=()
 command -v sockperf >/dev/null 2>&1 || need+=(sockperf)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v ethtool >/dev/null 2>&1 || [ -x /usr/sbin/ethtool ] || need+=(ethtool)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 # clang + make rebuild the committed XDP objects to prove them fresh (cargo build never needs it).
 command -v clang >/dev/null 2>&1 || need+=(clang)

@@ -168,11 +168,37 @@ pub enum SetupError {
     },
     #[error("the engine is stopped")]
     Stopped,
+    #[error(transparent)]
+    Xdp(#[from] crate::xdp::XdpError),
+    #[error("AF_XDP socket on {iface} queue {queue}: {source}{hint}")]
+    Xsk {
+        iface: String,
+        queue: u32,
+        source: io::Error,
+        hint: &'static str,
+    },
     #[error("no free {0} slot: raise the limit in the engine configuration")]
     Limit(&'static str),
 }
 
 impl SetupError {
+    pub(crate) fn xsk(iface: &str, queue: u32, source: io::Error) -> SetupError {
+        let hint = match source.raw_os_error() {
+            Some(libc::EPERM) => ": AF_XDP needs root or CAP_NET_RAW+CAP_BPF",
+            Some(libc::ENODEV) => ": no such interface in this network namespace",
+            Some(libc::EINVAL) => ": the queue does not exist on this interface (see ethtool -l)",
+            Some(libc::EBUSY) => ": another AF_XDP socket holds this queue",
+            Some(libc::ENOMEM) | Some(libc::ENOBUFS) => ": raise RLIMIT_MEMLOCK for the UMEM",
+            _ => "",
+        };
+        SetupError::Xsk {
+            iface: iface.to_string(),
+            queue,
+            source,
+            hint,
+        }
+    }
+
     pub(crate) fn bind(addr: std::net::SocketAddr, source: io::Error) -> SetupError {
         let hint = match source.raw_os_error() {
             Some(libc::EADDRINUSE) => ": the port is in use; stop the other process or choose another --port",

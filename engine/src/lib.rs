@@ -40,6 +40,7 @@ pub mod completion;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod netns;
 mod op;
 pub mod pool;
 pub mod port;
@@ -53,3 +54,4 @@ pub mod xdp;
 
 pub use sys::region::PageKind;
 pub use sys::ring::{RingInfo, TaskRunMode};
+pub use sys::xsk::XskMode;

@@ -81,6 +81,7 @@ pub(crate) const TAG_OP: u64 = 0;
 pub(crate) const TAG_LINK_TIMEOUT: u64 = 1;
 pub(crate) const TAG_CANCEL: u64 = 2;
 pub(crate) const TAG_WAKE: u64 = 3;
+pub(crate) const TAG_XSK_POLL: u64 = 4;
 
 const IDX_BITS: u32 = 24;
 const GEN_BITS: u32 = 32;

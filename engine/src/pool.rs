@@ -85,6 +85,17 @@ impl Pool {
         })
     }
 
+    /// Takes a free frame whose window starts `headroom` bytes in, leaving room for headers
+    /// (AF_XDP sends write Ethernet/IPv4/UDP in front of the payload without moving it).
+    pub fn alloc_with_headroom(&self, headroom: usize) -> Result<Buf, Error> {
+        if headroom > self.shared.frame_size as usize {
+            return Err(Error::InvalidArgument);
+        }
+        let mut b = self.alloc()?;
+        b.off = headroom as u32;
+        Ok(b)
+    }
+
     /// Takes a free frame and copies `data` into it.
     pub fn alloc_from(&self, data: &[u8]) -> Result<Buf, Error> {
         if data.len() > self.shared.frame_size as usize {
@@ -206,6 +217,24 @@ impl Buf {
     /// Start of the window inside the frame.
     pub fn offset(&self) -> usize {
         self.off as usize
+    }
+
+    /// The whole frame, window or not (for writing headers in front of a payload).
+    pub(crate) fn frame_mut(&mut self) -> &mut [u8] {
+        let fs = self.pool.frame_size as usize;
+        let at = self.frame as usize * fs;
+        // SAFETY: this Buf owns the whole frame exclusively; the frame lies in the region.
+        unsafe { std::slice::from_raw_parts_mut(self.pool.region.as_ptr().add(at), fs) }
+    }
+
+    /// Moves the window to `off..off+len` of the frame.
+    ///
+    /// # Panics
+    /// If the window leaves the frame.
+    pub fn set_window(&mut self, off: usize, len: usize) {
+        assert!(off + len <= self.pool.frame_size as usize, "window out of the frame");
+        self.off = off as u32;
+        self.len = len as u32;
     }
 
     /// Pointer and length of the window, for building an SQE.

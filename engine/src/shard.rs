@@ -36,6 +36,7 @@ use crate::sys::bufring::BufRing;
 use crate::sys::net;
 use crate::sys::region::PageKind;
 use crate::sys::ring::{Ring, RingConfig, RingInfo, NOTIF_USAGE_ZC_COPIED, SEND_ZC_REPORT_USAGE};
+use crate::xdp::port::XdpPort;
 
 /// Buffer group id of the shard's provided-buffer ring.
 const BGID: u16 = 0;
@@ -108,11 +109,31 @@ impl std::fmt::Display for ShardInfo {
 /// Messages from application threads to a shard.
 #[derive(Debug)]
 pub(crate) enum Command {
-    Open { sock: u32, fd: OwnedFd, delivery: Delivery },
-    Op { sock: u32, token: u64, req: Request },
-    Cancel { sock: u32, token: u64 },
-    Close { sock: u32 },
-    UnregisterRio { slot: u32 },
+    Open {
+        sock: u32,
+        fd: OwnedFd,
+        delivery: Delivery,
+    },
+    OpenXdp {
+        sock: u32,
+        port: Box<XdpPort>,
+        delivery: Delivery,
+    },
+    Op {
+        sock: u32,
+        token: u64,
+        req: Request,
+    },
+    Cancel {
+        sock: u32,
+        token: u64,
+    },
+    Close {
+        sock: u32,
+    },
+    UnregisterRio {
+        slot: u32,
+    },
 }
 
 /// The part of a shard other threads may touch.
@@ -198,6 +219,8 @@ struct SockEntry {
     delivery: Option<Delivery>,
     live_ops: u32,
     closing: bool,
+    /// An AF_XDP socket instead of a kernel one.
+    xdp: Option<Box<XdpPort>>,
 }
 
 /// A shard. In polling mode the application owns it and calls [`poll`](Self::poll) on its own
@@ -225,6 +248,10 @@ pub struct Shard {
     hist: Histogram<u64>,
     last_merge: Instant,
     idle_spin: Duration,
+    /// Sockets that are AF_XDP ports (turned every loop).
+    xdp_socks: Vec<u32>,
+    /// Completions gathered from an AF_XDP port before delivery (reused, never shrinks).
+    local_scratch: Vec<Completion>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -363,6 +390,7 @@ impl Shard {
                     delivery: None,
                     live_ops: 0,
                     closing: false,
+                    xdp: None,
                 })
                 .collect(),
             cqes: Vec::with_capacity(cfg.cq_entries as usize),
@@ -379,6 +407,8 @@ impl Shard {
             hist: new_histogram(),
             last_merge: Instant::now(),
             idle_spin: Duration::from_micros(u64::from(cfg.idle_spin_us)),
+            xdp_socks: Vec::with_capacity(8),
+            local_scratch: Vec::with_capacity(256),
             shared,
         };
         shard.refill();
@@ -447,7 +477,8 @@ impl Shard {
     pub(crate) fn turn(&mut self, wait: bool) -> io::Result<()> {
         let took = self.take_commands();
         self.refill();
-        let idle = took == 0 && self.backlog.is_empty();
+        let xdp_busy = self.xdp_turn();
+        let idle = took == 0 && self.backlog.is_empty() && !xdp_busy;
         if wait && idle && self.spin_for_work()? {
             // Work arrived while spinning; it is reaped or taken below.
         } else if wait && idle {
@@ -458,7 +489,18 @@ impl Shard {
                 // Merging the latency histogram costs tens of µs: never per sleep. Samples
                 // not yet published make the sleep a timed one, so they are at most
                 // STATS_PERIOD late.
-                let timeout = (!self.hist.is_empty()).then_some(STATS_PERIOD);
+                // AF_XDP sends complete through a ring that wakes nobody: poll it soon.
+                let xdp_tx = self.xdp_socks.iter().any(|&s| {
+                    self.sockets[s as usize]
+                        .xdp
+                        .as_ref()
+                        .is_some_and(|p| p.tx_in_flight() > 0)
+                });
+                let timeout = if xdp_tx {
+                    Some(Duration::from_micros(100))
+                } else {
+                    (!self.hist.is_empty()).then_some(STATS_PERIOD)
+                };
                 self.ring.submit_and_wait(timeout)?;
             }
             self.shared.sleeping.store(false, Ordering::Relaxed);
@@ -523,10 +565,30 @@ impl Shard {
                         delivery: Some(delivery),
                         live_ops: 0,
                         closing: false,
+                        xdp: None,
                     };
                 }
+                Command::OpenXdp { sock, port, delivery } => {
+                    let e = &mut self.sockets[sock as usize];
+                    debug_assert!(e.fd.is_none() && e.xdp.is_none());
+                    *e = SockEntry {
+                        fd: None,
+                        delivery: Some(delivery),
+                        live_ops: 0,
+                        closing: false,
+                        xdp: Some(port),
+                    };
+                    self.xdp_socks.push(sock);
+                }
+                Command::Op { sock, token, req } if self.sockets[sock as usize].xdp.is_some() => {
+                    self.start_xdp_op(sock, token, req)
+                }
                 Command::Op { sock, token, req } => self.start_op(sock, token, req),
+                Command::Cancel { sock, token } if self.sockets[sock as usize].xdp.is_some() => {
+                    self.cancel_xdp_recv(sock, Some(token))
+                }
                 Command::Cancel { sock, token } => self.cancel_where(|s| s.sock == sock && s.token == token),
+                Command::Close { sock } if self.sockets[sock as usize].xdp.is_some() => self.close_xdp(sock),
                 Command::Close { sock } => {
                     self.sockets[sock as usize].closing = true;
                     self.cancel_where(|s| s.sock == sock);
@@ -862,6 +924,15 @@ impl Shard {
                 return;
             }
             op::TAG_CANCEL => return,
+            op::TAG_XSK_POLL => {
+                // The poll only wakes the shard; the rings are read every turn.
+                if !cqueue::more(flags) {
+                    if let Some(p) = self.sockets.get_mut(idx as usize).and_then(|e| e.xdp.as_mut()) {
+                        p.poll_armed = false;
+                    }
+                }
+                return;
+            }
             _ => {}
         }
         // A buffer the kernel picked must go back to us even if the slot were unknown.
@@ -1104,6 +1175,104 @@ impl Shard {
         self.maybe_close(sock);
     }
 
+    /// Turns every AF_XDP port: FILL top-up, RX, COMPLETION, and the wake-up poll. True if a
+    /// ring was full enough that more may be waiting.
+    fn xdp_turn(&mut self) -> bool {
+        let mut busy = false;
+        for i in 0..self.xdp_socks.len() {
+            let sock = self.xdp_socks[i];
+            let Some(mut port) = self.sockets[sock as usize].xdp.take() else {
+                continue;
+            };
+            let delivery = self.sockets[sock as usize].delivery.clone().expect("open socket");
+            let key = delivery.key();
+            port.refill(&self.pool);
+            let mut out = std::mem::take(&mut self.local_scratch);
+            let rx = port.receive(&self.pool, &self.shared.stats, key, &mut |c| out.push(c));
+            let tx = port.complete_sends(&self.pool, &self.shared.stats, key, &mut |c| out.push(c));
+            busy |= rx == 64 || tx == 64;
+            if !port.poll_armed {
+                let e = opcode::PollAdd::new(types::Fd(port.fd()), libc::POLLIN as u32)
+                    .multi(true)
+                    .build()
+                    .user_data(op::user_data(op::TAG_XSK_POLL, sock, 0));
+                // SAFETY: a poll SQE points at no memory.
+                match unsafe { self.ring.push(&e) } {
+                    Ok(()) => port.poll_armed = true,
+                    Err(err) => tracing::error!(error = %err, "arming the AF_XDP poll failed"),
+                }
+            }
+            self.sockets[sock as usize].xdp = Some(port);
+            for c in out.drain(..) {
+                self.deliver_to(delivery.clone(), c);
+            }
+            self.local_scratch = out;
+        }
+        busy
+    }
+
+    fn start_xdp_op(&mut self, sock: u32, token: u64, req: Request) {
+        let delivery = self.sockets[sock as usize].delivery.clone().expect("open socket");
+        let kind = req.kind();
+        let port = self.sockets[sock as usize].xdp.as_mut().expect("checked by the caller");
+        let refused = match req {
+            Request::RecvFrom { multishot: true, .. } if port.recv_token.is_none() => {
+                port.recv_token = Some(token);
+                return;
+            }
+            Request::SendTo { buf, addr, .. } => match port.send(&self.shared.stats, buf, addr, token) {
+                Ok(()) => return,
+                Err((e, buf)) => (e, Some(buf)),
+            },
+            // One multishot receive per port; single receives and streams are not AF_XDP's.
+            other => (Error::InvalidArgument, other.into_bufs().0),
+        };
+        let mut c = Completion::of(kind, delivery.key(), token, Err(refused.0));
+        c.buffer = refused.1;
+        self.deliver_to(delivery, c);
+    }
+
+    /// Ends the armed receive (if `token` matches or is `None`) with `Aborted`.
+    fn cancel_xdp_recv(&mut self, sock: u32, token: Option<u64>) {
+        let delivery = self.sockets[sock as usize].delivery.clone().expect("open socket");
+        let Some(port) = self.sockets[sock as usize].xdp.as_mut() else {
+            return;
+        };
+        if let Some(t) = port.recv_token.filter(|t| token.is_none_or(|want| want == *t)) {
+            port.recv_token = None;
+            self.deliver_to(
+                delivery.clone(),
+                Completion::of(OpKind::RecvFrom, delivery.key(), t, Err(Error::Aborted)),
+            );
+        }
+    }
+
+    fn close_xdp(&mut self, sock: u32) {
+        self.cancel_xdp_recv(sock, None);
+        let e = &mut self.sockets[sock as usize];
+        let (Some(port), Some(delivery)) = (e.xdp.take(), e.delivery.take()) else {
+            return;
+        };
+        if port.poll_armed {
+            let target = op::user_data(op::TAG_XSK_POLL, sock, 0);
+            let c = opcode::PollRemove::new(target)
+                .build()
+                .user_data(op::user_data(op::TAG_CANCEL, sock, 0));
+            // SAFETY: a poll-remove SQE points at no memory.
+            if let Err(err) = unsafe { self.ring.push(&c) } {
+                tracing::error!(error = %err, "removing the AF_XDP poll failed");
+            }
+        }
+        let mut out = std::mem::take(&mut self.local_scratch);
+        port.close(&self.pool, delivery.key(), &mut |c| out.push(c));
+        for c in out.drain(..) {
+            self.deliver_to(delivery.clone(), c);
+        }
+        self.local_scratch = out;
+        self.xdp_socks.retain(|&s| s != sock);
+        self.shared.free_socket_id(sock);
+    }
+
     fn maybe_close(&mut self, sock: u32) {
         let e = &mut self.sockets[sock as usize];
         if e.closing && e.live_ops == 0 {
@@ -1190,6 +1359,10 @@ impl Shard {
             std::mem::forget(std::mem::replace(&mut self.ops, Table::new(0)));
             std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
         }
+        for sock in std::mem::take(&mut self.xdp_socks) {
+            self.close_xdp(sock);
+        }
+        self.flush();
         for e in self.sockets.iter_mut() {
             e.fd = None;
             e.delivery = None;

@@ -5,7 +5,7 @@
 //! blocking calls and options. Dropping the handle asks the shard to cancel what is in flight
 //! (each such op completes `Aborted`) and close the fd once the kernel is done with it.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,10 @@ use crate::op::Request;
 use crate::pool::{Buf, Gather};
 use crate::shard::{Command, Delivery, ShardHandle, ShardShared};
 use crate::sys::net;
+use crate::sys::xsk::{Xsk, XskMode};
+use crate::wire::MacAddr;
+use crate::xdp::port::XdpPort;
+use crate::xdp::{AttachMode, XdpProgram};
 
 /// An operation the shard could not accept; the buffer it carried comes back.
 #[derive(Debug)]
@@ -95,6 +99,31 @@ impl SocketCore {
         let id = shared.alloc_socket()?;
         let raw = fd.as_raw_fd();
         if let Err(cmd) = shared.send(Command::Open { sock: id, fd, delivery }) {
+            drop(cmd);
+            shared.free_socket_id(id);
+            return Err(if shared.is_stopping() {
+                SetupError::Stopped
+            } else {
+                SetupError::Limit("shard command queue")
+            });
+        }
+        Ok(SocketCore {
+            shared,
+            id,
+            fd: raw,
+            owner: true,
+        })
+    }
+
+    fn open_xdp(shard: &ShardHandle, port: Box<XdpPort>, delivery: Delivery) -> Result<SocketCore, SetupError> {
+        let shared = shard.shared.clone();
+        let id = shared.alloc_socket()?;
+        let raw = port.fd();
+        if let Err(cmd) = shared.send(Command::OpenXdp {
+            sock: id,
+            port,
+            delivery,
+        }) {
             drop(cmd);
             shared.free_socket_id(id);
             return Err(if shared.is_stopping() {
@@ -516,5 +545,171 @@ impl TcpStream {
     /// Shuts down the sending side now (blocking call).
     pub fn shutdown_write(&self) -> Result<(), Error> {
         net::shutdown_raw(self.core.raw(), libc::SHUT_WR).map_err(Error::from)
+    }
+}
+
+/// How to open an AF_XDP socket.
+#[derive(Clone, Debug)]
+pub struct XdpOptions {
+    /// The interface (in the calling thread's network namespace).
+    pub iface: String,
+    /// Its receive queue.
+    pub queue: u32,
+    /// Skip the zero-copy attempt.
+    pub force_copy: bool,
+    /// Force driver or generic XDP (default: driver, then generic).
+    pub attach: Option<AttachMode>,
+    /// Entries in each of the four rings (a power of two).
+    pub ring_size: u32,
+}
+
+impl XdpOptions {
+    pub fn new(iface: &str) -> XdpOptions {
+        XdpOptions {
+            iface: iface.to_string(),
+            queue: 0,
+            force_copy: false,
+            attach: None,
+            ring_size: 2048,
+        }
+    }
+}
+
+/// What an AF_XDP socket actually obtained.
+#[derive(Clone, Debug)]
+pub struct XdpInfo {
+    pub iface: String,
+    /// The interface's MAC address (the source of every frame sent).
+    pub mac: MacAddr,
+    pub queue: u32,
+    pub socket_mode: XskMode,
+    /// Why zero-copy was not obtained, if it was not.
+    pub socket_fallback: Option<String>,
+    pub attach_mode: AttachMode,
+    /// Why driver XDP was not obtained, if it was not.
+    pub attach_fallback: Option<String>,
+}
+
+impl std::fmt::Display for XdpInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "AF_XDP on {} queue {}: {} mode, {}",
+            self.iface, self.queue, self.socket_mode, self.attach_mode
+        )?;
+        for why in [&self.socket_fallback, &self.attach_fallback].into_iter().flatten() {
+            write!(f, " ({why})")?;
+        }
+        Ok(())
+    }
+}
+
+/// A UDP socket whose datagrams bypass the kernel stack: the XDP program steers frames for
+/// its port to an AF_XDP socket on the shard, whose frames are the shard's pool frames.
+/// The same overlapped calls as [`UdpSocket`]: `recv_from_multishot` and `send_to`.
+pub struct XdpUdpSocket {
+    core: SocketCore,
+    local: SocketAddrV4,
+    info: XdpInfo,
+    program: XdpProgram,
+}
+
+impl std::fmt::Debug for XdpUdpSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdpUdpSocket")
+            .field("local", &self.local)
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+impl XdpUdpSocket {
+    /// Attaches the XDP program to `opts.iface`, opens an AF_XDP socket on `opts.queue` over
+    /// `shard`'s pool, and steers UDP for `local`'s port to it.
+    pub fn bind(
+        shard: &ShardHandle,
+        local: SocketAddrV4,
+        opts: &XdpOptions,
+        delivery: Delivery,
+    ) -> Result<XdpUdpSocket, SetupError> {
+        let mut program = XdpProgram::attach(&opts.iface, opts.attach)?;
+        let pool = shard.pool();
+        let (xsk, socket_fallback) = Xsk::new(
+            pool.region(),
+            pool.frame_size(),
+            &opts.iface,
+            opts.queue,
+            opts.ring_size,
+            opts.force_copy,
+        )
+        .map_err(|e| SetupError::xsk(&opts.iface, opts.queue, e))?;
+        program.set_socket(opts.queue, &xsk)?;
+        program.add_port(local.port())?;
+        let mac = net::hw_addr(&opts.iface).map_err(|e| SetupError::xsk(&opts.iface, opts.queue, e))?;
+        let (attach_mode, attach_fallback) = program.mode().map(|(m, w)| (m, w.map(String::from))).expect("attached");
+        let info = XdpInfo {
+            iface: opts.iface.clone(),
+            mac: MacAddr(mac),
+            queue: opts.queue,
+            socket_mode: xsk.mode,
+            socket_fallback,
+            attach_mode,
+            attach_fallback,
+        };
+        tracing::info!("{info}");
+        let fill_target = opts.ring_size.min(pool.free_frames() / 2).max(1);
+        let port = XdpPort::new(xsk, local, MacAddr(mac), pool.total_frames(), fill_target);
+        let core = SocketCore::open_xdp(shard, Box::new(port), delivery)?;
+        Ok(XdpUdpSocket {
+            core,
+            local,
+            info,
+            program,
+        })
+    }
+
+    pub fn info(&self) -> &XdpInfo {
+        &self.info
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        SocketAddr::V4(self.local)
+    }
+
+    /// Every valid datagram for this port becomes a completion (`more == true`) until
+    /// cancelled; one such receive per socket.
+    pub fn recv_from_multishot(&self, token: u64) -> Result<(), Rejected> {
+        self.core.submit(
+            token,
+            Request::RecvFrom {
+                multishot: true,
+                timeout: None,
+            },
+        )
+    }
+
+    /// Sends `buf`'s window to `addr` (IPv4). With `offset() >= 42` the headers go in front
+    /// of the payload in place (a received buffer qualifies, as does
+    /// `Pool::alloc_with_headroom(42)`); otherwise the payload is moved within its frame.
+    /// The destination's MAC must be known (learned from its frames, or `add_neighbor`):
+    /// else the send completes `HostUnreachable`.
+    pub fn send_to(&self, buf: Buf, addr: SocketAddr, token: u64) -> Result<(), Rejected> {
+        self.core.submit(
+            token,
+            Request::SendTo {
+                buf,
+                addr,
+                zerocopy: false,
+            },
+        )
+    }
+
+    pub fn cancel(&self, token: u64) -> Result<(), Error> {
+        self.core.cancel(token)
+    }
+
+    /// Frames the XDP program steered to porto and passed to the kernel so far.
+    pub fn xdp_counters(&self) -> Result<(u64, u64), SetupError> {
+        Ok(self.program.counters()?)
     }
 }

@@ -8,6 +8,8 @@ use std::sync::Mutex;
 
 use hdrhistogram::Histogram;
 
+use crate::wire::DropReason;
+
 macro_rules! counters {
     ($($(#[$m:meta])* $name:ident),* $(,)?) => {
         /// Live counters of one shard.
@@ -59,12 +61,28 @@ counters! {
     pool_free,
     /// Completions with an unknown or stale user_data (must stay 0).
     stray_cqes,
+    /// AF_XDP: valid UDP frames delivered.
+    xdp_rx,
+    /// AF_XDP: frames handed to the TX ring.
+    xdp_tx,
+    /// AF_XDP: frames dropped as malformed (the per-reason split is `Stats::xdp_drop`).
+    xdp_malformed,
+    /// AF_XDP: valid frames for a port with no receive armed.
+    xdp_no_receiver,
+    /// AF_XDP: sends to an address with no known MAC (HostUnreachable).
+    xdp_no_neighbor,
+    /// AF_XDP: sends refused because the TX ring was full (NoBuffers).
+    xdp_tx_full,
+    /// AF_XDP: descriptors whose address or length lay outside the UMEM (ignored).
+    xdp_bad_desc,
 }
 
 /// Counters plus a latency histogram (ns, submit to completion of single-shot operations).
 #[derive(Debug)]
 pub struct Stats {
     pub counters: Counters,
+    /// AF_XDP drops by [`DropReason`] (indexed by `DropReason::index`).
+    pub xdp_drops: [AtomicU64; DropReason::ALL.len()],
     latency: Mutex<Histogram<u64>>,
 }
 
@@ -72,6 +90,7 @@ impl Default for Stats {
     fn default() -> Stats {
         Stats {
             counters: Counters::default(),
+            xdp_drops: Default::default(),
             latency: Mutex::new(new_histogram()),
         }
     }
@@ -99,6 +118,11 @@ impl Stats {
             h.add(&*local).expect("histograms share bounds");
             local.reset();
         }
+    }
+
+    /// AF_XDP drops for one reason.
+    pub fn xdp_drop(&self, r: DropReason) -> u64 {
+        self.xdp_drops[r.index()].load(Ordering::Relaxed)
     }
 
     /// A copy of the operation-latency histogram so far.

@@ -12,5 +12,7 @@
 
 pub(crate) mod bufring;
 pub(crate) mod net;
+pub(crate) mod netns;
 pub(crate) mod region;
 pub(crate) mod ring;
+pub(crate) mod xsk;

@@ -171,6 +171,70 @@ pub(crate) fn shutdown_raw(fd: RawFd, how: libc::c_int) -> io::Result<()> {
     cvt(unsafe { libc::shutdown(fd, how) }).map(|_| ())
 }
 
+/// The hardware (MAC) address of interface `name` in the calling thread's namespace.
+pub(crate) fn hw_addr(name: &str) -> io::Result<[u8; 6]> {
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: socket(2) takes no pointers.
+    let fd = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: fresh fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: all-zero is a valid ifreq.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR reads ifr_name and writes ifr_hwaddr of a live ifreq.
+    cvt(unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::SIOCGIFHWADDR, &mut req) })?;
+    // SAFETY: after SIOCGIFHWADDR the union holds ifru_hwaddr.
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *d = *s as u8;
+    }
+    Ok(mac)
+}
+
+/// Sends one raw Ethernet frame out of `ifname` (AF_PACKET), as a test peer injecting
+/// arbitrary (also malformed) frames does.
+pub(crate) fn send_raw_frame(ifname: &str, frame: &[u8]) -> io::Result<()> {
+    let c = std::ffi::CString::new(ifname).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if ifindex == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socket(2) takes no pointers; protocol 0 means send-only.
+    let fd = cvt(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: fresh fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: all-zero is a valid sockaddr_ll.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_ifindex = ifindex as i32;
+    sll.sll_halen = 6;
+    let dst = frame
+        .get(..6)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    sll.sll_addr[..6].copy_from_slice(dst);
+    // SAFETY: frame is a live slice; sll is a live sockaddr_ll of the size passed.
+    let n = unsafe {
+        libc::sendto(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// An eventfd used to wake a sleeping shard.
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: eventfd(2) takes no pointers.

@@ -1,0 +1,295 @@
+//! The shard side of an AF_XDP UDP socket: keeps the FILL ring stocked from the pool,
+//! validates received frames (each drop counted by reason), delivers datagrams as pool
+//! buffers without copying, writes headers in front of outgoing payloads, and hands each
+//! sent buffer back when the kernel's COMPLETION ring returns its frame.
+//!
+//! Neighbour resolution: a small fixed table learned from the source MAC of every valid frame
+//! received, plus entries the application adds ([`crate::socket::XdpUdpSocket::add_neighbor`]).
+//! ARP itself is the kernel's: the XDP program passes ARP frames up.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use crate::completion::{Completion, OpKind};
+use crate::error::Error;
+use crate::pool::{Buf, Pool};
+use crate::stats::Stats;
+use crate::sys::xsk::{Xsk, XskMode};
+use crate::wire::{self, MacAddr, UdpHeaders, UDP_HEADERS_LEN};
+
+/// Frames handled per ring per turn.
+const BATCH: u32 = 64;
+/// Neighbours remembered.
+const NEIGHBORS_MAX: usize = 64;
+
+/// A send whose frame the kernel holds: (token, payload offset, payload length, buffer).
+type PendingSend = (u64, u32, u32, Buf);
+
+/// State of one AF_XDP socket, owned by its shard.
+pub(crate) struct XdpPort {
+    xsk: Xsk,
+    pub local: SocketAddrV4,
+    mac: MacAddr,
+    pub tos: u8,
+    /// The token of the armed multishot receive.
+    pub recv_token: Option<u64>,
+    fill_target: u32,
+    /// Frames the kernel holds through FILL/RX (index: frame).
+    in_kernel: Box<[bool]>,
+    in_kernel_count: u32,
+    /// Buffers in TX/COMPLETION, by frame.
+    tx_pending: Box<[Option<PendingSend>]>,
+    tx_pending_count: u32,
+    neighbors: [(Ipv4Addr, MacAddr); NEIGHBORS_MAX],
+    neighbors_len: usize,
+    neighbor_next: usize,
+    pub poll_armed: bool,
+}
+
+impl std::fmt::Debug for XdpPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdpPort")
+            .field("xsk", &self.xsk)
+            .field("local", &self.local)
+            .finish()
+    }
+}
+
+impl XdpPort {
+    pub(crate) fn new(xsk: Xsk, local: SocketAddrV4, mac: MacAddr, frames: u32, fill_target: u32) -> XdpPort {
+        XdpPort {
+            xsk,
+            local,
+            mac,
+            tos: 0,
+            recv_token: None,
+            fill_target,
+            in_kernel: vec![false; frames as usize].into_boxed_slice(),
+            in_kernel_count: 0,
+            tx_pending: (0..frames).map(|_| None).collect(),
+            tx_pending_count: 0,
+            neighbors: [(Ipv4Addr::UNSPECIFIED, MacAddr::default()); NEIGHBORS_MAX],
+            neighbors_len: 0,
+            neighbor_next: 0,
+            poll_armed: false,
+        }
+    }
+
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.xsk)
+    }
+
+    pub(crate) fn tx_in_flight(&self) -> u32 {
+        self.tx_pending_count
+    }
+
+    pub(crate) fn learn(&mut self, ip: Ipv4Addr, mac: MacAddr) {
+        if let Some(e) = self.neighbors[..self.neighbors_len].iter_mut().find(|e| e.0 == ip) {
+            e.1 = mac;
+            return;
+        }
+        if self.neighbors_len < NEIGHBORS_MAX {
+            self.neighbors[self.neighbors_len] = (ip, mac);
+            self.neighbors_len += 1;
+        } else {
+            self.neighbors[self.neighbor_next] = (ip, mac);
+            self.neighbor_next = (self.neighbor_next + 1) % NEIGHBORS_MAX;
+        }
+    }
+
+    fn neighbor(&self, ip: Ipv4Addr) -> Option<MacAddr> {
+        self.neighbors[..self.neighbors_len]
+            .iter()
+            .find(|e| e.0 == ip)
+            .map(|e| e.1)
+    }
+
+    /// Tops the FILL ring up from the pool.
+    pub(crate) fn refill(&mut self, pool: &Pool) {
+        let want = self.fill_target.saturating_sub(self.in_kernel_count);
+        let free = self.xsk.fill.free(want).min(want);
+        let mut n = 0;
+        while n < free {
+            let Some(frame) = pool.take_frame() else { break };
+            self.xsk.fill.write(n, pool.frame_addr(frame) - pool.frame_addr(0));
+            self.in_kernel[frame as usize] = true;
+            n += 1;
+        }
+        if n > 0 {
+            self.xsk.fill.submit(n);
+            self.in_kernel_count += n;
+            if self.xsk.fill.needs_wakeup() {
+                self.xsk.kick_rx();
+            }
+        }
+    }
+
+    /// Takes received frames: valid ones become completions, the rest are counted drops.
+    pub(crate) fn receive(&mut self, pool: &Pool, stats: &Stats, key: u64, deliver: &mut dyn FnMut(Completion)) -> u32 {
+        let n = self.xsk.rx.available(BATCH);
+        let fs = pool.frame_size() as u64;
+        let frames = pool.total_frames() as u64;
+        for i in 0..n {
+            let d = self.xsk.rx.read(i);
+            let (frame, off) = (d.addr / fs, d.addr % fs);
+            if frame >= frames || off + u64::from(d.len) > fs || !self.in_kernel[frame as usize] {
+                stats.add(&stats.counters.xdp_bad_desc, 1);
+                continue;
+            }
+            self.in_kernel[frame as usize] = false;
+            self.in_kernel_count -= 1;
+            let mut buf = pool.adopt(frame as u32, off as u32, d.len);
+            match wire::parse_udp(&buf, fs as usize) {
+                Ok(u)
+                    if u.dst_port == self.local.port()
+                        && (self.local.ip().is_unspecified() || u.dst_ip == *self.local.ip()) =>
+                {
+                    self.learn(u.src_ip, u.src_mac);
+                    let Some(token) = self.recv_token else {
+                        stats.add(&stats.counters.xdp_no_receiver, 1);
+                        continue;
+                    };
+                    buf.set_window(off as usize + u.payload_offset, u.payload_len);
+                    let mut c = Completion::of(OpKind::RecvFrom, key, token, Ok(u.payload_len));
+                    c.buffer = Some(buf);
+                    c.peer = Some(SocketAddr::V4(SocketAddrV4::new(u.src_ip, u.src_port)));
+                    c.more = true;
+                    stats.add(&stats.counters.xdp_rx, 1);
+                    stats.add(&stats.counters.receives, 1);
+                    stats.add(&stats.counters.recv_bytes, u.payload_len as u64);
+                    deliver(c);
+                }
+                Ok(_) => stats.add(&stats.counters.xdp_no_receiver, 1),
+                Err(reason) => {
+                    stats.add(&stats.xdp_drops[reason.index()], 1);
+                    stats.add(&stats.counters.xdp_malformed, 1);
+                }
+            }
+        }
+        if n > 0 {
+            self.xsk.rx.release(n);
+        }
+        n
+    }
+
+    /// Sends `buf`'s window to `to`: headers are written in the frame in front of it.
+    pub(crate) fn send(&mut self, stats: &Stats, mut buf: Buf, to: SocketAddr, token: u64) -> Result<(), (Error, Buf)> {
+        let SocketAddr::V4(to) = to else {
+            return Err((Error::InvalidArgument, buf));
+        };
+        let Some(dst_mac) = self.neighbor(*to.ip()) else {
+            stats.add(&stats.counters.xdp_no_neighbor, 1);
+            return Err((Error::HostUnreachable, buf));
+        };
+        let len = buf.len();
+        let mut off = buf.offset();
+        if off < UDP_HEADERS_LEN {
+            // No headroom: move the payload back (a copy inside the frame, counted).
+            if UDP_HEADERS_LEN + len > buf.capacity() + off {
+                return Err((Error::MessageTooLong, buf));
+            }
+            let frame = buf.frame_mut();
+            frame.copy_within(off..off + len, UDP_HEADERS_LEN);
+            off = UDP_HEADERS_LEN;
+        }
+        if self.xsk.tx.free(1) == 0 {
+            stats.add(&stats.counters.xdp_tx_full, 1);
+            buf.set_window(off, len);
+            return Err((Error::NoBuffers, buf));
+        }
+        let h = UdpHeaders {
+            src_mac: self.mac,
+            dst_mac,
+            src_ip: *self.local.ip(),
+            dst_ip: *to.ip(),
+            src_port: self.local.port(),
+            dst_port: to.port(),
+            tos: self.tos,
+            ttl: 64,
+        };
+        let start = off - UDP_HEADERS_LEN;
+        let Some(total) = wire::emit_udp(&mut buf.frame_mut()[start..], &h, len) else {
+            buf.set_window(off, len);
+            return Err((Error::MessageTooLong, buf));
+        };
+        let frame = buf.frame();
+        let fs = buf.capacity() + buf.offset();
+        self.xsk.tx.write(
+            0,
+            libc::xdp_desc {
+                addr: frame as u64 * fs as u64 + start as u64,
+                len: total as u32,
+                options: 0,
+            },
+        );
+        self.xsk.tx.submit(1);
+        self.tx_pending[frame as usize] = Some((token, off as u32, len as u32, buf));
+        self.tx_pending_count += 1;
+        stats.add(&stats.counters.xdp_tx, 1);
+        // Copy mode always needs the kick; zero-copy only when the kernel asks.
+        if self.xsk.mode == XskMode::Copy || self.xsk.tx.needs_wakeup() {
+            self.xsk.kick_tx();
+        }
+        Ok(())
+    }
+
+    /// Hands back buffers whose frames the kernel has finished sending.
+    pub(crate) fn complete_sends(
+        &mut self,
+        pool: &Pool,
+        stats: &Stats,
+        key: u64,
+        deliver: &mut dyn FnMut(Completion),
+    ) -> u32 {
+        if self.tx_pending_count > 0 && self.xsk.mode == XskMode::Copy {
+            // Copy mode transmits inside the kick: kick again for anything left behind.
+            self.xsk.kick_tx();
+        }
+        let n = self.xsk.comp.available(BATCH);
+        let fs = u64::from(pool.frame_size());
+        for i in 0..n {
+            let addr = self.xsk.comp.read(i);
+            let frame = (addr / fs) as usize;
+            let Some((token, off, len, mut buf)) = self.tx_pending.get_mut(frame).and_then(Option::take) else {
+                stats.add(&stats.counters.xdp_bad_desc, 1);
+                continue;
+            };
+            self.tx_pending_count -= 1;
+            buf.set_window(off as usize, len as usize);
+            let mut c = Completion::of(OpKind::SendTo, key, token, Ok(len as usize));
+            c.buffer = Some(buf);
+            stats.add(&stats.counters.sends, 1);
+            stats.add(&stats.counters.send_bytes, u64::from(len));
+            deliver(c);
+        }
+        if n > 0 {
+            self.xsk.comp.release(n);
+        }
+        n
+    }
+
+    /// Closes the socket and returns every frame the kernel held to the pool; sends still
+    /// pending complete `Aborted` with their buffers.
+    pub(crate) fn close(self, pool: &Pool, key: u64, deliver: &mut dyn FnMut(Completion)) {
+        let XdpPort {
+            xsk,
+            in_kernel,
+            mut tx_pending,
+            ..
+        } = self;
+        // Closing the socket first: after that the kernel touches none of these frames.
+        drop(xsk);
+        for (frame, held) in in_kernel.iter().enumerate() {
+            if *held {
+                drop(pool.adopt(frame as u32, 0, 0));
+            }
+        }
+        for slot in tx_pending.iter_mut() {
+            if let Some((token, off, len, mut buf)) = slot.take() {
+                buf.set_window(off as usize, len as usize);
+                let mut c = Completion::of(OpKind::SendTo, key, token, Err(Error::Aborted));
+                c.buffer = Some(buf);
+                deliver(c);
+            }
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! AF_XDP across a veth pair between two network namespaces this test makes (and deletes,
+//! also on failure). Needs root; skips without it unless PORTO_REQUIRE_NETNS=1 (CI).
+//!
+//! The peer in namespace A sends valid datagrams through its kernel UDP socket and injects
+//! malformed frames through a raw socket; porto in namespace B receives through AF_XDP,
+//! drops and counts each malformed frame by reason, and echoes every valid datagram back
+//! through the AF_XDP TX ring.
+
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket as StdUdp};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use porto_engine::completion::OpKind;
+use porto_engine::config::Config;
+use porto_engine::netns::{mac_of, send_raw_frame, Side, Topology};
+use porto_engine::shard::{Delivery, Shard};
+use porto_engine::socket::{XdpOptions, XdpUdpSocket};
+use porto_engine::wire::{emit_udp, DropReason, UdpHeaders, UDP_HEADERS_LEN};
+
+const PORT: u16 = 7000;
+const VALID: u32 = 40;
+
+fn strict() -> bool {
+    std::env::var("PORTO_REQUIRE_NETNS").as_deref() == Ok("1")
+}
+
+fn topology() -> Option<Topology> {
+    match Topology::create("porto-t", 1) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            assert!(!strict(), "PORTO_REQUIRE_NETNS=1 but: {e}");
+            eprintln!("skipping: {e}");
+            None
+        }
+    }
+}
+
+/// Malformed variants of a valid frame, each with the reason porto must count.
+fn malformed(valid: &[u8]) -> Vec<(DropReason, Vec<u8>)> {
+    let fix_ip = |v: &mut Vec<u8>| {
+        v[24..26].copy_from_slice(&[0, 0]);
+        let mut sum = 0u32;
+        for c in v[14..34].chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        v[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    };
+    let mut out = Vec::new();
+    let mut v = valid.to_vec();
+    v[40] ^= 0xff;
+    out.push((DropReason::BadUdpChecksum, v));
+    let mut v = valid.to_vec();
+    v[38..40].copy_from_slice(&10u16.to_be_bytes());
+    out.push((DropReason::BadUdpLength, v));
+    let mut v = valid.to_vec();
+    v[20] |= 0x20;
+    fix_ip(&mut v);
+    out.push((DropReason::Fragment, v));
+    let mut v = valid.to_vec();
+    v[16..18].copy_from_slice(&2000u16.to_be_bytes());
+    fix_ip(&mut v);
+    out.push((DropReason::BadIpLength, v));
+    let mut v = valid.to_vec();
+    v[22] ^= 1;
+    out.push((DropReason::BadIpChecksum, v));
+    let mut v = valid.to_vec();
+    v.splice(34..34, [1u8, 1, 1, 1]);
+    v[14] = 0x46;
+    let total = (v.len() - 14) as u16;
+    v[16..18].copy_from_slice(&total.to_be_bytes());
+    fix_ip(&mut v);
+    out.push((DropReason::IpOptions, v));
+    out
+}
+
+#[test]
+fn af_xdp_receive_and_send_across_veth_with_malformed_frames() {
+    let Some(t) = topology() else { return };
+    let (ip_a, ip_b) = (t.addr(Side::A), t.addr(Side::B));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let server = std::thread::scope(|s| {
+        let t = &t;
+        let server = s.spawn(move || {
+            t.enter(Side::B).unwrap();
+            let cfg = Config {
+                pin: false,
+                frames_per_shard: 8192,
+                recv_frames: 1024,
+                huge_pages: false,
+                ..Config::default()
+            };
+            let mut shard = Shard::new(&cfg, None).unwrap();
+            let h = shard.handle();
+            let local = SocketAddrV4::new(ip_b, PORT);
+            let sock =
+                XdpUdpSocket::bind(&h, local, &XdpOptions::new(t.iface(Side::B)), Delivery::Poll { key: 3 }).unwrap();
+            sock.recv_from_multishot(1).unwrap();
+            ready_tx.send(sock.info().clone()).unwrap();
+            let mut got = Vec::new();
+            let mut sent = 0;
+            let mut out = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while done_rx.try_recv().is_err() && Instant::now() < deadline {
+                shard.poll(&mut out, 64);
+                for c in out.drain(..) {
+                    match c.op {
+                        OpKind::RecvFrom => {
+                            let buf = c.buffer.expect("a datagram");
+                            got.push(u32::from_be_bytes(buf[..4].try_into().unwrap()));
+                            sock.send_to(buf, c.peer.unwrap(), 2).unwrap();
+                        }
+                        OpKind::SendTo => {
+                            assert_eq!(c.result.map(|n| n > 0), Ok(true), "{c:?}");
+                            sent += 1;
+                        }
+                        o => panic!("unexpected {o:?}"),
+                    }
+                }
+            }
+            let st = shard.stats();
+            let drops: Vec<(DropReason, u64)> = DropReason::ALL
+                .iter()
+                .map(|&r| (r, st.xdp_drop(r)))
+                .filter(|d| d.1 > 0)
+                .collect();
+            let snap = st.counters.snapshot();
+            let steered = sock.xdp_counters().unwrap().0;
+            drop(sock);
+            let mut out = Vec::new();
+            shard.poll(&mut out, 64);
+            (
+                got,
+                sent,
+                drops,
+                snap,
+                steered,
+                shard.pool().free_frames() + shard.bufring_frames(),
+                shard.pool().total_frames(),
+            )
+        });
+        let info = ready_rx.recv_timeout(Duration::from_secs(20)).expect("server ready");
+        eprintln!("{info}");
+        // The peer, in namespace A.
+        let peer = s.spawn(move || {
+            t.enter(Side::A).unwrap();
+            let sock = StdUdp::bind(SocketAddr::from((ip_a, 5000))).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let hdr = UdpHeaders {
+                src_mac: mac_of(t.iface(Side::A)).unwrap(),
+                dst_mac: info.mac,
+                src_ip: ip_a,
+                dst_ip: ip_b,
+                src_port: 5001,
+                dst_port: PORT,
+                tos: 0,
+                ttl: 64,
+            };
+            let mut valid = vec![0u8; UDP_HEADERS_LEN + 8];
+            emit_udp(&mut valid, &hdr, 8).unwrap();
+            let bad = malformed(&valid);
+            let mut replies = Vec::new();
+            for i in 0..VALID {
+                sock.send_to(&i.to_be_bytes(), SocketAddr::from((ip_b, PORT))).unwrap();
+                if let Some((_, f)) = bad.get(i as usize) {
+                    send_raw_frame(t.iface(Side::A), f).unwrap();
+                }
+                let mut b = [0u8; 64];
+                let n = sock.recv(&mut b).expect("echo through AF_XDP");
+                replies.push(u32::from_be_bytes(b[..n].try_into().unwrap()));
+            }
+            (replies, bad.into_iter().map(|b| b.0).collect::<Vec<_>>())
+        });
+        let (replies, reasons) = peer.join().unwrap();
+        done_tx.send(()).unwrap();
+        let r = server.join().unwrap();
+        (replies, reasons, r)
+    });
+    let (replies, reasons, (got, sent, drops, snap, steered, frames_back, total)) = server;
+    let want: Vec<u32> = (0..VALID).collect();
+    assert_eq!(got, want, "every valid datagram, once, in order");
+    assert_eq!(replies, want, "every echo came back through the TX ring");
+    assert_eq!(sent, VALID);
+    let mut want_drops: Vec<(DropReason, u64)> = reasons.iter().map(|&r| (r, 1)).collect();
+    want_drops.sort_by_key(|d| d.0.index());
+    assert_eq!(drops, want_drops, "each malformed frame dropped and counted by reason");
+    assert_eq!(
+        (snap.xdp_rx, snap.xdp_malformed, snap.xdp_bad_desc),
+        (u64::from(VALID), reasons.len() as u64, 0)
+    );
+    assert!(
+        steered >= u64::from(VALID) + reasons.len() as u64,
+        "the program steered them all ({steered})"
+    );
+    assert_eq!(frames_back, total, "frame conservation after close");
+}
