@@ -49,9 +49,22 @@ pub use porto_engine::error::{Error, SetupError};
 pub use porto_engine::pool::{Buf, Gather, Pool, GATHER_MAX};
 pub use porto_engine::port::CompletionPort;
 pub use porto_engine::shard::{Delivery, Shard, ShardHandle, ShardInfo};
-pub use porto_engine::socket::{Rejected, SocketOptions, TcpListener, TcpStream, UdpSocket};
+pub use porto_engine::socket::{
+    Rejected, SocketOptions, TcpListener, TcpStream, UdpSocket, XdpInfo, XdpOptions, XdpUdpSocket,
+};
 pub use porto_engine::stats::{Snapshot as StatsSnapshot, Stats};
-pub use porto_engine::{PageKind, RingInfo, TaskRunMode};
+pub use porto_engine::xdp::AttachMode;
+pub use porto_engine::{PageKind, RingInfo, TaskRunMode, XskMode};
+
+/// Test and demo network topologies (two namespaces joined by a veth pair).
+pub mod netns {
+    pub use porto_engine::netns::{mac_of, send_raw_frame, NetnsError, Side, Topology};
+}
+
+/// Wire formats of the AF_XDP path.
+pub mod wire {
+    pub use porto_engine::wire::*;
+}
 
 /// Registered I/O: registered buffers, request queues, completion queues.
 pub mod rio {

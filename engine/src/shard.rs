@@ -1175,8 +1175,8 @@ impl Shard {
         self.maybe_close(sock);
     }
 
-    /// Turns every AF_XDP port: FILL top-up, RX, COMPLETION, and the wake-up poll. True if a
-    /// ring was full enough that more may be waiting.
+    /// Turns every AF_XDP port: FILL top-up, RX, COMPLETION, and the wake-up poll. True if
+    /// anything was received or completed: the turn must then deliver before it may sleep.
     fn xdp_turn(&mut self) -> bool {
         let mut busy = false;
         for i in 0..self.xdp_socks.len() {
@@ -1190,7 +1190,7 @@ impl Shard {
             let mut out = std::mem::take(&mut self.local_scratch);
             let rx = port.receive(&self.pool, &self.shared.stats, key, &mut |c| out.push(c));
             let tx = port.complete_sends(&self.pool, &self.shared.stats, key, &mut |c| out.push(c));
-            busy |= rx == 64 || tx == 64;
+            busy |= rx > 0 || tx > 0;
             if !port.poll_armed {
                 let e = opcode::PollAdd::new(types::Fd(port.fd()), libc::POLLIN as u32)
                     .multi(true)

@@ -16,6 +16,8 @@ use porto_engine::netns::{mac_of, send_raw_frame, Side, Topology};
 use porto_engine::shard::{Delivery, Shard};
 use porto_engine::socket::{XdpOptions, XdpUdpSocket};
 use porto_engine::wire::{emit_udp, DropReason, UdpHeaders, UDP_HEADERS_LEN};
+use porto_engine::xdp::AttachMode;
+use porto_engine::XskMode;
 
 const PORT: u16 = 7000;
 const VALID: u32 = 40;
@@ -76,8 +78,16 @@ fn malformed(valid: &[u8]) -> Vec<(DropReason, Vec<u8>)> {
     out
 }
 
+/// Driver mode first, then generic mode, one after the other: two AF_XDP echo topologies
+/// running at the same moment in one process lose the generic one's replies (seen here on
+/// 6.18; not investigated yet), so they do not share a test.
 #[test]
 fn af_xdp_receive_and_send_across_veth_with_malformed_frames() {
+    echo_case(None);
+    echo_case(Some(AttachMode::Generic));
+}
+
+fn echo_case(attach: Option<AttachMode>) {
     let Some(t) = topology() else { return };
     let (ip_a, ip_b) = (t.addr(Side::A), t.addr(Side::B));
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -96,8 +106,16 @@ fn af_xdp_receive_and_send_across_veth_with_malformed_frames() {
             let mut shard = Shard::new(&cfg, None).unwrap();
             let h = shard.handle();
             let local = SocketAddrV4::new(ip_b, PORT);
-            let sock =
-                XdpUdpSocket::bind(&h, local, &XdpOptions::new(t.iface(Side::B)), Delivery::Poll { key: 3 }).unwrap();
+            let sock = XdpUdpSocket::bind(
+                &h,
+                local,
+                &XdpOptions {
+                    attach,
+                    ..XdpOptions::new(t.iface(Side::B))
+                },
+                Delivery::Poll { key: 3 },
+            )
+            .unwrap();
             sock.recv_from_multishot(1).unwrap();
             ready_tx.send(sock.info().clone()).unwrap();
             let mut got = Vec::new();
@@ -144,6 +162,15 @@ fn af_xdp_receive_and_send_across_veth_with_malformed_frames() {
         });
         let info = ready_rx.recv_timeout(Duration::from_secs(20)).expect("server ready");
         eprintln!("{info}");
+        // veth has no zero-copy mode: the ladder must take, and say, the copy-mode path.
+        assert_eq!(info.socket_mode, XskMode::Copy);
+        assert!(
+            info.socket_fallback
+                .as_deref()
+                .is_some_and(|w| w.contains("EOPNOTSUPP")),
+            "{info}"
+        );
+        assert_eq!(info.attach_mode, attach.unwrap_or(AttachMode::Driver), "{info}");
         // The peer, in namespace A.
         let peer = s.spawn(move || {
             t.enter(Side::A).unwrap();

@@ -77,6 +77,7 @@ pub fn run(cfg: &DemoConfig) -> Result<(), Box<dyn std::error::Error>> {
                 tcp: !udp,
                 poll,
                 zerocopy: false,
+                xdp: None,
                 engine: engine.clone(),
             };
             let server = EchoServer::start(&ec, Arc::new(AtomicBool::new(false)))?;

@@ -12,8 +12,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use porto::{
-    Buf, Completion, CompletionPort, Config, Delivery, Engine, Error, OpKind, SetupError, Shard, ShardHandle,
-    ShardInfo, SocketOptions, TcpListener, TcpStream, UdpSocket,
+    Buf, Completion, CompletionPort, Config, Delivery, Engine, Error, OpKind, Rejected, SetupError, Shard, ShardHandle,
+    ShardInfo, SocketOptions, TcpListener, TcpStream, UdpSocket, XdpInfo, XdpOptions, XdpUdpSocket,
 };
 
 use crate::sockperf;
@@ -35,6 +35,8 @@ pub struct EchoConfig {
     /// Polling mode (application on the shard thread) instead of completion-port mode.
     pub poll: bool,
     pub zerocopy: bool,
+    /// Serve UDP through AF_XDP instead of the kernel stack.
+    pub xdp: Option<XdpOptions>,
     pub engine: Config,
 }
 
@@ -63,6 +65,36 @@ impl EchoCounters {
     }
 }
 
+/// The UDP side: a kernel socket through io_uring, or an AF_XDP socket.
+enum Datagram {
+    Kernel(UdpSocket),
+    Xdp(Box<XdpUdpSocket>),
+}
+
+impl Datagram {
+    fn local_addr(&self) -> Result<SocketAddr, Error> {
+        match self {
+            Datagram::Kernel(s) => s.local_addr(),
+            Datagram::Xdp(s) => Ok(s.local_addr()),
+        }
+    }
+
+    fn recv_from_multishot(&self, token: u64) -> Result<(), Rejected> {
+        match self {
+            Datagram::Kernel(s) => s.recv_from_multishot(token),
+            Datagram::Xdp(s) => s.recv_from_multishot(token),
+        }
+    }
+
+    fn send_to(&self, buf: Buf, peer: SocketAddr, zerocopy: bool) -> Result<(), Rejected> {
+        match self {
+            Datagram::Kernel(s) if zerocopy => s.send_to_zc(buf, peer, TOKEN_SEND),
+            Datagram::Kernel(s) => s.send_to(buf, peer, TOKEN_SEND),
+            Datagram::Xdp(s) => s.send_to(buf, peer, TOKEN_SEND),
+        }
+    }
+}
+
 struct Conn {
     stream: TcpStream,
     pending: Vec<u8>,
@@ -71,7 +103,7 @@ struct Conn {
 /// The echo logic of one shard, independent of how completions arrive.
 struct EchoApp {
     shard: ShardHandle,
-    udp: Option<UdpSocket>,
+    udp: Option<Datagram>,
     listener: Option<TcpListener>,
     conns: Vec<Option<Conn>>,
     delivery: Delivery,
@@ -94,10 +126,26 @@ impl EchoApp {
             },
             Delivery::Poll { .. } => Delivery::Poll { key },
         };
-        let udp = cfg
-            .udp
-            .then(|| UdpSocket::bind(&shard, addr, &opts, with_key(KEY_UDP)))
-            .transpose()?;
+        let udp = match (&cfg.xdp, addr) {
+            (_, _) if !cfg.udp => None,
+            (Some(x), SocketAddr::V4(a)) => Some(Datagram::Xdp(Box::new(XdpUdpSocket::bind(
+                &shard,
+                a,
+                x,
+                with_key(KEY_UDP),
+            )?))),
+            (Some(_), SocketAddr::V6(_)) => {
+                return Err(SetupError::Config(
+                    "AF_XDP serves IPv4: give --addr the interface's IPv4 address".into(),
+                ))
+            }
+            (None, _) => Some(Datagram::Kernel(UdpSocket::bind(
+                &shard,
+                addr,
+                &opts,
+                with_key(KEY_UDP),
+            )?)),
+        };
         let listener = cfg
             .tcp
             .then(|| TcpListener::bind(&shard, addr, 1024, &opts, with_key(KEY_LISTENER)))
@@ -113,6 +161,13 @@ impl EchoApp {
         };
         app.arm();
         Ok(app)
+    }
+
+    fn xdp_info(&self) -> Option<XdpInfo> {
+        match &self.udp {
+            Some(Datagram::Xdp(s)) => Some(s.info().clone()),
+            _ => None,
+        }
     }
 
     fn local_addr(&self) -> SocketAddr {
@@ -169,12 +224,7 @@ impl EchoApp {
             self.counters.ignored += 1;
             return;
         }
-        let r = if self.zerocopy {
-            sock.send_to_zc(buf, peer, TOKEN_SEND)
-        } else {
-            sock.send_to(buf, peer, TOKEN_SEND)
-        };
-        match r {
+        match sock.send_to(buf, peer, self.zerocopy) {
             Ok(()) => self.counters.replies += 1,
             Err(_) => self.counters.reply_drops += 1,
         }
@@ -280,6 +330,8 @@ fn serve_stream(
 pub struct EchoServer {
     pub addr: SocketAddr,
     pub info: Vec<ShardInfo>,
+    /// What the AF_XDP sockets obtained (one per shard), when serving through AF_XDP.
+    pub xdp: Vec<XdpInfo>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<EchoCounters>>,
     /// Port mode keeps the engine (its shard threads) alive until the app threads are done.
@@ -307,6 +359,7 @@ impl EchoServer {
         let mut addr = cfg.addr;
         let mut threads = Vec::new();
         let mut info = Vec::new();
+        let mut xdp = Vec::new();
         let mut apps = Vec::new();
         for h in engine.shards() {
             let port = CompletionPort::new(1, cfg.engine.cq_entries as usize * 4);
@@ -321,6 +374,7 @@ impl EchoServer {
             )?;
             addr = app.local_addr();
             info.push(h.info().expect("started shard has info").clone());
+            xdp.extend(app.xdp_info());
             apps.push((app, port));
         }
         for (i, (mut app, port)) in apps.into_iter().enumerate() {
@@ -351,6 +405,7 @@ impl EchoServer {
         Ok(EchoServer {
             addr,
             info,
+            xdp,
             stop,
             threads,
             engine: Some(engine),
@@ -361,6 +416,7 @@ impl EchoServer {
         let mut addr = cfg.addr;
         let mut threads = Vec::new();
         let mut info = Vec::new();
+        let mut xdp = Vec::new();
         for i in 0..cfg.engine.shards {
             let (tx, rx) = mpsc::sync_channel(1);
             let c = cfg.clone();
@@ -376,7 +432,7 @@ impl EchoServer {
                     });
                     let (mut shard, mut app) = match started {
                         Ok((s, a)) => {
-                            let _ = tx.send(Ok((a.local_addr(), s.handle().info().cloned())));
+                            let _ = tx.send(Ok((a.local_addr(), s.handle().info().cloned(), a.xdp_info())));
                             (s, a)
                         }
                         Err(e) => {
@@ -403,9 +459,10 @@ impl EchoServer {
                 })?;
             threads.push(t);
             match rx.recv() {
-                Ok(Ok((a, i))) => {
+                Ok(Ok((a, i, x))) => {
                     addr = a;
                     info.extend(i);
+                    xdp.extend(x);
                 }
                 Ok(Err(e)) => {
                     stop.store(true, Ordering::Relaxed);
@@ -418,6 +475,7 @@ impl EchoServer {
         Ok(EchoServer {
             addr,
             info,
+            xdp,
             stop,
             threads,
             engine: None,

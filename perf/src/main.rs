@@ -85,6 +85,18 @@ struct EchoArgs {
     /// Polling mode: the application runs on the shard thread, which busy-polls.
     #[arg(long)]
     poll: bool,
+    /// Serve UDP through AF_XDP on this interface (root; --addr must be its IPv4 address).
+    #[arg(long, value_name = "IFACE", requires = "udp")]
+    xdp: Option<String>,
+    /// The interface's receive queue for AF_XDP.
+    #[arg(long, default_value_t = 0)]
+    queue: u32,
+    /// AF_XDP: skip the zero-copy attempt.
+    #[arg(long)]
+    force_copy: bool,
+    /// AF_XDP: force the XDP attach mode (default: driver, then generic).
+    #[arg(long, value_enum)]
+    xdp_mode: Option<XdpModeArg>,
     /// Reply with IORING_OP_SEND_ZC from the registered pool.
     #[arg(long)]
     zerocopy: bool,
@@ -93,6 +105,12 @@ struct EchoArgs {
     seconds: Option<f64>,
     #[command(flatten)]
     engine: EngineArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum XdpModeArg {
+    Driver,
+    Generic,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -257,7 +275,24 @@ fn run_echo(a: EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
         tcp: a.listen.tcp,
         poll: a.poll,
         zerocopy: a.zerocopy,
-        engine: a.engine.config(),
+        xdp: a.xdp.as_ref().map(|iface| porto::XdpOptions {
+            queue: a.queue,
+            force_copy: a.force_copy,
+            attach: a.xdp_mode.map(|m| match m {
+                XdpModeArg::Driver => porto::AttachMode::Driver,
+                XdpModeArg::Generic => porto::AttachMode::Generic,
+            }),
+            ..porto::XdpOptions::new(iface)
+        }),
+        engine: porto::Config {
+            // AF_XDP's FILL ring and the io_uring buffer ring both draw on the pool.
+            frames_per_shard: if a.xdp.is_some() {
+                a.engine.frames.max(8192)
+            } else {
+                a.engine.frames
+            },
+            ..a.engine.config()
+        },
     };
     let server = echo::EchoServer::start(&cfg, stop.clone())?;
     let protos = [(a.listen.udp, "udp"), (a.listen.tcp, "tcp")]
@@ -274,6 +309,9 @@ fn run_echo(a: EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
     );
     for i in &server.info {
         println!("  {i}");
+    }
+    for x in &server.xdp {
+        println!("  {x}");
     }
     let deadline = a.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {

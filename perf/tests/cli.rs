@@ -276,3 +276,64 @@ fn privileged_port_names_the_fix() {
     assert!(!out.status.success());
     assert!(err.contains("CAP_NET_BIND_SERVICE"), "{err}");
 }
+
+/// `porto echo --udp --xdp` inside namespace B of a fresh veth pair, answering
+/// `sockperf ping-pong` run in namespace A.
+fn xdp_echo_answers_sockperf(poll: bool) {
+    if !have_sockperf() {
+        return;
+    }
+    let t = match porto::netns::Topology::create("porto-c", 1) {
+        Ok(t) => t,
+        Err(e) => {
+            assert!(!strict(), "PORTO_REQUIRE_NETNS=1 but: {e}");
+            eprintln!("skipping: {e}");
+            return;
+        }
+    };
+    let ip_b = t.addr(porto::netns::Side::B).to_string();
+    let mut echo = t.command(porto::netns::Side::B, env!("CARGO_BIN_EXE_porto"));
+    echo.args([
+        "echo",
+        "--udp",
+        "--xdp",
+        t.iface(porto::netns::Side::B),
+        "--addr",
+        &ip_b,
+        "--port",
+        "9000",
+    ]);
+    echo.args(["--no-pin", "--seconds", "30"]);
+    if poll {
+        echo.arg("--poll");
+    }
+    let server = Server(echo.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+    std::thread::sleep(Duration::from_millis(800));
+    let out = t
+        .command(porto::netns::Side::A, "sockperf")
+        .args(["ping-pong", "-i", &ip_b, "-p", "9000", "-m", "64", "-t", "1"])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(server);
+    assert!(out.status.success() && !text.contains("ERROR"), "{text}");
+    assert!(text.contains("# dropped messages = 0"), "{text}");
+    assert!(
+        received_messages(&text) > 100,
+        "too few replies through AF_XDP:\n{text}"
+    );
+}
+
+#[test]
+fn sockperf_udp_through_af_xdp_completion_port_mode() {
+    xdp_echo_answers_sockperf(false);
+}
+
+#[test]
+fn sockperf_udp_through_af_xdp_polling_mode() {
+    xdp_echo_answers_sockperf(true);
+}
