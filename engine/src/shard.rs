@@ -119,6 +119,12 @@ pub(crate) enum Command {
         port: Box<XdpPort>,
         delivery: Delivery,
     },
+    /// A static neighbour entry for an AF_XDP socket.
+    Neighbor {
+        sock: u32,
+        ip: std::net::Ipv4Addr,
+        mac: crate::wire::MacAddr,
+    },
     Op {
         sock: u32,
         token: u64,
@@ -507,8 +513,10 @@ impl Shard {
         } else if wait && !self.backlog.is_empty() {
             // A full port: wait briefly for room, but keep reaping.
             self.ring.submit_and_wait(Some(Duration::from_micros(200)))?;
-        } else {
+        } else if wait {
             self.ring.submit()?;
+        } else {
+            self.ring.submit_if_needed()?;
         }
         self.reap();
         self.flush();
@@ -579,6 +587,11 @@ impl Shard {
                         xdp: Some(port),
                     };
                     self.xdp_socks.push(sock);
+                }
+                Command::Neighbor { sock, ip, mac } => {
+                    if let Some(p) = self.sockets[sock as usize].xdp.as_mut() {
+                        p.learn(ip, mac);
+                    }
                 }
                 Command::Op { sock, token, req } if self.sockets[sock as usize].xdp.is_some() => {
                     self.start_xdp_op(sock, token, req)

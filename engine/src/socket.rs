@@ -6,7 +6,7 @@
 //! (each such op completes `Aborted`) and close the fd once the kernel is done with it.
 
 use std::net::{SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -216,6 +216,23 @@ fn new_socket(addr: &SocketAddr, kind: net::Kind, opts: &SocketOptions) -> Resul
 
 fn blocking_timeout_ms(t: Option<Duration>) -> i32 {
     t.map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32)
+}
+
+/// Blocking batch receive (recvmmsg) on any datagram socket: up to `bufs.len()` (at most
+/// 256) datagrams, lengths into `lens`, waiting up to `timeout` for the first. The
+/// kernel-socket way to amortise syscalls, used as the AF_XDP baseline.
+pub fn recv_batch(
+    sock: &impl AsFd,
+    bufs: &mut [Vec<u8>],
+    lens: &mut [usize],
+    timeout: Option<Duration>,
+) -> Result<usize, Error> {
+    Ok(net::recv_mmsg(
+        sock.as_fd().as_raw_fd(),
+        bufs,
+        lens,
+        blocking_timeout_ms(timeout),
+    )?)
 }
 
 /// A UDP socket on a shard.
@@ -706,6 +723,18 @@ impl XdpUdpSocket {
 
     pub fn cancel(&self, token: u64) -> Result<(), Error> {
         self.core.cancel(token)
+    }
+
+    /// Adds a static neighbour (IPv4 -> MAC) for sends to hosts that have not sent to us.
+    pub fn add_neighbor(&self, ip: std::net::Ipv4Addr, mac: MacAddr) -> Result<(), Error> {
+        self.core
+            .shared
+            .send(Command::Neighbor {
+                sock: self.core.id,
+                ip,
+                mac,
+            })
+            .map_err(|_| Error::NoBuffers)
     }
 
     /// Frames the XDP program steered to porto and passed to the kernel so far.

@@ -26,6 +26,9 @@ pub enum Scenario {
     Throughput,
     /// TCP echo over many connections: requests/s and latency.
     Tcp,
+    /// 64-byte UDP receive rate, AF_XDP vs kernel recvmmsg, on a veth pair in namespaces
+    /// this run creates (root).
+    XdpRx,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
@@ -437,14 +440,90 @@ fn cpu_model() -> String {
         .unwrap_or_default()
 }
 
+/// `porto bench xdp-rx`: its own shape (no servers as processes, no latency).
+fn run_xdp_rx(
+    a: &BenchArgs,
+    cpus: usize,
+    server_cpu: usize,
+    client_cpu: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let seconds = if a.smoke { 0.3 } else { a.seconds.unwrap_or(2.0) };
+    let rounds = if a.smoke { 1 } else { a.rounds.max(1) };
+    println!("xdp-rx: {rounds} round(s) of {seconds} s per receiver; receiver on CPU {server_cpu}, sender on CPU {client_cpu}");
+    let runs = crate::xdprx::run(seconds, rounds, Some(server_cpu), Some(client_cpu))?;
+    println!(
+        "{:<16} {:>5} {:>12} {:>12} {:>11} {:>10} {:>14}",
+        "receiver", "round", "sent", "received", "pps", "cpu s", "pps per cpu-s"
+    );
+    for r in &runs {
+        println!(
+            "{:<16} {:>5} {:>12} {:>12} {:>11.0} {:>10.3} {:>14.0}",
+            r.receiver, r.round, r.sent, r.received, r.pps, r.receiver_cpu_s, r.pps_per_cpu_s
+        );
+    }
+    let med = |who: &str| {
+        median(
+            runs.iter()
+                .filter(|r| r.receiver == who)
+                .map(|r| r.pps_per_cpu_s)
+                .collect(),
+        )
+    };
+    let (k, x) = (med("kernel recvmmsg"), med("porto AF_XDP"));
+    println!(
+        "median pps per busy CPU-second: kernel {k:.0}, AF_XDP {x:.0}: ratio {:.2}",
+        x / k
+    );
+    std::fs::create_dir_all(&a.out)?;
+    #[derive(Serialize)]
+    struct XdpReport<'a> {
+        scenario: &'static str,
+        kernel: String,
+        cpu_model: String,
+        cpus: usize,
+        server_cpu: usize,
+        client_cpu: usize,
+        runs: &'a [crate::xdprx::RxRun],
+        ratio_pps_per_cpu_s: f64,
+    }
+    let rep = XdpReport {
+        scenario: "xdp-rx",
+        kernel: env_string("uname", &["-r"]),
+        cpu_model: cpu_model(),
+        cpus,
+        server_cpu,
+        client_cpu,
+        runs: &runs,
+        ratio_pps_per_cpu_s: x / k,
+    };
+    let json = a.out.join("xdp-rx.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&rep)?)?;
+    println!("results: {}", json.display());
+    if !a.no_plots {
+        let bars = vec![("kernel recvmmsg".to_string(), k), ("porto AF_XDP".to_string(), x)];
+        plot::bars(
+            &a.out.join("xdp-rx"),
+            "64 B UDP received per busy CPU-second",
+            &[("".into(), bars)],
+        )?;
+    }
+    if runs.iter().any(|r| r.received == 0) {
+        return Err("a receiver got nothing".into());
+    }
+    Ok(())
+}
+
 pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let cpus = core_affinity::get_core_ids().map_or(1, |c| c.len());
     let server_cpu = 0;
     let client_cpu = if a.same_cpu || cpus < 2 { 0 } else { 1 };
+    if a.scenario == Scenario::XdpRx {
+        return run_xdp_rx(a, cpus, server_cpu, client_cpu);
+    }
     // Defaults keep each scenario under a minute on 2 cores.
     let default_seconds = match a.scenario {
         Scenario::Latency => 1.5,
-        Scenario::Throughput => 2.0,
+        Scenario::Throughput | Scenario::XdpRx => 2.0,
         Scenario::Tcp => 1.0,
     };
     let seconds = if a.smoke {
@@ -457,7 +536,7 @@ pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         match a.scenario {
             Scenario::Latency => vec![64, 1024],
             Scenario::Throughput => vec![64],
-            Scenario::Tcp => vec![128],
+            Scenario::Tcp | Scenario::XdpRx => vec![128],
         }
     } else {
         a.sizes.clone()
@@ -552,7 +631,7 @@ pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
                             core,
                         }
                         .run(),
-                        Scenario::Tcp => TcpFleet {
+                        Scenario::Tcp | Scenario::XdpRx => TcpFleet {
                             target,
                             connections: c,
                             msg_size: size,
@@ -660,7 +739,7 @@ fn write_plots(
                 )?;
             }
         }
-        Scenario::Tcp => {
+        Scenario::Tcp | Scenario::XdpRx => {
             let mut conns: Vec<usize> = summary.iter().map(|s| s.conns).collect();
             conns.sort_unstable();
             conns.dedup();

@@ -19,6 +19,7 @@ mod peers;
 mod plot;
 mod report;
 mod sockperf;
+mod xdprx;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -83,3 +83,42 @@ fn throughput_smoke() {
 fn tcp_smoke() {
     check("tcp");
 }
+
+#[test]
+fn xdp_rx_smoke() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    if !root {
+        assert!(!strict(), "PORTO_REQUIRE_NETNS=1 but not root");
+        eprintln!("skipping: the AF_XDP receive benchmark needs root");
+        return;
+    }
+    let out_dir = std::env::temp_dir().join(format!("porto-bench-smoke-xdp-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_porto"))
+        .args(["bench", "xdp-rx", "--smoke", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("xdp-rx.json")).unwrap()).unwrap();
+    for who in ["kernel recvmmsg", "porto AF_XDP"] {
+        let got: u64 = v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["receiver"] == who)
+            .map(|r| r["received"].as_u64().unwrap())
+            .sum();
+        assert!(got > 0, "{who} received nothing:\n{stdout}");
+    }
+    let _ = std::fs::remove_dir_all(&out_dir);
+}

@@ -235,6 +235,51 @@ pub(crate) fn send_raw_frame(ifname: &str, frame: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// recvmmsg(2) into `bufs` (one datagram each, truncated to its buffer), waiting up to
+/// `timeout_ms` for the first; returns the lengths received into `lens`.
+pub(crate) fn recv_mmsg(fd: RawFd, bufs: &mut [Vec<u8>], lens: &mut [usize], timeout_ms: i32) -> io::Result<usize> {
+    const BATCH_MAX: usize = 256;
+    let n = bufs.len().min(lens.len()).min(BATCH_MAX);
+    if !poll_one(fd, libc::POLLIN, timeout_ms)? {
+        return Ok(0);
+    }
+    // SAFETY: all-zero iovec/mmsghdr arrays are valid; each iovec is pointed at a live buffer
+    // below before the call.
+    let mut iov: [libc::iovec; BATCH_MAX] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut msgs: [libc::mmsghdr; BATCH_MAX] = unsafe { std::mem::zeroed() };
+    for i in 0..n {
+        iov[i] = libc::iovec {
+            iov_base: bufs[i].as_mut_ptr().cast(),
+            iov_len: bufs[i].len(),
+        };
+        msgs[i].msg_hdr.msg_iov = &mut iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: msgs[..n] describe live, exclusively borrowed buffers of the given lengths.
+    let r = unsafe {
+        libc::recvmmsg(
+            fd,
+            msgs.as_mut_ptr(),
+            n as u32,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::WouldBlock {
+            Ok(0)
+        } else {
+            Err(e)
+        };
+    }
+    for i in 0..r as usize {
+        lens[i] = msgs[i].msg_len as usize;
+    }
+    Ok(r as usize)
+}
+
 /// An eventfd used to wake a sleeping shard.
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: eventfd(2) takes no pointers.

@@ -104,10 +104,10 @@ impl Ring {
         let mut reasons = Vec::new();
         let ladder: [(TaskRunMode, ApplyFlags); 3] = [
             (TaskRunMode::Deferred, |b| {
-                b.setup_single_issuer().setup_defer_taskrun();
+                b.setup_single_issuer().setup_defer_taskrun().setup_taskrun_flag();
             }),
             (TaskRunMode::Cooperative, |b| {
-                b.setup_coop_taskrun();
+                b.setup_coop_taskrun().setup_taskrun_flag();
             }),
             (TaskRunMode::Signal, |_| {}),
         ];
@@ -171,6 +171,21 @@ impl Ring {
     /// Submits what is queued and runs completion work, without waiting.
     pub(crate) fn submit(&mut self) -> io::Result<()> {
         self.enter(0, None)
+    }
+
+    /// Like [`submit`](Self::submit), but skips the syscall when there is nothing to submit,
+    /// no completion work pending (IORING_SQ_TASKRUN, set by the kernel with
+    /// IORING_SETUP_TASKRUN_FLAG) and no CQ overflow: a busy-polling loop then stays in user
+    /// space until the kernel has something for it.
+    pub(crate) fn submit_if_needed(&mut self) -> io::Result<()> {
+        let sq = self.ring.submission();
+        let needed = !sq.is_empty() || sq.taskrun() || sq.cq_overflow() || self.info.task_run == TaskRunMode::Signal;
+        drop(sq);
+        if needed {
+            self.enter(0, None)
+        } else {
+            Ok(())
+        }
     }
 
     /// Submits and waits for at least one completion, or for `timeout`.

@@ -43,6 +43,8 @@ pub(crate) struct XdpPort {
     neighbors_len: usize,
     neighbor_next: usize,
     pub poll_armed: bool,
+    /// Frames were queued on TX since the last kick.
+    tx_unkicked: bool,
 }
 
 impl std::fmt::Debug for XdpPort {
@@ -71,6 +73,7 @@ impl XdpPort {
             neighbors_len: 0,
             neighbor_next: 0,
             poll_armed: false,
+            tx_unkicked: false,
         }
     }
 
@@ -225,10 +228,8 @@ impl XdpPort {
         self.tx_pending[frame as usize] = Some((token, off as u32, len as u32, buf));
         self.tx_pending_count += 1;
         stats.add(&stats.counters.xdp_tx, 1);
-        // Copy mode always needs the kick; zero-copy only when the kernel asks.
-        if self.xsk.mode == XskMode::Copy || self.xsk.tx.needs_wakeup() {
-            self.xsk.kick_tx();
-        }
+        // One kick per turn for everything queued (see `complete_sends`), not one per frame.
+        self.tx_unkicked = true;
         Ok(())
     }
 
