@@ -46,7 +46,13 @@ fn thread_cpu_ns() -> u64 {
 /// Sends from namespace A through porto's own AF_XDP TX path until `stop` (a kernel UDP
 /// socket tops out near 0.3 Mpps here, too slow to load an AF_XDP receiver); returns
 /// datagrams the kernel confirmed sent.
-fn sender(t: &Topology, core: Option<usize>, stop: &AtomicBool, dst_mac: MacAddr) -> Result<u64, String> {
+fn sender(
+    t: &Topology,
+    core: Option<usize>,
+    stop: &AtomicBool,
+    go: &AtomicBool,
+    dst_mac: MacAddr,
+) -> Result<u64, String> {
     t.enter(Side::A).map_err(|e| e.to_string())?;
     let cfg = Config {
         pin: false,
@@ -64,6 +70,8 @@ fn sender(t: &Topology, core: Option<usize>, stop: &AtomicBool, dst_mac: MacAddr
     sock.add_neighbor(t.addr(Side::B), dst_mac).map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(256);
     let mut sent = 0;
+    // The receiver's clock starts now, not while this side was still setting up.
+    go.store(true, Ordering::Release);
     while !stop.load(Ordering::Relaxed) {
         for _ in 0..64 {
             let Ok(mut b) = h.pool().alloc_with_headroom(porto::wire::UDP_HEADERS_LEN) else {
@@ -84,13 +92,22 @@ fn sender(t: &Topology, core: Option<usize>, stop: &AtomicBool, dst_mac: MacAddr
     Ok(sent)
 }
 
-fn kernel_receiver(t: &Topology, core: Option<usize>, seconds: f64, ready: &AtomicBool) -> (u64, f64) {
+/// Waits (bounded) until the sender is sending.
+fn wait_for(go: &AtomicBool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !go.load(Ordering::Acquire) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn kernel_receiver(t: &Topology, core: Option<usize>, seconds: f64, ready: &AtomicBool, go: &AtomicBool) -> (u64, f64) {
     t.enter(Side::B).expect("enter namespace B");
     pin(core);
     let s = UdpSocket::bind(SocketAddr::from((t.addr(Side::B), PORT))).expect("bind in B");
     let mut bufs: Vec<Vec<u8>> = (0..64).map(|_| vec![0u8; 2048]).collect();
     let mut lens = vec![0usize; 64];
     ready.store(true, Ordering::Release);
+    wait_for(go);
     let (t0, c0) = (Instant::now(), thread_cpu_ns());
     let mut got = 0u64;
     while t0.elapsed().as_secs_f64() < seconds {
@@ -99,7 +116,13 @@ fn kernel_receiver(t: &Topology, core: Option<usize>, seconds: f64, ready: &Atom
     (got, (thread_cpu_ns() - c0) as f64 / 1e9)
 }
 
-fn xdp_receiver(t: &Topology, core: Option<usize>, seconds: f64, ready: &AtomicBool) -> Result<(u64, f64), String> {
+fn xdp_receiver(
+    t: &Topology,
+    core: Option<usize>,
+    seconds: f64,
+    ready: &AtomicBool,
+    go: &AtomicBool,
+) -> Result<(u64, f64), String> {
     t.enter(Side::B).map_err(|e| e.to_string())?;
     let cfg = Config {
         pin: false,
@@ -119,6 +142,7 @@ fn xdp_receiver(t: &Topology, core: Option<usize>, seconds: f64, ready: &AtomicB
     .map_err(|e| e.to_string())?;
     sock.recv_from_multishot(1).map_err(|e| e.to_string())?;
     ready.store(true, Ordering::Release);
+    wait_for(go);
     let mut out = Vec::with_capacity(256);
     let (t0, c0) = (Instant::now(), thread_cpu_ns());
     let (mut got, mut empty_ns) = (0u64, 0u64);
@@ -160,13 +184,14 @@ pub fn run(
         for receiver in ["kernel recvmmsg", "porto AF_XDP"] {
             let stop = AtomicBool::new(false);
             let ready = AtomicBool::new(false);
+            let go = AtomicBool::new(false);
             let sent = AtomicU64::new(0);
             let r = std::thread::scope(|s| {
                 let rx = s.spawn(|| {
                     let r = if receiver == "porto AF_XDP" {
-                        xdp_receiver(&t, server_core, seconds, &ready)
+                        xdp_receiver(&t, server_core, seconds, &ready, &go)
                     } else {
-                        Ok(kernel_receiver(&t, server_core, seconds, &ready))
+                        Ok(kernel_receiver(&t, server_core, seconds, &ready, &go))
                     };
                     ready.store(true, Ordering::Release);
                     stop.store(true, Ordering::Relaxed);
@@ -175,7 +200,12 @@ pub fn run(
                 while !ready.load(Ordering::Acquire) {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                let tx = s.spawn(|| sender(&t, client_core, &stop, vb_mac));
+                let tx = s.spawn(|| {
+                    let r = sender(&t, client_core, &stop, &go, vb_mac);
+                    // A sender that failed must not leave the receiver waiting.
+                    go.store(true, Ordering::Release);
+                    r
+                });
                 let r = rx.join().expect("receiver thread");
                 stop.store(true, Ordering::Relaxed);
                 sent.store(tx.join().expect("sender thread")?, Ordering::Relaxed);
