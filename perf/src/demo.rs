@@ -6,7 +6,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use porto::Config;
+use porto::netns::{Side, Topology};
+use porto::{Config, XdpOptions};
 
 use crate::echo::{EchoConfig, EchoServer};
 use crate::kernel::KernelEcho;
@@ -17,6 +18,110 @@ use crate::report::{LatencyRow, Table};
 pub struct DemoConfig {
     pub seconds: f64,
     pub msg_size: usize,
+    /// Add AF_XDP rows: a veth pair between two namespaces this run creates (root).
+    pub xdp: bool,
+}
+
+/// The AF_XDP rows: kernel sockets, then porto AF_XDP in both modes, serving in namespace B
+/// of a fresh veth pair while the load generator runs in namespace A. Returns the line that
+/// says what AF_XDP obtained.
+fn xdp_rows(
+    cfg: &DemoConfig,
+    engine: &Config,
+    server_core: Option<usize>,
+    client_core: Option<usize>,
+    table: &mut Table,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let t = Topology::create("porto-demo", 1)?;
+    let server_addr = SocketAddr::from((t.addr(Side::B), 9000));
+    let duration = Duration::from_secs_f64(cfg.seconds);
+    let load = |target: SocketAddr| -> Result<LoadResult, String> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                t.enter(Side::A).map_err(|e| e.to_string())?;
+                PingPong {
+                    udp: true,
+                    target,
+                    msg_size: cfg.msg_size,
+                    warmup: Duration::from_millis(200),
+                    duration,
+                    core: client_core,
+                }
+                .run()
+                .map_err(|e| e.to_string())
+            })
+            .join()
+            .expect("load thread")
+        })
+    };
+    // Servers start from a thread inside namespace B, so their threads live there too.
+    let in_b = |f: &(dyn Fn() -> Result<Server, String> + Sync)| -> Result<Server, String> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                t.enter(Side::B).map_err(|e| e.to_string())?;
+                f()
+            })
+            .join()
+            .expect("server start thread")
+        })
+    };
+    let base_server = in_b(&|| {
+        KernelEcho::udp(server_addr, server_core, Arc::new(AtomicBool::new(false)))
+            .map(Server::Kernel)
+            .map_err(|e| e.to_string())
+    })?;
+    let base = load(server_addr)?;
+    if let Server::Kernel(k) = base_server {
+        // Stops its thread and closes its socket before porto takes the port.
+        drop(k);
+    }
+    println!("  measured UDP over veth, kernel baseline");
+    table.push(LatencyRow::new("veth", "kernel sockets", &base, None));
+    let mut line = String::new();
+    for poll in [false, true] {
+        let ec = EchoConfig {
+            addr: server_addr,
+            udp: true,
+            tcp: false,
+            poll,
+            zerocopy: false,
+            xdp: Some(XdpOptions::new(t.iface(Side::B))),
+            engine: Config {
+                frames_per_shard: 8192,
+                ..engine.clone()
+            },
+        };
+        let server = in_b(&|| {
+            EchoServer::start(&ec, Arc::new(AtomicBool::new(false)))
+                .map(Server::Porto)
+                .map_err(|e| e.to_string())
+        })?;
+        let Server::Porto(server) = server else {
+            unreachable!("started porto")
+        };
+        if let Some(x) = server.xdp.first() {
+            line = x.to_string();
+        }
+        let r = load(server_addr)?;
+        let counters = server.stop();
+        let mode = if poll {
+            "porto AF_XDP polling"
+        } else {
+            "porto AF_XDP completion port"
+        };
+        println!(
+            "  measured UDP over veth, {mode} ({} requests answered)",
+            counters.replies
+        );
+        table.push(LatencyRow::new("veth", mode, &r, Some(&base)));
+    }
+    Ok(line)
+}
+
+/// A server started inside a namespace.
+enum Server {
+    Kernel(KernelEcho),
+    Porto(EchoServer),
 }
 
 /// Server on CPU 0 and client on CPU 1 when there are two CPUs; unpinned otherwise.
@@ -93,9 +198,17 @@ pub fn run(cfg: &DemoConfig) -> Result<(), Box<dyn std::error::Error>> {
             table.push(LatencyRow::new(proto, mode, &r, Some(&base)));
         }
     }
+    let xdp_line = if cfg.xdp {
+        Some(xdp_rows(cfg, &engine, server_core, client_core, &mut table)?)
+    } else {
+        None
+    };
     println!();
     if let Some(Some(info)) = info_line {
         println!("engine: {info}");
+    }
+    if let Some(x) = xdp_line {
+        println!("{x}");
     }
     table.print();
     println!("(ratios are p50 and rate against the kernel baseline of the same protocol, measured in this run)");

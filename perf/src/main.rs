@@ -42,6 +42,9 @@ enum Cmd {
         /// Message size in bytes (at least 14, the sockperf header).
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(14..=65000))]
         size: u32,
+        /// Add AF_XDP rows over a veth pair between two namespaces the demo creates (root).
+        #[arg(long)]
+        xdp: bool,
     },
     /// A sockperf-compatible echo server (`sockperf ping-pong` / `throughput` work against it).
     Echo(EchoArgs),
@@ -190,8 +193,9 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Demo { seconds, size } => demo::run(&demo::DemoConfig {
+        Cmd::Demo { seconds, size, xdp } => demo::run(&demo::DemoConfig {
             seconds,
+            xdp,
             msg_size: size as usize,
         }),
         Cmd::Echo(a) => run_echo(a),
