@@ -54,14 +54,7 @@ fn sender(
     dst_mac: MacAddr,
 ) -> Result<u64, String> {
     t.enter(Side::A).map_err(|e| e.to_string())?;
-    let cfg = Config {
-        pin: false,
-        frames_per_shard: 8192,
-        recv_frames: 1024,
-        huge_pages: false,
-        ..Config::default()
-    };
-    let mut shard = Shard::new(&cfg, core).map_err(|e| e.to_string())?;
+    let mut shard = polling_shard(core)?;
     let h = shard.handle();
     let local = SocketAddrV4::new(t.addr(Side::A), PORT + 1);
     let sock = XdpUdpSocket::bind(&h, local, &XdpOptions::new(t.iface(Side::A)), Delivery::Poll { key: 0 })
@@ -90,6 +83,18 @@ fn sender(
             .count() as u64;
     }
     Ok(sent)
+}
+
+/// A polling-mode shard with room for an AF_XDP FILL ring beside the io_uring buffer ring.
+fn polling_shard(core: Option<usize>) -> Result<Shard, String> {
+    let cfg = Config {
+        pin: false,
+        frames_per_shard: 8192,
+        recv_frames: 1024,
+        huge_pages: false,
+        ..Config::default()
+    };
+    Shard::new(&cfg, core).map_err(|e| e.to_string())
 }
 
 /// Waits (bounded) until the sender is sending.
@@ -124,14 +129,7 @@ fn xdp_receiver(
     go: &AtomicBool,
 ) -> Result<(u64, f64), String> {
     t.enter(Side::B).map_err(|e| e.to_string())?;
-    let cfg = Config {
-        pin: false,
-        frames_per_shard: 8192,
-        recv_frames: 1024,
-        huge_pages: false,
-        ..Config::default()
-    };
-    let mut shard = Shard::new(&cfg, core).map_err(|e| e.to_string())?;
+    let mut shard = polling_shard(core)?;
     let local = SocketAddrV4::new(t.addr(Side::B), PORT);
     let sock = XdpUdpSocket::bind(
         &shard.handle(),

@@ -49,6 +49,13 @@ pub enum XdpError {
     TestRun(String),
 }
 
+fn map_error(map: &'static str, why: impl std::fmt::Display) -> XdpError {
+    XdpError::Map {
+        map,
+        why: why.to_string(),
+    }
+}
+
 /// The loaded (and possibly attached) program and its maps.
 pub struct XdpProgram {
     ebpf: Ebpf,
@@ -135,76 +142,46 @@ impl XdpProgram {
         self.iface.as_deref()
     }
 
+    /// The `ports` map: UDP destination ports (network byte order) steered to AF_XDP.
+    fn ports(&mut self) -> Result<HashMap<&mut MapData, u16, u8>, XdpError> {
+        let map = self
+            .ebpf
+            .map_mut("ports")
+            .ok_or_else(|| map_error("ports", "missing from the object"))?;
+        HashMap::try_from(map).map_err(|e| map_error("ports", e))
+    }
+
     /// Steers UDP datagrams for `port` to the AF_XDP sockets.
     pub fn add_port(&mut self, port: u16) -> Result<(), XdpError> {
-        let mut ports: HashMap<&mut MapData, u16, u8> =
-            HashMap::try_from(self.ebpf.map_mut("ports").ok_or(XdpError::Map {
-                map: "ports",
-                why: "missing from the object".into(),
-            })?)
-            .map_err(|e| XdpError::Map {
-                map: "ports",
-                why: e.to_string(),
-            })?;
-        ports.insert(port.to_be(), 1, 0).map_err(|e| XdpError::Map {
-            map: "ports",
-            why: e.to_string(),
-        })
+        self.ports()?
+            .insert(port.to_be(), 1, 0)
+            .map_err(|e| map_error("ports", e))
     }
 
     /// Stops steering `port`.
     pub fn remove_port(&mut self, port: u16) -> Result<(), XdpError> {
-        let mut ports: HashMap<&mut MapData, u16, u8> =
-            HashMap::try_from(self.ebpf.map_mut("ports").ok_or(XdpError::Map {
-                map: "ports",
-                why: "missing from the object".into(),
-            })?)
-            .map_err(|e| XdpError::Map {
-                map: "ports",
-                why: e.to_string(),
-            })?;
-        ports.remove(&port.to_be()).map_err(|e| XdpError::Map {
-            map: "ports",
-            why: e.to_string(),
-        })
+        self.ports()?.remove(&port.to_be()).map_err(|e| map_error("ports", e))
     }
 
     /// Puts an AF_XDP socket in the slot of receive queue `queue`.
     pub fn set_socket(&mut self, queue: u32, socket: &impl AsRawFd) -> Result<(), XdpError> {
-        let mut xsks: XskMap<&mut MapData> = XskMap::try_from(self.ebpf.map_mut("xsks").ok_or(XdpError::Map {
-            map: "xsks",
-            why: "missing from the object".into(),
-        })?)
-        .map_err(|e| XdpError::Map {
-            map: "xsks",
-            why: e.to_string(),
-        })?;
-        xsks.set(queue, socket.as_raw_fd(), 0).map_err(|e| XdpError::Map {
-            map: "xsks",
-            why: e.to_string(),
-        })
+        let map = self
+            .ebpf
+            .map_mut("xsks")
+            .ok_or_else(|| map_error("xsks", "missing from the object"))?;
+        let mut xsks: XskMap<&mut MapData> = XskMap::try_from(map).map_err(|e| map_error("xsks", e))?;
+        xsks.set(queue, socket.as_raw_fd(), 0).map_err(|e| map_error("xsks", e))
     }
 
     /// Frames steered to porto and frames passed to the kernel, summed over CPUs.
     pub fn counters(&self) -> Result<(u64, u64), XdpError> {
-        let map = self.ebpf.map("stats").ok_or(XdpError::Map {
-            map: "stats",
-            why: "missing from the object".into(),
-        })?;
-        let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(|e| XdpError::Map {
-            map: "stats",
-            why: e.to_string(),
-        })?;
-        let sum = |i: u32| -> Result<u64, XdpError> {
-            Ok(stats
-                .get(&i, 0)
-                .map_err(|e| XdpError::Map {
-                    map: "stats",
-                    why: e.to_string(),
-                })?
-                .iter()
-                .sum())
-        };
+        let map = self
+            .ebpf
+            .map("stats")
+            .ok_or_else(|| map_error("stats", "missing from the object"))?;
+        let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(|e| map_error("stats", e))?;
+        let sum =
+            |i: u32| -> Result<u64, XdpError> { Ok(stats.get(&i, 0).map_err(|e| map_error("stats", e))?.iter().sum()) };
         Ok((sum(STAT_STEERED)?, sum(STAT_PASSED)?))
     }
 
