@@ -241,10 +241,13 @@ impl XdpPort {
         key: u64,
         deliver: &mut dyn FnMut(Completion),
     ) -> u32 {
-        if self.tx_pending_count > 0 && self.xsk.mode == XskMode::Copy {
-            // Copy mode transmits inside the kick: kick again for anything left behind.
+        // Copy mode transmits inside the kick (a bounded batch per call), so it kicks while
+        // frames wait; zero-copy only when the kernel asks.
+        let copy_waiting = self.xsk.mode == XskMode::Copy && self.tx_pending_count > 0;
+        if copy_waiting || (self.tx_unkicked && self.xsk.tx.needs_wakeup()) {
             self.xsk.kick_tx();
         }
+        self.tx_unkicked = false;
         let n = self.xsk.comp.available(BATCH);
         let fs = u64::from(pool.frame_size());
         for i in 0..n {
