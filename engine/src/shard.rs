@@ -941,7 +941,7 @@ impl Shard {
                 // The poll only wakes the shard; the rings are read every turn.
                 if !cqueue::more(flags) {
                     if let Some(p) = self.sockets.get_mut(idx as usize).and_then(|e| e.xdp.as_mut()) {
-                        p.poll_armed = false;
+                        p.set_poll_armed(gen, false);
                     }
                 }
                 return;
@@ -1204,14 +1204,16 @@ impl Shard {
             let rx = port.receive(&self.pool, &self.shared.stats, key, &mut |c| out.push(c));
             let tx = port.complete_sends(&self.pool, &self.shared.stats, key, &mut |c| out.push(c));
             busy |= rx > 0 || tx > 0;
-            if !port.poll_armed {
-                let e = opcode::PollAdd::new(types::Fd(port.fd()), libc::POLLIN as u32)
+            for q in 0..port.queue_count() {
+                let Some(fd) = port.unarmed_fd(q) else { continue };
+                // user_data carries the socket and, in the generation field, the queue index.
+                let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
                     .multi(true)
                     .build()
-                    .user_data(op::user_data(op::TAG_XSK_POLL, sock, 0));
+                    .user_data(op::user_data(op::TAG_XSK_POLL, sock, q));
                 // SAFETY: a poll SQE points at no memory.
                 match unsafe { self.ring.push(&e) } {
-                    Ok(()) => port.poll_armed = true,
+                    Ok(()) => port.set_poll_armed(q, true),
                     Err(err) => tracing::error!(error = %err, "arming the AF_XDP poll failed"),
                 }
             }
@@ -1266,8 +1268,8 @@ impl Shard {
         let (Some(port), Some(delivery)) = (e.xdp.take(), e.delivery.take()) else {
             return;
         };
-        if port.poll_armed {
-            let target = op::user_data(op::TAG_XSK_POLL, sock, 0);
+        for q in (0..port.queue_count()).filter(|&q| port.poll_armed(q)) {
+            let target = op::user_data(op::TAG_XSK_POLL, sock, q);
             let c = opcode::PollRemove::new(target)
                 .build()
                 .user_data(op::user_data(op::TAG_CANCEL, sock, 0));

@@ -565,13 +565,17 @@ impl TcpStream {
     }
 }
 
+/// Most interface queues an AF_XDP port binds.
+const QUEUES_MAX: u32 = 64;
+
 /// How to open an AF_XDP socket.
 #[derive(Clone, Debug)]
 pub struct XdpOptions {
     /// The interface (in the calling thread's network namespace).
     pub iface: String,
-    /// Its receive queue.
-    pub queue: u32,
+    /// One receive queue, or (`None`) every queue of the interface, one socket each over
+    /// one shared UMEM.
+    pub queue: Option<u32>,
     /// Skip the zero-copy attempt.
     pub force_copy: bool,
     /// Force driver or generic XDP (default: driver, then generic).
@@ -584,7 +588,7 @@ impl XdpOptions {
     pub fn new(iface: &str) -> XdpOptions {
         XdpOptions {
             iface: iface.to_string(),
-            queue: 0,
+            queue: None,
             force_copy: false,
             attach: None,
             ring_size: 2048,
@@ -598,7 +602,8 @@ pub struct XdpInfo {
     pub iface: String,
     /// The interface's MAC address (the source of every frame sent).
     pub mac: MacAddr,
-    pub queue: u32,
+    /// The queues with a socket.
+    pub queues: Vec<u32>,
     pub socket_mode: XskMode,
     /// Why zero-copy was not obtained, if it was not.
     pub socket_fallback: Option<String>,
@@ -611,8 +616,8 @@ impl std::fmt::Display for XdpInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "AF_XDP on {} queue {}: {} mode, {}",
-            self.iface, self.queue, self.socket_mode, self.attach_mode
+            "AF_XDP on {} queue(s) {:?}: {} mode, {}",
+            self.iface, self.queues, self.socket_mode, self.attach_mode
         )?;
         for why in [&self.socket_fallback, &self.attach_fallback].into_iter().flatten() {
             write!(f, " ({why})")?;
@@ -651,31 +656,56 @@ impl XdpUdpSocket {
     ) -> Result<XdpUdpSocket, SetupError> {
         let mut program = XdpProgram::attach(&opts.iface, opts.attach)?;
         let pool = shard.pool();
-        let (xsk, socket_fallback) = Xsk::new(
+        let first_queue = opts.queue.unwrap_or(0);
+        let (first, socket_fallback) = Xsk::new(
             pool.region(),
             pool.frame_size(),
             &opts.iface,
-            opts.queue,
+            first_queue,
             opts.ring_size,
             opts.force_copy,
+            None,
         )
-        .map_err(|e| SetupError::xsk(&opts.iface, opts.queue, e))?;
-        program.set_socket(opts.queue, &xsk)?;
+        .map_err(|e| SetupError::xsk(&opts.iface, first_queue, e))?;
+        let mut xsks = vec![first];
+        if opts.queue.is_none() {
+            // Every other queue of the interface joins the first socket's UMEM; binding a
+            // queue the interface does not have fails with EINVAL, which ends the probe.
+            for q in 1..QUEUES_MAX {
+                match Xsk::new(
+                    pool.region(),
+                    pool.frame_size(),
+                    &opts.iface,
+                    q,
+                    opts.ring_size,
+                    opts.force_copy,
+                    Some(&xsks[0]),
+                ) {
+                    Ok((x, _)) => xsks.push(x),
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
+                    Err(e) => return Err(SetupError::xsk(&opts.iface, q, e)),
+                }
+            }
+        }
+        for x in &xsks {
+            program.set_socket(x.queue, x)?;
+        }
         program.add_port(local.port())?;
-        let mac = net::hw_addr(&opts.iface).map_err(|e| SetupError::xsk(&opts.iface, opts.queue, e))?;
+        let mac = net::hw_addr(&opts.iface).map_err(|e| SetupError::xsk(&opts.iface, first_queue, e))?;
         let (attach_mode, attach_fallback) = program.mode().map(|(m, w)| (m, w.map(String::from))).expect("attached");
         let info = XdpInfo {
             iface: opts.iface.clone(),
             mac: MacAddr(mac),
-            queue: opts.queue,
-            socket_mode: xsk.mode,
+            queues: xsks.iter().map(|x| x.queue).collect(),
+            socket_mode: xsks[0].mode,
             socket_fallback,
             attach_mode,
             attach_fallback,
         };
         tracing::info!("{info}");
-        let fill_target = opts.ring_size.min(pool.free_frames() / 2).max(1);
-        let port = XdpPort::new(xsk, local, MacAddr(mac), pool.total_frames(), fill_target);
+        let per_queue = (pool.free_frames() / 2 / xsks.len() as u32).max(1);
+        let fill_target = opts.ring_size.min(per_queue);
+        let port = XdpPort::new(xsks, local, MacAddr(mac), pool.total_frames(), fill_target);
         let core = SocketCore::open_xdp(shard, Box::new(port), delivery)?;
         Ok(XdpUdpSocket {
             core,

@@ -21,13 +21,16 @@ use porto_engine::XskMode;
 
 const PORT: u16 = 7000;
 const VALID: u32 = 40;
+/// A multi-queue veth: the peer's flow lands on whichever queue its hash picks, and porto
+/// binds a socket on every queue.
+const QUEUES: u32 = 4;
 
 fn strict() -> bool {
     std::env::var("PORTO_REQUIRE_NETNS").as_deref() == Ok("1")
 }
 
 fn topology() -> Option<Topology> {
-    match Topology::create("porto-t", 1) {
+    match Topology::create("porto-t", QUEUES) {
         Ok(t) => Some(t),
         Err(e) => {
             assert!(!strict(), "PORTO_REQUIRE_NETNS=1 but: {e}");
@@ -169,6 +172,7 @@ fn echo_case(attach: Option<AttachMode>) {
         eprintln!("{info}");
         // veth has no zero-copy mode: the ladder must take, and say, the copy-mode path.
         assert_eq!(info.socket_mode, XskMode::Copy);
+        assert_eq!(info.queues, (0..QUEUES).collect::<Vec<_>>(), "a socket on every queue");
         assert!(
             info.socket_fallback
                 .as_deref()
@@ -179,8 +183,14 @@ fn echo_case(attach: Option<AttachMode>) {
         // The peer, in namespace A.
         let peer = s.spawn(move || {
             t.enter(Side::A).unwrap();
-            let sock = StdUdp::bind(SocketAddr::from((ip_a, 5000))).unwrap();
-            sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            // Eight flows (source ports), so the veth spreads them over its queues.
+            let socks: Vec<StdUdp> = (0..8u16)
+                .map(|k| {
+                    let s = StdUdp::bind(SocketAddr::from((ip_a, 5000 + k))).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    s
+                })
+                .collect();
             let hdr = UdpHeaders {
                 src_mac: mac_of(t.iface(Side::A)).unwrap(),
                 dst_mac: info.mac,
@@ -196,6 +206,7 @@ fn echo_case(attach: Option<AttachMode>) {
             let bad = malformed(&valid);
             let mut replies = Vec::new();
             for i in 0..VALID {
+                let sock = &socks[i as usize % socks.len()];
                 sock.send_to(&i.to_be_bytes(), SocketAddr::from((ip_b, PORT))).unwrap();
                 if let Some((_, f)) = bad.get(i as usize) {
                     send_raw_frame(t.iface(Side::A), f).unwrap();

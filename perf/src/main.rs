@@ -92,9 +92,9 @@ struct EchoArgs {
     /// Serve UDP through AF_XDP on this interface (root; --addr must be its IPv4 address).
     #[arg(long, value_name = "IFACE", requires = "udp")]
     xdp: Option<String>,
-    /// The interface's receive queue for AF_XDP.
-    #[arg(long, default_value_t = 0)]
-    queue: u32,
+    /// AF_XDP on this receive queue only (default: every queue of the interface).
+    #[arg(long)]
+    queue: Option<u32>,
     /// AF_XDP: skip the zero-copy attempt.
     #[arg(long)]
     force_copy: bool,

@@ -226,6 +226,9 @@ impl Xsk {
     /// Creates a socket on `iface` queue `queue` with `region` as its UMEM (chunks of
     /// `frame_size`), rings of `ring_size` entries; tries zero-copy, then copy mode (unless
     /// `force_copy`), retrying EBUSY (a queue just released) for up to 1.5 s.
+    ///
+    /// With `share`, the socket joins that socket's UMEM (XDP_SHARED_UMEM) on another queue,
+    /// with FILL and COMPLETION rings of its own and the first socket's mode.
     pub(crate) fn new(
         region: &Region,
         frame_size: u32,
@@ -233,6 +236,7 @@ impl Xsk {
         queue: u32,
         ring_size: u32,
         force_copy: bool,
+        share: Option<&Xsk>,
     ) -> io::Result<(Xsk, Option<String>)> {
         assert!(ring_size.is_power_of_two(), "ring sizes are powers of two");
         let ifindex = ifindex(iface)?;
@@ -248,7 +252,9 @@ impl Xsk {
             flags: 0,
             tx_metadata_len: 0,
         };
-        setsockopt(raw, libc::XDP_UMEM_REG, &reg)?;
+        if share.is_none() {
+            setsockopt(raw, libc::XDP_UMEM_REG, &reg)?;
+        }
         for opt in [
             libc::XDP_UMEM_FILL_RING,
             libc::XDP_UMEM_COMPLETION_RING,
@@ -287,14 +293,20 @@ impl Xsk {
         let rx = map_ring::<libc::xdp_desc>(raw, &off.rx, ring_size, libc::XDP_PGOFF_RX_RING, false)?;
         let tx = map_ring::<libc::xdp_desc>(raw, &off.tx, ring_size, libc::XDP_PGOFF_TX_RING, true)?;
         let mut fallback = None;
-        let modes: &[(XskMode, u16)] = if force_copy {
-            &[(XskMode::Copy, libc::XDP_COPY)]
-        } else {
-            &[(XskMode::ZeroCopy, libc::XDP_ZEROCOPY), (XskMode::Copy, libc::XDP_COPY)]
+        // A socket sharing a UMEM may pass no mode flags: it inherits the first one's.
+        let shared_modes = share.map(|f| [(f.mode, libc::XDP_SHARED_UMEM)]);
+        let modes: &[(XskMode, u16)] = match &shared_modes {
+            Some(m) => m,
+            None if force_copy => &[(XskMode::Copy, libc::XDP_COPY | libc::XDP_USE_NEED_WAKEUP)],
+            None => &[
+                (XskMode::ZeroCopy, libc::XDP_ZEROCOPY | libc::XDP_USE_NEED_WAKEUP),
+                (XskMode::Copy, libc::XDP_COPY | libc::XDP_USE_NEED_WAKEUP),
+            ],
         };
+        let shared_fd = share.map_or(0, |f| f.fd.as_raw_fd() as u32);
         let mut last_err = None;
         for &(mode, flag) in modes {
-            match bind(raw, ifindex, queue, flag | libc::XDP_USE_NEED_WAKEUP) {
+            match bind(raw, ifindex, queue, flag, shared_fd) {
                 Ok(()) => {
                     return Ok((
                         Xsk {
@@ -310,7 +322,7 @@ impl Xsk {
                         fallback,
                     ));
                 }
-                Err(e) if mode == XskMode::ZeroCopy => {
+                Err(e) if mode == XskMode::ZeroCopy && share.is_none() => {
                     let why = match e.raw_os_error() {
                         Some(libc::EOPNOTSUPP) => {
                             "the driver has no zero-copy mode (EOPNOTSUPP); using copy mode".to_string()
@@ -368,13 +380,13 @@ impl Xsk {
     }
 }
 
-fn bind(fd: RawFd, ifindex: u32, queue: u32, flags: u16) -> io::Result<()> {
+fn bind(fd: RawFd, ifindex: u32, queue: u32, flags: u16, shared_umem_fd: u32) -> io::Result<()> {
     let sa = libc::sockaddr_xdp {
         sxdp_family: libc::AF_XDP as u16,
         sxdp_flags: flags,
         sxdp_ifindex: ifindex,
         sxdp_queue_id: queue,
-        sxdp_shared_umem_fd: 0,
+        sxdp_shared_umem_fd: shared_umem_fd,
     };
     let deadline = Instant::now() + Duration::from_millis(1500);
     loop {

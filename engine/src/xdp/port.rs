@@ -24,9 +24,18 @@ const NEIGHBORS_MAX: usize = 64;
 /// A send whose frame the kernel holds: (token, payload offset, payload length, buffer).
 type PendingSend = (u64, u32, u32, Buf);
 
-/// State of one AF_XDP socket, owned by its shard.
-pub(crate) struct XdpPort {
+/// One AF_XDP socket of a port: one interface queue.
+struct Queue {
     xsk: Xsk,
+    /// Frames this queue's FILL/RX rings hold.
+    filled: u32,
+    poll_armed: bool,
+}
+
+/// State of one AF_XDP port (a socket per interface queue over one UMEM), owned by its shard.
+/// Receives come from every queue; sends go out through the first.
+pub(crate) struct XdpPort {
+    queues: Vec<Queue>,
     pub local: SocketAddrV4,
     mac: MacAddr,
     pub tos: u8,
@@ -35,14 +44,12 @@ pub(crate) struct XdpPort {
     fill_target: u32,
     /// Frames the kernel holds through FILL/RX (index: frame).
     in_kernel: Box<[bool]>,
-    in_kernel_count: u32,
     /// Buffers in TX/COMPLETION, by frame.
     tx_pending: Box<[Option<PendingSend>]>,
     tx_pending_count: u32,
     neighbors: [(Ipv4Addr, MacAddr); NEIGHBORS_MAX],
     neighbors_len: usize,
     neighbor_next: usize,
-    pub poll_armed: bool,
     /// Frames were queued on TX since the last kick.
     tx_unkicked: bool,
 }
@@ -50,35 +57,65 @@ pub(crate) struct XdpPort {
 impl std::fmt::Debug for XdpPort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("XdpPort")
-            .field("xsk", &self.xsk)
+            .field("queues", &self.queues.iter().map(|q| q.xsk.queue).collect::<Vec<_>>())
             .field("local", &self.local)
             .finish()
     }
 }
 
 impl XdpPort {
-    pub(crate) fn new(xsk: Xsk, local: SocketAddrV4, mac: MacAddr, frames: u32, fill_target: u32) -> XdpPort {
+    /// `xsks` share one UMEM (the first registered it); `fill_target` frames per queue.
+    pub(crate) fn new(xsks: Vec<Xsk>, local: SocketAddrV4, mac: MacAddr, frames: u32, fill_target: u32) -> XdpPort {
+        assert!(!xsks.is_empty(), "a port has at least one socket");
         XdpPort {
-            xsk,
+            queues: xsks
+                .into_iter()
+                .map(|xsk| Queue {
+                    xsk,
+                    filled: 0,
+                    poll_armed: false,
+                })
+                .collect(),
             local,
             mac,
             tos: 0,
             recv_token: None,
             fill_target,
             in_kernel: vec![false; frames as usize].into_boxed_slice(),
-            in_kernel_count: 0,
             tx_pending: (0..frames).map(|_| None).collect(),
             tx_pending_count: 0,
             neighbors: [(Ipv4Addr::UNSPECIFIED, MacAddr::default()); NEIGHBORS_MAX],
             neighbors_len: 0,
             neighbor_next: 0,
-            poll_armed: false,
             tx_unkicked: false,
         }
     }
 
+    /// The first socket's fd (the port's identity).
     pub(crate) fn fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(&self.xsk)
+        std::os::fd::AsRawFd::as_raw_fd(&self.queues[0].xsk)
+    }
+
+    pub(crate) fn queue_count(&self) -> u32 {
+        self.queues.len() as u32
+    }
+
+    /// The fd of queue `i` if its wake-up poll is not armed.
+    pub(crate) fn unarmed_fd(&self, i: u32) -> Option<std::os::fd::RawFd> {
+        self.queues
+            .get(i as usize)
+            .filter(|q| !q.poll_armed)
+            .map(|q| std::os::fd::AsRawFd::as_raw_fd(&q.xsk))
+    }
+
+    pub(crate) fn poll_armed(&self, i: u32) -> bool {
+        self.queues.get(i as usize).is_some_and(|q| q.poll_armed)
+    }
+
+    pub(crate) fn set_poll_armed(&mut self, queue: u32, armed: bool) {
+        if let Some(q) = self.queues.get_mut(queue as usize) {
+            q.poll_armed = armed;
+        }
     }
 
     pub(crate) fn tx_in_flight(&self) -> u32 {
@@ -106,40 +143,66 @@ impl XdpPort {
             .map(|e| e.1)
     }
 
-    /// Tops the FILL ring up from the pool.
+    /// Tops every queue's FILL ring up from the pool.
     pub(crate) fn refill(&mut self, pool: &Pool) {
-        let want = self.fill_target.saturating_sub(self.in_kernel_count);
-        let free = self.xsk.fill.free(want).min(want);
-        let mut n = 0;
-        while n < free {
-            let Some(frame) = pool.take_frame() else { break };
-            self.xsk.fill.write(n, pool.frame_addr(frame) - pool.frame_addr(0));
-            self.in_kernel[frame as usize] = true;
-            n += 1;
-        }
-        if n > 0 {
-            self.xsk.fill.submit(n);
-            self.in_kernel_count += n;
-            if self.xsk.fill.needs_wakeup() {
-                self.xsk.kick_rx();
+        for q in &mut self.queues {
+            let want = self.fill_target.saturating_sub(q.filled);
+            let free = q.xsk.fill.free(want).min(want);
+            let mut n = 0;
+            while n < free {
+                let Some(frame) = pool.take_frame() else { break };
+                q.xsk.fill.write(n, pool.frame_addr(frame) - pool.frame_addr(0));
+                self.in_kernel[frame as usize] = true;
+                n += 1;
+            }
+            if n > 0 {
+                q.xsk.fill.submit(n);
+                q.filled += n;
+                if q.xsk.fill.needs_wakeup() {
+                    q.xsk.kick_rx();
+                }
             }
         }
     }
 
-    /// Takes received frames: valid ones become completions, the rest are counted drops.
+    /// Takes received frames from every queue: valid ones become completions, the rest are
+    /// counted drops. Returns how many frames were taken.
     pub(crate) fn receive(&mut self, pool: &Pool, stats: &Stats, key: u64, deliver: &mut dyn FnMut(Completion)) -> u32 {
-        let n = self.xsk.rx.available(BATCH);
+        let mut total = 0;
+        for qi in 0..self.queues.len() {
+            let n = self.queues[qi].xsk.rx.available(BATCH);
+            for i in 0..n {
+                let d = self.queues[qi].xsk.rx.read(i);
+                self.take_frame(qi, d, pool, stats, key, deliver);
+            }
+            if n > 0 {
+                self.queues[qi].xsk.rx.release(n);
+            }
+            total += n;
+        }
+        total
+    }
+
+    /// One received descriptor of queue `qi`.
+    fn take_frame(
+        &mut self,
+        qi: usize,
+        d: libc::xdp_desc,
+        pool: &Pool,
+        stats: &Stats,
+        key: u64,
+        deliver: &mut dyn FnMut(Completion),
+    ) {
         let fs = pool.frame_size() as u64;
         let frames = pool.total_frames() as u64;
-        for i in 0..n {
-            let d = self.xsk.rx.read(i);
+        {
             let (frame, off) = (d.addr / fs, d.addr % fs);
             if frame >= frames || off + u64::from(d.len) > fs || !self.in_kernel[frame as usize] {
                 stats.add(&stats.counters.xdp_bad_desc, 1);
-                continue;
+                return;
             }
             self.in_kernel[frame as usize] = false;
-            self.in_kernel_count -= 1;
+            self.queues[qi].filled -= 1;
             let mut buf = pool.adopt(frame as u32, off as u32, d.len);
             match wire::parse_udp(&buf, fs as usize) {
                 Ok(u)
@@ -149,7 +212,7 @@ impl XdpPort {
                     self.learn(u.src_ip, u.src_mac);
                     let Some(token) = self.recv_token else {
                         stats.add(&stats.counters.xdp_no_receiver, 1);
-                        continue;
+                        return;
                     };
                     buf.set_window(off as usize + u.payload_offset, u.payload_len);
                     let mut c = Completion::of(OpKind::RecvFrom, key, token, Ok(u.payload_len));
@@ -168,10 +231,6 @@ impl XdpPort {
                 }
             }
         }
-        if n > 0 {
-            self.xsk.rx.release(n);
-        }
-        n
     }
 
     /// Sends `buf`'s window to `to`: headers are written in the frame in front of it.
@@ -194,7 +253,7 @@ impl XdpPort {
             frame.copy_within(off..off + len, UDP_HEADERS_LEN);
             off = UDP_HEADERS_LEN;
         }
-        if self.xsk.tx.free(1) == 0 {
+        if self.queues[0].xsk.tx.free(1) == 0 {
             stats.add(&stats.counters.xdp_tx_full, 1);
             buf.set_window(off, len);
             return Err((Error::NoBuffers, buf));
@@ -216,7 +275,7 @@ impl XdpPort {
         };
         let frame = buf.frame();
         let fs = buf.capacity() + buf.offset();
-        self.xsk.tx.write(
+        self.queues[0].xsk.tx.write(
             0,
             libc::xdp_desc {
                 addr: frame as u64 * fs as u64 + start as u64,
@@ -224,7 +283,7 @@ impl XdpPort {
                 options: 0,
             },
         );
-        self.xsk.tx.submit(1);
+        self.queues[0].xsk.tx.submit(1);
         self.tx_pending[frame as usize] = Some((token, off as u32, len as u32, buf));
         self.tx_pending_count += 1;
         stats.add(&stats.counters.xdp_tx, 1);
@@ -243,15 +302,15 @@ impl XdpPort {
     ) -> u32 {
         // Copy mode transmits inside the kick (a bounded batch per call), so it kicks while
         // frames wait; zero-copy only when the kernel asks.
-        let copy_waiting = self.xsk.mode == XskMode::Copy && self.tx_pending_count > 0;
-        if copy_waiting || (self.tx_unkicked && self.xsk.tx.needs_wakeup()) {
-            self.xsk.kick_tx();
+        let copy_waiting = self.queues[0].xsk.mode == XskMode::Copy && self.tx_pending_count > 0;
+        if copy_waiting || (self.tx_unkicked && self.queues[0].xsk.tx.needs_wakeup()) {
+            self.queues[0].xsk.kick_tx();
         }
         self.tx_unkicked = false;
-        let n = self.xsk.comp.available(BATCH);
+        let n = self.queues[0].xsk.comp.available(BATCH);
         let fs = u64::from(pool.frame_size());
         for i in 0..n {
-            let addr = self.xsk.comp.read(i);
+            let addr = self.queues[0].xsk.comp.read(i);
             let frame = (addr / fs) as usize;
             let Some((token, off, len, mut buf)) = self.tx_pending.get_mut(frame).and_then(Option::take) else {
                 stats.add(&stats.counters.xdp_bad_desc, 1);
@@ -266,7 +325,7 @@ impl XdpPort {
             deliver(c);
         }
         if n > 0 {
-            self.xsk.comp.release(n);
+            self.queues[0].xsk.comp.release(n);
         }
         n
     }
@@ -275,13 +334,13 @@ impl XdpPort {
     /// pending complete `Aborted` with their buffers.
     pub(crate) fn close(self, pool: &Pool, key: u64, deliver: &mut dyn FnMut(Completion)) {
         let XdpPort {
-            xsk,
+            queues,
             in_kernel,
             mut tx_pending,
             ..
         } = self;
-        // Closing the socket first: after that the kernel touches none of these frames.
-        drop(xsk);
+        // Closing the sockets first: after that the kernel touches none of these frames.
+        drop(queues);
         for (frame, held) in in_kernel.iter().enumerate() {
             if *held {
                 drop(pool.adopt(frame as u32, 0, 0));
