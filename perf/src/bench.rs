@@ -598,8 +598,15 @@ pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             for &c in &conns {
                 for &server in &servers {
                     pb.set_message(format!("round {} {} {size} B x{c}", round + 1, server.label()));
-                    let port = free_port();
-                    let running = match start(server, udp, port, server_cpu, &porto_args) {
+                    // A port found free can be taken by someone else before the server binds
+                    // it: one more try on a fresh port before giving up.
+                    let mut port = free_port();
+                    let mut started = start(server, udp, port, server_cpu, &porto_args);
+                    if started.is_err() {
+                        port = free_port();
+                        started = start(server, udp, port, server_cpu, &porto_args);
+                    }
+                    let running = match started {
                         Ok(r) => r,
                         Err(why) => {
                             pb.suspend(|| eprintln!("{}: failed to start: {why}", server.label()));

@@ -9,7 +9,12 @@ fn strict() -> bool {
     std::env::var("PORTO_REQUIRE_NETNS").is_ok_and(|v| v == "1")
 }
 
-fn smoke(scenario: &str) -> serde_json::Value {
+/// One smoke run at a time: they pin servers to the same CPU, and a crowded machine is not
+/// what they check.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn smoke(scenario: &str) -> (serde_json::Value, String) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out_dir: PathBuf = std::env::temp_dir().join(format!("porto-bench-smoke-{scenario}-{}", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_porto"))
         .args(["bench", scenario, "--smoke", "--out"])
@@ -33,7 +38,7 @@ fn smoke(scenario: &str) -> serde_json::Value {
     let font = std::path::Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").exists();
     assert!(plots > 0 || (!font && !strict()), "no SVG plot written");
     let _ = std::fs::remove_dir_all(&out_dir);
-    v
+    (v, format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
 }
 
 fn servers_with_results(v: &serde_json::Value) -> Vec<String> {
@@ -47,7 +52,7 @@ fn servers_with_results(v: &serde_json::Value) -> Vec<String> {
 }
 
 fn check(scenario: &str) {
-    let v = smoke(scenario);
+    let (v, output) = smoke(scenario);
     let got = servers_with_results(&v);
     let mut want = vec!["kernel", "porto-port", "porto-poll"];
     let sockperf = Command::new("sockperf").arg("--version").output().is_ok();
@@ -60,7 +65,7 @@ fn check(scenario: &str) {
     for w in want {
         assert!(
             got.iter().any(|g| g == w),
-            "{scenario}: no results from {w}; got {got:?}"
+            "{scenario}: no results from {w}; got {got:?}\n{output}"
         );
     }
     assert!(
@@ -86,6 +91,7 @@ fn tcp_smoke() {
 
 #[test]
 fn xdp_rx_smoke() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let root = Command::new("id")
         .arg("-u")
         .output()
