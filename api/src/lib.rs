@@ -61,6 +61,11 @@ pub mod netns {
     pub use porto_engine::netns::{mac_of, send_raw_frame, NetnsError, Side, Topology};
 }
 
+/// QOS2 traffic types, flows with shaping, and the send scheduler.
+pub mod qos {
+    pub use porto_engine::qos::{Admission, Flow, FlowCounters, Scheduler, Shaping, TokenBucket, TrafficType};
+}
+
 /// Wire formats of the AF_XDP path.
 pub mod wire {
     pub use porto_engine::wire::*;

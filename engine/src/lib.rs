@@ -44,6 +44,7 @@ pub mod netns;
 mod op;
 pub mod pool;
 pub mod port;
+pub mod qos;
 pub mod rio;
 pub mod shard;
 pub mod socket;
