@@ -56,6 +56,9 @@ pub struct Completion {
     pub more: bool,
     /// For a zero-copy send: the kernel copied the data after all (e.g. on loopback).
     pub zc_copied: bool,
+    /// The received datagram's TOS / traffic-class byte (DSCP << 2 | ECN), when the socket
+    /// asked for it (`SocketOptions::recv_tos`) or on the AF_XDP path.
+    pub tos: Option<u8>,
 }
 
 impl Completion {
@@ -76,6 +79,7 @@ impl Completion {
             accepted: None,
             more: false,
             zc_copied: false,
+            tos: None,
         }
     }
 }

@@ -42,6 +42,9 @@ use crate::xdp::port::XdpPort;
 const BGID: u16 = 0;
 /// Bytes reserved for the source address in each multishot recvmsg buffer (sockaddr_in6).
 const NAME_LEN: u32 = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+/// Bytes reserved for control messages in each multishot recvmsg buffer (one IP_TOS or
+/// IPV6_TCLASS message, delivered when the socket asked for it with `recv_tos`).
+const CONTROL_LEN: usize = 32;
 /// How often a busy shard publishes its latency histogram and gauges.
 const STATS_PERIOD: Duration = Duration::from_millis(50);
 /// Commands taken from the queue per turn, so CQEs are reaped regularly under load.
@@ -118,6 +121,11 @@ pub(crate) enum Command {
         sock: u32,
         port: Box<XdpPort>,
         delivery: Delivery,
+    },
+    /// The TOS byte an AF_XDP socket writes into its frames.
+    SetTos {
+        sock: u32,
+        tos: u8,
     },
     /// A static neighbour entry for an AF_XDP socket.
     Neighbor {
@@ -588,6 +596,11 @@ impl Shard {
                     };
                     self.xdp_socks.push(sock);
                 }
+                Command::SetTos { sock, tos } => {
+                    if let Some(p) = self.sockets[sock as usize].xdp.as_mut() {
+                        p.tos = tos;
+                    }
+                }
                 Command::Neighbor { sock, ip, mac } => {
                     if let Some(p) = self.sockets[sock as usize].xdp.as_mut() {
                         p.learn(ip, mac);
@@ -746,6 +759,8 @@ impl Shard {
                     iov_len: 0,
                 };
                 s.msg = msghdr(&mut s.addr, NAME_LEN, &mut s.iov);
+                // The kernel only reads the length: control data lands in each buffer.
+                s.msg.msg_controllen = CONTROL_LEN;
                 opcode::RecvMsgMulti::new(fd, &s.msg, BGID).build()
             }
             (OpKind::RecvFrom, _) => {
@@ -1041,6 +1056,7 @@ impl Shard {
                     match types::RecvMsgOut::parse(&buf, &s.msg) {
                         Ok(out) => {
                             c.peer = net::from_bytes(out.name_data(), out.incoming_name_len() as usize);
+                            c.tos = net::tos_from_cmsgs(out.control_data());
                             let off = out.payload_data().as_ptr() as usize - buf.as_ptr() as usize;
                             let len = out.payload_data().len();
                             if out.is_payload_truncated() {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::error::{Error, SetupError};
 use crate::op::Request;
 use crate::pool::{Buf, Gather};
+use crate::qos::TrafficType;
 use crate::shard::{Command, Delivery, ShardHandle, ShardShared};
 use crate::sys::net;
 use crate::sys::xsk::{Xsk, XskMode};
@@ -46,6 +47,9 @@ pub struct SocketOptions {
     pub send_buffer: Option<usize>,
     /// IPV6_V6ONLY for IPv6 sockets (default: the system's).
     pub v6_only: Option<bool>,
+    /// Deliver each datagram's TOS / traffic-class byte in `Completion::tos`
+    /// (IP_RECVTOS / IPV6_RECVTCLASS).
+    pub recv_tos: bool,
 }
 
 impl SocketOptions {
@@ -72,6 +76,14 @@ impl SocketOptions {
                 "setsockopt(SO_SNDBUF)",
                 net::set_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, n as i32),
             )?;
+        }
+        if self.recv_tos {
+            let (level, name) = if v6 {
+                (libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS)
+            } else {
+                (libc::IPPROTO_IP, libc::IP_RECVTOS)
+            };
+            sys("setsockopt(IP_RECVTOS)", net::set_int(fd, level, name, 1))?;
         }
         if let (true, Some(only)) = (v6, self.v6_only) {
             sys(
@@ -325,6 +337,20 @@ impl UdpSocket {
 
     pub fn cancel(&self, token: u64) -> Result<(), Error> {
         self.core.cancel(token)
+    }
+
+    /// Marks everything this socket sends with `traffic`'s DSCP (IP_TOS / IPV6_TCLASS) and
+    /// priority (SO_PRIORITY): the marking half of QOSAddSocketToFlow.
+    pub fn set_traffic(&self, traffic: TrafficType) -> Result<(), Error> {
+        let fd = self.core.raw();
+        let v6 = self.local_addr()?.is_ipv6();
+        if v6 {
+            net::set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_TCLASS, i32::from(traffic.tos()))?;
+        } else {
+            net::set_int(fd, libc::IPPROTO_IP, libc::IP_TOS, i32::from(traffic.tos()))?;
+        }
+        net::set_int(fd, libc::SOL_SOCKET, libc::SO_PRIORITY, traffic.so_priority() as i32)?;
+        Ok(())
     }
 
     /// Blocking sendto.
@@ -753,6 +779,18 @@ impl XdpUdpSocket {
 
     pub fn cancel(&self, token: u64) -> Result<(), Error> {
         self.core.cancel(token)
+    }
+
+    /// Marks every frame this socket sends with `traffic`'s DSCP (the TOS byte is written
+    /// with the header checksum).
+    pub fn set_traffic(&self, traffic: TrafficType) -> Result<(), Error> {
+        self.core
+            .shared
+            .send(Command::SetTos {
+                sock: self.core.id,
+                tos: traffic.tos(),
+            })
+            .map_err(|_| Error::NoBuffers)
     }
 
     /// Adds a static neighbour (IPv4 -> MAC) for sends to hosts that have not sent to us.

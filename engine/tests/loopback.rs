@@ -583,3 +583,28 @@ fn gathered_send_is_one_message_and_hands_every_buffer_back() {
     std::io::Read::read_exact(&mut peer, &mut got).unwrap();
     assert_eq!(&got, b"abbccc");
 }
+
+#[test]
+fn every_traffic_type_arrives_with_its_dscp_v4_and_v6() {
+    use porto_engine::qos::TrafficType;
+    for v6 in [false, true] {
+        let mut shard = Shard::new(&small(), None).unwrap();
+        let h = shard.handle();
+        let opts = SocketOptions {
+            recv_tos: true,
+            ..SocketOptions::default()
+        };
+        let rx = UdpSocket::bind(&h, any(v6), &opts, Delivery::Poll { key: 1 }).unwrap();
+        rx.recv_from_multishot(1).unwrap();
+        let tx = UdpSocket::bind(&h, any(v6), &SocketOptions::default(), Delivery::Poll { key: 2 }).unwrap();
+        for t in TrafficType::BY_PRIORITY {
+            tx.set_traffic(t).unwrap();
+            tx.send_to(h.pool().alloc_from(b"qos").unwrap(), rx.local_addr().unwrap(), 9)
+                .unwrap();
+            let got = poll_n(&mut shard, 2);
+            let c = got.iter().find(|c| c.key == 1).expect("the datagram arrived");
+            assert_eq!(c.tos, Some(t.tos()), "{t:?} over IPv{}", if v6 { 6 } else { 4 });
+            assert_eq!(c.buffer.as_deref(), Some(&b"qos"[..]));
+        }
+    }
+}

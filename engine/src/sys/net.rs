@@ -280,6 +280,33 @@ pub(crate) fn recv_mmsg(fd: RawFd, bufs: &mut [Vec<u8>], lens: &mut [usize], tim
     Ok(r as usize)
 }
 
+/// The TOS / traffic-class byte from recvmsg control data (IP_TOS or IPV6_TCLASS), if any.
+/// Walks `struct cmsghdr` records by hand, bounds-checked: malformed data yields `None`.
+pub(crate) fn tos_from_cmsgs(mut b: &[u8]) -> Option<u8> {
+    const HDR: usize = size_of::<libc::cmsghdr>();
+    let align = |n: usize| n.div_ceil(size_of::<usize>()) * size_of::<usize>();
+    while b.len() >= HDR {
+        let len = usize::from_ne_bytes(b[..size_of::<usize>()].try_into().ok()?);
+        let level = i32::from_ne_bytes(b[8..12].try_into().ok()?);
+        let ty = i32::from_ne_bytes(b[12..16].try_into().ok()?);
+        if len < HDR || len > b.len() {
+            return None;
+        }
+        let data = &b[HDR..len];
+        match (level, ty) {
+            (libc::IPPROTO_IP, libc::IP_TOS) => return data.first().copied(),
+            (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) => {
+                return data
+                    .get(..4)
+                    .map(|v| i32::from_ne_bytes(v.try_into().expect("4 bytes")) as u8)
+            }
+            _ => {}
+        }
+        b = b.get(align(len)..)?;
+    }
+    None
+}
+
 /// An eventfd used to wake a sleeping shard.
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: eventfd(2) takes no pointers.
@@ -384,6 +411,19 @@ mod tests {
             let (raw, len) = to_raw(&addr);
             assert_eq!(from_raw(&raw, len), Some(addr), "{a}");
         }
+    }
+
+    #[test]
+    fn tos_is_found_in_control_data_and_garbage_is_not() {
+        let mut c = vec![0u8; 24];
+        c[..8].copy_from_slice(&17usize.to_ne_bytes());
+        c[8..12].copy_from_slice(&libc::IPPROTO_IP.to_ne_bytes());
+        c[12..16].copy_from_slice(&libc::IP_TOS.to_ne_bytes());
+        c[16] = 0xb8;
+        assert_eq!(tos_from_cmsgs(&c), Some(0xb8));
+        c[..8].copy_from_slice(&999usize.to_ne_bytes());
+        assert_eq!(tos_from_cmsgs(&c), None);
+        assert_eq!(tos_from_cmsgs(&[1, 2, 3]), None);
     }
 
     #[test]

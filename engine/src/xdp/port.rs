@@ -219,6 +219,7 @@ impl XdpPort {
                     c.buffer = Some(buf);
                     c.peer = Some(SocketAddr::V4(SocketAddrV4::new(u.src_ip, u.src_port)));
                     c.more = true;
+                    c.tos = Some(u.tos);
                     stats.add(&stats.counters.xdp_rx, 1);
                     stats.add(&stats.counters.receives, 1);
                     stats.add(&stats.counters.recv_bytes, u.payload_len as u64);
