@@ -17,8 +17,9 @@
 //!  │ loop: commands -> SQEs -> enter -> CQEs -> sinks        shard, engine              │
 //!  └──────────────────────────────────────────┬──────────────────────────────────────────┘
 //!                                             ▼
-//!  sys: the only unsafe, kernel-facing code: region (mmap), bufring (provided buffers),
-//!       ring (io_uring set-up, push, reap), net (sockets)
+//!  sys: kernel-facing code: region (mmap), bufring (provided buffers), ring (io_uring
+//!       set-up, push, reap), xsk (AF_XDP rings), net (sockets), netns
+//!  (unsafe is in sys/ and in the named places docs/architecture.md lists)
 //! ```
 //!
 //! - [`config`]: every limit, validated before start.
@@ -28,6 +29,9 @@
 //! - [`shard`]: the loop; [`engine`]: shard threads for port mode.
 //! - [`socket`]: overlapped and blocking socket calls; [`rio`]: Registered I/O.
 //! - [`stats`]: counters and latency histograms; [`error`]: Winsock-like error kinds.
+//! - [`wire`]: Ethernet/IPv4/UDP/ARP for the AF_XDP path; [`xdp`]: the XDP program and the
+//!   shard side of AF_XDP sockets; [`netns`]: test/demo topologies; [`qos`]: QOS2 types,
+//!   shaping and the send scheduler.
 //!
 //! Guarantees: every operation ends in exactly one terminal completion (success, error,
 //! or `Aborted` after a cancel); every completion is delivered once; pool exhaustion and full
