@@ -48,7 +48,7 @@ pub use porto_engine::engine::{Engine, Transport};
 pub use porto_engine::error::{Error, SetupError};
 pub use porto_engine::pool::{Buf, Gather, Pool, GATHER_MAX};
 pub use porto_engine::port::CompletionPort;
-pub use porto_engine::shard::{Delivery, Shard, ShardHandle, ShardInfo};
+pub use porto_engine::shard::{Delivery, QosFlow, Shard, ShardHandle, ShardInfo};
 pub use porto_engine::socket::{
     recv_batch, Rejected, SocketOptions, TcpListener, TcpStream, UdpSocket, XdpInfo, XdpOptions, XdpUdpSocket,
 };

@@ -128,6 +128,8 @@ pub(crate) struct Slot {
     pub sent: u32,
     /// Multishot stopped for want of buffers; waiting to be re-armed.
     pub starved: bool,
+    /// Started by the QoS scheduler (counts against its send budget until it ends).
+    pub scheduled: bool,
 }
 
 impl Slot {
@@ -166,6 +168,7 @@ impl Slot {
             zc_copied: false,
             sent: 0,
             starved: false,
+            scheduled: false,
         }
     }
 }
@@ -198,6 +201,7 @@ impl Table {
         s.zc_copied = false;
         s.sent = 0;
         s.starved = false;
+        s.scheduled = false;
         s.multishot = false;
         s.timeout = None;
         Some(idx)

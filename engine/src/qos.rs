@@ -221,6 +221,15 @@ impl Flow {
         }
     }
 
+    /// Decides again for a packet this flow held: a second hold is not counted twice.
+    pub fn readmit(&mut self, bytes: u32, now_ns: u64) -> Admission {
+        let d = self.admit(bytes, now_ns);
+        if matches!(d, Admission::HoldUntil(_)) {
+            self.counters.delayed -= 1;
+        }
+        d
+    }
+
     /// Decides for one `bytes`-long packet at `now_ns`, counting it.
     pub fn admit(&mut self, bytes: u32, now_ns: u64) -> Admission {
         let how = self.shaping.as_ref().map(|s| s.1);

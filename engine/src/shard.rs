@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use crate::error::{Error, SetupError};
 use crate::op::{self, Request, Table};
 use crate::pool::Pool;
 use crate::port::CompletionPort;
+use crate::qos::{Admission, Flow, FlowCounters, Scheduler, Shaping, TrafficType};
 use crate::rio::RioKind;
 use crate::stats::{new_histogram, Stats};
 use crate::sys::bufring::BufRing;
@@ -122,6 +123,21 @@ pub(crate) enum Command {
         port: Box<XdpPort>,
         delivery: Delivery,
     },
+    /// A QoS flow (QOSCreateHandle + QOSAddSocketToFlow's flow).
+    FlowCreate {
+        id: u16,
+        flow: Box<Flow>,
+    },
+    /// Sends on this socket go through flow `flow` and the scheduler.
+    SetSocketFlow {
+        sock: u32,
+        flow: u16,
+    },
+    /// QOSSetFlow: a new rate for a shaped flow.
+    FlowSetRate {
+        id: u16,
+        rate_bps: u64,
+    },
     /// The TOS byte an AF_XDP socket writes into its frames.
     SetTos {
         sock: u32,
@@ -163,6 +179,9 @@ pub(crate) struct ShardShared {
     pub stats: Stats,
     pub pool: Pool,
     pub info: OnceLock<ShardInfo>,
+    next_flow: std::sync::atomic::AtomicU16,
+    /// Per flow: sent, sent bytes, delayed, non-conformant, dropped (QOSQueryFlow).
+    pub(crate) flow_counters: Box<[[AtomicU64; 5]]>,
 }
 
 impl ShardShared {
@@ -206,6 +225,14 @@ impl ShardShared {
         }
     }
 
+    pub(crate) fn alloc_flow(&self) -> Result<u16, SetupError> {
+        let id = self.next_flow.fetch_add(1, Ordering::Relaxed);
+        if usize::from(id) >= FLOWS_MAX {
+            return Err(SetupError::Limit("QoS flow"));
+        }
+        Ok(id)
+    }
+
     pub(crate) fn alloc_socket(&self) -> Result<u32, SetupError> {
         if self.stop.load(Ordering::Relaxed) {
             return Err(SetupError::Stopped);
@@ -235,6 +262,8 @@ struct SockEntry {
     closing: bool,
     /// An AF_XDP socket instead of a kernel one.
     xdp: Option<Box<XdpPort>>,
+    /// The QoS flow its sends go through.
+    flow: Option<u16>,
 }
 
 /// A shard. In polling mode the application owns it and calls [`poll`](Self::poll) on its own
@@ -266,7 +295,36 @@ pub struct Shard {
     xdp_socks: Vec<u32>,
     /// Completions gathered from an AF_XDP port before delivery (reused, never shrinks).
     local_scratch: Vec<Completion>,
+    qos: QosState,
+    epoch: Instant,
 }
+
+/// A send waiting for its turn.
+#[derive(Debug)]
+struct Deferred {
+    sock: u32,
+    token: u64,
+    req: Request,
+    len: u32,
+}
+
+/// Flows, the send scheduler, and sends held by shaping.
+struct QosState {
+    flows: Box<[Option<Flow>]>,
+    sched: Scheduler<Deferred>,
+    /// (ready at ns, flow, send): held by ShapeOnly/ShapeAndMark until they conform.
+    held: VecDeque<(u64, u16, Deferred)>,
+    /// Scheduled sends in the kernel now; at most SENDS_IN_FLIGHT_MAX, so the scheduler
+    /// (not the kernel's FIFO) decides what goes next.
+    in_flight: u32,
+}
+
+/// Flows per shard.
+pub const FLOWS_MAX: usize = 64;
+/// Scheduled sends a shard keeps in the kernel at once.
+const SENDS_IN_FLIGHT_MAX: u32 = 16;
+/// Packets per class queue and held packets per shard.
+const QOS_QUEUE_MAX: usize = 1024;
 
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -277,6 +335,36 @@ impl std::fmt::Debug for Shard {
     }
 }
 
+/// A QoS flow on one shard (see [`ShardHandle::create_flow`]).
+#[derive(Clone, Debug)]
+pub struct QosFlow {
+    pub(crate) id: u16,
+    pub traffic: TrafficType,
+    pub(crate) shard: Arc<ShardShared>,
+}
+
+impl QosFlow {
+    /// QOSSetFlow(QOSSetOutgoingRate) while running.
+    pub fn set_rate(&self, rate_bps: u64) -> Result<(), Error> {
+        self.shard
+            .send(Command::FlowSetRate { id: self.id, rate_bps })
+            .map_err(|_| Error::NoBuffers)
+    }
+
+    /// QOSQueryFlow: the flow's counters as last published by its shard.
+    pub fn counters(&self) -> FlowCounters {
+        let c = &self.shard.flow_counters[usize::from(self.id)];
+        let v = |i: usize| c[i].load(Ordering::Relaxed);
+        FlowCounters {
+            sent: v(0),
+            sent_bytes: v(1),
+            delayed: v(2),
+            non_conformant: v(3),
+            dropped: v(4),
+        }
+    }
+}
+
 /// A handle to a shard for any thread: socket creation, the pool, stats.
 #[derive(Clone, Debug)]
 pub struct ShardHandle {
@@ -284,6 +372,29 @@ pub struct ShardHandle {
 }
 
 impl ShardHandle {
+    /// QOSCreateHandle + a flow: sends on sockets set to it (`set_flow`) are marked with
+    /// `traffic`'s DSCP, shaped if `shape` is given (rate bps, burst bytes, behaviour), and
+    /// scheduled by class (Control and Voice first).
+    pub fn create_flow(&self, traffic: TrafficType, shape: Option<(u64, u64, Shaping)>) -> Result<QosFlow, SetupError> {
+        let id = self.shared.alloc_flow()?;
+        let mut flow = Flow::new(traffic);
+        if let Some((rate, burst, how)) = shape {
+            // The shard's clock starts near zero; a full bucket at creation is what matters.
+            flow = flow.shape(rate, burst, how, 0);
+        }
+        self.shared
+            .send(Command::FlowCreate {
+                id,
+                flow: Box::new(flow),
+            })
+            .map_err(|_| SetupError::Limit("shard command queue"))?;
+        Ok(QosFlow {
+            id,
+            traffic,
+            shard: self.shared.clone(),
+        })
+    }
+
     pub fn index(&self) -> usize {
         self.shared.index
     }
@@ -323,6 +434,8 @@ pub(crate) fn new_shared(cfg: &Config, index: usize) -> Result<Arc<ShardShared>,
         stats: Stats::default(),
         pool,
         info: OnceLock::new(),
+        next_flow: std::sync::atomic::AtomicU16::new(0),
+        flow_counters: (0..FLOWS_MAX).map(|_| Default::default()).collect(),
     }))
 }
 
@@ -405,6 +518,7 @@ impl Shard {
                     live_ops: 0,
                     closing: false,
                     xdp: None,
+                    flow: None,
                 })
                 .collect(),
             cqes: Vec::with_capacity(cfg.cq_entries as usize),
@@ -423,6 +537,13 @@ impl Shard {
             idle_spin: Duration::from_micros(u64::from(cfg.idle_spin_us)),
             xdp_socks: Vec::with_capacity(8),
             local_scratch: Vec::with_capacity(256),
+            qos: QosState {
+                flows: (0..FLOWS_MAX).map(|_| None).collect(),
+                sched: Scheduler::new(QOS_QUEUE_MAX, 1500),
+                held: VecDeque::with_capacity(QOS_QUEUE_MAX),
+                in_flight: 0,
+            },
+            epoch: Instant::now(),
             shared,
         };
         shard.refill();
@@ -490,6 +611,7 @@ impl Shard {
     /// when there is nothing to do (port mode).
     pub(crate) fn turn(&mut self, wait: bool) -> io::Result<()> {
         let took = self.take_commands();
+        let held_due = self.qos_pump();
         self.refill();
         let xdp_busy = self.xdp_turn();
         let idle = took == 0 && self.backlog.is_empty() && !xdp_busy;
@@ -512,6 +634,9 @@ impl Shard {
                 });
                 let timeout = if xdp_tx {
                     Some(Duration::from_micros(100))
+                } else if let Some(due) = held_due {
+                    // A shaped send is due then.
+                    Some(Duration::from_nanos(due.saturating_sub(self.now_ns()).max(1_000)))
                 } else {
                     (!self.hist.is_empty()).then_some(STATS_PERIOD)
                 };
@@ -582,6 +707,7 @@ impl Shard {
                         live_ops: 0,
                         closing: false,
                         xdp: None,
+                        flow: None,
                     };
                 }
                 Command::OpenXdp { sock, port, delivery } => {
@@ -593,8 +719,17 @@ impl Shard {
                         live_ops: 0,
                         closing: false,
                         xdp: Some(port),
+                        flow: None,
                     };
                     self.xdp_socks.push(sock);
+                }
+                Command::FlowCreate { id, flow } => self.qos.flows[usize::from(id)] = Some(*flow),
+                Command::SetSocketFlow { sock, flow } => self.sockets[sock as usize].flow = Some(flow),
+                Command::FlowSetRate { id, rate_bps } => {
+                    let now = self.now_ns();
+                    if let Some(f) = self.qos.flows[usize::from(id)].as_mut() {
+                        f.set_rate(rate_bps, now);
+                    }
                 }
                 Command::SetTos { sock, tos } => {
                     if let Some(p) = self.sockets[sock as usize].xdp.as_mut() {
@@ -632,6 +767,108 @@ impl Shard {
     }
 
     fn start_op(&mut self, sock: u32, token: u64, req: Request) {
+        if let (Some(flow), Request::SendTo { buf, .. } | Request::Send { buf, .. }) =
+            (self.sockets[sock as usize].flow, &req)
+        {
+            let len = buf.len() as u32;
+            self.qos_admit(flow, Deferred { sock, token, req, len });
+            return;
+        }
+        self.start_op_now(sock, token, req, false);
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// A send on a flow: shaping decides now, later, or marked; then its class queue.
+    fn qos_admit(&mut self, flow: u16, d: Deferred) {
+        let now = self.now_ns();
+        let Some(f) = self.qos.flows[usize::from(flow)].as_mut() else {
+            // A socket's flow always exists (created before it is set).
+            return self.start_op_now(d.sock, d.token, d.req, false);
+        };
+        let decision = f.admit(d.len, now);
+        self.qos_place(flow, decision, d);
+    }
+
+    fn qos_place(&mut self, flow: u16, decision: Admission, d: Deferred) {
+        self.qos_place_inner(flow, decision, d);
+        if let Some(f) = self.qos.flows[usize::from(flow)].as_ref() {
+            let c = &f.counters;
+            let out = &self.shared.flow_counters[usize::from(flow)];
+            for (a, v) in out
+                .iter()
+                .zip([c.sent, c.sent_bytes, c.delayed, c.non_conformant, c.dropped])
+            {
+                a.store(v, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn qos_place_inner(&mut self, flow: u16, decision: Admission, d: Deferred) {
+        let Some(f) = self.qos.flows[usize::from(flow)].as_mut() else {
+            return;
+        };
+        let class = match decision {
+            Admission::Send { .. } => f.traffic,
+            Admission::SendNonConformant => TrafficType::BestEffort,
+            Admission::HoldUntil(t) => {
+                if self.qos.held.len() < QOS_QUEUE_MAX {
+                    self.qos.held.push_back((t, flow, d));
+                } else {
+                    f.counters.dropped += 1;
+                    self.qos_refuse(d);
+                }
+                return;
+            }
+        };
+        if let Err(d) = self.qos.sched.enqueue(class, d.len, d) {
+            f.counters.dropped += 1;
+            self.qos_refuse(d);
+        }
+    }
+
+    /// A send the QoS queues had no room for completes `NoBuffers` with its buffer.
+    fn qos_refuse(&mut self, d: Deferred) {
+        let Some(delivery) = self.sockets[d.sock as usize].delivery.clone() else {
+            return;
+        };
+        self.reject(&delivery, d.req.kind(), d.token, d.req, Error::NoBuffers);
+    }
+
+    /// Releases held sends that now conform and starts scheduled sends up to the budget.
+    /// Returns when the next held send is due, if any.
+    fn qos_pump(&mut self) -> Option<u64> {
+        let now = self.now_ns();
+        let mut i = 0;
+        while i < self.qos.held.len() {
+            if self.qos.held[i].0 > now {
+                i += 1;
+                continue;
+            }
+            let (_, flow, d) = self.qos.held.remove(i).expect("index in range");
+            let decision = match self.qos.flows[usize::from(flow)].as_mut() {
+                Some(f) => f.readmit(d.len, now),
+                None => Admission::SendNonConformant,
+            };
+            if let Admission::HoldUntil(t) = decision {
+                self.qos.held.insert(i, (t, flow, d));
+                i += 1;
+            } else {
+                self.qos_place(flow, decision, d);
+            }
+        }
+        while self.qos.in_flight < SENDS_IN_FLIGHT_MAX {
+            let Some((_, d)) = self.qos.sched.dequeue() else { break };
+            self.qos.in_flight += 1;
+            self.start_op_now(d.sock, d.token, d.req, true);
+        }
+        self.qos.held.iter().map(|h| h.0).min()
+    }
+
+    /// Starts an operation now (`scheduled`: it counts against the QoS send budget).
+    fn start_op_now(&mut self, sock: u32, token: u64, req: Request, scheduled: bool) {
         let kind = req.kind();
         let entry = &self.sockets[sock as usize];
         let Some(delivery) = entry.delivery.clone().filter(|_| !entry.closing) else {
@@ -641,6 +878,9 @@ impl Shard {
         };
         let Some(idx) = self.ops.alloc() else {
             self.shared.stats.add(&self.shared.stats.counters.ops_rejected, 1);
+            if scheduled {
+                self.qos.in_flight -= 1;
+            }
             self.reject(&delivery, kind, token, req, Error::NoBuffers);
             return;
         };
@@ -652,6 +892,7 @@ impl Shard {
         s.sock = sock;
         s.token = token;
         s.started = Instant::now();
+        s.scheduled = scheduled;
         match req {
             Request::RecvFrom { multishot, timeout } | Request::Recv { multishot, timeout } => {
                 s.multishot = multishot;
@@ -1135,6 +1376,9 @@ impl Shard {
         let rio = s.rio.take();
         let multishot = s.multishot;
         let started = s.started;
+        if s.scheduled {
+            self.qos.in_flight -= 1;
+        }
         let receive = rio
             .as_ref()
             .map_or(kind == OpKind::RecvFrom && !multishot, |r| r.kind == RioKind::Receive);

@@ -14,7 +14,7 @@ use crate::error::{Error, SetupError};
 use crate::op::Request;
 use crate::pool::{Buf, Gather};
 use crate::qos::TrafficType;
-use crate::shard::{Command, Delivery, ShardHandle, ShardShared};
+use crate::shard::{Command, Delivery, QosFlow, ShardHandle, ShardShared};
 use crate::sys::net;
 use crate::sys::xsk::{Xsk, XskMode};
 use crate::wire::MacAddr;
@@ -337,6 +337,22 @@ impl UdpSocket {
 
     pub fn cancel(&self, token: u64) -> Result<(), Error> {
         self.core.cancel(token)
+    }
+
+    /// QOSAddSocketToFlow: marks this socket's traffic with the flow's DSCP and sends every
+    /// datagram through the flow's shaping and its shard's class scheduler.
+    pub fn set_flow(&self, flow: &QosFlow) -> Result<(), Error> {
+        if !Arc::ptr_eq(&flow.shard, &self.core.shared) {
+            return Err(Error::InvalidArgument);
+        }
+        self.set_traffic(flow.traffic)?;
+        self.core
+            .shared
+            .send(Command::SetSocketFlow {
+                sock: self.core.id,
+                flow: flow.id,
+            })
+            .map_err(|_| Error::NoBuffers)
     }
 
     /// Marks everything this socket sends with `traffic`'s DSCP (IP_TOS / IPV6_TCLASS) and

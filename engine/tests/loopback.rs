@@ -608,3 +608,103 @@ fn every_traffic_type_arrives_with_its_dscp_v4_and_v6() {
         }
     }
 }
+
+#[test]
+fn shaped_flow_sends_at_its_rate() {
+    use porto_engine::qos::{Shaping, TrafficType};
+    const N: usize = 250;
+    const LEN: usize = 1000;
+    const RATE: u64 = 4_000_000;
+    const BURST: u64 = 3000;
+    let cfg = Config {
+        frames_per_shard: 1024,
+        recv_frames: 256,
+        ..small()
+    };
+    let mut shard = Shard::new(&cfg, None).unwrap();
+    let h = shard.handle();
+    let rx = StdUdp::bind("127.0.0.1:0").unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let to = rx.local_addr().unwrap();
+    let catcher = std::thread::spawn(move || {
+        let mut times = Vec::new();
+        let mut b = [0u8; 2048];
+        while times.len() < N {
+            if rx.recv(&mut b).is_err() {
+                break;
+            }
+            times.push(Instant::now());
+        }
+        times
+    });
+    let tx = UdpSocket::bind(&h, any(false), &SocketOptions::default(), Delivery::Poll { key: 0 }).unwrap();
+    let flow = h
+        .create_flow(TrafficType::BestEffort, Some((RATE, BURST, Shaping::ShapeAndMark)))
+        .unwrap();
+    tx.set_flow(&flow).unwrap();
+    let mut out = Vec::new();
+    shard.poll(&mut out, 16);
+    for i in 0..N {
+        tx.send_to(h.pool().alloc_from(&[i as u8; LEN]).unwrap(), to, i as u64)
+            .unwrap();
+    }
+    let mut done = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while done < N && Instant::now() < deadline {
+        shard.poll(&mut out, 64);
+        done += out
+            .drain(..)
+            .filter(|c| c.op == OpKind::SendTo && c.result == Ok(LEN))
+            .count();
+    }
+    assert_eq!(done, N, "every send completed");
+    let times = catcher.join().unwrap();
+    assert_eq!(times.len(), N);
+    // After the burst, the datagrams leave at the flow's rate.
+    let after_burst = (BURST as usize).div_ceil(LEN);
+    let span = times[N - 1] - times[after_burst - 1];
+    let measured = ((N - after_burst) * LEN * 8) as f64 / span.as_secs_f64();
+    assert!(
+        (measured - RATE as f64).abs() <= 0.05 * RATE as f64,
+        "shaped at {measured:.0} bit/s, set {RATE}"
+    );
+    let c = flow.counters();
+    assert_eq!((c.sent, c.dropped), (N as u64, 0));
+    assert!(c.delayed > 0, "{c:?}");
+}
+
+#[test]
+fn control_traffic_overtakes_queued_best_effort() {
+    use porto_engine::qos::TrafficType;
+    let cfg = Config {
+        frames_per_shard: 1024,
+        recv_frames: 256,
+        ..small()
+    };
+    let mut shard = Shard::new(&cfg, None).unwrap();
+    let h = shard.handle();
+    let rx = StdUdp::bind("127.0.0.1:0").unwrap();
+    let to = rx.local_addr().unwrap();
+    let bulk = UdpSocket::bind(&h, any(false), &SocketOptions::default(), Delivery::Poll { key: 1 }).unwrap();
+    let urgent = UdpSocket::bind(&h, any(false), &SocketOptions::default(), Delivery::Poll { key: 2 }).unwrap();
+    bulk.set_flow(&h.create_flow(TrafficType::BestEffort, None).unwrap())
+        .unwrap();
+    urgent
+        .set_flow(&h.create_flow(TrafficType::Control, None).unwrap())
+        .unwrap();
+    let mut out = Vec::new();
+    shard.poll(&mut out, 16);
+    for i in 0..200u64 {
+        bulk.send_to(h.pool().alloc_from(&[0u8; 512]).unwrap(), to, i).unwrap();
+    }
+    urgent.send_to(h.pool().alloc_from(b"now").unwrap(), to, 1000).unwrap();
+    let mut order = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while order.len() < 201 && Instant::now() < deadline {
+        shard.poll(&mut out, 64);
+        order.extend(out.drain(..).filter(|c| c.op == OpKind::SendTo).map(|c| c.key));
+    }
+    assert_eq!(order.len(), 201);
+    let at = order.iter().position(|&k| k == 2).unwrap();
+    assert!(at < 20, "the Control send completed {at}th, behind best effort");
+}
