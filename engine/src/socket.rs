@@ -5,7 +5,7 @@
 //! blocking calls and options. Dropping the handle asks the shard to cancel what is in flight
 //! (each such op completes `Aborted`) and close the fd once the kernel is done with it.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -339,6 +339,84 @@ impl UdpSocket {
         self.core.cancel(token)
     }
 
+    /// IP_ADD_MEMBERSHIP / IPV6_ADD_MEMBERSHIP: receive `group` from any source, on the
+    /// interface with IPv4 address `iface` (v4) or index `ifindex` (v6); `None`: the kernel's
+    /// choice. The kernel owns IGMP/MLD.
+    pub fn join(&self, group: IpAddr, iface: Option<Interface>) -> Result<(), Error> {
+        self.membership(group, iface, true)
+    }
+
+    /// Leaves a group joined with [`join`](Self::join).
+    pub fn leave(&self, group: IpAddr, iface: Option<Interface>) -> Result<(), Error> {
+        self.membership(group, iface, false)
+    }
+
+    fn membership(&self, group: IpAddr, iface: Option<Interface>, join: bool) -> Result<(), Error> {
+        let fd = self.core.raw();
+        match (group, iface) {
+            (IpAddr::V4(g), None) => net::membership_v4(fd, g, Ipv4Addr::UNSPECIFIED, join)?,
+            (IpAddr::V4(g), Some(Interface::V4(a))) => net::membership_v4(fd, g, a, join)?,
+            (IpAddr::V6(g), None) => net::membership_v6(fd, g, 0, join)?,
+            (IpAddr::V6(g), Some(Interface::Index(i))) => net::membership_v6(fd, g, i, join)?,
+            _ => return Err(Error::InvalidArgument),
+        }
+        Ok(())
+    }
+
+    /// IP_ADD_SOURCE_MEMBERSHIP: receive IPv4 `group` only from `source` (source-specific
+    /// multicast, include list); call again to add sources.
+    pub fn join_source(&self, group: Ipv4Addr, source: Ipv4Addr, iface: Option<Ipv4Addr>) -> Result<(), Error> {
+        Ok(net::source_membership_v4(
+            self.core.raw(),
+            group,
+            source,
+            iface.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            true,
+        )?)
+    }
+
+    /// Drops `source` from a source-specific membership.
+    pub fn leave_source(&self, group: Ipv4Addr, source: Ipv4Addr, iface: Option<Ipv4Addr>) -> Result<(), Error> {
+        Ok(net::source_membership_v4(
+            self.core.raw(),
+            group,
+            source,
+            iface.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            false,
+        )?)
+    }
+
+    /// IP_MULTICAST_LOOP / IPV6_MULTICAST_LOOP: whether this host's own members receive what
+    /// this socket sends to a group.
+    pub fn set_multicast_loop(&self, on: bool) -> Result<(), Error> {
+        let (level, name) = if self.local_addr()?.is_ipv6() {
+            (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP)
+        } else {
+            (libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP)
+        };
+        Ok(net::set_int(self.core.raw(), level, name, i32::from(on))?)
+    }
+
+    /// IP_MULTICAST_IF / IPV6_MULTICAST_IF: the interface group sends leave by.
+    pub fn set_multicast_if(&self, iface: Interface) -> Result<(), Error> {
+        let fd = self.core.raw();
+        match iface {
+            Interface::V4(a) => net::multicast_if_v4(fd, a)?,
+            Interface::Index(i) => net::set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF, i as i32)?,
+        }
+        Ok(())
+    }
+
+    /// IP_MULTICAST_TTL / IPV6_MULTICAST_HOPS for group sends.
+    pub fn set_multicast_ttl(&self, ttl: u8) -> Result<(), Error> {
+        let (level, name) = if self.local_addr()?.is_ipv6() {
+            (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS)
+        } else {
+            (libc::IPPROTO_IP, libc::IP_MULTICAST_TTL)
+        };
+        Ok(net::set_int(self.core.raw(), level, name, i32::from(ttl))?)
+    }
+
     /// QOSAddSocketToFlow: marks this socket's traffic with the flow's DSCP and sends every
     /// datagram through the flow's shaping and its shard's class scheduler.
     pub fn set_flow(&self, flow: &QosFlow) -> Result<(), Error> {
@@ -605,6 +683,14 @@ impl TcpStream {
     pub fn shutdown_write(&self) -> Result<(), Error> {
         net::shutdown_raw(self.core.raw(), libc::SHUT_WR).map_err(Error::from)
     }
+}
+
+/// The interface a multicast membership is on: by IPv4 address (v4 groups) or by index
+/// (v6 groups).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interface {
+    V4(Ipv4Addr),
+    Index(u32),
 }
 
 /// Most interface queues an AF_XDP port binds.

@@ -708,3 +708,65 @@ fn control_traffic_overtakes_queued_best_effort() {
     let at = order.iter().position(|&k| k == 2).unwrap();
     assert!(at < 20, "the Control send completed {at}th, behind best effort");
 }
+
+#[test]
+fn multicast_join_source_filter_and_leave_on_loopback() {
+    use porto_engine::socket::Interface;
+    use std::net::Ipv4Addr;
+    let group = Ipv4Addr::new(239, 7, 7, 7);
+    let lo = Ipv4Addr::LOCALHOST;
+    let mut shard = Shard::new(&small(), None).unwrap();
+    let h = shard.handle();
+    let rx = UdpSocket::bind(
+        &h,
+        "0.0.0.0:0".parse().unwrap(),
+        &SocketOptions::default(),
+        Delivery::Poll { key: 1 },
+    )
+    .unwrap();
+    let port = rx.local_addr().unwrap().port();
+    rx.recv_from_multishot(1).unwrap();
+    let sender = |src: Ipv4Addr| {
+        let s = UdpSocket::bind(
+            &h,
+            SocketAddr::from((src, 0)),
+            &SocketOptions::default(),
+            Delivery::Poll { key: 2 },
+        )
+        .unwrap();
+        s.set_multicast_if(Interface::V4(lo)).unwrap();
+        s.set_multicast_loop(true).unwrap();
+        s.set_multicast_ttl(1).unwrap();
+        s
+    };
+    let (a, b) = (sender(lo), sender(Ipv4Addr::new(127, 0, 0, 2)));
+    let to = SocketAddr::from((group, port));
+    let mut send_and_collect = |s: &UdpSocket, tag: u8, shard: &mut Shard| -> Vec<u8> {
+        s.send_to(h.pool().alloc_from(&[tag]).unwrap(), to, 0).unwrap();
+        let mut out = Vec::new();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < deadline {
+            shard.poll(&mut out, 16);
+            got.extend(
+                out.drain(..)
+                    .filter(|c| c.key == 1)
+                    .filter_map(|c| c.buffer.map(|b| b[0])),
+            );
+        }
+        got
+    };
+    // Not joined: nothing arrives.
+    assert_eq!(send_and_collect(&a, 1, &mut shard), Vec::<u8>::new());
+    // Any-source join: both sources arrive.
+    rx.join(group.into(), Some(Interface::V4(lo))).unwrap();
+    assert_eq!(send_and_collect(&a, 2, &mut shard), [2]);
+    assert_eq!(send_and_collect(&b, 3, &mut shard), [3]);
+    // Leave: nothing again.
+    rx.leave(group.into(), Some(Interface::V4(lo))).unwrap();
+    assert_eq!(send_and_collect(&a, 4, &mut shard), Vec::<u8>::new());
+    // Source-specific: only 127.0.0.1 gets through.
+    rx.join_source(group, lo, Some(lo)).unwrap();
+    assert_eq!(send_and_collect(&a, 5, &mut shard), [5]);
+    assert_eq!(send_and_collect(&b, 6, &mut shard), Vec::<u8>::new());
+}

@@ -50,6 +50,75 @@ pub(crate) fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: l
     .map(|_| ())
 }
 
+/// setsockopt with a struct value.
+fn set_struct<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: the option value is a live T of the size passed.
+    cvt(unsafe { libc::setsockopt(fd, level, name, (value as *const T).cast(), size_of::<T>() as u32) }).map(|_| ())
+}
+
+fn in_addr(a: Ipv4Addr) -> libc::in_addr {
+    libc::in_addr {
+        s_addr: u32::from_ne_bytes(a.octets()),
+    }
+}
+
+/// IP_ADD_MEMBERSHIP / IP_DROP_MEMBERSHIP (any source) on the interface with address
+/// `iface` (UNSPECIFIED: the kernel's choice).
+pub(crate) fn membership_v4(fd: RawFd, group: Ipv4Addr, iface: Ipv4Addr, join: bool) -> io::Result<()> {
+    let m = libc::ip_mreq {
+        imr_multiaddr: in_addr(group),
+        imr_interface: in_addr(iface),
+    };
+    let name = if join {
+        libc::IP_ADD_MEMBERSHIP
+    } else {
+        libc::IP_DROP_MEMBERSHIP
+    };
+    set_struct(fd, libc::IPPROTO_IP, name, &m)
+}
+
+/// IP_ADD_SOURCE_MEMBERSHIP / IP_DROP_SOURCE_MEMBERSHIP: `group` from `source` only.
+pub(crate) fn source_membership_v4(
+    fd: RawFd,
+    group: Ipv4Addr,
+    source: Ipv4Addr,
+    iface: Ipv4Addr,
+    join: bool,
+) -> io::Result<()> {
+    let m = libc::ip_mreq_source {
+        imr_multiaddr: in_addr(group),
+        imr_interface: in_addr(iface),
+        imr_sourceaddr: in_addr(source),
+    };
+    let name = if join {
+        libc::IP_ADD_SOURCE_MEMBERSHIP
+    } else {
+        libc::IP_DROP_SOURCE_MEMBERSHIP
+    };
+    set_struct(fd, libc::IPPROTO_IP, name, &m)
+}
+
+/// IP_MULTICAST_IF by interface address.
+pub(crate) fn multicast_if_v4(fd: RawFd, iface: Ipv4Addr) -> io::Result<()> {
+    set_struct(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &in_addr(iface))
+}
+
+/// IPV6_ADD_MEMBERSHIP / IPV6_DROP_MEMBERSHIP on interface index `ifindex` (0: any).
+pub(crate) fn membership_v6(fd: RawFd, group: Ipv6Addr, ifindex: u32, join: bool) -> io::Result<()> {
+    let m = libc::ipv6_mreq {
+        ipv6mr_multiaddr: libc::in6_addr {
+            s6_addr: group.octets(),
+        },
+        ipv6mr_interface: ifindex,
+    };
+    let name = if join {
+        libc::IPV6_ADD_MEMBERSHIP
+    } else {
+        libc::IPV6_DROP_MEMBERSHIP
+    };
+    set_struct(fd, libc::IPPROTO_IPV6, name, &m)
+}
+
 /// getsockopt of an integer value.
 pub(crate) fn get_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
     let mut value: libc::c_int = 0;
