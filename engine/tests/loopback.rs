@@ -741,7 +741,7 @@ fn multicast_join_source_filter_and_leave_on_loopback() {
     };
     let (a, b) = (sender(lo), sender(Ipv4Addr::new(127, 0, 0, 2)));
     let to = SocketAddr::from((group, port));
-    let mut send_and_collect = |s: &UdpSocket, tag: u8, shard: &mut Shard| -> Vec<u8> {
+    let send_and_collect = |s: &UdpSocket, tag: u8, shard: &mut Shard| -> Vec<u8> {
         s.send_to(h.pool().alloc_from(&[tag]).unwrap(), to, 0).unwrap();
         let mut out = Vec::new();
         let mut got = Vec::new();
