@@ -322,6 +322,20 @@ impl<T> Scheduler<T> {
         Ok(())
     }
 
+    /// Takes out every queued item matching `f` (in class order), handing each to `out`.
+    pub fn remove_where(&mut self, f: impl Fn(&T) -> bool, mut out: impl FnMut(T)) {
+        for q in &mut self.queues {
+            let mut i = 0;
+            while i < q.len() {
+                if f(&q[i].item) {
+                    out(q.remove(i).expect("index in range").item);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+    }
+
     pub fn len(&self, class: TrafficType) -> usize {
         self.queues[class.index()].len()
     }
@@ -437,6 +451,25 @@ mod tests {
                 "{c:?}: byte share {got:.4}, weight share {want:.4}"
             );
         }
+    }
+
+    #[test]
+    fn remove_where_takes_only_matching_items() {
+        let mut s = Scheduler::new(8, 1500);
+        for i in 0..6u32 {
+            s.enqueue(TrafficType::BY_PRIORITY[i as usize], 10, i).unwrap();
+            s.enqueue(TrafficType::BestEffort, 10, 100 + i).unwrap();
+        }
+        let mut gone = Vec::new();
+        s.remove_where(|&i| i % 2 == 0, |i| gone.push(i));
+        gone.sort_unstable();
+        assert_eq!(gone, [0, 2, 4, 100, 102, 104]);
+        let mut left = Vec::new();
+        while let Some((_, i)) = s.dequeue() {
+            left.push(i);
+        }
+        left.sort_unstable();
+        assert_eq!(left, [1, 3, 5, 101, 103, 105]);
     }
 
     #[test]

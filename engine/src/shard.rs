@@ -296,6 +296,8 @@ pub struct Shard {
     /// Completions gathered from an AF_XDP port before delivery (reused, never shrinks).
     local_scratch: Vec<Completion>,
     qos: QosState,
+    /// Sends taken out of the QoS queues when their socket closes (reused).
+    qos_scratch: Vec<Deferred>,
     epoch: Instant,
 }
 
@@ -543,6 +545,7 @@ impl Shard {
                 held: VecDeque::with_capacity(QOS_QUEUE_MAX),
                 in_flight: 0,
             },
+            qos_scratch: Vec::with_capacity(QOS_QUEUE_MAX),
             epoch: Instant::now(),
             shared,
         };
@@ -752,6 +755,7 @@ impl Shard {
                 Command::Close { sock } if self.sockets[sock as usize].xdp.is_some() => self.close_xdp(sock),
                 Command::Close { sock } => {
                     self.sockets[sock as usize].closing = true;
+                    self.qos_purge(sock);
                     self.cancel_where(|s| s.sock == sock);
                     self.maybe_close(sock);
                 }
@@ -835,6 +839,28 @@ impl Shard {
             return;
         };
         self.reject(&delivery, d.req.kind(), d.token, d.req, Error::NoBuffers);
+    }
+
+    /// A closing socket's sends still waiting in the QoS queues end `Aborted` (its id may be
+    /// reused at once, so none may start later).
+    fn qos_purge(&mut self, sock: u32) {
+        let Some(delivery) = self.sockets[sock as usize].delivery.clone() else {
+            return;
+        };
+        let mut gone = std::mem::take(&mut self.qos_scratch);
+        self.qos.sched.remove_where(|d| d.sock == sock, |d| gone.push(d));
+        let mut i = 0;
+        while i < self.qos.held.len() {
+            if self.qos.held[i].2.sock == sock {
+                gone.push(self.qos.held.remove(i).expect("index in range").2);
+            } else {
+                i += 1;
+            }
+        }
+        for d in gone.drain(..) {
+            self.reject(&delivery, d.req.kind(), d.token, d.req, Error::Aborted);
+        }
+        self.qos_scratch = gone;
     }
 
     /// Releases held sends that now conform and starts scheduled sends up to the budget.

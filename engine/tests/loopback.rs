@@ -770,3 +770,41 @@ fn multicast_join_source_filter_and_leave_on_loopback() {
     assert_eq!(send_and_collect(&a, 5, &mut shard), [5]);
     assert_eq!(send_and_collect(&b, 6, &mut shard), Vec::<u8>::new());
 }
+
+#[test]
+fn closing_a_socket_aborts_its_held_and_queued_sends() {
+    use porto_engine::qos::{Shaping, TrafficType};
+    let mut shard = Shard::new(&small(), None).unwrap();
+    let h = shard.handle();
+    let free_at_start = h.pool().free_frames() + shard.bufring_frames();
+    let rx = StdUdp::bind("127.0.0.1:0").unwrap();
+    let tx = UdpSocket::bind(&h, any(false), &SocketOptions::default(), Delivery::Poll { key: 7 }).unwrap();
+    // 8 kbit/s with a 100-byte burst: one datagram now, the rest held for seconds.
+    let flow = h
+        .create_flow(TrafficType::Background, Some((8_000, 100, Shaping::ShapeOnly)))
+        .unwrap();
+    tx.set_flow(&flow).unwrap();
+    for i in 0..20u64 {
+        tx.send_to(h.pool().alloc_from(&[0u8; 100]).unwrap(), rx.local_addr().unwrap(), i)
+            .unwrap();
+    }
+    let mut out = Vec::new();
+    shard.poll_until(&mut out, 64, Duration::from_millis(100));
+    drop(tx);
+    let mut all: Vec<(u64, Result<usize, Error>)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while all.len() < 20 && Instant::now() < deadline {
+        all.extend(out.drain(..).map(|c| (c.token, c.result)));
+        shard.poll(&mut out, 64);
+    }
+    all.sort_by_key(|c| c.0);
+    assert_eq!(all.len(), 20, "every send completed exactly once: {all:?}");
+    assert_eq!(all[0], (0, Ok(100)));
+    assert!(all[1..].iter().all(|c| c.1 == Err(Error::Aborted)), "{all:?}");
+    drop(out);
+    assert_eq!(
+        h.pool().free_frames() + shard.bufring_frames(),
+        free_at_start,
+        "frames came back"
+    );
+}
