@@ -190,6 +190,16 @@ impl SocketCore {
             })
     }
 
+    /// A datagram receive (single-shot with an optional timeout, or multishot).
+    fn recv_from(&self, token: u64, multishot: bool, timeout: Option<Duration>) -> Result<(), Rejected> {
+        self.submit(token, Request::RecvFrom { multishot, timeout })
+    }
+
+    /// A datagram send of `buf` to `addr`.
+    fn send_to(&self, buf: Buf, addr: SocketAddr, token: u64, zerocopy: bool) -> Result<(), Rejected> {
+        self.submit(token, Request::SendTo { buf, addr, zerocopy })
+    }
+
     /// CancelIoEx: cancels the operations issued with `token`; each completes `Aborted`
     /// (unless it completed first). Cancelling nothing is not an error.
     pub fn cancel(&self, token: u64) -> Result<(), Error> {
@@ -278,50 +288,24 @@ impl UdpSocket {
 
     /// WSARecvFrom: one datagram into a pool frame (or `TimedOut` after `timeout`).
     pub fn recv_from(&self, token: u64, timeout: Option<Duration>) -> Result<(), Rejected> {
-        self.core.submit(
-            token,
-            Request::RecvFrom {
-                multishot: false,
-                timeout,
-            },
-        )
+        self.core.recv_from(token, false, timeout)
     }
 
     /// Multishot WSARecvFrom: every datagram becomes a completion (`more == true`) until
     /// cancelled; an empty buffer ring pauses it (counted) instead of failing it.
     pub fn recv_from_multishot(&self, token: u64) -> Result<(), Rejected> {
-        self.core.submit(
-            token,
-            Request::RecvFrom {
-                multishot: true,
-                timeout: None,
-            },
-        )
+        self.core.recv_from(token, true, None)
     }
 
     /// WSASendTo: sends `buf` to `addr`; the buffer comes back in the completion.
     pub fn send_to(&self, buf: Buf, addr: SocketAddr, token: u64) -> Result<(), Rejected> {
-        self.core.submit(
-            token,
-            Request::SendTo {
-                buf,
-                addr,
-                zerocopy: false,
-            },
-        )
+        self.core.send_to(buf, addr, token, false)
     }
 
     /// WSASendTo with IORING_OP_SEND_ZC from the registered pool: the completion arrives
     /// after the kernel's notification and reports whether the kernel copied anyway.
     pub fn send_to_zc(&self, buf: Buf, addr: SocketAddr, token: u64) -> Result<(), Rejected> {
-        self.core.submit(
-            token,
-            Request::SendTo {
-                buf,
-                addr,
-                zerocopy: true,
-            },
-        )
+        self.core.send_to(buf, addr, token, true)
     }
 
     /// WSASendTo with several buffers (WSABUF array): one datagram gathered from `gather`.
@@ -854,13 +838,7 @@ impl XdpUdpSocket {
     /// Every valid datagram for this port becomes a completion (`more == true`) until
     /// cancelled; one such receive per socket.
     pub fn recv_from_multishot(&self, token: u64) -> Result<(), Rejected> {
-        self.core.submit(
-            token,
-            Request::RecvFrom {
-                multishot: true,
-                timeout: None,
-            },
-        )
+        self.core.recv_from(token, true, None)
     }
 
     /// Sends `buf`'s window to `addr` (IPv4). With `offset() >= 42` the headers go in front
@@ -869,14 +847,7 @@ impl XdpUdpSocket {
     /// The destination's MAC must be known (learned from its frames, or `add_neighbor`):
     /// else the send completes `HostUnreachable`.
     pub fn send_to(&self, buf: Buf, addr: SocketAddr, token: u64) -> Result<(), Rejected> {
-        self.core.submit(
-            token,
-            Request::SendTo {
-                buf,
-                addr,
-                zerocopy: false,
-            },
-        )
+        self.core.send_to(buf, addr, token, false)
     }
 
     pub fn cancel(&self, token: u64) -> Result<(), Error> {
