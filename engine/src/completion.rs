@@ -28,6 +28,8 @@ pub enum OpKind {
     Post,
     /// A RIO completion queue notification posted to a port (RIO_IOCP_COMPLETION).
     RioNotify,
+    /// A fan-out subscription's notification: its queue holds datagrams (`result`: how many).
+    FanoutNotify,
 }
 
 /// The outcome of one operation (or, for multishot operations, of one of its shots).

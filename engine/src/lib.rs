@@ -31,7 +31,8 @@
 //! - [`stats`]: counters and latency histograms; [`error`]: Winsock-like error kinds.
 //! - [`wire`]: Ethernet/IPv4/UDP/ARP for the AF_XDP path; [`xdp`]: the XDP program and the
 //!   shard side of AF_XDP sockets; [`netns`]: test/demo topologies; [`qos`]: QOS2 types,
-//!   shaping and the send scheduler.
+//!   shaping and the send scheduler; [`fanout`]: one received multicast datagram to N
+//!   subscribers through shared frames ([`pool::SharedBuf`]).
 //!
 //! Guarantees: every operation ends in exactly one terminal completion (success, error,
 //! or `Aborted` after a cancel); every completion is delivered once; pool exhaustion and full
@@ -44,6 +45,7 @@ pub mod completion;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod fanout;
 pub mod netns;
 mod op;
 pub mod pool;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use io_uring::types::Timespec;
 
 use crate::completion::OpKind;
-use crate::pool::{Buf, Gather, GATHER_MAX};
+use crate::pool::{Buf, Gather, SharedBuf, GATHER_MAX};
 use crate::rio::RioOp;
 
 /// What an application asks a shard to do on one of its sockets.
@@ -36,6 +36,16 @@ pub(crate) enum Request {
         buf: Buf,
         zerocopy: bool,
     },
+    /// One payload to many destinations: expanded by the shard into one `SendShared` each.
+    SendToMany {
+        buf: SharedBuf,
+        dests: std::sync::Arc<[SocketAddr]>,
+    },
+    /// A datagram send of a shared (read-only) frame.
+    SendShared {
+        buf: SharedBuf,
+        addr: SocketAddr,
+    },
     /// One message gathered from several buffers, to `addr` (datagram) or the peer (stream).
     SendGather {
         gather: Gather,
@@ -57,7 +67,7 @@ impl Request {
         match self {
             Request::RecvFrom { .. } => OpKind::RecvFrom,
             Request::Recv { .. } => OpKind::Recv,
-            Request::SendTo { .. } => OpKind::SendTo,
+            Request::SendTo { .. } | Request::SendToMany { .. } | Request::SendShared { .. } => OpKind::SendTo,
             Request::Send { .. } | Request::SendGather { addr: None, .. } => OpKind::Send,
             Request::SendGather { addr: Some(_), .. } => OpKind::SendTo,
             Request::Accept { .. } => OpKind::Accept,
@@ -107,6 +117,8 @@ pub(crate) struct Slot {
     pub token: u64,
     pub buf: Option<Buf>,
     pub gather: Option<Gather>,
+    /// The frame of a `SendShared` (released, not handed back, when it completes).
+    pub shared: Option<SharedBuf>,
     pub iovs: [libc::iovec; GATHER_MAX],
     pub rio: Option<RioOp>,
     pub addr: libc::sockaddr_storage,
@@ -143,6 +155,7 @@ impl Slot {
             token: 0,
             buf: None,
             gather: None,
+            shared: None,
             iovs: [libc::iovec {
                 iov_base: std::ptr::null_mut(),
                 iov_len: 0,
@@ -209,7 +222,7 @@ impl Table {
 
     pub(crate) fn release(&mut self, idx: u32) {
         let s = &mut self.slots[idx as usize];
-        debug_assert!(s.live && s.buf.is_none() && s.gather.is_none() && s.rio.is_none());
+        debug_assert!(s.live && s.buf.is_none() && s.gather.is_none() && s.shared.is_none() && s.rio.is_none());
         s.live = false;
         self.free.push(idx);
     }

@@ -8,15 +8,24 @@
 //! | the shard's buffer ring    | the kernel (it may write any time)|
 //! | an in-flight operation     | the kernel                       |
 //! | a [`Buf`] the application holds | the application, exclusively |
+//! | [`SharedBuf`]s (fan-out)   | every holder, read-only; the kernel only reads (sends) |
 //!
 //! A [`Buf`] is the only way to read or write frame bytes from safe code, and it is moved into
 //! an operation when submitted and moved back out in the operation's completion; so the
 //! application cannot touch memory the kernel owns. Dropping a `Buf` returns its frame to the
 //! free queue, from any thread (the queue is lock-free and bounded by the frame count, so the
 //! push cannot fail). Frame conservation: `free + in buffer ring + in flight + held == total`.
+//!
+//! A `Buf` can be frozen into a [`SharedBuf`]: read-only handles counted per frame (one
+//! atomic per frame, no allocation), so one received datagram reaches N subscribers, or one
+//! payload N destinations, without a copy. The frame goes back to the free queue when the last
+//! handle drops; a handle that is the last one can be thawed back into a `Buf`.
 
 use std::fmt;
+use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
@@ -32,6 +41,8 @@ pub(crate) struct PoolShared {
     frame_size: u32,
     frames: u32,
     free: ArrayQueue<u32>,
+    /// Per frame: how many [`SharedBuf`]s reference it (0 unless shared).
+    refs: Box<[AtomicU32]>,
 }
 
 /// A handle to a shard's buffer pool. Cloning is cheap; every clone is the same pool.
@@ -68,6 +79,7 @@ impl Pool {
                 frame_size,
                 frames,
                 free,
+                refs: (0..frames).map(|_| AtomicU32::new(0)).collect(),
             }),
         })
     }
@@ -237,6 +249,24 @@ impl Buf {
         self.len = len as u32;
     }
 
+    /// Freezes the buffer into a read-only, shareable handle (no copy, no allocation).
+    pub fn freeze(self) -> SharedBuf {
+        let this = ManuallyDrop::new(self);
+        debug_assert_eq!(this.pool.refs[this.frame as usize].load(Ordering::Relaxed), 0);
+        // Relaxed: the frame is this Buf's alone; whoever receives a handle gets it through a
+        // queue or thread hand-off, which orders this store before their reads.
+        this.pool.refs[this.frame as usize].store(1, Ordering::Relaxed);
+        // SAFETY: `this` is never dropped, so its Arc is moved out exactly once; the frame's
+        // reference count now owns that strong count (released by the last SharedBuf).
+        let pool = unsafe { std::ptr::read(&this.pool) };
+        SharedBuf {
+            pool: NonNull::new(Arc::into_raw(pool).cast_mut()).expect("an Arc is never null"),
+            frame: this.frame,
+            off: this.off,
+            len: this.len,
+        }
+    }
+
     /// Pointer and length of the window, for building an SQE.
     pub(crate) fn raw(&self) -> (*mut u8, u32) {
         (self.window_ptr(), self.len)
@@ -247,6 +277,168 @@ impl Buf {
         debug_assert!(at < self.pool.region.len());
         // SAFETY: frame < frames and off < frame_size, so the offset is inside the region.
         unsafe { self.pool.region.as_ptr().add(at) }
+    }
+}
+
+/// A read-only handle to a frozen pool frame ([`Buf::freeze`]); clones share the frame.
+///
+/// Cloning costs one atomic increment on the frame's counter and no allocation; the frame
+/// returns to its pool when the last handle drops. The bytes cannot change while any handle
+/// exists: nothing can write through a `SharedBuf`, and the frame is in no free queue,
+/// buffer ring or receive.
+pub struct SharedBuf {
+    /// The pool, kept alive by one strong count that the frame's reference count owns.
+    pool: NonNull<PoolShared>,
+    frame: u32,
+    off: u32,
+    len: u32,
+}
+
+// SAFETY: a SharedBuf is a counted shared reference to an immutable frame of a `Sync` pool
+// (its counter is atomic, its free queue lock-free), like an `Arc<[u8]>`.
+unsafe impl Send for SharedBuf {}
+// SAFETY: as above; `&SharedBuf` only reads.
+unsafe impl Sync for SharedBuf {}
+
+impl fmt::Debug for SharedBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedBuf")
+            .field("frame", &self.frame)
+            .field("off", &self.off)
+            .field("len", &self.len)
+            .field("refs", &self.refs())
+            .finish()
+    }
+}
+
+impl SharedBuf {
+    fn shared(&self) -> &PoolShared {
+        // SAFETY: the frame's reference count holds a strong count of the pool while any
+        // handle exists (see `freeze` and `drop`).
+        unsafe { self.pool.as_ref() }
+    }
+
+    fn counter(&self) -> &AtomicU32 {
+        &self.shared().refs[self.frame as usize]
+    }
+
+    /// Handles sharing this frame now (a snapshot: other threads may change it).
+    pub fn refs(&self) -> u32 {
+        self.counter().load(Ordering::Relaxed)
+    }
+
+    /// The frame index in its pool.
+    pub fn frame(&self) -> u32 {
+        self.frame
+    }
+
+    /// `n` more handles for one atomic add (the fan-out path: one add per datagram, not one
+    /// per subscriber). Handles not taken from the iterator are released when it drops.
+    pub fn shares(&self, n: u32) -> Shares<'_> {
+        if n > 0 {
+            // Relaxed, as in Arc::clone: the caller holds a handle, so the frame stays live.
+            self.counter().fetch_add(n, Ordering::Relaxed);
+        }
+        Shares { of: self, left: n }
+    }
+
+    /// Turns the last handle back into a writable `Buf`; hands the handle back while others
+    /// exist.
+    pub fn try_thaw(self) -> Result<Buf, SharedBuf> {
+        // Acquire: pairs with the Release decrement of every other handle's drop, so their
+        // reads of the bytes happen before our writes.
+        if self
+            .counter()
+            .compare_exchange(1, 0, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return Err(self);
+        }
+        let this = ManuallyDrop::new(self);
+        // SAFETY: the count was 1 and is now 0: this handle owned the strong count taken in
+        // `freeze`, which moves into the Buf; `this` is never dropped.
+        let pool = unsafe { Arc::from_raw(this.pool.as_ptr().cast_const()) };
+        Ok(Buf {
+            pool,
+            frame: this.frame,
+            off: this.off,
+            len: this.len,
+        })
+    }
+
+    /// Pointer and length of the window, for building a send SQE (the kernel only reads).
+    pub(crate) fn raw(&self) -> (*const u8, u32) {
+        (self.window_ptr(), self.len)
+    }
+
+    fn window_ptr(&self) -> *const u8 {
+        let sh = self.shared();
+        let at = self.frame as usize * sh.frame_size as usize + self.off as usize;
+        debug_assert!(at + self.len as usize <= sh.region.len());
+        // SAFETY: the window lies inside the frame, which lies inside the region.
+        unsafe { sh.region.as_ptr().add(at) }
+    }
+}
+
+impl Clone for SharedBuf {
+    fn clone(&self) -> SharedBuf {
+        // Relaxed, as in Arc::clone.
+        self.counter().fetch_add(1, Ordering::Relaxed);
+        SharedBuf { ..*self }
+    }
+}
+
+impl Deref for SharedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the frame is frozen (nobody writes it while handles exist, see the type's
+        // doc), the window lies inside it, and region memory is always initialised.
+        unsafe { std::slice::from_raw_parts(self.window_ptr(), self.len as usize) }
+    }
+}
+
+impl Drop for SharedBuf {
+    fn drop(&mut self) {
+        // Release: our reads of the frame happen before the last holder frees it.
+        if self.counter().fetch_sub(1, Ordering::Release) != 1 {
+            return;
+        }
+        // Acquire: pairs with every other holder's Release decrement (as in Arc's drop).
+        fence(Ordering::Acquire);
+        // SAFETY: the count reached 0, so this was the last handle: it owns the strong count
+        // taken in `freeze`, released exactly once here.
+        let pool = unsafe { Arc::from_raw(self.pool.as_ptr().cast_const()) };
+        pool.free
+            .push(self.frame)
+            .expect("free queue holds every frame: a frame was returned twice");
+    }
+}
+
+/// Up to `n` new handles of one frame, from [`SharedBuf::shares`].
+#[derive(Debug)]
+pub struct Shares<'a> {
+    of: &'a SharedBuf,
+    left: u32,
+}
+
+impl Iterator for Shares<'_> {
+    type Item = SharedBuf;
+    fn next(&mut self) -> Option<SharedBuf> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        // The count was raised for this handle in `shares`.
+        Some(SharedBuf { ..*self.of })
+    }
+}
+
+impl Drop for Shares<'_> {
+    fn drop(&mut self) {
+        if self.left > 0 {
+            // The handle `of` is still alive, so this cannot reach zero.
+            self.of.counter().fetch_sub(self.left, Ordering::Release);
+        }
     }
 }
 
@@ -402,6 +594,59 @@ mod tests {
         g.push(pool.alloc().unwrap()).unwrap();
         g.clear();
         assert_eq!((g.len(), pool.free_frames()), (0, 8));
+    }
+
+    #[test]
+    fn shared_frame_returns_when_the_last_handle_drops() {
+        let pool = Pool::new(2, 512, false).unwrap();
+        let shared = pool.alloc_from(b"tick").unwrap().freeze();
+        let handles: Vec<SharedBuf> = shared.shares(5).collect();
+        assert_eq!(shared.refs(), 6);
+        assert!(handles.iter().all(|h| &h[..] == b"tick" && h.frame() == shared.frame()));
+        // Unclaimed shares are released with the iterator.
+        let mut partial = shared.shares(3);
+        let one = partial.next().unwrap();
+        drop(partial);
+        assert_eq!(shared.refs(), 7);
+        let shared = shared.try_thaw().unwrap_err();
+        drop((handles, one));
+        assert_eq!(pool.free_frames(), 1);
+        let mut buf = shared.try_thaw().expect("last handle thaws");
+        buf[0] = b'T';
+        assert_eq!(&buf[..], b"Tick");
+        drop(buf);
+        assert_eq!(pool.free_frames(), 2);
+        // The pool handle may go first: frames keep the memory alive.
+        let last = pool.alloc_from(b"x").unwrap().freeze();
+        drop(pool);
+        assert_eq!(&last[..], b"x");
+    }
+
+    #[test]
+    fn shared_frames_cross_threads_and_come_back_once() {
+        let pool = Pool::new(64, 512, false).unwrap();
+        let (tx, rx): (Vec<_>, Vec<_>) = (0..4).map(|_| std::sync::mpsc::channel::<SharedBuf>()).unzip();
+        let readers: Vec<_> = rx
+            .into_iter()
+            .map(|rx| std::thread::spawn(move || rx.iter().map(|b| u64::from(b[0])).sum::<u64>()))
+            .collect();
+        for i in 0..1000u32 {
+            let b = loop {
+                match pool.alloc_from(&[(i % 251) as u8]) {
+                    Ok(b) => break b.freeze(),
+                    Err(_) => std::thread::yield_now(),
+                }
+            };
+            for (t, s) in tx.iter().zip(b.shares(4)) {
+                t.send(s).unwrap();
+            }
+        }
+        drop(tx);
+        let want: u64 = (0..1000u64).map(|i| i % 251).sum();
+        for r in readers {
+            assert_eq!(r.join().unwrap(), want);
+        }
+        assert_eq!(pool.free_frames(), 64);
     }
 
     proptest::proptest! {

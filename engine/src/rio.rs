@@ -274,28 +274,61 @@ pub enum RioNotify {
     Port { port: CompletionPort, key: u64 },
 }
 
-struct CqShared {
-    queue: ArrayQueue<RioResult>,
-    reserved: AtomicUsize,
+/// The RIONotify handshake over a queue: arm once, fire once when the queue holds
+/// something. Shared by RIO completion queues and fan-out subscriptions.
+#[derive(Debug)]
+pub(crate) struct Notifier {
     armed: AtomicBool,
     notify: RioNotify,
+    /// The `op` of a posted notification completion.
+    op: OpKind,
 }
 
-impl CqShared {
-    fn fire(&self) {
+impl Notifier {
+    pub(crate) fn new(notify: RioNotify, op: OpKind) -> Notifier {
+        Notifier {
+            armed: AtomicBool::new(false),
+            notify,
+            op,
+        }
+    }
+
+    /// Arms; fires at once if the queue already holds `queued` entries.
+    pub(crate) fn arm(&self, queued: impl Fn() -> usize) {
+        // SeqCst: pairs with `pushed`'s load after the producer's push: either the producer
+        // sees the flag or we see its entry.
+        self.armed.store(true, Ordering::SeqCst);
+        let n = queued();
+        if n > 0 && self.armed.swap(false, Ordering::SeqCst) {
+            self.fire(n);
+        }
+    }
+
+    /// After a push that left `queued` entries: fires if armed.
+    pub(crate) fn pushed(&self, queued: impl Fn() -> usize) {
+        // SeqCst: pairs with `arm` (see there).
+        if self.armed.load(Ordering::SeqCst) && self.armed.swap(false, Ordering::SeqCst) {
+            self.fire(queued());
+        }
+    }
+
+    fn fire(&self, queued: usize) {
         match &self.notify {
             RioNotify::None => {}
             RioNotify::Event(e) => e.set(),
             RioNotify::Port { port, key } => {
-                if port
-                    .post(Completion::of(OpKind::RioNotify, *key, 0, Ok(self.queue.len())))
-                    .is_err()
-                {
-                    tracing::warn!("RIO notification lost: its completion port is full");
+                if port.post(Completion::of(self.op, *key, 0, Ok(queued))).is_err() {
+                    tracing::warn!("notification lost: its completion port is full");
                 }
             }
         }
     }
+}
+
+struct CqShared {
+    queue: ArrayQueue<RioResult>,
+    reserved: AtomicUsize,
+    notifier: Notifier,
 }
 
 /// A RIO completion queue. Clones share the queue.
@@ -319,8 +352,7 @@ impl CompletionQueue {
             shared: Arc::new(CqShared {
                 queue: ArrayQueue::new(capacity),
                 reserved: AtomicUsize::new(0),
-                armed: AtomicBool::new(false),
-                notify,
+                notifier: Notifier::new(notify, OpKind::RioNotify),
             }),
         }
     }
@@ -338,10 +370,7 @@ impl CompletionQueue {
 
     /// RIONotify: signal once when a completion is (or already is) queued.
     pub fn notify(&self) {
-        self.shared.armed.store(true, Ordering::SeqCst);
-        if !self.shared.queue.is_empty() && self.shared.armed.swap(false, Ordering::SeqCst) {
-            self.shared.fire();
-        }
+        self.shared.notifier.arm(|| self.shared.queue.len());
     }
 
     pub fn len(&self) -> usize {
@@ -420,10 +449,7 @@ impl RioOp {
             unreachable!("RIO completion queue overflow despite reservation");
         }
         out.fetch_sub(1, Ordering::AcqRel);
-        // SeqCst: pairs with `notify`'s store/check, so a notify racing this push fires once.
-        if rq.cq.armed.load(Ordering::SeqCst) && rq.cq.armed.swap(false, Ordering::SeqCst) {
-            rq.cq.fire();
-        }
+        rq.cq.notifier.pushed(|| rq.cq.queue.len());
     }
 }
 

@@ -27,6 +27,7 @@ use io_uring::{cqueue, opcode, squeue, types};
 use crate::completion::{Completion, OpKind};
 use crate::config::Config;
 use crate::error::{Error, SetupError};
+use crate::fanout::{GroupState, SubShared};
 use crate::op::{self, Request, Table};
 use crate::pool::Pool;
 use crate::port::CompletionPort;
@@ -164,6 +165,19 @@ pub(crate) enum Command {
     UnregisterRio {
         slot: u32,
     },
+    /// Received datagrams on this socket go to the group's subscribers.
+    FanOut {
+        sock: u32,
+        group: Box<GroupState>,
+    },
+    Subscribe {
+        sock: u32,
+        sub: Arc<SubShared>,
+    },
+    Unsubscribe {
+        sock: u32,
+        sub: Arc<SubShared>,
+    },
 }
 
 /// The part of a shard other threads may touch.
@@ -264,6 +278,22 @@ struct SockEntry {
     xdp: Option<Box<XdpPort>>,
     /// The QoS flow its sends go through.
     flow: Option<u16>,
+    /// Its received datagrams fan out to subscribers instead of completing.
+    fanout: Option<Box<GroupState>>,
+}
+
+impl SockEntry {
+    fn open(fd: Option<OwnedFd>, delivery: Option<Delivery>, xdp: Option<Box<XdpPort>>) -> SockEntry {
+        SockEntry {
+            fd,
+            delivery,
+            live_ops: 0,
+            closing: false,
+            xdp,
+            flow: None,
+            fanout: None,
+        }
+    }
 }
 
 /// A shard. In polling mode the application owns it and calls [`poll`](Self::poll) on its own
@@ -298,6 +328,8 @@ pub struct Shard {
     qos: QosState,
     /// Sends taken out of the QoS queues when their socket closes (reused).
     qos_scratch: Vec<Deferred>,
+    /// Sockets whose fan-out group waits for a reliable subscriber.
+    fanout_stalled: Vec<u32>,
     epoch: Instant,
 }
 
@@ -514,14 +546,7 @@ impl Shard {
             pool,
             ops: Table::new(cfg.ops_max),
             sockets: (0..cfg.sockets_max)
-                .map(|_| SockEntry {
-                    fd: None,
-                    delivery: None,
-                    live_ops: 0,
-                    closing: false,
-                    xdp: None,
-                    flow: None,
-                })
+                .map(|_| SockEntry::open(None, None, None))
                 .collect(),
             cqes: Vec::with_capacity(cfg.cq_entries as usize),
             local: VecDeque::with_capacity(cfg.cq_entries as usize),
@@ -546,6 +571,7 @@ impl Shard {
                 in_flight: 0,
             },
             qos_scratch: Vec::with_capacity(QOS_QUEUE_MAX),
+            fanout_stalled: Vec::with_capacity(cfg.sockets_max as usize),
             epoch: Instant::now(),
             shared,
         };
@@ -617,7 +643,9 @@ impl Shard {
         let held_due = self.qos_pump();
         self.refill();
         let xdp_busy = self.xdp_turn();
-        let idle = took == 0 && self.backlog.is_empty() && !xdp_busy;
+        self.fanout_retry();
+        let waiting = !self.backlog.is_empty() || !self.fanout_stalled.is_empty();
+        let idle = took == 0 && !waiting && !xdp_busy;
         if wait && idle && self.spin_for_work()? {
             // Work arrived while spinning; it is reaped or taken below.
         } else if wait && idle {
@@ -646,8 +674,9 @@ impl Shard {
                 self.ring.submit_and_wait(timeout)?;
             }
             self.shared.sleeping.store(false, Ordering::Relaxed);
-        } else if wait && !self.backlog.is_empty() {
-            // A full port: wait briefly for room, but keep reaping.
+        } else if wait && waiting {
+            // A full port or a full reliable subscriber: wait briefly for room (a consumer
+            // making room also wakes us), but keep reaping.
             self.ring.submit_and_wait(Some(Duration::from_micros(200)))?;
         } else if wait {
             self.ring.submit()?;
@@ -704,26 +733,12 @@ impl Shard {
                 Command::Open { sock, fd, delivery } => {
                     let e = &mut self.sockets[sock as usize];
                     debug_assert!(e.fd.is_none() && e.live_ops == 0);
-                    *e = SockEntry {
-                        fd: Some(fd),
-                        delivery: Some(delivery),
-                        live_ops: 0,
-                        closing: false,
-                        xdp: None,
-                        flow: None,
-                    };
+                    *e = SockEntry::open(Some(fd), Some(delivery), None);
                 }
                 Command::OpenXdp { sock, port, delivery } => {
                     let e = &mut self.sockets[sock as usize];
                     debug_assert!(e.fd.is_none() && e.xdp.is_none());
-                    *e = SockEntry {
-                        fd: None,
-                        delivery: Some(delivery),
-                        live_ops: 0,
-                        closing: false,
-                        xdp: Some(port),
-                        flow: None,
-                    };
+                    *e = SockEntry::open(None, Some(delivery), Some(port));
                     self.xdp_socks.push(sock);
                 }
                 Command::FlowCreate { id, flow } => self.qos.flows[usize::from(id)] = Some(*flow),
@@ -755,9 +770,21 @@ impl Shard {
                 Command::Close { sock } if self.sockets[sock as usize].xdp.is_some() => self.close_xdp(sock),
                 Command::Close { sock } => {
                     self.sockets[sock as usize].closing = true;
+                    self.sockets[sock as usize].fanout = None;
                     self.qos_purge(sock);
                     self.cancel_where(|s| s.sock == sock);
                     self.maybe_close(sock);
+                }
+                Command::FanOut { sock, group } => self.sockets[sock as usize].fanout = Some(group),
+                Command::Subscribe { sock, sub } => {
+                    if let Some(g) = self.sockets[sock as usize].fanout.as_mut() {
+                        g.add(sub);
+                    }
+                }
+                Command::Unsubscribe { sock, sub } => {
+                    if let Some(g) = self.sockets[sock as usize].fanout.as_mut() {
+                        g.remove(&sub);
+                    }
                 }
                 Command::UnregisterRio { slot } => {
                     if let Err(e) = self.ring.unregister_slot(slot) {
@@ -771,10 +798,20 @@ impl Shard {
     }
 
     fn start_op(&mut self, sock: u32, token: u64, req: Request) {
-        if let (Some(flow), Request::SendTo { buf, .. } | Request::Send { buf, .. }) =
-            (self.sockets[sock as usize].flow, &req)
-        {
-            let len = buf.len() as u32;
+        if let Request::SendToMany { buf, dests } = req {
+            // One send per destination, each its own completion; all read the one frame.
+            for (&addr, buf) in dests.iter().zip(buf.shares(dests.len() as u32)) {
+                self.start_op(sock, token, Request::SendShared { buf, addr });
+            }
+            return;
+        }
+        let send_len = match &req {
+            Request::SendTo { buf, .. } | Request::Send { buf, .. } => Some(buf.len()),
+            Request::SendShared { buf, .. } => Some(buf.len()),
+            _ => None,
+        };
+        if let (Some(flow), Some(len)) = (self.sockets[sock as usize].flow, send_len) {
+            let len = len as u32;
             self.qos_admit(flow, Deferred { sock, token, req, len });
             return;
         }
@@ -933,6 +970,11 @@ impl Shard {
                 s.zerocopy = zerocopy && self.pool.same(&buf);
                 s.buf = Some(buf);
             }
+            Request::SendShared { buf, addr } => {
+                (s.addr, s.addr_len) = net::to_raw(&addr);
+                s.shared = Some(buf);
+            }
+            Request::SendToMany { .. } => unreachable!("expanded by start_op"),
             Request::SendGather { gather, addr } => {
                 match addr {
                     Some(a) => (s.addr, s.addr_len) = net::to_raw(&a),
@@ -971,6 +1013,9 @@ impl Shard {
             return;
         }
         let mut c = Completion::of(kind, delivery.key(), token, Err(err));
+        if let Request::SendShared { addr, .. } = &req {
+            c.peer = Some(*addr);
+        }
         (c.buffer, c.gather) = req.into_bufs();
         self.deliver_to(delivery.clone(), c);
     }
@@ -1059,8 +1104,14 @@ impl Shard {
                     .build()
             }
             (OpKind::SendTo | OpKind::Send, _) => {
-                let buf = s.buf.as_ref().expect("send slot holds its buffer");
-                let (ptr, len) = buf.raw();
+                let (ptr, len) = match (&s.buf, &s.shared) {
+                    (Some(b), _) => b.raw(),
+                    (None, Some(b)) => {
+                        let (p, l) = b.raw();
+                        (p.cast_mut(), l)
+                    }
+                    (None, None) => unreachable!("send slot holds its buffer"),
+                };
                 // SAFETY: `sent <= len`, so the pointer stays inside the buffer.
                 let (ptr, len) = (unsafe { ptr.add(s.sent as usize) }, len - s.sent);
                 let (dest, dest_len) = if s.kind == OpKind::SendTo {
@@ -1099,7 +1150,7 @@ impl Shard {
                 opcode::Connect::new(fd, (&s.addr as *const libc::sockaddr_storage).cast(), s.addr_len).build()
             }
             (OpKind::Disconnect, _) => opcode::Shutdown::new(fd, libc::SHUT_RDWR).build(),
-            (OpKind::Post | OpKind::RioNotify, _) => unreachable!("not a socket operation"),
+            (OpKind::Post | OpKind::RioNotify | OpKind::FanoutNotify, _) => unreachable!("not a socket operation"),
         };
         let mut entry = entry.user_data(ud);
         let timeout = s.timeout;
@@ -1350,7 +1401,7 @@ impl Shard {
                 st.add(&st.counters.recv_bytes, c.result.unwrap_or(0) as u64);
             }
             let ended = !c.more;
-            self.deliver_to(delivery, c);
+            self.deliver_recv(sock, delivery, c);
             if ended {
                 let s = self.ops.slot(idx);
                 s.pending = 0;
@@ -1399,6 +1450,8 @@ impl Shard {
         let zerocopy = s.zerocopy;
         let buf = s.buf.take();
         let gather = s.gather.take();
+        // A shared send's destination identifies its completion; the frame handle is released.
+        let shared_dest = s.shared.take().and_then(|_| net::from_raw(&s.addr, s.addr_len));
         let rio = s.rio.take();
         let multishot = s.multishot;
         let started = s.started;
@@ -1460,7 +1513,7 @@ impl Shard {
             let mut c = Completion::of(kind, delivery.key(), token, result);
             c.buffer = buf;
             c.gather = gather;
-            c.peer = peer.or(accepted_peer);
+            c.peer = peer.or(accepted_peer).or(shared_dest);
             c.zc_copied = zc_copied;
             if kind == OpKind::Accept && !multishot {
                 if let Ok(fd) = c.result {
@@ -1505,7 +1558,7 @@ impl Shard {
             }
             self.sockets[sock as usize].xdp = Some(port);
             for c in out.drain(..) {
-                self.deliver_to(delivery.clone(), c);
+                self.deliver_recv(sock, delivery.clone(), c);
             }
             self.local_scratch = out;
         }
@@ -1525,6 +1578,35 @@ impl Shard {
                 Ok(()) => return,
                 Err((e, buf)) => (e, Some(buf)),
             },
+            Request::SendToMany { buf, dests } => {
+                // Each destination needs its own headers: one frame (and payload copy) each.
+                let st = &self.shared.stats;
+                for &addr in dests.iter() {
+                    let copy = self
+                        .pool
+                        .alloc_with_headroom(crate::wire::UDP_HEADERS_LEN)
+                        .map(|mut b| {
+                            b.set_len(buf.len());
+                            b.copy_from_slice(&buf);
+                            b
+                        });
+                    let outcome = copy.map_err(|e| (e, None)).and_then(|b| {
+                        st.add(&st.counters.xdp_send_copies, 1);
+                        port.send(st, b, addr, token).map_err(|(e, b)| (e, Some(b)))
+                    });
+                    if let Err((e, _copy)) = outcome {
+                        let mut c = Completion::of(kind, delivery.key(), token, Err(e));
+                        c.peer = Some(addr);
+                        self.local_scratch.push(c);
+                    }
+                }
+                let mut out = std::mem::take(&mut self.local_scratch);
+                for c in out.drain(..) {
+                    self.deliver_to(delivery.clone(), c);
+                }
+                self.local_scratch = out;
+                return;
+            }
             // One multishot receive per port; single receives and streams are not AF_XDP's.
             other => (Error::InvalidArgument, other.into_bufs().0),
         };
@@ -1551,6 +1633,7 @@ impl Shard {
     fn close_xdp(&mut self, sock: u32) {
         self.cancel_xdp_recv(sock, None);
         let e = &mut self.sockets[sock as usize];
+        e.fanout = None;
         let (Some(port), Some(delivery)) = (e.xdp.take(), e.delivery.take()) else {
             return;
         };
@@ -1581,6 +1664,36 @@ impl Shard {
             e.delivery = None;
             e.closing = false;
             self.shared.free_socket_id(sock);
+        }
+    }
+
+    /// Delivers a receive completion of `sock`, or fans its datagram out to the socket's
+    /// subscribers (the completion itself is then consumed: the datagram is theirs).
+    fn deliver_recv(&mut self, sock: u32, delivery: Delivery, mut c: Completion) {
+        if let (Some(g), true) = (
+            self.sockets[sock as usize].fanout.as_mut(),
+            c.op == OpKind::RecvFrom && c.more && c.result.is_ok(),
+        ) {
+            let buf = c.buffer.take().expect("a successful receive carries its buffer");
+            if g.publish(buf, c.peer, c.tos) && !self.fanout_stalled.contains(&sock) {
+                self.fanout_stalled.push(sock);
+            }
+            return;
+        }
+        self.deliver_to(delivery, c);
+    }
+
+    /// Retries fan-out groups stalled by a full reliable subscriber.
+    fn fanout_retry(&mut self) {
+        let mut i = 0;
+        while i < self.fanout_stalled.len() {
+            let sock = self.fanout_stalled[i];
+            let stalled = self.sockets[sock as usize].fanout.as_mut().is_some_and(|g| g.retry());
+            if stalled {
+                i += 1;
+            } else {
+                self.fanout_stalled.swap_remove(i);
+            }
         }
     }
 

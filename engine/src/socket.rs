@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, SetupError};
+use crate::fanout::FanOut;
 use crate::op::Request;
 use crate::pool::{Buf, Gather};
 use crate::qos::TrafficType;
@@ -195,6 +196,40 @@ impl SocketCore {
         self.submit(token, Request::RecvFrom { multishot, timeout })
     }
 
+    /// Turns this socket's datagrams into a fan-out group: arms a multishot receive with
+    /// `token` whose datagrams go to the group's subscribers (each exactly once, in order,
+    /// sharing one frame) instead of completing; its errors and its end still complete to
+    /// the socket's delivery.
+    fn fan_out(&self, token: u64) -> Result<FanOut, SetupError> {
+        let fan = FanOut::new(self.shared.clone(), self.id);
+        let group = fan.state(self.shared.pool.total_frames() as usize);
+        self.shared
+            .send(Command::FanOut { sock: self.id, group })
+            .map_err(|_| SetupError::Limit("shard command queue"))?;
+        self.recv_from(token, true, None)
+            .map_err(|_| SetupError::Limit("shard command queue"))?;
+        Ok(fan)
+    }
+
+    /// One payload to every address in `dests`, each send its own completion (`peer` = the
+    /// destination, no buffer: the frame returns to the pool after the last send).
+    fn send_to_many(&self, buf: Buf, dests: &Arc<[SocketAddr]>, token: u64) -> Result<(), Rejected> {
+        if dests.is_empty() {
+            return Err(Rejected {
+                error: Error::InvalidArgument,
+                buffer: Some(buf),
+                gather: None,
+            });
+        }
+        self.submit(
+            token,
+            Request::SendToMany {
+                buf: buf.freeze(),
+                dests: dests.clone(),
+            },
+        )
+    }
+
     /// A datagram send of `buf` to `addr`.
     fn send_to(&self, buf: Buf, addr: SocketAddr, token: u64, zerocopy: bool) -> Result<(), Rejected> {
         self.submit(token, Request::SendTo { buf, addr, zerocopy })
@@ -297,6 +332,20 @@ impl UdpSocket {
         self.core.recv_from(token, true, None)
     }
 
+    /// Receives once and fans each datagram out to subscribers without copying
+    /// (see [`FanOut`]); the receive runs under `token`.
+    pub fn fan_out(&self, token: u64) -> Result<FanOut, SetupError> {
+        self.core.fan_out(token)
+    }
+
+    /// Sends `buf` to every address in `dests` (unicast or groups): N sends reading the one
+    /// registered frame, no payload copy in user space. Each destination completes once
+    /// (`SendTo`, `peer` = that destination); the frame returns to the pool after the last.
+    /// Keep `dests` and reuse it: cloning the `Arc` allocates nothing.
+    pub fn send_to_many(&self, buf: Buf, dests: &Arc<[SocketAddr]>, token: u64) -> Result<(), Rejected> {
+        self.core.send_to_many(buf, dests, token)
+    }
+
     /// WSASendTo: sends `buf` to `addr`; the buffer comes back in the completion.
     pub fn send_to(&self, buf: Buf, addr: SocketAddr, token: u64) -> Result<(), Rejected> {
         self.core.send_to(buf, addr, token, false)
@@ -347,27 +396,35 @@ impl UdpSocket {
         Ok(())
     }
 
-    /// IP_ADD_SOURCE_MEMBERSHIP: receive IPv4 `group` only from `source` (source-specific
-    /// multicast, include list); call again to add sources.
-    pub fn join_source(&self, group: Ipv4Addr, source: Ipv4Addr, iface: Option<Ipv4Addr>) -> Result<(), Error> {
-        Ok(net::source_membership_v4(
-            self.core.raw(),
-            group,
-            source,
-            iface.unwrap_or(Ipv4Addr::UNSPECIFIED),
-            true,
-        )?)
+    /// Source-specific multicast (include list): receive `group` only from `source`; call
+    /// again to add sources. IPv4: IP_ADD_SOURCE_MEMBERSHIP on the interface with address
+    /// `iface`; IPv6: MCAST_JOIN_SOURCE_GROUP on interface index `iface`. `None`: the
+    /// kernel's choice.
+    pub fn join_source(&self, group: IpAddr, source: IpAddr, iface: Option<Interface>) -> Result<(), Error> {
+        self.source_membership(group, source, iface, true)
     }
 
     /// Drops `source` from a source-specific membership.
-    pub fn leave_source(&self, group: Ipv4Addr, source: Ipv4Addr, iface: Option<Ipv4Addr>) -> Result<(), Error> {
-        Ok(net::source_membership_v4(
-            self.core.raw(),
-            group,
-            source,
-            iface.unwrap_or(Ipv4Addr::UNSPECIFIED),
-            false,
-        )?)
+    pub fn leave_source(&self, group: IpAddr, source: IpAddr, iface: Option<Interface>) -> Result<(), Error> {
+        self.source_membership(group, source, iface, false)
+    }
+
+    fn source_membership(
+        &self,
+        group: IpAddr,
+        source: IpAddr,
+        iface: Option<Interface>,
+        join: bool,
+    ) -> Result<(), Error> {
+        let fd = self.core.raw();
+        match (group, source, iface) {
+            (IpAddr::V4(g), IpAddr::V4(s), None) => net::source_membership_v4(fd, g, s, Ipv4Addr::UNSPECIFIED, join)?,
+            (IpAddr::V4(g), IpAddr::V4(s), Some(Interface::V4(a))) => net::source_membership_v4(fd, g, s, a, join)?,
+            (IpAddr::V6(g), IpAddr::V6(s), None) => net::source_membership_v6(fd, g, s, 0, join)?,
+            (IpAddr::V6(g), IpAddr::V6(s), Some(Interface::Index(i))) => net::source_membership_v6(fd, g, s, i, join)?,
+            _ => return Err(Error::InvalidArgument),
+        }
+        Ok(())
     }
 
     /// IP_MULTICAST_LOOP / IPV6_MULTICAST_LOOP: whether this host's own members receive what
@@ -839,6 +896,20 @@ impl XdpUdpSocket {
     /// cancelled; one such receive per socket.
     pub fn recv_from_multishot(&self, token: u64) -> Result<(), Rejected> {
         self.core.recv_from(token, true, None)
+    }
+
+    /// Receives through AF_XDP and fans each datagram out to subscribers without copying
+    /// (see [`FanOut`]); the receive runs under `token`.
+    pub fn fan_out(&self, token: u64) -> Result<FanOut, SetupError> {
+        self.core.fan_out(token)
+    }
+
+    /// Sends `buf` to every address in `dests`, each its own completion. On AF_XDP every
+    /// destination needs its own headers in front of the payload, and this engine has no
+    /// multi-buffer (XDP_USE_SG) TX: the payload is copied into one frame per destination,
+    /// counted in `xdp_send_copies`.
+    pub fn send_to_many(&self, buf: Buf, dests: &Arc<[SocketAddr]>, token: u64) -> Result<(), Rejected> {
+        self.core.send_to_many(buf, dests, token)
     }
 
     /// Sends `buf`'s window to `addr` (IPv4). With `offset() >= 42` the headers go in front

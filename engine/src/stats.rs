@@ -73,6 +73,8 @@ counters! {
     xdp_no_neighbor,
     /// AF_XDP: sends refused because the TX ring was full (NoBuffers).
     xdp_tx_full,
+    /// Payload copies made by AF_XDP send_to_many (one frame per destination).
+    xdp_send_copies,
     /// AF_XDP: descriptors whose address or length lay outside the UMEM (ignored).
     xdp_bad_desc,
 }

@@ -766,7 +766,8 @@ fn multicast_join_source_filter_and_leave_on_loopback() {
     rx.leave(group.into(), Some(Interface::V4(lo))).unwrap();
     assert_eq!(send_and_collect(&a, 4, &mut shard), Vec::<u8>::new());
     // Source-specific: only 127.0.0.1 gets through.
-    rx.join_source(group, lo, Some(lo)).unwrap();
+    rx.join_source(group.into(), lo.into(), Some(Interface::V4(lo)))
+        .unwrap();
     assert_eq!(send_and_collect(&a, 5, &mut shard), [5]);
     assert_eq!(send_and_collect(&b, 6, &mut shard), Vec::<u8>::new());
 }

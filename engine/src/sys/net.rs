@@ -98,6 +98,28 @@ pub(crate) fn source_membership_v4(
     set_struct(fd, libc::IPPROTO_IP, name, &m)
 }
 
+/// MCAST_JOIN_SOURCE_GROUP / MCAST_LEAVE_SOURCE_GROUP (RFC 3678, protocol-independent;
+/// used for IPv6 source-specific multicast) on interface index `ifindex` (0: any).
+pub(crate) fn source_membership_v6(
+    fd: RawFd,
+    group: Ipv6Addr,
+    source: Ipv6Addr,
+    ifindex: u32,
+    join: bool,
+) -> io::Result<()> {
+    let m = libc::group_source_req {
+        gsr_interface: ifindex,
+        gsr_group: to_raw(&SocketAddr::new(group.into(), 0)).0,
+        gsr_source: to_raw(&SocketAddr::new(source.into(), 0)).0,
+    };
+    let name = if join {
+        libc::MCAST_JOIN_SOURCE_GROUP
+    } else {
+        libc::MCAST_LEAVE_SOURCE_GROUP
+    };
+    set_struct(fd, libc::IPPROTO_IPV6, name, &m)
+}
+
 /// IP_MULTICAST_IF by interface address.
 pub(crate) fn multicast_if_v4(fd: RawFd, iface: Ipv4Addr) -> io::Result<()> {
     set_struct(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &in_addr(iface))
