@@ -6,6 +6,10 @@
 // Maps (filled by the engine):
 //   xsks  : XSKMAP, rx queue index -> AF_XDP socket
 //   ports : UDP destination port (network byte order) -> 1
+//   groups: {IPv4 multicast group, source} -> 1, source 0 = any source (all network order).
+//           A multicast datagram is steered only if its group is joined, and for a
+//           source-specific join only from an included source; other multicast goes to
+//           the kernel (which drops what no socket joined).
 //   stats : per-CPU counters, see enum stat
 //
 // Frames that are malformed beyond the UDP header (bad lengths, checksums, options,
@@ -24,7 +28,8 @@
 enum stat {
     STAT_STEERED = 0, // matched a porto port: redirected to the XSK (if one is bound)
     STAT_PASSED = 1,  // handed to the kernel
-    STAT_MAX = 2,
+    STAT_FILTERED = 2, // multicast for a group (or from a source) porto has not joined: passed
+    STAT_MAX = 3,
 };
 
 struct {
@@ -40,6 +45,18 @@ struct {
     __type(key, __u16);
     __type(value, __u8);
 } ports SEC(".maps");
+
+struct group_key {
+    __u32 group;
+    __u32 source;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 256);
+    __type(key, struct group_key);
+    __type(value, __u8);
+} groups SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -81,6 +98,16 @@ int porto_xdp(struct xdp_md *ctx)
     __u16 port = udp->dest;
     if (!bpf_map_lookup_elem(&ports, &port))
         return count(STAT_PASSED, XDP_PASS);
+
+    // 224.0.0.0/4: only joined groups, only included sources.
+    if ((ip->daddr & bpf_htonl(0xf0000000)) == bpf_htonl(0xe0000000)) {
+        struct group_key k = { .group = ip->daddr, .source = ip->saddr };
+        if (!bpf_map_lookup_elem(&groups, &k)) {
+            k.source = 0;
+            if (!bpf_map_lookup_elem(&groups, &k))
+                return count(STAT_FILTERED, XDP_PASS);
+        }
+    }
 
     // No socket on this queue: the kernel gets the frame (XDP_PASS as the fallback action).
     count(STAT_STEERED, 0);

@@ -1,6 +1,7 @@
 //! A test and demo topology: two network namespaces joined by a multi-queue veth pair, both
 //! ends inside namespaces this process made, addresses from the benchmarking range
-//! 198.18.0.0/15. Everything is deleted when the [`Topology`] drops — also when a test
+//! 198.18.0.0/15 and 2001:2::/48 (RFC 5180), with a multicast route (224.0.0.0/4) on each
+//! end. Everything is deleted when the [`Topology`] drops — also when a test
 //! panics. Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN), iproute2 and ethtool (TX checksum
 //! offload is turned off on both ends so frames carry full checksums, as on a wire).
 //!
@@ -8,10 +9,11 @@
 //!   netns <prefix>-a                       netns <prefix>-b
 //!   ┌──────────────────┐   veth, N queues  ┌──────────────────┐
 //!   │ va 198.18.0.1/24 ├───────────────────┤ vb 198.18.0.2/24 │
+//!   │    2001:2::1/64  │                   │    2001:2::2/64  │
 //!   └──────────────────┘                   └──────────────────┘
 //! ```
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -35,6 +37,8 @@ pub struct Topology {
     pub if_b: String,
     pub ip_a: Ipv4Addr,
     pub ip_b: Ipv4Addr,
+    pub ip6_a: Ipv6Addr,
+    pub ip6_b: Ipv6Addr,
     pub queues: u32,
 }
 
@@ -79,6 +83,8 @@ impl Topology {
             if_b: "vb".into(),
             ip_a: Ipv4Addr::new(198, 18, 0, 1),
             ip_b: Ipv4Addr::new(198, 18, 0, 2),
+            ip6_a: Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1),
+            ip6_b: Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2),
             queues,
         };
         // From here on, drop cleans up whatever was made.
@@ -107,14 +113,17 @@ impl Topology {
             "numrxqueues",
             &q,
         ])?;
-        for (ns, ifname, addr) in [(&t.ns_a, &t.if_a, t.ip_a), (&t.ns_b, &t.if_b, t.ip_b)] {
+        for (ns, ifname, addr, addr6) in [(&t.ns_a, &t.if_a, t.ip_a, t.ip6_a), (&t.ns_b, &t.if_b, t.ip_b, t.ip6_b)] {
             // veth offloads the UDP checksum to a "device" that never computes it: frames
             // would reach XDP with a partial checksum, which porto rightly rejects. Real NICs
             // put full checksums on the wire; make the veth do the same.
             run("ip", &["netns", "exec", ns, "ethtool", "-K", ifname, "tx", "off"])?;
             ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", ifname])?;
+            // nodad: usable at once, no duplicate-address probe on a link we alone use.
+            ip(&["-n", ns, "addr", "add", &format!("{addr6}/64"), "dev", ifname, "nodad"])?;
             ip(&["-n", ns, "link", "set", ifname, "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", ns, "route", "add", "224.0.0.0/4", "dev", ifname])?;
         }
         Ok(t)
     }
@@ -141,6 +150,25 @@ impl Topology {
     }
 
     /// Moves the calling thread (and threads it spawns later) into `side`'s namespace.
+    pub fn addr6(&self, side: Side) -> Ipv6Addr {
+        match side {
+            Side::A => self.ip6_a,
+            Side::B => self.ip6_b,
+        }
+    }
+
+    /// The index of `side`'s interface (for IPv6 multicast calls).
+    pub fn ifindex(&self, side: Side) -> std::io::Result<u32> {
+        let out = self
+            .command(side, "cat")
+            .arg(format!("/sys/class/net/{}/ifindex", self.iface(side)))
+            .output()?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| std::io::Error::other(format!("no ifindex for {}", self.iface(side))))
+    }
+
     pub fn enter(&self, side: Side) -> std::io::Result<()> {
         sys::netns::enter(&format!("/var/run/netns/{}", self.ns(side)))
     }

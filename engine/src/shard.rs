@@ -150,6 +150,14 @@ pub(crate) enum Command {
         ip: std::net::Ipv4Addr,
         mac: crate::wire::MacAddr,
     },
+    /// An AF_XDP socket's multicast membership (the program and IGMP are handled by the
+    /// caller; this is the engine's own check).
+    XdpGroup {
+        sock: u32,
+        group: std::net::Ipv4Addr,
+        source: Option<std::net::Ipv4Addr>,
+        join: bool,
+    },
     Op {
         sock: u32,
         token: u64,
@@ -757,6 +765,17 @@ impl Shard {
                 Command::Neighbor { sock, ip, mac } => {
                     if let Some(p) = self.sockets[sock as usize].xdp.as_mut() {
                         p.learn(ip, mac);
+                    }
+                }
+                Command::XdpGroup {
+                    sock,
+                    group,
+                    source,
+                    join,
+                } => {
+                    if let Some(p) = self.sockets[sock as usize].xdp.as_mut() {
+                        let fits = p.set_group(group, source, join);
+                        debug_assert!(fits, "XdpUdpSocket::join bounds the table");
                     }
                 }
                 Command::Op { sock, token, req } if self.sockets[sock as usize].xdp.is_some() => {

@@ -20,7 +20,7 @@ use crate::sys::net;
 use crate::sys::xsk::{Xsk, XskMode};
 use crate::wire::MacAddr;
 use crate::xdp::port::XdpPort;
-use crate::xdp::{AttachMode, XdpProgram};
+use crate::xdp::{AttachMode, ProgramCounters, XdpProgram};
 
 /// An operation the shard could not accept; the buffer it carried comes back.
 #[derive(Debug)]
@@ -420,8 +420,10 @@ impl UdpSocket {
         match (group, source, iface) {
             (IpAddr::V4(g), IpAddr::V4(s), None) => net::source_membership_v4(fd, g, s, Ipv4Addr::UNSPECIFIED, join)?,
             (IpAddr::V4(g), IpAddr::V4(s), Some(Interface::V4(a))) => net::source_membership_v4(fd, g, s, a, join)?,
-            (IpAddr::V6(g), IpAddr::V6(s), None) => net::source_membership_v6(fd, g, s, 0, join)?,
-            (IpAddr::V6(g), IpAddr::V6(s), Some(Interface::Index(i))) => net::source_membership_v6(fd, g, s, i, join)?,
+            (IpAddr::V6(_), IpAddr::V6(_), None) => net::mcast_membership(fd, group, Some(source), 0, join)?,
+            (IpAddr::V6(_), IpAddr::V6(_), Some(Interface::Index(i))) => {
+                net::mcast_membership(fd, group, Some(source), i, join)?
+            }
             _ => return Err(Error::InvalidArgument),
         }
         Ok(())
@@ -803,6 +805,10 @@ pub struct XdpUdpSocket {
     local: SocketAddrV4,
     info: XdpInfo,
     program: XdpProgram,
+    /// A kernel socket holding the IGMP memberships, made at the first join.
+    igmp: Option<OwnedFd>,
+    /// Joined (group, source) pairs.
+    groups: Vec<(Ipv4Addr, Option<Ipv4Addr>)>,
 }
 
 impl std::fmt::Debug for XdpUdpSocket {
@@ -881,6 +887,8 @@ impl XdpUdpSocket {
             local,
             info,
             program,
+            igmp: None,
+            groups: Vec::new(),
         })
     }
 
@@ -949,8 +957,75 @@ impl XdpUdpSocket {
             .map_err(|_| Error::NoBuffers)
     }
 
-    /// Frames the XDP program steered to porto and passed to the kernel so far.
-    pub fn xdp_counters(&self) -> Result<(u64, u64), SetupError> {
+    /// Joins IPv4 multicast `group` (from `source` only, or from any source) on this
+    /// socket's interface. The kernel keeps the membership (a kernel socket joins, so IGMP
+    /// reports go out and the NIC accepts the group's MAC); the XDP program then steers the
+    /// group's datagrams for this port, from included sources only, to AF_XDP.
+    pub fn join(&mut self, group: Ipv4Addr, source: Option<Ipv4Addr>) -> Result<(), Error> {
+        if !group.is_multicast() {
+            return Err(Error::InvalidArgument);
+        }
+        if self.groups.contains(&(group, source)) {
+            return Ok(());
+        }
+        if self.groups.len() >= crate::xdp::port::GROUPS_MAX {
+            return Err(Error::NoBuffers);
+        }
+        let ifindex = net::ifindex(&self.info.iface)?;
+        if self.igmp.is_none() {
+            self.igmp = Some(net::socket(
+                &SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+                net::Kind::Udp,
+            )?);
+        }
+        let fd = self.igmp.as_ref().expect("made above").as_raw_fd();
+        net::mcast_membership(fd, group.into(), source.map(IpAddr::V4), ifindex, true)?;
+        self.groups.push((group, source));
+        self.set_group(group, source, true)
+    }
+
+    /// Leaves a membership made with [`join`](Self::join).
+    pub fn leave(&mut self, group: Ipv4Addr, source: Option<Ipv4Addr>) -> Result<(), Error> {
+        let Some(i) = self.groups.iter().position(|g| *g == (group, source)) else {
+            return Err(Error::InvalidArgument);
+        };
+        self.groups.swap_remove(i);
+        self.set_group(group, source, false)?;
+        let fd = self.igmp.as_ref().expect("a join made it").as_raw_fd();
+        let ifindex = net::ifindex(&self.info.iface)?;
+        Ok(net::mcast_membership(
+            fd,
+            group.into(),
+            source.map(IpAddr::V4),
+            ifindex,
+            false,
+        )?)
+    }
+
+    /// The program's table and the engine's own check, in step.
+    fn set_group(&mut self, group: Ipv4Addr, source: Option<Ipv4Addr>, join: bool) -> Result<(), Error> {
+        let steer = if join {
+            self.program.add_group(group, source)
+        } else {
+            self.program.remove_group(group, source)
+        };
+        if let Err(e) = steer {
+            tracing::error!(error = %e, "updating the XDP group table failed");
+            return Err(Error::InvalidArgument);
+        }
+        self.core
+            .shared
+            .send(Command::XdpGroup {
+                sock: self.core.id,
+                group,
+                source,
+                join,
+            })
+            .map_err(|_| Error::NoBuffers)
+    }
+
+    /// What the XDP program steered to porto, passed to the kernel, and filtered so far.
+    pub fn xdp_counters(&self) -> Result<ProgramCounters, SetupError> {
         Ok(self.program.counters()?)
     }
 }

@@ -154,7 +154,7 @@ fn echo_case(attach: Option<AttachMode>) {
                 .filter(|d| d.1 > 0)
                 .collect();
             let snap = st.counters.snapshot();
-            let steered = sock.xdp_counters().unwrap().0;
+            let steered = sock.xdp_counters().unwrap().steered;
             drop(sock);
             let mut out = Vec::new();
             shard.poll(&mut out, 64);

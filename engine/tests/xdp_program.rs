@@ -44,10 +44,10 @@ fn udp(dst_port: u16, payload: usize) -> Vec<u8> {
 
 /// Runs `frame` and returns (action, steered delta, passed delta).
 fn run(p: &mut XdpProgram, frame: &[u8]) -> (u32, u64, u64) {
-    let (s0, p0) = p.counters().unwrap();
+    let c0 = p.counters().unwrap();
     let action = p.test_run(frame).unwrap();
-    let (s1, p1) = p.counters().unwrap();
-    (action, s1 - s0, p1 - p0)
+    let c1 = p.counters().unwrap();
+    (action, c1.steered - c0.steered, c1.passed - c0.passed)
 }
 
 #[test]
@@ -106,4 +106,46 @@ fn removed_port_is_no_longer_steered() {
     let Some(mut p) = load() else { return };
     p.remove_port(PORT).unwrap();
     assert_eq!(run(&mut p, &udp(PORT, 64)), (XDP_PASS, 0, 1));
+}
+
+/// A datagram to `group` from `src` for the porto port.
+fn mcast(group: Ipv4Addr, src: Ipv4Addr) -> Vec<u8> {
+    let mut f = vec![0u8; UDP_HEADERS_LEN + 16];
+    let o = group.octets();
+    let h = UdpHeaders {
+        src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+        dst_mac: MacAddr([0x01, 0x00, 0x5e, o[1] & 0x7f, o[2], o[3]]),
+        src_ip: src,
+        dst_ip: group,
+        src_port: 9999,
+        dst_port: PORT,
+        tos: 0,
+        ttl: 1,
+    };
+    emit_udp(&mut f, &h, 16).unwrap();
+    f
+}
+
+#[test]
+fn multicast_is_steered_only_for_joined_groups_and_included_sources() {
+    let Some(mut p) = load() else { return };
+    let (asm, ssm) = (Ipv4Addr::new(239, 1, 1, 1), Ipv4Addr::new(232, 1, 1, 1));
+    let (good, other) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 9));
+    let filtered = |p: &mut XdpProgram, f: &[u8]| {
+        let before = p.counters().unwrap().filtered;
+        let r = run(p, f);
+        (r, p.counters().unwrap().filtered - before)
+    };
+    // Nothing joined: multicast for the port is filtered to the kernel, not steered.
+    assert_eq!(filtered(&mut p, &mcast(asm, good)), ((XDP_PASS, 0, 0), 1));
+    p.add_group(asm, None).unwrap();
+    p.add_group(ssm, Some(good)).unwrap();
+    assert_eq!(filtered(&mut p, &mcast(asm, good)), ((XDP_PASS, 1, 0), 0));
+    assert_eq!(filtered(&mut p, &mcast(asm, other)), ((XDP_PASS, 1, 0), 0));
+    assert_eq!(filtered(&mut p, &mcast(ssm, good)), ((XDP_PASS, 1, 0), 0));
+    assert_eq!(filtered(&mut p, &mcast(ssm, other)), ((XDP_PASS, 0, 0), 1));
+    // Leave: filtered again. Unicast is unaffected by the group table.
+    p.remove_group(asm, None).unwrap();
+    assert_eq!(filtered(&mut p, &mcast(asm, good)), ((XDP_PASS, 0, 0), 1));
+    assert_eq!(filtered(&mut p, &udp(PORT, 64)), ((XDP_PASS, 1, 0), 0));
 }

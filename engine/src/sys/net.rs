@@ -3,7 +3,7 @@
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -98,26 +98,59 @@ pub(crate) fn source_membership_v4(
     set_struct(fd, libc::IPPROTO_IP, name, &m)
 }
 
-/// MCAST_JOIN_SOURCE_GROUP / MCAST_LEAVE_SOURCE_GROUP (RFC 3678, protocol-independent;
-/// used for IPv6 source-specific multicast) on interface index `ifindex` (0: any).
-pub(crate) fn source_membership_v6(
+/// The RFC 3678 protocol-independent calls (IPv4 and IPv6 alike), on interface index
+/// `ifindex` (0: the kernel's choice): MCAST_JOIN_GROUP / MCAST_LEAVE_GROUP for any source,
+/// MCAST_JOIN_SOURCE_GROUP / MCAST_LEAVE_SOURCE_GROUP for one included source.
+pub(crate) fn mcast_membership(
     fd: RawFd,
-    group: Ipv6Addr,
-    source: Ipv6Addr,
+    group: IpAddr,
+    source: Option<IpAddr>,
     ifindex: u32,
     join: bool,
 ) -> io::Result<()> {
-    let m = libc::group_source_req {
-        gsr_interface: ifindex,
-        gsr_group: to_raw(&SocketAddr::new(group.into(), 0)).0,
-        gsr_source: to_raw(&SocketAddr::new(source.into(), 0)).0,
-    };
-    let name = if join {
-        libc::MCAST_JOIN_SOURCE_GROUP
+    let level = if group.is_ipv4() {
+        libc::IPPROTO_IP
     } else {
-        libc::MCAST_LEAVE_SOURCE_GROUP
+        libc::IPPROTO_IPV6
     };
-    set_struct(fd, libc::IPPROTO_IPV6, name, &m)
+    let storage = |a: IpAddr| to_raw(&SocketAddr::new(a, 0)).0;
+    match source {
+        Some(src) => {
+            let m = libc::group_source_req {
+                gsr_interface: ifindex,
+                gsr_group: storage(group),
+                gsr_source: storage(src),
+            };
+            let name = if join {
+                libc::MCAST_JOIN_SOURCE_GROUP
+            } else {
+                libc::MCAST_LEAVE_SOURCE_GROUP
+            };
+            set_struct(fd, level, name, &m)
+        }
+        None => {
+            let m = libc::group_req {
+                gr_interface: ifindex,
+                gr_group: storage(group),
+            };
+            let name = if join {
+                libc::MCAST_JOIN_GROUP
+            } else {
+                libc::MCAST_LEAVE_GROUP
+            };
+            set_struct(fd, level, name, &m)
+        }
+    }
+}
+
+/// The index of interface `name`.
+pub(crate) fn ifindex(name: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(io::Error::last_os_error()),
+        i => Ok(i),
+    }
 }
 
 /// IP_MULTICAST_IF by interface address.
@@ -290,12 +323,7 @@ pub(crate) fn hw_addr(name: &str) -> io::Result<[u8; 6]> {
 /// Sends one raw Ethernet frame out of `ifname` (AF_PACKET), as a test peer injecting
 /// arbitrary (also malformed) frames does.
 pub(crate) fn send_raw_frame(ifname: &str, frame: &[u8]) -> io::Result<()> {
-    let c = std::ffi::CString::new(ifname).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: a NUL-terminated string.
-    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if ifindex == 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let ifindex = ifindex(ifname)?;
     // SAFETY: socket(2) takes no pointers; protocol 0 means send-only.
     let fd = cvt(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: fresh fd owned by nobody else.

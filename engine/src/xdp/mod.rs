@@ -5,4 +5,4 @@
 pub(crate) mod port;
 pub mod program;
 
-pub use program::{AttachMode, XdpError, XdpProgram};
+pub use program::{AttachMode, ProgramCounters, XdpError, XdpProgram};

@@ -20,6 +20,8 @@ use crate::wire::{self, MacAddr, UdpHeaders, UDP_HEADERS_LEN};
 const BATCH: u32 = 64;
 /// Neighbours remembered.
 const NEIGHBORS_MAX: usize = 64;
+/// Multicast memberships (group, source) per port.
+pub(crate) const GROUPS_MAX: usize = 64;
 
 /// A send whose frame the kernel holds: (token, payload offset, payload length, buffer).
 type PendingSend = (u64, u32, u32, Buf);
@@ -50,6 +52,9 @@ pub(crate) struct XdpPort {
     neighbors: [(Ipv4Addr, MacAddr); NEIGHBORS_MAX],
     neighbors_len: usize,
     neighbor_next: usize,
+    /// Joined (group, source) pairs; source UNSPECIFIED = any source.
+    groups: [(Ipv4Addr, Ipv4Addr); GROUPS_MAX],
+    groups_len: usize,
     /// Frames were queued on TX since the last kick.
     tx_unkicked: bool,
 }
@@ -87,6 +92,8 @@ impl XdpPort {
             neighbors: [(Ipv4Addr::UNSPECIFIED, MacAddr::default()); NEIGHBORS_MAX],
             neighbors_len: 0,
             neighbor_next: 0,
+            groups: [(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED); GROUPS_MAX],
+            groups_len: 0,
             tx_unkicked: false,
         }
     }
@@ -136,7 +143,44 @@ impl XdpPort {
         }
     }
 
+    /// Adds or removes a membership (`source` None: any source). False if the table is full.
+    pub(crate) fn set_group(&mut self, group: Ipv4Addr, source: Option<Ipv4Addr>, join: bool) -> bool {
+        let e = (group, source.unwrap_or(Ipv4Addr::UNSPECIFIED));
+        let at = self.groups[..self.groups_len].iter().position(|g| *g == e);
+        match (at, join) {
+            (Some(_), true) => true,
+            (None, true) if self.groups_len < GROUPS_MAX => {
+                self.groups[self.groups_len] = e;
+                self.groups_len += 1;
+                true
+            }
+            (None, true) => false,
+            (Some(i), false) => {
+                self.groups_len -= 1;
+                self.groups[i] = self.groups[self.groups_len];
+                true
+            }
+            (None, false) => true,
+        }
+    }
+
+    /// A datagram to `dst` from `src` is this port's: its own address (or any, if bound to
+    /// 0.0.0.0) for unicast; a joined group, from an included source, for multicast.
+    fn accepts(&self, dst: Ipv4Addr, src: Ipv4Addr) -> bool {
+        if dst.is_multicast() {
+            return self.groups[..self.groups_len]
+                .iter()
+                .any(|&(g, s)| g == dst && (s.is_unspecified() || s == src));
+        }
+        self.local.ip().is_unspecified() || dst == *self.local.ip()
+    }
+
     fn neighbor(&self, ip: Ipv4Addr) -> Option<MacAddr> {
+        if ip.is_multicast() {
+            // RFC 1112: 01:00:5e and the group's low 23 bits.
+            let o = ip.octets();
+            return Some(MacAddr([0x01, 0x00, 0x5e, o[1] & 0x7f, o[2], o[3]]));
+        }
         self.neighbors[..self.neighbors_len]
             .iter()
             .find(|e| e.0 == ip)
@@ -205,10 +249,7 @@ impl XdpPort {
             self.queues[qi].filled -= 1;
             let mut buf = pool.adopt(frame as u32, off as u32, d.len);
             match wire::parse_udp(&buf, fs as usize) {
-                Ok(u)
-                    if u.dst_port == self.local.port()
-                        && (self.local.ip().is_unspecified() || u.dst_ip == *self.local.ip()) =>
-                {
+                Ok(u) if u.dst_port == self.local.port() && self.accepts(u.dst_ip, u.src_ip) => {
                     self.learn(u.src_ip, u.src_mac);
                     let Some(token) = self.recv_token else {
                         stats.add(&stats.counters.xdp_no_receiver, 1);

@@ -4,6 +4,7 @@
 //! mode obtained and the reason for any fallback are reported. The program is detached and
 //! unloaded when the [`XdpProgram`] drops (aya owns the link).
 
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, XskMap};
@@ -16,6 +17,29 @@ static OBJECT: &[u8] =
 const PROGRAM: &str = "porto_xdp";
 const STAT_STEERED: u32 = 0;
 const STAT_PASSED: u32 = 1;
+const STAT_FILTERED: u32 = 2;
+
+/// The program's counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramCounters {
+    /// Frames for a porto port (redirected to the AF_XDP socket if one is bound).
+    pub steered: u64,
+    /// Frames handed to the kernel: not porto's.
+    pub passed: u64,
+    /// Multicast for a porto port but a group or source porto has not joined (passed).
+    pub filtered: u64,
+}
+
+/// Key of the `groups` map (both fields in network byte order, as the program reads them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+struct GroupKey {
+    group: u32,
+    source: u32,
+}
+
+// SAFETY: GroupKey is two u32s with no padding; every bit pattern is valid.
+unsafe impl aya::Pod for GroupKey {}
 
 /// How the program runs on the interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,6 +187,35 @@ impl XdpProgram {
         self.ports()?.remove(&port.to_be()).map_err(|e| map_error("ports", e))
     }
 
+    fn groups(&mut self) -> Result<HashMap<&mut MapData, GroupKey, u8>, XdpError> {
+        let map = self
+            .ebpf
+            .map_mut("groups")
+            .ok_or_else(|| map_error("groups", "missing from the object"))?;
+        HashMap::try_from(map).map_err(|e| map_error("groups", e))
+    }
+
+    fn group_key(group: Ipv4Addr, source: Option<Ipv4Addr>) -> GroupKey {
+        GroupKey {
+            group: u32::from_ne_bytes(group.octets()),
+            source: source.map_or(0, |s| u32::from_ne_bytes(s.octets())),
+        }
+    }
+
+    /// Steers multicast `group` (from `source` only, or from any source) to AF_XDP.
+    pub fn add_group(&mut self, group: Ipv4Addr, source: Option<Ipv4Addr>) -> Result<(), XdpError> {
+        self.groups()?
+            .insert(Self::group_key(group, source), 1, 0)
+            .map_err(|e| map_error("groups", e))
+    }
+
+    /// Stops steering a group (or one source of it).
+    pub fn remove_group(&mut self, group: Ipv4Addr, source: Option<Ipv4Addr>) -> Result<(), XdpError> {
+        self.groups()?
+            .remove(&Self::group_key(group, source))
+            .map_err(|e| map_error("groups", e))
+    }
+
     /// Puts an AF_XDP socket in the slot of receive queue `queue`.
     pub fn set_socket(&mut self, queue: u32, socket: &impl AsRawFd) -> Result<(), XdpError> {
         let map = self
@@ -173,8 +226,8 @@ impl XdpProgram {
         xsks.set(queue, socket.as_raw_fd(), 0).map_err(|e| map_error("xsks", e))
     }
 
-    /// Frames steered to porto and frames passed to the kernel, summed over CPUs.
-    pub fn counters(&self) -> Result<(u64, u64), XdpError> {
+    /// The program's counters, summed over CPUs.
+    pub fn counters(&self) -> Result<ProgramCounters, XdpError> {
         let map = self
             .ebpf
             .map("stats")
@@ -182,7 +235,11 @@ impl XdpProgram {
         let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(|e| map_error("stats", e))?;
         let sum =
             |i: u32| -> Result<u64, XdpError> { Ok(stats.get(&i, 0).map_err(|e| map_error("stats", e))?.iter().sum()) };
-        Ok((sum(STAT_STEERED)?, sum(STAT_PASSED)?))
+        Ok(ProgramCounters {
+            steered: sum(STAT_STEERED)?,
+            passed: sum(STAT_PASSED)?,
+            filtered: sum(STAT_FILTERED)?,
+        })
     }
 
     /// Runs the program once on `frame` with BPF_PROG_TEST_RUN; returns the XDP action.

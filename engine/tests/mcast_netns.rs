@@ -1,0 +1,232 @@
+//! Multicast across a veth pair between two namespaces this test makes (and deletes, also on
+//! failure): fan-out through AF_XDP with the XDP program's group and source filter, and
+//! IPv6 source-specific multicast through io_uring. Needs root; skips without it unless
+//! PORTO_REQUIRE_NETNS=1 (CI).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket as StdUdp};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use porto_engine::config::Config;
+use porto_engine::fanout::{Policy, Subscription};
+use porto_engine::netns::{Side, Topology};
+use porto_engine::rio::RioNotify;
+use porto_engine::shard::{Delivery, Shard};
+use porto_engine::socket::{Interface, SocketOptions, UdpSocket, XdpOptions, XdpUdpSocket};
+
+const PORT: u16 = 7200;
+const N: u32 = 30;
+
+fn topology() -> Option<Topology> {
+    match Topology::create("porto-m", 1) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            assert!(
+                std::env::var("PORTO_REQUIRE_NETNS").as_deref() != Ok("1"),
+                "PORTO_REQUIRE_NETNS=1 but: {e}"
+            );
+            eprintln!("skipping: {e}");
+            None
+        }
+    }
+}
+
+fn cfg() -> Config {
+    Config {
+        pin: false,
+        frames_per_shard: 4096,
+        recv_frames: 256,
+        huge_pages: false,
+        ..Config::default()
+    }
+}
+
+/// Tag layout: [stream, seq u32 BE].
+fn tag(stream: u8, seq: u32) -> [u8; 5] {
+    let s = seq.to_be_bytes();
+    [stream, s[0], s[1], s[2], s[3]]
+}
+
+fn untag(b: &[u8]) -> (u8, u32) {
+    (b[0], u32::from_be_bytes(b[1..5].try_into().unwrap()))
+}
+
+/// Polls `shard` until `done` or 5 s; then a short settle so stray datagrams would show.
+fn run_until(shard: &mut Shard, mut done: impl FnMut() -> bool) {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() && Instant::now() < deadline {
+        shard.poll(&mut out, 64);
+        out.clear();
+    }
+    let settle = Instant::now() + Duration::from_millis(100);
+    while Instant::now() < settle {
+        shard.poll(&mut out, 64);
+        out.clear();
+    }
+}
+
+fn drain(sub: &Subscription) -> Vec<(u8, u32)> {
+    std::iter::from_fn(|| sub.try_recv()).map(|d| untag(&d.buf)).collect()
+}
+
+#[test]
+fn af_xdp_fan_out_steers_only_joined_groups_and_included_sources() {
+    let Some(t) = topology() else { return };
+    let (asm, ssm, other) = (
+        Ipv4Addr::new(239, 2, 2, 2),
+        Ipv4Addr::new(232, 2, 2, 2),
+        Ipv4Addr::new(239, 3, 3, 3),
+    );
+    let (ip_a, a2) = (t.addr(Side::A), Ipv4Addr::new(198, 18, 0, 3));
+    t.ip(Side::A, &["addr", "add", "198.18.0.3/24", "dev", t.iface(Side::A)])
+        .unwrap();
+    let (go_tx, go_rx) = mpsc::channel::<u8>();
+    let (ack_tx, ack_rx) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let t = &t;
+        s.spawn(move || {
+            // The publisher in A: two sources, three groups. Each phase on request.
+            t.enter(Side::A).unwrap();
+            let from_a = StdUdp::bind((ip_a, 0)).unwrap();
+            let from_a2 = StdUdp::bind((a2, 0)).unwrap();
+            for phase in go_rx {
+                let to = |g: Ipv4Addr| SocketAddr::from((g, PORT));
+                for i in 0..N {
+                    match phase {
+                        0 => {
+                            from_a.send_to(&tag(1, i), to(asm)).unwrap();
+                            from_a2.send_to(&tag(2, i), to(asm)).unwrap();
+                            from_a.send_to(&tag(3, i), to(ssm)).unwrap();
+                            from_a2.send_to(&tag(4, i), to(ssm)).unwrap(); // source not included
+                            from_a.send_to(&tag(5, i), to(other)).unwrap(); // group not joined
+                        }
+                        _ => {
+                            from_a.send_to(&tag(6, i), to(asm)).unwrap(); // after leave
+                        }
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                ack_tx.send(()).unwrap();
+            }
+        });
+        t.enter(Side::B).unwrap();
+        let mut shard = Shard::new(&cfg(), None).unwrap();
+        let h = shard.handle();
+        let total = h.pool().total_frames();
+        let mut sock = XdpUdpSocket::bind(
+            &h,
+            SocketAddrV4::new(t.addr(Side::B), PORT),
+            &XdpOptions::new(t.iface(Side::B)),
+            Delivery::Poll { key: 1 },
+        )
+        .unwrap();
+        sock.join(asm, None).unwrap();
+        sock.join(ssm, Some(ip_a)).unwrap();
+        let fan = sock.fan_out(1).unwrap();
+        let subs: Vec<Subscription> = (0..3)
+            .map(|_| fan.subscribe(Policy::Reliable, 1024, RioNotify::None).unwrap())
+            .collect();
+        // One turn first: the shard takes the commands and fills the FILL ring (frames
+        // arriving before that have nowhere to go and the kernel drops them).
+        shard.poll(&mut Vec::new(), 16);
+        let filtered0 = sock.xdp_counters().unwrap().filtered;
+        go_tx.send(0).unwrap();
+        run_until(&mut shard, || {
+            ack_rx.try_recv().is_ok() && fan.counters().received >= 3 * u64::from(N)
+        });
+        let want: Vec<(u8, u32)> = (0..N).flat_map(|i| [(1, i), (2, i), (3, i)]).collect();
+        for sub in &subs {
+            assert_eq!(drain(sub), want, "every subscriber, every datagram, once, in order");
+        }
+        assert_eq!(fan.counters().received, 3 * u64::from(N));
+        assert_eq!(
+            sock.xdp_counters().unwrap().filtered - filtered0,
+            2 * u64::from(N),
+            "the excluded source and the unjoined group stay in the kernel"
+        );
+        // Leave: the program stops steering the group.
+        sock.leave(asm, None).unwrap();
+        go_tx.send(1).unwrap();
+        run_until(&mut shard, || ack_rx.try_recv().is_ok());
+        for sub in &subs {
+            assert_eq!(drain(sub), Vec::new(), "nothing after leave");
+        }
+        assert_eq!(fan.counters().received, 3 * u64::from(N));
+        drop(go_tx);
+        // Frames come home once the subscribers and the socket let go.
+        drop(subs);
+        drop(sock);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while h.pool().free_frames() + shard.bufring_frames() != total && Instant::now() < deadline {
+            shard.poll(&mut Vec::new(), 64);
+        }
+        assert_eq!(
+            h.pool().free_frames() + shard.bufring_frames(),
+            total,
+            "frame conservation"
+        );
+    });
+}
+
+#[test]
+fn ipv6_source_specific_fan_out_over_io_uring() {
+    let Some(t) = topology() else { return };
+    let group: Ipv6Addr = "ff3e::4:1".parse().unwrap();
+    let (ip6_a, a3): (Ipv6Addr, Ipv6Addr) = (t.addr6(Side::A), "2001:2::3".parse().unwrap());
+    t.ip(
+        Side::A,
+        &["addr", "add", "2001:2::3/64", "dev", t.iface(Side::A), "nodad"],
+    )
+    .unwrap();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (ack_tx, ack_rx) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let t = &t;
+        s.spawn(move || {
+            t.enter(Side::A).unwrap();
+            let from_a = StdUdp::bind((ip6_a, 0)).unwrap();
+            let from_a3 = StdUdp::bind((a3, 0)).unwrap();
+            go_rx.recv().unwrap();
+            let to = SocketAddr::from((group, PORT));
+            for i in 0..N {
+                from_a.send_to(&tag(1, i), to).unwrap();
+                from_a3.send_to(&tag(2, i), to).unwrap(); // not included
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            ack_tx.send(()).unwrap();
+        });
+        t.enter(Side::B).unwrap();
+        let mut shard = Shard::new(&cfg(), None).unwrap();
+        let h = shard.handle();
+        let rx = UdpSocket::bind(
+            &h,
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, PORT)),
+            &SocketOptions::default(),
+            Delivery::Poll { key: 1 },
+        )
+        .unwrap();
+        let ifindex = t.ifindex(Side::B).unwrap();
+        rx.join_source(group.into(), ip6_a.into(), Some(Interface::Index(ifindex)))
+            .unwrap();
+        let fan = rx.fan_out(1).unwrap();
+        let subs: Vec<Subscription> = (0..2)
+            .map(|_| fan.subscribe(Policy::Lossy, 256, RioNotify::None).unwrap())
+            .collect();
+        let mut out = Vec::new();
+        shard.poll(&mut out, 16);
+        go_tx.send(()).unwrap();
+        run_until(&mut shard, || {
+            ack_rx.try_recv().is_ok() && fan.counters().received >= u64::from(N)
+        });
+        for sub in &subs {
+            let got: Vec<_> = std::iter::from_fn(|| sub.try_recv())
+                .map(|d| {
+                    assert_eq!(d.peer.map(|p| p.ip()), Some(IpAddr::V6(ip6_a)));
+                    untag(&d.buf)
+                })
+                .collect();
+            assert_eq!(got, (0..N).map(|i| (1, i)).collect::<Vec<_>>());
+        }
+    });
+}
