@@ -10,6 +10,8 @@
 //! | AcceptEx / ConnectEx / DisconnectEx      | [`TcpListener::accept`], [`TcpStream::connect`], [`TcpStream::disconnect`] |
 //! | CancelIoEx                               | `cancel(token)` on each socket                |
 //! | RIO*                                     | [`rio`]                                       |
+//! | IP_ADD_MEMBERSHIP / MCAST_JOIN_SOURCE_GROUP | [`UdpSocket::join`], [`UdpSocket::join_source`] |
+//! | (no Winsock equivalent) fan-out, send to many | [`fanout`], [`UdpSocket::send_to_many`]   |
 //! | WSAGetLastError                          | [`Error`]                                     |
 //!
 //! Two ways to run:
@@ -46,7 +48,7 @@ pub use porto_engine::completion::{Completion, OpKind};
 pub use porto_engine::config::Config;
 pub use porto_engine::engine::{Engine, Transport};
 pub use porto_engine::error::{Error, SetupError};
-pub use porto_engine::pool::{Buf, Gather, Pool, GATHER_MAX};
+pub use porto_engine::pool::{Buf, Gather, Pool, SharedBuf, Shares, GATHER_MAX};
 pub use porto_engine::port::CompletionPort;
 pub use porto_engine::shard::{Delivery, QosFlow, Shard, ShardHandle, ShardInfo};
 pub use porto_engine::socket::{
@@ -65,6 +67,14 @@ pub mod netns {
 /// QOS2 traffic types, flows with shaping, and the send scheduler.
 pub mod qos {
     pub use porto_engine::qos::{Admission, Flow, FlowCounters, Scheduler, Shaping, TokenBucket, TrafficType};
+}
+
+/// Multicast fan-out: one received datagram to N subscribers through shared frames.
+pub mod fanout {
+    pub use porto_engine::fanout::{
+        Datagram, FanOut, GroupCounters, Policy, SubscriberCounters, Subscription, SUBSCRIBERS_MAX,
+        SUBSCRIPTION_DEPTH_MAX,
+    };
 }
 
 /// Wire formats of the AF_XDP path.

@@ -54,6 +54,14 @@ pub struct SocketOptions {
 }
 
 impl SocketOptions {
+    /// A plain kernel UDP socket with these options, bound to `addr`: not on any shard (for
+    /// baselines, and for code that wants the kernel's own socket beside porto's).
+    pub fn bind_kernel_udp(&self, addr: SocketAddr) -> Result<std::net::UdpSocket, SetupError> {
+        let fd = new_socket(&addr, net::Kind::Udp, self)?;
+        net::bind(fd.as_raw_fd(), &addr).map_err(|e| SetupError::bind(addr, e))?;
+        Ok(std::net::UdpSocket::from(fd))
+    }
+
     fn apply(&self, fd: RawFd, v6: bool) -> Result<(), SetupError> {
         let sys = |what, r: std::io::Result<()>| r.map_err(|source| SetupError::Syscall { what, source });
         sys(

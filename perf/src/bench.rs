@@ -29,6 +29,9 @@ pub enum Scenario {
     /// 64-byte UDP receive rate, AF_XDP vs kernel recvmmsg, on a veth pair in namespaces
     /// this run creates (root).
     XdpRx,
+    /// Multicast fan-out on loopback: one publisher, N subscribers; porto's shared-frame
+    /// fan-out vs N joined kernel sockets.
+    Fanout,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
@@ -130,6 +133,9 @@ pub struct BenchArgs {
     /// TCP connection counts (tcp scenario).
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 50, 300])]
     pub conns: Vec<usize>,
+    /// Subscriber counts (fanout scenario).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4, 16, 64, 256])]
+    pub subscribers: Vec<usize>,
     /// Offered rate in messages/s (throughput scenario).
     #[arg(long, default_value_t = 50_000)]
     pub rate: u64,
@@ -513,6 +519,144 @@ fn run_xdp_rx(
     Ok(())
 }
 
+/// `porto bench fanout`: its own shape too (in-process receivers, per subscriber count).
+fn run_fanout(
+    a: &BenchArgs,
+    cpus: usize,
+    server_cpu: usize,
+    client_cpu: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use crate::fanbench::{slope, FanRun};
+    let seconds = if a.smoke { 0.2 } else { a.seconds.unwrap_or(1.0) };
+    let rounds = if a.smoke { 1 } else { a.rounds.max(1) };
+    let subs: Vec<usize> = if a.smoke {
+        vec![1, 4]
+    } else {
+        a.subscribers.clone()
+    };
+    let size = a.sizes.first().copied().unwrap_or(64);
+    println!(
+        "fanout: {size} B, N = {subs:?}, {rounds} round(s) of {seconds} s per receiver; receiver on CPU {server_cpu}, publisher on CPU {client_cpu}"
+    );
+    let bar = ProgressBar::new((rounds * subs.len() * 2) as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("template"));
+    let runs = crate::fanbench::run(&subs, size, seconds, rounds, Some(server_cpu), Some(client_cpu), &bar)?;
+    bar.finish_and_clear();
+    let med = |who: &str, n: usize, f: fn(&FanRun) -> f64| {
+        median(
+            runs.iter()
+                .filter(|r| r.receiver == who && r.subscribers == n)
+                .map(f)
+                .collect(),
+        )
+    };
+    println!(
+        "{:>4} | {:>12} {:>12} {:>7} | {:>9} {:>9} | {:>9} {:>9} | {:>9} {:>9} | {:>9} {:>9}",
+        "N",
+        "kernel del/s",
+        "porto del/s",
+        "ratio",
+        "k rx ns/m",
+        "p rx ns/m",
+        "k tx ns/m",
+        "p tx ns/m",
+        "k skew99",
+        "p skew99",
+        "k lat99",
+        "p lat99"
+    );
+    let mut rows = Vec::new();
+    for &n in &subs {
+        let k = med("kernel", n, |r| r.delivered_per_s);
+        let p = med("porto", n, |r| r.delivered_per_s);
+        let row = (
+            n,
+            k,
+            p,
+            med("kernel", n, |r| r.receiver_ns_per_msg),
+            med("porto", n, |r| r.receiver_ns_per_msg),
+            med("kernel", n, |r| r.sender_ns_per_msg),
+            med("porto", n, |r| r.sender_ns_per_msg),
+            med("kernel", n, |r| r.skew_p99_us),
+            med("porto", n, |r| r.skew_p99_us),
+            med("kernel", n, |r| r.latency_p99_us),
+            med("porto", n, |r| r.latency_p99_us),
+        );
+        println!(
+            "{:>4} | {:>12.0} {:>12.0} {:>7.2} | {:>9.0} {:>9.0} | {:>9.0} {:>9.0} | {:>9.1} {:>9.1} | {:>9.1} {:>9.1}",
+            row.0, row.1, row.2, row.2 / row.1.max(1.0), row.3, row.4, row.5, row.6, row.7, row.8, row.9, row.10
+        );
+        rows.push(row);
+    }
+    // Cost per added subscriber: slope of (receiver + sender) busy ns per message over N.
+    let per_sub = |who: &str| {
+        let pts: Vec<(f64, f64)> = subs
+            .iter()
+            .map(|&n| {
+                (
+                    n as f64,
+                    med(who, n, |r| r.receiver_ns_per_msg) + med(who, n, |r| r.sender_ns_per_msg),
+                )
+            })
+            .collect();
+        slope(&pts)
+    };
+    let (k_slope, p_slope) = (per_sub("kernel"), per_sub("porto"));
+    println!(
+        "cost per added subscriber (slope of receiver + sender busy ns per message over N): kernel {k_slope:.1} ns, porto {p_slope:.1} ns"
+    );
+    println!("(medians of the rounds; del/s: deliveries to subscribers per second, summed; ns/m: busy CPU ns per message; skew99: p99 µs between the first and the last subscriber getting a message; lat99: p99 one-way µs at the first subscriber)");
+    std::fs::create_dir_all(&a.out)?;
+    #[derive(Serialize)]
+    struct FanReport<'a> {
+        scenario: &'static str,
+        kernel: String,
+        cpu_model: String,
+        cpus: usize,
+        server_cpu: usize,
+        client_cpu: usize,
+        size: usize,
+        runs: &'a [FanRun],
+        kernel_ns_per_added_subscriber: f64,
+        porto_ns_per_added_subscriber: f64,
+    }
+    let rep = FanReport {
+        scenario: "fanout",
+        kernel: env_string("uname", &["-r"]),
+        cpu_model: cpu_model(),
+        cpus,
+        server_cpu,
+        client_cpu,
+        size,
+        runs: &runs,
+        kernel_ns_per_added_subscriber: k_slope,
+        porto_ns_per_added_subscriber: p_slope,
+    };
+    let json = a.out.join("fanout.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&rep)?)?;
+    println!("results: {}", json.display());
+    if !a.no_plots {
+        let groups: Vec<(String, Vec<(String, f64)>)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    format!("N={}", r.0),
+                    vec![("kernel sockets".to_string(), r.1), ("porto fan-out".to_string(), r.2)],
+                )
+            })
+            .collect();
+        plot::bars(
+            &a.out.join("fanout"),
+            "multicast deliveries per second",
+            &groups,
+        )?;
+    }
+    if runs.iter().any(|r| r.delivered == 0) {
+        return Err("a receiver got nothing".into());
+    }
+    Ok(())
+}
+
 pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let cpus = core_affinity::get_core_ids().map_or(1, |c| c.len());
     let server_cpu = 0;
@@ -520,10 +664,13 @@ pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     if a.scenario == Scenario::XdpRx {
         return run_xdp_rx(a, cpus, server_cpu, client_cpu);
     }
+    if a.scenario == Scenario::Fanout {
+        return run_fanout(a, cpus, server_cpu, client_cpu);
+    }
     // Defaults keep each scenario under a minute on 2 cores.
     let default_seconds = match a.scenario {
         Scenario::Latency => 1.5,
-        Scenario::Throughput | Scenario::XdpRx => 2.0,
+        Scenario::Throughput | Scenario::XdpRx | Scenario::Fanout => 2.0,
         Scenario::Tcp => 1.0,
     };
     let seconds = if a.smoke {
@@ -536,7 +683,7 @@ pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         match a.scenario {
             Scenario::Latency => vec![64, 1024],
             Scenario::Throughput => vec![64],
-            Scenario::Tcp | Scenario::XdpRx => vec![128],
+            Scenario::Tcp | Scenario::XdpRx | Scenario::Fanout => vec![128],
         }
     } else {
         a.sizes.clone()
@@ -638,7 +785,7 @@ pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
                             core,
                         }
                         .run(),
-                        Scenario::Tcp | Scenario::XdpRx => TcpFleet {
+                        Scenario::Tcp | Scenario::XdpRx | Scenario::Fanout => TcpFleet {
                             target,
                             connections: c,
                             msg_size: size,
@@ -746,7 +893,7 @@ fn write_plots(
                 )?;
             }
         }
-        Scenario::Tcp | Scenario::XdpRx => {
+        Scenario::Tcp | Scenario::XdpRx | Scenario::Fanout => {
             let mut conns: Vec<usize> = summary.iter().map(|s| s.conns).collect();
             conns.sort_unstable();
             conns.dedup();

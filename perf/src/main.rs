@@ -12,8 +12,10 @@ use porto::{Config, Shard};
 mod bench;
 mod demo;
 mod echo;
+mod fanbench;
 mod kernel;
 mod loadgen;
+mod mcast;
 #[cfg(feature = "peers")]
 mod peers;
 mod plot;
@@ -53,6 +55,9 @@ enum Cmd {
     Serve(ServeArgs),
     /// Benchmark scenarios: porto vs kernel sockets, sockperf server and peer runtimes.
     Bench(bench::BenchArgs),
+    /// Multicast: a sequenced publisher, and N zero-copy subscribers of one received feed.
+    #[command(subcommand)]
+    Mcast(mcast::McastCmd),
     /// Starts one shard and prints what the kernel gave it.
     Info {
         #[command(flatten)]
@@ -201,6 +206,7 @@ fn main() -> ExitCode {
         Cmd::Echo(a) => run_echo(a),
         Cmd::Serve(a) => serve(a),
         Cmd::Bench(a) => bench::run(&a),
+        Cmd::Mcast(c) => mcast::run(c),
         Cmd::Info { engine } => info(&engine),
     };
     match r {

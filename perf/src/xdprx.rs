@@ -36,7 +36,8 @@ pub struct RxRun {
     pub pps_per_cpu_s: f64,
 }
 
-fn thread_cpu_ns() -> u64 {
+/// CPU time of the calling thread, in ns (schedstat's first field).
+pub(crate) fn thread_cpu_ns() -> u64 {
     std::fs::read_to_string("/proc/thread-self/schedstat")
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
