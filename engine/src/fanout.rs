@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crossbeam_queue::ArrayQueue;
+use rtrb::{Consumer, Producer, RingBuffer};
 
 use crate::completion::OpKind;
 use crate::error::SetupError;
@@ -53,13 +53,70 @@ pub enum Policy {
     Lossy,
 }
 
-/// One delivered datagram: a shared handle of the frame it was received into.
+/// One delivered datagram: a shared handle of the frame it was received into (`buf`'s window
+/// is the payload). Its source and TOS byte live in the frame too, in front of the payload
+/// (see [`Meta`]), so a queue entry is one 24-byte handle: the fan-out writes N small entries,
+/// not N copies of the address.
 #[derive(Debug)]
 pub struct Datagram {
     pub buf: SharedBuf,
-    pub peer: Option<SocketAddr>,
-    /// The TOS / traffic-class byte, when the socket reports it.
-    pub tos: Option<u8>,
+}
+
+const _: () = assert!(std::mem::size_of::<Datagram>() == 24);
+
+impl Datagram {
+    /// The sender.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        Meta::read(self.buf.prefix())?.0
+    }
+
+    /// The TOS / traffic-class byte, when the socket reports it (always on AF_XDP).
+    pub fn tos(&self) -> Option<u8> {
+        Meta::read(self.buf.prefix())?.1
+    }
+}
+
+/// Where a fanned-out frame keeps its datagram's source and TOS: the first `Meta::LEN` bytes
+/// of the frame, written by the shard once the receive's own headers there (the recvmsg
+/// header, or Ethernet/IP/UDP) have been parsed. Layout: family (0, 4 or 6), TOS flag, TOS,
+/// pad, port (BE), pad, address (16 bytes, IPv4 in the first 4).
+struct Meta;
+
+impl Meta {
+    const LEN: usize = 24;
+
+    fn write(frame: &mut [u8], peer: Option<SocketAddr>, tos: Option<u8>) {
+        let m = &mut frame[..Meta::LEN];
+        m.fill(0);
+        if let Some(t) = tos {
+            m[1] = 1;
+            m[2] = t;
+        }
+        match peer {
+            Some(SocketAddr::V4(a)) => {
+                m[0] = 4;
+                m[4..6].copy_from_slice(&a.port().to_be_bytes());
+                m[8..12].copy_from_slice(&a.ip().octets());
+            }
+            Some(SocketAddr::V6(a)) => {
+                m[0] = 6;
+                m[4..6].copy_from_slice(&a.port().to_be_bytes());
+                m[8..24].copy_from_slice(&a.ip().octets());
+            }
+            None => {}
+        }
+    }
+
+    fn read(prefix: &[u8]) -> Option<(Option<SocketAddr>, Option<u8>)> {
+        let m = prefix.get(..Meta::LEN)?;
+        let port = u16::from_be_bytes([m[4], m[5]]);
+        let peer = match m[0] {
+            4 => Some(SocketAddr::from((<[u8; 4]>::try_from(&m[8..12]).ok()?, port))),
+            6 => Some(SocketAddr::from((<[u8; 16]>::try_from(&m[8..24]).ok()?, port))),
+            _ => None,
+        };
+        Some((peer, (m[1] == 1).then_some(m[2])))
+    }
 }
 
 /// A subscription's counters (delivered and dropped as last written by the shard).
@@ -96,7 +153,6 @@ pub(crate) struct GroupShared {
 }
 
 pub(crate) struct SubShared {
-    queue: ArrayQueue<Datagram>,
     policy: Policy,
     notifier: Notifier,
     delivered: AtomicU64,
@@ -107,10 +163,7 @@ pub(crate) struct SubShared {
 
 impl fmt::Debug for SubShared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SubShared")
-            .field("policy", &self.policy)
-            .field("depth", &self.queue.len())
-            .finish()
+        f.debug_struct("SubShared").field("policy", &self.policy).finish()
     }
 }
 
@@ -160,8 +213,8 @@ impl FanOut {
         if n as usize >= SUBSCRIBERS_MAX {
             return Err(SetupError::Limit("subscriptions per group"));
         }
+        let (tx, rx) = RingBuffer::new(depth);
         let sub = Arc::new(SubShared {
-            queue: ArrayQueue::new(depth),
             policy,
             notifier: Notifier::new(notify, OpKind::FanoutNotify),
             delivered: AtomicU64::new(0),
@@ -173,10 +226,13 @@ impl FanOut {
             .shard
             .send(Command::Subscribe {
                 sock: self.shared.sock,
-                sub: sub.clone(),
+                sub: SubSlot {
+                    shared: sub.clone(),
+                    tx,
+                },
             })
             .map_err(|_| SetupError::Limit("shard command queue"))?;
-        Ok(Subscription { shared: sub })
+        Ok(Subscription { shared: sub, rx })
     }
 
     pub fn counters(&self) -> GroupCounters {
@@ -189,26 +245,28 @@ impl FanOut {
     }
 }
 
-/// One consumer of a group. Dequeue from any thread; dropping it unsubscribes and releases
-/// the datagrams still queued.
+/// One consumer of a group: its queue is single-producer (the shard), single-consumer (the
+/// holder of this handle, on any one thread at a time), so neither side takes a lock or a
+/// locked instruction. Dropping it unsubscribes and releases the datagrams still queued.
 #[derive(Debug)]
 pub struct Subscription {
     shared: Arc<SubShared>,
+    rx: Consumer<Datagram>,
 }
 
 impl Subscription {
     /// The next datagram, if one is queued. Never blocks.
-    pub fn try_recv(&self) -> Option<Datagram> {
-        let d = self.shared.queue.pop()?;
+    pub fn try_recv(&mut self) -> Option<Datagram> {
+        let d = self.rx.pop().ok()?;
         self.made_room();
         Some(d)
     }
 
     /// Appends up to `max` queued datagrams to `out`; never blocks.
-    pub fn recv_batch(&self, out: &mut Vec<Datagram>, max: usize) -> usize {
+    pub fn recv_batch(&mut self, out: &mut Vec<Datagram>, max: usize) -> usize {
         let mut n = 0;
         while n < max {
-            let Some(d) = self.shared.queue.pop() else { break };
+            let Ok(d) = self.rx.pop() else { break };
             out.push(d);
             n += 1;
         }
@@ -230,7 +288,7 @@ impl Subscription {
     /// RIONotify: signal once (event or port completion with `OpKind::FanoutNotify`) when the
     /// queue holds a datagram, at once if it already does.
     pub fn notify(&self) {
-        self.shared.notifier.arm(|| self.shared.queue.len());
+        self.shared.notifier.arm(|| self.rx.slots());
     }
 
     pub fn policy(&self) -> Policy {
@@ -241,7 +299,7 @@ impl Subscription {
         SubscriberCounters {
             delivered: self.shared.delivered.load(Ordering::Relaxed),
             dropped: self.shared.dropped.load(Ordering::Relaxed),
-            depth: self.shared.queue.len(),
+            depth: self.rx.slots(),
         }
     }
 }
@@ -257,6 +315,13 @@ impl Drop for Subscription {
     }
 }
 
+/// The shard's end of one subscription.
+#[derive(Debug)]
+pub(crate) struct SubSlot {
+    shared: Arc<SubShared>,
+    tx: Producer<Datagram>,
+}
+
 /// A datagram some reliable subscriber had no room for, and where its delivery resumes.
 #[derive(Debug)]
 struct Pending {
@@ -268,21 +333,21 @@ struct Pending {
 #[derive(Debug)]
 pub(crate) struct GroupState {
     shared: Arc<GroupShared>,
-    subs: Vec<Arc<SubShared>>,
+    subs: Vec<SubSlot>,
     /// Datagrams waiting for a reliable subscriber, oldest first (capacity: pool frames).
     pending: VecDeque<Pending>,
 }
 
 impl GroupState {
-    pub(crate) fn add(&mut self, sub: Arc<SubShared>) {
-        if !sub.closed.load(Ordering::Acquire) {
+    pub(crate) fn add(&mut self, sub: SubSlot) {
+        if !sub.shared.closed.load(Ordering::Acquire) {
             self.subs.push(sub);
             self.publish_size();
         }
     }
 
     pub(crate) fn remove(&mut self, sub: &Arc<SubShared>) {
-        let Some(i) = self.subs.iter().position(|s| Arc::ptr_eq(s, sub)) else {
+        let Some(i) = self.subs.iter().position(|s| Arc::ptr_eq(&s.shared, sub)) else {
             return;
         };
         self.subs.remove(i);
@@ -300,13 +365,14 @@ impl GroupState {
 
     /// Hands a received datagram to every subscriber. Returns true while the group is
     /// stalled (some datagram waits for a reliable subscriber).
-    pub(crate) fn publish(&mut self, buf: Buf, peer: Option<SocketAddr>, tos: Option<u8>) -> bool {
+    pub(crate) fn publish(&mut self, mut buf: Buf, peer: Option<SocketAddr>, tos: Option<u8>) -> bool {
         bump(&self.shared.received);
-        let d = Datagram {
-            buf: buf.freeze(),
-            peer,
-            tos,
-        };
+        // Every receive path leaves its parsed headers in front of the payload: room for Meta.
+        debug_assert!(buf.offset() >= Meta::LEN, "no room for the datagram's metadata");
+        if buf.offset() >= Meta::LEN {
+            Meta::write(buf.frame_mut(), peer, tos);
+        }
+        let d = Datagram { buf: buf.freeze() };
         if !self.pending.is_empty() {
             // Order: behind what already waits. Bounded: each pending datagram holds a frame.
             self.pending.push_back(Pending { d, next: 0 });
@@ -337,26 +403,24 @@ impl GroupState {
     }
 
     /// Offers `d` to subscribers `from..`; on a full reliable queue, the index to resume at.
-    fn offer(&self, d: &Datagram, from: usize) -> Result<(), usize> {
-        let subs = &self.subs[from.min(self.subs.len())..];
+    fn offer(&mut self, d: &Datagram, from: usize) -> Result<(), usize> {
+        let start = from.min(self.subs.len());
+        let subs = &mut self.subs[start..];
         let mut shares = d.buf.shares(subs.len() as u32);
-        for (i, sub) in subs.iter().enumerate() {
+        for (i, sub) in subs.iter_mut().enumerate() {
             let share = shares.next().expect("one share per subscriber");
-            if sub.closed.load(Ordering::Relaxed) {
-                continue;
-            }
-            let item = Datagram {
-                buf: share,
-                peer: d.peer,
-                tos: d.tos,
-            };
-            match sub.queue.push(item) {
+            let sh = &sub.shared;
+            match sub.tx.push(Datagram { buf: share }) {
                 Ok(()) => {
-                    bump(&sub.delivered);
-                    sub.notifier.pushed(|| sub.queue.len());
+                    bump(&sh.delivered);
+                    let tx = &sub.tx;
+                    sh.notifier.pushed(|| tx.buffer().capacity() - tx.slots());
                 }
-                Err(_) if sub.policy == Policy::Lossy => bump(&sub.dropped),
-                Err(_) => return Err(from + i),
+                Err(_) if sh.policy == Policy::Lossy => bump(&sh.dropped),
+                // A subscription whose consumer is gone cannot stall the group; the shard
+                // removes it when it takes the Unsubscribe.
+                Err(_) if sh.closed.load(Ordering::Relaxed) => {}
+                Err(_) => return Err(start + i),
             }
         }
         Ok(())

@@ -366,6 +366,15 @@ impl SharedBuf {
         })
     }
 
+    /// The frame's bytes in front of the window (headers, metadata), read-only.
+    pub fn prefix(&self) -> &[u8] {
+        let sh = self.shared();
+        let at = self.frame as usize * sh.frame_size as usize;
+        // SAFETY: bytes frame_start..window_start lie in the frame, which is frozen (no
+        // writer while handles exist) and initialised.
+        unsafe { std::slice::from_raw_parts(sh.region.as_ptr().add(at), self.off as usize) }
+    }
+
     /// Pointer and length of the window, for building a send SQE (the kernel only reads).
     pub(crate) fn raw(&self) -> (*const u8, u32) {
         (self.window_ptr(), self.len)

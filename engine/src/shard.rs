@@ -27,7 +27,7 @@ use io_uring::{cqueue, opcode, squeue, types};
 use crate::completion::{Completion, OpKind};
 use crate::config::Config;
 use crate::error::{Error, SetupError};
-use crate::fanout::{GroupState, SubShared};
+use crate::fanout::{GroupState, SubShared, SubSlot};
 use crate::op::{self, Request, Table};
 use crate::pool::Pool;
 use crate::port::CompletionPort;
@@ -180,7 +180,7 @@ pub(crate) enum Command {
     },
     Subscribe {
         sock: u32,
-        sub: Arc<SubShared>,
+        sub: SubSlot,
     },
     Unsubscribe {
         sock: u32,

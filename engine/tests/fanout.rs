@@ -87,7 +87,7 @@ fn poll_while(shard: &mut Shard, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn drain(sub: &Subscription) -> Vec<u32> {
+fn drain(sub: &mut Subscription) -> Vec<u32> {
     let mut v = Vec::new();
     while let Some(d) = sub.try_recv() {
         v.push(seq(&d));
@@ -121,7 +121,7 @@ fn every_subscriber_gets_every_datagram_once_in_order_from_one_frame() {
     let mut shard = Shard::new(&cfg(), None).unwrap();
     let h = shard.handle();
     let (rx, fan, tx, to) = group_pair(&h);
-    let subs: Vec<Subscription> = (0..8)
+    let mut subs: Vec<Subscription> = (0..8)
         .map(|_| fan.subscribe(Policy::Lossy, 512, RioNotify::None).unwrap())
         .collect();
     let mut out = Vec::new();
@@ -129,14 +129,14 @@ fn every_subscriber_gets_every_datagram_once_in_order_from_one_frame() {
     publish(&mut shard, &tx, to, 0, 300);
     poll_while(&mut shard, || subs.iter().all(|s| s.counters().delivered == 300));
     // The same frame reaches every subscriber: one datagram, N handles.
-    let heads: Vec<Datagram> = subs.iter().map(|s| s.try_recv().unwrap()).collect();
+    let heads: Vec<Datagram> = subs.iter_mut().map(|s| s.try_recv().unwrap()).collect();
     assert!(heads
         .iter()
         .all(|d| d.buf.frame() == heads[0].buf.frame() && seq(d) == 0));
     assert_eq!(heads[0].buf.refs(), 8);
-    assert!(heads.iter().all(|d| d.peer.unwrap().ip() == std::net::IpAddr::V4(LO)));
+    assert!(heads.iter().all(|d| d.peer().unwrap().ip() == std::net::IpAddr::V4(LO)));
     drop(heads);
-    for s in &subs {
+    for s in &mut subs {
         assert_eq!(drain(s), (1..300).collect::<Vec<_>>());
         assert_eq!(s.counters().dropped, 0);
     }
@@ -152,10 +152,10 @@ fn a_lossy_slow_subscriber_drops_alone_and_counts_it() {
     let mut shard = Shard::new(&cfg(), None).unwrap();
     let h = shard.handle();
     let (_rx, fan, tx, to) = group_pair(&h);
-    let fast: Vec<Subscription> = (0..3)
+    let mut fast: Vec<Subscription> = (0..3)
         .map(|_| fan.subscribe(Policy::Lossy, 512, RioNotify::None).unwrap())
         .collect();
-    let slow = fan.subscribe(Policy::Lossy, 4, RioNotify::None).unwrap();
+    let mut slow = fan.subscribe(Policy::Lossy, 4, RioNotify::None).unwrap();
     let mut out = Vec::new();
     shard.poll(&mut out, 16);
     // The fast ones drain while the slow one never does.
@@ -163,7 +163,7 @@ fn a_lossy_slow_subscriber_drops_alone_and_counts_it() {
     for round in 0..10 {
         publish(&mut shard, &tx, to, round * 20, 20);
         poll_while(&mut shard, || fan.counters().received == u64::from(round + 1) * 20);
-        for (g, s) in got.iter_mut().zip(&fast) {
+        for (g, s) in got.iter_mut().zip(&mut fast) {
             g.extend(drain(s));
         }
     }
@@ -172,7 +172,7 @@ fn a_lossy_slow_subscriber_drops_alone_and_counts_it() {
     }
     let c = slow.counters();
     assert_eq!((c.delivered, c.dropped, c.depth), (4, 196, 4));
-    assert_eq!(drain(&slow), [0, 1, 2, 3]);
+    assert_eq!(drain(&mut slow), [0, 1, 2, 3]);
     assert_eq!(fan.counters().stalls, 0);
     drop((fast, slow));
     assert_conserved(&mut shard);
@@ -183,8 +183,8 @@ fn a_reliable_slow_subscriber_backpressures_the_group_and_loses_nothing() {
     let mut shard = Shard::new(&cfg(), None).unwrap();
     let h = shard.handle();
     let (_rx, fan, tx, to) = group_pair(&h);
-    let fast = fan.subscribe(Policy::Reliable, 1024, RioNotify::None).unwrap();
-    let slow = fan.subscribe(Policy::Reliable, 2, RioNotify::None).unwrap();
+    let mut fast = fan.subscribe(Policy::Reliable, 1024, RioNotify::None).unwrap();
+    let mut slow = fan.subscribe(Policy::Reliable, 2, RioNotify::None).unwrap();
     let mut out = Vec::new();
     shard.poll(&mut out, 16);
     publish(&mut shard, &tx, to, 0, 100);
@@ -198,10 +198,10 @@ fn a_reliable_slow_subscriber_backpressures_the_group_and_loses_nothing() {
         if let Some(d) = slow.try_recv() {
             got_slow.push(seq(&d));
         }
-        got_fast.extend(drain(&fast));
+        got_fast.extend(drain(&mut fast));
         shard.poll(&mut out, 64);
     }
-    got_fast.extend(drain(&fast));
+    got_fast.extend(drain(&mut fast));
     assert_eq!(got_slow, (0..100).collect::<Vec<_>>());
     assert_eq!(got_fast, (0..100).collect::<Vec<_>>());
     assert_eq!((slow.counters().dropped, fast.counters().dropped), (0, 0));
@@ -215,17 +215,17 @@ fn subscribers_on_other_threads_are_woken_through_a_port() {
     let h = shard.handle();
     let (_rx, fan, tx, to) = group_pair(&h);
     let port = CompletionPort::new(0, 64);
-    let subs: Vec<Arc<Subscription>> = (0..4u64)
+    let mut subs: Vec<Subscription> = (0..4u64)
         .map(|k| {
             let notify = RioNotify::Port {
                 port: port.clone(),
                 key: k,
             };
-            Arc::new(fan.subscribe(Policy::Reliable, 256, notify).unwrap())
+            fan.subscribe(Policy::Reliable, 256, notify).unwrap()
         })
         .collect();
+    // The subscriptions move to the consumer thread: each has one consumer.
     let consumer = {
-        let subs = subs.clone();
         std::thread::spawn(move || {
             let mut got: Vec<Vec<u32>> = vec![Vec::new(); subs.len()];
             let mut done = Vec::new();
@@ -244,14 +244,15 @@ fn subscribers_on_other_threads_are_woken_through_a_port() {
                     subs[k].notify();
                 }
             }
-            got
+            (got, subs)
         })
     };
     let mut out = Vec::new();
     shard.poll(&mut out, 16);
     publish(&mut shard, &tx, to, 0, 50);
     poll_while(&mut shard, || consumer.is_finished());
-    for g in consumer.join().unwrap() {
+    let (got, subs) = consumer.join().unwrap();
+    for g in got {
         assert_eq!(g, (0..50).collect::<Vec<_>>());
     }
     drop(subs);
@@ -264,7 +265,7 @@ fn leave_stops_and_source_filters_hold_through_a_fanned_out_socket() {
     let h = shard.handle();
     let (rx, fan, a, to) = group_pair(&h);
     let b = sender(&h, Ipv4Addr::new(127, 0, 0, 2));
-    let sub = fan.subscribe(Policy::Lossy, 64, RioNotify::None).unwrap();
+    let mut sub = fan.subscribe(Policy::Lossy, 64, RioNotify::None).unwrap();
     let mut out = Vec::new();
     shard.poll(&mut out, 16);
     let settle = |shard: &mut Shard| {
@@ -278,24 +279,24 @@ fn leave_stops_and_source_filters_hold_through_a_fanned_out_socket() {
     publish(&mut shard, &a, to, 0, 1);
     publish(&mut shard, &b, to, 1, 1);
     settle(&mut shard);
-    assert_eq!(drain(&sub), [0, 1]);
+    assert_eq!(drain(&mut sub), [0, 1]);
     rx.leave(GROUP.into(), Some(Interface::V4(LO))).unwrap();
     publish(&mut shard, &a, to, 2, 1);
     settle(&mut shard);
-    assert_eq!(drain(&sub), Vec::<u32>::new(), "left: nothing arrives");
+    assert_eq!(drain(&mut sub), Vec::<u32>::new(), "left: nothing arrives");
     rx.join_source(GROUP.into(), LO.into(), Some(Interface::V4(LO)))
         .unwrap();
     publish(&mut shard, &b, to, 3, 1);
     publish(&mut shard, &a, to, 4, 1);
     settle(&mut shard);
-    assert_eq!(drain(&sub), [4], "only the included source");
+    assert_eq!(drain(&mut sub), [4], "only the included source");
     // A subscription dropped mid-stream releases what it held; new ones start fresh.
     drop(sub);
-    let late = fan.subscribe(Policy::Lossy, 64, RioNotify::None).unwrap();
+    let mut late = fan.subscribe(Policy::Lossy, 64, RioNotify::None).unwrap();
     shard.poll(&mut out, 16);
     publish(&mut shard, &a, to, 5, 1);
     settle(&mut shard);
-    assert_eq!(drain(&late), [5]);
+    assert_eq!(drain(&mut late), [5]);
     drop(late);
     assert_conserved(&mut shard);
 }

@@ -66,7 +66,7 @@ fn run_until(shard: &mut Shard, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn drain(sub: &Subscription) -> Vec<(u8, u32)> {
+fn drain(sub: &mut Subscription) -> Vec<(u8, u32)> {
     std::iter::from_fn(|| sub.try_recv()).map(|d| untag(&d.buf)).collect()
 }
 
@@ -124,7 +124,7 @@ fn af_xdp_fan_out_steers_only_joined_groups_and_included_sources() {
         sock.join(asm, None).unwrap();
         sock.join(ssm, Some(ip_a)).unwrap();
         let fan = sock.fan_out(1).unwrap();
-        let subs: Vec<Subscription> = (0..3)
+        let mut subs: Vec<Subscription> = (0..3)
             .map(|_| fan.subscribe(Policy::Reliable, 1024, RioNotify::None).unwrap())
             .collect();
         // One turn first: the shard takes the commands and fills the FILL ring (frames
@@ -136,7 +136,7 @@ fn af_xdp_fan_out_steers_only_joined_groups_and_included_sources() {
             ack_rx.try_recv().is_ok() && fan.counters().received >= 3 * u64::from(N)
         });
         let want: Vec<(u8, u32)> = (0..N).flat_map(|i| [(1, i), (2, i), (3, i)]).collect();
-        for sub in &subs {
+        for sub in &mut subs {
             assert_eq!(drain(sub), want, "every subscriber, every datagram, once, in order");
         }
         assert_eq!(fan.counters().received, 3 * u64::from(N));
@@ -149,7 +149,7 @@ fn af_xdp_fan_out_steers_only_joined_groups_and_included_sources() {
         sock.leave(asm, None).unwrap();
         go_tx.send(1).unwrap();
         run_until(&mut shard, || ack_rx.try_recv().is_ok());
-        for sub in &subs {
+        for sub in &mut subs {
             assert_eq!(drain(sub), Vec::new(), "nothing after leave");
         }
         assert_eq!(fan.counters().received, 3 * u64::from(N));
@@ -210,7 +210,7 @@ fn ipv6_source_specific_fan_out_over_io_uring() {
         rx.join_source(group.into(), ip6_a.into(), Some(Interface::Index(ifindex)))
             .unwrap();
         let fan = rx.fan_out(1).unwrap();
-        let subs: Vec<Subscription> = (0..2)
+        let mut subs: Vec<Subscription> = (0..2)
             .map(|_| fan.subscribe(Policy::Lossy, 256, RioNotify::None).unwrap())
             .collect();
         let mut out = Vec::new();
@@ -219,10 +219,10 @@ fn ipv6_source_specific_fan_out_over_io_uring() {
         run_until(&mut shard, || {
             ack_rx.try_recv().is_ok() && fan.counters().received >= u64::from(N)
         });
-        for sub in &subs {
+        for sub in &mut subs {
             let got: Vec<_> = std::iter::from_fn(|| sub.try_recv())
                 .map(|d| {
-                    assert_eq!(d.peer.map(|p| p.ip()), Some(IpAddr::V6(ip6_a)));
+                    assert_eq!(d.peer().map(|p| p.ip()), Some(IpAddr::V6(ip6_a)));
                     untag(&d.buf)
                 })
                 .collect();

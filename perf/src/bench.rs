@@ -529,11 +529,7 @@ fn run_fanout(
     use crate::fanbench::{slope, FanRun};
     let seconds = if a.smoke { 0.2 } else { a.seconds.unwrap_or(1.0) };
     let rounds = if a.smoke { 1 } else { a.rounds.max(1) };
-    let subs: Vec<usize> = if a.smoke {
-        vec![1, 4]
-    } else {
-        a.subscribers.clone()
-    };
+    let subs: Vec<usize> = if a.smoke { vec![1, 4] } else { a.subscribers.clone() };
     let size = a.sizes.first().copied().unwrap_or(64);
     println!(
         "fanout: {size} B, N = {subs:?}, {rounds} round(s) of {seconds} s per receiver; receiver on CPU {server_cpu}, publisher on CPU {client_cpu}"
@@ -584,7 +580,18 @@ fn run_fanout(
         );
         println!(
             "{:>4} | {:>12.0} {:>12.0} {:>7.2} | {:>9.0} {:>9.0} | {:>9.0} {:>9.0} | {:>9.1} {:>9.1} | {:>9.1} {:>9.1}",
-            row.0, row.1, row.2, row.2 / row.1.max(1.0), row.3, row.4, row.5, row.6, row.7, row.8, row.9, row.10
+            row.0,
+            row.1,
+            row.2,
+            row.2 / row.1.max(1.0),
+            row.3,
+            row.4,
+            row.5,
+            row.6,
+            row.7,
+            row.8,
+            row.9,
+            row.10
         );
         rows.push(row);
     }
@@ -645,11 +652,7 @@ fn run_fanout(
                 )
             })
             .collect();
-        plot::bars(
-            &a.out.join("fanout"),
-            "multicast deliveries per second",
-            &groups,
-        )?;
+        plot::bars(&a.out.join("fanout"), "multicast deliveries per second", &groups)?;
     }
     if runs.iter().any(|r| r.delivered == 0) {
         return Err("a receiver got nothing".into());

@@ -21,7 +21,7 @@ use porto::{recv_batch, Config, Delivery, Interface, Shard, SocketOptions, UdpSo
 use serde::Serialize;
 
 use crate::kernel::pin;
-use crate::mcast::{publisher, read, stamp, HEADER_LEN};
+use crate::mcast::{latency_of, publisher, seq_of, stamp, HEADER_LEN};
 use crate::xdprx::thread_cpu_ns;
 
 const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 77, 1);
@@ -75,14 +75,14 @@ impl Skew {
     }
 
     fn see(&mut self, msg: &[u8]) {
-        let Some((seq, lat)) = read(msg) else { return };
+        let Some(seq) = seq_of(msg) else { return };
         if seq % SAMPLE_EVERY != 0 {
             return;
         }
         let slot = &mut self.slots[(seq / SAMPLE_EVERY) as usize % RING];
         if slot.0 != seq {
             *slot = (seq, Instant::now(), 1);
-            let _ = self.latency.record(lat.max(1));
+            let _ = self.latency.record(latency_of(msg).max(1));
         } else {
             slot.2 += 1;
         }
@@ -172,7 +172,7 @@ fn porto_receiver(
     sock.join(GROUP.into(), Some(Interface::V4(Ipv4Addr::LOCALHOST)))
         .map_err(|e| e.to_string())?;
     let fan = sock.fan_out(1).map_err(|e| e.to_string())?;
-    let subs: Vec<Subscription> = (0..n)
+    let mut subs: Vec<Subscription> = (0..n)
         .map(|_| fan.subscribe(Policy::Lossy, 4096, RioNotify::None))
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
@@ -189,7 +189,7 @@ fn porto_receiver(
         shard.poll(&mut out, 256);
         out.clear();
         let mut any = 0u64;
-        for s in &subs {
+        for s in &mut subs {
             while let Some(d) = s.try_recv() {
                 skew.see(&d.buf);
                 any += 1;
@@ -227,7 +227,13 @@ fn wait_for(go: &AtomicBool) {
 }
 
 /// Sends `size`-byte sequenced messages to the group until `stop`; returns (sent, CPU s).
-fn sender(port: u16, size: usize, core: Option<usize>, stop: &AtomicBool, go: &AtomicBool) -> Result<(u64, f64), String> {
+fn sender(
+    port: u16,
+    size: usize,
+    core: Option<usize>,
+    stop: &AtomicBool,
+    go: &AtomicBool,
+) -> Result<(u64, f64), String> {
     let mut shard = Shard::new(&config(), core).map_err(|e| e.to_string())?;
     let h = shard.handle();
     let to = SocketAddr::V4(SocketAddrV4::new(GROUP, port));

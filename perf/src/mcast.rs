@@ -109,11 +109,18 @@ pub fn stamp(b: &mut [u8], seq: u64) {
     b[8..16].copy_from_slice(&unix_ns().to_be_bytes());
 }
 
-/// (sequence, one-way latency in ns) of a message, if it is one.
-pub fn read(b: &[u8]) -> Option<(u64, u64)> {
-    let seq = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
-    let at = u64::from_be_bytes(b.get(8..16)?.try_into().ok()?);
-    Some((seq, unix_ns().saturating_sub(at)))
+/// The sequence number of a message, if it is one.
+pub fn seq_of(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?))
+}
+
+/// One-way latency of a message (its stamp to now), in ns; reads the clock.
+pub fn latency_of(b: &[u8]) -> u64 {
+    let at = b
+        .get(8..16)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_be_bytes);
+    unix_ns().saturating_sub(at)
 }
 
 fn iface(spec: Option<&str>, group: &SocketAddr) -> Result<Interface, String> {
@@ -269,9 +276,9 @@ impl Tracker {
     }
 
     pub fn see(&mut self, msg: &[u8]) {
-        let Some((seq, lat)) = read(msg) else { return };
+        let Some(seq) = seq_of(msg) else { return };
         self.delivered += 1;
-        let _ = self.latency_ns.record(lat.max(1));
+        let _ = self.latency_ns.record(latency_of(msg).max(1));
         let now = Instant::now();
         self.span = Some(self.span.map_or((now, now), |(first, _)| (first, now)));
         match self.next {
@@ -336,7 +343,7 @@ fn subscribe(a: &SubArgs) -> Result<(), Box<dyn std::error::Error>> {
         let fan = s.fan_out(1)?;
         (fan, Some(s), None, "io_uring multishot receive".to_string())
     };
-    let subs: Vec<Subscription> = (0..a.subscribers.max(1))
+    let mut subs: Vec<Subscription> = (0..a.subscribers.max(1))
         .map(|_| fan.subscribe(policy, a.depth, RioNotify::None))
         .collect::<Result<_, _>>()?;
     println!(
@@ -361,7 +368,7 @@ fn subscribe(a: &SubArgs) -> Result<(), Box<dyn std::error::Error>> {
         while running() {
             shard.poll(&mut out, 256);
             out.clear();
-            for (s, t) in subs.iter().zip(&mut tr) {
+            for (s, t) in subs.iter_mut().zip(&mut tr) {
                 while let Some(d) = s.try_recv() {
                     t.see(&d.buf);
                 }
@@ -369,19 +376,22 @@ fn subscribe(a: &SubArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         tr
     } else {
+        // Each consumer thread owns its share of the subscriptions (single consumer each).
+        let mut shares: Vec<Vec<(usize, Subscription, Tracker)>> = (0..a.threads).map(|_| Vec::new()).collect();
+        for (i, s) in subs.drain(..).enumerate() {
+            shares[i % a.threads].push((i, s, Tracker::default()));
+        }
         let done = AtomicBool::new(false);
-        let subs_ref = &subs;
-        std::thread::scope(|sc| {
-            let workers: Vec<_> = (0..a.threads)
-                .map(|w| {
+        let mut all: Vec<(usize, Subscription, Tracker)> = std::thread::scope(|sc| {
+            let workers: Vec<_> = shares
+                .into_iter()
+                .map(|mut mine| {
                     let done = &done;
                     sc.spawn(move || {
-                        let mine: Vec<usize> = (w..subs_ref.len()).step_by(a.threads).collect();
-                        let mut tr: Vec<(usize, Tracker)> = mine.iter().map(|&i| (i, Tracker::default())).collect();
                         while !done.load(Ordering::Relaxed) {
                             let mut any = false;
-                            for (i, t) in &mut tr {
-                                while let Some(d) = subs_ref[*i].try_recv() {
+                            for (_, s, t) in &mut mine {
+                                while let Some(d) = s.try_recv() {
                                     t.see(&d.buf);
                                     any = true;
                                 }
@@ -390,7 +400,7 @@ fn subscribe(a: &SubArgs) -> Result<(), Box<dyn std::error::Error>> {
                                 std::thread::yield_now();
                             }
                         }
-                        tr
+                        mine
                     })
                 })
                 .collect();
@@ -399,13 +409,18 @@ fn subscribe(a: &SubArgs) -> Result<(), Box<dyn std::error::Error>> {
                 out.clear();
             }
             done.store(true, Ordering::Relaxed);
-            let mut all: Vec<(usize, Tracker)> = workers
+            workers
                 .into_iter()
                 .flat_map(|w| w.join().expect("consumer thread"))
-                .collect();
-            all.sort_by_key(|(i, _)| *i);
-            all.into_iter().map(|(_, t)| t).collect()
-        })
+                .collect()
+        });
+        all.sort_by_key(|(i, _, _)| *i);
+        all.into_iter()
+            .map(|(_, s, t)| {
+                subs.push(s);
+                t
+            })
+            .collect()
     };
     let secs = t0.elapsed().as_secs_f64();
     print_subscribers(&subs, &trackers, secs, fan.counters().received);
@@ -413,7 +428,9 @@ fn subscribe(a: &SubArgs) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn print_subscribers(subs: &[Subscription], tr: &[Tracker], secs: f64, received: u64) {
-    println!("(msg/s: between each subscriber's first and last delivery; latency: one-way, publisher stamp to dequeue)");
+    println!(
+        "(msg/s: between each subscriber's first and last delivery; latency: one-way, publisher stamp to dequeue)"
+    );
     println!(
         "{:>5} {:>11} {:>10} {:>9} {:>8} {:>7} {:>9} {:>9} {:>9}",
         "sub", "delivered", "msg/s", "dropped", "gaps", "late", "p50 µs", "p99 µs", "max µs"
