@@ -34,6 +34,20 @@ fn pool(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // Fan-out's per-subscriber frame cost: N handles for one atomic add, each released by
+    // its own drop (one atomic subtract each), as N subscribers would.
+    for n in [1u64, 64] {
+        g.throughput(Throughput::Elements(n));
+        g.bench_function(format!("freeze + {n} shares + drops"), |b| {
+            let mut handles = Vec::with_capacity(n as usize);
+            b.iter(|| {
+                let frozen = pool.alloc().expect("free frames").freeze();
+                handles.extend(frozen.shares(n as u32));
+                drop(frozen);
+                handles.clear();
+            })
+        });
+    }
     g.finish();
 }
 

@@ -609,9 +609,11 @@ fn run_fanout(
         slope(&pts)
     };
     let (k_slope, p_slope) = (per_sub("kernel"), per_sub("porto"));
-    println!(
-        "cost per added subscriber (slope of receiver + sender busy ns per message over N): kernel {k_slope:.1} ns, porto {p_slope:.1} ns"
-    );
+    if subs.len() >= 2 {
+        println!(
+            "cost per added subscriber (slope of receiver + sender busy ns per message over N): kernel {k_slope:.1} ns, porto {p_slope:.1} ns"
+        );
+    }
     println!("(medians of the rounds; del/s: deliveries to subscribers per second, summed; ns/m: busy CPU ns per message; skew99: p99 µs between the first and the last subscriber getting a message; lat99: p99 one-way µs at the first subscriber)");
     std::fs::create_dir_all(&a.out)?;
     #[derive(Serialize)]

@@ -27,7 +27,6 @@ fn smoke(scenario: &str) -> (serde_json::Value, String) {
         "bench {scenario} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("porto poll") && stdout.contains("kernel"), "{stdout}");
     let json = std::fs::read_to_string(out_dir.join(format!("{scenario}.json"))).expect("JSON results written");
     let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
     let plots = std::fs::read_dir(&out_dir)
@@ -53,6 +52,7 @@ fn servers_with_results(v: &serde_json::Value) -> Vec<String> {
 
 fn check(scenario: &str) {
     let (v, output) = smoke(scenario);
+    assert!(output.contains("porto poll") && output.contains("kernel"), "{output}");
     let got = servers_with_results(&v);
     let mut want = vec!["kernel", "porto-port", "porto-poll"];
     let sockperf = Command::new("sockperf").arg("--version").output().is_ok();
@@ -87,6 +87,27 @@ fn throughput_smoke() {
 #[test]
 fn tcp_smoke() {
     check("tcp");
+}
+
+#[test]
+fn fanout_smoke() {
+    let (v, output) = smoke("fanout");
+    for who in ["kernel", "porto"] {
+        for r in v["runs"].as_array().unwrap().iter().filter(|r| r["receiver"] == who) {
+            let (n, msgs, delivered) = (
+                r["subscribers"].as_u64().unwrap(),
+                r["messages"].as_u64().unwrap(),
+                r["delivered"].as_u64().unwrap(),
+            );
+            assert!(delivered > 0, "{who} N={n} delivered nothing\n{output}");
+            // porto counts the datagrams its group received: each reaches at most N
+            // subscribers.
+            if who == "porto" {
+                assert!(delivered <= n * msgs, "N={n}: {delivered} > {n} x {msgs}\n{output}");
+            }
+        }
+    }
+    assert!(output.contains("ratio"), "{output}");
 }
 
 #[test]

@@ -189,6 +189,62 @@ fn sigterm_stops_echo_cleanly() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("porto echo: stopped"));
 }
 
+/// `porto mcast sub` with 3 subscribers receives everything `porto mcast pub` sends, each
+/// subscriber once, with no gaps (loopback multicast, 2000 msg/s for 1 s).
+#[test]
+fn mcast_pub_reaches_every_subscriber() {
+    let group = format!("239.77.1.1:{}", free_port());
+    let sub = porto()
+        .args([
+            "mcast",
+            "sub",
+            "--group",
+            &group,
+            "--subscribers",
+            "3",
+            "--seconds",
+            "3",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let publ = porto()
+        .args(["mcast", "pub", "--group", &group, "--rate", "2000", "--seconds", "1"])
+        .output()
+        .unwrap();
+    let pub_out = String::from_utf8_lossy(&publ.stdout);
+    assert!(
+        publ.status.success(),
+        "{pub_out}{}",
+        String::from_utf8_lossy(&publ.stderr)
+    );
+    let sent: u64 = pub_out
+        .lines()
+        .filter(|l| l.contains(" sent ("))
+        .find_map(|l| l.split(": ").nth(1)?.split(' ').next()?.parse().ok())
+        .expect("the publisher reports what it sent");
+    let sub = sub.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&sub.stdout);
+    assert!(sub.status.success(), "{out}{}", String::from_utf8_lossy(&sub.stderr));
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.first().is_some_and(|f| f.parse::<u32>().is_ok()) && w.len() == 9)
+        .collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    for r in rows {
+        // delivered, dropped, gaps, late
+        assert_eq!(
+            (r[1].parse::<u64>().unwrap(), r[3], r[4], r[5]),
+            (sent, "0", "0", "0"),
+            "{out}"
+        );
+    }
+    assert!(sent >= 1900, "{pub_out}");
+}
+
 #[test]
 fn demo_prints_its_table() {
     let out = porto().args(["demo", "--seconds", "0.3"]).output().unwrap();
