@@ -232,6 +232,14 @@ impl Table {
         self.slots.get_mut(idx as usize).filter(|s| s.live && s.gen == gen)
     }
 
+    /// The socket of live slot `idx` if its generation matches (read-only).
+    pub(crate) fn sock_of(&self, idx: u32, gen: u32) -> Option<u32> {
+        self.slots
+            .get(idx as usize)
+            .filter(|s| s.live && s.gen == gen)
+            .map(|s| s.sock)
+    }
+
     pub(crate) fn slot(&mut self, idx: u32) -> &mut Slot {
         &mut self.slots[idx as usize]
     }

@@ -71,6 +71,17 @@ impl TrafficType {
         u32::from(self.ieee_8021p().unwrap_or(0))
     }
 
+    /// Inbound priority: higher is served first when several receive sources are ready
+    /// (Control 5 ... Background 0; a socket with no class counts as BestEffort, 1).
+    pub fn inbound_rank(self) -> u8 {
+        (TrafficType::BY_PRIORITY.len()
+            - 1
+            - TrafficType::BY_PRIORITY
+                .iter()
+                .position(|&t| t == self)
+                .expect("listed")) as u8
+    }
+
     /// Deficit-round-robin weight; `None` for the strict-priority classes.
     pub fn drr_weight(self) -> Option<u32> {
         match self {

@@ -31,7 +31,7 @@ use crate::fanout::{GroupState, SubShared, SubSlot};
 use crate::op::{self, Request, Table};
 use crate::pool::Pool;
 use crate::port::CompletionPort;
-use crate::qos::{Admission, Flow, FlowCounters, Scheduler, Shaping, TrafficType};
+use crate::qos::{Admission, Flow, FlowCounters, Scheduler, Shaping, TokenBucket, TrafficType};
 use crate::rio::RioKind;
 use crate::stats::{new_histogram, Stats};
 use crate::sys::bufring::BufRing;
@@ -139,10 +139,16 @@ pub(crate) enum Command {
         id: u16,
         rate_bps: u64,
     },
-    /// The TOS byte an AF_XDP socket writes into its frames.
-    SetTos {
+    /// The egress link rate scheduled sends are paced to (None: unpaced).
+    LinkRate {
+        rate_bps: Option<u64>,
+        burst_bytes: u64,
+    },
+    /// A socket's traffic class: its receives' inbound priority, and for AF_XDP the TOS byte
+    /// it writes into its frames.
+    SetClass {
         sock: u32,
-        tos: u8,
+        traffic: TrafficType,
     },
     /// A static neighbour entry for an AF_XDP socket.
     Neighbor {
@@ -204,6 +210,8 @@ pub(crate) struct ShardShared {
     next_flow: std::sync::atomic::AtomicU16,
     /// Per flow: sent, sent bytes, delayed, non-conformant, dropped (QOSQueryFlow).
     pub(crate) flow_counters: Box<[[AtomicU64; 5]]>,
+    /// Per class: sends refused by a full scheduler queue.
+    class_drops: [AtomicU64; 6],
 }
 
 impl ShardShared {
@@ -288,6 +296,8 @@ struct SockEntry {
     flow: Option<u16>,
     /// Its received datagrams fan out to subscribers instead of completing.
     fanout: Option<Box<GroupState>>,
+    /// Its traffic class (set_traffic / set_flow): inbound priority.
+    class: Option<TrafficType>,
 }
 
 impl SockEntry {
@@ -300,6 +310,7 @@ impl SockEntry {
             xdp,
             flow: None,
             fanout: None,
+            class: None,
         }
     }
 }
@@ -338,6 +349,10 @@ pub struct Shard {
     qos_scratch: Vec<Deferred>,
     /// Sockets whose fan-out group waits for a reliable subscriber.
     fanout_stalled: Vec<u32>,
+    /// Some socket has a class other than BestEffort: reap in inbound-priority order.
+    prioritized: bool,
+    /// (rank, CQE index) pairs for that order (reused).
+    cqe_order: Vec<(u8, u32)>,
     epoch: Instant,
 }
 
@@ -359,6 +374,12 @@ struct QosState {
     /// Scheduled sends in the kernel now; at most SENDS_IN_FLIGHT_MAX, so the scheduler
     /// (not the kernel's FIFO) decides what goes next.
     in_flight: u32,
+    /// The egress link rate, if set: scheduled sends leave no faster (the bottleneck the
+    /// scheduler orders traffic for, like a qdisc under a rate limit).
+    link: Option<TokenBucket>,
+    /// The packet the link is busy with: chosen by the scheduler, waiting for link tokens
+    /// (a frame on the wire is not pre-empted).
+    staged: Option<Deferred>,
 }
 
 /// Flows per shard.
@@ -437,6 +458,20 @@ impl ShardHandle {
         })
     }
 
+    /// The egress link rate: the shard paces the sends of every socket on a flow to
+    /// `rate_bps` (bursts of `burst_bytes`), after the class scheduler has ordered them —
+    /// the bottleneck at which Control and Voice overtake bulk traffic. `None` removes it.
+    pub fn set_link_rate(&self, rate_bps: Option<u64>, burst_bytes: u64) -> Result<(), SetupError> {
+        self.shared
+            .send(Command::LinkRate { rate_bps, burst_bytes })
+            .map_err(|_| SetupError::Limit("shard command queue"))
+    }
+
+    /// Sends dropped per class by full scheduler queues (index: `TrafficType as usize`).
+    pub fn class_drops(&self) -> [u64; 6] {
+        std::array::from_fn(|i| self.shared.class_drops[i].load(Ordering::Relaxed))
+    }
+
     pub fn index(&self) -> usize {
         self.shared.index
     }
@@ -478,6 +513,7 @@ pub(crate) fn new_shared(cfg: &Config, index: usize) -> Result<Arc<ShardShared>,
         info: OnceLock::new(),
         next_flow: std::sync::atomic::AtomicU16::new(0),
         flow_counters: (0..FLOWS_MAX).map(|_| Default::default()).collect(),
+        class_drops: Default::default(),
     }))
 }
 
@@ -577,9 +613,13 @@ impl Shard {
                 sched: Scheduler::new(QOS_QUEUE_MAX, 1500),
                 held: VecDeque::with_capacity(QOS_QUEUE_MAX),
                 in_flight: 0,
+                link: None,
+                staged: None,
             },
             qos_scratch: Vec::with_capacity(QOS_QUEUE_MAX),
             fanout_stalled: Vec::with_capacity(cfg.sockets_max as usize),
+            prioritized: false,
+            cqe_order: Vec::with_capacity(cfg.cq_entries as usize),
             epoch: Instant::now(),
             shared,
         };
@@ -750,6 +790,10 @@ impl Shard {
                     self.xdp_socks.push(sock);
                 }
                 Command::FlowCreate { id, flow } => self.qos.flows[usize::from(id)] = Some(*flow),
+                Command::LinkRate { rate_bps, burst_bytes } => {
+                    let now = self.now_ns();
+                    self.qos.link = rate_bps.map(|r| TokenBucket::new(r, burst_bytes, now));
+                }
                 Command::SetSocketFlow { sock, flow } => self.sockets[sock as usize].flow = Some(flow),
                 Command::FlowSetRate { id, rate_bps } => {
                     let now = self.now_ns();
@@ -757,10 +801,18 @@ impl Shard {
                         f.set_rate(rate_bps, now);
                     }
                 }
-                Command::SetTos { sock, tos } => {
-                    if let Some(p) = self.sockets[sock as usize].xdp.as_mut() {
-                        p.tos = tos;
+                Command::SetClass { sock, traffic } => {
+                    let e = &mut self.sockets[sock as usize];
+                    e.class = Some(traffic);
+                    if let Some(p) = e.xdp.as_mut() {
+                        p.tos = traffic.tos();
                     }
+                    self.prioritized |= traffic != TrafficType::BestEffort;
+                    // AF_XDP ports are turned in inbound-priority order.
+                    let sockets = &self.sockets;
+                    self.xdp_socks.sort_by_key(|&s| {
+                        std::cmp::Reverse(sockets[s as usize].class.map_or(1, TrafficType::inbound_rank))
+                    });
                 }
                 Command::Neighbor { sock, ip, mac } => {
                     if let Some(p) = self.sockets[sock as usize].xdp.as_mut() {
@@ -777,9 +829,6 @@ impl Shard {
                         let fits = p.set_group(group, source, join);
                         debug_assert!(fits, "XdpUdpSocket::join bounds the table");
                     }
-                }
-                Command::Op { sock, token, req } if self.sockets[sock as usize].xdp.is_some() => {
-                    self.start_xdp_op(sock, token, req)
                 }
                 Command::Op { sock, token, req } => self.start_op(sock, token, req),
                 Command::Cancel { sock, token } if self.sockets[sock as usize].xdp.is_some() => {
@@ -817,6 +866,10 @@ impl Shard {
     }
 
     fn start_op(&mut self, sock: u32, token: u64, req: Request) {
+        let e = &self.sockets[sock as usize];
+        if e.xdp.is_some() && (e.flow.is_none() || !matches!(req, Request::SendTo { .. })) {
+            return self.start_xdp_op(sock, token, req);
+        }
         if let Request::SendToMany { buf, dests } = req {
             // One send per destination, each its own completion; all read the one frame.
             for (&addr, buf) in dests.iter().zip(buf.shares(dests.len() as u32)) {
@@ -885,6 +938,8 @@ impl Shard {
         };
         if let Err(d) = self.qos.sched.enqueue(class, d.len, d) {
             f.counters.dropped += 1;
+            let i = class as usize;
+            self.shared.class_drops[i].store(self.qos.sched.drops[i], Ordering::Relaxed);
             self.qos_refuse(d);
         }
     }
@@ -905,6 +960,9 @@ impl Shard {
         };
         let mut gone = std::mem::take(&mut self.qos_scratch);
         self.qos.sched.remove_where(|d| d.sock == sock, |d| gone.push(d));
+        if self.qos.staged.as_ref().is_some_and(|d| d.sock == sock) {
+            gone.extend(self.qos.staged.take());
+        }
         let mut i = 0;
         while i < self.qos.held.len() {
             if self.qos.held[i].2.sock == sock {
@@ -941,16 +999,40 @@ impl Shard {
                 self.qos_place(flow, decision, d);
             }
         }
+        let mut link_due = None;
         while self.qos.in_flight < SENDS_IN_FLIGHT_MAX {
-            let Some((_, d)) = self.qos.sched.dequeue() else { break };
+            let d = match self.qos.staged.take() {
+                Some(d) => d,
+                None => match self.qos.sched.dequeue() {
+                    Some((_, d)) => d,
+                    None => break,
+                },
+            };
+            if let Some(link) = self.qos.link.as_mut() {
+                let at = link.ready_at(d.len, now);
+                if at > now {
+                    self.qos.staged = Some(d);
+                    link_due = Some(at);
+                    break;
+                }
+                let took = link.try_take(d.len, now);
+                debug_assert!(took, "ready_at said it conforms");
+            }
             self.qos.in_flight += 1;
             self.start_op_now(d.sock, d.token, d.req, true);
         }
-        self.qos.held.iter().map(|h| h.0).min()
+        self.qos.held.iter().map(|h| h.0).chain(link_due).min()
     }
 
     /// Starts an operation now (`scheduled`: it counts against the QoS send budget).
     fn start_op_now(&mut self, sock: u32, token: u64, req: Request, scheduled: bool) {
+        if self.sockets[sock as usize].xdp.is_some() {
+            // An AF_XDP send goes onto the TX ring at once: it holds no kernel-send budget.
+            if scheduled {
+                self.qos.in_flight -= 1;
+            }
+            return self.start_xdp_op(sock, token, req);
+        }
         let kind = req.kind();
         let entry = &self.sockets[sock as usize];
         let Some(delivery) = entry.delivery.clone().filter(|_| !entry.closing) else {
@@ -1267,10 +1349,42 @@ impl Shard {
     fn reap(&mut self) {
         let mut cqes = std::mem::take(&mut self.cqes);
         self.ring.reap(&mut cqes);
-        for cqe in &cqes {
-            self.on_cqe(cqe.user_data(), cqe.result(), cqe.flags());
+        if self.prioritized && cqes.len() > 1 {
+            // Inbound priority: sockets of higher classes first; within a rank, CQE order
+            // (so one operation's CQEs never swap). Sorting (rank, index) pairs in place
+            // allocates nothing.
+            let mut order = std::mem::take(&mut self.cqe_order);
+            order.clear();
+            order.extend(
+                cqes.iter()
+                    .enumerate()
+                    .map(|(i, c)| (u8::MAX - self.cqe_rank(c.user_data()), i as u32)),
+            );
+            order.sort_unstable();
+            for &(_, i) in &order {
+                let c = &cqes[i as usize];
+                self.on_cqe(c.user_data(), c.result(), c.flags());
+            }
+            self.cqe_order = order;
+        } else {
+            for cqe in &cqes {
+                self.on_cqe(cqe.user_data(), cqe.result(), cqe.flags());
+            }
         }
         self.cqes = cqes;
+    }
+
+    /// The inbound rank of the socket a CQE belongs to (BestEffort's if none).
+    fn cqe_rank(&self, ud: u64) -> u8 {
+        let (tag, idx, gen) = op::decode(ud);
+        let sock = match tag {
+            op::TAG_OP | op::TAG_LINK_TIMEOUT => self.ops.sock_of(idx, gen),
+            op::TAG_XSK_POLL => Some(idx),
+            _ => None,
+        };
+        sock.and_then(|s| self.sockets.get(s as usize)?.class)
+            .unwrap_or(TrafficType::BestEffort)
+            .inbound_rank()
     }
 
     fn on_cqe(&mut self, ud: u64, res: i32, flags: u32) {

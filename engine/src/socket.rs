@@ -112,6 +112,8 @@ pub struct SocketCore {
     fd: RawFd,
     /// Only the original handle closes the socket; RIO queues hold non-owning copies.
     owner: bool,
+    /// An AF_XDP socket (no kernel socket options).
+    xdp: bool,
 }
 
 impl SocketCore {
@@ -133,6 +135,7 @@ impl SocketCore {
             id,
             fd: raw,
             owner: true,
+            xdp: false,
         })
     }
 
@@ -158,6 +161,7 @@ impl SocketCore {
             id,
             fd: raw,
             owner: true,
+            xdp: true,
         })
     }
 
@@ -167,6 +171,7 @@ impl SocketCore {
             id: self.id,
             fd: self.fd,
             owner: false,
+            xdp: self.xdp,
         }
     }
 
@@ -241,6 +246,39 @@ impl SocketCore {
     /// A datagram send of `buf` to `addr`.
     fn send_to(&self, buf: Buf, addr: SocketAddr, token: u64, zerocopy: bool) -> Result<(), Rejected> {
         self.submit(token, Request::SendTo { buf, addr, zerocopy })
+    }
+
+    /// Marks what this socket sends with `traffic`'s DSCP (kernel sockets: IP_TOS or
+    /// IPV6_TCLASS, and SO_PRIORITY; AF_XDP: the TOS byte of every frame, checksum fixed),
+    /// and gives its receives `traffic`'s inbound priority on the shard.
+    pub fn set_traffic(&self, traffic: TrafficType) -> Result<(), Error> {
+        if !self.xdp {
+            let fd = self.fd;
+            if self.local_addr()?.is_ipv6() {
+                net::set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_TCLASS, i32::from(traffic.tos()))?;
+            } else {
+                net::set_int(fd, libc::IPPROTO_IP, libc::IP_TOS, i32::from(traffic.tos()))?;
+            }
+            net::set_int(fd, libc::SOL_SOCKET, libc::SO_PRIORITY, traffic.so_priority() as i32)?;
+        }
+        self.shared
+            .send(Command::SetClass { sock: self.id, traffic })
+            .map_err(|_| Error::NoBuffers)
+    }
+
+    /// QOSAddSocketToFlow: this socket's sends go through `flow` (marking, shaping, the
+    /// class scheduler). The flow must belong to this socket's shard.
+    pub fn set_flow(&self, flow: &QosFlow) -> Result<(), Error> {
+        if !Arc::ptr_eq(&flow.shard, &self.shared) {
+            return Err(Error::InvalidArgument);
+        }
+        self.set_traffic(flow.traffic)?;
+        self.shared
+            .send(Command::SetSocketFlow {
+                sock: self.id,
+                flow: flow.id,
+            })
+            .map_err(|_| Error::NoBuffers)
     }
 
     /// CancelIoEx: cancels the operations issued with `token`; each completes `Aborted`
@@ -471,31 +509,14 @@ impl UdpSocket {
     /// QOSAddSocketToFlow: marks this socket's traffic with the flow's DSCP and sends every
     /// datagram through the flow's shaping and its shard's class scheduler.
     pub fn set_flow(&self, flow: &QosFlow) -> Result<(), Error> {
-        if !Arc::ptr_eq(&flow.shard, &self.core.shared) {
-            return Err(Error::InvalidArgument);
-        }
-        self.set_traffic(flow.traffic)?;
-        self.core
-            .shared
-            .send(Command::SetSocketFlow {
-                sock: self.core.id,
-                flow: flow.id,
-            })
-            .map_err(|_| Error::NoBuffers)
+        self.core.set_flow(flow)
     }
 
     /// Marks everything this socket sends with `traffic`'s DSCP (IP_TOS / IPV6_TCLASS) and
-    /// priority (SO_PRIORITY): the marking half of QOSAddSocketToFlow.
+    /// priority (SO_PRIORITY): the marking half of QOSAddSocketToFlow. Its receives get the
+    /// class's inbound priority on the shard.
     pub fn set_traffic(&self, traffic: TrafficType) -> Result<(), Error> {
-        let fd = self.core.raw();
-        let v6 = self.local_addr()?.is_ipv6();
-        if v6 {
-            net::set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_TCLASS, i32::from(traffic.tos()))?;
-        } else {
-            net::set_int(fd, libc::IPPROTO_IP, libc::IP_TOS, i32::from(traffic.tos()))?;
-        }
-        net::set_int(fd, libc::SOL_SOCKET, libc::SO_PRIORITY, traffic.so_priority() as i32)?;
-        Ok(())
+        self.core.set_traffic(traffic)
     }
 
     /// Blocking sendto.
@@ -644,6 +665,16 @@ impl TcpStream {
     }
 
     /// TCP_NODELAY.
+    /// QOSAddSocketToFlow for a stream: marking, shaping and class scheduling of its sends.
+    pub fn set_flow(&self, flow: &QosFlow) -> Result<(), Error> {
+        self.core.set_flow(flow)
+    }
+
+    /// Marks this stream's segments with `traffic`'s DSCP and SO_PRIORITY.
+    pub fn set_traffic(&self, traffic: TrafficType) -> Result<(), Error> {
+        self.core.set_traffic(traffic)
+    }
+
     pub fn set_nodelay(&self, on: bool) -> Result<(), Error> {
         Ok(net::set_int(
             self.core.raw(),
@@ -944,13 +975,13 @@ impl XdpUdpSocket {
     /// Marks every frame this socket sends with `traffic`'s DSCP (the TOS byte is written
     /// with the header checksum).
     pub fn set_traffic(&self, traffic: TrafficType) -> Result<(), Error> {
-        self.core
-            .shared
-            .send(Command::SetTos {
-                sock: self.core.id,
-                tos: traffic.tos(),
-            })
-            .map_err(|_| Error::NoBuffers)
+        self.core.set_traffic(traffic)
+    }
+
+    /// QOSAddSocketToFlow: the flow's marking, shaping and class scheduling for every frame
+    /// this socket sends.
+    pub fn set_flow(&self, flow: &QosFlow) -> Result<(), Error> {
+        self.core.set_flow(flow)
     }
 
     /// Adds a static neighbour (IPv4 -> MAC) for sends to hosts that have not sent to us.
