@@ -31,6 +31,9 @@ pub(crate) enum Request {
         buf: Buf,
         addr: SocketAddr,
         zerocopy: bool,
+        /// This datagram's TOS / traffic class instead of the socket's (a non-conformant
+        /// packet re-marked by its flow, or a per-send marking).
+        tos: Option<u8>,
     },
     Send {
         buf: Buf,
@@ -142,6 +145,10 @@ pub(crate) struct Slot {
     pub starved: bool,
     /// Started by the QoS scheduler (counts against its send budget until it ends).
     pub scheduled: bool,
+    /// A per-datagram TOS: the send goes as SENDMSG with an IP_TOS / IPV6_TCLASS message.
+    pub tos: Option<u8>,
+    /// Room for that control message (cmsghdr-aligned).
+    pub control: [u64; 4],
 }
 
 impl Slot {
@@ -182,6 +189,8 @@ impl Slot {
             sent: 0,
             starved: false,
             scheduled: false,
+            tos: None,
+            control: [0; 4],
         }
     }
 }
@@ -215,6 +224,7 @@ impl Table {
         s.sent = 0;
         s.starved = false;
         s.scheduled = false;
+        s.tos = None;
         s.multishot = false;
         s.timeout = None;
         Some(idx)

@@ -149,6 +149,7 @@ pub(crate) enum Command {
     SetClass {
         sock: u32,
         traffic: TrafficType,
+        tos: u8,
     },
     /// A static neighbour entry for an AF_XDP socket.
     Neighbor {
@@ -403,6 +404,9 @@ impl std::fmt::Debug for Shard {
 pub struct QosFlow {
     pub(crate) id: u16,
     pub traffic: TrafficType,
+    /// The TOS byte its sockets are marked with: the class's, or 0 for ShapeOnly (QOS2's
+    /// QOSShapeOnly sends no DSCP mark).
+    pub tos: u8,
     pub(crate) shard: Arc<ShardShared>,
 }
 
@@ -451,9 +455,14 @@ impl ShardHandle {
                 flow: Box::new(flow),
             })
             .map_err(|_| SetupError::Limit("shard command queue"))?;
+        let tos = match shape {
+            Some((_, _, Shaping::ShapeOnly)) => 0,
+            _ => traffic.tos(),
+        };
         Ok(QosFlow {
             id,
             traffic,
+            tos,
             shard: self.shared.clone(),
         })
     }
@@ -801,11 +810,11 @@ impl Shard {
                         f.set_rate(rate_bps, now);
                     }
                 }
-                Command::SetClass { sock, traffic } => {
+                Command::SetClass { sock, traffic, tos } => {
                     let e = &mut self.sockets[sock as usize];
                     e.class = Some(traffic);
                     if let Some(p) = e.xdp.as_mut() {
-                        p.tos = traffic.tos();
+                        p.tos = tos;
                     }
                     self.prioritized |= traffic != TrafficType::BestEffort;
                     // AF_XDP ports are turned in inbound-priority order.
@@ -919,13 +928,19 @@ impl Shard {
         }
     }
 
-    fn qos_place_inner(&mut self, flow: u16, decision: Admission, d: Deferred) {
+    fn qos_place_inner(&mut self, flow: u16, decision: Admission, mut d: Deferred) {
         let Some(f) = self.qos.flows[usize::from(flow)].as_mut() else {
             return;
         };
         let class = match decision {
             Admission::Send { .. } => f.traffic,
-            Admission::SendNonConformant => TrafficType::BestEffort,
+            Admission::SendNonConformant => {
+                // QOSUseNonConformantMarkings: the excess goes out as best effort, marked so.
+                if let Request::SendTo { tos, .. } = &mut d.req {
+                    *tos = Some(TrafficType::BestEffort.tos());
+                }
+                TrafficType::BestEffort
+            }
             Admission::HoldUntil(t) => {
                 if self.qos.held.len() < QOS_QUEUE_MAX {
                     self.qos.held.push_back((t, flow, d));
@@ -1062,9 +1077,16 @@ impl Shard {
                 s.multishot = multishot;
                 s.timeout = if multishot { None } else { timeout };
             }
-            Request::SendTo { buf, addr, zerocopy } => {
+            Request::SendTo {
+                buf,
+                addr,
+                zerocopy,
+                tos,
+            } => {
                 (s.addr, s.addr_len) = net::to_raw(&addr);
-                s.zerocopy = zerocopy && self.pool.same(&buf);
+                // A per-datagram TOS needs SENDMSG and its control message: not zero-copy.
+                s.zerocopy = zerocopy && tos.is_none() && self.pool.same(&buf);
+                s.tos = tos;
                 s.buf = Some(buf);
             }
             Request::Send { buf, zerocopy } => {
@@ -1202,6 +1224,22 @@ impl Shard {
                 let wait_all = if s.kind == OpKind::Send { libc::MSG_WAITALL } else { 0 };
                 opcode::SendMsg::new(fd, &s.msg)
                     .flags((libc::MSG_NOSIGNAL | wait_all) as u32)
+                    .build()
+            }
+            (OpKind::SendTo, _) if s.tos.is_some() => {
+                let buf = s.buf.as_ref().expect("a re-marked send holds its buffer");
+                let (ptr, len) = buf.raw();
+                s.iov = libc::iovec {
+                    iov_base: ptr.cast(),
+                    iov_len: len as usize,
+                };
+                s.msg = msghdr(&mut s.addr, s.addr_len, &mut s.iov);
+                let v6 = i32::from(s.addr.ss_family) == libc::AF_INET6;
+                let n = net::tos_cmsg(&mut s.control, v6, s.tos.unwrap_or(0));
+                s.msg.msg_control = s.control.as_mut_ptr().cast();
+                s.msg.msg_controllen = n;
+                opcode::SendMsg::new(fd, &s.msg)
+                    .flags(libc::MSG_NOSIGNAL as u32)
                     .build()
             }
             (OpKind::SendTo | OpKind::Send, _) => {
@@ -1707,7 +1745,7 @@ impl Shard {
                 port.recv_token = Some(token);
                 return;
             }
-            Request::SendTo { buf, addr, .. } => match port.send(&self.shared.stats, buf, addr, token) {
+            Request::SendTo { buf, addr, tos, .. } => match port.send(&self.shared.stats, buf, addr, token, tos) {
                 Ok(()) => return,
                 Err((e, buf)) => (e, Some(buf)),
             },
@@ -1725,7 +1763,7 @@ impl Shard {
                         });
                     let outcome = copy.map_err(|e| (e, None)).and_then(|b| {
                         st.add(&st.counters.xdp_send_copies, 1);
-                        port.send(st, b, addr, token).map_err(|(e, b)| (e, Some(b)))
+                        port.send(st, b, addr, token, None).map_err(|(e, b)| (e, Some(b)))
                     });
                     if let Err((e, _copy)) = outcome {
                         let mut c = Completion::of(kind, delivery.key(), token, Err(e));

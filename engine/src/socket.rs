@@ -245,24 +245,41 @@ impl SocketCore {
 
     /// A datagram send of `buf` to `addr`.
     fn send_to(&self, buf: Buf, addr: SocketAddr, token: u64, zerocopy: bool) -> Result<(), Rejected> {
-        self.submit(token, Request::SendTo { buf, addr, zerocopy })
+        self.submit(
+            token,
+            Request::SendTo {
+                buf,
+                addr,
+                zerocopy,
+                tos: None,
+            },
+        )
     }
 
     /// Marks what this socket sends with `traffic`'s DSCP (kernel sockets: IP_TOS or
     /// IPV6_TCLASS, and SO_PRIORITY; AF_XDP: the TOS byte of every frame, checksum fixed),
     /// and gives its receives `traffic`'s inbound priority on the shard.
     pub fn set_traffic(&self, traffic: TrafficType) -> Result<(), Error> {
+        self.mark(traffic, traffic.tos())
+    }
+
+    /// `traffic`'s class (SO_PRIORITY, inbound priority) with TOS byte `tos` on the wire.
+    fn mark(&self, traffic: TrafficType, tos: u8) -> Result<(), Error> {
         if !self.xdp {
             let fd = self.fd;
             if self.local_addr()?.is_ipv6() {
-                net::set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_TCLASS, i32::from(traffic.tos()))?;
+                net::set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_TCLASS, i32::from(tos))?;
             } else {
-                net::set_int(fd, libc::IPPROTO_IP, libc::IP_TOS, i32::from(traffic.tos()))?;
+                net::set_int(fd, libc::IPPROTO_IP, libc::IP_TOS, i32::from(tos))?;
             }
             net::set_int(fd, libc::SOL_SOCKET, libc::SO_PRIORITY, traffic.so_priority() as i32)?;
         }
         self.shared
-            .send(Command::SetClass { sock: self.id, traffic })
+            .send(Command::SetClass {
+                sock: self.id,
+                traffic,
+                tos,
+            })
             .map_err(|_| Error::NoBuffers)
     }
 
@@ -272,7 +289,7 @@ impl SocketCore {
         if !Arc::ptr_eq(&flow.shard, &self.shared) {
             return Err(Error::InvalidArgument);
         }
-        self.set_traffic(flow.traffic)?;
+        self.mark(flow.traffic, flow.tos)?;
         self.shared
             .send(Command::SetSocketFlow {
                 sock: self.id,

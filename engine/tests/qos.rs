@@ -218,3 +218,54 @@ fn a_control_socket_is_served_before_bulk_when_both_are_ready() {
     let at = order.iter().position(|&k| k == 2).unwrap();
     assert!(at < 5, "the Control datagram was delivered {at}th of 101");
 }
+
+/// What each QOS2 shaping behaviour puts on the wire, read back with IP_RECVTOS: ShapeOnly
+/// sends no mark; ShapeAndMark marks everything; UseNonConformantMarkings marks what
+/// conforms and re-marks the excess best effort (per datagram).
+#[test]
+fn each_shaping_behaviour_marks_as_qos2_says() {
+    let mut shard = Shard::new(&cfg(), None).unwrap();
+    let h = shard.handle();
+    let opts = SocketOptions {
+        recv_tos: true,
+        ..SocketOptions::default()
+    };
+    let rx = UdpSocket::bind(&h, lo(), &opts, Delivery::Poll { key: 9 }).unwrap();
+    rx.recv_from_multishot(9).unwrap();
+    let to = rx.local_addr().unwrap();
+    let voice = TrafficType::Voice.tos();
+    // 1.6 kbit/s with room for one 100-byte datagram (then one per 500 ms): the first
+    // conforms, the next four do not.
+    for (how, want) in [
+        (Shaping::ShapeOnly, [0u8; 5]),
+        (Shaping::ShapeAndMark, [voice; 5]),
+        (Shaping::UseNonConformantMarkings, [voice, 0, 0, 0, 0]),
+    ] {
+        let tx = UdpSocket::bind(&h, lo(), &SocketOptions::default(), Delivery::Poll { key: 1 }).unwrap();
+        let flow = h.create_flow(TrafficType::Voice, Some((1_600, 100, how))).unwrap();
+        tx.set_flow(&flow).unwrap();
+        let mut out = Vec::new();
+        shard.poll(&mut out, 16);
+        // What leaves within 300 ms, in order (held excess would take seconds).
+        for i in 0..5u8 {
+            tx.send_to(h.pool().alloc_from(&[i; 100]).unwrap(), to, 0).unwrap();
+        }
+        let mut tos = Vec::new();
+        let deadline = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < deadline {
+            shard.poll(&mut out, 64);
+            tos.extend(
+                out.drain(..)
+                    .filter(|c| c.key == 9 && c.op == OpKind::RecvFrom)
+                    .map(|c| c.tos.expect("recv_tos reports it")),
+            );
+        }
+        let sent_now = if how == Shaping::UseNonConformantMarkings { 5 } else { 1 };
+        assert_eq!(tos, want[..sent_now], "{how:?}");
+        if how == Shaping::UseNonConformantMarkings {
+            assert_eq!(flow.counters().non_conformant, 4);
+        }
+        drop(tx);
+        shard.poll(&mut out, 64);
+    }
+}

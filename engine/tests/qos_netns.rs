@@ -123,7 +123,7 @@ fn af_xdp_frames_carry_their_class_and_a_shaped_flow_keeps_its_rate() {
         let flow = h
             .create_flow(
                 TrafficType::Voice,
-                Some((RATE, (BURST * LEN) as u64, Shaping::ShapeOnly)),
+                Some((RATE, (BURST * LEN) as u64, Shaping::ShapeAndMark)),
             )
             .unwrap();
         sock.set_flow(&flow).unwrap();

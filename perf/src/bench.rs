@@ -32,6 +32,9 @@ pub enum Scenario {
     /// Multicast fan-out on loopback: one publisher, N subscribers; porto's shared-frame
     /// fan-out vs N joined kernel sockets.
     Fanout,
+    /// Control-class ping-pong latency, unloaded and under 150 % BestEffort load at the
+    /// shard's egress link rate.
+    Qos,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
@@ -136,6 +139,12 @@ pub struct BenchArgs {
     /// Subscriber counts (fanout scenario).
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4, 16, 64, 256])]
     pub subscribers: Vec<usize>,
+    /// Egress link rate in Mbit/s (qos scenario).
+    #[arg(long, default_value_t = 400)]
+    pub link_mbps: u64,
+    /// Offered bulk load as a share of the link (qos scenario).
+    #[arg(long, default_value_t = 1.5)]
+    pub offered: f64,
     /// Offered rate in messages/s (throughput scenario).
     #[arg(long, default_value_t = 50_000)]
     pub rate: u64,
@@ -662,6 +671,123 @@ fn run_fanout(
     Ok(())
 }
 
+/// `porto bench qos`: three phases on one shard (see `qosbench`).
+fn run_qos(a: &BenchArgs, cpus: usize, server_cpu: usize, client_cpu: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let rounds = if a.smoke { 1 } else { a.rounds.max(1) };
+    let setup = crate::qosbench::Setup {
+        link_bps: a.link_mbps * 1_000_000,
+        bulk_len: a.sizes.first().copied().unwrap_or(1000),
+        offered: a.offered,
+        seconds: if a.smoke { 0.5 } else { a.seconds.unwrap_or(3.0) },
+        ping_rate: 2000,
+    };
+    println!(
+        "qos: link {} Mbit/s, bulk {} B at {:.0}% of it, pings {} B at up to {}/s; {rounds} round(s) of {} s per phase; pings+bulk on CPU {client_cpu}, echo on CPU {server_cpu}",
+        a.link_mbps,
+        setup.bulk_len,
+        setup.offered * 100.0,
+        64,
+        setup.ping_rate,
+        setup.seconds
+    );
+    let bar = ProgressBar::new((rounds * 3) as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("template"));
+    let mut all = Vec::new();
+    for round in 0..rounds {
+        for p in crate::qosbench::run(&setup, Some(server_cpu), Some(client_cpu), &bar)? {
+            all.push((round, p));
+        }
+    }
+    bar.finish_and_clear();
+    println!(
+        "{:<50} {:>5} {:>7} {:>5} {:>8} {:>8} {:>8} {:>9} {:>9} {:>10} {:>10}",
+        "phase",
+        "round",
+        "pings",
+        "lost",
+        "p50 µs",
+        "p99 µs",
+        "p99.9",
+        "max µs",
+        "bulk Mb/s",
+        "bulk drops",
+        "ctrl drops"
+    );
+    for (round, p) in &all {
+        let ctrl_drops = p.class_drops.iter().find(|d| d.0 == "Control").map_or(0, |d| d.1);
+        println!(
+            "{:<50} {:>5} {:>7} {:>5} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>10} {:>10}",
+            p.name,
+            round,
+            p.pings,
+            p.lost,
+            p.p50_us,
+            p.p99_us,
+            p.p999_us,
+            p.max_us,
+            p.bulk_bps / 1e6,
+            p.bulk_dropped,
+            ctrl_drops
+        );
+    }
+    let med = |i: usize, f: fn(&crate::qosbench::Phase) -> f64| {
+        median(
+            all.iter()
+                .filter(|(_, p)| std::ptr::eq(p.name, all[i].1.name))
+                .map(|(_, p)| f(p))
+                .collect(),
+        )
+    };
+    let (u99, l99, n99) = (med(0, |p| p.p99_us), med(1, |p| p.p99_us), med(2, |p| p.p99_us));
+    println!(
+        "Control p99: unloaded {u99:.1} µs, under load {l99:.1} µs ({:.2}x), without QoS {n99:.1} µs ({:.2}x) (medians of the rounds)",
+        l99 / u99.max(1e-9),
+        n99 / u99.max(1e-9)
+    );
+    std::fs::create_dir_all(&a.out)?;
+    #[derive(Serialize)]
+    struct QosReport<'a> {
+        scenario: &'static str,
+        kernel: String,
+        cpu_model: String,
+        cpus: usize,
+        server_cpu: usize,
+        client_cpu: usize,
+        setup: crate::qosbench::Setup,
+        phases: Vec<(usize, &'a crate::qosbench::Phase)>,
+        control_p99_loaded_vs_unloaded: f64,
+        control_p99_no_qos_vs_unloaded: f64,
+    }
+    let rep = QosReport {
+        scenario: "qos",
+        kernel: env_string("uname", &["-r"]),
+        cpu_model: cpu_model(),
+        cpus,
+        server_cpu,
+        client_cpu,
+        setup,
+        phases: all.iter().map(|(r, p)| (*r, p)).collect(),
+        control_p99_loaded_vs_unloaded: l99 / u99.max(1e-9),
+        control_p99_no_qos_vs_unloaded: n99 / u99.max(1e-9),
+    };
+    let json = a.out.join("qos.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&rep)?)?;
+    println!("results: {}", json.display());
+    if !a.no_plots {
+        let series: Vec<(String, Vec<(f64, f64)>)> = all
+            .iter()
+            .filter(|(r, _)| *r == 0)
+            .map(|(_, p)| (p.name.to_string(), p.curve.clone()))
+            .collect();
+        plot::percentile_curves(&a.out.join("qos"), "Control ping RTT by percentile (µs)", &series)?;
+    }
+    // Without QoS every ping may be lost behind the bulk: that phase may answer none.
+    if all.iter().any(|(_, p)| p.pings == 0 && !p.name.contains("no QoS")) {
+        return Err("a Control phase got no ping replies".into());
+    }
+    Ok(())
+}
+
 pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let cpus = core_affinity::get_core_ids().map_or(1, |c| c.len());
     let server_cpu = 0;
@@ -672,10 +798,13 @@ pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     if a.scenario == Scenario::Fanout {
         return run_fanout(a, cpus, server_cpu, client_cpu);
     }
+    if a.scenario == Scenario::Qos {
+        return run_qos(a, cpus, server_cpu, client_cpu);
+    }
     // Defaults keep each scenario under a minute on 2 cores.
     let default_seconds = match a.scenario {
         Scenario::Latency => 1.5,
-        Scenario::Throughput | Scenario::XdpRx | Scenario::Fanout => 2.0,
+        Scenario::Throughput | Scenario::XdpRx | Scenario::Fanout | Scenario::Qos => 2.0,
         Scenario::Tcp => 1.0,
     };
     let seconds = if a.smoke {
@@ -688,7 +817,7 @@ pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         match a.scenario {
             Scenario::Latency => vec![64, 1024],
             Scenario::Throughput => vec![64],
-            Scenario::Tcp | Scenario::XdpRx | Scenario::Fanout => vec![128],
+            Scenario::Tcp | Scenario::XdpRx | Scenario::Fanout | Scenario::Qos => vec![128],
         }
     } else {
         a.sizes.clone()
@@ -790,7 +919,7 @@ pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
                             core,
                         }
                         .run(),
-                        Scenario::Tcp | Scenario::XdpRx | Scenario::Fanout => TcpFleet {
+                        Scenario::Tcp | Scenario::XdpRx | Scenario::Fanout | Scenario::Qos => TcpFleet {
                             target,
                             connections: c,
                             msg_size: size,
@@ -898,7 +1027,7 @@ fn write_plots(
                 )?;
             }
         }
-        Scenario::Tcp | Scenario::XdpRx | Scenario::Fanout => {
+        Scenario::Tcp | Scenario::XdpRx | Scenario::Fanout | Scenario::Qos => {
             let mut conns: Vec<usize> = summary.iter().map(|s| s.conns).collect();
             conns.sort_unstable();
             conns.dedup();

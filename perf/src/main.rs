@@ -19,6 +19,7 @@ mod mcast;
 #[cfg(feature = "peers")]
 mod peers;
 mod plot;
+mod qosbench;
 mod report;
 mod sockperf;
 mod xdprx;

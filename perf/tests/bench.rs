@@ -111,6 +111,23 @@ fn fanout_smoke() {
 }
 
 #[test]
+fn qos_smoke() {
+    let (v, output) = smoke("qos");
+    let phases = v["phases"].as_array().expect("phases");
+    assert_eq!(phases.len(), 3, "{output}");
+    for p in phases {
+        let p = &p[1];
+        assert!(
+            p["pings"].as_u64().unwrap() > 0 || p["lost"].as_u64().unwrap() > 0,
+            "{output}"
+        );
+    }
+    // The unloaded and the Control phase answer pings; the loaded phases moved bulk.
+    assert!(phases[0][1]["pings"].as_u64().unwrap() > 0 && phases[1][1]["pings"].as_u64().unwrap() > 0);
+    assert!(phases[1][1]["bulk_sent"].as_u64().unwrap() > 0, "{output}");
+}
+
+#[test]
 fn xdp_rx_smoke() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let root = Command::new("id")

@@ -143,6 +143,39 @@ pub(crate) fn mcast_membership(
     }
 }
 
+/// Writes one IP_TOS (or, `v6`, IPV6_TCLASS) control message carrying `tos` into `buf` for
+/// a sendmsg; returns its length (msg_controllen).
+pub(crate) fn tos_cmsg(buf: &mut [u64; 4], v6: bool, tos: u8) -> usize {
+    let (level, kind) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_TOS)
+    };
+    let value = libc::c_int::from(tos);
+    // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
+    let (space, len) = unsafe {
+        (
+            libc::CMSG_SPACE(size_of::<libc::c_int>() as u32) as usize,
+            libc::CMSG_LEN(size_of::<libc::c_int>() as u32) as usize,
+        )
+    };
+    assert!(space <= size_of::<[u64; 4]>(), "one int control message fits");
+    buf.fill(0);
+    let hdr = libc::cmsghdr {
+        cmsg_len: len,
+        cmsg_level: level,
+        cmsg_type: kind,
+    };
+    // SAFETY: `buf` is 8-byte aligned (cmsghdr's alignment) and holds `space` bytes: the
+    // header, then the int at CMSG_DATA's offset (the header's aligned size).
+    unsafe {
+        std::ptr::write(buf.as_mut_ptr().cast::<libc::cmsghdr>(), hdr);
+        let data = buf.as_mut_ptr().cast::<u8>().add(size_of::<libc::cmsghdr>());
+        std::ptr::write_unaligned(data.cast::<libc::c_int>(), value);
+    }
+    space
+}
+
 /// The index of interface `name`.
 pub(crate) fn ifindex(name: &str) -> io::Result<u32> {
     let c = std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;

@@ -275,8 +275,16 @@ impl XdpPort {
         }
     }
 
-    /// Sends `buf`'s window to `to`: headers are written in the frame in front of it.
-    pub(crate) fn send(&mut self, stats: &Stats, mut buf: Buf, to: SocketAddr, token: u64) -> Result<(), (Error, Buf)> {
+    /// Sends `buf`'s window to `to`: headers are written in the frame in front of it, with
+    /// `tos` or else the port's TOS byte.
+    pub(crate) fn send(
+        &mut self,
+        stats: &Stats,
+        mut buf: Buf,
+        to: SocketAddr,
+        token: u64,
+        tos: Option<u8>,
+    ) -> Result<(), (Error, Buf)> {
         let SocketAddr::V4(to) = to else {
             return Err((Error::InvalidArgument, buf));
         };
@@ -307,7 +315,7 @@ impl XdpPort {
             dst_ip: *to.ip(),
             src_port: self.local.port(),
             dst_port: to.port(),
-            tos: self.tos,
+            tos: tos.unwrap_or(self.tos),
             ttl: 64,
         };
         let start = off - UDP_HEADERS_LEN;
