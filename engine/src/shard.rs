@@ -668,6 +668,19 @@ impl Shard {
         self.bufring_frames
     }
 
+    /// Frames the shard's rings hold: the provided-buffer ring and every AF_XDP port's
+    /// FILL/RX/TX/COMPLETION rings. Frame conservation: `pool free + this + frames in
+    /// operations + frames the application holds == pool total`.
+    pub fn frames_in_rings(&self) -> u32 {
+        self.bufring_frames
+            + self
+                .xdp_socks
+                .iter()
+                .filter_map(|&s| self.sockets[s as usize].xdp.as_ref())
+                .map(|p| p.frames_held())
+                .sum::<u32>()
+    }
+
     /// Polling mode: one non-blocking turn, then moves up to `max` completions into `out`.
     pub fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> usize {
         if self.local.is_empty() {
@@ -1726,6 +1739,10 @@ impl Shard {
                     Ok(()) => port.set_poll_armed(q, true),
                     Err(err) => tracing::error!(error = %err, "arming the AF_XDP poll failed"),
                 }
+            }
+            #[cfg(debug_assertions)]
+            if self.last_merge.elapsed() >= STATS_PERIOD {
+                port.check_conservation();
             }
             self.sockets[sock as usize].xdp = Some(port);
             for c in out.drain(..) {

@@ -129,6 +129,29 @@ impl XdpPort {
         self.tx_pending_count
     }
 
+    /// Frames this port's rings hold: FILL + RX (the kernel's or not yet read) and TX +
+    /// COMPLETION (sends not yet reaped). With the pool's free frames, the shard's buffer
+    /// ring and what the application holds, they make up the pool: frame conservation.
+    pub(crate) fn frames_held(&self) -> u32 {
+        self.queues.iter().map(|q| q.filled).sum::<u32>() + self.tx_pending_count
+    }
+
+    /// Debug builds: the per-frame ownership tables agree with the counters.
+    #[cfg(debug_assertions)]
+    pub(crate) fn check_conservation(&self) {
+        let in_kernel = self.in_kernel.iter().filter(|&&k| k).count() as u32;
+        assert_eq!(
+            in_kernel,
+            self.queues.iter().map(|q| q.filled).sum::<u32>(),
+            "FILL+RX frames disagree with the ownership table"
+        );
+        let pending = self.tx_pending.iter().filter(|p| p.is_some()).count() as u32;
+        assert_eq!(
+            pending, self.tx_pending_count,
+            "TX+COMPLETION frames disagree with the table"
+        );
+    }
+
     pub(crate) fn learn(&mut self, ip: Ipv4Addr, mac: MacAddr) {
         if let Some(e) = self.neighbors[..self.neighbors_len].iter_mut().find(|e| e.0 == ip) {
             e.1 = mac;
