@@ -57,7 +57,7 @@ pub use porto_engine::socket::{
 };
 pub use porto_engine::stats::{Snapshot as StatsSnapshot, Stats};
 pub use porto_engine::xdp::AttachMode;
-pub use porto_engine::{PageKind, RingInfo, TaskRunMode, XskMode};
+pub use porto_engine::{PageKind, RingInfo, TaskRunMode, XskMode, XskStatistics};
 
 /// Test and demo network topologies (two namespaces joined by a veth pair).
 pub mod netns {

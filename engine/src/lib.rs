@@ -61,4 +61,4 @@ pub mod xdp;
 
 pub use sys::region::PageKind;
 pub use sys::ring::{RingInfo, TaskRunMode};
-pub use sys::xsk::XskMode;
+pub use sys::xsk::{XskMode, XskStatistics};

@@ -352,6 +352,8 @@ pub struct Shard {
     fanout_stalled: Vec<u32>,
     /// Some socket has a class other than BestEffort: reap in inbound-priority order.
     prioritized: bool,
+    /// Turns taken (wrapping), to spread clock reads.
+    turns: u32,
     /// (rank, CQE index) pairs for that order (reused).
     cqe_order: Vec<(u8, u32)>,
     epoch: Instant,
@@ -628,6 +630,7 @@ impl Shard {
             qos_scratch: Vec::with_capacity(QOS_QUEUE_MAX),
             fanout_stalled: Vec::with_capacity(cfg.sockets_max as usize),
             prioritized: false,
+            turns: 0,
             cqe_order: Vec::with_capacity(cfg.cq_entries as usize),
             epoch: Instant::now(),
             shared,
@@ -719,6 +722,7 @@ impl Shard {
         if wait && idle && self.spin_for_work()? {
             // Work arrived while spinning; it is reaped or taken below.
         } else if wait && idle {
+            self.arm_xdp_polls();
             self.shared.sleeping.store(true, Ordering::Relaxed);
             // SeqCst fence: pairs with `ShardShared::wake` (see there).
             fence(Ordering::SeqCst);
@@ -755,7 +759,11 @@ impl Shard {
         }
         self.reap();
         self.flush();
-        if self.last_merge.elapsed() >= STATS_PERIOD {
+        // A busy polling shard turns millions of times a second: while it is busy, read the
+        // clock for the stats period every 64th turn only; idle turns and port mode (whose
+        // turns are rarer) read it every time.
+        self.turns = self.turns.wrapping_add(1);
+        if (wait || idle || self.turns % 64 == 0) && self.last_merge.elapsed() >= STATS_PERIOD {
             self.merge_stats();
         }
         Ok(())
@@ -775,7 +783,7 @@ impl Shard {
                 return Ok(true);
             }
             self.ring.submit()?;
-            if self.ring.has_completions() {
+            if self.ring.has_completions() || self.xdp_rx_ready() {
                 return Ok(true);
             }
             if Instant::now() >= end {
@@ -1008,6 +1016,10 @@ impl Shard {
     /// Releases held sends that now conform and starts scheduled sends up to the budget.
     /// Returns when the next held send is due, if any.
     fn qos_pump(&mut self) -> Option<u64> {
+        if self.qos.held.is_empty() && self.qos.staged.is_none() && self.qos.sched.is_empty() {
+            // Nothing waits: no clock read (this runs every turn).
+            return None;
+        }
         let now = self.now_ns();
         let mut i = 0;
         while i < self.qos.held.len() {
@@ -1727,19 +1739,6 @@ impl Shard {
             let rx = port.receive(&self.pool, &self.shared.stats, key, &mut |c| out.push(c));
             let tx = port.complete_sends(&self.pool, &self.shared.stats, key, &mut |c| out.push(c));
             busy |= rx > 0 || tx > 0;
-            for q in 0..port.queue_count() {
-                let Some(fd) = port.unarmed_fd(q) else { continue };
-                // user_data carries the socket and, in the generation field, the queue index.
-                let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
-                    .multi(true)
-                    .build()
-                    .user_data(op::user_data(op::TAG_XSK_POLL, sock, q));
-                // SAFETY: a poll SQE points at no memory.
-                match unsafe { self.ring.push(&e) } {
-                    Ok(()) => port.set_poll_armed(q, true),
-                    Err(err) => tracing::error!(error = %err, "arming the AF_XDP poll failed"),
-                }
-            }
             #[cfg(debug_assertions)]
             if self.last_merge.elapsed() >= STATS_PERIOD {
                 port.check_conservation();
@@ -1751,6 +1750,40 @@ impl Shard {
             self.local_scratch = out;
         }
         busy
+    }
+
+    /// Before sleeping: a one-shot POLLIN on every AF_XDP queue, so a frame arriving while
+    /// the shard sleeps wakes it (it fires at once if frames are already waiting). A shard
+    /// that never sleeps (polling mode) arms none: its rings are read every turn, and a
+    /// poll would only cost an io_uring_enter per batch to run its task work.
+    fn arm_xdp_polls(&mut self) {
+        for i in 0..self.xdp_socks.len() {
+            let sock = self.xdp_socks[i];
+            let Some(port) = self.sockets[sock as usize].xdp.as_mut() else {
+                continue;
+            };
+            for q in 0..port.queue_count() {
+                let Some(fd) = port.unarmed_fd(q) else { continue };
+                // user_data carries the socket and, in the generation field, the queue index.
+                let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+                    .build()
+                    .user_data(op::user_data(op::TAG_XSK_POLL, sock, q));
+                // SAFETY: a poll SQE points at no memory.
+                match unsafe { self.ring.push(&e) } {
+                    Ok(()) => port.set_poll_armed(q, true),
+                    Err(err) => tracing::error!(error = %err, "arming the AF_XDP poll failed"),
+                }
+            }
+        }
+    }
+
+    /// Some AF_XDP queue has received frames not yet read.
+    fn xdp_rx_ready(&mut self) -> bool {
+        let socks = &self.xdp_socks;
+        let sockets = &mut self.sockets;
+        socks
+            .iter()
+            .any(|&s| sockets[s as usize].xdp.as_mut().is_some_and(|p| p.rx_ready()))
     }
 
     fn start_xdp_op(&mut self, sock: u32, token: u64, req: Request) {

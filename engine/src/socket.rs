@@ -17,7 +17,7 @@ use crate::pool::{Buf, Gather};
 use crate::qos::TrafficType;
 use crate::shard::{Command, Delivery, QosFlow, ShardHandle, ShardShared};
 use crate::sys::net;
-use crate::sys::xsk::{Xsk, XskMode};
+use crate::sys::xsk::{Xsk, XskMode, XskStatistics};
 use crate::wire::MacAddr;
 use crate::xdp::port::XdpPort;
 use crate::xdp::{AttachMode, ProgramCounters, XdpProgram};
@@ -865,6 +865,9 @@ pub struct XdpUdpSocket {
     igmp: Option<OwnedFd>,
     /// Joined (group, source) pairs.
     groups: Vec<(Ipv4Addr, Option<Ipv4Addr>)>,
+    /// The AF_XDP sockets' fds (owned by the shard's port, which closes them only after
+    /// this handle's Close): for their kernel statistics.
+    xsk_fds: Vec<RawFd>,
 }
 
 impl std::fmt::Debug for XdpUdpSocket {
@@ -934,9 +937,14 @@ impl XdpUdpSocket {
             attach_fallback,
         };
         tracing::info!("{info}");
+        let xsk_fds = xsks.iter().map(|x| x.as_raw_fd()).collect();
         let per_queue = (pool.free_frames() / 2 / xsks.len() as u32).max(1);
         let fill_target = opts.ring_size.min(per_queue);
-        let port = XdpPort::new(xsks, local, MacAddr(mac), pool.total_frames(), fill_target);
+        let mut port = XdpPort::new(xsks, local, MacAddr(mac), pool.total_frames(), fill_target);
+        // Fill the FILL rings now, not at the shard's first turn: a frame that arrives before
+        // then would find no buffer and be dropped by the kernel (rx_fill_ring_empty_descs).
+        // It waits in the RX ring instead.
+        port.refill(pool);
         let core = SocketCore::open_xdp(shard, Box::new(port), delivery)?;
         Ok(XdpUdpSocket {
             core,
@@ -945,6 +953,7 @@ impl XdpUdpSocket {
             program,
             igmp: None,
             groups: Vec::new(),
+            xsk_fds,
         })
     }
 
@@ -1078,6 +1087,16 @@ impl XdpUdpSocket {
                 join,
             })
             .map_err(|_| Error::NoBuffers)
+    }
+
+    /// The kernel's AF_XDP counters (XDP_STATISTICS), summed over this socket's queues:
+    /// frames it dropped because the FILL ring was empty or the RX ring full.
+    pub fn xsk_statistics(&self) -> Result<XskStatistics, Error> {
+        let mut sum = XskStatistics::default();
+        for &fd in &self.xsk_fds {
+            sum += crate::sys::xsk::statistics(fd)?;
+        }
+        Ok(sum)
     }
 
     /// What the XDP program steered to porto, passed to the kernel, and filtered so far.

@@ -127,8 +127,7 @@ fn af_xdp_fan_out_steers_only_joined_groups_and_included_sources() {
         let mut subs: Vec<Subscription> = (0..3)
             .map(|_| fan.subscribe(Policy::Reliable, 1024, RioNotify::None).unwrap())
             .collect();
-        // One turn first: the shard takes the commands and fills the FILL ring (frames
-        // arriving before that have nowhere to go and the kernel drops them).
+        // One turn first: the shard takes the join and fan-out commands.
         shard.poll(&mut Vec::new(), 16);
         let filtered0 = sock.xdp_counters().unwrap().filtered;
         go_tx.send(0).unwrap();

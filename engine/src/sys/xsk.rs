@@ -191,6 +191,59 @@ impl std::fmt::Debug for Xsk {
     }
 }
 
+/// The kernel's counters of one AF_XDP socket (XDP_STATISTICS).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XskStatistics {
+    /// Frames dropped for reasons other than a full RX ring or an empty FILL ring.
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+    /// Frames dropped because the RX ring was full.
+    pub rx_ring_full: u64,
+    /// Times the kernel found the FILL ring empty (a frame then had nowhere to go).
+    pub rx_fill_ring_empty_descs: u64,
+    pub tx_ring_empty_descs: u64,
+}
+
+impl std::ops::AddAssign for XskStatistics {
+    fn add_assign(&mut self, o: XskStatistics) {
+        self.rx_dropped += o.rx_dropped;
+        self.rx_invalid_descs += o.rx_invalid_descs;
+        self.tx_invalid_descs += o.tx_invalid_descs;
+        self.rx_ring_full += o.rx_ring_full;
+        self.rx_fill_ring_empty_descs += o.rx_fill_ring_empty_descs;
+        self.tx_ring_empty_descs += o.tx_ring_empty_descs;
+    }
+}
+
+/// XDP_STATISTICS of the AF_XDP socket `fd`.
+pub(crate) fn statistics(fd: RawFd) -> io::Result<XskStatistics> {
+    // SAFETY: all-zero is a valid xdp_statistics.
+    let mut st: libc::xdp_statistics = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `st`, which is that large.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_XDP,
+            libc::XDP_STATISTICS,
+            (&mut st as *mut libc::xdp_statistics).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(XskStatistics {
+        rx_dropped: st.rx_dropped,
+        rx_invalid_descs: st.rx_invalid_descs,
+        tx_invalid_descs: st.tx_invalid_descs,
+        rx_ring_full: st.rx_ring_full,
+        rx_fill_ring_empty_descs: st.rx_fill_ring_empty_descs,
+        tx_ring_empty_descs: st.tx_ring_empty_descs,
+    })
+}
+
 impl AsRawFd for Xsk {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()

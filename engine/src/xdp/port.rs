@@ -125,6 +125,11 @@ impl XdpPort {
         }
     }
 
+    /// Some queue's RX ring holds frames.
+    pub(crate) fn rx_ready(&mut self) -> bool {
+        self.queues.iter_mut().any(|q| q.xsk.rx.available(1) > 0)
+    }
+
     pub(crate) fn tx_in_flight(&self) -> u32 {
         self.tx_pending_count
     }
