@@ -3,33 +3,21 @@
 //! IPv6 source-specific multicast through io_uring. Needs root; skips without it unless
 //! PORTO_REQUIRE_NETNS=1 (CI).
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket as StdUdp};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use porto_engine::config::Config;
 use porto_engine::fanout::{Policy, Subscription};
-use porto_engine::netns::{Side, Topology};
+use porto_engine::netns::Side;
 use porto_engine::rio::RioNotify;
 use porto_engine::shard::{Delivery, Shard};
 use porto_engine::socket::{Interface, SocketOptions, UdpSocket, XdpOptions, XdpUdpSocket};
 
 const PORT: u16 = 7200;
 const N: u32 = 30;
-
-fn topology() -> Option<Topology> {
-    match Topology::create("porto-m", 1) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            assert!(
-                std::env::var("PORTO_REQUIRE_NETNS").as_deref() != Ok("1"),
-                "PORTO_REQUIRE_NETNS=1 but: {e}"
-            );
-            eprintln!("skipping: {e}");
-            None
-        }
-    }
-}
 
 fn cfg() -> Config {
     Config {
@@ -72,7 +60,9 @@ fn drain(sub: &mut Subscription) -> Vec<(u8, u32)> {
 
 #[test]
 fn af_xdp_fan_out_steers_only_joined_groups_and_included_sources() {
-    let Some(t) = topology() else { return };
+    let Some(t) = common::topology("porto-m", 1) else {
+        return;
+    };
     let (asm, ssm, other) = (
         Ipv4Addr::new(239, 2, 2, 2),
         Ipv4Addr::new(232, 2, 2, 2),
@@ -170,7 +160,9 @@ fn af_xdp_fan_out_steers_only_joined_groups_and_included_sources() {
 
 #[test]
 fn ipv6_source_specific_fan_out_over_io_uring() {
-    let Some(t) = topology() else { return };
+    let Some(t) = common::topology("porto-m", 1) else {
+        return;
+    };
     let group: Ipv6Addr = "ff3e::4:1".parse().unwrap();
     let (ip6_a, a3): (Ipv6Addr, Ipv6Addr) = (t.addr6(Side::A), "2001:2::3".parse().unwrap());
     t.ip(

@@ -3,13 +3,15 @@
 //! the kernel receiver with IP_RECVTOS), and an AF_XDP socket on a shaped flow sends at the
 //! flow's rate. Needs root; skips without it unless PORTO_REQUIRE_NETNS=1 (CI).
 
+mod common;
+
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use porto_engine::completion::OpKind;
 use porto_engine::config::Config;
-use porto_engine::netns::{mac_of, Side, Topology};
+use porto_engine::netns::{mac_of, Side};
 use porto_engine::qos::{Shaping, TrafficType};
 use porto_engine::shard::{Delivery, Shard};
 use porto_engine::socket::{SocketOptions, UdpSocket, XdpOptions, XdpUdpSocket};
@@ -17,20 +19,6 @@ use porto_engine::wire::UDP_HEADERS_LEN;
 
 const PORT_A: u16 = 7300;
 const PORT_B: u16 = 7301;
-
-fn topology() -> Option<Topology> {
-    match Topology::create("porto-q", 1) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            assert!(
-                std::env::var("PORTO_REQUIRE_NETNS").as_deref() != Ok("1"),
-                "PORTO_REQUIRE_NETNS=1 but: {e}"
-            );
-            eprintln!("skipping: {e}");
-            None
-        }
-    }
-}
 
 fn cfg() -> Config {
     Config {
@@ -49,7 +37,9 @@ fn af_xdp_frames_carry_their_class_and_a_shaped_flow_keeps_its_rate() {
     const LEN: usize = 500;
     const RATE: u64 = 2_000_000;
     const BURST: usize = 4;
-    let Some(t) = topology() else { return };
+    let Some(t) = common::topology("porto-q", 1) else {
+        return;
+    };
     let (mac_tx, mac_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     std::thread::scope(|s| {

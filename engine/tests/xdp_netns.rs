@@ -6,13 +6,15 @@
 //! drops and counts each malformed frame by reason, and echoes every valid datagram back
 //! through the AF_XDP TX ring.
 
+mod common;
+
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket as StdUdp};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use porto_engine::completion::OpKind;
 use porto_engine::config::Config;
-use porto_engine::netns::{mac_of, send_raw_frame, Side, Topology};
+use porto_engine::netns::{mac_of, send_raw_frame, Side};
 use porto_engine::shard::{Delivery, Shard};
 use porto_engine::socket::{XdpOptions, XdpUdpSocket};
 use porto_engine::wire::{emit_udp, DropReason, UdpHeaders, UDP_HEADERS_LEN};
@@ -24,21 +26,6 @@ const VALID: u32 = 40;
 /// A multi-queue veth: the peer's flow lands on whichever queue its hash picks, and porto
 /// binds a socket on every queue.
 const QUEUES: u32 = 4;
-
-fn strict() -> bool {
-    std::env::var("PORTO_REQUIRE_NETNS").as_deref() == Ok("1")
-}
-
-fn topology() -> Option<Topology> {
-    match Topology::create("porto-t", QUEUES) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            assert!(!strict(), "PORTO_REQUIRE_NETNS=1 but: {e}");
-            eprintln!("skipping: {e}");
-            None
-        }
-    }
-}
 
 /// Malformed variants of a valid frame, each with the reason porto must count.
 fn malformed(valid: &[u8]) -> Vec<(DropReason, Vec<u8>)> {
@@ -96,7 +83,9 @@ fn af_xdp_in_generic_mode() {
 }
 
 fn echo_case(attach: Option<AttachMode>) {
-    let Some(t) = topology() else { return };
+    let Some(t) = common::topology("porto-t", QUEUES) else {
+        return;
+    };
     let (ip_a, ip_b) = (t.addr(Side::A), t.addr(Side::B));
     let (ready_tx, ready_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel::<()>();

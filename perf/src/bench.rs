@@ -212,13 +212,8 @@ pub struct Summary {
 
 #[derive(Debug, Serialize)]
 struct Report<'a> {
-    scenario: Scenario,
-    started_unix_s: u64,
-    kernel: String,
-    cpu_model: String,
-    cpus: usize,
-    server_cpu: usize,
-    client_cpu: usize,
+    #[serde(flatten)]
+    env: RunEnv,
     seconds: f64,
     rounds: usize,
     rate: Option<u64>,
@@ -227,6 +222,34 @@ struct Report<'a> {
     failures: &'a [(Server, String)],
     measurements: &'a [Measurement],
     summary: &'a [Summary],
+}
+
+/// What every result file records about the run.
+#[derive(Debug, Serialize)]
+struct RunEnv {
+    scenario: Scenario,
+    started_unix_s: u64,
+    kernel: String,
+    cpu_model: String,
+    cpus: usize,
+    server_cpu: usize,
+    client_cpu: usize,
+}
+
+impl RunEnv {
+    fn new(scenario: Scenario, cpus: usize, server_cpu: usize, client_cpu: usize) -> RunEnv {
+        RunEnv {
+            scenario,
+            started_unix_s: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            kernel: env_string("uname", &["-r"]),
+            cpu_model: cpu_model(),
+            cpus,
+            server_cpu,
+            client_cpu,
+        }
+    }
 }
 
 fn us(ns: u64) -> f64 {
@@ -492,22 +515,13 @@ fn run_xdp_rx(
     std::fs::create_dir_all(&a.out)?;
     #[derive(Serialize)]
     struct XdpReport<'a> {
-        scenario: &'static str,
-        kernel: String,
-        cpu_model: String,
-        cpus: usize,
-        server_cpu: usize,
-        client_cpu: usize,
+        #[serde(flatten)]
+        env: RunEnv,
         runs: &'a [crate::xdprx::RxRun],
         ratio_pps_per_cpu_s: f64,
     }
     let rep = XdpReport {
-        scenario: "xdp-rx",
-        kernel: env_string("uname", &["-r"]),
-        cpu_model: cpu_model(),
-        cpus,
-        server_cpu,
-        client_cpu,
+        env: RunEnv::new(Scenario::XdpRx, cpus, server_cpu, client_cpu),
         runs: &runs,
         ratio_pps_per_cpu_s: x / k,
     };
@@ -627,24 +641,15 @@ fn run_fanout(
     std::fs::create_dir_all(&a.out)?;
     #[derive(Serialize)]
     struct FanReport<'a> {
-        scenario: &'static str,
-        kernel: String,
-        cpu_model: String,
-        cpus: usize,
-        server_cpu: usize,
-        client_cpu: usize,
+        #[serde(flatten)]
+        env: RunEnv,
         size: usize,
         runs: &'a [FanRun],
         kernel_ns_per_added_subscriber: f64,
         porto_ns_per_added_subscriber: f64,
     }
     let rep = FanReport {
-        scenario: "fanout",
-        kernel: env_string("uname", &["-r"]),
-        cpu_model: cpu_model(),
-        cpus,
-        server_cpu,
-        client_cpu,
+        env: RunEnv::new(Scenario::Fanout, cpus, server_cpu, client_cpu),
         size,
         runs: &runs,
         kernel_ns_per_added_subscriber: k_slope,
@@ -747,24 +752,15 @@ fn run_qos(a: &BenchArgs, cpus: usize, server_cpu: usize, client_cpu: usize) -> 
     std::fs::create_dir_all(&a.out)?;
     #[derive(Serialize)]
     struct QosReport<'a> {
-        scenario: &'static str,
-        kernel: String,
-        cpu_model: String,
-        cpus: usize,
-        server_cpu: usize,
-        client_cpu: usize,
+        #[serde(flatten)]
+        env: RunEnv,
         setup: crate::qosbench::Setup,
         phases: Vec<(usize, &'a crate::qosbench::Phase)>,
         control_p99_loaded_vs_unloaded: f64,
         control_p99_no_qos_vs_unloaded: f64,
     }
     let rep = QosReport {
-        scenario: "qos",
-        kernel: env_string("uname", &["-r"]),
-        cpu_model: cpu_model(),
-        cpus,
-        server_cpu,
-        client_cpu,
+        env: RunEnv::new(Scenario::Qos, cpus, server_cpu, client_cpu),
         setup,
         phases: all.iter().map(|(r, p)| (*r, p)).collect(),
         control_p99_loaded_vs_unloaded: l99 / u99.max(1e-9),
@@ -953,15 +949,7 @@ pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&a.out)?;
     let stem = format!("{:?}", a.scenario).to_lowercase();
     let report = Report {
-        scenario: a.scenario,
-        started_unix_s: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        kernel: env_string("uname", &["-r"]),
-        cpu_model: cpu_model(),
-        cpus,
-        server_cpu,
-        client_cpu,
+        env: RunEnv::new(a.scenario, cpus, server_cpu, client_cpu),
         seconds,
         rounds,
         rate: (a.scenario == Scenario::Throughput).then_some(a.rate),
