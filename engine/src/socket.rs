@@ -19,7 +19,7 @@ use crate::shard::{Command, Delivery, QosFlow, ShardHandle, ShardShared};
 use crate::sys::net;
 use crate::sys::xsk::{Xsk, XskMode, XskStatistics};
 use crate::wire::MacAddr;
-use crate::xdp::port::XdpPort;
+use crate::xdp::port::{XdpPort, RX_BATCH_MAX};
 use crate::xdp::{AttachMode, ProgramCounters, XdpProgram};
 
 /// An operation the shard could not accept; the buffer it carried comes back.
@@ -809,6 +809,11 @@ pub struct XdpOptions {
     pub attach: Option<AttachMode>,
     /// Entries in each of the four rings (a power of two).
     pub ring_size: u32,
+    /// Receive coalescing (a NIC's rx-frames / rx-usecs): leave frames in the RX rings until
+    /// `frames` are waiting or the first has waited `wait`. Each frame read alone costs the
+    /// cache lines of the ring indices and descriptors moving between CPUs; batches share
+    /// them. `None` (the default): read every frame at once, the latency setting.
+    pub rx_coalesce: Option<(u32, Duration)>,
 }
 
 impl XdpOptions {
@@ -819,6 +824,7 @@ impl XdpOptions {
             force_copy: false,
             attach: None,
             ring_size: 2048,
+            rx_coalesce: None,
         }
     }
 }
@@ -941,6 +947,7 @@ impl XdpUdpSocket {
         let per_queue = (pool.free_frames() / 2 / xsks.len() as u32).max(1);
         let fill_target = opts.ring_size.min(per_queue);
         let mut port = XdpPort::new(xsks, local, MacAddr(mac), pool.total_frames(), fill_target);
+        port.rx_coalesce = opts.rx_coalesce.map(|(n, wait)| (n.clamp(1, RX_BATCH_MAX), wait));
         // Fill the FILL rings now, not at the shard's first turn: a frame that arrives before
         // then would find no buffer and be dropped by the kernel (rx_fill_ring_empty_descs).
         // It waits in the RX ring instead.

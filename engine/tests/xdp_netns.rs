@@ -247,3 +247,73 @@ fn echo_case(attach: Option<AttachMode>) {
     );
     assert_eq!(frames_back, total, "frame conservation after close");
 }
+
+/// Receive coalescing holds frames back only until the batch fills or the first has waited:
+/// a trickle below the batch size still arrives (after the wait), a burst at once.
+#[test]
+fn af_xdp_rx_coalescing_delivers_trickles_after_the_wait() {
+    const WAIT: Duration = Duration::from_millis(30);
+    let Some(t) = common::topology("porto-c", 1) else {
+        return;
+    };
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<u32>();
+    std::thread::scope(|s| {
+        let t = &t;
+        s.spawn(move || {
+            t.enter(Side::A).unwrap();
+            let peer = StdUdp::bind(SocketAddr::from((t.addr(Side::A), 0))).unwrap();
+            ready_rx.recv().unwrap();
+            for n in go_rx {
+                for i in 0..n {
+                    peer.send_to(&i.to_be_bytes(), SocketAddr::from((t.addr(Side::B), PORT)))
+                        .unwrap();
+                }
+            }
+        });
+        t.enter(Side::B).unwrap();
+        let cfg = Config {
+            pin: false,
+            frames_per_shard: 4096,
+            recv_frames: 256,
+            huge_pages: false,
+            ..Config::default()
+        };
+        let mut shard = Shard::new(&cfg, None).unwrap();
+        let sock = XdpUdpSocket::bind(
+            &shard.handle(),
+            SocketAddrV4::new(t.addr(Side::B), PORT),
+            &XdpOptions {
+                rx_coalesce: Some((16, WAIT)),
+                ..XdpOptions::new(t.iface(Side::B))
+            },
+            Delivery::Poll { key: 1 },
+        )
+        .unwrap();
+        sock.recv_from_multishot(1).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut out = Vec::new();
+        let mut receive = |n: usize| -> (usize, Duration) {
+            let t0 = Instant::now();
+            let mut got = 0;
+            while got < n && t0.elapsed() < Duration::from_secs(5) {
+                shard.poll(&mut out, 64);
+                got += out
+                    .drain(..)
+                    .filter(|c| c.op == OpKind::RecvFrom && c.result.is_ok())
+                    .count();
+            }
+            (got, t0.elapsed())
+        };
+        // A trickle of 3 (< 16): held, then delivered once the first has waited.
+        go_tx.send(3).unwrap();
+        let (got, took) = receive(3);
+        assert_eq!(got, 3);
+        assert!(took >= WAIT / 2, "held for the batch ({took:?})");
+        // A burst of 64: read in batches, nothing left behind.
+        go_tx.send(64).unwrap();
+        assert_eq!(receive(64).0, 64);
+        assert_eq!(sock.xsk_statistics().unwrap().rx_dropped, 0);
+        drop(go_tx);
+    });
+}

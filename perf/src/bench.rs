@@ -490,13 +490,13 @@ fn run_xdp_rx(
     println!("xdp-rx: {rounds} round(s) of {seconds} s per receiver; receiver on CPU {server_cpu}, sender on CPU {client_cpu}");
     let runs = crate::xdprx::run(seconds, rounds, Some(server_cpu), Some(client_cpu))?;
     println!(
-        "{:<16} {:>5} {:>12} {:>12} {:>11} {:>10} {:>14}",
-        "receiver", "round", "sent", "received", "pps", "cpu s", "pps per cpu-s"
+        "{:<16} {:>5} {:>12} {:>12} {:>11} {:>10} {:>14} {:>7}",
+        "receiver", "round", "sent", "received", "pps", "cpu s", "pps per cpu-s", "batch"
     );
     for r in &runs {
         println!(
-            "{:<16} {:>5} {:>12} {:>12} {:>11.0} {:>10.3} {:>14.0}",
-            r.receiver, r.round, r.sent, r.received, r.pps, r.receiver_cpu_s, r.pps_per_cpu_s
+            "{:<16} {:>5} {:>12} {:>12} {:>11.0} {:>10.3} {:>14.0} {:>7.1}",
+            r.receiver, r.round, r.sent, r.received, r.pps, r.receiver_cpu_s, r.pps_per_cpu_s, r.batch_mean
         );
     }
     let med = |who: &str| {
@@ -507,10 +507,12 @@ fn run_xdp_rx(
                 .collect(),
         )
     };
-    let (k, x) = (med("kernel recvmmsg"), med("porto AF_XDP"));
+    use crate::xdprx::{AF_XDP, AF_XDP_COALESCED, KERNEL};
+    let (k, x, xc) = (med(KERNEL), med(AF_XDP), med(AF_XDP_COALESCED));
     println!(
-        "median pps per busy CPU-second: kernel {k:.0}, AF_XDP {x:.0}: ratio {:.2}",
-        x / k
+        "median pps per busy CPU-second: kernel {k:.0}, AF_XDP {x:.0} (ratio {:.2}), AF_XDP with rx coalescing {xc:.0} (ratio {:.2})",
+        x / k,
+        xc / k
     );
     std::fs::create_dir_all(&a.out)?;
     #[derive(Serialize)]
@@ -519,17 +521,23 @@ fn run_xdp_rx(
         env: RunEnv,
         runs: &'a [crate::xdprx::RxRun],
         ratio_pps_per_cpu_s: f64,
+        ratio_coalesced_pps_per_cpu_s: f64,
     }
     let rep = XdpReport {
         env: RunEnv::new(Scenario::XdpRx, cpus, server_cpu, client_cpu),
         runs: &runs,
         ratio_pps_per_cpu_s: x / k,
+        ratio_coalesced_pps_per_cpu_s: xc / k,
     };
     let json = a.out.join("xdp-rx.json");
     std::fs::write(&json, serde_json::to_string_pretty(&rep)?)?;
     println!("results: {}", json.display());
     if !a.no_plots {
-        let bars = vec![("kernel recvmmsg".to_string(), k), ("porto AF_XDP".to_string(), x)];
+        let bars = vec![
+            (KERNEL.to_string(), k),
+            (AF_XDP.to_string(), x),
+            (AF_XDP_COALESCED.to_string(), xc),
+        ];
         plot::bars(
             &a.out.join("xdp-rx"),
             "64 B UDP received per busy CPU-second",

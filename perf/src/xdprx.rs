@@ -21,6 +21,11 @@ use serde::Serialize;
 use crate::kernel::pin;
 
 const PORT: u16 = 7100;
+pub const KERNEL: &str = "kernel recvmmsg";
+pub const AF_XDP: &str = "porto AF_XDP";
+pub const AF_XDP_COALESCED: &str = "porto AF_XDP rx-coalesce";
+/// The throughput setting: read the RX ring in batches of 64, or after 200 µs.
+const COALESCE: (u32, Duration) = (64, Duration::from_micros(200));
 const PAYLOAD: usize = 64 - 42;
 
 /// One receiver's run.
@@ -34,6 +39,8 @@ pub struct RxRun {
     pub receiver_cpu_s: f64,
     pub pps: f64,
     pub pps_per_cpu_s: f64,
+    /// Datagrams per productive receive call (recvmmsg, or shard poll).
+    pub batch_mean: f64,
 }
 
 /// CPU time of the calling thread, in ns (schedstat's first field).
@@ -106,7 +113,10 @@ fn wait_for(go: &AtomicBool) {
     }
 }
 
-fn kernel_receiver(t: &Topology, core: Option<usize>, seconds: f64, ready: &AtomicBool, go: &AtomicBool) -> (u64, f64) {
+/// (received, busy CPU s, productive calls).
+type RxOutcome = (u64, f64, u64);
+
+fn kernel_receiver(t: &Topology, core: Option<usize>, seconds: f64, ready: &AtomicBool, go: &AtomicBool) -> RxOutcome {
     t.enter(Side::B).expect("enter namespace B");
     pin(core);
     let s = UdpSocket::bind(SocketAddr::from((t.addr(Side::B), PORT))).expect("bind in B");
@@ -115,27 +125,33 @@ fn kernel_receiver(t: &Topology, core: Option<usize>, seconds: f64, ready: &Atom
     ready.store(true, Ordering::Release);
     wait_for(go);
     let (t0, c0) = (Instant::now(), thread_cpu_ns());
-    let mut got = 0u64;
+    let (mut got, mut calls) = (0u64, 0u64);
     while t0.elapsed().as_secs_f64() < seconds {
-        got += recv_batch(&s, &mut bufs, &mut lens, Some(Duration::from_millis(20))).unwrap_or(0) as u64;
+        let n = recv_batch(&s, &mut bufs, &mut lens, Some(Duration::from_millis(20))).unwrap_or(0) as u64;
+        got += n;
+        calls += u64::from(n > 0);
     }
-    (got, (thread_cpu_ns() - c0) as f64 / 1e9)
+    (got, (thread_cpu_ns() - c0) as f64 / 1e9, calls)
 }
 
 fn xdp_receiver(
     t: &Topology,
     core: Option<usize>,
     seconds: f64,
+    coalesce: Option<(u32, Duration)>,
     ready: &AtomicBool,
     go: &AtomicBool,
-) -> Result<(u64, f64), String> {
+) -> Result<RxOutcome, String> {
     t.enter(Side::B).map_err(|e| e.to_string())?;
     let mut shard = polling_shard(core)?;
     let local = SocketAddrV4::new(t.addr(Side::B), PORT);
     let sock = XdpUdpSocket::bind(
         &shard.handle(),
         local,
-        &XdpOptions::new(t.iface(Side::B)),
+        &XdpOptions {
+            rx_coalesce: coalesce,
+            ..XdpOptions::new(t.iface(Side::B))
+        },
         Delivery::Poll { key: 0 },
     )
     .map_err(|e| e.to_string())?;
@@ -144,7 +160,7 @@ fn xdp_receiver(
     wait_for(go);
     let mut out = Vec::with_capacity(256);
     let (t0, c0) = (Instant::now(), thread_cpu_ns());
-    let (mut got, mut empty_ns) = (0u64, 0u64);
+    let (mut got, mut empty_ns, mut calls) = (0u64, 0u64, 0u64);
     while t0.elapsed().as_secs_f64() < seconds {
         let p0 = Instant::now();
         shard.poll(&mut out, 256);
@@ -155,11 +171,13 @@ fn xdp_receiver(
         if n == 0 {
             // A poll that found nothing is the poller's way of sleeping: not busy time.
             empty_ns += p0.elapsed().as_nanos() as u64;
+        } else {
+            calls += 1;
         }
         got += n;
     }
     let cpu = thread_cpu_ns() - c0;
-    Ok((got, cpu.saturating_sub(empty_ns) as f64 / 1e9))
+    Ok((got, cpu.saturating_sub(empty_ns) as f64 / 1e9, calls))
 }
 
 /// Runs `rounds` interleaved rounds (kernel, then AF_XDP) of `seconds` each.
@@ -180,15 +198,16 @@ pub fn run(
     })?;
     let mut runs = Vec::new();
     for round in 0..rounds {
-        for receiver in ["kernel recvmmsg", "porto AF_XDP"] {
+        for receiver in [KERNEL, AF_XDP, AF_XDP_COALESCED] {
             let stop = AtomicBool::new(false);
             let ready = AtomicBool::new(false);
             let go = AtomicBool::new(false);
             let sent = AtomicU64::new(0);
             let r = std::thread::scope(|s| {
                 let rx = s.spawn(|| {
-                    let r = if receiver == "porto AF_XDP" {
-                        xdp_receiver(&t, server_core, seconds, &ready, &go)
+                    let r = if receiver != KERNEL {
+                        let coalesce = (receiver == AF_XDP_COALESCED).then_some(COALESCE);
+                        xdp_receiver(&t, server_core, seconds, coalesce, &ready, &go)
                     } else {
                         Ok(kernel_receiver(&t, server_core, seconds, &ready, &go))
                     };
@@ -210,7 +229,7 @@ pub fn run(
                 sent.store(tx.join().expect("sender thread")?, Ordering::Relaxed);
                 r
             })?;
-            let (received, cpu) = r;
+            let (received, cpu, calls) = r;
             runs.push(RxRun {
                 receiver,
                 round,
@@ -220,6 +239,7 @@ pub fn run(
                 receiver_cpu_s: cpu,
                 pps: received as f64 / seconds,
                 pps_per_cpu_s: if cpu > 0.0 { received as f64 / cpu } else { 0.0 },
+                batch_mean: received as f64 / calls.max(1) as f64,
             });
         }
     }

@@ -17,7 +17,9 @@ use crate::sys::xsk::{Xsk, XskMode};
 use crate::wire::{self, MacAddr, UdpHeaders, UDP_HEADERS_LEN};
 
 /// Frames handled per ring per turn.
-const BATCH: u32 = 64;
+/// Frames read from one RX ring per turn.
+pub(crate) const RX_BATCH_MAX: u32 = 64;
+const BATCH: u32 = RX_BATCH_MAX;
 /// Neighbours remembered.
 const NEIGHBORS_MAX: usize = 64;
 /// Multicast memberships (group, source) per port.
@@ -57,6 +59,10 @@ pub(crate) struct XdpPort {
     groups_len: usize,
     /// Frames were queued on TX since the last kick.
     tx_unkicked: bool,
+    /// Receive coalescing: (frames, longest wait); see `XdpOptions::rx_coalesce`.
+    pub rx_coalesce: Option<(u32, std::time::Duration)>,
+    /// When the RX rings were first seen holding too few frames to read.
+    rx_waiting_since: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for XdpPort {
@@ -95,6 +101,8 @@ impl XdpPort {
             groups: [(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED); GROUPS_MAX],
             groups_len: 0,
             tx_unkicked: false,
+            rx_coalesce: None,
+            rx_waiting_since: None,
         }
     }
 
@@ -240,6 +248,9 @@ impl XdpPort {
     /// Takes received frames from every queue: valid ones become completions, the rest are
     /// counted drops. Returns how many frames were taken.
     pub(crate) fn receive(&mut self, pool: &Pool, stats: &Stats, key: u64, deliver: &mut dyn FnMut(Completion)) -> u32 {
+        if self.hold_for_batch() {
+            return 0;
+        }
         let mut total = 0;
         for qi in 0..self.queues.len() {
             let n = self.queues[qi].xsk.rx.available(BATCH);
@@ -301,6 +312,30 @@ impl XdpPort {
                 }
             }
         }
+    }
+
+    /// With coalescing: true while fewer than the batch are waiting and the first has not
+    /// waited long enough (the clock is read only then).
+    fn hold_for_batch(&mut self) -> bool {
+        let Some((frames, wait)) = self.rx_coalesce else {
+            return false;
+        };
+        let waiting: u32 = self.queues.iter_mut().map(|q| q.xsk.rx.available(BATCH)).sum();
+        if waiting == 0 {
+            self.rx_waiting_since = None;
+            return false;
+        }
+        if waiting >= frames {
+            self.rx_waiting_since = None;
+            return false;
+        }
+        let now = std::time::Instant::now();
+        let since = *self.rx_waiting_since.get_or_insert(now);
+        if now - since < wait {
+            return true;
+        }
+        self.rx_waiting_since = None;
+        false
     }
 
     /// Sends `buf`'s window to `to`: headers are written in the frame in front of it, with
