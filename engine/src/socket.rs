@@ -814,6 +814,10 @@ pub struct XdpOptions {
     /// cache lines of the ring indices and descriptors moving between CPUs; batches share
     /// them. `None` (the default): read every frame at once, the latency setting.
     pub rx_coalesce: Option<(u32, Duration)>,
+    /// Inbound priority by DSCP: in each batch read from an RX ring, deliver frames marked
+    /// DSCP 46 or above (EF, CS6, CS7; QOS2 Voice and Control) before the others, each group
+    /// in arrival order. Off by default: it reorders a socket's datagrams across classes.
+    pub dscp_priority: bool,
 }
 
 impl XdpOptions {
@@ -825,6 +829,7 @@ impl XdpOptions {
             attach: None,
             ring_size: 2048,
             rx_coalesce: None,
+            dscp_priority: false,
         }
     }
 }
@@ -948,6 +953,7 @@ impl XdpUdpSocket {
         let fill_target = opts.ring_size.min(per_queue);
         let mut port = XdpPort::new(xsks, local, MacAddr(mac), pool.total_frames(), fill_target);
         port.rx_coalesce = opts.rx_coalesce.map(|(n, wait)| (n.clamp(1, RX_BATCH_MAX), wait));
+        port.dscp_priority = opts.dscp_priority;
         // Fill the FILL rings now, not at the shard's first turn: a frame that arrives before
         // then would find no buffer and be dropped by the kernel (rx_fill_ring_empty_descs).
         // It waits in the RX ring instead.

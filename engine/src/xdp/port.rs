@@ -28,6 +28,15 @@ pub(crate) const GROUPS_MAX: usize = 64;
 /// A send whose frame the kernel holds: (token, payload offset, payload length, buffer).
 type PendingSend = (u64, u32, u32, Buf);
 
+/// DSCP 46 (EF) and above: expedited forwarding, network and internetwork control, and
+/// QOS2's Voice and Control (56).
+const DSCP_EXPEDITED: u8 = 46;
+
+/// An IPv4 frame whose DSCP is expedited (a malformed one is not: it is only counted later).
+fn expedited(frame: &[u8]) -> bool {
+    frame.len() > 15 && frame[12..14] == [0x08, 0x00] && frame[15] >> 2 >= DSCP_EXPEDITED
+}
+
 /// One AF_XDP socket of a port: one interface queue.
 struct Queue {
     xsk: Xsk,
@@ -61,6 +70,8 @@ pub(crate) struct XdpPort {
     tx_unkicked: bool,
     /// Receive coalescing: (frames, longest wait); see `XdpOptions::rx_coalesce`.
     pub rx_coalesce: Option<(u32, std::time::Duration)>,
+    /// Deliver expedited frames of a batch first (`XdpOptions::dscp_priority`).
+    pub dscp_priority: bool,
     /// When the RX rings were first seen holding too few frames to read.
     rx_waiting_since: Option<std::time::Instant>,
 }
@@ -103,6 +114,7 @@ impl XdpPort {
             tx_unkicked: false,
             rx_coalesce: None,
             rx_waiting_since: None,
+            dscp_priority: false,
         }
     }
 
@@ -254,9 +266,29 @@ impl XdpPort {
         let mut total = 0;
         for qi in 0..self.queues.len() {
             let n = self.queues[qi].xsk.rx.available(BATCH);
-            for i in 0..n {
-                let d = self.queues[qi].xsk.rx.read(i);
-                self.take_frame(qi, d, pool, stats, key, deliver);
+            if self.dscp_priority {
+                // Claim the batch, then deliver expedited frames (DSCP >= 46: EF, CS6, CS7,
+                // QOS2 Voice/Control) first, each group in arrival order.
+                let mut batch: [Option<Buf>; BATCH as usize] = std::array::from_fn(|_| None);
+                for (i, slot) in batch.iter_mut().enumerate().take(n as usize) {
+                    let d = self.queues[qi].xsk.rx.read(i as u32);
+                    *slot = self.claim(qi, d, pool, stats);
+                }
+                for urgent in [true, false] {
+                    for slot in batch.iter_mut().take(n as usize) {
+                        if slot.as_ref().is_some_and(|b| expedited(b) == urgent) {
+                            let buf = slot.take().expect("checked");
+                            self.process(buf, stats, key, deliver);
+                        }
+                    }
+                }
+            } else {
+                for i in 0..n {
+                    let d = self.queues[qi].xsk.rx.read(i);
+                    if let Some(buf) = self.claim(qi, d, pool, stats) {
+                        self.process(buf, stats, key, deliver);
+                    }
+                }
             }
             if n > 0 {
                 self.queues[qi].xsk.rx.release(n);
@@ -266,50 +298,47 @@ impl XdpPort {
         total
     }
 
-    /// One received descriptor of queue `qi`.
-    fn take_frame(
-        &mut self,
-        qi: usize,
-        d: libc::xdp_desc,
-        pool: &Pool,
-        stats: &Stats,
-        key: u64,
-        deliver: &mut dyn FnMut(Completion),
-    ) {
-        let fs = pool.frame_size() as u64;
-        let frames = pool.total_frames() as u64;
-        {
-            let (frame, off) = (d.addr / fs, d.addr % fs);
-            if frame >= frames || off + u64::from(d.len) > fs || !self.in_kernel[frame as usize] {
-                stats.add(&stats.counters.xdp_bad_desc, 1);
-                return;
+    /// Takes the frame of received descriptor `d` of queue `qi` back from the kernel, as a
+    /// `Buf` over the received bytes; a descriptor pointing outside the UMEM or at a frame the
+    /// kernel was not given is counted and ignored (untrusted input).
+    fn claim(&mut self, qi: usize, d: libc::xdp_desc, pool: &Pool, stats: &Stats) -> Option<Buf> {
+        let fs = u64::from(pool.frame_size());
+        let (frame, off) = (d.addr / fs, d.addr % fs);
+        if frame >= u64::from(pool.total_frames()) || off + u64::from(d.len) > fs || !self.in_kernel[frame as usize] {
+            stats.add(&stats.counters.xdp_bad_desc, 1);
+            return None;
+        }
+        self.in_kernel[frame as usize] = false;
+        self.queues[qi].filled -= 1;
+        Some(pool.adopt(frame as u32, off as u32, d.len))
+    }
+
+    /// Validates a received frame and delivers its datagram, or drops and counts it.
+    fn process(&mut self, mut buf: Buf, stats: &Stats, key: u64, deliver: &mut dyn FnMut(Completion)) {
+        let off = buf.offset();
+        let frame_max = buf.capacity() + off;
+        match wire::parse_udp(&buf, frame_max) {
+            Ok(u) if u.dst_port == self.local.port() && self.accepts(u.dst_ip, u.src_ip) => {
+                self.learn(u.src_ip, u.src_mac);
+                let Some(token) = self.recv_token else {
+                    stats.add(&stats.counters.xdp_no_receiver, 1);
+                    return;
+                };
+                buf.set_window(off + u.payload_offset, u.payload_len);
+                let mut c = Completion::of(OpKind::RecvFrom, key, token, Ok(u.payload_len));
+                c.buffer = Some(buf);
+                c.peer = Some(SocketAddr::V4(SocketAddrV4::new(u.src_ip, u.src_port)));
+                c.more = true;
+                c.tos = Some(u.tos);
+                stats.add(&stats.counters.xdp_rx, 1);
+                stats.add(&stats.counters.receives, 1);
+                stats.add(&stats.counters.recv_bytes, u.payload_len as u64);
+                deliver(c);
             }
-            self.in_kernel[frame as usize] = false;
-            self.queues[qi].filled -= 1;
-            let mut buf = pool.adopt(frame as u32, off as u32, d.len);
-            match wire::parse_udp(&buf, fs as usize) {
-                Ok(u) if u.dst_port == self.local.port() && self.accepts(u.dst_ip, u.src_ip) => {
-                    self.learn(u.src_ip, u.src_mac);
-                    let Some(token) = self.recv_token else {
-                        stats.add(&stats.counters.xdp_no_receiver, 1);
-                        return;
-                    };
-                    buf.set_window(off as usize + u.payload_offset, u.payload_len);
-                    let mut c = Completion::of(OpKind::RecvFrom, key, token, Ok(u.payload_len));
-                    c.buffer = Some(buf);
-                    c.peer = Some(SocketAddr::V4(SocketAddrV4::new(u.src_ip, u.src_port)));
-                    c.more = true;
-                    c.tos = Some(u.tos);
-                    stats.add(&stats.counters.xdp_rx, 1);
-                    stats.add(&stats.counters.receives, 1);
-                    stats.add(&stats.counters.recv_bytes, u.payload_len as u64);
-                    deliver(c);
-                }
-                Ok(_) => stats.add(&stats.counters.xdp_no_receiver, 1),
-                Err(reason) => {
-                    stats.add(&stats.xdp_drops[reason.index()], 1);
-                    stats.add(&stats.counters.xdp_malformed, 1);
-                }
+            Ok(_) => stats.add(&stats.counters.xdp_no_receiver, 1),
+            Err(reason) => {
+                stats.add(&stats.xdp_drops[reason.index()], 1);
+                stats.add(&stats.counters.xdp_malformed, 1);
             }
         }
     }
