@@ -1,5 +1,7 @@
 //! The data path allocates nothing once a shard runs: a counting global allocator watches a
-//! polling-mode UDP echo loop (receive, reply with the same frame, send completion).
+//! polling-mode UDP echo loop (receive, reply with the same frame, send completion), the
+//! fan-out of datagrams to subscribers, and sends through a QoS flow, the class scheduler and
+//! the link rate. The tests take turns (the counter is global).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::UdpSocket as StdUdp;
@@ -41,16 +43,36 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static A: Counting = Counting;
 
-#[test]
-fn udp_echo_data_path_allocates_nothing() {
-    let cfg = Config {
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cfg() -> Config {
+    Config {
         pin: false,
         frames_per_shard: 512,
         recv_frames: 256,
         huge_pages: false,
         ..Config::default()
-    };
-    let mut shard = Shard::new(&cfg, None).unwrap();
+    }
+}
+
+/// Runs `round` 50 times to warm up (first-use allocations), then 500 times counting.
+fn assert_no_allocations(mut round: impl FnMut()) {
+    for _ in 0..50 {
+        round();
+    }
+    ALLOCS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    for _ in 0..500 {
+        round();
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    assert_eq!(ALLOCS.load(Ordering::SeqCst), 0, "allocations on the data path");
+}
+
+#[test]
+fn udp_echo_data_path_allocates_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut shard = Shard::new(&cfg(), None).unwrap();
     let h = shard.handle();
     let sock = UdpSocket::bind(
         &h,
@@ -65,7 +87,7 @@ fn udp_echo_data_path_allocates_nothing() {
     client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut out = Vec::with_capacity(64);
     let mut back = [0u8; 64];
-    let mut round = |counting: bool| {
+    assert_no_allocations(|| {
         client.send_to(b"ping", server).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut echoed = false;
@@ -79,17 +101,81 @@ fn udp_echo_data_path_allocates_nothing() {
                 }
             }
         }
-        assert!(echoed, "send completion arrived (counting: {counting})");
+        assert!(echoed, "send completion arrived");
         assert_eq!(client.recv(&mut back).unwrap(), 4);
-    };
-    // Warm up: first-use allocations (thread-locals, lazy statics) happen here.
-    for _ in 0..50 {
-        round(false);
-    }
-    COUNTING.store(true, Ordering::SeqCst);
-    for _ in 0..500 {
-        round(true);
-    }
-    COUNTING.store(false, Ordering::SeqCst);
-    assert_eq!(ALLOCS.load(Ordering::SeqCst), 0, "allocations on the data path");
+    });
+}
+
+#[test]
+fn fan_out_allocates_nothing_per_datagram() {
+    use porto_engine::fanout::Policy;
+    use porto_engine::rio::RioNotify;
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut shard = Shard::new(&cfg(), None).unwrap();
+    let h = shard.handle();
+    let sock = UdpSocket::bind(
+        &h,
+        "127.0.0.1:0".parse().unwrap(),
+        &SocketOptions::default(),
+        Delivery::Poll { key: 0 },
+    )
+    .unwrap();
+    let to = sock.local_addr().unwrap();
+    let fan = sock.fan_out(1).unwrap();
+    let mut subs: Vec<_> = (0..4)
+        .map(|_| fan.subscribe(Policy::Lossy, 64, RioNotify::None).unwrap())
+        .collect();
+    let client = StdUdp::bind("127.0.0.1:0").unwrap();
+    let mut out = Vec::with_capacity(64);
+    assert_no_allocations(|| {
+        client.send_to(b"tick", to).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut got = 0;
+        while got < subs.len() && Instant::now() < deadline {
+            shard.poll(&mut out, 64);
+            out.clear();
+            for s in &mut subs {
+                while let Some(d) = s.try_recv() {
+                    assert_eq!(&d.buf[..], b"tick");
+                    got += 1;
+                }
+            }
+        }
+        assert_eq!(got, subs.len(), "every subscriber got it");
+    });
+}
+
+#[test]
+fn qos_scheduled_sends_allocate_nothing() {
+    use porto_engine::qos::{Shaping, TrafficType};
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut shard = Shard::new(&cfg(), None).unwrap();
+    let h = shard.handle();
+    h.set_link_rate(Some(1_000_000_000), 64_000).unwrap();
+    let sock = UdpSocket::bind(
+        &h,
+        "127.0.0.1:0".parse().unwrap(),
+        &SocketOptions::default(),
+        Delivery::Poll { key: 0 },
+    )
+    .unwrap();
+    let flow = h
+        .create_flow(TrafficType::Voice, Some((1_000_000_000, 64_000, Shaping::ShapeAndMark)))
+        .unwrap();
+    sock.set_flow(&flow).unwrap();
+    let sink = StdUdp::bind("127.0.0.1:0").unwrap();
+    let to = sink.local_addr().unwrap();
+    let mut out = Vec::with_capacity(64);
+    let mut back = [0u8; 64];
+    assert_no_allocations(|| {
+        sock.send_to(h.pool().alloc_from(b"order").unwrap(), to, 3).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut done = false;
+        while !done && Instant::now() < deadline {
+            shard.poll(&mut out, 64);
+            done = out.drain(..).any(|c| c.op == OpKind::SendTo && c.result == Ok(5));
+        }
+        assert!(done, "the scheduled send completed");
+        assert_eq!(sink.recv(&mut back).unwrap(), 5);
+    });
 }
