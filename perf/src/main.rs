@@ -107,6 +107,13 @@ struct EchoArgs {
     /// AF_XDP: force the XDP attach mode (default: driver, then generic).
     #[arg(long, value_enum)]
     xdp_mode: Option<XdpModeArg>,
+    /// AF_XDP receive coalescing: read the RX ring once FRAMES wait or the first has waited
+    /// USECS (throughput over latency), e.g. 64,200.
+    #[arg(long, value_name = "FRAMES,USECS", value_delimiter = ',', requires = "xdp")]
+    rx_coalesce: Vec<u32>,
+    /// AF_XDP: deliver frames marked DSCP 46 or above first in each receive batch.
+    #[arg(long, requires = "xdp")]
+    dscp_priority: bool,
     /// Reply with IORING_OP_SEND_ZC from the registered pool.
     #[arg(long)]
     zerocopy: bool,
@@ -277,6 +284,9 @@ fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn run_echo(a: EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if !matches!(a.rx_coalesce.len(), 0 | 2) {
+        return Err("--rx-coalesce takes FRAMES,USECS, e.g. 64,200".into());
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())?;
@@ -294,6 +304,11 @@ fn run_echo(a: EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
                 XdpModeArg::Driver => porto::AttachMode::Driver,
                 XdpModeArg::Generic => porto::AttachMode::Generic,
             }),
+            rx_coalesce: match a.rx_coalesce[..] {
+                [frames, usecs] => Some((frames, Duration::from_micros(u64::from(usecs)))),
+                _ => None,
+            },
+            dscp_priority: a.dscp_priority,
             ..porto::XdpOptions::new(iface)
         }),
         engine: porto::Config {
