@@ -1,6 +1,8 @@
 //! QoS on loopback (no root): the egress link rate the scheduler orders traffic for, Control
 //! overtaking bulk at that bottleneck, flows on TCP streams, and inbound priority.
 
+mod common;
+
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdp};
 use std::time::{Duration, Instant};
@@ -45,21 +47,6 @@ fn catch(rx: StdUdp, n: usize) -> std::thread::JoinHandle<Vec<(Instant, u8)>> {
     })
 }
 
-/// Polls until `n` send completions or 10 s.
-fn complete_sends(shard: &mut Shard, n: usize) -> usize {
-    let mut out = Vec::new();
-    let mut done = 0;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while done < n && Instant::now() < deadline {
-        shard.poll(&mut out, 64);
-        done += out
-            .drain(..)
-            .filter(|c| c.op == OpKind::SendTo && c.result.is_ok())
-            .count();
-    }
-    done
-}
-
 #[test]
 fn the_link_rate_paces_scheduled_sends_and_control_goes_first() {
     const N: usize = 150;
@@ -99,7 +86,7 @@ fn the_link_rate_paces_scheduled_sends_and_control_goes_first() {
     urgent
         .send_to(h.pool().alloc_from(&[b'c'; 64]).unwrap(), to, 0)
         .unwrap();
-    assert_eq!(complete_sends(&mut shard, N + 1 - before) + before, N + 1);
+    assert_eq!(common::complete_sends(&mut shard, N + 1 - before) + before, N + 1);
     let got = catcher.join().unwrap();
     assert_eq!(got.len(), N + 1);
     let at = got.iter().position(|g| g.1 == b'c').unwrap();

@@ -94,17 +94,7 @@ fn af_xdp_frames_carry_their_class_and_a_shaped_flow_keeps_its_rate() {
                 b.fill(tag);
                 sock.send_to(b, to, u64::from(tag)).unwrap();
             }
-            let mut out = Vec::new();
-            let mut done = 0;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while done < n && Instant::now() < deadline {
-                shard.poll(&mut out, 64);
-                done += out
-                    .drain(..)
-                    .filter(|c| c.op == OpKind::SendTo && c.result.is_ok())
-                    .count();
-            }
-            assert_eq!(done, n, "every AF_XDP send completed");
+            assert_eq!(common::complete_sends(shard, n), n, "every AF_XDP send completed");
         };
         // Marking only.
         sock.set_traffic(TrafficType::AudioVideo).unwrap();

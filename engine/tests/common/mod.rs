@@ -1,6 +1,28 @@
-//! Helpers shared by the namespace tests (each test file includes this module).
+//! Helpers shared by integration tests (each test file that needs them includes this
+//! module, and uses some of it).
+#![allow(dead_code)]
 
+use std::time::{Duration, Instant};
+
+use porto_engine::completion::OpKind;
 use porto_engine::netns::Topology;
+use porto_engine::shard::Shard;
+
+/// Polls `shard` until `n` successful send completions arrived or 10 s passed; returns how
+/// many did.
+pub fn complete_sends(shard: &mut Shard, n: usize) -> usize {
+    let mut out = Vec::new();
+    let mut done = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while done < n && Instant::now() < deadline {
+        shard.poll(&mut out, 64);
+        done += out
+            .drain(..)
+            .filter(|c| c.op == OpKind::SendTo && c.result.is_ok())
+            .count();
+    }
+    done
+}
 
 /// PORTO_REQUIRE_NETNS=1 (CI): a missing capability fails the test instead of skipping it.
 pub fn strict() -> bool {
