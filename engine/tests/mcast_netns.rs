@@ -219,5 +219,18 @@ fn ipv6_source_specific_fan_out_over_io_uring() {
                 .collect();
             assert_eq!(got, (0..N).map(|i| (1, i)).collect::<Vec<_>>());
         }
+        // Frames come home once the subscribers and the socket let go.
+        drop(subs);
+        drop(rx);
+        let total = h.pool().total_frames();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while h.pool().free_frames() + shard.frames_in_rings() != total && Instant::now() < deadline {
+            shard.poll(&mut Vec::new(), 64);
+        }
+        assert_eq!(
+            h.pool().free_frames() + shard.frames_in_rings(),
+            total,
+            "frame conservation"
+        );
     });
 }

@@ -1,7 +1,7 @@
 //! QoS on the AF_XDP path across a veth pair between two namespaces this test makes (and
-//! deletes, also on failure): frames sent through AF_XDP carry their class's DSCP (read by
-//! the kernel receiver with IP_RECVTOS), and an AF_XDP socket on a shaped flow sends at the
-//! flow's rate. Needs root; skips without it unless PORTO_REQUIRE_NETNS=1 (CI).
+//! deletes, also on failure): frames sent through AF_XDP carry their class's DSCP for every
+//! QOS2 traffic type (read by the kernel receiver with IP_RECVTOS), an AF_XDP socket on a
+//! shaped flow sends at the flow's rate, and expedited DSCPs are delivered first. Needs root; skips without it unless PORTO_REQUIRE_NETNS=1 (CI).
 
 mod common;
 
@@ -65,7 +65,10 @@ fn af_xdp_frames_carry_their_class_and_a_shaped_flow_keeps_its_rate() {
             let mut got = Vec::new();
             let mut out = Vec::new();
             let deadline = Instant::now() + Duration::from_secs(20);
-            while got.len() < MARKED + SHAPED && done_rx.try_recv().is_err() && Instant::now() < deadline {
+            while got.len() < TrafficType::BY_PRIORITY.len() * MARKED + SHAPED
+                && done_rx.try_recv().is_err()
+                && Instant::now() < deadline
+            {
                 shard.poll(&mut out, 64);
                 for c in out.drain(..).filter(|c| c.op == OpKind::RecvFrom && c.result.is_ok()) {
                     got.push((Instant::now(), c.tos, c.buffer.map(|b| b[0])));
@@ -96,9 +99,11 @@ fn af_xdp_frames_carry_their_class_and_a_shaped_flow_keeps_its_rate() {
             }
             assert_eq!(common::complete_sends(shard, n), n, "every AF_XDP send completed");
         };
-        // Marking only.
-        sock.set_traffic(TrafficType::AudioVideo).unwrap();
-        send(1, MARKED, &mut shard);
+        // Marking only, every traffic type: frames tagged 10 + its index.
+        for (i, &traffic) in TrafficType::BY_PRIORITY.iter().enumerate() {
+            sock.set_traffic(traffic).unwrap();
+            send(10 + i as u8, MARKED, &mut shard);
+        }
         // A shaped Voice flow.
         let flow = h
             .create_flow(
@@ -114,15 +119,19 @@ fn af_xdp_frames_carry_their_class_and_a_shaped_flow_keeps_its_rate() {
         std::thread::sleep(Duration::from_millis(100));
         let _ = done_tx.send(());
         let got = receiver.join().unwrap();
-        assert_eq!(got.len(), MARKED + SHAPED, "all frames arrived");
+        let types = TrafficType::BY_PRIORITY.len();
+        assert_eq!(got.len(), types * MARKED + SHAPED, "all frames arrived");
         for (_, tos, tag) in &got {
-            let want = if *tag == Some(1) {
-                TrafficType::AudioVideo.tos()
-            } else {
-                TrafficType::Voice.tos()
+            let want = match tag.expect("a payload") {
+                2 => TrafficType::Voice,
+                t => TrafficType::BY_PRIORITY[usize::from(t - 10)],
             };
-            assert_eq!(*tos, Some(want), "TOS of a frame tagged {tag:?}");
+            assert_eq!(*tos, Some(want.tos()), "TOS of a frame tagged {tag:?} ({want:?})");
         }
+        // Each type's frames arrived (and in the order they were sent).
+        let tags: Vec<u8> = got.iter().map(|g| g.2.unwrap()).filter(|&t| t >= 10).collect();
+        let want: Vec<u8> = (0..types as u8).flat_map(|i| [10 + i; MARKED]).collect();
+        assert_eq!(tags, want);
         let shaped: Vec<Instant> = got.iter().filter(|g| g.2 == Some(2)).map(|g| g.0).collect();
         // After the burst.
         let span = shaped[SHAPED - 1] - shaped[BURST - 1];
