@@ -55,7 +55,7 @@ pub enum Policy {
 
 /// One delivered datagram: a shared handle of the frame it was received into (`buf`'s window
 /// is the payload). Its source and TOS byte live in the frame too, in front of the payload
-/// (see [`Meta`]), so a queue entry is one 24-byte handle: the fan-out writes N small entries,
+/// (the `Meta` block), so a queue entry is one 24-byte handle: the fan-out writes N small entries,
 /// not N copies of the address.
 #[derive(Debug)]
 pub struct Datagram {

@@ -1,4 +1,4 @@
-//! The registered buffer pool: one [`Region`] cut into fixed-size frames.
+//! The registered buffer pool: one mapped region cut into fixed-size frames.
 //!
 //! Ownership is typed. A frame is in exactly one of these places at any time:
 //!

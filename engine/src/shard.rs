@@ -1,7 +1,7 @@
 //! A shard: one io_uring, one registered buffer pool, one op table, one socket table; run by
 //! one thread and shared with nobody.
 //!
-//! Application threads reach a shard only through its [`ShardShared`]: a bounded lock-free
+//! Application threads reach a shard only through its `ShardShared`: a bounded lock-free
 //! command queue plus a wake-up eventfd that is written only when the shard is asleep. Results
 //! leave through the sink of each socket: a completion port (IOCP mode), the shard's own
 //! local queue that [`Shard::poll`] drains (polling mode), or a RIO completion queue.

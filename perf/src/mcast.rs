@@ -28,7 +28,7 @@ pub enum McastCmd {
 
 #[derive(Args, Debug)]
 pub struct PubArgs {
-    /// Group and port, e.g. 239.1.1.1:5000 or [ff3e::1]:5000.
+    /// Group and port, e.g. `239.1.1.1:5000` or `[ff3e::1]:5000`.
     #[arg(long)]
     group: SocketAddr,
     /// Messages per second (open loop: sent on schedule, however the receivers keep up).
