@@ -23,9 +23,9 @@ fn cfg() -> Config {
     }
 }
 
-/// The rate tests one at a time: a shaper starved of CPU loses the time it was off the CPU
-/// beyond its burst, and two busy-polling shards on a 2-CPU CI machine starve each other.
-static RATE_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// These tests one at a time: a shaper starved of CPU loses the time it was off the CPU
+/// beyond its burst, and busy-polling shards on a 2-CPU CI machine starve each other.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn lo() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -53,7 +53,7 @@ fn the_link_rate_paces_scheduled_sends_and_control_goes_first() {
     const LEN: usize = 1000;
     const LINK: u64 = 8_000_000;
     const BURST: usize = 16;
-    let _one = RATE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut shard = Shard::new(&cfg(), None).unwrap();
     let h = shard.handle();
     h.set_link_rate(Some(LINK), (BURST * LEN) as u64).unwrap();
@@ -109,7 +109,7 @@ fn a_tcp_stream_on_a_shaped_flow_sends_at_its_rate() {
     const LEN: usize = 1000;
     const RATE: u64 = 2_000_000;
     const BURST: usize = 4;
-    let _one = RATE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut shard = Shard::new(&cfg(), None).unwrap();
     let h = shard.handle();
     let listener = StdTcpListener::bind(lo()).unwrap();
@@ -175,6 +175,7 @@ fn a_tcp_stream_on_a_shaped_flow_sends_at_its_rate() {
 
 #[test]
 fn a_control_socket_is_served_before_bulk_when_both_are_ready() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut shard = Shard::new(&cfg(), None).unwrap();
     let h = shard.handle();
     let opts = SocketOptions {
@@ -211,6 +212,7 @@ fn a_control_socket_is_served_before_bulk_when_both_are_ready() {
 /// conforms and re-marks the excess best effort (per datagram).
 #[test]
 fn each_shaping_behaviour_marks_as_qos2_says() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut shard = Shard::new(&cfg(), None).unwrap();
     let h = shard.handle();
     let opts = SocketOptions {
