@@ -176,6 +176,10 @@ impl Pool {
     pub(crate) fn same(&self, buf: &Buf) -> bool {
         Arc::ptr_eq(&self.shared, &buf.pool)
     }
+
+    pub(crate) fn same_shared(&self, buf: &SharedBuf) -> bool {
+        std::ptr::eq(Arc::as_ptr(&self.shared), buf.pool.as_ptr().cast_const())
+    }
 }
 
 /// Exclusive ownership of one pool frame, with a window `offset..offset+len` of valid bytes.
@@ -229,6 +233,11 @@ impl Buf {
     /// Start of the window inside the frame.
     pub fn offset(&self) -> usize {
         self.off as usize
+    }
+
+    /// Bytes per frame of its pool.
+    pub(crate) fn frame_size(&self) -> u32 {
+        self.pool.frame_size
     }
 
     /// The whole frame, window or not (for writing headers in front of a payload).
@@ -330,6 +339,11 @@ impl SharedBuf {
     /// The frame index in its pool.
     pub fn frame(&self) -> u32 {
         self.frame
+    }
+
+    /// Start of the window inside the frame.
+    pub fn offset(&self) -> usize {
+        self.off as usize
     }
 
     /// `n` more handles for one atomic add (the fan-out path: one add per datagram, not one

@@ -1795,27 +1795,39 @@ impl Shard {
                 port.recv_token = Some(token);
                 return;
             }
+            // A frame of another pool is not in this UMEM.
+            Request::SendTo { buf, .. } if !self.pool.same(&buf) => (Error::InvalidArgument, Some(buf)),
             Request::SendTo { buf, addr, tos, .. } => match port.send(&self.shared.stats, buf, addr, token, tos) {
                 Ok(()) => return,
                 Err((e, buf)) => (e, Some(buf)),
             },
             Request::SendToMany { buf, dests } => {
-                // Each destination needs its own headers: one frame (and payload copy) each.
+                // Each destination needs its own headers. Multi-buffer socket: a header frame
+                // each, and the one payload frame read by every send. Otherwise: one frame
+                // and one payload copy each (counted).
                 let st = &self.shared.stats;
+                let split = port.multi_buffer() && self.pool.same_shared(&buf);
                 for &addr in dests.iter() {
-                    let copy = self
-                        .pool
-                        .alloc_with_headroom(crate::wire::UDP_HEADERS_LEN)
-                        .map(|mut b| {
-                            b.set_len(buf.len());
-                            b.copy_from_slice(&buf);
-                            b
-                        });
-                    let outcome = copy.map_err(|e| (e, None)).and_then(|b| {
-                        st.add(&st.counters.xdp_send_copies, 1);
-                        port.send(st, b, addr, token, None).map_err(|(e, b)| (e, Some(b)))
-                    });
-                    if let Err((e, _copy)) = outcome {
+                    let outcome = if split {
+                        self.pool.alloc().and_then(|hdr| {
+                            port.send_split(st, hdr, &buf, addr, token)?;
+                            st.add(&st.counters.xdp_send_multi_buffer, 1);
+                            Ok(())
+                        })
+                    } else {
+                        self.pool
+                            .alloc_with_headroom(crate::wire::UDP_HEADERS_LEN)
+                            .map(|mut b| {
+                                b.set_len(buf.len());
+                                b.copy_from_slice(&buf);
+                                b
+                            })
+                            .and_then(|b| {
+                                st.add(&st.counters.xdp_send_copies, 1);
+                                port.send(st, b, addr, token, None).map_err(|(e, _)| e)
+                            })
+                    };
+                    if let Err(e) = outcome {
                         let mut c = Completion::of(kind, delivery.key(), token, Err(e));
                         c.peer = Some(addr);
                         self.local_scratch.push(c);

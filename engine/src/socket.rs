@@ -843,6 +843,9 @@ pub struct XdpInfo {
     /// The queues with a socket.
     pub queues: Vec<u32>,
     pub socket_mode: XskMode,
+    /// The sending socket takes multi-buffer packets (XDP_USE_SG): `send_to_many` sends a
+    /// header frame plus the shared payload frame per destination instead of a copy.
+    pub multi_buffer: bool,
     /// Why zero-copy was not obtained, if it was not.
     pub socket_fallback: Option<String>,
     pub attach_mode: AttachMode,
@@ -854,8 +857,12 @@ impl std::fmt::Display for XdpInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "AF_XDP on {} queue(s) {:?}: {} mode, {}",
-            self.iface, self.queues, self.socket_mode, self.attach_mode
+            "AF_XDP on {} queue(s) {:?}: {} mode{}, {}",
+            self.iface,
+            self.queues,
+            self.socket_mode,
+            if self.multi_buffer { " with multi-buffer" } else { "" },
+            self.attach_mode
         )?;
         for why in [&self.socket_fallback, &self.attach_fallback].into_iter().flatten() {
             write!(f, " ({why})")?;
@@ -943,6 +950,7 @@ impl XdpUdpSocket {
             mac: MacAddr(mac),
             queues: xsks.iter().map(|x| x.queue).collect(),
             socket_mode: xsks[0].mode,
+            multi_buffer: xsks[0].multi_buffer,
             socket_fallback,
             attach_mode,
             attach_fallback,
@@ -990,10 +998,11 @@ impl XdpUdpSocket {
         self.core.fan_out(token)
     }
 
-    /// Sends `buf` to every address in `dests`, each its own completion. On AF_XDP every
-    /// destination needs its own headers in front of the payload, and this engine has no
-    /// multi-buffer (XDP_USE_SG) TX: the payload is copied into one frame per destination,
-    /// counted in `xdp_send_copies`.
+    /// Sends `buf` to every address in `dests`, each its own completion (`peer` = that
+    /// destination, no buffer). Every destination needs its own headers: where the socket
+    /// has multi-buffer support (`info().multi_buffer`) each send is a header frame plus the
+    /// one shared payload frame (counted in `xdp_send_multi_buffer`); otherwise the payload
+    /// is copied into one frame per destination (counted in `xdp_send_copies`).
     pub fn send_to_many(&self, buf: Buf, dests: &Arc<[SocketAddr]>, token: u64) -> Result<(), Rejected> {
         self.core.send_to_many(buf, dests, token)
     }

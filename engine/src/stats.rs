@@ -73,8 +73,12 @@ counters! {
     xdp_no_neighbor,
     /// AF_XDP: sends refused because the TX ring was full (NoBuffers).
     xdp_tx_full,
-    /// Payload copies made by AF_XDP send_to_many (one frame per destination).
+    /// Payload copies made by AF_XDP send_to_many (one frame per destination), where the
+    /// socket has no multi-buffer support.
     xdp_send_copies,
+    /// AF_XDP send_to_many destinations sent as multi-buffer packets: a header frame and the
+    /// shared payload frame, no copy.
+    xdp_send_multi_buffer,
     /// AF_XDP: descriptors whose address or length lay outside the UMEM (ignored).
     xdp_bad_desc,
 }

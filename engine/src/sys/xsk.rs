@@ -179,6 +179,8 @@ pub(crate) struct Xsk {
     pub mode: XskMode,
     pub ifindex: u32,
     pub queue: u32,
+    /// Bound with XDP_USE_SG: packets may span several descriptors (multi-buffer).
+    pub multi_buffer: bool,
 }
 
 impl std::fmt::Debug for Xsk {
@@ -359,7 +361,15 @@ impl Xsk {
         let shared_fd = share.map_or(0, |f| f.fd.as_raw_fd() as u32);
         let mut last_err = None;
         for &(mode, flag) in modes {
-            match bind(raw, ifindex, queue, flag, shared_fd) {
+            // Multi-buffer first (header and payload in separate frames on TX); a kernel or
+            // driver without it refuses the flag, and the same mode is tried without.
+            let sg = share.is_none() && bind(raw, ifindex, queue, flag | libc::XDP_USE_SG, shared_fd).is_ok();
+            let bound = if sg {
+                Ok(())
+            } else {
+                bind(raw, ifindex, queue, flag, shared_fd)
+            };
+            match bound {
                 Ok(()) => {
                     return Ok((
                         Xsk {
@@ -371,6 +381,7 @@ impl Xsk {
                             mode,
                             ifindex,
                             queue,
+                            multi_buffer: sg,
                         },
                         fallback,
                     ));

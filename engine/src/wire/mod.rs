@@ -147,37 +147,48 @@ pub struct UdpHeaders {
 /// the buffer is too small.
 pub fn emit_udp(frame: &mut [u8], h: &UdpHeaders, payload_len: usize) -> Option<usize> {
     let total = UDP_HEADERS_LEN.checked_add(payload_len)?;
-    if frame.len() < total || payload_len > usize::from(u16::MAX) - ipv4::HEADER_LEN - udp::HEADER_LEN {
+    if frame.len() < total {
         return None;
     }
-    let frame = &mut frame[..total];
+    let (hdr, rest) = frame.split_at_mut(UDP_HEADERS_LEN);
+    emit_udp_headers(hdr, h, &rest[..payload_len])?;
+    Some(total)
+}
+
+/// Writes Ethernet, IPv4 and UDP headers for `payload` into `hdr` (at least
+/// `UDP_HEADERS_LEN` bytes), the payload staying where it is (a multi-buffer frame: headers in
+/// one buffer, payload in another). Returns the header length, or `None` if it does not fit.
+pub fn emit_udp_headers(hdr: &mut [u8], h: &UdpHeaders, payload: &[u8]) -> Option<usize> {
+    if hdr.len() < UDP_HEADERS_LEN || payload.len() > usize::from(u16::MAX) - ipv4::HEADER_LEN - udp::HEADER_LEN {
+        return None;
+    }
     ethernet::Repr {
         dst: h.dst_mac,
         src: h.src_mac,
         ethertype: EtherType::Ipv4,
     }
-    .emit(frame);
-    let ip_len = ipv4::HEADER_LEN + udp::HEADER_LEN + payload_len;
-    let ip = ipv4::Repr {
+    .emit(hdr);
+    ipv4::Repr {
         src: h.src_ip,
         dst: h.dst_ip,
         protocol: ipv4::PROTO_UDP,
         ttl: h.ttl,
         tos: h.tos,
-        total_len: ip_len as u16,
-    };
-    ip.emit(&mut frame[ethernet::HEADER_LEN..]);
-    let u = udp::Repr {
+        total_len: (ipv4::HEADER_LEN + udp::HEADER_LEN + payload.len()) as u16,
+    }
+    .emit(&mut hdr[ethernet::HEADER_LEN..]);
+    udp::Repr {
         src_port: h.src_port,
         dst_port: h.dst_port,
-        len: (udp::HEADER_LEN + payload_len) as u16,
-    };
-    u.emit(
-        &mut frame[ethernet::HEADER_LEN + ipv4::HEADER_LEN..],
+        len: (udp::HEADER_LEN + payload.len()) as u16,
+    }
+    .emit_header(
+        &mut hdr[ethernet::HEADER_LEN + ipv4::HEADER_LEN..],
+        payload,
         h.src_ip,
         h.dst_ip,
     );
-    Some(total)
+    Some(UDP_HEADERS_LEN)
 }
 
 /// The Internet checksum's one's-complement sum of `data`, folded, starting from `sum`.

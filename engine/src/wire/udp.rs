@@ -89,6 +89,21 @@ impl Repr {
     ///
     /// # Panics
     /// If `buf` is shorter than `len`.
+    /// Writes the 8-byte header into `hdr` for a payload held elsewhere (`payload`, whose
+    /// length is `len - 8`): the checksum covers the pseudo-header, the header and `payload`.
+    pub fn emit_header(&self, hdr: &mut [u8], payload: &[u8], src: Ipv4Addr, dst: Ipv4Addr) {
+        debug_assert_eq!(usize::from(self.len), HEADER_LEN + payload.len());
+        let d = &mut hdr[..HEADER_LEN];
+        d[SRC_PORT].copy_from_slice(&self.src_port.to_be_bytes());
+        d[DST_PORT].copy_from_slice(&self.dst_port.to_be_bytes());
+        d[LENGTH].copy_from_slice(&self.len.to_be_bytes());
+        d[CHECKSUM].copy_from_slice(&[0, 0]);
+        // The header is 8 bytes: summing it and then the payload is summing their concatenation.
+        let c = checksum_fold(checksum_add(checksum_add(pseudo_sum(src, dst, self.len), d), payload));
+        let c = if c == 0 { 0xffff } else { c };
+        d[CHECKSUM].copy_from_slice(&c.to_be_bytes());
+    }
+
     pub fn emit(&self, buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr) {
         let d = &mut buf[..usize::from(self.len)];
         d[SRC_PORT].copy_from_slice(&self.src_port.to_be_bytes());

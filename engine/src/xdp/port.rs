@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use crate::completion::{Completion, OpKind};
 use crate::error::Error;
-use crate::pool::{Buf, Pool};
+use crate::pool::{Buf, Pool, SharedBuf};
 use crate::stats::Stats;
 use crate::sys::xsk::{Xsk, XskMode};
 use crate::wire::{self, MacAddr, UdpHeaders, UDP_HEADERS_LEN};
@@ -26,7 +26,17 @@ const NEIGHBORS_MAX: usize = 64;
 pub(crate) const GROUPS_MAX: usize = 64;
 
 /// A send whose frame the kernel holds: (token, payload offset, payload length, buffer).
-type PendingSend = (u64, u32, u32, Buf);
+/// A send in the TX/COMPLETION rings, by its (first) frame.
+struct PendingSend {
+    token: u64,
+    /// The window handed back (the payload), or for a multi-buffer send the payload length.
+    off: u32,
+    len: u32,
+    buf: Buf,
+    to: SocketAddrV4,
+    /// `buf` holds only the headers of a multi-buffer send: it is not handed back.
+    headers_only: bool,
+}
 
 /// DSCP 46 (EF) and above: expedited forwarding, network and internetwork control, and
 /// QOS2's Voice and Control (56).
@@ -40,6 +50,8 @@ fn expedited(frame: &[u8]) -> bool {
 /// One AF_XDP socket of a port: one interface queue.
 struct Queue {
     xsk: Xsk,
+    /// Inside a received packet that spans several descriptors (being dropped).
+    in_multi: bool,
     /// Frames this queue's FILL/RX rings hold.
     filled: u32,
     poll_armed: bool,
@@ -60,6 +72,10 @@ pub(crate) struct XdpPort {
     /// Buffers in TX/COMPLETION, by frame.
     tx_pending: Box<[Option<PendingSend>]>,
     tx_pending_count: u32,
+    /// Payload frames of multi-buffer sends, by frame: descriptors in flight, and the handle
+    /// that keeps the frame until the last completes.
+    tx_shared: Box<[(u32, Option<SharedBuf>)]>,
+    tx_shared_frames: u32,
     neighbors: [(Ipv4Addr, MacAddr); NEIGHBORS_MAX],
     neighbors_len: usize,
     neighbor_next: usize,
@@ -94,6 +110,7 @@ impl XdpPort {
                 .into_iter()
                 .map(|xsk| Queue {
                     xsk,
+                    in_multi: false,
                     filled: 0,
                     poll_armed: false,
                 })
@@ -106,6 +123,8 @@ impl XdpPort {
             in_kernel: vec![false; frames as usize].into_boxed_slice(),
             tx_pending: (0..frames).map(|_| None).collect(),
             tx_pending_count: 0,
+            tx_shared: (0..frames).map(|_| (0, None)).collect(),
+            tx_shared_frames: 0,
             neighbors: [(Ipv4Addr::UNSPECIFIED, MacAddr::default()); NEIGHBORS_MAX],
             neighbors_len: 0,
             neighbor_next: 0,
@@ -158,7 +177,12 @@ impl XdpPort {
     /// COMPLETION (sends not yet reaped). With the pool's free frames, the shard's buffer
     /// ring and what the application holds, they make up the pool: frame conservation.
     pub(crate) fn frames_held(&self) -> u32 {
-        self.queues.iter().map(|q| q.filled).sum::<u32>() + self.tx_pending_count
+        self.queues.iter().map(|q| q.filled).sum::<u32>() + self.tx_pending_count + self.tx_shared_frames
+    }
+
+    /// The TX socket was bound for multi-buffer packets (XDP_USE_SG).
+    pub(crate) fn multi_buffer(&self) -> bool {
+        self.queues[0].xsk.multi_buffer
     }
 
     /// Debug builds: the per-frame ownership tables agree with the counters.
@@ -272,7 +296,8 @@ impl XdpPort {
                 let mut batch: [Option<Buf>; BATCH as usize] = std::array::from_fn(|_| None);
                 for (i, slot) in batch.iter_mut().enumerate().take(n as usize) {
                     let d = self.queues[qi].xsk.rx.read(i as u32);
-                    *slot = self.claim(qi, d, pool, stats);
+                    let spans = self.spans_frames(qi, d, stats);
+                    *slot = self.claim(qi, d, pool, stats).filter(|_| !spans);
                 }
                 for urgent in [true, false] {
                     for slot in batch.iter_mut().take(n as usize) {
@@ -285,7 +310,8 @@ impl XdpPort {
             } else {
                 for i in 0..n {
                     let d = self.queues[qi].xsk.rx.read(i);
-                    if let Some(buf) = self.claim(qi, d, pool, stats) {
+                    let spans = self.spans_frames(qi, d, stats);
+                    if let Some(buf) = self.claim(qi, d, pool, stats).filter(|_| !spans) {
                         self.process(buf, stats, key, deliver);
                     }
                 }
@@ -296,6 +322,23 @@ impl XdpPort {
             total += n;
         }
         total
+    }
+
+    /// A descriptor of a received packet that spans several frames (only a multi-buffer
+    /// socket receives those: the packet is larger than a frame). Its frames go back to the
+    /// pool; the packet is dropped and counted once, as oversize.
+    fn spans_frames(&mut self, qi: usize, d: libc::xdp_desc, stats: &Stats) -> bool {
+        let more = d.options & libc::XDP_PKT_CONTD != 0;
+        let q = &mut self.queues[qi];
+        if !more && !q.in_multi {
+            return false;
+        }
+        q.in_multi = more;
+        if !more {
+            stats.add(&stats.xdp_drops[wire::DropReason::Oversize.index()], 1);
+            stats.add(&stats.counters.xdp_malformed, 1);
+        }
+        true
     }
 
     /// Takes the frame of received descriptor `d` of queue `qi` back from the kernel, as a
@@ -426,10 +469,90 @@ impl XdpPort {
             },
         );
         self.queues[0].xsk.tx.submit(1);
-        self.tx_pending[frame as usize] = Some((token, off as u32, len as u32, buf));
+        self.tx_pending[frame as usize] = Some(PendingSend {
+            token,
+            off: off as u32,
+            len: len as u32,
+            buf,
+            to,
+            headers_only: false,
+        });
         self.tx_pending_count += 1;
         stats.add(&stats.counters.xdp_tx, 1);
         // One kick per turn for everything queued (see `complete_sends`), not one per frame.
+        self.tx_unkicked = true;
+        Ok(())
+    }
+
+    /// A multi-buffer send: `hdr` gets the Ethernet/IPv4/UDP headers for `payload`, which
+    /// stays where it is (a shared frame several destinations may be reading); two TX
+    /// descriptors, the first marked XDP_PKT_CONTD. The completion hands back no buffer.
+    pub(crate) fn send_split(
+        &mut self,
+        stats: &Stats,
+        mut hdr: Buf,
+        payload: &SharedBuf,
+        to: SocketAddr,
+        token: u64,
+    ) -> Result<(), Error> {
+        let SocketAddr::V4(to) = to else {
+            return Err(Error::InvalidArgument);
+        };
+        let Some(dst_mac) = self.neighbor(*to.ip()) else {
+            stats.add(&stats.counters.xdp_no_neighbor, 1);
+            return Err(Error::HostUnreachable);
+        };
+        if self.queues[0].xsk.tx.free(2) < 2 {
+            stats.add(&stats.counters.xdp_tx_full, 1);
+            return Err(Error::NoBuffers);
+        }
+        let h = UdpHeaders {
+            src_mac: self.mac,
+            dst_mac,
+            src_ip: *self.local.ip(),
+            dst_ip: *to.ip(),
+            src_port: self.local.port(),
+            dst_port: to.port(),
+            tos: self.tos,
+            ttl: 64,
+        };
+        let hdr_len = wire::emit_udp_headers(hdr.frame_mut(), &h, payload).ok_or(Error::MessageTooLong)?;
+        let fs = u64::from(hdr.frame_size());
+        let tx = &mut self.queues[0].xsk.tx;
+        tx.write(
+            0,
+            libc::xdp_desc {
+                addr: u64::from(hdr.frame()) * fs,
+                len: hdr_len as u32,
+                options: libc::XDP_PKT_CONTD,
+            },
+        );
+        tx.write(
+            1,
+            libc::xdp_desc {
+                addr: u64::from(payload.frame()) * fs + payload.offset() as u64,
+                len: payload.len() as u32,
+                options: 0,
+            },
+        );
+        tx.submit(2);
+        let (n, held) = &mut self.tx_shared[payload.frame() as usize];
+        if *n == 0 {
+            *held = Some(payload.clone());
+            self.tx_shared_frames += 1;
+        }
+        *n += 1;
+        let frame = hdr.frame() as usize;
+        self.tx_pending[frame] = Some(PendingSend {
+            token,
+            off: 0,
+            len: payload.len() as u32,
+            buf: hdr,
+            to,
+            headers_only: true,
+        });
+        self.tx_pending_count += 1;
+        stats.add(&stats.counters.xdp_tx, 1);
         self.tx_unkicked = true;
         Ok(())
     }
@@ -454,14 +577,29 @@ impl XdpPort {
         for i in 0..n {
             let addr = self.queues[0].xsk.comp.read(i);
             let frame = (addr / fs) as usize;
-            let Some((token, off, len, mut buf)) = self.tx_pending.get_mut(frame).and_then(Option::take) else {
-                stats.add(&stats.counters.xdp_bad_desc, 1);
+            let Some(p) = self.tx_pending.get_mut(frame).and_then(Option::take) else {
+                // The payload frame of a multi-buffer send, or an address we never sent.
+                match self.tx_shared.get_mut(frame) {
+                    Some((n, held)) if *n > 0 => {
+                        *n -= 1;
+                        if *n == 0 {
+                            *held = None;
+                            self.tx_shared_frames -= 1;
+                        }
+                    }
+                    _ => stats.add(&stats.counters.xdp_bad_desc, 1),
+                }
                 continue;
             };
             self.tx_pending_count -= 1;
-            buf.set_window(off as usize, len as usize);
+            let (token, len) = (p.token, p.len);
             let mut c = Completion::of(OpKind::SendTo, key, token, Ok(len as usize));
-            c.buffer = Some(buf);
+            c.peer = Some(SocketAddr::V4(p.to));
+            if !p.headers_only {
+                let mut buf = p.buf;
+                buf.set_window(p.off as usize, len as usize);
+                c.buffer = Some(buf);
+            }
             stats.add(&stats.counters.sends, 1);
             stats.add(&stats.counters.send_bytes, u64::from(len));
             deliver(c);
@@ -489,10 +627,14 @@ impl XdpPort {
             }
         }
         for slot in tx_pending.iter_mut() {
-            if let Some((token, off, len, mut buf)) = slot.take() {
-                buf.set_window(off as usize, len as usize);
-                let mut c = Completion::of(OpKind::SendTo, key, token, Err(Error::Aborted));
-                c.buffer = Some(buf);
+            if let Some(p) = slot.take() {
+                let mut c = Completion::of(OpKind::SendTo, key, p.token, Err(Error::Aborted));
+                c.peer = Some(SocketAddr::V4(p.to));
+                if !p.headers_only {
+                    let mut buf = p.buf;
+                    buf.set_window(p.off as usize, p.len as usize);
+                    c.buffer = Some(buf);
+                }
                 deliver(c);
             }
         }
