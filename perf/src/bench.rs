@@ -485,6 +485,12 @@ fn run_xdp_rx(
     server_cpu: usize,
     client_cpu: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    if server_cpu == client_cpu {
+        // The AF_XDP receiver's busy time is its CPU time less the wall time of polls that
+        // found nothing; with the sender on the same CPU those polls include the sender's
+        // time slices, and the figure would be meaningless.
+        return Err("xdp-rx needs the sender and the receiver on different CPUs (no --same-cpu, 2+ CPUs)".into());
+    }
     let seconds = if a.smoke { 0.3 } else { a.seconds.unwrap_or(2.0) };
     let rounds = if a.smoke { 1 } else { a.rounds.max(1) };
     println!("xdp-rx: {rounds} round(s) of {seconds} s per receiver; receiver on CPU {server_cpu}, sender on CPU {client_cpu}");
