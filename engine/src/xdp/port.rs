@@ -420,12 +420,9 @@ impl XdpPort {
         token: u64,
         tos: Option<u8>,
     ) -> Result<(), (Error, Buf)> {
-        let SocketAddr::V4(to) = to else {
-            return Err((Error::InvalidArgument, buf));
-        };
-        let Some(dst_mac) = self.neighbor(*to.ip()) else {
-            stats.add(&stats.counters.xdp_no_neighbor, 1);
-            return Err((Error::HostUnreachable, buf));
+        let (to, h) = match self.headers_to(stats, to, tos) {
+            Ok(x) => x,
+            Err(e) => return Err((e, buf)),
         };
         let len = buf.len();
         let mut off = buf.offset();
@@ -443,16 +440,6 @@ impl XdpPort {
             buf.set_window(off, len);
             return Err((Error::NoBuffers, buf));
         }
-        let h = UdpHeaders {
-            src_mac: self.mac,
-            dst_mac,
-            src_ip: *self.local.ip(),
-            dst_ip: *to.ip(),
-            src_port: self.local.port(),
-            dst_port: to.port(),
-            tos: tos.unwrap_or(self.tos),
-            ttl: 64,
-        };
         let start = off - UDP_HEADERS_LEN;
         let Some(total) = wire::emit_udp(&mut buf.frame_mut()[start..], &h, len) else {
             buf.set_window(off, len);
@@ -469,19 +456,51 @@ impl XdpPort {
             },
         );
         self.queues[0].xsk.tx.submit(1);
-        self.tx_pending[frame as usize] = Some(PendingSend {
-            token,
-            off: off as u32,
-            len: len as u32,
-            buf,
-            to,
-            headers_only: false,
-        });
+        self.track(
+            stats,
+            PendingSend {
+                token,
+                off: off as u32,
+                len: len as u32,
+                buf,
+                to,
+                headers_only: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// The headers of a datagram from this port to `to` (IPv4, a known neighbour), marked
+    /// `tos` or the port's TOS byte.
+    fn headers_to(&self, stats: &Stats, to: SocketAddr, tos: Option<u8>) -> Result<(SocketAddrV4, UdpHeaders), Error> {
+        let SocketAddr::V4(to) = to else {
+            return Err(Error::InvalidArgument);
+        };
+        let Some(dst_mac) = self.neighbor(*to.ip()) else {
+            stats.add(&stats.counters.xdp_no_neighbor, 1);
+            return Err(Error::HostUnreachable);
+        };
+        let h = UdpHeaders {
+            src_mac: self.mac,
+            dst_mac,
+            src_ip: *self.local.ip(),
+            dst_ip: *to.ip(),
+            src_port: self.local.port(),
+            dst_port: to.port(),
+            tos: tos.unwrap_or(self.tos),
+            ttl: 64,
+        };
+        Ok((to, h))
+    }
+
+    /// Records a send now on the TX ring, until its frame comes back on COMPLETION.
+    fn track(&mut self, stats: &Stats, p: PendingSend) {
+        let frame = p.buf.frame() as usize;
+        self.tx_pending[frame] = Some(p);
         self.tx_pending_count += 1;
         stats.add(&stats.counters.xdp_tx, 1);
         // One kick per turn for everything queued (see `complete_sends`), not one per frame.
         self.tx_unkicked = true;
-        Ok(())
     }
 
     /// A multi-buffer send: `hdr` gets the Ethernet/IPv4/UDP headers for `payload`, which
@@ -495,27 +514,11 @@ impl XdpPort {
         to: SocketAddr,
         token: u64,
     ) -> Result<(), Error> {
-        let SocketAddr::V4(to) = to else {
-            return Err(Error::InvalidArgument);
-        };
-        let Some(dst_mac) = self.neighbor(*to.ip()) else {
-            stats.add(&stats.counters.xdp_no_neighbor, 1);
-            return Err(Error::HostUnreachable);
-        };
+        let (to, h) = self.headers_to(stats, to, None)?;
         if self.queues[0].xsk.tx.free(2) < 2 {
             stats.add(&stats.counters.xdp_tx_full, 1);
             return Err(Error::NoBuffers);
         }
-        let h = UdpHeaders {
-            src_mac: self.mac,
-            dst_mac,
-            src_ip: *self.local.ip(),
-            dst_ip: *to.ip(),
-            src_port: self.local.port(),
-            dst_port: to.port(),
-            tos: self.tos,
-            ttl: 64,
-        };
         let hdr_len = wire::emit_udp_headers(hdr.frame_mut(), &h, payload).ok_or(Error::MessageTooLong)?;
         let fs = u64::from(hdr.frame_size());
         let tx = &mut self.queues[0].xsk.tx;
@@ -542,18 +545,17 @@ impl XdpPort {
             self.tx_shared_frames += 1;
         }
         *n += 1;
-        let frame = hdr.frame() as usize;
-        self.tx_pending[frame] = Some(PendingSend {
-            token,
-            off: 0,
-            len: payload.len() as u32,
-            buf: hdr,
-            to,
-            headers_only: true,
-        });
-        self.tx_pending_count += 1;
-        stats.add(&stats.counters.xdp_tx, 1);
-        self.tx_unkicked = true;
+        self.track(
+            stats,
+            PendingSend {
+                token,
+                off: 0,
+                len: payload.len() as u32,
+                buf: hdr,
+                to,
+                headers_only: true,
+            },
+        );
         Ok(())
     }
 
