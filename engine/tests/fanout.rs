@@ -3,6 +3,8 @@
 //! source filters through a fanned-out socket; one send to N destinations; frames always
 //! return to the pool.
 
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket as StdUdp};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -95,27 +97,6 @@ fn drain(sub: &mut Subscription) -> Vec<u32> {
     v
 }
 
-/// Every frame is back: free, or in the buffer ring.
-fn assert_conserved(shard: &mut Shard) {
-    let h = shard.handle();
-    let total = h.pool().total_frames();
-    poll_while(shard, || h.pool().free_frames() + shard_frames(&h) == total);
-    let mut out = Vec::new();
-    shard.poll(&mut out, 64);
-    assert_eq!(
-        h.pool().free_frames() + shard.bufring_frames(),
-        total,
-        "frame conservation"
-    );
-}
-
-fn shard_frames(h: &ShardHandle) -> u32 {
-    h.stats()
-        .counters
-        .bufring_frames
-        .load(std::sync::atomic::Ordering::Relaxed) as u32
-}
-
 #[test]
 fn every_subscriber_gets_every_datagram_once_in_order_from_one_frame() {
     let mut shard = Shard::new(&cfg(), None).unwrap();
@@ -144,7 +125,7 @@ fn every_subscriber_gets_every_datagram_once_in_order_from_one_frame() {
     assert_eq!(fan.counters().subscribers, 8);
     drop(subs);
     drop(rx);
-    assert_conserved(&mut shard);
+    common::assert_conserved(&mut shard);
 }
 
 #[test]
@@ -175,7 +156,7 @@ fn a_lossy_slow_subscriber_drops_alone_and_counts_it() {
     assert_eq!(drain(&mut slow), [0, 1, 2, 3]);
     assert_eq!(fan.counters().stalls, 0);
     drop((fast, slow));
-    assert_conserved(&mut shard);
+    common::assert_conserved(&mut shard);
 }
 
 #[test]
@@ -206,7 +187,7 @@ fn a_reliable_slow_subscriber_backpressures_the_group_and_loses_nothing() {
     assert_eq!(got_fast, (0..100).collect::<Vec<_>>());
     assert_eq!((slow.counters().dropped, fast.counters().dropped), (0, 0));
     drop((fast, slow));
-    assert_conserved(&mut shard);
+    common::assert_conserved(&mut shard);
 }
 
 #[test]
@@ -256,7 +237,7 @@ fn subscribers_on_other_threads_are_woken_through_a_port() {
         assert_eq!(g, (0..50).collect::<Vec<_>>());
     }
     drop(subs);
-    assert_conserved(&mut shard);
+    common::assert_conserved(&mut shard);
 }
 
 #[test]
@@ -298,7 +279,7 @@ fn leave_stops_and_source_filters_hold_through_a_fanned_out_socket() {
     settle(&mut shard);
     assert_eq!(drain(&mut late), [5]);
     drop(late);
-    assert_conserved(&mut shard);
+    common::assert_conserved(&mut shard);
 }
 
 #[test]

@@ -103,7 +103,6 @@ fn af_xdp_fan_out_steers_only_joined_groups_and_included_sources() {
         t.enter(Side::B).unwrap();
         let mut shard = Shard::new(&cfg(), None).unwrap();
         let h = shard.handle();
-        let total = h.pool().total_frames();
         let mut sock = XdpUdpSocket::bind(
             &h,
             SocketAddrV4::new(t.addr(Side::B), PORT),
@@ -146,15 +145,7 @@ fn af_xdp_fan_out_steers_only_joined_groups_and_included_sources() {
         // Frames come home once the subscribers and the socket let go.
         drop(subs);
         drop(sock);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while h.pool().free_frames() + shard.bufring_frames() != total && Instant::now() < deadline {
-            shard.poll(&mut Vec::new(), 64);
-        }
-        assert_eq!(
-            h.pool().free_frames() + shard.bufring_frames(),
-            total,
-            "frame conservation"
-        );
+        common::assert_conserved(&mut shard);
     });
 }
 
@@ -222,16 +213,7 @@ fn ipv6_source_specific_fan_out_over_io_uring() {
         // Frames come home once the subscribers and the socket let go.
         drop(subs);
         drop(rx);
-        let total = h.pool().total_frames();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while h.pool().free_frames() + shard.frames_in_rings() != total && Instant::now() < deadline {
-            shard.poll(&mut Vec::new(), 64);
-        }
-        assert_eq!(
-            h.pool().free_frames() + shard.frames_in_rings(),
-            total,
-            "frame conservation"
-        );
+        common::assert_conserved(&mut shard);
     });
 }
 
@@ -271,7 +253,6 @@ fn af_xdp_send_to_many_reaches_every_destination() {
         t.enter(Side::B).unwrap();
         let mut shard = Shard::new(&cfg(), None).unwrap();
         let h = shard.handle();
-        let total = h.pool().total_frames();
         let sock = XdpUdpSocket::bind(
             &h,
             SocketAddrV4::new(t.addr(Side::B), PORT),
@@ -313,14 +294,6 @@ fn af_xdp_send_to_many_reaches_every_destination() {
         assert_eq!(how, (3, 0), "{}", sock.info());
         eprintln!("{}", sock.info());
         drop(sock);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while h.pool().free_frames() + shard.frames_in_rings() != total && Instant::now() < deadline {
-            shard.poll(&mut Vec::new(), 64);
-        }
-        assert_eq!(
-            h.pool().free_frames() + shard.frames_in_rings(),
-            total,
-            "frame conservation"
-        );
+        common::assert_conserved(&mut shard);
     });
 }

@@ -350,7 +350,6 @@ fn af_xdp_multi_frame_packets_are_dropped_and_counted() {
             ..Config::default()
         };
         let mut shard = Shard::new(&cfg, None).unwrap();
-        let total = shard.pool().total_frames();
         let sock = XdpUdpSocket::bind(
             &shard.handle(),
             SocketAddrV4::new(t.addr(Side::B), PORT),
@@ -392,14 +391,6 @@ fn af_xdp_multi_frame_packets_are_dropped_and_counted() {
             sock.xsk_statistics()
         );
         drop(sock);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while shard.pool().free_frames() + shard.frames_in_rings() != total && Instant::now() < deadline {
-            shard.poll(&mut out, 64);
-        }
-        assert_eq!(
-            shard.pool().free_frames() + shard.frames_in_rings(),
-            total,
-            "frame conservation"
-        );
+        common::assert_conserved(&mut shard);
     });
 }

@@ -24,6 +24,20 @@ pub fn complete_sends(shard: &mut Shard, n: usize) -> usize {
     done
 }
 
+/// Once the application holds no frame: polls (up to 5 s) until every frame of the shard's
+/// pool is free or in one of its rings, then asserts it (frame conservation).
+pub fn assert_conserved(shard: &mut Shard) {
+    let total = shard.pool().total_frames();
+    let held = |shard: &Shard| shard.pool().free_frames() + shard.frames_in_rings();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while held(shard) != total && Instant::now() < deadline {
+        shard.poll(&mut out, 64);
+        out.clear();
+    }
+    assert_eq!(held(shard), total, "frame conservation");
+}
+
 /// PORTO_REQUIRE_NETNS=1 (CI): a missing capability fails the test instead of skipping it.
 pub fn strict() -> bool {
     std::env::var("PORTO_REQUIRE_NETNS").as_deref() == Ok("1")
