@@ -72,7 +72,7 @@ impl Engine {
                         }
                     };
                     while !sh.is_stopping() {
-                        if let Err(e) = shard.turn(true) {
+                        if let Err(e) = shard.turn(Some(std::time::Duration::MAX)) {
                             tracing::error!(shard = i, error = %e, "shard loop failed; stopping the shard");
                             break;
                         }

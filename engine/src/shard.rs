@@ -686,8 +686,30 @@ impl Shard {
 
     /// Polling mode: one non-blocking turn, then moves up to `max` completions into `out`.
     pub fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> usize {
+        self.turn_and_take(out, max, None)
+    }
+
+    /// Polling mode, blocking: like [`poll`](Self::poll), but a shard with nothing to do
+    /// sleeps in the kernel (after its `idle_spin`) until a completion, an AF_XDP frame or
+    /// a command arrives, or `timeout` passes: GetQueuedCompletionStatus on a shard the
+    /// caller drives. The core is free while it sleeps, for the kernel's own receive work
+    /// or another thread.
+    pub fn wait(&mut self, out: &mut Vec<Completion>, max: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let n = self.turn_and_take(out, max, Some(left));
+            if n > 0 || left.is_zero() {
+                return n;
+            }
+        }
+    }
+
+    /// One turn (sleeping up to `sleep` if idle) unless completions are already waiting,
+    /// then moves up to `max` of them into `out`.
+    fn turn_and_take(&mut self, out: &mut Vec<Completion>, max: usize, sleep: Option<Duration>) -> usize {
         if self.local.is_empty() {
-            if let Err(e) = self.turn(false) {
+            if let Err(e) = self.turn(sleep) {
                 tracing::error!(error = %e, "shard turn failed");
             }
         }
@@ -709,9 +731,11 @@ impl Shard {
         }
     }
 
-    /// One turn: take commands, submit, reap, deliver. With `wait`, sleeps in the kernel
-    /// when there is nothing to do (port mode).
-    pub(crate) fn turn(&mut self, wait: bool) -> io::Result<()> {
+    /// One turn: take commands, submit, reap, deliver. With `sleep`, sleeps in the kernel
+    /// for up to that long when there is nothing to do (`Duration::MAX`: until woken, the
+    /// port-mode thread); `None` never sleeps (polling).
+    pub(crate) fn turn(&mut self, sleep: Option<Duration>) -> io::Result<()> {
+        let wait = sleep.is_some_and(|d| !d.is_zero());
         let took = self.take_commands();
         let held_due = self.qos_pump();
         self.refill();
@@ -744,6 +768,23 @@ impl Shard {
                     Some(Duration::from_nanos(due.saturating_sub(self.now_ns()).max(1_000)))
                 } else {
                     (!self.hist.is_empty()).then_some(STATS_PERIOD)
+                };
+                let hold = self
+                    .xdp_socks
+                    .iter()
+                    .filter_map(|&s| self.sockets[s as usize].xdp.as_ref()?.holding_until())
+                    .min()
+                    .map(|t| {
+                        t.saturating_duration_since(Instant::now())
+                            .max(Duration::from_micros(1))
+                    });
+                let cap = match (sleep.filter(|&d| d != Duration::MAX), hold) {
+                    (Some(c), Some(h)) => Some(c.min(h)),
+                    (c, h) => c.or(h),
+                };
+                let timeout = match (timeout, cap) {
+                    (Some(t), Some(c)) => Some(t.min(c)),
+                    (t, c) => t.or(c),
                 };
                 self.ring.submit_and_wait(timeout)?;
             }
@@ -1762,6 +1803,10 @@ impl Shard {
             let Some(port) = self.sockets[sock as usize].xdp.as_mut() else {
                 continue;
             };
+            if port.holding_until().is_some() {
+                // Frames wait for a coalesced batch: the sleep is timed to the hold instead.
+                continue;
+            }
             for q in 0..port.queue_count() {
                 let Some(fd) = port.unarmed_fd(q) else { continue };
                 // user_data carries the socket and, in the generation field, the queue index.

@@ -15,6 +15,8 @@ use porto_engine::rio::{CompletionQueue, RegisteredBuffer, RequestQueue, RioEven
 use porto_engine::shard::{Delivery, Shard};
 use porto_engine::socket::{SocketOptions, TcpListener, TcpStream, UdpSocket};
 
+mod common;
+
 fn small() -> Config {
     Config {
         pin: false,
@@ -186,6 +188,44 @@ fn cancel_yields_exactly_one_aborted_completion() {
     let mut more = Vec::new();
     assert_eq!(shard.poll_until(&mut more, 8, Duration::from_millis(100)), 0);
     assert_eq!(shard.live_ops(), 0);
+}
+
+/// `Shard::wait` sleeps in the kernel while there is nothing to do (it does not spin: the
+/// thread uses a fraction of the time it waited), times out with nothing, and wakes for a
+/// datagram that arrives while it sleeps.
+#[test]
+fn wait_sleeps_until_a_completion_or_the_timeout() {
+    let cfg = Config {
+        idle_spin_us: 0,
+        ..small()
+    };
+    let mut shard = Shard::new(&cfg, None).unwrap();
+    let h = shard.handle();
+    let sock = UdpSocket::bind(&h, any(false), &SocketOptions::default(), Delivery::Poll { key: 0 }).unwrap();
+    sock.recv_from_multishot(1).unwrap();
+    let mut out = Vec::new();
+    let (t0, c0) = (Instant::now(), common::thread_cpu());
+    assert_eq!(shard.wait(&mut out, 8, Duration::from_millis(200)), 0);
+    let (waited, used) = (t0.elapsed(), common::thread_cpu() - c0);
+    assert!(waited >= Duration::from_millis(200), "returned early: {waited:?}");
+    assert!(
+        used < waited / 4,
+        "spun instead of sleeping: {used:?} of CPU in {waited:?}"
+    );
+    let to = sock.local_addr().unwrap();
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        StdUdp::bind("127.0.0.1:0").unwrap().send_to(b"wake", to).unwrap();
+    });
+    let t0 = Instant::now();
+    let n = shard.wait(&mut out, 8, Duration::from_secs(10));
+    sender.join().unwrap();
+    assert_eq!(n, 1);
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "woken by the datagram, not the timeout"
+    );
+    assert_eq!((out[0].token, out[0].result), (1, Ok(4)));
 }
 
 #[test]

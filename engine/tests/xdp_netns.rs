@@ -313,6 +313,22 @@ fn af_xdp_rx_coalescing_delivers_trickles_after_the_wait() {
         // A burst of 64: read in batches, nothing left behind.
         go_tx.send(64).unwrap();
         assert_eq!(receive(64).0, 64);
+        // A shard that sleeps (`wait`) sleeps through the hold instead of spinning on the
+        // frames it is holding back: a timed sleep, no poll that would fire at once.
+        go_tx.send(3).unwrap();
+        let (t0, c0) = (Instant::now(), common::thread_cpu());
+        let mut got = 0;
+        while got < 3 && t0.elapsed() < Duration::from_secs(5) {
+            shard.wait(&mut out, 64, Duration::from_secs(1));
+            got += out
+                .drain(..)
+                .filter(|c| c.op == OpKind::RecvFrom && c.result.is_ok())
+                .count();
+        }
+        let (took, used) = (t0.elapsed(), common::thread_cpu() - c0);
+        assert_eq!(got, 3);
+        assert!(took >= WAIT / 2, "held for the batch ({took:?})");
+        assert!(used < took / 4, "spun through the hold: {used:?} of CPU in {took:?}");
         assert_eq!(sock.xsk_statistics().unwrap().rx_dropped, 0);
         drop(go_tx);
     });

@@ -165,8 +165,21 @@ impl XdpPort {
     }
 
     /// Some queue's RX ring holds frames.
+    /// Frames are waiting to be read (while holding for a coalesced batch: the whole batch).
     pub(crate) fn rx_ready(&mut self) -> bool {
-        self.queues.iter_mut().any(|q| q.xsk.rx.available(1) > 0)
+        match (self.rx_coalesce, self.rx_waiting_since) {
+            (Some((frames, _)), Some(_)) => {
+                self.queues.iter_mut().map(|q| q.xsk.rx.available(BATCH)).sum::<u32>() >= frames
+            }
+            _ => self.queues.iter_mut().any(|q| q.xsk.rx.available(1) > 0),
+        }
+    }
+
+    /// While holding received frames for a coalesced batch: when the first will have waited
+    /// long enough. A sleeping shard arms no poll for this port then (it would fire at once)
+    /// and sleeps no longer than this.
+    pub(crate) fn holding_until(&self) -> Option<std::time::Instant> {
+        Some(self.rx_waiting_since? + self.rx_coalesce?.1)
     }
 
     pub(crate) fn tx_in_flight(&self) -> u32 {

@@ -55,3 +55,14 @@ pub fn topology(prefix: &str, queues: u32) -> Option<Topology> {
         }
     }
 }
+
+/// CPU time the calling thread has used so far (schedstat's first field).
+pub fn thread_cpu() -> Duration {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
+    Duration::from_nanos(
+        s.split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("schedstat field"),
+    )
+}
