@@ -164,5 +164,11 @@ fn xdp_rx_smoke() {
             .sum();
         assert!(got > 0, "{who} received nothing:\n{stdout}");
     }
+    // The receive work was counted where it ran: every run's NAPI thread (pinned beside the
+    // receiver) and its receiving thread used CPU.
+    for r in v["runs"].as_array().unwrap() {
+        let (napi, thread) = (r["napi_s"].as_f64().unwrap(), r["thread_s"].as_f64().unwrap());
+        assert!(napi > 0.0 && thread > 0.0, "{r}");
+    }
     let _ = std::fs::remove_dir_all(&out_dir);
 }
