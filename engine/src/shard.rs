@@ -778,14 +778,10 @@ impl Shard {
                         t.saturating_duration_since(Instant::now())
                             .max(Duration::from_micros(1))
                     });
-                let cap = match (sleep.filter(|&d| d != Duration::MAX), hold) {
-                    (Some(c), Some(h)) => Some(c.min(h)),
-                    (c, h) => c.or(h),
-                };
-                let timeout = match (timeout, cap) {
-                    (Some(t), Some(c)) => Some(t.min(c)),
-                    (t, c) => t.or(c),
-                };
+                let timeout = [timeout, hold, sleep.filter(|&d| d != Duration::MAX)]
+                    .into_iter()
+                    .flatten()
+                    .min();
                 self.ring.submit_and_wait(timeout)?;
             }
             self.shared.sleeping.store(false, Ordering::Relaxed);

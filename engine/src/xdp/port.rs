@@ -164,7 +164,6 @@ impl XdpPort {
         }
     }
 
-    /// Some queue's RX ring holds frames.
     /// Frames are waiting to be read (while holding for a coalesced batch: the whole batch).
     pub(crate) fn rx_ready(&mut self) -> bool {
         match (self.rx_coalesce, self.rx_waiting_since) {
