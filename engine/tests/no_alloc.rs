@@ -1,11 +1,14 @@
 //! The data path allocates nothing once a shard runs: a counting global allocator watches a
 //! polling-mode UDP echo loop (receive, reply with the same frame, send completion), the
 //! fan-out of datagrams to subscribers, and sends through a QoS flow, the class scheduler and
-//! the link rate. The tests take turns (the counter is global).
+//! the link rate. Every loop runs on the test's own thread, and only that thread's
+//! allocations count (the test harness's threads print results meanwhile); the tests take
+//! turns all the same (the counter is global).
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::net::UdpSocket as StdUdp;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use porto_engine::completion::OpKind;
@@ -16,12 +19,21 @@ use porto_engine::socket::{SocketOptions, UdpSocket};
 struct Counting;
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
-static COUNTING: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// This thread's allocations count (const-initialised: reading it never allocates).
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn counting() -> bool {
+    // A thread being torn down has no thread-locals left: it is not counting.
+    COUNTING.try_with(Cell::get).unwrap_or(false)
+}
 
 // SAFETY: forwards to the system allocator unchanged; only counts calls.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
+        if counting() {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: same contract as ours.
@@ -32,7 +44,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
+        if counting() {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: same contract as ours.
@@ -61,11 +73,11 @@ fn assert_no_allocations(mut round: impl FnMut()) {
         round();
     }
     ALLOCS.store(0, Ordering::SeqCst);
-    COUNTING.store(true, Ordering::SeqCst);
+    COUNTING.set(true);
     for _ in 0..500 {
         round();
     }
-    COUNTING.store(false, Ordering::SeqCst);
+    COUNTING.set(false);
     assert_eq!(ALLOCS.load(Ordering::SeqCst), 0, "allocations on the data path");
 }
 
