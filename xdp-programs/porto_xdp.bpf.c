@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: (MIT OR Apache-2.0)
-// porto's XDP program: steer UDP datagrams for porto's ports to the AF_XDP socket of the
-// receive queue they arrived on; pass everything else (ARP, ICMP, other ports, non-IP) to
+// porto's XDP program: steer UDP datagrams (IPv4, or IPv6 with UDP right after the fixed
+// header) for porto's ports to the AF_XDP socket of the receive queue they arrived on; pass
+// everything else (ARP, ICMP and ICMPv6 with neighbour discovery, other ports, non-IP) to
 // the kernel.
 //
 // Maps (filled by the engine):
@@ -9,18 +10,21 @@
 //   groups: {IPv4 multicast group, source} -> 1, source 0 = any source (all network order).
 //           A multicast datagram is steered only if its group is joined, and for a
 //           source-specific join only from an included source; other multicast goes to
-//           the kernel (which drops what no socket joined).
+//           the kernel (which drops what no socket joined). IPv6 multicast always goes to
+//           the kernel (porto joins IPv6 groups through io_uring sockets only).
 //   stats : per-CPU counters, see enum stat
 //
 // Frames that are malformed beyond the UDP header (bad lengths, checksums, options,
 // fragments) but carry a porto port are steered too: the engine validates every frame and
 // counts each drop by reason. Frames whose UDP header cannot even be located go to the
-// kernel, which drops and counts them itself.
+// kernel, which drops and counts them itself: so do IPv6 packets with extension headers
+// (the fixed header's next header is not UDP).
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/udp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
@@ -73,6 +77,33 @@ static __always_inline int count(__u32 which, int action)
     return action;
 }
 
+// No socket on this queue: the kernel gets the frame (XDP_PASS as the fallback action).
+static __always_inline int steer(struct xdp_md *ctx)
+{
+    count(STAT_STEERED, 0);
+    return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+}
+
+static __always_inline int porto_xdp6(struct xdp_md *ctx, struct ipv6hdr *ip, void *end)
+{
+    if ((void *)(ip + 1) > end || ip->nexthdr != IPPROTO_UDP)
+        return count(STAT_PASSED, XDP_PASS);
+
+    struct udphdr *udp = (void *)(ip + 1);
+    if ((void *)(udp + 1) > end)
+        return count(STAT_PASSED, XDP_PASS);
+
+    __u16 port = udp->dest;
+    if (!bpf_map_lookup_elem(&ports, &port))
+        return count(STAT_PASSED, XDP_PASS);
+
+    // ff00::/8
+    if (ip->daddr.in6_u.u6_addr8[0] == 0xff)
+        return count(STAT_FILTERED, XDP_PASS);
+
+    return steer(ctx);
+}
+
 SEC("xdp")
 int porto_xdp(struct xdp_md *ctx)
 {
@@ -80,7 +111,11 @@ int porto_xdp(struct xdp_md *ctx)
     void *end = (void *)(long)ctx->data_end;
 
     struct ethhdr *eth = data;
-    if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+    if ((void *)(eth + 1) > end)
+        return count(STAT_PASSED, XDP_PASS);
+    if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+        return porto_xdp6(ctx, (void *)(eth + 1), end);
+    if (eth->h_proto != bpf_htons(ETH_P_IP))
         return count(STAT_PASSED, XDP_PASS);
 
     struct iphdr *ip = (void *)(eth + 1);
@@ -109,9 +144,7 @@ int porto_xdp(struct xdp_md *ctx)
         }
     }
 
-    // No socket on this queue: the kernel gets the frame (XDP_PASS as the fallback action).
-    count(STAT_STEERED, 0);
-    return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+    return steer(ctx);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

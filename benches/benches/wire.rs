@@ -9,8 +9,8 @@ fn wire(c: &mut Criterion) {
     let h = UdpHeaders {
         src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
         dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
-        src_ip: Ipv4Addr::new(198, 18, 0, 1),
-        dst_ip: Ipv4Addr::new(198, 18, 0, 2),
+        src_ip: Ipv4Addr::new(198, 18, 0, 1).into(),
+        dst_ip: Ipv4Addr::new(198, 18, 0, 2).into(),
         src_port: 4000,
         dst_port: 5000,
         tos: 0,

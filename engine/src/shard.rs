@@ -154,7 +154,7 @@ pub(crate) enum Command {
     /// A static neighbour entry for an AF_XDP socket.
     Neighbor {
         sock: u32,
-        ip: std::net::Ipv4Addr,
+        ip: std::net::IpAddr,
         mac: crate::wire::MacAddr,
     },
     /// An AF_XDP socket's multicast membership (the program and IGMP are handled by the
@@ -1857,7 +1857,7 @@ impl Shard {
                         })
                     } else {
                         self.pool
-                            .alloc_with_headroom(crate::wire::UDP_HEADERS_LEN)
+                            .alloc_with_headroom(crate::wire::udp_headers_len(&addr.ip()))
                             .map(|mut b| {
                                 b.set_len(buf.len());
                                 b.copy_from_slice(&buf);

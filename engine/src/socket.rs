@@ -5,7 +5,7 @@
 //! blocking calls and options. Dropping the handle asks the shard to cancel what is in flight
 //! (each such op completes `Aborted`) and close the fd once the kernel is done with it.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -876,7 +876,7 @@ impl std::fmt::Display for XdpInfo {
 /// The same overlapped calls as [`UdpSocket`]: `recv_from_multishot` and `send_to`.
 pub struct XdpUdpSocket {
     core: SocketCore,
-    local: SocketAddrV4,
+    local: SocketAddr,
     info: XdpInfo,
     program: XdpProgram,
     /// A kernel socket holding the IGMP memberships, made at the first join.
@@ -899,13 +899,16 @@ impl std::fmt::Debug for XdpUdpSocket {
 
 impl XdpUdpSocket {
     /// Attaches the XDP program to `opts.iface`, opens an AF_XDP socket on `opts.queue` over
-    /// `shard`'s pool, and steers UDP for `local`'s port to it.
+    /// `shard`'s pool, and steers UDP for `local`'s port to it. `local` is IPv4 or IPv6 (the
+    /// unspecified address takes any of its family): the socket takes and sends datagrams of
+    /// that family.
     pub fn bind(
         shard: &ShardHandle,
-        local: SocketAddrV4,
+        local: impl Into<SocketAddr>,
         opts: &XdpOptions,
         delivery: Delivery,
     ) -> Result<XdpUdpSocket, SetupError> {
+        let local = local.into();
         let mut program = XdpProgram::attach(&opts.iface, opts.attach)?;
         let pool = shard.pool();
         let first_queue = opts.queue.unwrap_or(0);
@@ -983,7 +986,7 @@ impl XdpUdpSocket {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        SocketAddr::V4(self.local)
+        self.local
     }
 
     /// Every valid datagram for this port becomes a completion (`more == true`) until
@@ -1007,9 +1010,10 @@ impl XdpUdpSocket {
         self.core.send_to_many(buf, dests, token)
     }
 
-    /// Sends `buf`'s window to `addr` (IPv4). With `offset() >= 42` the headers go in front
-    /// of the payload in place (a received buffer qualifies, as does
-    /// `Pool::alloc_with_headroom(42)`); otherwise the payload is moved within its frame.
+    /// Sends `buf`'s window to `addr` (of the socket's family). With `offset()` at least the
+    /// headers' length (`wire::udp_headers_len`: 42 bytes over IPv4, 62 over IPv6) they go in
+    /// front of the payload in place (a received buffer qualifies, as does
+    /// `Pool::alloc_with_headroom(62)`); otherwise the payload is moved within its frame.
     /// The destination's MAC must be known (learned from its frames, or `add_neighbor`):
     /// else the send completes `HostUnreachable`.
     pub fn send_to(&self, buf: Buf, addr: SocketAddr, token: u64) -> Result<(), Rejected> {
@@ -1032,24 +1036,25 @@ impl XdpUdpSocket {
         self.core.set_flow(flow)
     }
 
-    /// Adds a static neighbour (IPv4 -> MAC) for sends to hosts that have not sent to us.
-    pub fn add_neighbor(&self, ip: std::net::Ipv4Addr, mac: MacAddr) -> Result<(), Error> {
+    /// Adds a static neighbour (IP -> MAC) for sends to hosts that have not sent to us.
+    pub fn add_neighbor(&self, ip: impl Into<IpAddr>, mac: MacAddr) -> Result<(), Error> {
         self.core
             .shared
             .send(Command::Neighbor {
                 sock: self.core.id,
-                ip,
+                ip: ip.into(),
                 mac,
             })
             .map_err(|_| Error::NoBuffers)
     }
 
-    /// Joins IPv4 multicast `group` (from `source` only, or from any source) on this
+    /// Joins IPv4 multicast `group` (from `source` only, or from any source) on this IPv4
     /// socket's interface. The kernel keeps the membership (a kernel socket joins, so IGMP
     /// reports go out and the NIC accepts the group's MAC); the XDP program then steers the
     /// group's datagrams for this port, from included sources only, to AF_XDP.
     pub fn join(&mut self, group: Ipv4Addr, source: Option<Ipv4Addr>) -> Result<(), Error> {
-        if !group.is_multicast() {
+        // An IPv6 socket takes no IPv4 group (and IPv6 groups are io_uring's, not yet here).
+        if !group.is_multicast() || !self.local.is_ipv4() {
             return Err(Error::InvalidArgument);
         }
         if self.groups.contains(&(group, source)) {

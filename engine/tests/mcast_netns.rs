@@ -9,7 +9,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket a
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use porto_engine::config::Config;
 use porto_engine::fanout::{Policy, Subscription};
 use porto_engine::netns::Side;
 use porto_engine::rio::RioNotify;
@@ -18,16 +17,6 @@ use porto_engine::socket::{Interface, SocketOptions, UdpSocket, XdpOptions, XdpU
 
 const PORT: u16 = 7200;
 const N: u32 = 30;
-
-fn cfg() -> Config {
-    Config {
-        pin: false,
-        frames_per_shard: 4096,
-        recv_frames: 256,
-        huge_pages: false,
-        ..Config::default()
-    }
-}
 
 /// Tag layout: [stream, seq u32 BE].
 fn tag(stream: u8, seq: u32) -> [u8; 5] {
@@ -101,7 +90,7 @@ fn af_xdp_fan_out_steers_only_joined_groups_and_included_sources() {
             }
         });
         t.enter(Side::B).unwrap();
-        let mut shard = Shard::new(&cfg(), None).unwrap();
+        let mut shard = Shard::new(&common::xdp_config(), None).unwrap();
         let h = shard.handle();
         let mut sock = XdpUdpSocket::bind(
             &h,
@@ -179,7 +168,7 @@ fn ipv6_source_specific_fan_out_over_io_uring() {
             ack_tx.send(()).unwrap();
         });
         t.enter(Side::B).unwrap();
-        let mut shard = Shard::new(&cfg(), None).unwrap();
+        let mut shard = Shard::new(&common::xdp_config(), None).unwrap();
         let h = shard.handle();
         let rx = UdpSocket::bind(
             &h,
@@ -251,7 +240,7 @@ fn af_xdp_send_to_many_reaches_every_destination() {
         });
         let (addrs, mac_a) = addrs_rx.recv_timeout(Duration::from_secs(10)).unwrap();
         t.enter(Side::B).unwrap();
-        let mut shard = Shard::new(&cfg(), None).unwrap();
+        let mut shard = Shard::new(&common::xdp_config(), None).unwrap();
         let h = shard.handle();
         let sock = XdpUdpSocket::bind(
             &h,

@@ -1,9 +1,9 @@
 //! The XDP program on packet fixtures with BPF_PROG_TEST_RUN: no NIC, no socket. Loading BPF
 //! needs root (CAP_BPF); without it these tests skip, unless PORTO_REQUIRE_NETNS=1 (CI).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use porto_engine::wire::{arp, emit_udp, ethernet, EtherType, MacAddr, UdpHeaders, UDP_HEADERS_LEN};
+use porto_engine::wire::{arp, emit_udp, ethernet, EtherType, MacAddr, UdpHeaders, UDP6_HEADERS_LEN, UDP_HEADERS_LEN};
 use porto_engine::xdp::XdpProgram;
 
 const XDP_PASS: u32 = 2;
@@ -27,12 +27,37 @@ fn load() -> Option<XdpProgram> {
 }
 
 fn udp(dst_port: u16, payload: usize) -> Vec<u8> {
-    let mut f = vec![0u8; UDP_HEADERS_LEN + payload];
+    udp_between(
+        Ipv4Addr::new(198, 18, 0, 1).into(),
+        Ipv4Addr::new(198, 18, 0, 2).into(),
+        dst_port,
+        payload,
+    )
+}
+
+fn udp6(dst: Ipv6Addr, dst_port: u16, payload: usize) -> Vec<u8> {
+    udp_between(
+        "2001:2::1".parse::<Ipv6Addr>().unwrap().into(),
+        dst.into(),
+        dst_port,
+        payload,
+    )
+}
+
+fn udp_between(src_ip: IpAddr, dst_ip: IpAddr, dst_port: u16, payload: usize) -> Vec<u8> {
+    let mut f = vec![
+        0u8;
+        if src_ip.is_ipv4() {
+            UDP_HEADERS_LEN
+        } else {
+            UDP6_HEADERS_LEN
+        } + payload
+    ];
     let h = UdpHeaders {
         src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
         dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
-        src_ip: Ipv4Addr::new(198, 18, 0, 1),
-        dst_ip: Ipv4Addr::new(198, 18, 0, 2),
+        src_ip,
+        dst_ip,
         src_port: 9999,
         dst_port,
         tos: 0,
@@ -76,10 +101,40 @@ fn porto_port_is_steered_everything_else_passes() {
     let mut tcp = udp(PORT, 64);
     tcp[23] = 6;
     assert_eq!(run(&mut p, &tcp), (XDP_PASS, 0, 1));
-    let mut v6 = udp(PORT, 64);
-    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
-    assert_eq!(run(&mut p, &v6), (XDP_PASS, 0, 1));
+    let mut lldp = udp(PORT, 64);
+    lldp[12..14].copy_from_slice(&[0x88, 0xcc]);
+    assert_eq!(run(&mut p, &lldp), (XDP_PASS, 0, 1));
     assert_eq!(run(&mut p, &udp(PORT, 64)[..30]), (XDP_PASS, 0, 1));
+}
+
+#[test]
+fn ipv6_udp_for_porto_ports_is_steered_the_rest_passes() {
+    let Some(mut p) = load() else { return };
+    let me: Ipv6Addr = "2001:2::2".parse().unwrap();
+    assert_eq!(run(&mut p, &udp6(me, PORT, 64)), (XDP_PASS, 1, 0));
+    assert_eq!(run(&mut p, &udp6(me, PORT + 1, 64)), (XDP_PASS, 0, 1));
+    // ICMPv6 (neighbour discovery among it) is the kernel's.
+    let mut icmp = udp6(me, PORT, 64);
+    icmp[20] = 58;
+    assert_eq!(run(&mut p, &icmp), (XDP_PASS, 0, 1));
+    // Extension headers before UDP: the UDP header is not located; the kernel gets it.
+    let mut ext = udp6(me, PORT, 64);
+    ext[20] = 60;
+    assert_eq!(run(&mut p, &ext), (XDP_PASS, 0, 1));
+    // Truncated inside the fixed header or the UDP header.
+    assert_eq!(run(&mut p, &udp6(me, PORT, 64)[..50]), (XDP_PASS, 0, 1));
+    assert_eq!(run(&mut p, &udp6(me, PORT, 64)[..60]), (XDP_PASS, 0, 1));
+    // A bad UDP checksum is porto's to count: steered.
+    let mut bad = udp6(me, PORT, 64);
+    bad[60] ^= 0xff;
+    assert_eq!(run(&mut p, &bad), (XDP_PASS, 1, 0));
+    // IPv6 multicast for the port: filtered to the kernel.
+    let before = p.counters().unwrap().filtered;
+    assert_eq!(
+        run(&mut p, &udp6("ff3e::8000:1".parse().unwrap(), PORT, 16)),
+        (XDP_PASS, 0, 0)
+    );
+    assert_eq!(p.counters().unwrap().filtered - before, 1);
 }
 
 #[test]
@@ -115,8 +170,8 @@ fn mcast(group: Ipv4Addr, src: Ipv4Addr) -> Vec<u8> {
     let h = UdpHeaders {
         src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
         dst_mac: MacAddr([0x01, 0x00, 0x5e, o[1] & 0x7f, o[2], o[3]]),
-        src_ip: src,
-        dst_ip: group,
+        src_ip: src.into(),
+        dst_ip: group.into(),
         src_port: 9999,
         dst_port: PORT,
         tos: 0,

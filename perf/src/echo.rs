@@ -128,17 +128,12 @@ impl EchoApp {
         };
         let udp = match (&cfg.xdp, addr) {
             (_, _) if !cfg.udp => None,
-            (Some(x), SocketAddr::V4(a)) => Some(Datagram::Xdp(Box::new(XdpUdpSocket::bind(
+            (Some(x), a) => Some(Datagram::Xdp(Box::new(XdpUdpSocket::bind(
                 &shard,
                 a,
                 x,
                 with_key(KEY_UDP),
             )?))),
-            (Some(_), SocketAddr::V6(_)) => {
-                return Err(SetupError::Config(
-                    "AF_XDP serves IPv4: give --addr the interface's IPv4 address".into(),
-                ))
-            }
             (None, _) => Some(Datagram::Kernel(UdpSocket::bind(
                 &shard,
                 addr,

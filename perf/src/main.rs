@@ -95,7 +95,8 @@ struct EchoArgs {
     /// Polling mode: the application runs on the shard thread, which busy-polls.
     #[arg(long)]
     poll: bool,
-    /// Serve UDP through AF_XDP on this interface (root; --addr must be its IPv4 address).
+    /// Serve UDP through AF_XDP on this interface (root; --addr must be its IPv4 or IPv6
+    /// address, which picks the family AF_XDP serves).
     #[arg(long, value_name = "IFACE", requires = "udp")]
     xdp: Option<String>,
     /// AF_XDP on this receive queue only (default: every queue of the interface).

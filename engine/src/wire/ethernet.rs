@@ -39,6 +39,7 @@ impl fmt::Display for MacAddr {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EtherType {
     Ipv4,
+    Ipv6,
     Arp,
     /// 802.1Q or 802.1ad.
     Vlan,
@@ -49,6 +50,7 @@ impl EtherType {
     fn from_u16(v: u16) -> EtherType {
         match v {
             0x0800 => EtherType::Ipv4,
+            0x86dd => EtherType::Ipv6,
             0x0806 => EtherType::Arp,
             0x8100 | 0x88a8 => EtherType::Vlan,
             o => EtherType::Other(o),
@@ -58,6 +60,7 @@ impl EtherType {
     fn to_u16(self) -> u16 {
         match self {
             EtherType::Ipv4 => 0x0800,
+            EtherType::Ipv6 => 0x86dd,
             EtherType::Arp => 0x0806,
             EtherType::Vlan => 0x8100,
             EtherType::Other(o) => o,

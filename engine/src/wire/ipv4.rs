@@ -94,6 +94,14 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 }
 
+impl<'a> Packet<&'a [u8]> {
+    /// The payload, borrowed from the frame rather than from this view.
+    pub fn into_payload(self) -> &'a [u8] {
+        let end = usize::from(self.total_len());
+        &self.buf[HEADER_LEN..end]
+    }
+}
+
 /// A parsed IPv4 header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Repr {

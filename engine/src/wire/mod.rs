@@ -1,4 +1,5 @@
-//! Ethernet, IPv4, UDP and ARP for the AF_XDP path: parse and build in place, no allocation.
+//! Ethernet, IPv4, IPv6, UDP and ARP for the AF_XDP path: parse and build in place, no
+//! allocation.
 //!
 //! Each protocol has a zero-copy view (`Frame`/`Packet<T: AsRef<[u8]>>`) whose
 //! `new_checked` validates lengths once, after which no accessor can panic, and a `Repr`: the
@@ -9,9 +10,10 @@
 pub mod arp;
 pub mod ethernet;
 pub mod ipv4;
+pub mod ipv6;
 pub mod udp;
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 pub use ethernet::{EtherType, MacAddr};
 
@@ -22,36 +24,38 @@ pub enum DropReason {
     TruncatedEthernet,
     /// 802.1Q/802.1ad tagged (not handled on this path).
     VlanTagged,
-    /// Neither IPv4 nor ARP.
+    /// Neither IPv4, IPv6 nor ARP.
     NotIp,
-    /// Shorter than an IPv4 header, or than its IHL says.
+    /// Shorter than an IPv4 header, or than its IHL says; shorter than an IPv6 header.
     TruncatedIp,
-    /// Version field is not 4.
+    /// Version field is not the ethertype's (4 or 6).
     BadIpVersion,
     /// IHL below 5.
     BadIhl,
     /// IPv4 options present (IHL above 5): not on the fast path.
     IpOptions,
-    /// Total length beyond the frame or below the header.
+    /// Total (IPv6: payload) length beyond the frame, or below the header.
     BadIpLength,
     /// IPv4 header checksum wrong.
     BadIpChecksum,
-    /// A fragment (MF set or a non-zero offset).
+    /// A fragment (MF set or a non-zero offset; an IPv6 fragment header).
     Fragment,
+    /// IPv6 extension headers before the UDP header: not on the fast path.
+    Ipv6Extension,
     /// Not UDP.
     NotUdp,
     /// Shorter than a UDP header.
     TruncatedUdp,
     /// UDP length disagrees with the IP payload length.
     BadUdpLength,
-    /// UDP checksum wrong.
+    /// UDP checksum wrong (or, over IPv6, absent).
     BadUdpChecksum,
     /// Larger than a frame buffer.
     Oversize,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::TruncatedEthernet,
         DropReason::VlanTagged,
         DropReason::NotIp,
@@ -62,6 +66,7 @@ impl DropReason {
         DropReason::BadIpLength,
         DropReason::BadIpChecksum,
         DropReason::Fragment,
+        DropReason::Ipv6Extension,
         DropReason::NotUdp,
         DropReason::TruncatedUdp,
         DropReason::BadUdpLength,
@@ -83,48 +88,77 @@ impl DropReason {
 pub struct UdpFrame {
     pub src_mac: MacAddr,
     pub dst_mac: MacAddr,
-    pub src_ip: Ipv4Addr,
-    pub dst_ip: Ipv4Addr,
+    /// Both of one family: the frame's.
+    pub src_ip: IpAddr,
+    pub dst_ip: IpAddr,
     pub src_port: u16,
     pub dst_port: u16,
-    /// The TOS byte (DSCP and ECN).
+    /// The TOS byte (IPv6: the traffic class): DSCP and ECN.
     pub tos: u8,
     /// `payload_offset..payload_offset + payload_len` in the frame.
     pub payload_offset: usize,
     pub payload_len: usize,
 }
 
-/// Header bytes in front of a UDP payload: Ethernet + IPv4 (no options) + UDP.
+/// Header bytes in front of a UDP payload over IPv4: Ethernet + IPv4 (no options) + UDP.
 pub const UDP_HEADERS_LEN: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN + udp::HEADER_LEN;
+/// Header bytes in front of a UDP payload over IPv6: Ethernet + IPv6 (no extensions) + UDP.
+pub const UDP6_HEADERS_LEN: usize = ethernet::HEADER_LEN + ipv6::HEADER_LEN + udp::HEADER_LEN;
 
-/// Validates an Ethernet/IPv4/UDP frame (checksums included) or says why it is dropped.
+/// Header bytes in front of a UDP payload to or from `ip`.
+pub const fn udp_headers_len(ip: &IpAddr) -> usize {
+    match ip {
+        IpAddr::V4(_) => UDP_HEADERS_LEN,
+        IpAddr::V6(_) => UDP6_HEADERS_LEN,
+    }
+}
+
+/// Validates an Ethernet/IPv4/UDP or Ethernet/IPv6/UDP frame (checksums included) or says
+/// why it is dropped.
 pub fn parse_udp(frame: &[u8], frame_max: usize) -> Result<UdpFrame, DropReason> {
     if frame.len() > frame_max {
         return Err(DropReason::Oversize);
     }
     let eth = ethernet::Frame::new_checked(frame)?;
-    match eth.ethertype() {
-        EtherType::Ipv4 => {}
+    let (src, dst, tos, udp_bytes) = match eth.ethertype() {
+        EtherType::Ipv4 => {
+            let ip = ipv4::Packet::new_checked(eth.payload())?;
+            if ip.protocol() != ipv4::PROTO_UDP {
+                return Err(DropReason::NotUdp);
+            }
+            (IpAddr::V4(ip.src()), IpAddr::V4(ip.dst()), ip.tos(), ip.into_payload())
+        }
+        EtherType::Ipv6 => {
+            let ip = ipv6::Packet::new_checked(eth.payload())?;
+            match ip.next_header() {
+                ipv4::PROTO_UDP => {}
+                ipv6::NEXT_FRAGMENT => return Err(DropReason::Fragment),
+                _ if ip.has_extension() => return Err(DropReason::Ipv6Extension),
+                _ => return Err(DropReason::NotUdp),
+            }
+            (
+                IpAddr::V6(ip.src()),
+                IpAddr::V6(ip.dst()),
+                ip.traffic_class(),
+                ip.into_payload(),
+            )
+        }
         EtherType::Vlan => return Err(DropReason::VlanTagged),
         _ => return Err(DropReason::NotIp),
-    }
-    let ip = ipv4::Packet::new_checked(eth.payload())?;
-    if ip.protocol() != ipv4::PROTO_UDP {
-        return Err(DropReason::NotUdp);
-    }
-    let dgram = udp::Packet::new_checked(ip.payload())?;
-    if !dgram.verify_checksum(ip.src(), ip.dst()) {
+    };
+    let dgram = udp::Packet::new_checked(udp_bytes)?;
+    if !dgram.verify_checksum(src, dst) {
         return Err(DropReason::BadUdpChecksum);
     }
     Ok(UdpFrame {
         src_mac: eth.src(),
         dst_mac: eth.dst(),
-        src_ip: ip.src(),
-        dst_ip: ip.dst(),
+        src_ip: src,
+        dst_ip: dst,
         src_port: dgram.src_port(),
         dst_port: dgram.dst_port(),
-        tos: ip.tos(),
-        payload_offset: UDP_HEADERS_LEN,
+        tos,
+        payload_offset: udp_headers_len(&src),
         payload_len: dgram.payload().len(),
     })
 }
@@ -134,61 +168,87 @@ pub fn parse_udp(frame: &[u8], frame_max: usize) -> Result<UdpFrame, DropReason>
 pub struct UdpHeaders {
     pub src_mac: MacAddr,
     pub dst_mac: MacAddr,
-    pub src_ip: Ipv4Addr,
-    pub dst_ip: Ipv4Addr,
+    /// Both of one family, which picks IPv4 or IPv6.
+    pub src_ip: IpAddr,
+    pub dst_ip: IpAddr,
     pub src_port: u16,
     pub dst_port: u16,
+    /// TOS byte, or IPv6 traffic class.
     pub tos: u8,
+    /// TTL, or IPv6 hop limit.
     pub ttl: u8,
 }
 
+impl UdpHeaders {
+    /// Header bytes these headers take in front of the payload.
+    pub const fn headers_len(&self) -> usize {
+        udp_headers_len(&self.src_ip)
+    }
+}
+
 /// Writes the headers for a `payload_len`-byte payload already placed at
-/// `frame[UDP_HEADERS_LEN..]`, with both checksums. Returns the frame length, or `None` if
-/// the buffer is too small.
+/// `frame[h.headers_len()..]`, with the checksums. Returns the frame length, or `None` if
+/// the buffer is too small or the addresses' families differ.
 pub fn emit_udp(frame: &mut [u8], h: &UdpHeaders, payload_len: usize) -> Option<usize> {
-    let total = UDP_HEADERS_LEN.checked_add(payload_len)?;
+    let total = h.headers_len().checked_add(payload_len)?;
     if frame.len() < total {
         return None;
     }
-    let (hdr, rest) = frame.split_at_mut(UDP_HEADERS_LEN);
+    let (hdr, rest) = frame.split_at_mut(h.headers_len());
     emit_udp_headers(hdr, h, &rest[..payload_len])?;
     Some(total)
 }
 
-/// Writes Ethernet, IPv4 and UDP headers for `payload` into `hdr` (at least
-/// `UDP_HEADERS_LEN` bytes), the payload staying where it is (a multi-buffer frame: headers in
-/// one buffer, payload in another). Returns the header length, or `None` if it does not fit.
+/// Writes Ethernet, IP and UDP headers for `payload` into `hdr` (at least `h.headers_len()`
+/// bytes), the payload staying where it is (a multi-buffer frame: headers in one buffer,
+/// payload in another). Returns the header length, or `None` if it does not fit or the addresses'
+/// families differ.
 pub fn emit_udp_headers(hdr: &mut [u8], h: &UdpHeaders, payload: &[u8]) -> Option<usize> {
-    if hdr.len() < UDP_HEADERS_LEN || payload.len() > usize::from(u16::MAX) - ipv4::HEADER_LEN - udp::HEADER_LEN {
+    let ip_len = h.headers_len() - ethernet::HEADER_LEN - udp::HEADER_LEN;
+    if hdr.len() < h.headers_len() || payload.len() > usize::from(u16::MAX) - ip_len - udp::HEADER_LEN {
         return None;
     }
+    let udp_len = (udp::HEADER_LEN + payload.len()) as u16;
+    let ethertype = match (h.src_ip, h.dst_ip) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            ipv4::Repr {
+                src,
+                dst,
+                protocol: ipv4::PROTO_UDP,
+                ttl: h.ttl,
+                tos: h.tos,
+                total_len: ipv4::HEADER_LEN as u16 + udp_len,
+            }
+            .emit(&mut hdr[ethernet::HEADER_LEN..]);
+            EtherType::Ipv4
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            ipv6::Repr {
+                src,
+                dst,
+                next_header: ipv4::PROTO_UDP,
+                hop_limit: h.ttl,
+                traffic_class: h.tos,
+                payload_len: udp_len,
+            }
+            .emit(&mut hdr[ethernet::HEADER_LEN..]);
+            EtherType::Ipv6
+        }
+        _ => return None,
+    };
     ethernet::Repr {
         dst: h.dst_mac,
         src: h.src_mac,
-        ethertype: EtherType::Ipv4,
+        ethertype,
     }
     .emit(hdr);
-    ipv4::Repr {
-        src: h.src_ip,
-        dst: h.dst_ip,
-        protocol: ipv4::PROTO_UDP,
-        ttl: h.ttl,
-        tos: h.tos,
-        total_len: (ipv4::HEADER_LEN + udp::HEADER_LEN + payload.len()) as u16,
-    }
-    .emit(&mut hdr[ethernet::HEADER_LEN..]);
     udp::Repr {
         src_port: h.src_port,
         dst_port: h.dst_port,
-        len: (udp::HEADER_LEN + payload.len()) as u16,
+        len: udp_len,
     }
-    .emit_header(
-        &mut hdr[ethernet::HEADER_LEN + ipv4::HEADER_LEN..],
-        payload,
-        h.src_ip,
-        h.dst_ip,
-    );
-    Some(UDP_HEADERS_LEN)
+    .emit_header(&mut hdr[ethernet::HEADER_LEN + ip_len..], payload, h.src_ip, h.dst_ip);
+    Some(h.headers_len())
 }
 
 /// The Internet checksum's one's-complement sum of `data`, folded, starting from `sum`.
@@ -214,12 +274,14 @@ pub(crate) fn checksum_fold(mut sum: u32) -> u16 {
 mod tests {
     use super::*;
 
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     fn headers() -> UdpHeaders {
         UdpHeaders {
             src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
             dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
-            src_ip: Ipv4Addr::new(198, 18, 0, 1),
-            dst_ip: Ipv4Addr::new(198, 18, 0, 2),
+            src_ip: Ipv4Addr::new(198, 18, 0, 1).into(),
+            dst_ip: Ipv4Addr::new(198, 18, 0, 2).into(),
             src_port: 4000,
             dst_port: 5000,
             tos: 0xb8,
@@ -227,12 +289,87 @@ mod tests {
         }
     }
 
-    fn frame(payload: &[u8]) -> Vec<u8> {
-        let mut f = vec![0u8; UDP_HEADERS_LEN + payload.len()];
-        f[UDP_HEADERS_LEN..].copy_from_slice(payload);
-        let n = emit_udp(&mut f, &headers(), payload.len()).unwrap();
+    fn headers6() -> UdpHeaders {
+        UdpHeaders {
+            src_ip: "2001:2::1".parse::<Ipv6Addr>().unwrap().into(),
+            dst_ip: "2001:2::2".parse::<Ipv6Addr>().unwrap().into(),
+            ..headers()
+        }
+    }
+
+    fn frame_with(h: &UdpHeaders, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; h.headers_len() + payload.len()];
+        f[h.headers_len()..].copy_from_slice(payload);
+        let n = emit_udp(&mut f, h, payload.len()).unwrap();
         assert_eq!(n, f.len());
         f
+    }
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        frame_with(&headers(), payload)
+    }
+
+    fn frame6(payload: &[u8]) -> Vec<u8> {
+        frame_with(&headers6(), payload)
+    }
+
+    #[test]
+    fn ipv6_build_then_parse_round_trips() {
+        let f = frame6(b"hello six");
+        assert_eq!(f.len(), UDP6_HEADERS_LEN + 9);
+        let p = parse_udp(&f, 2048).unwrap();
+        let h = headers6();
+        assert_eq!(
+            (p.src_ip, p.dst_ip, p.src_port, p.dst_port, p.tos),
+            (h.src_ip, h.dst_ip, 4000, 5000, 0xb8)
+        );
+        assert_eq!(p.payload_offset, UDP6_HEADERS_LEN);
+        assert_eq!(&f[p.payload_offset..p.payload_offset + p.payload_len], b"hello six");
+    }
+
+    #[test]
+    fn ipv6_malformations_are_named() {
+        let good = frame6(b"payload!");
+        let with = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut v = good.clone();
+            f(&mut v);
+            parse_udp(&v, 2048)
+        };
+        assert_eq!(with(&|v| v.truncate(14 + 39)), Err(DropReason::TruncatedIp));
+        assert_eq!(with(&|v| v[14] = 0x45), Err(DropReason::BadIpVersion));
+        assert_eq!(
+            with(&|v| v[18..20].copy_from_slice(&999u16.to_be_bytes())),
+            Err(DropReason::BadIpLength)
+        );
+        assert_eq!(with(&|v| v[20] = 44), Err(DropReason::Fragment));
+        assert_eq!(with(&|v| v[20] = 0), Err(DropReason::Ipv6Extension), "hop-by-hop");
+        assert_eq!(
+            with(&|v| v[20] = 60),
+            Err(DropReason::Ipv6Extension),
+            "destination options"
+        );
+        assert_eq!(with(&|v| v[20] = 58), Err(DropReason::NotUdp), "ICMPv6");
+        assert_eq!(with(&|v| v[62 - 8 + 4] ^= 0xff), Err(DropReason::BadUdpLength));
+        assert_eq!(with(&|v| v[69] ^= 0xff), Err(DropReason::BadUdpChecksum));
+        // IPv6 requires the checksum: zero is not "none" (RFC 8200 §8.1).
+        assert_eq!(
+            with(&|v| v[60..62].copy_from_slice(&[0, 0])),
+            Err(DropReason::BadUdpChecksum)
+        );
+        // A payload length shorter than the frame: the padding is not the datagram's.
+        let mut padded = good.clone();
+        padded.extend_from_slice(&[0; 6]);
+        assert_eq!(parse_udp(&padded, 2048).map(|p| p.payload_len), Ok(8));
+    }
+
+    #[test]
+    fn mixed_families_are_refused() {
+        let h = UdpHeaders {
+            dst_ip: headers6().dst_ip,
+            ..headers()
+        };
+        let mut f = [0u8; 128];
+        assert_eq!(emit_udp(&mut f, &h, 8), None);
     }
 
     #[test]
@@ -262,8 +399,9 @@ mod tests {
             Err(DropReason::VlanTagged)
         );
         assert_eq!(
-            with(&|v| v[12..14].copy_from_slice(&[0x86, 0xdd])),
-            Err(DropReason::NotIp)
+            with(&|v| v[12..14].copy_from_slice(&[0x88, 0xcc])),
+            Err(DropReason::NotIp),
+            "LLDP"
         );
         assert_eq!(with(&|v| v.truncate(14 + 10)), Err(DropReason::TruncatedIp));
         assert_eq!(with(&|v| v[14] = 0x65), Err(DropReason::BadIpVersion));
@@ -342,9 +480,22 @@ mod tests {
 
         #[test]
         fn any_payload_round_trips(payload in proptest::collection::vec(proptest::num::u8::ANY, 0..1400)) {
-            let f = frame(&payload);
-            let p = parse_udp(&f, 2048).unwrap();
-            proptest::prop_assert_eq!(&f[p.payload_offset..p.payload_offset + p.payload_len], &payload[..]);
+            for f in [frame(&payload), frame6(&payload)] {
+                let p = parse_udp(&f, 2048).unwrap();
+                proptest::prop_assert_eq!(&f[p.payload_offset..p.payload_offset + p.payload_len], &payload[..]);
+            }
+        }
+
+        #[test]
+        fn any_single_byte_flip_in_ipv6_headers_is_caught_or_harmless(at in 0usize..62, bit in 0u8..8) {
+            let mut v = frame6(b"0123456789");
+            v[at] ^= 1 << bit;
+            // Not covered by a checksum: the MACs, and the traffic class, flow label and hop
+            // limit (IPv6 has no header checksum; the UDP pseudo-header leaves them out).
+            if let Ok(p) = parse_udp(&v, 2048) {
+                proptest::prop_assert!(at < 12 || (14..18).contains(&at) || at == 21, "a header flip at {} passed", at);
+                proptest::prop_assert_eq!(p.payload_len, 10);
+            }
         }
 
         #[test]

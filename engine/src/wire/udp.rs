@@ -1,6 +1,6 @@
-//! UDP headers with the IPv4 pseudo-header checksum.
+//! UDP headers with the IPv4 or IPv6 pseudo-header checksum.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::ops::Range;
 
 use super::{checksum_add, checksum_fold, DropReason};
@@ -15,10 +15,18 @@ fn be16(b: &[u8], r: Range<usize>) -> u16 {
     u16::from_be_bytes([b[r.start], b[r.start + 1]])
 }
 
-fn pseudo_sum(src: Ipv4Addr, dst: Ipv4Addr, len: u16) -> u32 {
-    let mut s = checksum_add(0, &src.octets());
-    s = checksum_add(s, &dst.octets());
-    s + u32::from(super::ipv4::PROTO_UDP) + u32::from(len)
+fn addr_sum(sum: u32, a: IpAddr) -> u32 {
+    match a {
+        IpAddr::V4(a) => checksum_add(sum, &a.octets()),
+        IpAddr::V6(a) => checksum_add(sum, &a.octets()),
+    }
+}
+
+/// The pseudo-header's sum. IPv4's (addresses, zero, protocol, 16-bit length) and IPv6's
+/// (addresses, 32-bit length, zeros, next header) sum to the same words for a UDP length
+/// below 64 KiB.
+fn pseudo_sum(src: IpAddr, dst: IpAddr, len: u16) -> u32 {
+    addr_sum(addr_sum(0, src), dst) + u32::from(super::ipv4::PROTO_UDP) + u32::from(len)
 }
 
 /// A view of a UDP datagram whose length field equals the IP payload length (the buffer
@@ -52,11 +60,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
         &self.buf.as_ref()[HEADER_LEN..]
     }
 
-    /// True if the checksum is right or absent (0).
-    pub fn verify_checksum(&self, src: Ipv4Addr, dst: Ipv4Addr) -> bool {
+    /// True if the checksum is right, or absent (0) over IPv4; IPv6 requires one (RFC 8200
+    /// §8.1).
+    pub fn verify_checksum(&self, src: IpAddr, dst: IpAddr) -> bool {
         let b = self.buf.as_ref();
         if be16(b, CHECKSUM) == 0 {
-            return true;
+            return src.is_ipv4();
         }
         checksum_fold(checksum_add(pseudo_sum(src, dst, b.len() as u16), b)) == 0
     }
@@ -84,14 +93,12 @@ impl Repr {
         HEADER_LEN
     }
 
-    /// Writes the header in front of the payload already at `buf[8..len]` and computes the
-    /// checksum over both.
-    ///
-    /// # Panics
-    /// If `buf` is shorter than `len`.
     /// Writes the 8-byte header into `hdr` for a payload held elsewhere (`payload`, whose
     /// length is `len - 8`): the checksum covers the pseudo-header, the header and `payload`.
-    pub fn emit_header(&self, hdr: &mut [u8], payload: &[u8], src: Ipv4Addr, dst: Ipv4Addr) {
+    ///
+    /// # Panics
+    /// If `hdr` is shorter than 8 bytes.
+    pub fn emit_header(&self, hdr: &mut [u8], payload: &[u8], src: IpAddr, dst: IpAddr) {
         debug_assert_eq!(usize::from(self.len), HEADER_LEN + payload.len());
         let d = &mut hdr[..HEADER_LEN];
         d[SRC_PORT].copy_from_slice(&self.src_port.to_be_bytes());
@@ -104,7 +111,12 @@ impl Repr {
         d[CHECKSUM].copy_from_slice(&c.to_be_bytes());
     }
 
-    pub fn emit(&self, buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr) {
+    /// Writes the header in front of the payload already at `buf[8..len]` and computes the
+    /// checksum over both.
+    ///
+    /// # Panics
+    /// If `buf` is shorter than `len`.
+    pub fn emit(&self, buf: &mut [u8], src: IpAddr, dst: IpAddr) {
         let d = &mut buf[..usize::from(self.len)];
         d[SRC_PORT].copy_from_slice(&self.src_port.to_be_bytes());
         d[DST_PORT].copy_from_slice(&self.dst_port.to_be_bytes());

@@ -7,14 +7,14 @@
 //! received, plus entries the application adds ([`crate::socket::XdpUdpSocket::add_neighbor`]).
 //! ARP itself is the kernel's: the XDP program passes ARP frames up.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::completion::{Completion, OpKind};
 use crate::error::Error;
 use crate::pool::{Buf, Pool, SharedBuf};
 use crate::stats::Stats;
 use crate::sys::xsk::{Xsk, XskMode};
-use crate::wire::{self, MacAddr, UdpHeaders, UDP_HEADERS_LEN};
+use crate::wire::{self, MacAddr, UdpHeaders};
 
 /// Frames handled per ring per turn.
 /// Frames read from one RX ring per turn.
@@ -33,7 +33,7 @@ struct PendingSend {
     off: u32,
     len: u32,
     buf: Buf,
-    to: SocketAddrV4,
+    to: SocketAddr,
     /// `buf` holds only the headers of a multi-buffer send: it is not handed back.
     headers_only: bool,
 }
@@ -42,9 +42,16 @@ struct PendingSend {
 /// QOS2's Voice and Control (56).
 const DSCP_EXPEDITED: u8 = 46;
 
-/// An IPv4 frame whose DSCP is expedited (a malformed one is not: it is only counted later).
+/// An IPv4 or IPv6 frame whose DSCP is expedited (a malformed one is not: it is only
+/// counted later).
 fn expedited(frame: &[u8]) -> bool {
-    frame.len() > 15 && frame[12..14] == [0x08, 0x00] && frame[15] >> 2 >= DSCP_EXPEDITED
+    let tos = match frame.get(12..16) {
+        Some([0x08, 0x00, _, tos]) => *tos,
+        // IPv6: the traffic class is the 8 bits after the version nibble.
+        Some([0x86, 0xdd, v, tc]) => (v << 4) | (tc >> 4),
+        _ => return false,
+    };
+    tos >> 2 >= DSCP_EXPEDITED
 }
 
 /// One AF_XDP socket of a port: one interface queue.
@@ -61,7 +68,8 @@ struct Queue {
 /// Receives come from every queue; sends go out through the first.
 pub(crate) struct XdpPort {
     queues: Vec<Queue>,
-    pub local: SocketAddrV4,
+    /// IPv4 or IPv6: the family of every datagram the port takes and sends.
+    pub local: SocketAddr,
     mac: MacAddr,
     pub tos: u8,
     /// The token of the armed multishot receive.
@@ -76,7 +84,7 @@ pub(crate) struct XdpPort {
     /// that keeps the frame until the last completes.
     tx_shared: Box<[(u32, Option<SharedBuf>)]>,
     tx_shared_frames: u32,
-    neighbors: [(Ipv4Addr, MacAddr); NEIGHBORS_MAX],
+    neighbors: [(IpAddr, MacAddr); NEIGHBORS_MAX],
     neighbors_len: usize,
     neighbor_next: usize,
     /// Joined (group, source) pairs; source UNSPECIFIED = any source.
@@ -103,7 +111,7 @@ impl std::fmt::Debug for XdpPort {
 
 impl XdpPort {
     /// `xsks` share one UMEM (the first registered it); `fill_target` frames per queue.
-    pub(crate) fn new(xsks: Vec<Xsk>, local: SocketAddrV4, mac: MacAddr, frames: u32, fill_target: u32) -> XdpPort {
+    pub(crate) fn new(xsks: Vec<Xsk>, local: SocketAddr, mac: MacAddr, frames: u32, fill_target: u32) -> XdpPort {
         assert!(!xsks.is_empty(), "a port has at least one socket");
         XdpPort {
             queues: xsks
@@ -125,7 +133,7 @@ impl XdpPort {
             tx_pending_count: 0,
             tx_shared: (0..frames).map(|_| (0, None)).collect(),
             tx_shared_frames: 0,
-            neighbors: [(Ipv4Addr::UNSPECIFIED, MacAddr::default()); NEIGHBORS_MAX],
+            neighbors: [(IpAddr::V4(Ipv4Addr::UNSPECIFIED), MacAddr::default()); NEIGHBORS_MAX],
             neighbors_len: 0,
             neighbor_next: 0,
             groups: [(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED); GROUPS_MAX],
@@ -213,7 +221,7 @@ impl XdpPort {
         );
     }
 
-    pub(crate) fn learn(&mut self, ip: Ipv4Addr, mac: MacAddr) {
+    pub(crate) fn learn(&mut self, ip: IpAddr, mac: MacAddr) {
         if let Some(e) = self.neighbors[..self.neighbors_len].iter_mut().find(|e| e.0 == ip) {
             e.1 = mac;
             return;
@@ -248,27 +256,36 @@ impl XdpPort {
         }
     }
 
-    /// A datagram to `dst` from `src` is this port's: its own address (or any, if bound to
-    /// 0.0.0.0) for unicast; a joined group, from an included source, for multicast.
-    fn accepts(&self, dst: Ipv4Addr, src: Ipv4Addr) -> bool {
-        if dst.is_multicast() {
-            return self.groups[..self.groups_len]
+    /// A datagram to `dst` from `src` is this port's: of its family, to its own address (or
+    /// any, if bound to the unspecified address) for unicast; a joined IPv4 group, from an
+    /// included source, for multicast (IPv6 groups are not joined on this path).
+    fn accepts(&self, dst: IpAddr, src: IpAddr) -> bool {
+        match (dst, src) {
+            (IpAddr::V4(dst), IpAddr::V4(src)) if dst.is_multicast() => self.groups[..self.groups_len]
                 .iter()
-                .any(|&(g, s)| g == dst && (s.is_unspecified() || s == src));
+                .any(|&(g, s)| g == dst && (s.is_unspecified() || s == src)),
+            _ if dst.is_multicast() || dst.is_ipv4() != self.local.is_ipv4() => false,
+            _ => self.local.ip().is_unspecified() || dst == self.local.ip(),
         }
-        self.local.ip().is_unspecified() || dst == *self.local.ip()
     }
 
-    fn neighbor(&self, ip: Ipv4Addr) -> Option<MacAddr> {
-        if ip.is_multicast() {
+    fn neighbor(&self, ip: IpAddr) -> Option<MacAddr> {
+        match ip {
             // RFC 1112: 01:00:5e and the group's low 23 bits.
-            let o = ip.octets();
-            return Some(MacAddr([0x01, 0x00, 0x5e, o[1] & 0x7f, o[2], o[3]]));
+            IpAddr::V4(g) if g.is_multicast() => {
+                let o = g.octets();
+                Some(MacAddr([0x01, 0x00, 0x5e, o[1] & 0x7f, o[2], o[3]]))
+            }
+            // RFC 2464: 33:33 and the group's low 32 bits.
+            IpAddr::V6(g) if g.is_multicast() => {
+                let o = g.octets();
+                Some(MacAddr([0x33, 0x33, o[12], o[13], o[14], o[15]]))
+            }
+            _ => self.neighbors[..self.neighbors_len]
+                .iter()
+                .find(|e| e.0 == ip)
+                .map(|e| e.1),
         }
-        self.neighbors[..self.neighbors_len]
-            .iter()
-            .find(|e| e.0 == ip)
-            .map(|e| e.1)
     }
 
     /// Tops every queue's FILL ring up from the pool.
@@ -382,7 +399,7 @@ impl XdpPort {
                 buf.set_window(off + u.payload_offset, u.payload_len);
                 let mut c = Completion::of(OpKind::RecvFrom, key, token, Ok(u.payload_len));
                 c.buffer = Some(buf);
-                c.peer = Some(SocketAddr::V4(SocketAddrV4::new(u.src_ip, u.src_port)));
+                c.peer = Some(SocketAddr::new(u.src_ip, u.src_port));
                 c.more = true;
                 c.tos = Some(u.tos);
                 stats.add(&stats.counters.xdp_rx, 1);
@@ -438,21 +455,22 @@ impl XdpPort {
         };
         let len = buf.len();
         let mut off = buf.offset();
-        if off < UDP_HEADERS_LEN {
-            // No headroom: move the payload back (a copy inside the frame, counted).
-            if UDP_HEADERS_LEN + len > buf.capacity() + off {
+        let hl = h.headers_len();
+        if off < hl {
+            // No headroom: move the payload back (a copy inside the frame).
+            if hl + len > buf.capacity() + off {
                 return Err((Error::MessageTooLong, buf));
             }
             let frame = buf.frame_mut();
-            frame.copy_within(off..off + len, UDP_HEADERS_LEN);
-            off = UDP_HEADERS_LEN;
+            frame.copy_within(off..off + len, hl);
+            off = hl;
         }
         if self.queues[0].xsk.tx.free(1) == 0 {
             stats.add(&stats.counters.xdp_tx_full, 1);
             buf.set_window(off, len);
             return Err((Error::NoBuffers, buf));
         }
-        let start = off - UDP_HEADERS_LEN;
+        let start = off - hl;
         let Some(total) = wire::emit_udp(&mut buf.frame_mut()[start..], &h, len) else {
             buf.set_window(off, len);
             return Err((Error::MessageTooLong, buf));
@@ -482,21 +500,21 @@ impl XdpPort {
         Ok(())
     }
 
-    /// The headers of a datagram from this port to `to` (IPv4, a known neighbour), marked
+    /// The headers of a datagram from this port to `to` (its family, a known neighbour), marked
     /// `tos` or the port's TOS byte.
-    fn headers_to(&self, stats: &Stats, to: SocketAddr, tos: Option<u8>) -> Result<(SocketAddrV4, UdpHeaders), Error> {
-        let SocketAddr::V4(to) = to else {
+    fn headers_to(&self, stats: &Stats, to: SocketAddr, tos: Option<u8>) -> Result<(SocketAddr, UdpHeaders), Error> {
+        if to.is_ipv4() != self.local.is_ipv4() {
             return Err(Error::InvalidArgument);
-        };
-        let Some(dst_mac) = self.neighbor(*to.ip()) else {
+        }
+        let Some(dst_mac) = self.neighbor(to.ip()) else {
             stats.add(&stats.counters.xdp_no_neighbor, 1);
             return Err(Error::HostUnreachable);
         };
         let h = UdpHeaders {
             src_mac: self.mac,
             dst_mac,
-            src_ip: *self.local.ip(),
-            dst_ip: *to.ip(),
+            src_ip: self.local.ip(),
+            dst_ip: to.ip(),
             src_port: self.local.port(),
             dst_port: to.port(),
             tos: tos.unwrap_or(self.tos),
@@ -608,7 +626,7 @@ impl XdpPort {
             self.tx_pending_count -= 1;
             let (token, len) = (p.token, p.len);
             let mut c = Completion::of(OpKind::SendTo, key, token, Ok(len as usize));
-            c.peer = Some(SocketAddr::V4(p.to));
+            c.peer = Some(p.to);
             if !p.headers_only {
                 let mut buf = p.buf;
                 buf.set_window(p.off as usize, len as usize);
@@ -643,7 +661,7 @@ impl XdpPort {
         for slot in tx_pending.iter_mut() {
             if let Some(p) = slot.take() {
                 let mut c = Completion::of(OpKind::SendTo, key, p.token, Err(Error::Aborted));
-                c.peer = Some(SocketAddr::V4(p.to));
+                c.peer = Some(p.to);
                 if !p.headers_only {
                     let mut buf = p.buf;
                     buf.set_window(p.off as usize, p.len as usize);

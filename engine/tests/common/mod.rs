@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use porto_engine::completion::OpKind;
+use porto_engine::config::Config;
 use porto_engine::netns::Topology;
 use porto_engine::shard::Shard;
 
@@ -65,4 +66,15 @@ pub fn thread_cpu() -> Duration {
             .and_then(|v| v.parse().ok())
             .expect("schedstat field"),
     )
+}
+
+/// A shard on the calling thread with room for an AF_XDP FILL ring beside its buffer ring.
+pub fn xdp_config() -> Config {
+    Config {
+        pin: false,
+        frames_per_shard: 4096,
+        recv_frames: 256,
+        huge_pages: false,
+        ..Config::default()
+    }
 }
