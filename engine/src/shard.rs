@@ -81,6 +81,8 @@ pub struct ShardInfo {
     pub frame_size: u32,
     /// The pool is registered as io_uring fixed buffer 0.
     pub registered_buffers: bool,
+    /// Sockets are registered in the ring's file table (fixed files).
+    pub registered_files: bool,
     pub bufring_entries: u16,
 }
 
@@ -88,7 +90,7 @@ impl std::fmt::Display for ShardInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "shard {} core {}: io_uring {} (sq {}, cq {}), pool {} x {} B on {} pages, fixed buffers {}, buf ring {}",
+            "shard {} core {}: io_uring {} (sq {}, cq {}), pool {} x {} B on {} pages, fixed buffers {}, fixed files {}, buf ring {}",
             self.index,
             self.core.map_or("-".into(), |c| c.to_string()),
             self.ring.task_run,
@@ -102,6 +104,7 @@ impl std::fmt::Display for ShardInfo {
             } else {
                 "not registered"
             },
+            if self.registered_files { "registered" } else { "off" },
             self.bufring_entries,
         )?;
         if let Some(why) = &self.ring.fallback {
@@ -288,6 +291,8 @@ impl ShardShared {
 
 struct SockEntry {
     fd: Option<OwnedFd>,
+    /// `fd` is in the ring's file table at this socket's index.
+    fixed: bool,
     delivery: Option<Delivery>,
     live_ops: u32,
     closing: bool,
@@ -305,6 +310,7 @@ impl SockEntry {
     fn open(fd: Option<OwnedFd>, delivery: Option<Delivery>, xdp: Option<Box<XdpPort>>) -> SockEntry {
         SockEntry {
             fd,
+            fixed: false,
             delivery,
             live_ops: 0,
             closing: false,
@@ -322,6 +328,8 @@ pub struct Shard {
     // Field order is drop order: the ring goes first, so the kernel lets go of the buffer
     // ring and the pool's pages before they are unmapped.
     ring: Ring,
+    /// The ring has a registered-file table (a slot per socket index).
+    files: bool,
     bufring: BufRing,
     shared: Arc<ShardShared>,
     pool: Pool,
@@ -583,6 +591,13 @@ impl Shard {
                 what: "IORING_REGISTER_PBUF_RING",
                 source,
             })?;
+        // Fixed files are an optimisation: without them (a kernel before 5.19's sparse
+        // tables) every operation names its socket's fd, and that is reported.
+        let files = cfg.registered_files
+            && ring
+                .register_file_table(cfg.sockets_max)
+                .inspect_err(|e| tracing::warn!(error = %e, "no registered-file table; sockets go by fd"))
+                .is_ok();
         let info = ShardInfo {
             index: shared.index,
             core,
@@ -591,12 +606,14 @@ impl Shard {
             frames: pool.total_frames(),
             frame_size: pool.frame_size(),
             registered_buffers: true,
+            registered_files: files,
             bufring_entries: bufring.entries(),
         };
         tracing::info!("{info}");
         let _ = shared.info.set(info);
         let mut shard = Shard {
             ring,
+            files,
             bufring,
             pool,
             ops: Table::new(cfg.ops_max),
@@ -846,9 +863,16 @@ impl Shard {
             n += 1;
             match cmd {
                 Command::Open { sock, fd, delivery } => {
+                    let fixed = self.files
+                        && self
+                            .ring
+                            .set_file(sock, fd.as_raw_fd())
+                            .inspect_err(|e| tracing::warn!(sock, error = %e, "registering the socket's file failed; it goes by fd"))
+                            .is_ok();
                     let e = &mut self.sockets[sock as usize];
                     debug_assert!(e.fd.is_none() && e.live_ops == 0);
                     *e = SockEntry::open(Some(fd), Some(delivery), None);
+                    e.fixed = fixed;
                 }
                 Command::OpenXdp { sock, port, delivery } => {
                     let e = &mut self.sockets[sock as usize];
@@ -1208,7 +1232,14 @@ impl Shard {
     /// Builds and pushes the SQE(s) for slot `idx` (also used to re-arm and to continue).
     fn submit_slot(&mut self, idx: u32) -> io::Result<()> {
         let s = self.ops.slot(idx);
-        let fd = types::Fd(self.sockets[s.sock as usize].fd.as_ref().map_or(-1, |f| f.as_raw_fd()));
+        let sock = &self.sockets[s.sock as usize];
+        // A registered socket is named by its file-table slot (its index) and FIXED_FILE.
+        let fixed = sock.fixed;
+        let fd = types::Fd(if fixed {
+            s.sock as i32
+        } else {
+            sock.fd.as_ref().map_or(-1, |f| f.as_raw_fd())
+        });
         let ud = op::user_data(op::TAG_OP, idx, s.gen);
         let entry: squeue::Entry = match (s.kind, &s.rio) {
             (_, Some(r)) => {
@@ -1354,6 +1385,9 @@ impl Shard {
             (OpKind::Post | OpKind::RioNotify | OpKind::FanoutNotify, _) => unreachable!("not a socket operation"),
         };
         let mut entry = entry.user_data(ud);
+        if fixed {
+            entry = entry.flags(squeue::Flags::FIXED_FILE);
+        }
         let timeout = s.timeout;
         if let Some(t) = timeout {
             s.ts = types::Timespec::from(t);
@@ -1934,6 +1968,13 @@ impl Shard {
     fn maybe_close(&mut self, sock: u32) {
         let e = &mut self.sockets[sock as usize];
         if e.closing && e.live_ops == 0 {
+            if std::mem::take(&mut e.fixed) {
+                // The table's reference goes first, so closing `fd` below closes the socket.
+                if let Err(err) = self.ring.set_file(sock, -1) {
+                    tracing::warn!(sock, error = %err, "clearing the socket's file slot failed");
+                }
+            }
+            let e = &mut self.sockets[sock as usize];
             e.fd = None;
             e.delivery = None;
             e.closing = false;

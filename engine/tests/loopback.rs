@@ -95,6 +95,49 @@ fn udp_echo_polling_mode_ipv6() {
     udp_echo_polling(true);
 }
 
+/// Sockets go into the ring's file table (reported in `ShardInfo`), and a socket index used
+/// again after a close names the new socket (its slot was updated), not the old one; with
+/// the table off, sockets go by fd and work the same.
+#[test]
+fn registered_files_follow_socket_reuse() {
+    for files in [true, false] {
+        let cfg = Config {
+            registered_files: files,
+            sockets_max: 1,
+            ..small()
+        };
+        let mut shard = Shard::new(&cfg, None).unwrap();
+        let h = shard.handle();
+        assert_eq!(h.info().unwrap().registered_files, files);
+        let mut addr = any(false);
+        for round in 0..3u8 {
+            // One socket slot: every round's socket takes slot 0 again (and the same port).
+            let sock = UdpSocket::bind(&h, addr, &SocketOptions::default(), Delivery::Poll { key: 0 }).unwrap();
+            addr = sock.local_addr().unwrap();
+            sock.recv_from_multishot(1).unwrap();
+            let client = StdUdp::bind(any(false)).unwrap();
+            client.send_to(&[round], sock.local_addr().unwrap()).unwrap();
+            let c = poll_n(&mut shard, 1).pop().expect("the datagram");
+            assert_eq!(
+                (c.result, c.buffer.as_deref()),
+                (Ok(1), Some(&[round][..])),
+                "files {files}"
+            );
+            drop(c);
+            drop(sock);
+            let end = poll_n(&mut shard, 1).pop().expect("the receive ends with the close");
+            assert_eq!(end.result, Err(Error::Aborted));
+            // The socket is closed, the file table's reference included: the port refuses.
+            let probe = StdUdp::bind(any(false)).unwrap();
+            probe.connect(addr).unwrap();
+            probe.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            probe.send(b"x").unwrap();
+            let e = probe.recv(&mut [0u8; 8]).expect_err("nothing answers");
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "files {files}: {e}");
+        }
+    }
+}
+
 #[test]
 fn udp_echo_through_completion_port() {
     let engine = Engine::start(&Config { shards: 2, ..small() }).unwrap();

@@ -177,6 +177,10 @@ struct EngineArgs {
     /// (lower: less idle CPU; higher: fewer wake-ups).
     #[arg(long, default_value_t = Config::default().idle_spin_us)]
     idle_spin_us: u32,
+    /// Name sockets by fd in every operation instead of by their registered-file slot (to
+    /// measure what registered files save).
+    #[arg(long)]
+    no_registered_files: bool,
 }
 
 impl EngineArgs {
@@ -195,6 +199,7 @@ impl EngineArgs {
             },
             sqpoll_idle_ms: self.sqpoll,
             idle_spin_us: self.idle_spin_us,
+            registered_files: !self.no_registered_files,
             ..Config::default()
         }
     }

@@ -318,6 +318,17 @@ impl Ring {
         .map(|_| ())
     }
 
+    /// Creates an empty registered-file table of `slots` entries (one per socket slot).
+    pub(crate) fn register_file_table(&mut self, slots: u32) -> io::Result<()> {
+        self.ring.submitter().register_files_sparse(slots)
+    }
+
+    /// Puts `fd` in file slot `slot` (-1 clears it). Operations already submitted keep the
+    /// file they resolved; the table holds its own reference until the slot is cleared.
+    pub(crate) fn set_file(&mut self, slot: u32, fd: std::os::fd::RawFd) -> io::Result<()> {
+        self.ring.submitter().register_files_update(slot, &[fd]).map(|_| ())
+    }
+
     /// Registers a provided-buffer ring under group `bgid`.
     pub(crate) fn register_buf_ring(&mut self, br: &BufRing, bgid: u16) -> io::Result<()> {
         // SAFETY: the BufRing is owned by the shard next to this ring and dropped after it.
