@@ -10,8 +10,8 @@
 //   groups: {IPv4 multicast group, source} -> 1, source 0 = any source (all network order).
 //           A multicast datagram is steered only if its group is joined, and for a
 //           source-specific join only from an included source; other multicast goes to
-//           the kernel (which drops what no socket joined). IPv6 multicast always goes to
-//           the kernel (porto joins IPv6 groups through io_uring sockets only).
+//           the kernel (which drops what no socket joined).
+//   groups6: the same for IPv6: {group, source} (16 bytes each), source :: = any source.
 //   stats : per-CPU counters, see enum stat
 //
 // Frames that are malformed beyond the UDP header (bad lengths, checksums, options,
@@ -62,6 +62,18 @@ struct {
     __type(value, __u8);
 } groups SEC(".maps");
 
+struct group6_key {
+    struct in6_addr group;
+    struct in6_addr source;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 256);
+    __type(key, struct group6_key);
+    __type(value, __u8);
+} groups6 SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, STAT_MAX);
@@ -97,9 +109,15 @@ static __always_inline int porto_xdp6(struct xdp_md *ctx, struct ipv6hdr *ip, vo
     if (!bpf_map_lookup_elem(&ports, &port))
         return count(STAT_PASSED, XDP_PASS);
 
-    // ff00::/8
-    if (ip->daddr.in6_u.u6_addr8[0] == 0xff)
-        return count(STAT_FILTERED, XDP_PASS);
+    // ff00::/8: only joined groups, only included sources.
+    if (ip->daddr.in6_u.u6_addr8[0] == 0xff) {
+        struct group6_key k = { .group = ip->daddr, .source = ip->saddr };
+        if (!bpf_map_lookup_elem(&groups6, &k)) {
+            __builtin_memset(&k.source, 0, sizeof(k.source));
+            if (!bpf_map_lookup_elem(&groups6, &k))
+                return count(STAT_FILTERED, XDP_PASS);
+        }
+    }
 
     return steer(ctx);
 }

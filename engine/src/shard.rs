@@ -164,8 +164,8 @@ pub(crate) enum Command {
     /// caller; this is the engine's own check).
     XdpGroup {
         sock: u32,
-        group: std::net::Ipv4Addr,
-        source: Option<std::net::Ipv4Addr>,
+        group: std::net::IpAddr,
+        source: Option<std::net::IpAddr>,
         join: bool,
     },
     Op {

@@ -879,10 +879,11 @@ pub struct XdpUdpSocket {
     local: SocketAddr,
     info: XdpInfo,
     program: XdpProgram,
-    /// A kernel socket holding the IGMP memberships, made at the first join.
-    igmp: Option<OwnedFd>,
+    /// A kernel socket of the socket's family holding the memberships (IGMP or MLD), made
+    /// at the first join.
+    membership: Option<OwnedFd>,
     /// Joined (group, source) pairs.
-    groups: Vec<(Ipv4Addr, Option<Ipv4Addr>)>,
+    groups: Vec<(IpAddr, Option<IpAddr>)>,
     /// The AF_XDP sockets' fds (owned by the shard's port, which closes them only after
     /// this handle's Close): for their kernel statistics.
     xsk_fds: Vec<RawFd>,
@@ -975,7 +976,7 @@ impl XdpUdpSocket {
             local,
             info,
             program,
-            igmp: None,
+            membership: None,
             groups: Vec::new(),
             xsk_fds,
         })
@@ -1048,13 +1049,14 @@ impl XdpUdpSocket {
             .map_err(|_| Error::NoBuffers)
     }
 
-    /// Joins IPv4 multicast `group` (from `source` only, or from any source) on this IPv4
-    /// socket's interface. The kernel keeps the membership (a kernel socket joins, so IGMP
-    /// reports go out and the NIC accepts the group's MAC); the XDP program then steers the
-    /// group's datagrams for this port, from included sources only, to AF_XDP.
-    pub fn join(&mut self, group: Ipv4Addr, source: Option<Ipv4Addr>) -> Result<(), Error> {
-        // An IPv6 socket takes no IPv4 group (and IPv6 groups are io_uring's, not yet here).
-        if !group.is_multicast() || !self.local.is_ipv4() {
+    /// Joins multicast `group` (from `source` only, or from any source) on this socket's
+    /// interface; group and source are of the socket's family. The kernel keeps the
+    /// membership (a kernel socket joins, so IGMP or MLD reports go out and the NIC accepts
+    /// the group's MAC); the XDP program then steers the group's datagrams for this port,
+    /// from included sources only, to AF_XDP.
+    pub fn join(&mut self, group: IpAddr, source: Option<IpAddr>) -> Result<(), Error> {
+        let family = |a: &IpAddr| a.is_ipv4() == self.local.is_ipv4();
+        if !group.is_multicast() || !family(&group) || !source.as_ref().is_none_or(family) {
             return Err(Error::InvalidArgument);
         }
         if self.groups.contains(&(group, source)) {
@@ -1064,38 +1066,34 @@ impl XdpUdpSocket {
             return Err(Error::NoBuffers);
         }
         let ifindex = net::ifindex(&self.info.iface)?;
-        if self.igmp.is_none() {
-            self.igmp = Some(net::socket(
-                &SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-                net::Kind::Udp,
-            )?);
+        if self.membership.is_none() {
+            let any: IpAddr = if self.local.is_ipv4() {
+                Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            };
+            self.membership = Some(net::socket(&SocketAddr::new(any, 0), net::Kind::Udp)?);
         }
-        let fd = self.igmp.as_ref().expect("made above").as_raw_fd();
-        net::mcast_membership(fd, group.into(), source.map(IpAddr::V4), ifindex, true)?;
+        let fd = self.membership.as_ref().expect("made above").as_raw_fd();
+        net::mcast_membership(fd, group, source, ifindex, true)?;
         self.groups.push((group, source));
         self.set_group(group, source, true)
     }
 
     /// Leaves a membership made with [`join`](Self::join).
-    pub fn leave(&mut self, group: Ipv4Addr, source: Option<Ipv4Addr>) -> Result<(), Error> {
+    pub fn leave(&mut self, group: IpAddr, source: Option<IpAddr>) -> Result<(), Error> {
         let Some(i) = self.groups.iter().position(|g| *g == (group, source)) else {
             return Err(Error::InvalidArgument);
         };
         self.groups.swap_remove(i);
         self.set_group(group, source, false)?;
-        let fd = self.igmp.as_ref().expect("a join made it").as_raw_fd();
+        let fd = self.membership.as_ref().expect("a join made it").as_raw_fd();
         let ifindex = net::ifindex(&self.info.iface)?;
-        Ok(net::mcast_membership(
-            fd,
-            group.into(),
-            source.map(IpAddr::V4),
-            ifindex,
-            false,
-        )?)
+        Ok(net::mcast_membership(fd, group, source, ifindex, false)?)
     }
 
     /// The program's table and the engine's own check, in step.
-    fn set_group(&mut self, group: Ipv4Addr, source: Option<Ipv4Addr>, join: bool) -> Result<(), Error> {
+    fn set_group(&mut self, group: IpAddr, source: Option<IpAddr>, join: bool) -> Result<(), Error> {
         let steer = if join {
             self.program.add_group(group, source)
         } else {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket as StdUdp};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket as StdUdp};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -49,17 +49,48 @@ fn drain(sub: &mut Subscription) -> Vec<(u8, u32)> {
 
 #[test]
 fn af_xdp_fan_out_steers_only_joined_groups_and_included_sources() {
-    let Some(t) = common::topology("porto-m", 1) else {
+    af_xdp_fan_out(false);
+}
+
+/// The same over IPv6: MLD memberships held by a kernel IPv6 socket, the program's IPv6 group
+/// table, an SSM group (ff3e::/32) from one of two sources.
+#[test]
+fn af_xdp_ipv6_fan_out_steers_only_joined_groups_and_included_sources() {
+    af_xdp_fan_out(true);
+}
+
+fn af_xdp_fan_out(v6: bool) {
+    let Some(t) = common::topology(if v6 { "porto-n" } else { "porto-m" }, 1) else {
         return;
     };
-    let (asm, ssm, other) = (
-        Ipv4Addr::new(239, 2, 2, 2),
-        Ipv4Addr::new(232, 2, 2, 2),
-        Ipv4Addr::new(239, 3, 3, 3),
-    );
-    let (ip_a, a2) = (t.addr(Side::A), Ipv4Addr::new(198, 18, 0, 3));
-    t.ip(Side::A, &["addr", "add", "198.18.0.3/24", "dev", t.iface(Side::A)])
-        .unwrap();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let (asm, ssm, other, a2, a2_cidr) = if v6 {
+        (
+            ip("ff1e::2:2"),
+            ip("ff3e::2:2"),
+            ip("ff1e::3:3"),
+            ip("2001:2::3"),
+            "2001:2::3/64",
+        )
+    } else {
+        (
+            ip("239.2.2.2"),
+            ip("232.2.2.2"),
+            ip("239.3.3.3"),
+            ip("198.18.0.3"),
+            "198.18.0.3/24",
+        )
+    };
+    let (ip_a, ip_b): (IpAddr, IpAddr) = if v6 {
+        (t.addr6(Side::A).into(), t.addr6(Side::B).into())
+    } else {
+        (t.addr(Side::A).into(), t.addr(Side::B).into())
+    };
+    let mut add = vec!["addr", "add", a2_cidr, "dev", t.iface(Side::A)];
+    if v6 {
+        add.push("nodad");
+    }
+    t.ip(Side::A, &add).unwrap();
     let (go_tx, go_rx) = mpsc::channel::<u8>();
     let (ack_tx, ack_rx) = mpsc::channel::<()>();
     std::thread::scope(|s| {
@@ -70,7 +101,7 @@ fn af_xdp_fan_out_steers_only_joined_groups_and_included_sources() {
             let from_a = StdUdp::bind((ip_a, 0)).unwrap();
             let from_a2 = StdUdp::bind((a2, 0)).unwrap();
             for phase in go_rx {
-                let to = |g: Ipv4Addr| SocketAddr::from((g, PORT));
+                let to = |g: IpAddr| SocketAddr::from((g, PORT));
                 for i in 0..N {
                     match phase {
                         0 => {
@@ -94,7 +125,7 @@ fn af_xdp_fan_out_steers_only_joined_groups_and_included_sources() {
         let h = shard.handle();
         let mut sock = XdpUdpSocket::bind(
             &h,
-            SocketAddrV4::new(t.addr(Side::B), PORT),
+            SocketAddr::new(ip_b, PORT),
             &XdpOptions::new(t.iface(Side::B)),
             Delivery::Poll { key: 1 },
         )

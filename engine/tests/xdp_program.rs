@@ -75,6 +75,13 @@ fn run(p: &mut XdpProgram, frame: &[u8]) -> (u32, u64, u64) {
     (action, c1.steered - c0.steered, c1.passed - c0.passed)
 }
 
+/// Runs `frame` and returns `run`'s figures and the filtered-counter delta.
+fn filtered(p: &mut XdpProgram, frame: &[u8]) -> ((u32, u64, u64), u64) {
+    let before = p.counters().unwrap().filtered;
+    let r = run(p, frame);
+    (r, p.counters().unwrap().filtered - before)
+}
+
 #[test]
 fn porto_port_is_steered_everything_else_passes() {
     let Some(mut p) = load() else { return };
@@ -128,13 +135,26 @@ fn ipv6_udp_for_porto_ports_is_steered_the_rest_passes() {
     let mut bad = udp6(me, PORT, 64);
     bad[60] ^= 0xff;
     assert_eq!(run(&mut p, &bad), (XDP_PASS, 1, 0));
-    // IPv6 multicast for the port: filtered to the kernel.
-    let before = p.counters().unwrap().filtered;
+    // IPv6 multicast for the port: filtered to the kernel until joined; then steered for
+    // the group from an included source (SSM) or from any (ASM).
+    let (ssm, asm): (Ipv6Addr, Ipv6Addr) = ("ff3e::8000:1".parse().unwrap(), "ff1e::1".parse().unwrap());
+    let other: IpAddr = "2001:2::9".parse::<Ipv6Addr>().unwrap().into();
+    assert_eq!(filtered(&mut p, &udp6(ssm, PORT, 16)), ((XDP_PASS, 0, 0), 1));
+    p.add_group(ssm.into(), Some("2001:2::1".parse::<Ipv6Addr>().unwrap().into()))
+        .unwrap();
+    p.add_group(asm.into(), None).unwrap();
+    assert_eq!(filtered(&mut p, &udp6(ssm, PORT, 16)), ((XDP_PASS, 1, 0), 0));
     assert_eq!(
-        run(&mut p, &udp6("ff3e::8000:1".parse().unwrap(), PORT, 16)),
-        (XDP_PASS, 0, 0)
+        filtered(&mut p, &udp_between(other, ssm.into(), PORT, 16)),
+        ((XDP_PASS, 0, 0), 1),
+        "a source the SSM join excludes"
     );
-    assert_eq!(p.counters().unwrap().filtered - before, 1);
+    assert_eq!(
+        filtered(&mut p, &udp_between(other, asm.into(), PORT, 16)),
+        ((XDP_PASS, 1, 0), 0)
+    );
+    p.remove_group(asm.into(), None).unwrap();
+    assert_eq!(filtered(&mut p, &udp6(asm, PORT, 16)), ((XDP_PASS, 0, 0), 1));
 }
 
 #[test]
@@ -186,21 +206,16 @@ fn multicast_is_steered_only_for_joined_groups_and_included_sources() {
     let Some(mut p) = load() else { return };
     let (asm, ssm) = (Ipv4Addr::new(239, 1, 1, 1), Ipv4Addr::new(232, 1, 1, 1));
     let (good, other) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 9));
-    let filtered = |p: &mut XdpProgram, f: &[u8]| {
-        let before = p.counters().unwrap().filtered;
-        let r = run(p, f);
-        (r, p.counters().unwrap().filtered - before)
-    };
     // Nothing joined: multicast for the port is filtered to the kernel, not steered.
     assert_eq!(filtered(&mut p, &mcast(asm, good)), ((XDP_PASS, 0, 0), 1));
-    p.add_group(asm, None).unwrap();
-    p.add_group(ssm, Some(good)).unwrap();
+    p.add_group(asm.into(), None).unwrap();
+    p.add_group(ssm.into(), Some(good.into())).unwrap();
     assert_eq!(filtered(&mut p, &mcast(asm, good)), ((XDP_PASS, 1, 0), 0));
     assert_eq!(filtered(&mut p, &mcast(asm, other)), ((XDP_PASS, 1, 0), 0));
     assert_eq!(filtered(&mut p, &mcast(ssm, good)), ((XDP_PASS, 1, 0), 0));
     assert_eq!(filtered(&mut p, &mcast(ssm, other)), ((XDP_PASS, 0, 0), 1));
     // Leave: filtered again. Unicast is unaffected by the group table.
-    p.remove_group(asm, None).unwrap();
+    p.remove_group(asm.into(), None).unwrap();
     assert_eq!(filtered(&mut p, &mcast(asm, good)), ((XDP_PASS, 0, 0), 1));
     assert_eq!(filtered(&mut p, &udp(PORT, 64)), ((XDP_PASS, 1, 0), 0));
 }

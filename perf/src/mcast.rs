@@ -4,7 +4,7 @@
 //! Message layout: `[seq u64 BE][sent at, ns since the Unix epoch, u64 BE][padding]`. The
 //! publisher and subscribers share this machine's clock, so latency is one-way.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -82,12 +82,12 @@ pub struct SubArgs {
     /// Stop after this many seconds (default: until SIGINT/SIGTERM).
     #[arg(long)]
     seconds: Option<f64>,
-    /// Receive through AF_XDP on this interface (root; IPv4; --addr is its address).
+    /// Receive through AF_XDP on this interface (root; --addr is its address).
     #[arg(long, value_name = "IFACE")]
     xdp: Option<String>,
-    /// The interface's IPv4 address, with --xdp.
+    /// The interface's address of the group's family, with --xdp.
     #[arg(long)]
-    addr: Option<Ipv4Addr>,
+    addr: Option<IpAddr>,
 }
 
 pub fn run(cmd: McastCmd) -> Result<(), Box<dyn std::error::Error>> {
@@ -302,21 +302,19 @@ fn subscribe(a: &SubArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     // Keep the receiving socket alive for the whole run.
     let (fan, _kernel_sock, _xdp_sock, how) = if let Some(ifname) = &a.xdp {
-        let (SocketAddr::V4(g), Some(addr)) = (a.group, a.addr) else {
-            return Err("--xdp needs an IPv4 group and --addr (the interface's IPv4 address)".into());
+        let Some(addr) = a.addr.filter(|ip| ip.is_ipv4() == a.group.is_ipv4()) else {
+            return Err("--xdp needs --addr, the interface's address of the group's family".into());
         };
+        if a.source.is_some_and(|s| s.is_ipv4() != a.group.is_ipv4()) {
+            return Err("--source must be of the group's family".into());
+        }
         let mut s = XdpUdpSocket::bind(
             &h,
-            SocketAddrV4::new(addr, g.port()),
+            SocketAddr::new(addr, a.group.port()),
             &XdpOptions::new(ifname),
             Delivery::Poll { key: 1 },
         )?;
-        let src = match a.source {
-            Some(IpAddr::V4(s)) => Some(s),
-            Some(IpAddr::V6(_)) => return Err("--source must be IPv4 for an IPv4 group".into()),
-            None => None,
-        };
-        s.join(*g.ip(), src)?;
+        s.join(a.group.ip(), a.source)?;
         let fan = s.fan_out(1)?;
         let how = format!("{}", s.info());
         (fan, None, Some(s), how)

@@ -87,8 +87,8 @@ pub(crate) struct XdpPort {
     neighbors: [(IpAddr, MacAddr); NEIGHBORS_MAX],
     neighbors_len: usize,
     neighbor_next: usize,
-    /// Joined (group, source) pairs; source UNSPECIFIED = any source.
-    groups: [(Ipv4Addr, Ipv4Addr); GROUPS_MAX],
+    /// Joined (group, source) pairs of the port's family; source unspecified = any source.
+    groups: [(IpAddr, IpAddr); GROUPS_MAX],
     groups_len: usize,
     /// Frames were queued on TX since the last kick.
     tx_unkicked: bool,
@@ -136,7 +136,7 @@ impl XdpPort {
             neighbors: [(IpAddr::V4(Ipv4Addr::UNSPECIFIED), MacAddr::default()); NEIGHBORS_MAX],
             neighbors_len: 0,
             neighbor_next: 0,
-            groups: [(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED); GROUPS_MAX],
+            groups: [(IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V4(Ipv4Addr::UNSPECIFIED)); GROUPS_MAX],
             groups_len: 0,
             tx_unkicked: false,
             rx_coalesce: None,
@@ -236,8 +236,12 @@ impl XdpPort {
     }
 
     /// Adds or removes a membership (`source` None: any source). False if the table is full.
-    pub(crate) fn set_group(&mut self, group: Ipv4Addr, source: Option<Ipv4Addr>, join: bool) -> bool {
-        let e = (group, source.unwrap_or(Ipv4Addr::UNSPECIFIED));
+    pub(crate) fn set_group(&mut self, group: IpAddr, source: Option<IpAddr>, join: bool) -> bool {
+        let any = match group {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        };
+        let e = (group, source.unwrap_or(any));
         let at = self.groups[..self.groups_len].iter().position(|g| *g == e);
         match (at, join) {
             (Some(_), true) => true,
@@ -257,16 +261,18 @@ impl XdpPort {
     }
 
     /// A datagram to `dst` from `src` is this port's: of its family, to its own address (or
-    /// any, if bound to the unspecified address) for unicast; a joined IPv4 group, from an
-    /// included source, for multicast (IPv6 groups are not joined on this path).
+    /// any, if bound to the unspecified address) for unicast; a joined group, from an
+    /// included source, for multicast.
     fn accepts(&self, dst: IpAddr, src: IpAddr) -> bool {
-        match (dst, src) {
-            (IpAddr::V4(dst), IpAddr::V4(src)) if dst.is_multicast() => self.groups[..self.groups_len]
-                .iter()
-                .any(|&(g, s)| g == dst && (s.is_unspecified() || s == src)),
-            _ if dst.is_multicast() || dst.is_ipv4() != self.local.is_ipv4() => false,
-            _ => self.local.ip().is_unspecified() || dst == self.local.ip(),
+        if dst.is_ipv4() != self.local.is_ipv4() {
+            return false;
         }
+        if dst.is_multicast() {
+            return self.groups[..self.groups_len]
+                .iter()
+                .any(|&(g, s)| g == dst && (s.is_unspecified() || s == src));
+        }
+        self.local.ip().is_unspecified() || dst == self.local.ip()
     }
 
     fn neighbor(&self, ip: IpAddr) -> Option<MacAddr> {

@@ -4,7 +4,7 @@
 //! mode obtained and the reason for any fallback are reported. The program is detached and
 //! unloaded when the [`XdpProgram`] drops (aya owns the link).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, XskMap};
@@ -40,6 +40,17 @@ struct GroupKey {
 
 // SAFETY: GroupKey is two u32s with no padding; every bit pattern is valid.
 unsafe impl aya::Pod for GroupKey {}
+
+/// Key of the `groups6` map: the group and source addresses as the packet carries them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+struct Group6Key {
+    group: [u8; 16],
+    source: [u8; 16],
+}
+
+// SAFETY: Group6Key is 32 bytes with no padding; every bit pattern is valid.
+unsafe impl aya::Pod for Group6Key {}
 
 /// How the program runs on the interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,33 +198,53 @@ impl XdpProgram {
         self.ports()?.remove(&port.to_be()).map_err(|e| map_error("ports", e))
     }
 
-    fn groups(&mut self) -> Result<HashMap<&mut MapData, GroupKey, u8>, XdpError> {
+    fn group_map<K: aya::Pod>(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, K, u8>, XdpError> {
         let map = self
             .ebpf
-            .map_mut("groups")
-            .ok_or_else(|| map_error("groups", "missing from the object"))?;
-        HashMap::try_from(map).map_err(|e| map_error("groups", e))
+            .map_mut(name)
+            .ok_or_else(|| map_error(name, "missing from the object"))?;
+        HashMap::try_from(map).map_err(|e| map_error(name, e))
     }
 
-    fn group_key(group: Ipv4Addr, source: Option<Ipv4Addr>) -> GroupKey {
-        GroupKey {
-            group: u32::from_ne_bytes(group.octets()),
-            source: source.map_or(0, |s| u32::from_ne_bytes(s.octets())),
+    /// Steers (`steer`) or stops steering multicast `group`, from `source` only or from any
+    /// source, in the group table of its family. `source` must be of the group's family.
+    fn set_group(&mut self, group: IpAddr, source: Option<IpAddr>, steer: bool) -> Result<(), XdpError> {
+        match (group, source) {
+            (IpAddr::V4(g), None | Some(IpAddr::V4(_))) => {
+                let k = GroupKey {
+                    group: u32::from_ne_bytes(g.octets()),
+                    source: match source {
+                        Some(IpAddr::V4(s)) => u32::from_ne_bytes(s.octets()),
+                        _ => 0,
+                    },
+                };
+                let mut m = self.group_map::<GroupKey>("groups")?;
+                if steer { m.insert(k, 1, 0) } else { m.remove(&k) }.map_err(|e| map_error("groups", e))
+            }
+            (IpAddr::V6(g), None | Some(IpAddr::V6(_))) => {
+                let k = Group6Key {
+                    group: g.octets(),
+                    source: match source {
+                        Some(IpAddr::V6(s)) => s.octets(),
+                        _ => [0; 16],
+                    },
+                };
+                let mut m = self.group_map::<Group6Key>("groups6")?;
+                if steer { m.insert(k, 1, 0) } else { m.remove(&k) }.map_err(|e| map_error("groups6", e))
+            }
+            _ => Err(map_error("groups", "the source is not of the group's family")),
         }
     }
 
-    /// Steers multicast `group` (from `source` only, or from any source) to AF_XDP.
-    pub fn add_group(&mut self, group: Ipv4Addr, source: Option<Ipv4Addr>) -> Result<(), XdpError> {
-        self.groups()?
-            .insert(Self::group_key(group, source), 1, 0)
-            .map_err(|e| map_error("groups", e))
+    /// Steers multicast `group` (IPv4 or IPv6; from `source` only, or from any source) to
+    /// AF_XDP.
+    pub fn add_group(&mut self, group: IpAddr, source: Option<IpAddr>) -> Result<(), XdpError> {
+        self.set_group(group, source, true)
     }
 
     /// Stops steering a group (or one source of it).
-    pub fn remove_group(&mut self, group: Ipv4Addr, source: Option<Ipv4Addr>) -> Result<(), XdpError> {
-        self.groups()?
-            .remove(&Self::group_key(group, source))
-            .map_err(|e| map_error("groups", e))
+    pub fn remove_group(&mut self, group: IpAddr, source: Option<IpAddr>) -> Result<(), XdpError> {
+        self.set_group(group, source, false)
     }
 
     /// Puts an AF_XDP socket in the slot of receive queue `queue`.
