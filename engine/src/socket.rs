@@ -38,6 +38,15 @@ impl std::fmt::Display for Rejected {
 
 impl std::error::Error for Rejected {}
 
+/// The unspecified address of `of`'s family (0.0.0.0 or ::): "any address" to bind, or
+/// "any source" in a membership.
+pub fn unspecified(of: IpAddr) -> IpAddr {
+    match of {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    }
+}
+
 /// Socket options applied at creation.
 #[derive(Clone, Debug, Default)]
 pub struct SocketOptions {
@@ -1067,12 +1076,8 @@ impl XdpUdpSocket {
         }
         let ifindex = net::ifindex(&self.info.iface)?;
         if self.membership.is_none() {
-            let any: IpAddr = if self.local.is_ipv4() {
-                Ipv4Addr::UNSPECIFIED.into()
-            } else {
-                std::net::Ipv6Addr::UNSPECIFIED.into()
-            };
-            self.membership = Some(net::socket(&SocketAddr::new(any, 0), net::Kind::Udp)?);
+            let any = SocketAddr::new(unspecified(self.local.ip()), 0);
+            self.membership = Some(net::socket(&any, net::Kind::Udp)?);
         }
         let fd = self.membership.as_ref().expect("made above").as_raw_fd();
         net::mcast_membership(fd, group, source, ifindex, true)?;

@@ -163,11 +163,7 @@ pub fn publisher(
     iface: Interface,
     ttl: u8,
 ) -> Result<UdpSocket, Box<dyn std::error::Error>> {
-    let any: IpAddr = if group.is_ipv4() {
-        Ipv4Addr::UNSPECIFIED.into()
-    } else {
-        std::net::Ipv6Addr::UNSPECIFIED.into()
-    };
+    let any = porto::unspecified(group.ip());
     let s = UdpSocket::bind(
         h,
         SocketAddr::new(source.unwrap_or(any), 0),
@@ -319,11 +315,7 @@ fn subscribe(a: &SubArgs) -> Result<(), Box<dyn std::error::Error>> {
         let how = format!("{}", s.info());
         (fan, None, Some(s), how)
     } else {
-        let any: IpAddr = if a.group.is_ipv4() {
-            Ipv4Addr::UNSPECIFIED.into()
-        } else {
-            std::net::Ipv6Addr::UNSPECIFIED.into()
-        };
+        let any = porto::unspecified(a.group.ip());
         let s = UdpSocket::bind(
             &h,
             SocketAddr::new(any, a.group.port()),

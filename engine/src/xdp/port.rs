@@ -237,11 +237,7 @@ impl XdpPort {
 
     /// Adds or removes a membership (`source` None: any source). False if the table is full.
     pub(crate) fn set_group(&mut self, group: IpAddr, source: Option<IpAddr>, join: bool) -> bool {
-        let any = match group {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-        };
-        let e = (group, source.unwrap_or(any));
+        let e = (group, source.unwrap_or(crate::socket::unspecified(group)));
         let at = self.groups[..self.groups_len].iter().position(|g| *g == e);
         match (at, join) {
             (Some(_), true) => true,
