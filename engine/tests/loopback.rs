@@ -781,12 +781,7 @@ fn control_traffic_overtakes_queued_best_effort() {
         bulk.send_to(h.pool().alloc_from(&[0u8; 512]).unwrap(), to, i).unwrap();
     }
     urgent.send_to(h.pool().alloc_from(b"now").unwrap(), to, 1000).unwrap();
-    let mut order = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while order.len() < 201 && Instant::now() < deadline {
-        shard.poll(&mut out, 64);
-        order.extend(out.drain(..).filter(|c| c.op == OpKind::SendTo).map(|c| c.key));
-    }
+    let order = common::keys_in_order(&mut shard, OpKind::SendTo, 201);
     assert_eq!(order.len(), 201);
     let at = order.iter().position(|&k| k == 2).unwrap();
     assert!(at < 20, "the Control send completed {at}th, behind best effort");

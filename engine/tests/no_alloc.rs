@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use porto_engine::completion::OpKind;
 use porto_engine::config::Config;
-use porto_engine::shard::{Delivery, Shard};
+use porto_engine::shard::{Delivery, Shard, ShardHandle};
 use porto_engine::socket::{SocketOptions, UdpSocket};
 
 struct Counting;
@@ -67,6 +67,17 @@ fn cfg() -> Config {
     }
 }
 
+/// A polling-mode UDP socket on 127.0.0.1, any port.
+fn loopback_udp(h: &ShardHandle) -> UdpSocket {
+    UdpSocket::bind(
+        h,
+        "127.0.0.1:0".parse().unwrap(),
+        &SocketOptions::default(),
+        Delivery::Poll { key: 0 },
+    )
+    .unwrap()
+}
+
 /// Runs `round` 50 times to warm up (first-use allocations), then 500 times counting.
 fn assert_no_allocations(mut round: impl FnMut()) {
     for _ in 0..50 {
@@ -86,13 +97,7 @@ fn udp_echo_data_path_allocates_nothing() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut shard = Shard::new(&cfg(), None).unwrap();
     let h = shard.handle();
-    let sock = UdpSocket::bind(
-        &h,
-        "127.0.0.1:0".parse().unwrap(),
-        &SocketOptions::default(),
-        Delivery::Poll { key: 0 },
-    )
-    .unwrap();
+    let sock = loopback_udp(&h);
     let server = sock.local_addr().unwrap();
     sock.recv_from_multishot(1).unwrap();
     let client = StdUdp::bind("127.0.0.1:0").unwrap();
@@ -125,13 +130,7 @@ fn fan_out_allocates_nothing_per_datagram() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut shard = Shard::new(&cfg(), None).unwrap();
     let h = shard.handle();
-    let sock = UdpSocket::bind(
-        &h,
-        "127.0.0.1:0".parse().unwrap(),
-        &SocketOptions::default(),
-        Delivery::Poll { key: 0 },
-    )
-    .unwrap();
+    let sock = loopback_udp(&h);
     let to = sock.local_addr().unwrap();
     let fan = sock.fan_out(1).unwrap();
     let mut subs: Vec<_> = (0..4)
@@ -164,13 +163,7 @@ fn qos_scheduled_sends_allocate_nothing() {
     let mut shard = Shard::new(&cfg(), None).unwrap();
     let h = shard.handle();
     h.set_link_rate(Some(1_000_000_000), 64_000).unwrap();
-    let sock = UdpSocket::bind(
-        &h,
-        "127.0.0.1:0".parse().unwrap(),
-        &SocketOptions::default(),
-        Delivery::Poll { key: 0 },
-    )
-    .unwrap();
+    let sock = loopback_udp(&h);
     let flow = h
         .create_flow(TrafficType::Voice, Some((1_000_000_000, 64_000, Shaping::ShapeAndMark)))
         .unwrap();

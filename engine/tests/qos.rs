@@ -196,12 +196,7 @@ fn a_control_socket_is_served_before_bulk_when_both_are_ready() {
     }
     peer.send_to(b"now", urgent.local_addr().unwrap()).unwrap();
     std::thread::sleep(Duration::from_millis(20));
-    let mut order = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while order.len() < 101 && Instant::now() < deadline {
-        shard.poll(&mut out, 256);
-        order.extend(out.drain(..).filter(|c| c.op == OpKind::RecvFrom).map(|c| c.key));
-    }
+    let order = common::keys_in_order(&mut shard, OpKind::RecvFrom, 101);
     assert_eq!(order.len(), 101);
     let at = order.iter().position(|&k| k == 2).unwrap();
     assert!(at < 5, "the Control datagram was delivered {at}th of 101");

@@ -78,3 +78,15 @@ pub fn xdp_config() -> Config {
         ..Config::default()
     }
 }
+
+/// The keys of `shard`'s first `n` completions of kind `op`, in delivery order (others are
+/// dropped); stops after 5 s with what arrived.
+pub fn keys_in_order(shard: &mut Shard, op: OpKind, n: usize) -> Vec<u64> {
+    let (mut out, mut keys) = (Vec::new(), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while keys.len() < n && Instant::now() < deadline {
+        shard.poll(&mut out, 256);
+        keys.extend(out.drain(..).filter(|c| c.op == op).map(|c| c.key));
+    }
+    keys
+}
