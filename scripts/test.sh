@@ -1,8 +1,6 @@
 #!/usr/bin/env bash
-# porto's test command: installs the system packages the tests use when they are missing
-# (sockperf as the external client and reference server, iproute2 for network namespaces,
-# a TrueType font for benchmark plots, clang to check the committed XDP objects), then runs
-# every test, with the peer runtimes
+# porto's test command: installs the Debian packages the tests use when they are missing
+# (scripts/test-packages.txt says which and why), then runs every test, with the peer runtimes
 # (tokio, monoio) built in so the benchmark smoke runs cover them.
 # CI (.ci/run) calls this same script with PORTO_REQUIRE_NETNS=1, which turns every
 # "tool or privilege missing, skipping" into a failure.
@@ -14,14 +12,13 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
+# The packages come from one list (scripts/test-packages.txt), checked as packages with
+# dpkg -s rather than as commands, so a header-only package (libbpf-dev) cannot be missed.
+mapfile -t packages < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' scripts/test-packages.txt | awk '{print $1}')
 need=()
-command -v sockperf >/dev/null 2>&1 || need+=(sockperf)
-command -v ip >/dev/null 2>&1 || need+=(iproute2)
-command -v ethtool >/dev/null 2>&1 || [ -x /usr/sbin/ethtool ] || need+=(ethtool)
-[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
-# clang + make rebuild the committed XDP objects to prove them fresh (cargo build never needs it).
-command -v clang >/dev/null 2>&1 || need+=(clang)
-command -v make >/dev/null 2>&1 || need+=(make)
+for p in "${packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
 if [ "${#need[@]}" -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -29,5 +26,8 @@ if [ "${#need[@]}" -gt 0 ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
+for p in "${packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || { echo "scripts/test.sh: $p is still not installed" >&2; exit 1; }
+done
 
 cargo test --workspace --all-features "$@"

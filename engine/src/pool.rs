@@ -36,6 +36,11 @@ use crate::sys::region::{PageKind, Region};
 /// Largest frame count: provided-buffer ids are 16-bit.
 pub const FRAMES_MAX: u32 = 1 << 16;
 
+/// Most [`SharedBuf`] handles one frame may have. Half the counter's range, as `Arc` does:
+/// a clone that finds the count above it backs out and panics, so no number of racing
+/// clones can wrap the counter to zero (that would free the frame under a live handle).
+pub const SHARES_MAX: u32 = u32::MAX / 2;
+
 pub(crate) struct PoolShared {
     region: Region,
     frame_size: u32,
@@ -253,7 +258,12 @@ impl Buf {
     /// # Panics
     /// If the window leaves the frame.
     pub fn set_window(&mut self, off: usize, len: usize) {
-        assert!(off + len <= self.pool.frame_size as usize, "window out of the frame");
+        // Checked: `off + len` must not wrap to a small value in a release build.
+        let end = off.checked_add(len);
+        assert!(
+            end.is_some_and(|e| e <= self.pool.frame_size as usize),
+            "window out of the frame"
+        );
         self.off = off as u32;
         self.len = len as u32;
     }
@@ -348,12 +358,31 @@ impl SharedBuf {
 
     /// `n` more handles for one atomic add (the fan-out path: one add per datagram, not one
     /// per subscriber). Handles not taken from the iterator are released when it drops.
+    ///
+    /// # Panics
+    /// If the frame would have more than [`SHARES_MAX`] handles (the count is unchanged).
     pub fn shares(&self, n: u32) -> Shares<'_> {
         if n > 0 {
-            // Relaxed, as in Arc::clone: the caller holds a handle, so the frame stays live.
-            self.counter().fetch_add(n, Ordering::Relaxed);
+            self.raise(n);
         }
         Shares { of: self, left: n }
+    }
+
+    /// Adds `n` to the frame's count, refusing to pass [`SHARES_MAX`]: a compare-exchange
+    /// loop, so the counter never holds a wrapped value, not even for an instant.
+    fn raise(&self, n: u32) {
+        let c = self.counter();
+        // Relaxed, as in Arc::clone: the caller holds a handle, so the frame stays live.
+        let mut cur = c.load(Ordering::Relaxed);
+        loop {
+            let Some(next) = cur.checked_add(n).filter(|&v| v <= SHARES_MAX) else {
+                panic!("SharedBuf: more than {SHARES_MAX} handles of one frame");
+            };
+            match c.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(now) => cur = now,
+            }
+        }
     }
 
     /// Turns the last handle back into a writable `Buf`; hands the handle back while others
@@ -405,8 +434,7 @@ impl SharedBuf {
 
 impl Clone for SharedBuf {
     fn clone(&self) -> SharedBuf {
-        // Relaxed, as in Arc::clone.
-        self.counter().fetch_add(1, Ordering::Relaxed);
+        self.raise(1);
         SharedBuf { ..*self }
     }
 }
@@ -670,6 +698,37 @@ mod tests {
             assert_eq!(r.join().unwrap(), want);
         }
         assert_eq!(pool.free_frames(), 64);
+    }
+
+    #[test]
+    fn a_window_that_wraps_past_usize_max_is_refused() {
+        let pool = Pool::new(2, 512, false).unwrap();
+        let mut b = pool.alloc().unwrap();
+        // off + len wraps to 0 in release arithmetic: must panic, not address 4 GiB away.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.set_window(usize::MAX - 10, 11)));
+        assert!(r.is_err(), "a wrapping window was accepted");
+        assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.set_window(500, 13))).is_err());
+        b.set_window(500, 12);
+        assert_eq!((b.offset(), b.len()), (500, 12));
+    }
+
+    #[test]
+    fn share_counts_that_would_wrap_are_refused_and_the_frame_lives_on() {
+        let pool = Pool::new(2, 512, false).unwrap();
+        let shared = pool.alloc_from(b"live").unwrap().freeze();
+        // u32::MAX more handles would wrap the count to 0: a clone and a drop would then
+        // free the frame under `shared`.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(shared.shares(u32::MAX))));
+        assert!(r.is_err(), "shares(u32::MAX) was accepted");
+        assert_eq!(shared.refs(), 1, "a refused share changed the count");
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(shared.shares(SHARES_MAX))));
+        assert!(r.is_err(), "the limit is SHARES_MAX handles in all");
+        let more: Vec<SharedBuf> = shared.shares(3).collect();
+        drop(more.clone());
+        drop(more);
+        assert_eq!((shared.refs(), pool.free_frames(), &shared[..]), (1, 1, &b"live"[..]));
+        drop(shared);
+        assert_eq!(pool.free_frames(), 2);
     }
 
     proptest::proptest! {

@@ -38,6 +38,12 @@ pub(crate) struct PortShared {
     cv: Condvar,
     /// Futex wake-ups issued (for tests and stats).
     wakeups: AtomicU64,
+    /// Completions a stopping shard could not queue (the port was full): kept here, behind
+    /// the queue, so every accepted operation still ends exactly once. Only shard shutdown
+    /// adds to it (it allocates), so the data path never touches the lock.
+    overflow: Mutex<std::collections::VecDeque<Completion>>,
+    /// Entries in `overflow`.
+    overflowed: AtomicUsize,
 }
 
 /// An I/O completion port. Clones share the same port.
@@ -92,6 +98,8 @@ impl CompletionPort {
                 lock: Mutex::new(()),
                 cv: Condvar::new(),
                 wakeups: AtomicU64::new(0),
+                overflow: Mutex::new(std::collections::VecDeque::new()),
+                overflowed: AtomicUsize::new(0),
             }),
         }
     }
@@ -108,6 +116,15 @@ impl CompletionPort {
         self.shared.queue.push(c)
     }
 
+    /// Queues past the capacity (a stopping shard's last completions, which must not be
+    /// lost) and wakes a sleeper. Allocates: never on the data path.
+    pub(crate) fn push_overflow(&self, c: Completion) {
+        let s = &*self.shared;
+        s.overflow.lock().expect("port lock poisoned").push_back(c);
+        s.overflowed.fetch_add(1, Ordering::Release);
+        self.wake();
+    }
+
     /// Wakes one sleeper if any is asleep and work is queued.
     pub(crate) fn wake(&self) {
         // SeqCst fence: pairs with the one in `dequeue` between registering as a sleeper and
@@ -122,11 +139,11 @@ impl CompletionPort {
 
     /// Completions queued now.
     pub fn len(&self) -> usize {
-        self.shared.queue.len()
+        self.shared.queue.len() + self.shared.overflowed.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.shared.queue.is_empty()
+        !self.shared.has_work()
     }
 
     pub fn capacity(&self) -> usize {
@@ -167,7 +184,7 @@ impl CompletionPort {
             s.sleepers.fetch_add(1, Ordering::Relaxed);
             // SeqCst fence: pairs with `wake` (see there).
             fence(Ordering::SeqCst);
-            let ready = !s.queue.is_empty() && s.active.load(Ordering::Acquire) < s.concurrency;
+            let ready = s.has_work() && s.active.load(Ordering::Acquire) < s.concurrency;
             if !ready {
                 match left {
                     Some(l) => drop(s.cv.wait_timeout(g, l).expect("port lock poisoned")),
@@ -186,7 +203,7 @@ impl CompletionPort {
         // Claim a concurrency slot first, so two threads cannot both pass the limit.
         let mut active = s.active.load(Ordering::Acquire);
         loop {
-            if active >= s.concurrency || s.queue.is_empty() {
+            if active >= s.concurrency || !s.has_work() {
                 return None;
             }
             match s
@@ -207,13 +224,22 @@ impl CompletionPort {
                 None => break,
             }
         }
+        if n < max && s.overflowed.load(Ordering::Acquire) > 0 {
+            let mut o = s.overflow.lock().expect("port lock poisoned");
+            while n < max {
+                let Some(c) = o.pop_front() else { break };
+                s.overflowed.fetch_sub(1, Ordering::Release);
+                out.push(c);
+                n += 1;
+            }
+        }
         if n == 0 {
             s.release();
             return None;
         }
         HELD.with(|h| h.borrow_mut().0 = Some(Arc::downgrade(&self.shared)));
         // Work left over and room under the limit: pass the wake-up on.
-        if !s.queue.is_empty() && s.active.load(Ordering::Acquire) < s.concurrency {
+        if s.has_work() && s.active.load(Ordering::Acquire) < s.concurrency {
             self.wake();
         }
         Some(n)
@@ -235,11 +261,15 @@ impl CompletionPort {
 }
 
 impl PortShared {
+    fn has_work(&self) -> bool {
+        !self.queue.is_empty() || self.overflowed.load(Ordering::Acquire) > 0
+    }
+
     fn release(&self) {
         let prev = self.active.fetch_sub(1, Ordering::AcqRel);
         debug_assert!(prev > 0, "port released more often than held");
         // A slot opened: a sleeper held back by the limit may go now.
-        if !self.queue.is_empty() {
+        if self.has_work() {
             fence(Ordering::SeqCst);
             if self.sleepers.load(Ordering::Relaxed) > 0 {
                 let _g = self.lock.lock().expect("port lock poisoned");

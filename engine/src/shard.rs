@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -207,6 +207,10 @@ pub(crate) struct ShardShared {
     sleeping: AtomicBool,
     wake_fd: OwnedFd,
     stop: AtomicBool,
+    /// Application threads inside `push` now. A stopping shard waits for 0 after setting
+    /// `stop` before its last drain, so no command is queued after that drain (Dekker: each
+    /// side writes its flag, SeqCst, then reads the other's).
+    pushers: AtomicUsize,
     free_sockets: ArrayQueue<u32>,
     pub stats: Stats,
     pub pool: Pool,
@@ -228,16 +232,32 @@ impl ShardShared {
 
     /// Queues without waking; follow a batch with one [`wake`](Self::wake).
     pub(crate) fn push(&self, cmd: Command) -> Result<(), Command> {
-        if self.stop.load(Ordering::Relaxed) {
-            return Err(cmd);
+        // SeqCst both: pairs with `quiesce` (see `pushers`).
+        self.pushers.fetch_add(1, Ordering::SeqCst);
+        let r = if self.stop.load(Ordering::SeqCst) {
+            Err(cmd)
+        } else {
+            self.commands.push(cmd)
+        };
+        // Release: our push happens before the shard's drain that sees 0.
+        self.pushers.fetch_sub(1, Ordering::Release);
+        r
+    }
+
+    /// After `stop` is set: waits until no thread is inside `push`. Every command accepted
+    /// is then in the queue, and no more can be: the drain that follows sees them all.
+    fn quiesce(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // SeqCst: pairs with `push`; Acquire-strength for their queue writes.
+        while self.pushers.load(Ordering::SeqCst) > 0 {
+            std::thread::yield_now();
         }
-        self.commands.push(cmd)
     }
 
     /// Sends a command that must not be lost (closing a socket): waits for queue room.
     pub(crate) fn send_reliably(&self, mut cmd: Command) {
         loop {
-            match self.commands.push(cmd) {
+            match self.push(cmd) {
                 Ok(()) => return self.wake(),
                 Err(back) if !self.stop.load(Ordering::Relaxed) => {
                     cmd = back;
@@ -526,6 +546,7 @@ pub(crate) fn new_shared(cfg: &Config, index: usize) -> Result<Arc<ShardShared>,
         sleeping: AtomicBool::new(false),
         wake_fd,
         stop: AtomicBool::new(false),
+        pushers: AtomicUsize::new(0),
         free_sockets,
         stats: Stats::default(),
         pool,
@@ -922,15 +943,19 @@ impl Shard {
                     }
                 }
                 Command::Op { sock, token, req } => self.start_op(sock, token, req),
-                Command::Cancel { sock, token } if self.sockets[sock as usize].xdp.is_some() => {
-                    self.cancel_xdp_recv(sock, Some(token))
+                Command::Cancel { sock, token } => {
+                    self.qos_purge(sock, Some(token));
+                    if self.sockets[sock as usize].xdp.is_some() {
+                        self.cancel_xdp_recv(sock, Some(token));
+                    } else {
+                        self.cancel_where(|s| s.sock == sock && s.token == token);
+                    }
                 }
-                Command::Cancel { sock, token } => self.cancel_where(|s| s.sock == sock && s.token == token),
                 Command::Close { sock } if self.sockets[sock as usize].xdp.is_some() => self.close_xdp(sock),
                 Command::Close { sock } => {
                     self.sockets[sock as usize].closing = true;
                     self.sockets[sock as usize].fanout = None;
-                    self.qos_purge(sock);
+                    self.qos_purge(sock, None);
                     self.cancel_where(|s| s.sock == sock);
                     self.maybe_close(sock);
                 }
@@ -1049,20 +1074,23 @@ impl Shard {
         self.reject(&delivery, d.req.kind(), d.token, d.req, Error::NoBuffers);
     }
 
-    /// A closing socket's sends still waiting in the QoS queues end `Aborted` (its id may be
-    /// reused at once, so none may start later).
-    fn qos_purge(&mut self, sock: u32) {
+    /// Sends of `sock` (all of them, or the one with `token`) still waiting in the QoS
+    /// queues — held by shaping, queued in the scheduler, or staged for the link — end
+    /// `Aborted`: a closing socket's id may be reused at once, so none may start later, and
+    /// a cancel must reach every place an op can wait.
+    fn qos_purge(&mut self, sock: u32, token: Option<u64>) {
         let Some(delivery) = self.sockets[sock as usize].delivery.clone() else {
             return;
         };
+        let hit = |d: &Deferred| d.sock == sock && token.is_none_or(|t| t == d.token);
         let mut gone = std::mem::take(&mut self.qos_scratch);
-        self.qos.sched.remove_where(|d| d.sock == sock, |d| gone.push(d));
-        if self.qos.staged.as_ref().is_some_and(|d| d.sock == sock) {
+        self.qos.sched.remove_where(hit, |d| gone.push(d));
+        if self.qos.staged.as_ref().is_some_and(hit) {
             gone.extend(self.qos.staged.take());
         }
         let mut i = 0;
         while i < self.qos.held.len() {
-            if self.qos.held[i].2.sock == sock {
+            if hit(&self.qos.held[i].2) {
                 gone.push(self.qos.held.remove(i).expect("index in range").2);
             } else {
                 i += 1;
@@ -1072,6 +1100,15 @@ impl Shard {
             self.reject(&delivery, d.req.kind(), d.token, d.req, Error::Aborted);
         }
         self.qos_scratch = gone;
+    }
+
+    /// Every socket's sends still in the QoS queues end `Aborted` (shutdown).
+    fn qos_purge_all(&mut self) {
+        for sock in 0..self.sockets.len() as u32 {
+            if self.sockets[sock as usize].delivery.is_some() {
+                self.qos_purge(sock, None);
+            }
+        }
     }
 
     /// Releases held sends that now conform and starts scheduled sends up to the budget.
@@ -1209,9 +1246,7 @@ impl Shard {
         }
         if let Err(e) = self.submit_slot(idx) {
             tracing::error!(error = %e, "submitting an operation failed");
-            self.ops.slot(idx).pending = 0;
-            self.ops.slot(idx).result = Some(-e.raw_os_error().unwrap_or(libc::EIO));
-            self.finish(idx);
+            self.fail_slot(idx, &e);
         }
     }
 
@@ -1394,19 +1429,24 @@ impl Shard {
             s.pending += 1;
             entry = entry.flags(squeue::Flags::IO_LINK);
         }
-        // SAFETY: everything the entry points to lives in slot `idx` (stable address, kept
-        // until its last CQE), in the slot's Buf/RioBuf (owned by the slot until then), in the
-        // pool region or the buffer ring (both outlive the ring: field order).
-        unsafe { self.ring.push(&entry)? };
-        if timeout.is_some() {
-            let s = self.ops.slot(idx);
-            let lt = opcode::LinkTimeout::new(&s.ts)
-                .build()
-                .user_data(op::user_data(op::TAG_LINK_TIMEOUT, idx, s.gen));
-            // SAFETY: the timespec lives in the slot until the linked-timeout CQE.
-            unsafe { self.ring.push(&lt)? };
+        if timeout.is_none() {
+            // SAFETY: everything the entry points to lives in slot `idx` (stable address, kept
+            // until its last CQE), in the slot's Buf/RioBuf (owned by the slot until then), in
+            // the pool region or the buffer ring (both outlive the ring: field order).
+            return unsafe { self.ring.push(&entry) };
         }
-        Ok(())
+        let s = self.ops.slot(idx);
+        let lt = opcode::LinkTimeout::new(&s.ts)
+            .build()
+            .user_data(op::user_data(op::TAG_LINK_TIMEOUT, idx, s.gen));
+        // SAFETY: as above; the timespec lives in the slot until the linked-timeout CQE. Both
+        // go in together or neither does (`push_all`), so on an error no SQE of this slot is
+        // in the kernel and the caller may end the slot.
+        let pushed = unsafe { self.ring.push_all(&[entry, lt]) };
+        if pushed.is_err() {
+            self.ops.slot(idx).pending -= 1;
+        }
+        pushed
     }
 
     /// Cancels every live op matching `f`.
@@ -1474,6 +1514,7 @@ impl Shard {
                 self.ops.slot(idx).starved = false;
                 if let Err(e) = self.submit_slot(idx) {
                     tracing::error!(error = %e, "re-arming a receive failed");
+                    self.fail_slot(idx, &e);
                 }
             }
             self.starved = starved;
@@ -1662,23 +1703,23 @@ impl Shard {
                     }
                 }
             }
+            if !c.more {
+                // EOF ends the op: its terminal completion is `finish`'s, built once there
+                // (the kernel may still post nothing more for this op, or a cancel's CQE).
+                let s = self.ops.slot(idx);
+                s.pending = 0;
+                s.result = Some(0);
+                self.finish(idx);
+                return;
+            }
             let st = &self.shared.stats;
             if kind != OpKind::Accept {
                 st.add(&st.counters.receives, 1);
                 st.add(&st.counters.recv_bytes, c.result.unwrap_or(0) as u64);
             }
-            let ended = !c.more;
             self.deliver_recv(sock, delivery, c);
-            if ended {
-                let s = self.ops.slot(idx);
-                s.pending = 0;
-                s.result = None;
-                self.finish(idx);
-            } else if !more {
-                // The kernel ended the multishot (e.g. CQ pressure) but the op goes on: re-arm.
-                if let Err(e) = self.submit_slot(idx) {
-                    tracing::error!(error = %e, "re-arming a multishot op failed");
-                }
+            if !more {
+                self.multishot_ended(idx);
             }
             return;
         }
@@ -1701,6 +1742,29 @@ impl Shard {
         let s = self.ops.slot(idx);
         s.result = Some(res);
         s.pending = 0;
+        self.finish(idx);
+    }
+
+    /// The kernel ended a multishot op that has not ended for the application (CQ pressure,
+    /// or a cancel racing it): a cancelled op ends `Aborted` now (re-arming it would outlive
+    /// the cancel, whose own CQE then finds nothing); any other is re-armed.
+    fn multishot_ended(&mut self, idx: u32) {
+        let s = self.ops.slot(idx);
+        if s.cancelled || self.sockets[s.sock as usize].closing {
+            s.pending = 0;
+            s.result = Some(-libc::ECANCELED);
+            self.finish(idx);
+        } else if let Err(e) = self.submit_slot(idx) {
+            tracing::error!(error = %e, "re-arming a multishot op failed");
+            self.fail_slot(idx, &e);
+        }
+    }
+
+    /// Ends slot `idx`, none of whose SQEs is in the kernel, with the error that kept it out.
+    fn fail_slot(&mut self, idx: u32, e: &io::Error) {
+        let s = self.ops.slot(idx);
+        s.pending = 0;
+        s.result = Some(-e.raw_os_error().unwrap_or(libc::EIO));
         self.finish(idx);
     }
 
@@ -1939,6 +2003,7 @@ impl Shard {
     }
 
     fn close_xdp(&mut self, sock: u32) {
+        self.qos_purge(sock, None);
         self.cancel_xdp_recv(sock, None);
         let e = &mut self.sockets[sock as usize];
         e.fanout = None;
@@ -2057,8 +2122,14 @@ impl Shard {
         }
     }
 
-    /// Cancels everything, waits (bounded) for the kernel to finish, closes every socket.
+    /// Takes every command accepted before the stop (so each accepted operation starts and
+    /// is then cancelled: it ends once, `Aborted`), cancels everything, waits (bounded) for
+    /// the kernel to finish, closes every socket, and hands completions that found their
+    /// port full to the port's overflow: nothing accepted goes unanswered.
     pub(crate) fn shutdown(&mut self) {
+        self.shared.quiesce();
+        while self.take_commands() > 0 {}
+        self.qos_purge_all();
         self.cancel_where(|_| true);
         if self.wake_armed {
             let target = op::user_data(op::TAG_WAKE, 0, 0);
@@ -2092,6 +2163,9 @@ impl Shard {
             self.close_xdp(sock);
         }
         self.flush();
+        for (port, c) in self.backlog.drain(..) {
+            port.push_overflow(c);
+        }
         for e in self.sockets.iter_mut() {
             e.fd = None;
             e.delivery = None;
@@ -2102,7 +2176,6 @@ impl Shard {
 
 impl Drop for Shard {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
         self.shutdown();
     }
 }

@@ -471,17 +471,21 @@ fn tcp_echo_round_trip_through_port() {
     }
     assert_eq!(echoed, payload);
     client.disconnect(60).unwrap();
-    // The server sees EOF: its multishot receive ends with a final Ok(0).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut eof = false;
-    while !eof && Instant::now() < deadline {
+    // The server sees EOF: its multishot receive ends with exactly one terminal completion,
+    // Ok(0) without `more`, and nothing after it.
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    let mut terminal = Vec::new();
+    while Instant::now() < deadline {
         out.clear();
         port.dequeue(&mut out, 8, Some(Duration::from_millis(100)));
-        eof |= out
-            .iter()
-            .any(|c| c.key == 3 && c.op == OpKind::Recv && c.result == Ok(0) && !c.more);
+        terminal.extend(out.drain(..).filter(|c| c.key == 3 && c.token == 30 && !c.more));
     }
-    assert!(eof);
+    assert_eq!(
+        terminal.len(),
+        1,
+        "terminal completions of the multishot receive: {terminal:?}"
+    );
+    assert_eq!((terminal[0].op, &terminal[0].result), (OpKind::Recv, &Ok(0)));
 }
 
 #[test]

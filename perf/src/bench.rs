@@ -125,7 +125,7 @@ pub struct BenchArgs {
     pub scenario: Scenario,
     /// Seconds measured per server and round, after a 0.2 s warm-up (default: latency 1.5,
     /// throughput 2, tcp 1).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::positive_arg)]
     pub seconds: Option<f64>,
     /// Rounds; servers interleave within each round.
     #[arg(long, default_value_t = 2)]
@@ -143,7 +143,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 400)]
     pub link_mbps: u64,
     /// Offered bulk load as a share of the link (qos scenario).
-    #[arg(long, default_value_t = 1.5)]
+    #[arg(long, default_value_t = 1.5, value_parser = crate::positive_arg)]
     pub offered: f64,
     /// Offered rate in messages/s (throughput scenario).
     #[arg(long, default_value_t = 50_000)]

@@ -40,7 +40,7 @@ enum Cmd {
     /// Echo under built-in load on loopback: porto (port and polling mode) vs kernel sockets.
     Demo {
         /// Seconds measured per row.
-        #[arg(long, default_value_t = 1.5)]
+        #[arg(long, default_value_t = 1.5, value_parser = positive_arg)]
         seconds: f64,
         /// Message size in bytes (at least 14, the sockperf header).
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(14..=65000))]
@@ -119,7 +119,7 @@ struct EchoArgs {
     #[arg(long)]
     zerocopy: bool,
     /// Stop after this many seconds (default: until SIGINT/SIGTERM).
-    #[arg(long)]
+    #[arg(long, value_parser = positive_arg)]
     seconds: Option<f64>,
     #[command(flatten)]
     engine: EngineArgs,
@@ -203,6 +203,22 @@ impl EngineArgs {
             ..Config::default()
         }
     }
+}
+
+/// Most seconds a duration argument may take (about 11 days): beyond it a run is a mistake,
+/// and `Duration::from_secs_f64` would overflow long before `f64` does.
+const SECONDS_ARG_MAX: f64 = 1e6;
+
+/// A duration (or ratio) argument: a finite positive number of at most [`SECONDS_ARG_MAX`].
+/// `-1`, `0`, `nan` and `inf` are refused by clap with this message instead of panicking.
+pub(crate) fn positive_arg(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if !(v.is_finite() && v > 0.0 && v <= SECONDS_ARG_MAX) {
+        return Err(format!(
+            "'{s}' must be a positive number no larger than {SECONDS_ARG_MAX}"
+        ));
+    }
+    Ok(v)
 }
 
 fn main() -> ExitCode {

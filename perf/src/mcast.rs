@@ -37,7 +37,7 @@ pub struct PubArgs {
     /// Message size in bytes (at least 16: sequence and timestamp).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(16..=1472))]
     size: u32,
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = crate::positive_arg)]
     seconds: f64,
     /// Outgoing interface: an IPv4 address (default 127.0.0.1), or an IPv6 interface index.
     #[arg(long)]
@@ -80,7 +80,7 @@ pub struct SubArgs {
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Stop after this many seconds (default: until SIGINT/SIGTERM).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::positive_arg)]
     seconds: Option<f64>,
     /// Receive through AF_XDP on this interface (root; --addr is its address).
     #[arg(long, value_name = "IFACE")]

@@ -12,25 +12,24 @@ fn porto() -> Command {
     Command::new(env!("CARGO_BIN_EXE_porto"))
 }
 
-fn strict() -> bool {
-    std::env::var("PORTO_REQUIRE_NETNS").is_ok_and(|v| v == "1")
-}
+#[path = "../../engine/tests/common/packages.rs"]
+mod packages;
+use packages::strict;
 
 fn have_sockperf() -> bool {
-    let ok = Command::new("sockperf")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        assert!(
-            !strict(),
-            "sockperf is not installed (apt-get install sockperf) and PORTO_REQUIRE_NETNS=1"
-        );
-        eprintln!("skipping: sockperf is not installed (apt-get install sockperf, or run scripts/test.sh)");
-    }
-    ok
+    packages::require_packages(&["sockperf"], "the external client")
+}
+
+/// `porto` failed the way a user's error should: exit status 1 (porto's error) or 2 (clap's
+/// usage error), with a message; never a panic (101) or a signal.
+fn assert_user_error(out: &std::process::Output) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        matches!(out.status.code(), Some(1 | 2)),
+        "expected a user error (exit 1 or 2), got {:?}:\n{err}",
+        out.status
+    );
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 /// A port free for both UDP and TCP right now.
@@ -148,7 +147,7 @@ fn echo_on_a_port_in_use_fails_with_the_fix() {
         .args(["echo", "--udp", "--port", &port.to_string(), "--no-pin"])
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_user_error(&out);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("port is in use"), "{err}");
 }
@@ -156,10 +155,23 @@ fn echo_on_a_port_in_use_fails_with_the_fix() {
 #[test]
 fn bad_arguments_fail_cleanly() {
     let out = porto().args(["echo", "--port", "70000"]).output().unwrap();
-    assert!(!out.status.success());
+    assert_user_error(&out);
     let out = porto().args(["demo", "--size", "3"]).output().unwrap();
-    assert!(!out.status.success());
+    assert_user_error(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("size"));
+    // Durations that Duration::from_secs_f64 would panic on are refused by the parser.
+    for bad in ["-1", "nan", "inf", "0", "1e300"] {
+        for cmd in [
+            &["echo", "--udp"][..],
+            &["demo"],
+            &["mcast", "sub", "--group", "239.1.1.1:5000"],
+        ] {
+            let out = porto().args(cmd).arg(format!("--seconds={bad}")).output().unwrap();
+            assert_user_error(&out);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("positive number"), "{cmd:?} {bad}: {err}");
+        }
+    }
 }
 
 #[test]
@@ -269,9 +281,13 @@ fn demo_prints_its_table() {
     assert!(text.contains("p99.9"));
 }
 
-/// Runs `porto` as an unprivileged user with a small RLIMIT_MEMLOCK (needs root to drop
-/// privileges; CI runs as root).
+/// Runs `porto` as an unprivileged user (uid 65534) with a small RLIMIT_MEMLOCK, inside a
+/// network namespace of its own where ports below 1024 are privileged (so the result does
+/// not depend on this machine's `ip_unprivileged_port_start`). Needs root to drop privileges
+/// (CI runs as root). The binary is copied to a directory that user can reach: the checkout
+/// may sit under a 0700 directory (root's home, a `mktemp -d` folder).
 fn porto_unprivileged(memlock_kib: u32, args: &str) -> Option<std::process::Output> {
+    use std::os::unix::fs::PermissionsExt;
     let root = Command::new("id")
         .arg("-u")
         .output()
@@ -285,19 +301,27 @@ fn porto_unprivileged(memlock_kib: u32, args: &str) -> Option<std::process::Outp
         eprintln!("skipping: dropping privileges needs root");
         return None;
     }
-    let script = format!("ulimit -l {memlock_kib}; exec {} {args}", env!("CARGO_BIN_EXE_porto"));
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "sh",
-            "-c",
-            &script,
-        ])
+    if !packages::require_packages(&["util-linux", "iproute2"], "setpriv, unshare and ip") {
+        return None;
+    }
+    let dir = std::path::PathBuf::from(format!("/tmp/porto-unpriv-{}-{memlock_kib}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.join("porto");
+    std::fs::copy(env!("CARGO_BIN_EXE_porto"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = format!(
+        "ip link set lo up && echo 1024 > /proc/sys/net/ipv4/ip_unprivileged_port_start && \
+         exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all \
+         sh -c 'ulimit -l {memlock_kib}; exec {} {args}'",
+        bin.display()
+    );
+    let out = Command::new("unshare")
+        .args(["--net", "sh", "-c", &script])
+        .current_dir(&dir)
         .output()
-        .expect("setpriv (util-linux) runs");
+        .expect("unshare (util-linux) runs");
+    let _ = std::fs::remove_dir_all(&dir);
     Some(out)
 }
 
@@ -307,7 +331,7 @@ fn memlock_too_low_names_the_fix_and_exits_nonzero() {
         return;
     };
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    assert_user_error(&out);
     assert!(
         err.contains("RLIMIT_MEMLOCK is 1024 KiB") && err.contains("ulimit -l"),
         "{err}"
@@ -321,15 +345,7 @@ fn privileged_port_names_the_fix() {
         return;
     };
     let err = String::from_utf8_lossy(&out.stderr);
-    let start: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(1024);
-    if start <= 80 {
-        eprintln!("skipping: unprivileged users may bind port 80 here (ip_unprivileged_port_start = {start})");
-        return;
-    }
-    assert!(!out.status.success());
+    assert_user_error(&out);
     assert!(err.contains("CAP_NET_BIND_SERVICE"), "{err}");
 }
 

@@ -159,10 +159,29 @@ impl Ring {
     /// and every buffer the kernel writes must not be accessed by anyone else, until the
     /// kernel posts the operation's final completion (for SEND_ZC: its notification).
     pub(crate) unsafe fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        // SAFETY: forwarded to the caller's contract.
+        unsafe { self.push_all(std::slice::from_ref(entry)) }
+    }
+
+    /// Queues a chain of SQEs (an IO_LINK head and its LinkTimeout) all at once or not at
+    /// all: room for every entry is made first (by submitting what is queued), then they are
+    /// written and the tail published in one step, so neither a full SQ nor an SQPOLL thread
+    /// can ever see the head without the rest of its chain. An error means none was queued.
+    ///
+    /// # Safety
+    /// As for [`push`](Self::push), for every entry.
+    pub(crate) unsafe fn push_all(&mut self, entries: &[squeue::Entry]) -> io::Result<()> {
         loop {
-            // SAFETY: forwarded to the caller's contract.
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+            // SAFETY: forwarded to the caller's contract. `push_multiple` writes all or none;
+            // the tail is stored once, when the SubmissionQueue borrow drops.
+            if unsafe { self.ring.submission().push_multiple(entries) }.is_ok() {
                 return Ok(());
+            }
+            if entries.len() > self.info.sq_entries as usize {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "an SQE chain longer than the SQ",
+                ));
             }
             self.enter(0, None)?;
         }

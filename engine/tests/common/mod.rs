@@ -39,14 +39,15 @@ pub fn assert_conserved(shard: &mut Shard) {
     assert_eq!(held(shard), total, "frame conservation");
 }
 
-/// PORTO_REQUIRE_NETNS=1 (CI): a missing capability fails the test instead of skipping it.
-pub fn strict() -> bool {
-    std::env::var("PORTO_REQUIRE_NETNS").as_deref() == Ok("1")
-}
+pub mod packages;
+pub use packages::{require_packages, strict};
 
 /// Two namespaces joined by a veth pair with `queues` queues, deleted on drop; `None` (a
 /// skip, said on stderr) where this machine cannot make them, unless `strict()`.
 pub fn topology(prefix: &str, queues: u32) -> Option<Topology> {
+    if !require_packages(&["iproute2", "ethtool"], "veth pairs in network namespaces") {
+        return None;
+    }
     match Topology::create(prefix, queues) {
         Ok(t) => Some(t),
         Err(e) => {
