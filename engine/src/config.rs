@@ -105,14 +105,23 @@ impl Config {
         if self.ops_max == 0 || self.ops_max > 1 << 24 {
             return bad(format!("ops_max = {}: must be 1..=16777216", self.ops_max));
         }
-        if self.sockets_max == 0 || self.commands_max == 0 {
-            return bad("sockets_max and commands_max must be positive".into());
+        // A socket's index travels in the 24-bit index field of io_uring user_data.
+        if self.sockets_max == 0 || self.sockets_max > 1 << 24 || self.commands_max == 0 {
+            return bad(format!(
+                "sockets_max = {}, commands_max = {}: sockets_max must be 1..=16777216, commands_max positive",
+                self.sockets_max, self.commands_max
+            ));
         }
         if self.idle_spin_us > 1_000_000 {
             return bad(format!("idle_spin_us = {}: at most 1000000", self.idle_spin_us));
         }
-        if self.rio_buffers_max > 1 << 14 {
-            return bad(format!("rio_buffers_max = {}: at most 16384", self.rio_buffers_max));
+        // The fixed-buffer table holds the pool (slot 0) and the RIO slots: the kernel's
+        // limit is 16384 entries in all (IORING_MAX_REG_BUFFERS).
+        if self.rio_buffers_max > (1 << 14) - 1 {
+            return bad(format!(
+                "rio_buffers_max = {}: at most 16383 (the kernel's 16384 fixed buffers, one of them the pool)",
+                self.rio_buffers_max
+            ));
         }
         Ok(())
     }
@@ -155,5 +164,25 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("frame_size"));
+        for c in [
+            Config {
+                rio_buffers_max: 1 << 14,
+                ..Config::default()
+            },
+            Config {
+                sockets_max: (1 << 24) + 1,
+                ..Config::default()
+            },
+        ] {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("rio_buffers_max") || e.contains("sockets_max"), "{e}");
+        }
+        Config {
+            rio_buffers_max: (1 << 14) - 1,
+            sockets_max: 1 << 24,
+            ..Config::default()
+        }
+        .validate()
+        .unwrap();
     }
 }

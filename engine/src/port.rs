@@ -81,6 +81,9 @@ thread_local! {
 impl CompletionPort {
     /// A port holding at most `capacity` queued completions, releasing at most
     /// `concurrency` threads at once (0 means the number of CPUs, as in Windows).
+    ///
+    /// # Panics
+    /// If `capacity` is 0 (a programmer error: such a port could never hold a completion).
     pub fn new(concurrency: usize, capacity: usize) -> CompletionPort {
         assert!(capacity > 0, "port capacity must be positive");
         let concurrency = if concurrency == 0 {
@@ -168,7 +171,8 @@ impl CompletionPort {
         }
         // Calling dequeue again ends this thread's hold on whatever port it held.
         HELD.with(|h| drop(std::mem::replace(&mut *h.borrow_mut(), Held(None))));
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long to add to now (Duration::MAX) waits forever.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let s = &*self.shared;
         loop {
             if let Some(n) = self.try_take(out, max) {

@@ -109,6 +109,9 @@ pub enum Shaping {
     UseNonConformantMarkings,
 }
 
+/// Largest token-bucket burst: its size in bits must fit in a `u64`.
+pub const BURST_BYTES_MAX: u64 = u64::MAX / 8;
+
 /// A token bucket in exact integer arithmetic: tokens are bits scaled by 1e9, so refilling
 /// `rate_bps` for `dt` ns adds exactly `rate_bps * dt` units.
 #[derive(Clone, Debug)]
@@ -123,7 +126,14 @@ const SCALE: u128 = 1_000_000_000;
 
 impl TokenBucket {
     /// A full bucket of `burst_bytes` refilling at `rate_bps`.
+    ///
+    /// # Panics
+    /// If `burst_bytes` exceeds [`BURST_BYTES_MAX`] (the shard API validates it first).
     pub fn new(rate_bps: u64, burst_bytes: u64, now_ns: u64) -> TokenBucket {
+        assert!(
+            burst_bytes <= BURST_BYTES_MAX,
+            "burst of {burst_bytes} B beyond BURST_BYTES_MAX"
+        );
         let burst_bits = burst_bytes * 8;
         TokenBucket {
             rate_bps,

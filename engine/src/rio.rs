@@ -45,7 +45,6 @@ struct RioRegion {
     /// Fixed-buffer slot in the owning shard's ring, registered on first zero-copy use.
     slot: AtomicU32,
     shard: Weak<ShardShared>,
-    shard_index: usize,
 }
 
 // SAFETY: the region is plain heap memory; access to its bytes is partitioned into disjoint
@@ -59,7 +58,9 @@ impl Drop for RioRegion {
         let slot = self.slot.load(Ordering::Acquire);
         if slot != UNREGISTERED {
             if let Some(sh) = self.shard.upgrade() {
-                sh.send_reliably(Command::UnregisterRio { slot });
+                // Never blocks, on any thread (the shard's own included): the released-slot
+                // queue has room for every slot.
+                sh.release_rio_slot(slot);
             }
         }
         // SAFETY: ptr/len came from Box::into_raw of a Box<[u8]> in `register`; every RioBuf
@@ -91,7 +92,6 @@ impl RegisteredBuffer {
             len,
             slot: AtomicU32::new(UNREGISTERED),
             shard: Arc::downgrade(&shard.shared),
-            shard_index: shard.index(),
         });
         Ok((0..len)
             .step_by(segment_len)
@@ -164,20 +164,21 @@ impl RioBuf {
         Some(self.region.slot.load(Ordering::Acquire)).filter(|&s| s != UNREGISTERED)
     }
 
-    /// On the shard thread: the fixed-buffer slot, registering the region now if needed.
-    /// `None` if the region belongs to another shard or no slot is free.
-    pub(crate) fn fixed_slot(&self, free: &mut Vec<u32>, ring: &mut Ring) -> Option<u32> {
+    /// On the thread of shard `on`: the fixed-buffer slot, registering the region now if
+    /// needed. `None` if the region was registered with another shard (its slot, if any, is
+    /// in that shard's table, not `on`'s) or no slot is free: the send then copies.
+    pub(crate) fn fixed_slot(&self, on: &Arc<ShardShared>, free: &mut Vec<u32>, ring: &mut Ring) -> Option<u32> {
         let r = &*self.region;
+        if !std::ptr::eq(r.shard.as_ptr(), Arc::as_ptr(on)) {
+            return None;
+        }
         if let Some(s) = self.registered_slot() {
             return Some(s);
         }
-        let mine = r.shard.upgrade().is_some_and(|sh| sh.index == r.shard_index);
-        if !mine {
-            return None;
-        }
         let slot = free.pop()?;
-        // SAFETY: the region's memory lives until its RioRegion drops, which first clears
-        // the slot through the shard (UnregisterRio).
+        // SAFETY: the region's memory lives until its RioRegion drops; no request can name
+        // the slot after that (every RioBuf is gone), and the shard clears it when it takes
+        // the slot back (`release_rio_slot`).
         match unsafe { ring.register_slot(slot, r.ptr, r.len) } {
             Ok(()) => {
                 r.slot.store(slot, Ordering::Release);
@@ -346,6 +347,9 @@ impl fmt::Debug for CompletionQueue {
 }
 
 impl CompletionQueue {
+    ///
+    /// # Panics
+    /// If `capacity` is 0 (a programmer error: such a queue could never hold a result).
     pub fn new(capacity: usize, notify: RioNotify) -> CompletionQueue {
         assert!(capacity > 0, "completion queue capacity must be positive");
         CompletionQueue {
@@ -479,7 +483,8 @@ impl RequestQueue {
         max_send: u32,
         key: u64,
     ) -> Result<RequestQueue, Error> {
-        let need = (max_recv + max_send) as usize;
+        // Checked: u32 + u32 must not wrap under the CQ reservation.
+        let need = max_recv as usize + max_send as usize;
         let cqs = &cq.shared;
         let mut cur = cqs.reserved.load(Ordering::Acquire);
         loop {

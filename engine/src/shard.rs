@@ -180,9 +180,6 @@ pub(crate) enum Command {
     Close {
         sock: u32,
     },
-    UnregisterRio {
-        slot: u32,
-    },
     /// Received datagrams on this socket go to the group's subscribers.
     FanOut {
         sock: u32,
@@ -212,6 +209,9 @@ pub(crate) struct ShardShared {
     /// side writes its flag, SeqCst, then reads the other's).
     pushers: AtomicUsize,
     free_sockets: ArrayQueue<u32>,
+    /// RIO fixed-buffer slots whose region was dropped, for the shard to clear and reuse.
+    /// Sized to hold every slot, so a release never waits (it may run on the shard thread).
+    rio_released: ArrayQueue<u32>,
     pub stats: Stats,
     pub pool: Pool,
     pub info: OnceLock<ShardInfo>,
@@ -280,11 +280,13 @@ impl ShardShared {
     }
 
     pub(crate) fn alloc_flow(&self) -> Result<u16, SetupError> {
-        let id = self.next_flow.fetch_add(1, Ordering::Relaxed);
-        if usize::from(id) >= FLOWS_MAX {
-            return Err(SetupError::Limit("QoS flow"));
-        }
-        Ok(id)
+        // Never past FLOWS_MAX: a counter that kept counting would wrap after 65 536 calls
+        // and hand out the id of a live flow.
+        self.next_flow
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |id| {
+                (usize::from(id) < FLOWS_MAX).then_some(id + 1)
+            })
+            .map_err(|_| SetupError::Limit("QoS flow"))
     }
 
     pub(crate) fn alloc_socket(&self) -> Result<u32, SetupError> {
@@ -292,6 +294,14 @@ impl ShardShared {
             return Err(SetupError::Stopped);
         }
         self.free_sockets.pop().ok_or(SetupError::Limit("socket"))
+    }
+
+    /// Hands a RIO fixed-buffer slot back (its region was dropped). Never blocks.
+    pub(crate) fn release_rio_slot(&self, slot: u32) {
+        self.rio_released
+            .push(slot)
+            .expect("a RIO slot released twice: the queue holds every slot");
+        self.wake();
     }
 
     pub(crate) fn free_socket_id(&self, id: u32) {
@@ -473,6 +483,9 @@ impl ShardHandle {
     /// `traffic`'s DSCP, shaped if `shape` is given (rate bps, burst bytes, behaviour), and
     /// scheduled by class (Control and Voice first).
     pub fn create_flow(&self, traffic: TrafficType, shape: Option<(u64, u64, Shaping)>) -> Result<QosFlow, SetupError> {
+        if let Some((rate, burst, _)) = shape {
+            check_bucket(rate, burst)?;
+        }
         let id = self.shared.alloc_flow()?;
         let mut flow = Flow::new(traffic);
         if let Some((rate, burst, how)) = shape {
@@ -501,6 +514,9 @@ impl ShardHandle {
     /// `rate_bps` (bursts of `burst_bytes`), after the class scheduler has ordered them —
     /// the bottleneck at which Control and Voice overtake bulk traffic. `None` removes it.
     pub fn set_link_rate(&self, rate_bps: Option<u64>, burst_bytes: u64) -> Result<(), SetupError> {
+        if let Some(rate) = rate_bps {
+            check_bucket(rate, burst_bytes)?;
+        }
         self.shared
             .send(Command::LinkRate { rate_bps, burst_bytes })
             .map_err(|_| SetupError::Limit("shard command queue"))
@@ -530,6 +546,17 @@ impl ShardHandle {
     }
 }
 
+/// A token bucket's rate and burst: positive, and a burst whose bits fit in a u64.
+fn check_bucket(rate_bps: u64, burst_bytes: u64) -> Result<(), SetupError> {
+    if rate_bps == 0 || burst_bytes == 0 || burst_bytes > crate::qos::BURST_BYTES_MAX {
+        return Err(SetupError::Config(format!(
+            "rate {rate_bps} bit/s, burst {burst_bytes} B: both must be positive and the burst at most {} B",
+            crate::qos::BURST_BYTES_MAX
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn new_shared(cfg: &Config, index: usize) -> Result<Arc<ShardShared>, SetupError> {
     let pool = Pool::new(cfg.frames_per_shard, cfg.frame_size, cfg.huge_pages).map_err(|source| SetupError::Map {
         bytes: cfg.pool_bytes(),
@@ -548,6 +575,7 @@ pub(crate) fn new_shared(cfg: &Config, index: usize) -> Result<Arc<ShardShared>,
         stop: AtomicBool::new(false),
         pushers: AtomicUsize::new(0),
         free_sockets,
+        rio_released: ArrayQueue::new(cfg.rio_buffers_max.max(1) as usize),
         stats: Stats::default(),
         pool,
         info: OnceLock::new(),
@@ -733,9 +761,10 @@ impl Shard {
     /// caller drives. The core is free while it sleeps, for the kernel's own receive work
     /// or another thread.
     pub fn wait(&mut self, out: &mut Vec<Completion>, max: usize, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
+        // A timeout too long to add to now (Duration::MAX) waits until something arrives.
+        let deadline = Instant::now().checked_add(timeout);
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
             let n = self.turn_and_take(out, max, Some(left));
             if n > 0 || left.is_zero() {
                 return n;
@@ -759,10 +788,10 @@ impl Shard {
     /// Polling mode: like [`poll`](Self::poll) but keeps turning (busy-polling, never
     /// sleeping) until something arrives or `timeout` passes.
     pub fn poll_until(&mut self, out: &mut Vec<Completion>, max: usize, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         loop {
             let n = self.poll(out, max);
-            if n > 0 || Instant::now() >= deadline {
+            if n > 0 || deadline.is_some_and(|d| Instant::now() >= d) {
                 return n;
             }
             std::hint::spin_loop();
@@ -878,6 +907,12 @@ impl Shard {
     }
 
     fn take_commands(&mut self) -> usize {
+        while let Some(slot) = self.shared.rio_released.pop() {
+            if let Err(e) = self.ring.unregister_slot(slot) {
+                tracing::warn!(slot, error = %e, "clearing a RIO fixed-buffer slot failed");
+            }
+            self.rio_slots.push(slot);
+        }
         let mut n = 0;
         while n < COMMANDS_PER_TURN {
             let Some(cmd) = self.shared.commands.pop() else { break };
@@ -969,12 +1004,6 @@ impl Shard {
                     if let Some(g) = self.sockets[sock as usize].fanout.as_mut() {
                         g.remove(&sub);
                     }
-                }
-                Command::UnregisterRio { slot } => {
-                    if let Err(e) = self.ring.unregister_slot(slot) {
-                        tracing::warn!(slot, error = %e, "clearing a RIO fixed-buffer slot failed");
-                    }
-                    self.rio_slots.push(slot);
                 }
             }
         }
@@ -1240,7 +1269,10 @@ impl Shard {
                 } else {
                     s.addr_len = 0;
                 }
-                s.zerocopy = r.kind == RioKind::Send && r.buf.fixed_slot(&mut self.rio_slots, &mut self.ring).is_some();
+                s.zerocopy = r.kind == RioKind::Send
+                    && r.buf
+                        .fixed_slot(&self.shared, &mut self.rio_slots, &mut self.ring)
+                        .is_some();
                 s.rio = Some(r);
             }
         }

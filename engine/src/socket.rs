@@ -829,7 +829,31 @@ pub struct XdpOptions {
     pub dscp_priority: bool,
 }
 
+/// Largest AF_XDP ring (entries): the kernel takes up to 2^31, but a ring of more frames
+/// than a pool can have (65 536) is never useful.
+pub const XDP_RING_SIZE_MAX: u32 = 1 << 16;
+/// Longest receive-coalescing hold.
+pub const RX_COALESCE_WAIT_MAX: Duration = Duration::from_secs(1);
+
 impl XdpOptions {
+    /// Checks the sizes before anything is attached or bound; the error names the field.
+    pub fn validate(&self) -> Result<(), SetupError> {
+        if !self.ring_size.is_power_of_two() || self.ring_size > XDP_RING_SIZE_MAX {
+            return Err(SetupError::Config(format!(
+                "XdpOptions::ring_size = {}: must be a power of two up to {XDP_RING_SIZE_MAX}",
+                self.ring_size
+            )));
+        }
+        if let Some((frames, wait)) = self.rx_coalesce {
+            if frames == 0 || wait > RX_COALESCE_WAIT_MAX {
+                return Err(SetupError::Config(format!(
+                    "XdpOptions::rx_coalesce = ({frames}, {wait:?}): frames must be positive and the wait at most {RX_COALESCE_WAIT_MAX:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub fn new(iface: &str) -> XdpOptions {
         XdpOptions {
             iface: iface.to_string(),
@@ -919,6 +943,7 @@ impl XdpUdpSocket {
         delivery: Delivery,
     ) -> Result<XdpUdpSocket, SetupError> {
         let local = local.into();
+        opts.validate()?;
         let mut program = XdpProgram::attach(&opts.iface, opts.attach)?;
         let pool = shard.pool();
         let first_queue = opts.queue.unwrap_or(0);

@@ -891,3 +891,104 @@ fn closing_a_socket_aborts_its_held_and_queued_sends() {
         "frames came back"
     );
 }
+
+/// A registered buffer used on a shard it was not registered with is sent by copy there; its
+/// fixed-buffer slot stays the owning shard's (it used to be registered in the other shard's
+/// table and then named by the owner, whose slot of that number held other memory).
+#[test]
+fn rio_buffer_used_on_another_shard_stays_in_its_owners_table() {
+    let mut a = Shard::new(&small(), None).unwrap();
+    let mut b = Shard::new(&small(), None).unwrap();
+    let (ha, hb) = (a.handle(), b.handle());
+    let rx = StdUdp::bind(any(false)).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let to = rx.local_addr().unwrap();
+    let cq = CompletionQueue::new(8, RioNotify::None);
+    let sock_a = UdpSocket::bind(&ha, any(false), &SocketOptions::default(), Delivery::Poll { key: 0 }).unwrap();
+    let sock_b = UdpSocket::bind(&hb, any(false), &SocketOptions::default(), Delivery::Poll { key: 0 }).unwrap();
+    let mut rq_a = RequestQueue::new(sock_a.core(), &cq, 1, 1, 1).unwrap();
+    let mut rq_b = RequestQueue::new(sock_b.core(), &cq, 1, 1, 2).unwrap();
+    let mut seg = RegisteredBuffer::register(&ha, vec![0u8; 1024], 1024)
+        .unwrap()
+        .pop()
+        .unwrap();
+    let mut send = |rq: &mut RequestQueue, shard: &mut Shard, mut seg: porto_engine::rio::RioBuf, text: &[u8]| {
+        seg.set_len(text.len());
+        seg.copy_from_slice(text);
+        rq.send_to(seg, to, 7, RioFlags::NONE).unwrap();
+        let mut res = Vec::new();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while res.is_empty() && Instant::now() < deadline {
+            shard.poll(&mut out, 8);
+            cq.dequeue(&mut res, 8);
+        }
+        let r = res.pop().expect("a RIO send result");
+        assert_eq!(r.result, Ok(text.len()));
+        let mut got = [0u8; 64];
+        let n = rx.recv(&mut got).unwrap();
+        assert_eq!(&got[..n], text);
+        r.buf
+    };
+    seg = send(&mut rq_b, &mut b, seg, b"sent by shard b");
+    assert!(
+        !seg.is_registered(),
+        "registered in the table of a shard it does not belong to"
+    );
+    seg = send(&mut rq_a, &mut a, seg, b"sent by shard a");
+    assert!(seg.is_registered(), "its own shard registers it on first use");
+    seg = send(&mut rq_b, &mut b, seg, b"b again, by copy");
+    seg = send(&mut rq_a, &mut a, seg, b"a again, zero-copy");
+    drop(seg);
+}
+
+/// The last segment of a registered region dropped on the shard's own thread (polling mode)
+/// while the command queue is full returns at once: releasing its fixed-buffer slot used to
+/// wait for queue room that only this thread could make.
+#[test]
+fn dropping_a_registered_region_on_the_shard_thread_never_waits() {
+    let cfg = Config {
+        commands_max: 2,
+        ..small()
+    };
+    let mut shard = Shard::new(&cfg, None).unwrap();
+    let h = shard.handle();
+    let rx = StdUdp::bind(any(false)).unwrap();
+    let to = rx.local_addr().unwrap();
+    let sock = UdpSocket::bind(&h, any(false), &SocketOptions::default(), Delivery::Poll { key: 0 }).unwrap();
+    let cq = CompletionQueue::new(8, RioNotify::None);
+    let mut rq = RequestQueue::new(sock.core(), &cq, 1, 1, 1).unwrap();
+    let mut seg = RegisteredBuffer::register(&h, vec![0u8; 256], 256)
+        .unwrap()
+        .pop()
+        .unwrap();
+    seg.set_len(3);
+    rq.send_to(seg, to, 1, RioFlags::NONE).unwrap();
+    let (mut res, mut out) = (Vec::new(), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while res.is_empty() && Instant::now() < deadline {
+        shard.poll(&mut out, 8);
+        cq.dequeue(&mut res, 8);
+    }
+    let seg = res.pop().expect("send result").buf;
+    assert!(seg.is_registered());
+    // Fill the command queue, then drop the region's last segment on this (the shard's) thread.
+    let mut queued = 0;
+    while sock.send_to(h.pool().alloc_from(b"q").unwrap(), to, 2).is_ok() {
+        queued += 1;
+    }
+    assert_eq!(queued, 2);
+    let (tx, rx_done) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if rx_done.recv_timeout(Duration::from_secs(10)).is_err() {
+            eprintln!("dropping the region blocked the shard thread");
+            std::process::abort();
+        }
+    });
+    drop(seg);
+    tx.send(()).unwrap();
+    watchdog.join().unwrap();
+    // The shard takes the slot back and the queued sends still complete.
+    let done = poll_n(&mut shard, 2);
+    assert_eq!(done.iter().filter(|c| c.token == 2 && c.result == Ok(1)).count(), 2);
+}
