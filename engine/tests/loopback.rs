@@ -912,7 +912,7 @@ fn rio_buffer_used_on_another_shard_stays_in_its_owners_table() {
         .unwrap()
         .pop()
         .unwrap();
-    let mut send = |rq: &mut RequestQueue, shard: &mut Shard, mut seg: porto_engine::rio::RioBuf, text: &[u8]| {
+    let send = |rq: &mut RequestQueue, shard: &mut Shard, mut seg: porto_engine::rio::RioBuf, text: &[u8]| {
         seg.set_len(text.len());
         seg.copy_from_slice(text);
         rq.send_to(seg, to, 7, RioFlags::NONE).unwrap();
