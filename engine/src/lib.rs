@@ -46,6 +46,8 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod fanout;
+#[cfg(all(test, loom))]
+mod loom_models;
 pub mod netns;
 mod op;
 pub mod pool;
@@ -55,6 +57,7 @@ pub mod rio;
 pub mod shard;
 pub mod socket;
 pub mod stats;
+mod sync;
 mod sys;
 pub mod wire;
 pub mod xdp;

@@ -25,12 +25,13 @@ use std::fmt;
 use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
 
 use crate::error::Error;
+use crate::sync::{fence, AtomicU32};
 use crate::sys::region::{PageKind, Region};
 
 /// Largest frame count: provided-buffer ids are 16-bit.

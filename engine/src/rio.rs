@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
@@ -35,6 +35,7 @@ use crate::op::Request;
 use crate::port::CompletionPort;
 use crate::shard::{Command, ShardHandle, ShardShared};
 use crate::socket::SocketCore;
+use crate::sync::WakeFlag;
 use crate::sys::ring::Ring;
 
 const UNREGISTERED: u32 = u32::MAX;
@@ -279,7 +280,7 @@ pub enum RioNotify {
 /// something. Shared by RIO completion queues and fan-out subscriptions.
 #[derive(Debug)]
 pub(crate) struct Notifier {
-    armed: AtomicBool,
+    armed: WakeFlag,
     notify: RioNotify,
     /// The `op` of a posted notification completion.
     op: OpKind,
@@ -288,7 +289,7 @@ pub(crate) struct Notifier {
 impl Notifier {
     pub(crate) fn new(notify: RioNotify, op: OpKind) -> Notifier {
         Notifier {
-            armed: AtomicBool::new(false),
+            armed: WakeFlag::new(),
             notify,
             op,
         }
@@ -296,19 +297,16 @@ impl Notifier {
 
     /// Arms; fires at once if the queue already holds `queued` entries.
     pub(crate) fn arm(&self, queued: impl Fn() -> usize) {
-        // SeqCst: pairs with `pushed`'s load after the producer's push: either the producer
-        // sees the flag or we see its entry.
-        self.armed.store(true, Ordering::SeqCst);
-        let n = queued();
-        if n > 0 && self.armed.swap(false, Ordering::SeqCst) {
-            self.fire(n);
+        // The store-buffering handshake of `WakeFlag` (loom-checked): either the producer's
+        // `pushed` sees the arming, or we see its entry here.
+        if self.armed.arm(|| queued() > 0) {
+            self.fire(queued());
         }
     }
 
     /// After a push that left `queued` entries: fires if armed.
     pub(crate) fn pushed(&self, queued: impl Fn() -> usize) {
-        // SeqCst: pairs with `arm` (see there).
-        if self.armed.load(Ordering::SeqCst) && self.armed.swap(false, Ordering::SeqCst) {
+        if self.armed.take() {
             self.fire(queued());
         }
     }

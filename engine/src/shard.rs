@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,7 @@ use crate::port::CompletionPort;
 use crate::qos::{Admission, Flow, FlowCounters, Scheduler, Shaping, TokenBucket, TrafficType};
 use crate::rio::RioKind;
 use crate::stats::{new_histogram, Stats};
+use crate::sync::{StopGate, WakeFlag};
 use crate::sys::bufring::BufRing;
 use crate::sys::net;
 use crate::sys::region::PageKind;
@@ -200,14 +201,11 @@ pub(crate) enum Command {
 pub(crate) struct ShardShared {
     pub index: usize,
     commands: ArrayQueue<Command>,
-    /// The shard is about to block in io_uring_enter (set by the shard, cleared by a waker).
-    sleeping: AtomicBool,
+    /// The shard is about to block in io_uring_enter (armed by the shard, taken by a waker).
+    sleeping: WakeFlag,
     wake_fd: OwnedFd,
-    stop: AtomicBool,
-    /// Application threads inside `push` now. A stopping shard waits for 0 after setting
-    /// `stop` before its last drain, so no command is queued after that drain (Dekker: each
-    /// side writes its flag, SeqCst, then reads the other's).
-    pushers: AtomicUsize,
+    /// Closed at stop: no command is accepted after the shard's last drain.
+    gate: StopGate,
     free_sockets: ArrayQueue<u32>,
     /// RIO fixed-buffer slots whose region was dropped, for the shard to clear and reuse.
     /// Sized to hold every slot, so a release never waits (it may run on the shard thread).
@@ -232,26 +230,7 @@ impl ShardShared {
 
     /// Queues without waking; follow a batch with one [`wake`](Self::wake).
     pub(crate) fn push(&self, cmd: Command) -> Result<(), Command> {
-        // SeqCst both: pairs with `quiesce` (see `pushers`).
-        self.pushers.fetch_add(1, Ordering::SeqCst);
-        let r = if self.stop.load(Ordering::SeqCst) {
-            Err(cmd)
-        } else {
-            self.commands.push(cmd)
-        };
-        // Release: our push happens before the shard's drain that sees 0.
-        self.pushers.fetch_sub(1, Ordering::Release);
-        r
-    }
-
-    /// After `stop` is set: waits until no thread is inside `push`. Every command accepted
-    /// is then in the queue, and no more can be: the drain that follows sees them all.
-    fn quiesce(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // SeqCst: pairs with `push`; Acquire-strength for their queue writes.
-        while self.pushers.load(Ordering::SeqCst) > 0 {
-            std::thread::yield_now();
-        }
+        self.gate.pass(cmd, |c| self.commands.push(c))
     }
 
     /// Sends a command that must not be lost (closing a socket): waits for queue room.
@@ -259,7 +238,7 @@ impl ShardShared {
         loop {
             match self.push(cmd) {
                 Ok(()) => return self.wake(),
-                Err(back) if !self.stop.load(Ordering::Relaxed) => {
+                Err(back) if !self.is_stopping() => {
                     cmd = back;
                     self.wake();
                     std::thread::yield_now();
@@ -270,11 +249,9 @@ impl ShardShared {
         }
     }
 
+    /// After queueing: wakes the shard if it sleeps (or is about to).
     pub(crate) fn wake(&self) {
-        // SeqCst fence: pairs with the shard's fence between setting `sleeping` and checking
-        // the command queue; either the shard sees our command or we see it sleeping.
-        fence(Ordering::SeqCst);
-        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::AcqRel) {
+        if self.sleeping.take() {
             net::eventfd_signal(self.wake_fd.as_raw_fd());
         }
     }
@@ -290,7 +267,7 @@ impl ShardShared {
     }
 
     pub(crate) fn alloc_socket(&self) -> Result<u32, SetupError> {
-        if self.stop.load(Ordering::Relaxed) {
+        if self.is_stopping() {
             return Err(SetupError::Stopped);
         }
         self.free_sockets.pop().ok_or(SetupError::Limit("socket"))
@@ -309,13 +286,13 @@ impl ShardShared {
     }
 
     pub(crate) fn request_stop(&self) {
-        self.stop.store(true, Ordering::Release);
-        self.sleeping.store(false, Ordering::Relaxed);
+        self.gate.request();
+        self.sleeping.disarm();
         net::eventfd_signal(self.wake_fd.as_raw_fd());
     }
 
     pub(crate) fn is_stopping(&self) -> bool {
-        self.stop.load(Ordering::Acquire)
+        self.gate.is_closed()
     }
 }
 
@@ -570,10 +547,9 @@ pub(crate) fn new_shared(cfg: &Config, index: usize) -> Result<Arc<ShardShared>,
     Ok(Arc::new(ShardShared {
         index,
         commands: ArrayQueue::new(cfg.commands_max as usize),
-        sleeping: AtomicBool::new(false),
+        sleeping: WakeFlag::new(),
         wake_fd,
-        stop: AtomicBool::new(false),
-        pushers: AtomicUsize::new(0),
+        gate: StopGate::new(),
         free_sockets,
         rio_released: ArrayQueue::new(cfg.rio_buffers_max.max(1) as usize),
         stats: Stats::default(),
@@ -814,10 +790,11 @@ impl Shard {
             // Work arrived while spinning; it is reaped or taken below.
         } else if wait && idle {
             self.arm_xdp_polls();
-            self.shared.sleeping.store(true, Ordering::Relaxed);
-            // SeqCst fence: pairs with `ShardShared::wake` (see there).
-            fence(Ordering::SeqCst);
-            if self.shared.commands.is_empty() && !self.shared.is_stopping() {
+            let shared = &self.shared;
+            let work = shared
+                .sleeping
+                .arm(|| !shared.commands.is_empty() || shared.is_stopping());
+            if !work {
                 // Merging the latency histogram costs tens of µs: never per sleep. Samples
                 // not yet published make the sleep a timed one, so they are at most
                 // STATS_PERIOD late.
@@ -851,7 +828,7 @@ impl Shard {
                     .min();
                 self.ring.submit_and_wait(timeout)?;
             }
-            self.shared.sleeping.store(false, Ordering::Relaxed);
+            self.shared.sleeping.disarm();
         } else if wait && waiting {
             // A full port or a full reliable subscriber: wait briefly for room (a consumer
             // making room also wakes us), but keep reaping.
@@ -2159,7 +2136,7 @@ impl Shard {
     /// the kernel to finish, closes every socket, and hands completions that found their
     /// port full to the port's overflow: nothing accepted goes unanswered.
     pub(crate) fn shutdown(&mut self) {
-        self.shared.quiesce();
+        self.shared.gate.close();
         while self.take_commands() > 0 {}
         self.qos_purge_all();
         self.cancel_where(|_| true);

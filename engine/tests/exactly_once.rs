@@ -1,6 +1,12 @@
-//! Exactly one terminal completion per accepted operation, at the edges where it used to
-//! break: an engine stopping while threads submit, completions that find their port full at
-//! shutdown, and cancels of sends waiting in the QoS queues.
+//! Exactly one terminal completion per accepted operation: a property test over random
+//! interleavings of every operation kind (with cancels, closes, a tiny CQ, an exhausted pool,
+//! a full port and a shard stop), and the edges where it used to break: an engine stopping
+//! while threads submit, completions that find their port full at shutdown, and cancels of
+//! sends waiting in the QoS queues.
+//!
+//! CI runs a bounded number of property cases; a long run is
+//! `PROPTEST_CASES=20000 cargo test --release -p porto-engine --test exactly_once -- --nocapture prop`
+//! (it prints the operations it ran and the completions it counted).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket as StdUdp};
@@ -32,6 +38,13 @@ fn lo() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
+/// The tests of this file one at a time: the property test counts this process's open fds.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Terminal completions (those without `more`) per token.
 fn terminals(cs: &[Completion]) -> HashMap<u64, usize> {
     let mut m = HashMap::new();
@@ -46,6 +59,7 @@ fn terminals(cs: &[Completion]) -> HashMap<u64, usize> {
 /// queue when the shard stopped, and those that found the (tiny) port full at shutdown.
 #[test]
 fn ops_accepted_while_the_engine_stops_end_exactly_once() {
+    let _one = one_at_a_time();
     for round in 0..20u64 {
         let engine = Engine::start(&cfg()).unwrap();
         let port = CompletionPort::new(0, 8);
@@ -122,6 +136,7 @@ fn ops_accepted_while_the_engine_stops_end_exactly_once() {
 /// buffer; the others still go out, each once.
 #[test]
 fn cancel_reaches_a_send_held_by_shaping() {
+    let _one = one_at_a_time();
     let mut shard = Shard::new(&cfg(), None).unwrap();
     let h = shard.handle();
     // 8 kbit/s with a 1000-byte burst: the first datagram conforms, the rest are held.
@@ -164,4 +179,435 @@ fn cancel_reaches_a_send_held_by_shaping() {
         (ends.get(&1), ends.get(&2), ends.get(&3)),
         (Some(&1), Some(&1), Some(&1))
     );
+}
+
+mod prop {
+    use super::*;
+    use porto_engine::socket::{TcpListener, TcpStream};
+    use proptest::prelude::*;
+    use std::sync::atomic::AtomicU64;
+
+    /// What the application does next.
+    #[derive(Clone, Debug)]
+    enum Act {
+        /// A receive on UDP socket `s` (single-shot with a timeout, or multishot).
+        Recv {
+            s: usize,
+            multishot: bool,
+        },
+        /// A send from UDP socket `s` to the kernel peer or to UDP socket `to`.
+        Send {
+            s: usize,
+            to: Option<usize>,
+            len: usize,
+        },
+        /// One frame to `n` destinations.
+        SendMany {
+            s: usize,
+            n: usize,
+        },
+        /// The kernel peer sends `n` datagrams to UDP socket `s`.
+        PeerSend {
+            s: usize,
+            n: usize,
+        },
+        /// Cancel the `back`-th most recent token of socket `s`.
+        Cancel {
+            s: usize,
+            back: usize,
+        },
+        /// Close UDP socket `s` (drop the handle) and bind a fresh one in its place.
+        Reopen {
+            s: usize,
+        },
+        /// Accept on the listener (multishot or not), or connect a new stream to it.
+        Accept {
+            multishot: bool,
+        },
+        Connect,
+        /// A receive (with a timeout) or a send on stream `s`, or drop it.
+        StreamRecv {
+            s: usize,
+            multishot: bool,
+        },
+        StreamSend {
+            s: usize,
+            len: usize,
+        },
+        StreamDrop {
+            s: usize,
+        },
+        /// Keep (or give back) received buffers: pool exhaustion.
+        Hoard {
+            keep: bool,
+        },
+        /// Turn the shard `n` times.
+        Turn {
+            n: usize,
+        },
+    }
+
+    fn act() -> impl Strategy<Value = Act> {
+        prop_oneof![
+            3 => (0..3usize, any::<bool>()).prop_map(|(s, multishot)| Act::Recv { s, multishot }),
+            3 => (0..3usize, proptest::option::of(0..3usize), 1..1400usize).prop_map(|(s, to, len)| Act::Send { s, to, len }),
+            1 => (0..3usize, 1..6usize).prop_map(|(s, n)| Act::SendMany { s, n }),
+            3 => (0..3usize, 1..20usize).prop_map(|(s, n)| Act::PeerSend { s, n }),
+            2 => (0..3usize, 0..4usize).prop_map(|(s, back)| Act::Cancel { s, back }),
+            1 => (0..3usize).prop_map(|s| Act::Reopen { s }),
+            1 => any::<bool>().prop_map(|multishot| Act::Accept { multishot }),
+            1 => Just(Act::Connect),
+            1 => (0..3usize, any::<bool>()).prop_map(|(s, multishot)| Act::StreamRecv { s, multishot }),
+            1 => (0..3usize, 1..3000usize).prop_map(|(s, len)| Act::StreamSend { s, len }),
+            1 => (0..3usize).prop_map(|s| Act::StreamDrop { s }),
+            1 => any::<bool>().prop_map(|keep| Act::Hoard { keep }),
+            3 => (1..4usize).prop_map(|n| Act::Turn { n }),
+        ]
+    }
+
+    /// Operations and completions counted over every case (for the long run's figure).
+    static OPS: AtomicU64 = AtomicU64::new(0);
+    static COMPLETIONS: AtomicU64 = AtomicU64::new(0);
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    }
+
+    struct World {
+        h: porto_engine::shard::ShardHandle,
+        udp: Vec<UdpSocket>,
+        listener: Option<TcpListener>,
+        streams: Vec<TcpStream>,
+        peer: StdUdp,
+        /// Terminal completions expected per token (send_to_many: one per destination).
+        expect: HashMap<u64, usize>,
+        /// Tokens per UDP slot, newest last (for cancels).
+        tokens: Vec<Vec<u64>>,
+        next: u64,
+        hoard: Vec<porto_engine::pool::Buf>,
+        keep: bool,
+        got: Vec<Completion>,
+    }
+
+    impl World {
+        fn token(&mut self, n: usize) -> u64 {
+            self.next += 1;
+            self.expect.insert(self.next, n);
+            self.next
+        }
+
+        fn udp(h: &porto_engine::shard::ShardHandle, delivery: &Delivery) -> UdpSocket {
+            let opts = SocketOptions {
+                recv_buffer: Some(1 << 16),
+                ..SocketOptions::default()
+            };
+            UdpSocket::bind(h, lo(), &opts, delivery.clone()).unwrap()
+        }
+
+        /// Records a completion; returns received buffers to the hoard or the pool.
+        fn take(&mut self, mut c: Completion) {
+            COMPLETIONS.fetch_add(1, Ordering::Relaxed);
+            if self.keep && self.hoard.len() < 64 {
+                if let Some(b) = c.buffer.take() {
+                    self.hoard.push(b);
+                }
+            }
+            c.buffer = None;
+            c.accepted = None;
+            self.got.push(c);
+        }
+
+        fn run(&mut self, a: &Act, delivery: &Delivery) {
+            OPS.fetch_add(1, Ordering::Relaxed);
+            let pool = self.h.pool().clone();
+            match *a {
+                Act::Recv { s, multishot } => {
+                    let t = self.token(1);
+                    let r = if multishot {
+                        self.udp[s].recv_from_multishot(t)
+                    } else {
+                        self.udp[s].recv_from(t, Some(Duration::from_millis(5)))
+                    };
+                    self.accepted(s, t, r.is_ok());
+                }
+                Act::Send { s, to, len } => {
+                    let dest = match to {
+                        Some(i) => self.udp[i].local_addr().unwrap(),
+                        None => self.peer.local_addr().unwrap(),
+                    };
+                    let Ok(mut b) = pool.alloc() else { return };
+                    b.set_len(len.min(b.capacity()));
+                    let t = self.token(1);
+                    let ok = self.udp[s].send_to(b, dest, t).is_ok();
+                    self.accepted(s, t, ok);
+                }
+                Act::SendMany { s, n } => {
+                    let Ok(b) = pool.alloc_from(&[7u8; 64]) else { return };
+                    let dests: Arc<[SocketAddr]> = (0..n)
+                        .map(|i| {
+                            if i % 2 == 0 {
+                                self.peer.local_addr().unwrap()
+                            } else {
+                                self.udp[i % 3].local_addr().unwrap()
+                            }
+                        })
+                        .collect();
+                    let t = self.token(n);
+                    let ok = self.udp[s].send_to_many(b, &dests, t).is_ok();
+                    self.accepted(s, t, ok);
+                }
+                Act::PeerSend { s, n } => {
+                    let to = self.udp[s].local_addr().unwrap();
+                    for i in 0..n {
+                        let _ = self.peer.send_to(&[i as u8; 32], to);
+                    }
+                }
+                Act::Cancel { s, back } => {
+                    let list = &self.tokens[s];
+                    if let Some(&t) = list.len().checked_sub(1 + back).and_then(|i| list.get(i)) {
+                        let _ = self.udp[s].cancel(t);
+                    }
+                }
+                Act::Reopen { s } => {
+                    self.udp[s] = Self::udp(&self.h, delivery);
+                    self.tokens[s].clear();
+                }
+                Act::Accept { multishot } => {
+                    if self.listener.is_none() {
+                        return;
+                    }
+                    let t = self.token(1);
+                    let l = self.listener.as_ref().expect("checked");
+                    let r = if multishot { l.accept_multishot(t) } else { l.accept(t) };
+                    if r.is_err() {
+                        self.expect.remove(&t);
+                    }
+                }
+                Act::Connect => {
+                    if self.streams.len() >= 3 {
+                        return;
+                    }
+                    let Some(to) = self.listener.as_ref().map(|l| l.local_addr().unwrap()) else {
+                        return;
+                    };
+                    let t = self.token(1);
+                    match TcpStream::connect(
+                        &self.h,
+                        to,
+                        t,
+                        Some(Duration::from_secs(1)),
+                        &SocketOptions::default(),
+                        delivery.clone(),
+                    ) {
+                        Ok(st) => self.streams.push(st),
+                        Err(_) => {
+                            self.expect.remove(&t);
+                        }
+                    }
+                }
+                Act::StreamRecv { s, multishot } => {
+                    if s < self.streams.len() {
+                        let t = self.token(1);
+                        let st = &self.streams[s];
+                        let r = if multishot {
+                            st.recv_multishot(t)
+                        } else {
+                            st.recv(t, Some(Duration::from_millis(5)))
+                        };
+                        if r.is_err() {
+                            self.expect.remove(&t);
+                        }
+                    }
+                }
+                Act::StreamSend { s, len } => {
+                    if s < self.streams.len() {
+                        let Ok(mut b) = pool.alloc() else { return };
+                        b.set_len(len.min(b.capacity()));
+                        let t = self.token(1);
+                        if self.streams[s].send(b, t).is_err() {
+                            self.expect.remove(&t);
+                        }
+                    }
+                }
+                Act::StreamDrop { s } => {
+                    if s < self.streams.len() {
+                        self.streams.remove(s);
+                    }
+                }
+                Act::Hoard { keep } => {
+                    self.keep = keep;
+                    if !keep {
+                        self.hoard.clear();
+                    }
+                }
+                Act::Turn { .. } => {}
+            }
+        }
+
+        fn accepted(&mut self, s: usize, t: u64, ok: bool) {
+            if ok {
+                self.tokens[s].push(t);
+            } else {
+                self.expect.remove(&t);
+            }
+        }
+
+        /// Every token that was accepted ended exactly as often as expected, and no
+        /// completion names a token that never was.
+        fn check(&self) -> Result<(), TestCaseError> {
+            let ends = terminals(&self.got);
+            for (t, n) in &self.expect {
+                prop_assert_eq!(
+                    ends.get(t).copied().unwrap_or(0),
+                    *n,
+                    "token {} ended {:?} times",
+                    t,
+                    ends.get(t)
+                );
+            }
+            for t in ends.keys() {
+                prop_assert!(
+                    self.expect.contains_key(t),
+                    "a completion for token {} that was never accepted",
+                    t
+                );
+            }
+            Ok(())
+        }
+    }
+
+    fn tiny() -> Config {
+        Config {
+            pin: false,
+            shards: 1,
+            frames_per_shard: 256,
+            recv_frames: 64,
+            sq_entries: 8,
+            cq_entries: 16,
+            ops_max: 128,
+            commands_max: 64,
+            huge_pages: false,
+            idle_spin_us: 0,
+            ..Config::default()
+        }
+    }
+
+    fn world(h: &porto_engine::shard::ShardHandle, delivery: &Delivery) -> World {
+        let peer = StdUdp::bind(lo()).unwrap();
+        peer.set_nonblocking(true).unwrap();
+        World {
+            h: h.clone(),
+            udp: (0..3).map(|_| World::udp(h, delivery)).collect(),
+            listener: Some(TcpListener::bind(h, lo(), 16, &SocketOptions::default(), delivery.clone()).unwrap()),
+            streams: Vec::new(),
+            peer,
+            expect: HashMap::new(),
+            tokens: vec![Vec::new(); 3],
+            next: 0,
+            hoard: Vec::new(),
+            keep: false,
+            got: Vec::new(),
+        }
+    }
+
+    /// Polling mode: the application drives the shard; at the end every socket is closed
+    /// and the shard is turned until nothing is in flight.
+    fn polling_case(acts: &[Act]) -> Result<(), TestCaseError> {
+        let fds = open_fds();
+        let mut shard = Shard::new(&tiny(), None).unwrap();
+        let delivery = Delivery::Poll { key: 1 };
+        let mut w = world(&shard.handle(), &delivery);
+        let mut out = Vec::new();
+        for a in acts {
+            w.run(a, &delivery);
+            let turns = if let Act::Turn { n } = a { *n } else { 1 };
+            for _ in 0..turns {
+                shard.poll(&mut out, 64);
+                for c in out.drain(..) {
+                    w.take(c);
+                }
+            }
+        }
+        w.hoard.clear();
+        w.keep = false;
+        w.udp.clear();
+        w.streams.clear();
+        w.listener = None;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (shard.live_ops() > 0 || terminals(&w.got).values().sum::<usize>() < w.expect.values().sum())
+            && Instant::now() < deadline
+        {
+            shard.poll(&mut out, 64);
+            for c in out.drain(..) {
+                w.take(c);
+            }
+        }
+        let w_check = w.check();
+        let pool = shard.pool().clone();
+        let in_rings = shard.frames_in_rings();
+        prop_assert_eq!(
+            shard.live_ops(),
+            0,
+            "operations still in flight with every socket closed"
+        );
+        drop(w);
+        w_check?;
+        prop_assert_eq!(pool.free_frames() + in_rings, pool.total_frames(), "frame conservation");
+        drop(shard);
+        prop_assert_eq!(open_fds(), fds, "file descriptors leaked");
+        Ok(())
+    }
+
+    /// Completion-port mode with a port of 8 entries; the case ends by dropping the engine
+    /// (with operations in flight and commands queued), then drains the port.
+    fn port_case(acts: &[Act]) -> Result<(), TestCaseError> {
+        let engine = Engine::start(&tiny()).unwrap();
+        let port = CompletionPort::new(1, 8);
+        let delivery = Delivery::Port {
+            port: port.clone(),
+            key: 1,
+        };
+        let mut w = world(engine.shard(0), &delivery);
+        let mut out = Vec::new();
+        for a in acts {
+            w.run(a, &delivery);
+            port.dequeue(&mut out, 4, Some(Duration::ZERO));
+            for c in out.drain(..) {
+                w.take(c);
+            }
+        }
+        drop(engine);
+        while port.dequeue(&mut out, 64, Some(Duration::ZERO)) > 0 {
+            for c in out.drain(..) {
+                w.take(c);
+            }
+        }
+        w.check()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 200, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn prop_every_accepted_operation_ends_exactly_once_polling(acts in proptest::collection::vec(act(), 1..80)) {
+            let _one = one_at_a_time();
+            polling_case(&acts)?;
+        }
+
+        #[test]
+        fn prop_every_accepted_operation_ends_exactly_once_at_engine_stop(acts in proptest::collection::vec(act(), 1..80)) {
+            let _one = one_at_a_time();
+            port_case(&acts)?;
+        }
+    }
+
+    /// The totals of this run (shown with --nocapture; the long run's figure).
+    #[test]
+    fn prop_zz_report() {
+        eprintln!(
+            "exactly-once property: {} operations, {} completions counted so far in this process",
+            OPS.load(Ordering::Relaxed),
+            COMPLETIONS.load(Ordering::Relaxed)
+        );
+    }
 }
