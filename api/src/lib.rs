@@ -56,6 +56,7 @@ pub use porto_engine::socket::{
     XdpOptions, XdpUdpSocket,
 };
 pub use porto_engine::stats::{Snapshot as StatsSnapshot, Stats};
+pub use porto_engine::wire::DropReason;
 pub use porto_engine::xdp::AttachMode;
 pub use porto_engine::{PageKind, RingInfo, TaskRunMode, XskMode, XskStatistics};
 

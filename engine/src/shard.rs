@@ -940,7 +940,9 @@ impl Shard {
                 }
                 Command::Neighbor { sock, ip, mac } => {
                     if let Some(p) = self.sockets[sock as usize].xdp.as_mut() {
-                        p.learn(ip, mac);
+                        if !p.add_neighbor(ip, mac) {
+                            tracing::warn!(sock, %ip, "neighbour table full of static entries; entry not added");
+                        }
                     }
                 }
                 Command::XdpGroup {

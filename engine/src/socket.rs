@@ -148,16 +148,26 @@ impl SocketCore {
         })
     }
 
+    /// Hands a bound port to its shard. On failure the port is closed here and every frame
+    /// its rings hold goes back to the pool (the FILL ring was stocked at bind).
     fn open_xdp(shard: &ShardHandle, port: Box<XdpPort>, delivery: Delivery) -> Result<SocketCore, SetupError> {
         let shared = shard.shared.clone();
-        let id = shared.alloc_socket()?;
+        let id = match shared.alloc_socket() {
+            Ok(id) => id,
+            Err(e) => {
+                port.close(shard.pool(), 0, &mut |_| {});
+                return Err(e);
+            }
+        };
         let raw = port.fd();
         if let Err(cmd) = shared.send(Command::OpenXdp {
             sock: id,
             port,
             delivery,
         }) {
-            drop(cmd);
+            if let Command::OpenXdp { port, .. } = cmd {
+                port.close(shard.pool(), 0, &mut |_| {});
+            }
             shared.free_socket_id(id);
             return Err(if shared.is_stopping() {
                 SetupError::Stopped

@@ -81,6 +81,11 @@ counters! {
     xdp_send_multi_buffer,
     /// AF_XDP: descriptors whose address or length lay outside the UMEM (ignored).
     xdp_bad_desc,
+    /// AF_XDP: neighbour entries learned or moved from received frames (bounded table).
+    xdp_neighbor_learned,
+    /// AF_XDP: frames whose source claimed a statically configured neighbour's IP from
+    /// another MAC (the static entry was kept).
+    xdp_neighbor_conflict,
 }
 
 /// Counters plus a latency histogram (ns, submit to completion of single-shot operations).

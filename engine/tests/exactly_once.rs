@@ -296,12 +296,17 @@ mod prop {
             self.next
         }
 
-        fn udp(h: &porto_engine::shard::ShardHandle, delivery: &Delivery) -> UdpSocket {
+        /// A UDP socket; `None` when the shard's command queue is full (backpressure).
+        fn udp(h: &porto_engine::shard::ShardHandle, delivery: &Delivery) -> Option<UdpSocket> {
             let opts = SocketOptions {
                 recv_buffer: Some(1 << 16),
                 ..SocketOptions::default()
             };
-            UdpSocket::bind(h, lo(), &opts, delivery.clone()).unwrap()
+            match UdpSocket::bind(h, lo(), &opts, delivery.clone()) {
+                Ok(s) => Some(s),
+                Err(porto_engine::error::SetupError::Limit(_)) => None,
+                Err(e) => panic!("{e}"),
+            }
         }
 
         /// Records a completion; returns received buffers to the hoard or the pool.
@@ -369,8 +374,10 @@ mod prop {
                     }
                 }
                 Act::Reopen { s } => {
-                    self.udp[s] = Self::udp(&self.h, delivery);
-                    self.tokens[s].clear();
+                    if let Some(new) = Self::udp(&self.h, delivery) {
+                        self.udp[s] = new;
+                        self.tokens[s].clear();
+                    }
                 }
                 Act::Accept { multishot } => {
                     if self.listener.is_none() {
@@ -497,7 +504,9 @@ mod prop {
         peer.set_nonblocking(true).unwrap();
         World {
             h: h.clone(),
-            udp: (0..3).map(|_| World::udp(h, delivery)).collect(),
+            udp: (0..3)
+                .map(|_| World::udp(h, delivery).expect("an empty command queue"))
+                .collect(),
             listener: Some(TcpListener::bind(h, lo(), 16, &SocketOptions::default(), delivery.clone()).unwrap()),
             streams: Vec::new(),
             peer,

@@ -555,3 +555,95 @@ fn af_xdp_ipv6_receive_and_send_across_veth_with_malformed_frames() {
         "the peer is the IPv6 sender: {peers:?}"
     );
 }
+
+/// With TX checksum offload on at the peer (a veth's default, which the test topology turns
+/// off), frames from a kernel socket carry an unfinished UDP checksum: porto drops them under
+/// their own reason, PartialUdpChecksum, not as bad checksums, so the fix can be named.
+#[test]
+fn af_xdp_names_partial_checksums_from_checksum_offload() {
+    let Some(t) = common::topology("porto-k", 1) else {
+        return;
+    };
+    let on = t
+        .command(Side::A, "ethtool")
+        .args(["-K", t.iface(Side::A), "tx", "on"])
+        .status()
+        .unwrap();
+    assert!(on.success(), "ethtool -K tx on");
+    t.enter(Side::B).unwrap();
+    let mut shard = Shard::new(&common::xdp_config(), None).unwrap();
+    let sock = XdpUdpSocket::bind(
+        &shard.handle(),
+        SocketAddrV4::new(t.addr(Side::B), PORT),
+        &XdpOptions::new(t.iface(Side::B)),
+        Delivery::Poll { key: 1 },
+    )
+    .unwrap();
+    sock.recv_from_multishot(1).unwrap();
+    let sent = std::thread::scope(|s| {
+        s.spawn(|| {
+            t.enter(Side::A).unwrap();
+            let peer = StdUdp::bind(SocketAddr::from((t.addr(Side::A), 0))).unwrap();
+            for i in 0..5u32 {
+                peer.send_to(&i.to_be_bytes(), SocketAddr::from((t.addr(Side::B), PORT)))
+                    .unwrap();
+            }
+            5u64
+        })
+        .join()
+        .unwrap()
+    });
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while shard.stats().xdp_drop(DropReason::PartialUdpChecksum) < sent && Instant::now() < deadline {
+        shard.poll(&mut out, 64);
+        assert!(
+            out.iter().all(|c| c.op != OpKind::RecvFrom || c.result.is_err()),
+            "a frame with an unfinished checksum was delivered"
+        );
+        out.clear();
+    }
+    assert_eq!(
+        drops_by_reason(&shard),
+        vec![(DropReason::PartialUdpChecksum, sent)],
+        "counted under their own reason"
+    );
+}
+
+/// A bind that fails after stocking the FILL rings (here: the shard has no socket id left)
+/// gives those frames back to the pool.
+#[test]
+fn a_failed_af_xdp_bind_returns_its_fill_frames() {
+    let Some(t) = common::topology("porto-f", 1) else {
+        return;
+    };
+    t.enter(Side::B).unwrap();
+    let cfg = Config {
+        sockets_max: 1,
+        ..common::xdp_config()
+    };
+    let shard = Shard::new(&cfg, None).unwrap();
+    let h = shard.handle();
+    let total = h.pool().total_frames();
+    let _only = UdpSocket::bind(
+        &h,
+        SocketAddr::from((t.addr(Side::B), 0)),
+        &SocketOptions::default(),
+        Delivery::Poll { key: 0 },
+    )
+    .unwrap();
+    let free_before = h.pool().free_frames();
+    let e = XdpUdpSocket::bind(
+        &h,
+        SocketAddrV4::new(t.addr(Side::B), PORT),
+        &XdpOptions::new(t.iface(Side::B)),
+        Delivery::Poll { key: 1 },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("socket"), "{e}");
+    assert_eq!(
+        h.pool().free_frames(),
+        free_before,
+        "FILL frames leaked (pool of {total})"
+    );
+}

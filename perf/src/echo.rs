@@ -12,8 +12,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use porto::{
-    Buf, Completion, CompletionPort, Config, Delivery, Engine, Error, OpKind, Rejected, SetupError, Shard, ShardHandle,
-    ShardInfo, SocketOptions, TcpListener, TcpStream, UdpSocket, XdpInfo, XdpOptions, XdpUdpSocket,
+    Buf, Completion, CompletionPort, Config, Delivery, DropReason, Engine, Error, OpKind, Rejected, SetupError, Shard,
+    ShardHandle, ShardInfo, SocketOptions, TcpListener, TcpStream, UdpSocket, XdpInfo, XdpOptions, XdpUdpSocket,
 };
 
 use crate::sockperf;
@@ -52,6 +52,8 @@ pub struct EchoCounters {
     /// Connections closed for a malformed stream.
     pub bad_streams: u64,
     pub connections: u64,
+    /// AF_XDP frames dropped, by reason (`DropReason::ALL` order), summed over shards.
+    pub xdp_drops: [u64; DropReason::ALL.len()],
 }
 
 impl EchoCounters {
@@ -62,6 +64,18 @@ impl EchoCounters {
         self.reply_drops += o.reply_drops;
         self.bad_streams += o.bad_streams;
         self.connections += o.connections;
+        for (a, b) in self.xdp_drops.iter_mut().zip(o.xdp_drops) {
+            *a += b;
+        }
+    }
+
+    /// The AF_XDP drops that happened, by reason.
+    pub fn xdp_drops(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL
+            .iter()
+            .zip(self.xdp_drops)
+            .filter(|d| d.1 > 0)
+            .map(|(r, n)| (*r, n))
     }
 }
 
@@ -329,6 +343,8 @@ pub struct EchoServer {
     pub xdp: Vec<XdpInfo>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<EchoCounters>>,
+    /// Every shard, for its counters after the stop.
+    shards: Vec<ShardHandle>,
     /// Port mode keeps the engine (its shard threads) alive until the app threads are done.
     engine: Option<Engine>,
 }
@@ -356,6 +372,7 @@ impl EchoServer {
         let mut info = Vec::new();
         let mut xdp = Vec::new();
         let mut apps = Vec::new();
+        let mut shards = Vec::new();
         for h in engine.shards() {
             let port = CompletionPort::new(1, cfg.engine.cq_entries as usize * 4);
             let app = EchoApp::new(
@@ -369,6 +386,7 @@ impl EchoServer {
             )?;
             addr = app.local_addr();
             info.push(h.info().expect("started shard has info").clone());
+            shards.push(h.clone());
             xdp.extend(app.xdp_info());
             apps.push((app, port));
         }
@@ -403,6 +421,7 @@ impl EchoServer {
             xdp,
             stop,
             threads,
+            shards,
             engine: Some(engine),
         })
     }
@@ -412,6 +431,7 @@ impl EchoServer {
         let mut threads = Vec::new();
         let mut info = Vec::new();
         let mut xdp = Vec::new();
+        let mut shards = Vec::new();
         for i in 0..cfg.engine.shards {
             let (tx, rx) = mpsc::sync_channel(1);
             let c = cfg.clone();
@@ -427,7 +447,7 @@ impl EchoServer {
                     });
                     let (mut shard, mut app) = match started {
                         Ok((s, a)) => {
-                            let _ = tx.send(Ok((a.local_addr(), s.handle().info().cloned(), a.xdp_info())));
+                            let _ = tx.send(Ok((a.local_addr(), s.handle(), a.xdp_info())));
                             (s, a)
                         }
                         Err(e) => {
@@ -454,9 +474,10 @@ impl EchoServer {
                 })?;
             threads.push(t);
             match rx.recv() {
-                Ok(Ok((a, i, x))) => {
+                Ok(Ok((a, h, x))) => {
                     addr = a;
-                    info.extend(i);
+                    info.extend(h.info().cloned());
+                    shards.push(h);
                     xdp.extend(x);
                 }
                 Ok(Err(e)) => {
@@ -473,6 +494,7 @@ impl EchoServer {
             xdp,
             stop,
             threads,
+            shards,
             engine: None,
         })
     }
@@ -487,6 +509,11 @@ impl EchoServer {
             }
         }
         drop(self.engine.take());
+        for h in &self.shards {
+            for (n, r) in total.xdp_drops.iter_mut().zip(DropReason::ALL) {
+                *n += h.stats().xdp_drop(r);
+            }
+        }
         total
     }
 }

@@ -471,3 +471,46 @@ fn xdp_echo_answers_over_ipv6() {
         "each request answered once, in order, client flag cleared"
     );
 }
+
+/// A user's veth keeps TX checksum offload on: `porto echo --xdp` then answers nothing, and
+/// must say why when it stops — the drops by reason, with the fix.
+#[test]
+fn xdp_echo_names_the_checksum_offload_fix_when_it_stops() {
+    use porto::netns::Side;
+    let Some(t) = topology("porto-o") else {
+        return;
+    };
+    let on = t
+        .command(Side::A, "ethtool")
+        .args(["-K", t.iface(Side::A), "tx", "on"])
+        .status()
+        .unwrap();
+    assert!(on.success());
+    let ip_b = t.addr(Side::B);
+    let mut echo = t.command(Side::B, env!("CARGO_BIN_EXE_porto"));
+    echo.args(["echo", "--udp", "--xdp", t.iface(Side::B), "--addr", &ip_b.to_string()]);
+    echo.args(["--port", "9000", "--no-pin", "--seconds", "2"]);
+    let server = echo.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            t.enter(Side::A).unwrap();
+            let c = UdpSocket::bind((t.addr(Side::A), 0)).unwrap();
+            for i in 0..10u8 {
+                c.send_to(&[i; 64], (ip_b, 9000)).unwrap();
+            }
+        });
+    });
+    let out = server.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("0 requests"), "{text}");
+    assert!(
+        text.contains("AF_XDP dropped 10 frame(s): PartialUdpChecksum") && text.contains("ethtool -K"),
+        "{text}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ethtool -K"),
+        "the warning names the fix at once, too"
+    );
+}

@@ -50,12 +50,17 @@ pub enum DropReason {
     BadUdpLength,
     /// UDP checksum wrong (or, over IPv6, absent).
     BadUdpChecksum,
+    /// UDP checksum left unfinished: the field holds only the pseudo-header sum, as a
+    /// sender's checksum offload writes it before the NIC completes it. A veth with TX
+    /// checksum offload on (its default) delivers such frames from kernel sockets; the fix
+    /// is `ethtool -K <sending device> tx off`.
+    PartialUdpChecksum,
     /// Larger than a frame buffer.
     Oversize,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::TruncatedEthernet,
         DropReason::VlanTagged,
         DropReason::NotIp,
@@ -71,8 +76,21 @@ impl DropReason {
         DropReason::TruncatedUdp,
         DropReason::BadUdpLength,
         DropReason::BadUdpChecksum,
+        DropReason::PartialUdpChecksum,
         DropReason::Oversize,
     ];
+
+    /// What the operator can do about drops of this kind, where it is a set-up matter
+    /// rather than bad traffic.
+    pub fn fix(self) -> Option<&'static str> {
+        match self {
+            DropReason::PartialUdpChecksum => Some(
+                "the sender's TX checksum offload left the UDP checksum unfinished (a veth peer's default): \
+                 turn it off on the sending device with `ethtool -K <device> tx off`",
+            ),
+            _ => None,
+        }
+    }
 
     /// Index into a per-reason counter array.
     pub fn index(self) -> usize {
@@ -148,7 +166,11 @@ pub fn parse_udp(frame: &[u8], frame_max: usize) -> Result<UdpFrame, DropReason>
     };
     let dgram = udp::Packet::new_checked(udp_bytes)?;
     if !dgram.verify_checksum(src, dst) {
-        return Err(DropReason::BadUdpChecksum);
+        return Err(if dgram.checksum_is_partial(src, dst) {
+            DropReason::PartialUdpChecksum
+        } else {
+            DropReason::BadUdpChecksum
+        });
     }
     Ok(UdpFrame {
         src_mac: eth.src(),
@@ -311,6 +333,27 @@ mod tests {
 
     fn frame6(payload: &[u8]) -> Vec<u8> {
         frame_with(&headers6(), payload)
+    }
+
+    /// A UDP checksum holding only the pseudo-header sum (what a veth with TX checksum
+    /// offload delivers from a kernel socket) is dropped under its own reason.
+    #[test]
+    fn a_partial_checksum_from_checksum_offload_is_named() {
+        for (h, at) in [(headers(), UDP_HEADERS_LEN - 2), (headers6(), UDP6_HEADERS_LEN - 2)] {
+            let mut f = frame_with(&h, b"offloaded");
+            let udp_len = (udp::HEADER_LEN + 9) as u32;
+            let addr = |a: IpAddr| match a {
+                IpAddr::V4(a) => a.octets().to_vec(),
+                IpAddr::V6(a) => a.octets().to_vec(),
+            };
+            let sum = checksum_add(checksum_add(0, &addr(h.src_ip)), &addr(h.dst_ip)) + 17 + udp_len;
+            let partial = !checksum_fold(sum);
+            f[at..at + 2].copy_from_slice(&partial.to_be_bytes());
+            assert_eq!(parse_udp(&f, 2048), Err(DropReason::PartialUdpChecksum), "{h:?}");
+            // Any other wrong value is just a bad checksum.
+            f[at] ^= 0x40;
+            assert_eq!(parse_udp(&f, 2048), Err(DropReason::BadUdpChecksum));
+        }
     }
 
     #[test]

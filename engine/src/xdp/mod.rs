@@ -2,6 +2,7 @@
 //! AF_XDP sockets (`xdp-programs/porto_xdp.bpf.c`, compiled object embedded), loaded and
 //! attached with aya.
 
+pub(crate) mod neighbors;
 pub(crate) mod port;
 pub mod program;
 

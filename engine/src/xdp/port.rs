@@ -15,13 +15,12 @@ use crate::pool::{Buf, Pool, SharedBuf};
 use crate::stats::Stats;
 use crate::sys::xsk::{Xsk, XskMode};
 use crate::wire::{self, MacAddr, UdpHeaders};
+use crate::xdp::neighbors::{Learned, Neighbors};
 
 /// Frames handled per ring per turn.
 /// Frames read from one RX ring per turn.
 pub(crate) const RX_BATCH_MAX: u32 = 64;
 const BATCH: u32 = RX_BATCH_MAX;
-/// Neighbours remembered.
-const NEIGHBORS_MAX: usize = 64;
 /// Multicast memberships (group, source) per port.
 pub(crate) const GROUPS_MAX: usize = 64;
 
@@ -75,8 +74,10 @@ pub(crate) struct XdpPort {
     /// The token of the armed multishot receive.
     pub recv_token: Option<u64>,
     fill_target: u32,
-    /// Frames the kernel holds through FILL/RX (index: frame).
-    in_kernel: Box<[bool]>,
+    /// Per frame: which queue's FILL/RX rings hold it (queue + 1; 0: none). A received
+    /// descriptor is claimed only on the queue it was filled on, so a hostile or buggy RX
+    /// ring cannot hand back a frame twice or drive another queue's count below zero.
+    in_kernel: Box<[u16]>,
     /// Buffers in TX/COMPLETION, by frame.
     tx_pending: Box<[Option<PendingSend>]>,
     tx_pending_count: u32,
@@ -84,9 +85,9 @@ pub(crate) struct XdpPort {
     /// that keeps the frame until the last completes.
     tx_shared: Box<[(u32, Option<SharedBuf>)]>,
     tx_shared_frames: u32,
-    neighbors: [(IpAddr, MacAddr); NEIGHBORS_MAX],
-    neighbors_len: usize,
-    neighbor_next: usize,
+    neighbors: Neighbors,
+    /// A drop with a set-up cause (`DropReason::fix`) was seen and the fix logged (once).
+    warned_set_up_drop: bool,
     /// Joined (group, source) pairs of the port's family; source unspecified = any source.
     groups: [(IpAddr, IpAddr); GROUPS_MAX],
     groups_len: usize,
@@ -128,14 +129,13 @@ impl XdpPort {
             tos: 0,
             recv_token: None,
             fill_target,
-            in_kernel: vec![false; frames as usize].into_boxed_slice(),
+            in_kernel: vec![0; frames as usize].into_boxed_slice(),
             tx_pending: (0..frames).map(|_| None).collect(),
             tx_pending_count: 0,
             tx_shared: (0..frames).map(|_| (0, None)).collect(),
             tx_shared_frames: 0,
-            neighbors: [(IpAddr::V4(Ipv4Addr::UNSPECIFIED), MacAddr::default()); NEIGHBORS_MAX],
-            neighbors_len: 0,
-            neighbor_next: 0,
+            neighbors: Neighbors::new(),
+            warned_set_up_drop: false,
             groups: [(IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V4(Ipv4Addr::UNSPECIFIED)); GROUPS_MAX],
             groups_len: 0,
             tx_unkicked: false,
@@ -208,7 +208,7 @@ impl XdpPort {
     /// Debug builds: the per-frame ownership tables agree with the counters.
     #[cfg(debug_assertions)]
     pub(crate) fn check_conservation(&self) {
-        let in_kernel = self.in_kernel.iter().filter(|&&k| k).count() as u32;
+        let in_kernel = self.in_kernel.iter().filter(|&&k| k != 0).count() as u32;
         assert_eq!(
             in_kernel,
             self.queues.iter().map(|q| q.filled).sum::<u32>(),
@@ -221,17 +221,18 @@ impl XdpPort {
         );
     }
 
-    pub(crate) fn learn(&mut self, ip: IpAddr, mac: MacAddr) {
-        if let Some(e) = self.neighbors[..self.neighbors_len].iter_mut().find(|e| e.0 == ip) {
-            e.1 = mac;
-            return;
-        }
-        if self.neighbors_len < NEIGHBORS_MAX {
-            self.neighbors[self.neighbors_len] = (ip, mac);
-            self.neighbors_len += 1;
-        } else {
-            self.neighbors[self.neighbor_next] = (ip, mac);
-            self.neighbor_next = (self.neighbor_next + 1) % NEIGHBORS_MAX;
+    /// A static neighbour entry (the application's; traffic never overwrites it). False if
+    /// every slot of the table is static already.
+    pub(crate) fn add_neighbor(&mut self, ip: IpAddr, mac: MacAddr) -> bool {
+        self.neighbors.add_static(ip, mac)
+    }
+
+    /// Learns the sender of a valid frame (bounded; a static entry is never overwritten).
+    fn learn(&mut self, ip: IpAddr, mac: MacAddr, stats: &Stats) {
+        match self.neighbors.learn(ip, mac) {
+            Learned::Known => {}
+            Learned::Added | Learned::Moved => stats.add(&stats.counters.xdp_neighbor_learned, 1),
+            Learned::StaticConflict => stats.add(&stats.counters.xdp_neighbor_conflict, 1),
         }
     }
 
@@ -283,23 +284,21 @@ impl XdpPort {
                 let o = g.octets();
                 Some(MacAddr([0x33, 0x33, o[12], o[13], o[14], o[15]]))
             }
-            _ => self.neighbors[..self.neighbors_len]
-                .iter()
-                .find(|e| e.0 == ip)
-                .map(|e| e.1),
+            _ => self.neighbors.get(ip),
         }
     }
 
     /// Tops every queue's FILL ring up from the pool.
     pub(crate) fn refill(&mut self, pool: &Pool) {
-        for q in &mut self.queues {
+        for (qi, q) in self.queues.iter_mut().enumerate() {
+            let owner = qi as u16 + 1;
             let want = self.fill_target.saturating_sub(q.filled);
             let free = q.xsk.fill.free(want).min(want);
             let mut n = 0;
             while n < free {
                 let Some(frame) = pool.take_frame() else { break };
                 q.xsk.fill.write(n, pool.frame_addr(frame) - pool.frame_addr(0));
-                self.in_kernel[frame as usize] = true;
+                self.in_kernel[frame as usize] = owner;
                 n += 1;
             }
             if n > 0 {
@@ -378,11 +377,15 @@ impl XdpPort {
     fn claim(&mut self, qi: usize, d: libc::xdp_desc, pool: &Pool, stats: &Stats) -> Option<Buf> {
         let fs = u64::from(pool.frame_size());
         let (frame, off) = (d.addr / fs, d.addr % fs);
-        if frame >= u64::from(pool.total_frames()) || off + u64::from(d.len) > fs || !self.in_kernel[frame as usize] {
+        let owner = qi as u16 + 1;
+        if frame >= u64::from(pool.total_frames())
+            || off + u64::from(d.len) > fs
+            || self.in_kernel[frame as usize] != owner
+        {
             stats.add(&stats.counters.xdp_bad_desc, 1);
             return None;
         }
-        self.in_kernel[frame as usize] = false;
+        self.in_kernel[frame as usize] = 0;
         self.queues[qi].filled -= 1;
         Some(pool.adopt(frame as u32, off as u32, d.len))
     }
@@ -393,7 +396,7 @@ impl XdpPort {
         let frame_max = buf.capacity() + off;
         match wire::parse_udp(&buf, frame_max) {
             Ok(u) if u.dst_port == self.local.port() && self.accepts(u.dst_ip, u.src_ip) => {
-                self.learn(u.src_ip, u.src_mac);
+                self.learn(u.src_ip, u.src_mac, stats);
                 let Some(token) = self.recv_token else {
                     stats.add(&stats.counters.xdp_no_receiver, 1);
                     return;
@@ -413,6 +416,10 @@ impl XdpPort {
             Err(reason) => {
                 stats.add(&stats.xdp_drops[reason.index()], 1);
                 stats.add(&stats.counters.xdp_malformed, 1);
+                if let (Some(fix), false) = (reason.fix(), self.warned_set_up_drop) {
+                    self.warned_set_up_drop = true;
+                    tracing::warn!("AF_XDP socket {}: dropping frames as {reason:?}: {fix}", self.local);
+                }
             }
         }
     }
@@ -656,7 +663,7 @@ impl XdpPort {
         // Closing the sockets first: after that the kernel touches none of these frames.
         drop(queues);
         for (frame, held) in in_kernel.iter().enumerate() {
-            if *held {
+            if *held != 0 {
                 drop(pool.adopt(frame as u32, 0, 0));
             }
         }
