@@ -46,6 +46,8 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod fanout;
+#[doc(hidden)]
+pub mod fuzz;
 #[cfg(all(test, loom))]
 mod loom_models;
 pub mod netns;

@@ -1689,24 +1689,22 @@ impl Shard {
                 _ => {
                     let frame = picked.expect("multishot recvmsg always selects a buffer");
                     let mut buf = self.pool.adopt(frame, 0, res as u32);
-                    let s = self.ops.slot(idx);
-                    match types::RecvMsgOut::parse(&buf, &s.msg) {
-                        Ok(out) => {
-                            c.peer = net::from_bytes(out.name_data(), out.incoming_name_len() as usize);
-                            c.tos = net::tos_from_cmsgs(out.control_data());
-                            let off = out.payload_data().as_ptr() as usize - buf.as_ptr() as usize;
-                            let len = out.payload_data().len();
-                            if out.is_payload_truncated() {
+                    match net::parse_recvmsg_out(&buf, NAME_LEN, CONTROL_LEN) {
+                        Some(out) => {
+                            c.peer = out.peer;
+                            c.tos = out.tos;
+                            if out.truncated {
                                 c.result = Err(Error::MessageTooLong);
                                 let st = &self.shared.stats;
                                 st.add(&st.counters.recv_truncated, 1);
                             } else {
-                                c.result = Ok(len);
+                                c.result = Ok(out.payload.len());
                             }
-                            buf = self.pool.adopt_window(buf, off as u32, len as u32);
+                            let (off, len) = (out.payload.start as u32, out.payload.len() as u32);
+                            buf = self.pool.adopt_window(buf, off, len);
                             c.buffer = Some(buf);
                         }
-                        Err(()) => {
+                        None => {
                             c.result = Err(Error::MessageTooLong);
                             let st = &self.shared.stats;
                             st.add(&st.counters.recv_truncated, 1);

@@ -524,6 +524,35 @@ pub(crate) fn from_raw(storage: &libc::sockaddr_storage, len: libc::socklen_t) -
     )
 }
 
+/// One datagram of a multishot recvmsg, as laid out in its provided buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RecvMsgOut {
+    pub peer: Option<SocketAddr>,
+    pub tos: Option<u8>,
+    /// Where the payload lies in the buffer.
+    pub payload: std::ops::Range<usize>,
+    /// The datagram was larger than the buffer's room for it.
+    pub truncated: bool,
+}
+
+/// Parses a multishot recvmsg buffer, `[io_uring_recvmsg_out | name (namelen) | control
+/// (controllen) | payload]`, whose header the kernel wrote: its lengths are untrusted and
+/// every range is clamped to the buffer. `None` if the buffer cannot hold the fixed part.
+pub(crate) fn parse_recvmsg_out(buf: &[u8], namelen: u32, controllen: usize) -> Option<RecvMsgOut> {
+    // SAFETY: all-zero is a valid msghdr; only the two lengths are read by the parser.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_namelen = namelen;
+    msg.msg_controllen = controllen;
+    let out = io_uring::types::RecvMsgOut::parse(buf, &msg).ok()?;
+    let start = out.payload_data().as_ptr() as usize - buf.as_ptr() as usize;
+    Some(RecvMsgOut {
+        peer: from_bytes(out.name_data(), out.incoming_name_len() as usize),
+        tos: tos_from_cmsgs(out.control_data()),
+        payload: start..start + out.payload_data().len(),
+        truncated: out.is_payload_truncated(),
+    })
+}
+
 /// Decodes a sockaddr laid out in `bytes` (as io_uring's recvmsg-multishot output carries it).
 pub(crate) fn from_bytes(bytes: &[u8], len: usize) -> Option<SocketAddr> {
     let len = len.min(bytes.len());

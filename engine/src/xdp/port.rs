@@ -53,6 +53,27 @@ fn expedited(frame: &[u8]) -> bool {
     tos >> 2 >= DSCP_EXPEDITED
 }
 
+/// Validates an RX descriptor against the FILL ownership table `in_kernel` (per frame: the
+/// filling queue + 1, or 0) for queue `owner`: the frame must lie in the UMEM, the bytes in
+/// the frame, and the frame must be one this queue gave the kernel. On success the frame is
+/// the caller's again: `(frame, offset)`. Untrusted input, so nothing here can panic.
+pub(crate) fn claim_desc(
+    in_kernel: &mut [u16],
+    owner: u16,
+    addr: u64,
+    len: u32,
+    frame_size: u32,
+) -> Option<(u32, u32)> {
+    let fs = u64::from(frame_size);
+    let (frame, off) = (addr / fs, addr % fs);
+    let slot = in_kernel.get_mut(usize::try_from(frame).ok()?)?;
+    if *slot != owner || owner == 0 || off + u64::from(len) > fs {
+        return None;
+    }
+    *slot = 0;
+    Some((frame as u32, off as u32))
+}
+
 /// One AF_XDP socket of a port: one interface queue.
 struct Queue {
     xsk: Xsk,
@@ -375,19 +396,13 @@ impl XdpPort {
     /// `Buf` over the received bytes; a descriptor pointing outside the UMEM or at a frame the
     /// kernel was not given is counted and ignored (untrusted input).
     fn claim(&mut self, qi: usize, d: libc::xdp_desc, pool: &Pool, stats: &Stats) -> Option<Buf> {
-        let fs = u64::from(pool.frame_size());
-        let (frame, off) = (d.addr / fs, d.addr % fs);
-        let owner = qi as u16 + 1;
-        if frame >= u64::from(pool.total_frames())
-            || off + u64::from(d.len) > fs
-            || self.in_kernel[frame as usize] != owner
-        {
+        let Some((frame, off)) = claim_desc(&mut self.in_kernel, qi as u16 + 1, d.addr, d.len, pool.frame_size())
+        else {
             stats.add(&stats.counters.xdp_bad_desc, 1);
             return None;
-        }
-        self.in_kernel[frame as usize] = 0;
+        };
         self.queues[qi].filled -= 1;
-        Some(pool.adopt(frame as u32, off as u32, d.len))
+        Some(pool.adopt(frame, off, d.len))
     }
 
     /// Validates a received frame and delivers its datagram, or drops and counts it.
