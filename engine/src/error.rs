@@ -44,6 +44,8 @@ pub enum Error {
     InvalidArgument,
     /// WSAESHUTDOWN: the engine or socket is shut down.
     Shutdown,
+    /// WSAENOTSOCK: the handle's socket is closed (a RIO queue or fan-out outlived it).
+    NotSocket,
     /// Any other errno.
     Os(i32),
 }
@@ -68,6 +70,7 @@ impl Error {
             libc::EACCES | libc::EPERM => Error::AccessDenied,
             libc::EINVAL => Error::InvalidArgument,
             libc::ESHUTDOWN => Error::Shutdown,
+            libc::ENOTSOCK | libc::EBADF => Error::NotSocket,
             e => Error::Os(e),
         }
     }
@@ -92,6 +95,7 @@ impl Error {
             Error::AccessDenied => libc::EACCES,
             Error::InvalidArgument => libc::EINVAL,
             Error::Shutdown => libc::ESHUTDOWN,
+            Error::NotSocket => libc::ENOTSOCK,
             Error::Os(e) => e,
         }
     }
@@ -116,6 +120,7 @@ impl Error {
             Error::AccessDenied => "WSAEACCES",
             Error::InvalidArgument => "WSAEINVAL",
             Error::Shutdown => "WSAESHUTDOWN",
+            Error::NotSocket => "WSAENOTSOCK",
             Error::Os(_) => "WSASYSCALLFAILURE",
         }
     }

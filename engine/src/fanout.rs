@@ -37,7 +37,7 @@ use crate::completion::OpKind;
 use crate::error::SetupError;
 use crate::pool::{Buf, SharedBuf};
 use crate::rio::{Notifier, RioNotify};
-use crate::shard::{Command, ShardShared};
+use crate::shard::{Command, ShardShared, SockId};
 
 /// Subscriptions per group.
 pub const SUBSCRIBERS_MAX: usize = 1024;
@@ -144,7 +144,7 @@ pub struct GroupCounters {
 #[derive(Debug)]
 pub(crate) struct GroupShared {
     shard: Arc<ShardShared>,
-    sock: u32,
+    sock: SockId,
     /// Some datagram waits for a reliable subscriber: consumers wake the shard on dequeue.
     stalled: AtomicBool,
     received: AtomicU64,
@@ -180,7 +180,7 @@ pub struct FanOut {
 }
 
 impl FanOut {
-    pub(crate) fn new(shard: Arc<ShardShared>, sock: u32) -> FanOut {
+    pub(crate) fn new(shard: Arc<ShardShared>, sock: SockId) -> FanOut {
         FanOut {
             shared: Arc::new(GroupShared {
                 shard,

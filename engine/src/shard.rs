@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -115,16 +115,47 @@ impl std::fmt::Display for ShardInfo {
     }
 }
 
+/// A socket's id on its shard: its table index and that index's generation, bumped each
+/// time the index is freed. A handle that outlives its socket (a RIO request queue, a
+/// fan-out) names the old generation, so the shard refuses its commands instead of routing
+/// them to the socket that reuses the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SockId {
+    pub index: u32,
+    pub gen: u32,
+}
+
+impl Command {
+    /// The socket a command is for, if any.
+    fn sock(&self) -> Option<SockId> {
+        match self {
+            Command::Open { sock, .. }
+            | Command::OpenXdp { sock, .. }
+            | Command::SetSocketFlow { sock, .. }
+            | Command::SetClass { sock, .. }
+            | Command::Neighbor { sock, .. }
+            | Command::XdpGroup { sock, .. }
+            | Command::Op { sock, .. }
+            | Command::Cancel { sock, .. }
+            | Command::Close { sock }
+            | Command::FanOut { sock, .. }
+            | Command::Subscribe { sock, .. }
+            | Command::Unsubscribe { sock, .. } => Some(*sock),
+            Command::FlowCreate { .. } | Command::FlowSetRate { .. } | Command::LinkRate { .. } => None,
+        }
+    }
+}
+
 /// Messages from application threads to a shard.
 #[derive(Debug)]
 pub(crate) enum Command {
     Open {
-        sock: u32,
-        fd: OwnedFd,
+        sock: SockId,
+        fd: Arc<OwnedFd>,
         delivery: Delivery,
     },
     OpenXdp {
-        sock: u32,
+        sock: SockId,
         port: Box<XdpPort>,
         delivery: Delivery,
     },
@@ -135,7 +166,7 @@ pub(crate) enum Command {
     },
     /// Sends on this socket go through flow `flow` and the scheduler.
     SetSocketFlow {
-        sock: u32,
+        sock: SockId,
         flow: u16,
     },
     /// QOSSetFlow: a new rate for a shaped flow.
@@ -151,47 +182,47 @@ pub(crate) enum Command {
     /// A socket's traffic class: its receives' inbound priority, and for AF_XDP the TOS byte
     /// it writes into its frames.
     SetClass {
-        sock: u32,
+        sock: SockId,
         traffic: TrafficType,
         tos: u8,
     },
     /// A static neighbour entry for an AF_XDP socket.
     Neighbor {
-        sock: u32,
+        sock: SockId,
         ip: std::net::IpAddr,
         mac: crate::wire::MacAddr,
     },
     /// An AF_XDP socket's multicast membership (the program and IGMP are handled by the
     /// caller; this is the engine's own check).
     XdpGroup {
-        sock: u32,
+        sock: SockId,
         group: std::net::IpAddr,
         source: Option<std::net::IpAddr>,
         join: bool,
     },
     Op {
-        sock: u32,
+        sock: SockId,
         token: u64,
         req: Request,
     },
     Cancel {
-        sock: u32,
+        sock: SockId,
         token: u64,
     },
     Close {
-        sock: u32,
+        sock: SockId,
     },
     /// Received datagrams on this socket go to the group's subscribers.
     FanOut {
-        sock: u32,
+        sock: SockId,
         group: Box<GroupState>,
     },
     Subscribe {
-        sock: u32,
+        sock: SockId,
         sub: SubSlot,
     },
     Unsubscribe {
-        sock: u32,
+        sock: SockId,
         sub: Arc<SubShared>,
     },
 }
@@ -207,6 +238,8 @@ pub(crate) struct ShardShared {
     /// Closed at stop: no command is accepted after the shard's last drain.
     gate: StopGate,
     free_sockets: ArrayQueue<u32>,
+    /// Per socket index: its generation (see [`SockId`]).
+    sock_gens: Box<[AtomicU32]>,
     /// RIO fixed-buffer slots whose region was dropped, for the shard to clear and reuse.
     /// Sized to hold every slot, so a release never waits (it may run on the shard thread).
     rio_released: ArrayQueue<u32>,
@@ -266,11 +299,14 @@ impl ShardShared {
             .map_err(|_| SetupError::Limit("QoS flow"))
     }
 
-    pub(crate) fn alloc_socket(&self) -> Result<u32, SetupError> {
+    pub(crate) fn alloc_socket(&self) -> Result<SockId, SetupError> {
         if self.is_stopping() {
             return Err(SetupError::Stopped);
         }
-        self.free_sockets.pop().ok_or(SetupError::Limit("socket"))
+        let index = self.free_sockets.pop().ok_or(SetupError::Limit("socket"))?;
+        // The free queue's push/pop order the bump in `free_socket_id` before this load.
+        let gen = self.sock_gens[index as usize].load(Ordering::Relaxed);
+        Ok(SockId { index, gen })
     }
 
     /// Hands a RIO fixed-buffer slot back (its region was dropped). Never blocks.
@@ -281,7 +317,10 @@ impl ShardShared {
         self.wake();
     }
 
+    /// Frees a socket index: its generation moves on first, so handles of the old socket
+    /// no longer match it.
     pub(crate) fn free_socket_id(&self, id: u32) {
+        self.sock_gens[id as usize].fetch_add(1, Ordering::Relaxed);
         self.free_sockets.push(id).expect("socket id returned twice");
     }
 
@@ -297,7 +336,11 @@ impl ShardShared {
 }
 
 struct SockEntry {
-    fd: Option<OwnedFd>,
+    /// Shared with the socket's handles, so a handle's blocking calls and options never
+    /// reach a file that reused the number: the fd closes when the last holder lets go.
+    fd: Option<Arc<OwnedFd>>,
+    /// The generation of the socket that holds this index now.
+    gen: u32,
     /// `fd` is in the ring's file table at this socket's index.
     fixed: bool,
     delivery: Option<Delivery>,
@@ -314,9 +357,10 @@ struct SockEntry {
 }
 
 impl SockEntry {
-    fn open(fd: Option<OwnedFd>, delivery: Option<Delivery>, xdp: Option<Box<XdpPort>>) -> SockEntry {
+    fn open(gen: u32, fd: Option<Arc<OwnedFd>>, delivery: Option<Delivery>, xdp: Option<Box<XdpPort>>) -> SockEntry {
         SockEntry {
             fd,
+            gen,
             fixed: false,
             delivery,
             live_ops: 0,
@@ -551,6 +595,7 @@ pub(crate) fn new_shared(cfg: &Config, index: usize) -> Result<Arc<ShardShared>,
         wake_fd,
         gate: StopGate::new(),
         free_sockets,
+        sock_gens: (0..cfg.sockets_max).map(|_| AtomicU32::new(0)).collect(),
         rio_released: ArrayQueue::new(cfg.rio_buffers_max.max(1) as usize),
         stats: Stats::default(),
         pool,
@@ -643,7 +688,7 @@ impl Shard {
             pool,
             ops: Table::new(cfg.ops_max),
             sockets: (0..cfg.sockets_max)
-                .map(|_| SockEntry::open(None, None, None))
+                .map(|_| SockEntry::open(0, None, None, None))
                 .collect(),
             cqes: Vec::with_capacity(cfg.cq_entries as usize),
             local: VecDeque::with_capacity(cfg.cq_entries as usize),
@@ -894,8 +939,18 @@ impl Shard {
         while n < COMMANDS_PER_TURN {
             let Some(cmd) = self.shared.commands.pop() else { break };
             n += 1;
+            if let Some(id) = cmd.sock() {
+                if !self.is_current(id, &cmd) {
+                    self.refuse_stale(cmd);
+                    continue;
+                }
+            }
             match cmd {
-                Command::Open { sock, fd, delivery } => {
+                Command::Open {
+                    sock: SockId { index: sock, gen },
+                    fd,
+                    delivery,
+                } => {
                     let fixed = self.files
                         && self
                             .ring
@@ -904,13 +959,17 @@ impl Shard {
                             .is_ok();
                     let e = &mut self.sockets[sock as usize];
                     debug_assert!(e.fd.is_none() && e.live_ops == 0);
-                    *e = SockEntry::open(Some(fd), Some(delivery), None);
+                    *e = SockEntry::open(gen, Some(fd), Some(delivery), None);
                     e.fixed = fixed;
                 }
-                Command::OpenXdp { sock, port, delivery } => {
+                Command::OpenXdp {
+                    sock: SockId { index: sock, gen },
+                    port,
+                    delivery,
+                } => {
                     let e = &mut self.sockets[sock as usize];
                     debug_assert!(e.fd.is_none() && e.xdp.is_none());
-                    *e = SockEntry::open(None, Some(delivery), Some(port));
+                    *e = SockEntry::open(gen, None, Some(delivery), Some(port));
                     self.xdp_socks.push(sock);
                 }
                 Command::FlowCreate { id, flow } => self.qos.flows[usize::from(id)] = Some(*flow),
@@ -918,14 +977,21 @@ impl Shard {
                     let now = self.now_ns();
                     self.qos.link = rate_bps.map(|r| TokenBucket::new(r, burst_bytes, now));
                 }
-                Command::SetSocketFlow { sock, flow } => self.sockets[sock as usize].flow = Some(flow),
+                Command::SetSocketFlow {
+                    sock: SockId { index: sock, .. },
+                    flow,
+                } => self.sockets[sock as usize].flow = Some(flow),
                 Command::FlowSetRate { id, rate_bps } => {
                     let now = self.now_ns();
                     if let Some(f) = self.qos.flows[usize::from(id)].as_mut() {
                         f.set_rate(rate_bps, now);
                     }
                 }
-                Command::SetClass { sock, traffic, tos } => {
+                Command::SetClass {
+                    sock: SockId { index: sock, .. },
+                    traffic,
+                    tos,
+                } => {
                     let e = &mut self.sockets[sock as usize];
                     e.class = Some(traffic);
                     if let Some(p) = e.xdp.as_mut() {
@@ -938,7 +1004,11 @@ impl Shard {
                         std::cmp::Reverse(sockets[s as usize].class.map_or(1, TrafficType::inbound_rank))
                     });
                 }
-                Command::Neighbor { sock, ip, mac } => {
+                Command::Neighbor {
+                    sock: SockId { index: sock, .. },
+                    ip,
+                    mac,
+                } => {
                     if let Some(p) = self.sockets[sock as usize].xdp.as_mut() {
                         if !p.add_neighbor(ip, mac) {
                             tracing::warn!(sock, %ip, "neighbour table full of static entries; entry not added");
@@ -946,7 +1016,7 @@ impl Shard {
                     }
                 }
                 Command::XdpGroup {
-                    sock,
+                    sock: SockId { index: sock, .. },
                     group,
                     source,
                     join,
@@ -956,8 +1026,15 @@ impl Shard {
                         debug_assert!(fits, "XdpUdpSocket::join bounds the table");
                     }
                 }
-                Command::Op { sock, token, req } => self.start_op(sock, token, req),
-                Command::Cancel { sock, token } => {
+                Command::Op {
+                    sock: SockId { index: sock, .. },
+                    token,
+                    req,
+                } => self.start_op(sock, token, req),
+                Command::Cancel {
+                    sock: SockId { index: sock, .. },
+                    token,
+                } => {
                     self.qos_purge(sock, Some(token));
                     if self.sockets[sock as usize].xdp.is_some() {
                         self.cancel_xdp_recv(sock, Some(token));
@@ -965,21 +1042,34 @@ impl Shard {
                         self.cancel_where(|s| s.sock == sock && s.token == token);
                     }
                 }
-                Command::Close { sock } if self.sockets[sock as usize].xdp.is_some() => self.close_xdp(sock),
-                Command::Close { sock } => {
+                Command::Close {
+                    sock: SockId { index: sock, .. },
+                } if self.sockets[sock as usize].xdp.is_some() => self.close_xdp(sock),
+                Command::Close {
+                    sock: SockId { index: sock, .. },
+                } => {
                     self.sockets[sock as usize].closing = true;
                     self.sockets[sock as usize].fanout = None;
                     self.qos_purge(sock, None);
                     self.cancel_where(|s| s.sock == sock);
                     self.maybe_close(sock);
                 }
-                Command::FanOut { sock, group } => self.sockets[sock as usize].fanout = Some(group),
-                Command::Subscribe { sock, sub } => {
+                Command::FanOut {
+                    sock: SockId { index: sock, .. },
+                    group,
+                } => self.sockets[sock as usize].fanout = Some(group),
+                Command::Subscribe {
+                    sock: SockId { index: sock, .. },
+                    sub,
+                } => {
                     if let Some(g) = self.sockets[sock as usize].fanout.as_mut() {
                         g.add(sub);
                     }
                 }
-                Command::Unsubscribe { sock, sub } => {
+                Command::Unsubscribe {
+                    sock: SockId { index: sock, .. },
+                    sub,
+                } => {
                     if let Some(g) = self.sockets[sock as usize].fanout.as_mut() {
                         g.remove(&sub);
                     }
@@ -987,6 +1077,33 @@ impl Shard {
             }
         }
         n
+    }
+
+    /// `id` names the socket that holds its index now (an Open names a free index).
+    fn is_current(&self, id: SockId, cmd: &Command) -> bool {
+        let Some(e) = self.sockets.get(id.index as usize) else {
+            return false;
+        };
+        match cmd {
+            Command::Open { .. } | Command::OpenXdp { .. } => e.delivery.is_none(),
+            _ => e.gen == id.gen && e.delivery.is_some() && !e.closing,
+        }
+    }
+
+    /// A command from a handle whose socket is closed: an operation ends `NotSocket` where
+    /// it has somewhere to complete (a RIO request's queue); anything else is dropped, its
+    /// buffers returning to the pool.
+    fn refuse_stale(&mut self, cmd: Command) {
+        let st = &self.shared.stats;
+        st.add(&st.counters.stale_commands, 1);
+        if let Command::Op {
+            token,
+            req: Request::Rio(r),
+            ..
+        } = cmd
+        {
+            r.complete(token, Err(Error::NotSocket), None);
+        }
     }
 
     fn start_op(&mut self, sock: u32, token: u64, req: Request) {
@@ -1591,9 +1708,18 @@ impl Shard {
             op::TAG_CANCEL => return,
             op::TAG_XSK_POLL => {
                 // The poll only wakes the shard; the rings are read every turn.
+                // A poll of a closed socket whose index was reused carries the old generation:
+                // it must not clear the new port's flag.
+                let (sock_gen, q) = xsk_poll_split(gen);
                 if !cqueue::more(flags) {
-                    if let Some(p) = self.sockets.get_mut(idx as usize).and_then(|e| e.xdp.as_mut()) {
-                        p.set_poll_armed(gen, false);
+                    if let Some(e) = self
+                        .sockets
+                        .get_mut(idx as usize)
+                        .filter(|e| e.gen & XSK_POLL_GEN_MASK == sock_gen)
+                    {
+                        if let Some(p) = e.xdp.as_mut() {
+                            p.set_poll_armed(q, false);
+                        }
                     }
                 }
                 return;
@@ -1903,6 +2029,7 @@ impl Shard {
     fn arm_xdp_polls(&mut self) {
         for i in 0..self.xdp_socks.len() {
             let sock = self.xdp_socks[i];
+            let sock_gen = self.sockets[sock as usize].gen;
             let Some(port) = self.sockets[sock as usize].xdp.as_mut() else {
                 continue;
             };
@@ -1912,10 +2039,11 @@ impl Shard {
             }
             for q in 0..port.queue_count() {
                 let Some(fd) = port.unarmed_fd(q) else { continue };
-                // user_data carries the socket and, in the generation field, the queue index.
+                // user_data carries the socket and, in the generation field, the socket's
+                // generation and the queue index.
                 let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
                     .build()
-                    .user_data(op::user_data(op::TAG_XSK_POLL, sock, q));
+                    .user_data(op::user_data(op::TAG_XSK_POLL, sock, xsk_poll_gen(sock_gen, q)));
                 // SAFETY: a poll SQE points at no memory.
                 match unsafe { self.ring.push(&e) } {
                     Ok(()) => port.set_poll_armed(q, true),
@@ -2020,7 +2148,7 @@ impl Shard {
             return;
         };
         for q in (0..port.queue_count()).filter(|&q| port.poll_armed(q)) {
-            let target = op::user_data(op::TAG_XSK_POLL, sock, q);
+            let target = op::user_data(op::TAG_XSK_POLL, sock, xsk_poll_gen(e.gen, q));
             let c = opcode::PollRemove::new(target)
                 .build()
                 .user_data(op::user_data(op::TAG_CANCEL, sock, 0));
@@ -2187,6 +2315,19 @@ impl Drop for Shard {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The generation field of an AF_XDP poll's user_data: the socket's generation (low 24
+/// bits) above the queue index (8 bits; a port has at most 64 queues).
+const XSK_POLL_GEN_MASK: u32 = (1 << 24) - 1;
+
+fn xsk_poll_gen(sock_gen: u32, queue: u32) -> u32 {
+    debug_assert!(queue < 256);
+    ((sock_gen & XSK_POLL_GEN_MASK) << 8) | (queue & 0xff)
+}
+
+fn xsk_poll_split(gen: u32) -> (u32, u32) {
+    (gen >> 8, gen & 0xff)
 }
 
 fn storage_len() -> libc::socklen_t {

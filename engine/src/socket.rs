@@ -15,7 +15,7 @@ use crate::fanout::FanOut;
 use crate::op::Request;
 use crate::pool::{Buf, Gather};
 use crate::qos::TrafficType;
-use crate::shard::{Command, Delivery, QosFlow, ShardHandle, ShardShared};
+use crate::shard::{Command, Delivery, QosFlow, ShardHandle, ShardShared, SockId};
 use crate::sys::net;
 use crate::sys::xsk::{Xsk, XskMode, XskStatistics};
 use crate::wire::MacAddr;
@@ -114,10 +114,18 @@ impl SocketOptions {
 }
 
 /// The shard-side identity of a socket, shared by the typed sockets and RIO request queues.
+///
+/// The id carries its generation, so a copy that outlives the socket (a RIO queue) can only
+/// get `NotSocket` from the shard, never reach the socket that reuses the index; a kernel
+/// socket's fd is shared with the shard, so blocking calls and options through any copy act
+/// on this socket or fail, never on a file that reused the number after a close.
 #[derive(Debug)]
 pub struct SocketCore {
     shared: Arc<ShardShared>,
-    id: u32,
+    id: SockId,
+    /// The kernel socket (None for AF_XDP, whose sockets the shard's port owns).
+    file: Option<Arc<OwnedFd>>,
+    /// The fd number, for calls that need one (AF_XDP: the first queue's socket).
     fd: RawFd,
     /// Only the original handle closes the socket; RIO queues hold non-owning copies.
     owner: bool,
@@ -130,9 +138,14 @@ impl SocketCore {
         let shared = shard.shared.clone();
         let id = shared.alloc_socket()?;
         let raw = fd.as_raw_fd();
-        if let Err(cmd) = shared.send(Command::Open { sock: id, fd, delivery }) {
+        let file = Arc::new(fd);
+        if let Err(cmd) = shared.send(Command::Open {
+            sock: id,
+            fd: file.clone(),
+            delivery,
+        }) {
             drop(cmd);
-            shared.free_socket_id(id);
+            shared.free_socket_id(id.index);
             return Err(if shared.is_stopping() {
                 SetupError::Stopped
             } else {
@@ -142,6 +155,7 @@ impl SocketCore {
         Ok(SocketCore {
             shared,
             id,
+            file: Some(file),
             fd: raw,
             owner: true,
             xdp: false,
@@ -168,7 +182,7 @@ impl SocketCore {
             if let Command::OpenXdp { port, .. } = cmd {
                 port.close(shard.pool(), 0, &mut |_| {});
             }
-            shared.free_socket_id(id);
+            shared.free_socket_id(id.index);
             return Err(if shared.is_stopping() {
                 SetupError::Stopped
             } else {
@@ -178,6 +192,7 @@ impl SocketCore {
         Ok(SocketCore {
             shared,
             id,
+            file: None,
             fd: raw,
             owner: true,
             xdp: true,
@@ -188,6 +203,7 @@ impl SocketCore {
         SocketCore {
             shared: self.shared.clone(),
             id: self.id,
+            file: self.file.clone(),
             fd: self.fd,
             owner: false,
             xdp: self.xdp,
@@ -198,7 +214,7 @@ impl SocketCore {
         &self.shared
     }
 
-    pub(crate) fn id(&self) -> u32 {
+    pub(crate) fn id(&self) -> SockId {
         self.id
     }
 

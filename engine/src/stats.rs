@@ -81,6 +81,8 @@ counters! {
     xdp_send_multi_buffer,
     /// AF_XDP: descriptors whose address or length lay outside the UMEM (ignored).
     xdp_bad_desc,
+    /// Commands from handles whose socket had closed (refused; RIO requests end NotSocket).
+    stale_commands,
     /// AF_XDP: neighbour entries learned or moved from received frames (bounded table).
     xdp_neighbor_learned,
     /// AF_XDP: frames whose source claimed a statically configured neighbour's IP from

@@ -620,3 +620,75 @@ mod prop {
         );
     }
 }
+
+/// A socket handle that outlives its engine keeps its own file: after the shard stops, its
+/// blocking calls and options act on that socket, never on a file that reused the number.
+#[test]
+fn a_handle_outliving_its_shard_never_reaches_a_reused_fd() {
+    let _one = one_at_a_time();
+    let engine = Engine::start(&cfg()).unwrap();
+    let sock = UdpSocket::bind(
+        engine.shard(0),
+        lo(),
+        &SocketOptions::default(),
+        Delivery::Poll { key: 1 },
+    )
+    .unwrap();
+    let mine = sock.local_addr().unwrap();
+    drop(engine);
+    // New sockets take the lowest free numbers: one of them would be the closed fd's.
+    let others: Vec<StdUdp> = (0..8).map(|_| StdUdp::bind(lo()).unwrap()).collect();
+    assert_eq!(sock.local_addr().unwrap(), mine, "the handle reached another socket");
+    let peer = StdUdp::bind(lo()).unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    sock.send_to_blocking(b"still mine", peer.local_addr().unwrap(), None)
+        .unwrap();
+    let mut b = [0u8; 32];
+    let (n, from) = peer.recv_from(&mut b).unwrap();
+    assert_eq!((&b[..n], from), (&b"still mine"[..], mine));
+    drop(others);
+}
+
+/// A RIO request queue that outlives its socket names the old generation: after the index is
+/// reused by a new socket, the stale queue's requests end NotSocket in its own completion
+/// queue, and the new socket sees none of them.
+#[test]
+fn a_rio_queue_outliving_its_socket_gets_not_socket_not_the_new_socket() {
+    use porto_engine::rio::{RegisteredBuffer, RequestQueue, RioFlags, RioNotify};
+    let _one = one_at_a_time();
+    let one_socket = Config {
+        sockets_max: 1,
+        ..cfg()
+    };
+    let mut shard = Shard::new(&one_socket, None).unwrap();
+    let h = shard.handle();
+    let old = UdpSocket::bind(&h, lo(), &SocketOptions::default(), Delivery::Poll { key: 1 }).unwrap();
+    let cq = porto_engine::rio::CompletionQueue::new(8, RioNotify::None);
+    let mut rq = RequestQueue::new(old.core(), &cq, 2, 2, 7).unwrap();
+    let mut segs = RegisteredBuffer::register(&h, vec![0u8; 2048], 1024).unwrap();
+    drop(old);
+    let mut out = Vec::new();
+    shard.poll(&mut out, 8);
+    // The only index, reused.
+    let new = UdpSocket::bind(&h, lo(), &SocketOptions::default(), Delivery::Poll { key: 2 }).unwrap();
+    rq.receive(segs.pop().unwrap(), 5, RioFlags::NONE).unwrap();
+    let mut res = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while res.is_empty() && Instant::now() < deadline {
+        shard.poll(&mut out, 8);
+        cq.dequeue(&mut res, 8);
+    }
+    assert_eq!(res.len(), 1);
+    assert_eq!((res[0].token, &res[0].result), (5, &Err(Error::NotSocket)));
+    // The new socket's receive is its own: a datagram to it completes there.
+    new.recv_from(9, None).unwrap();
+    let client = StdUdp::bind(lo()).unwrap();
+    client.send_to(b"new", new.local_addr().unwrap()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !out.iter().any(|c: &Completion| c.token == 9) && Instant::now() < deadline {
+        shard.poll(&mut out, 8);
+    }
+    let c = out.iter().find(|c| c.token == 9).expect("the new socket's receive");
+    assert_eq!((c.key, &c.result), (2, &Ok(3)));
+    assert_eq!(cq.dequeue(&mut res, 8), 0, "nothing else reached the stale queue");
+}
