@@ -38,6 +38,10 @@ pub struct Config {
     /// Port mode: microseconds a shard yields, watching for new operations, before it
     /// sleeps in the kernel (0: sleep at once). Trades idle CPU for fewer wake-ups.
     pub idle_spin_us: u32,
+    /// Datagrams a fan-out group may hold in the shard behind a stalled reliable subscriber
+    /// (each holds a frame); past it the group drops and counts. At least 1, below
+    /// `frames_per_shard`; `None`: a quarter of `frames_per_shard`.
+    pub fanout_pending_max: Option<u32>,
     /// Register each socket in the ring's file table (IOSQE_FIXED_FILE): the kernel skips the
     /// file-table lookup and its reference count on every operation. Off only to compare.
     pub registered_files: bool,
@@ -61,6 +65,7 @@ impl Default for Config {
             sqpoll_idle_ms: None,
             huge_pages: true,
             idle_spin_us: 50,
+            fanout_pending_max: None,
             registered_files: true,
         }
     }
@@ -112,6 +117,15 @@ impl Config {
                 self.sockets_max, self.commands_max
             ));
         }
+        if let Some(n) = self
+            .fanout_pending_max
+            .filter(|&n| n == 0 || n >= self.frames_per_shard)
+        {
+            return bad(format!(
+                "fanout_pending_max = {n}: must be 1..frames_per_shard ({})",
+                self.frames_per_shard
+            ));
+        }
         if self.idle_spin_us > 1_000_000 {
             return bad(format!("idle_spin_us = {}: at most 1000000", self.idle_spin_us));
         }
@@ -124,6 +138,11 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The bound on a fan-out group's waiting datagrams (see `fanout_pending_max`).
+    pub fn fanout_pending_limit(&self) -> u32 {
+        self.fanout_pending_max.unwrap_or((self.frames_per_shard / 4).max(1))
     }
 
     /// Bytes of registered memory per shard.

@@ -14,9 +14,11 @@
 //! - [`Policy::Lossy`]: a full queue drops the datagram for that subscriber only (counted);
 //!   the others are not slowed.
 //! - [`Policy::Reliable`]: a full queue stalls the whole group: the datagram and every later
-//!   one wait in the shard (in order, bounded by the pool: each holds a frame) until the
-//!   subscriber makes room. Upstream this is backpressure: the pool and buffer ring drain,
-//!   the receive pauses (`recv_nobufs`), and then the kernel socket buffer fills.
+//!   one wait in the shard, in order, until the subscriber makes room — at most
+//!   `Config::fanout_pending_max` of them (each holds a frame). Past that the group drops
+//!   new datagrams and counts them (`GroupCounters::overflow`): a subscriber that stops
+//!   reading can hold at most its queue depth plus that bound, never the whole pool, so
+//!   the other sockets of the shard keep receiving.
 //!
 //! Consumers dequeue from any thread ([`Subscription::try_recv`], `recv_batch`), and may ask
 //! for a notification when their queue holds datagrams (RIONotify style: an event or a
@@ -137,6 +139,9 @@ pub struct GroupCounters {
     pub received: u64,
     /// Times a reliable subscriber's full queue stalled the group.
     pub stalls: u64,
+    /// Datagrams dropped for the whole group because it already held its bound of waiting
+    /// datagrams (`Config::fanout_pending_max`) behind a stalled reliable subscriber.
+    pub overflow: u64,
     /// Subscriptions now.
     pub subscribers: u64,
 }
@@ -149,6 +154,7 @@ pub(crate) struct GroupShared {
     stalled: AtomicBool,
     received: AtomicU64,
     stalls: AtomicU64,
+    overflow: AtomicU64,
     subscribers: AtomicU64,
 }
 
@@ -188,6 +194,7 @@ impl FanOut {
                 stalled: AtomicBool::new(false),
                 received: AtomicU64::new(0),
                 stalls: AtomicU64::new(0),
+                overflow: AtomicU64::new(0),
                 subscribers: AtomicU64::new(0),
             }),
         }
@@ -198,6 +205,7 @@ impl FanOut {
             shared: self.shared.clone(),
             subs: Vec::with_capacity(SUBSCRIBERS_MAX.min(64)),
             pending: VecDeque::with_capacity(pending_max),
+            pending_max,
         })
     }
 
@@ -240,6 +248,7 @@ impl FanOut {
         GroupCounters {
             received: g.received.load(Ordering::Relaxed),
             stalls: g.stalls.load(Ordering::Relaxed),
+            overflow: g.overflow.load(Ordering::Relaxed),
             subscribers: g.subscribers.load(Ordering::Relaxed),
         }
     }
@@ -334,8 +343,10 @@ struct Pending {
 pub(crate) struct GroupState {
     shared: Arc<GroupShared>,
     subs: Vec<SubSlot>,
-    /// Datagrams waiting for a reliable subscriber, oldest first (capacity: pool frames).
+    /// Datagrams waiting for a reliable subscriber, oldest first.
     pending: VecDeque<Pending>,
+    /// Most datagrams (frames) `pending` may hold; preallocated.
+    pending_max: usize,
 }
 
 impl GroupState {
@@ -374,7 +385,12 @@ impl GroupState {
         }
         let d = Datagram { buf: buf.freeze() };
         if !self.pending.is_empty() {
-            // Order: behind what already waits. Bounded: each pending datagram holds a frame.
+            // Order: behind what already waits. Bounded: each pending datagram holds a frame,
+            // and a group may not take the shard's pool.
+            if self.pending.len() >= self.pending_max {
+                bump(&self.shared.overflow);
+                return true;
+            }
             self.pending.push_back(Pending { d, next: 0 });
             return true;
         }

@@ -240,6 +240,8 @@ pub(crate) struct ShardShared {
     free_sockets: ArrayQueue<u32>,
     /// Per socket index: its generation (see [`SockId`]).
     sock_gens: Box<[AtomicU32]>,
+    /// `Config::fanout_pending_max`.
+    pub(crate) fanout_pending_max: usize,
     /// RIO fixed-buffer slots whose region was dropped, for the shard to clear and reuse.
     /// Sized to hold every slot, so a release never waits (it may run on the shard thread).
     rio_released: ArrayQueue<u32>,
@@ -596,6 +598,7 @@ pub(crate) fn new_shared(cfg: &Config, index: usize) -> Result<Arc<ShardShared>,
         gate: StopGate::new(),
         free_sockets,
         sock_gens: (0..cfg.sockets_max).map(|_| AtomicU32::new(0)).collect(),
+        fanout_pending_max: cfg.fanout_pending_limit() as usize,
         rio_released: ArrayQueue::new(cfg.rio_buffers_max.max(1) as usize),
         stats: Stats::default(),
         pool,

@@ -250,7 +250,7 @@ impl SocketCore {
     /// the socket's delivery.
     fn fan_out(&self, token: u64) -> Result<FanOut, SetupError> {
         let fan = FanOut::new(self.shared.clone(), self.id);
-        let group = fan.state(self.shared.pool.total_frames() as usize);
+        let group = fan.state(self.shared.fanout_pending_max);
         self.shared
             .send(Command::FanOut { sock: self.id, group })
             .map_err(|_| SetupError::Limit("shard command queue"))?;

@@ -329,3 +329,48 @@ fn one_send_reaches_every_destination_from_one_frame() {
         .unwrap_err();
     assert_eq!(&r.buffer.unwrap()[..], b"x");
 }
+
+/// A reliable subscriber that stops reading holds at most its queue depth plus the group's
+/// bound of waiting datagrams: past it the group drops and counts, and another socket on the
+/// shard still receives (the pool is not taken).
+#[test]
+fn a_stopped_reliable_subscriber_cannot_take_the_pool() {
+    const BOUND: u32 = 32;
+    let cfg = Config {
+        fanout_pending_max: Some(BOUND),
+        ..cfg()
+    };
+    let mut shard = Shard::new(&cfg, None).unwrap();
+    let h = shard.handle();
+    let (_rx, fan, tx, to) = group_pair(&h);
+    let stuck = fan.subscribe(Policy::Reliable, 4, RioNotify::None).unwrap();
+    let mut out = Vec::new();
+    shard.poll(&mut out, 16);
+    let total = h.pool().total_frames();
+    publish(&mut shard, &tx, to, 0, 400);
+    poll_while(&mut shard, || fan.counters().received == 400);
+    let held = total - h.pool().free_frames() - shard.frames_in_rings();
+    assert!(held <= BOUND + 4, "the group holds {held} frames");
+    let c = fan.counters();
+    // 4 in the queue, BOUND waiting in the shard, the rest dropped for the group.
+    assert_eq!(c.overflow, 400 - u64::from(BOUND) - 4, "{c:?}");
+    // Another socket on the shard still receives.
+    let other = UdpSocket::bind(
+        &h,
+        SocketAddr::from((LO, 0)),
+        &SocketOptions::default(),
+        Delivery::Poll { key: 9 },
+    )
+    .unwrap();
+    other.recv_from(77, None).unwrap();
+    let client = StdUdp::bind(SocketAddr::from((LO, 0))).unwrap();
+    client.send_to(b"still here", other.local_addr().unwrap()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !out.iter().any(|c| c.token == 77) && Instant::now() < deadline {
+        shard.poll(&mut out, 64);
+    }
+    assert!(out.iter().any(|c| c.token == 77 && c.result == Ok(10)), "starved");
+    out.clear();
+    drop(stuck);
+    common::assert_conserved(&mut shard);
+}
