@@ -1,12 +1,19 @@
 // SPDX-License-Identifier: (MIT OR Apache-2.0)
 // porto's XDP program: steer UDP datagrams (IPv4, or IPv6 with UDP right after the fixed
-// header) for porto's ports to the AF_XDP socket of the receive queue they arrived on; pass
-// everything else (ARP, ICMP and ICMPv6 with neighbour discovery, other ports, non-IP) to
-// the kernel.
+// header) for the (address, port) pairs porto's AF_XDP sockets are bound to, to the AF_XDP
+// socket of the receive queue they arrived on; pass everything else (ARP, ICMP and ICMPv6
+// with neighbour discovery, other addresses or ports, non-IP) to the kernel, so services
+// beside porto on the same host keep their traffic.
 //
 // Maps (filled by the engine):
 //   xsks  : XSKMAP, rx queue index -> AF_XDP socket
-//   ports : UDP destination port (network byte order) -> 1
+//   binds : {address, port, family} -> 1 (network byte order; IPv4 in the first 4 bytes).
+//           A datagram is steered if its destination (address, port) is bound, or the
+//           unspecified address of its family with that port (a wildcard bind). A joined
+//           multicast group is bound with the socket's port while the membership lasts.
+//           IPv4 limited broadcast (255.255.255.255) is never steered, and neither are IPv4
+//           fragments after the first (no UDP header: their "port" is payload bytes); a
+//           first fragment is steered and counted as a fragment by the engine.
 //   groups: {IPv4 multicast group, source} -> 1, source 0 = any source (all network order).
 //           A multicast datagram is steered only if its group is joined, and for a
 //           source-specific join only from an included source; other multicast goes to
@@ -43,12 +50,18 @@ struct {
     __type(value, __u32);
 } xsks SEC(".maps");
 
+struct bind_key {
+    __u32 addr[4];
+    __u16 port;
+    __u16 family; // 4 or 6
+};
+
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, 1024);
-    __type(key, __u16);
+    __type(key, struct bind_key);
     __type(value, __u8);
-} ports SEC(".maps");
+} binds SEC(".maps");
 
 struct group_key {
     __u32 group;
@@ -96,6 +109,15 @@ static __always_inline int steer(struct xdp_md *ctx)
     return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
 }
 
+// The destination (address, port) is bound, exactly or by a wildcard bind of its family.
+static __always_inline int bound(struct bind_key *k)
+{
+    if (bpf_map_lookup_elem(&binds, k))
+        return 1;
+    __builtin_memset(k->addr, 0, sizeof(k->addr));
+    return bpf_map_lookup_elem(&binds, k) != 0;
+}
+
 static __always_inline int porto_xdp6(struct xdp_md *ctx, struct ipv6hdr *ip, void *end)
 {
     if ((void *)(ip + 1) > end || ip->nexthdr != IPPROTO_UDP)
@@ -105,8 +127,9 @@ static __always_inline int porto_xdp6(struct xdp_md *ctx, struct ipv6hdr *ip, vo
     if ((void *)(udp + 1) > end)
         return count(STAT_PASSED, XDP_PASS);
 
-    __u16 port = udp->dest;
-    if (!bpf_map_lookup_elem(&ports, &port))
+    struct bind_key b = { .port = udp->dest, .family = 6 };
+    __builtin_memcpy(b.addr, &ip->daddr, sizeof(b.addr));
+    if (!bound(&b))
         return count(STAT_PASSED, XDP_PASS);
 
     // ff00::/8: only joined groups, only included sources.
@@ -144,12 +167,20 @@ int porto_xdp(struct xdp_md *ctx)
     if (ihl < sizeof(*ip) || ihl > 60)
         return count(STAT_PASSED, XDP_PASS);
 
+    // A fragment after the first carries no UDP header: the kernel reassembles it.
+    if (ip->frag_off & bpf_htons(0x1fff))
+        return count(STAT_PASSED, XDP_PASS);
+    // Limited broadcast is everyone's: the kernel's sockets get it.
+    if (ip->daddr == 0xffffffff)
+        return count(STAT_PASSED, XDP_PASS);
+
     struct udphdr *udp = (void *)ip + ihl;
     if ((void *)(udp + 1) > end)
         return count(STAT_PASSED, XDP_PASS);
 
-    __u16 port = udp->dest;
-    if (!bpf_map_lookup_elem(&ports, &port))
+    struct bind_key b = { .port = udp->dest, .family = 4 };
+    b.addr[0] = ip->daddr;
+    if (!bound(&b))
         return count(STAT_PASSED, XDP_PASS);
 
     // 224.0.0.0/4: only joined groups, only included sources.

@@ -1006,7 +1006,7 @@ impl XdpUdpSocket {
         for x in &xsks {
             program.set_socket(x.queue, x)?;
         }
-        program.add_port(local.port())?;
+        program.add_bind(local)?;
         let mac = net::hw_addr(&opts.iface).map_err(|e| SetupError::xsk(&opts.iface, first_queue, e))?;
         let (attach_mode, attach_fallback) = program.mode().map(|(m, w)| (m, w.map(String::from))).expect("attached");
         let info = XdpInfo {
@@ -1148,12 +1148,24 @@ impl XdpUdpSocket {
         Ok(net::mcast_membership(fd, group, source, ifindex, false)?)
     }
 
-    /// The program's table and the engine's own check, in step.
+    /// The program's tables and the engine's own check, in step. The group's (address,
+    /// port) is a bind while any membership of the group remains (so the program steers
+    /// the group's datagrams for this port only).
     fn set_group(&mut self, group: IpAddr, source: Option<IpAddr>, join: bool) -> Result<(), Error> {
+        let bind = SocketAddr::new(group, self.local.port());
         let steer = if join {
-            self.program.add_group(group, source)
+            self.program
+                .add_bind(bind)
+                .and_then(|()| self.program.add_group(group, source))
         } else {
-            self.program.remove_group(group, source)
+            let last = !self.groups.iter().any(|g| g.0 == group);
+            self.program.remove_group(group, source).and_then(|()| {
+                if last {
+                    self.program.remove_bind(bind)
+                } else {
+                    Ok(())
+                }
+            })
         };
         if let Err(e) = steer {
             tracing::error!(error = %e, "updating the XDP group table failed");

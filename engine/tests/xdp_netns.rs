@@ -647,3 +647,57 @@ fn a_failed_af_xdp_bind_returns_its_fill_frames() {
         "FILL frames leaked (pool of {total})"
     );
 }
+
+/// A kernel socket beside porto on the same port but another address keeps its traffic:
+/// the XDP program steers only porto's bound address (it used to take every datagram for
+/// the port, black-holing co-located services).
+#[test]
+fn a_kernel_service_on_another_address_keeps_its_traffic() {
+    let Some(t) = common::topology("porto-s", 1) else {
+        return;
+    };
+    let second = std::net::Ipv4Addr::new(198, 18, 0, 3);
+    t.ip(Side::B, &["addr", "add", "198.18.0.3/24", "dev", t.iface(Side::B)])
+        .unwrap();
+    t.enter(Side::B).unwrap();
+    let kernel = StdUdp::bind(SocketAddr::from((second, PORT))).unwrap();
+    kernel.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut shard = Shard::new(&common::xdp_config(), None).unwrap();
+    let sock = XdpUdpSocket::bind(
+        &shard.handle(),
+        SocketAddrV4::new(t.addr(Side::B), PORT),
+        &XdpOptions::new(t.iface(Side::B)),
+        Delivery::Poll { key: 1 },
+    )
+    .unwrap();
+    sock.recv_from_multishot(1).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            t.enter(Side::A).unwrap();
+            let peer = StdUdp::bind(SocketAddr::from((t.addr(Side::A), 0))).unwrap();
+            for i in 0..5u32 {
+                peer.send_to(&i.to_be_bytes(), SocketAddr::from((second, PORT)))
+                    .unwrap();
+                peer.send_to(&i.to_be_bytes(), SocketAddr::from((t.addr(Side::B), PORT)))
+                    .unwrap();
+            }
+        });
+    });
+    let mut b = [0u8; 16];
+    for i in 0..5u32 {
+        let n = kernel.recv(&mut b).expect("the kernel socket's datagram was taken");
+        assert_eq!(&b[..n], &i.to_be_bytes());
+    }
+    let mut out = Vec::new();
+    let mut got = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got < 5 && Instant::now() < deadline {
+        shard.poll(&mut out, 64);
+        got += out
+            .drain(..)
+            .filter(|c| c.op == OpKind::RecvFrom && c.result == Ok(4))
+            .count();
+    }
+    assert_eq!(got, 5, "porto's own datagrams");
+    assert_eq!(shard.stats().counters.snapshot().xdp_no_receiver, 0);
+}

@@ -1,18 +1,28 @@
 //! The XDP program on packet fixtures with BPF_PROG_TEST_RUN: no NIC, no socket. Loading BPF
 //! needs root (CAP_BPF); without it these tests skip, unless PORTO_REQUIRE_NETNS=1 (CI).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use porto_engine::wire::{arp, emit_udp, ethernet, EtherType, MacAddr, UdpHeaders, UDP6_HEADERS_LEN, UDP_HEADERS_LEN};
 use porto_engine::xdp::XdpProgram;
 
 const XDP_PASS: u32 = 2;
 const PORT: u16 = 7000;
+const ME4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const ME6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
 
+/// Adds wildcard binds (0.0.0.0:PORT, [::]:PORT), as a multicast receiver has.
+fn wildcard(p: &mut XdpProgram) {
+    p.add_bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT))).unwrap();
+    p.add_bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, PORT))).unwrap();
+}
+
+/// The program with porto bound to 198.18.0.2:PORT and [2001:2::2]:PORT.
 fn load() -> Option<XdpProgram> {
     match XdpProgram::load() {
         Ok(mut p) => {
-            p.add_port(PORT).unwrap();
+            p.add_bind(SocketAddr::from((ME4, PORT))).unwrap();
+            p.add_bind(SocketAddr::from((ME6, PORT))).unwrap();
             Some(p)
         }
         Err(e) => {
@@ -135,8 +145,10 @@ fn ipv6_udp_for_porto_ports_is_steered_the_rest_passes() {
     let mut bad = udp6(me, PORT, 64);
     bad[60] ^= 0xff;
     assert_eq!(run(&mut p, &bad), (XDP_PASS, 1, 0));
-    // IPv6 multicast for the port: filtered to the kernel until joined; then steered for
-    // the group from an included source (SSM) or from any (ASM).
+    // IPv6 multicast for the port (received through a wildcard bind): filtered to the
+    // kernel until joined; then steered for the group from an included source (SSM) or
+    // from any (ASM).
+    wildcard(&mut p);
     let (ssm, asm): (Ipv6Addr, Ipv6Addr) = ("ff3e::8000:1".parse().unwrap(), "ff1e::1".parse().unwrap());
     let other: IpAddr = "2001:2::9".parse::<Ipv6Addr>().unwrap().into();
     assert_eq!(filtered(&mut p, &udp6(ssm, PORT, 16)), ((XDP_PASS, 0, 0), 1));
@@ -177,10 +189,47 @@ fn malformed_frames_for_porto_ports_are_steered_for_counting() {
 }
 
 #[test]
-fn removed_port_is_no_longer_steered() {
+fn removed_bind_is_no_longer_steered() {
     let Some(mut p) = load() else { return };
-    p.remove_port(PORT).unwrap();
+    p.remove_bind(SocketAddr::from((ME4, PORT))).unwrap();
     assert_eq!(run(&mut p, &udp(PORT, 64)), (XDP_PASS, 0, 1));
+    assert_eq!(
+        run(&mut p, &udp6(ME6, PORT, 64)),
+        (XDP_PASS, 1, 0),
+        "the other bind stays"
+    );
+}
+
+/// Only the bound (address, port) is taken from the kernel: the same port on another
+/// address of either family, limited broadcast, and IPv4 fragments after the first (whose
+/// payload may happen to read as the port) stay the kernel's, so services beside porto keep
+/// their traffic. A wildcard bind takes every address of its family only.
+#[test]
+fn only_bound_addresses_first_fragments_and_no_broadcast_are_steered() {
+    let Some(mut p) = load() else { return };
+    let src4: IpAddr = Ipv4Addr::new(198, 18, 0, 1).into();
+    let other4: IpAddr = Ipv4Addr::new(198, 18, 0, 9).into();
+    let other6: Ipv6Addr = "2001:2::9".parse().unwrap();
+    assert_eq!(run(&mut p, &udp_between(src4, other4, PORT, 64)), (XDP_PASS, 0, 1));
+    assert_eq!(run(&mut p, &udp6(other6, PORT, 64)), (XDP_PASS, 0, 1));
+    let bcast = udp_between(src4, Ipv4Addr::BROADCAST.into(), PORT, 64);
+    assert_eq!(run(&mut p, &bcast), (XDP_PASS, 0, 1));
+    // A first fragment (MF, offset 0) has the UDP header: steered, the engine counts it.
+    let mut first = udp(PORT, 64);
+    first[20] = 0x20;
+    assert_eq!(run(&mut p, &first), (XDP_PASS, 1, 0));
+    // A later fragment: bytes where a UDP header would be are payload, even if they read
+    // as porto's port.
+    let mut later = udp(PORT, 64);
+    later[20..22].copy_from_slice(&0x00b9u16.to_be_bytes());
+    assert_eq!(later[36..38], PORT.to_be_bytes(), "payload bytes read as the port");
+    assert_eq!(run(&mut p, &later), (XDP_PASS, 0, 1));
+    // Wildcard binds: any unicast address of the family; broadcast still passes.
+    wildcard(&mut p);
+    assert_eq!(run(&mut p, &udp_between(src4, other4, PORT, 64)), (XDP_PASS, 1, 0));
+    assert_eq!(run(&mut p, &udp6(other6, PORT, 64)), (XDP_PASS, 1, 0));
+    assert_eq!(run(&mut p, &bcast), (XDP_PASS, 0, 1));
+    assert_eq!(run(&mut p, &udp_between(src4, other4, PORT + 1, 64)), (XDP_PASS, 0, 1));
 }
 
 /// A datagram to `group` from `src` for the porto port.
@@ -204,6 +253,7 @@ fn mcast(group: Ipv4Addr, src: Ipv4Addr) -> Vec<u8> {
 #[test]
 fn multicast_is_steered_only_for_joined_groups_and_included_sources() {
     let Some(mut p) = load() else { return };
+    wildcard(&mut p);
     let (asm, ssm) = (Ipv4Addr::new(239, 1, 1, 1), Ipv4Addr::new(232, 1, 1, 1));
     let (good, other) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 9));
     // Nothing joined: multicast for the port is filtered to the kernel, not steered.

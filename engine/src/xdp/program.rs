@@ -4,7 +4,7 @@
 //! mode obtained and the reason for any fallback are reported. The program is detached and
 //! unloaded when the [`XdpProgram`] drops (aya owns the link).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, XskMap};
@@ -40,6 +40,38 @@ struct GroupKey {
 
 // SAFETY: GroupKey is two u32s with no padding; every bit pattern is valid.
 unsafe impl aya::Pod for GroupKey {}
+
+/// Key of the `binds` map: a bound address (IPv4 in the first 4 bytes) and port, both as
+/// the packet carries them (network byte order), and the family (4 or 6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+struct BindKey {
+    addr: [u8; 16],
+    port: u16,
+    family: u16,
+}
+
+// SAFETY: 16 + 2 + 2 bytes, no padding; every bit pattern is valid.
+unsafe impl aya::Pod for BindKey {}
+const _: () = assert!(std::mem::size_of::<BindKey>() == 20);
+
+impl BindKey {
+    fn of(local: SocketAddr) -> BindKey {
+        let (addr, family) = match local.ip() {
+            IpAddr::V4(a) => {
+                let mut b = [0; 16];
+                b[..4].copy_from_slice(&a.octets());
+                (b, 4)
+            }
+            IpAddr::V6(a) => (a.octets(), 6),
+        };
+        BindKey {
+            addr,
+            port: local.port().to_be(),
+            family,
+        }
+    }
+}
 
 /// Key of the `groups6` map: the group and source addresses as the packet carries them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -177,27 +209,23 @@ impl XdpProgram {
         self.iface.as_deref()
     }
 
-    /// The `ports` map: UDP destination ports (network byte order) steered to AF_XDP.
-    fn ports(&mut self) -> Result<HashMap<&mut MapData, u16, u8>, XdpError> {
-        let map = self
-            .ebpf
-            .map_mut("ports")
-            .ok_or_else(|| map_error("ports", "missing from the object"))?;
-        HashMap::try_from(map).map_err(|e| map_error("ports", e))
+    /// Steers UDP datagrams for `local` (an address and port; the unspecified address takes
+    /// every address of its family, as a wildcard bind does) to the AF_XDP sockets. Only
+    /// those: traffic to the same port for another address stays the kernel's.
+    pub fn add_bind(&mut self, local: SocketAddr) -> Result<(), XdpError> {
+        self.group_map::<BindKey>("binds")?
+            .insert(BindKey::of(local), 1, 0)
+            .map_err(|e| map_error("binds", e))
     }
 
-    /// Steers UDP datagrams for `port` to the AF_XDP sockets.
-    pub fn add_port(&mut self, port: u16) -> Result<(), XdpError> {
-        self.ports()?
-            .insert(port.to_be(), 1, 0)
-            .map_err(|e| map_error("ports", e))
+    /// Stops steering `local`.
+    pub fn remove_bind(&mut self, local: SocketAddr) -> Result<(), XdpError> {
+        self.group_map::<BindKey>("binds")?
+            .remove(&BindKey::of(local))
+            .map_err(|e| map_error("binds", e))
     }
 
-    /// Stops steering `port`.
-    pub fn remove_port(&mut self, port: u16) -> Result<(), XdpError> {
-        self.ports()?.remove(&port.to_be()).map_err(|e| map_error("ports", e))
-    }
-
+    /// One of the program's hash maps with `u8` values (`binds`, `groups`, `groups6`).
     fn group_map<K: aya::Pod>(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, K, u8>, XdpError> {
         let map = self
             .ebpf
