@@ -42,6 +42,10 @@ pub struct Config {
     /// (each holds a frame); past it the group drops and counts. At least 1, below
     /// `frames_per_shard`; `None`: a quarter of `frames_per_shard`.
     pub fanout_pending_max: Option<u32>,
+    /// Completions a shard holds for one full completion port (per port, preallocated when
+    /// the port's first socket opens). Past it, datagrams of multishot receives are dropped
+    /// and counted; terminal completions go to the port's overflow.
+    pub port_backlog: u32,
     /// Register each socket in the ring's file table (IOSQE_FIXED_FILE): the kernel skips the
     /// file-table lookup and its reference count on every operation. Off only to compare.
     pub registered_files: bool,
@@ -66,6 +70,7 @@ impl Default for Config {
             huge_pages: true,
             idle_spin_us: 50,
             fanout_pending_max: None,
+            port_backlog: 1024,
             registered_files: true,
         }
     }
@@ -125,6 +130,9 @@ impl Config {
                 "fanout_pending_max = {n}: must be 1..frames_per_shard ({})",
                 self.frames_per_shard
             ));
+        }
+        if self.port_backlog == 0 || self.port_backlog > 1 << 20 {
+            return bad(format!("port_backlog = {}: must be 1..=1048576", self.port_backlog));
         }
         if self.idle_spin_us > 1_000_000 {
             return bad(format!("idle_spin_us = {}: at most 1000000", self.idle_spin_us));

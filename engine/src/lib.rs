@@ -41,6 +41,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod backlog;
 pub mod completion;
 pub mod config;
 pub mod engine;

@@ -128,6 +128,12 @@ impl CompletionPort {
         self.wake();
     }
 
+    /// Completions wait in the overflow list: later ones must follow them there to keep the
+    /// port's order (the consumer takes the queue first, then the overflow).
+    pub(crate) fn has_overflow(&self) -> bool {
+        self.shared.overflowed.load(Ordering::Acquire) > 0
+    }
+
     /// Wakes one sleeper if any is asleep and work is queued.
     pub(crate) fn wake(&self) {
         // SeqCst fence: pairs with the one in `dequeue` between registering as a sleeper and

@@ -24,6 +24,7 @@ use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
 use io_uring::{cqueue, opcode, squeue, types};
 
+use crate::backlog::{Backlogs, Delivered};
 use crate::completion::{Completion, OpKind};
 use crate::config::Config;
 use crate::error::{Error, SetupError};
@@ -390,7 +391,8 @@ pub struct Shard {
     sockets: Box<[SockEntry]>,
     cqes: Vec<cqueue::Entry>,
     local: VecDeque<Completion>,
-    backlog: VecDeque<(CompletionPort, Completion)>,
+    /// Completions held back for full ports, per port.
+    backlogs: Backlogs,
     touched: Vec<CompletionPort>,
     starved: Vec<u32>,
     scratch: Vec<u32>,
@@ -695,7 +697,7 @@ impl Shard {
                 .collect(),
             cqes: Vec::with_capacity(cfg.cq_entries as usize),
             local: VecDeque::with_capacity(cfg.cq_entries as usize),
-            backlog: VecDeque::with_capacity(cfg.cq_entries as usize),
+            backlogs: Backlogs::new(cfg.port_backlog as usize),
             touched: Vec::with_capacity(8),
             starved: Vec::with_capacity(cfg.ops_max as usize),
             scratch: Vec::with_capacity(cfg.ops_max as usize),
@@ -832,7 +834,7 @@ impl Shard {
         self.refill();
         let xdp_busy = self.xdp_turn();
         self.fanout_retry();
-        let waiting = !self.backlog.is_empty() || !self.fanout_stalled.is_empty();
+        let waiting = self.backlogs.is_blocked() || !self.fanout_stalled.is_empty();
         let idle = took == 0 && !waiting && !xdp_busy;
         if wait && idle && self.spin_for_work()? {
             // Work arrived while spinning; it is reaped or taken below.
@@ -962,6 +964,9 @@ impl Shard {
                             .is_ok();
                     let e = &mut self.sockets[sock as usize];
                     debug_assert!(e.fd.is_none() && e.live_ops == 0);
+                    if let Delivery::Port { port, .. } = &delivery {
+                        self.backlogs.attach(port);
+                    }
                     *e = SockEntry::open(gen, Some(fd), Some(delivery), None);
                     e.fixed = fixed;
                 }
@@ -972,6 +977,9 @@ impl Shard {
                 } => {
                     let e = &mut self.sockets[sock as usize];
                     debug_assert!(e.fd.is_none() && e.xdp.is_none());
+                    if let Delivery::Port { port, .. } = &delivery {
+                        self.backlogs.attach(port);
+                    }
                     *e = SockEntry::open(gen, None, Some(delivery), Some(port));
                     self.xdp_socks.push(sock);
                 }
@@ -2167,6 +2175,9 @@ impl Shard {
         }
         self.local_scratch = out;
         self.xdp_socks.retain(|&s| s != sock);
+        if let Delivery::Port { port, .. } = &delivery {
+            self.backlogs.detach(port);
+        }
         self.shared.free_socket_id(sock);
     }
 
@@ -2181,8 +2192,10 @@ impl Shard {
             }
             let e = &mut self.sockets[sock as usize];
             e.fd = None;
-            e.delivery = None;
             e.closing = false;
+            if let Some(Delivery::Port { port, .. }) = e.delivery.take() {
+                self.backlogs.detach(&port);
+            }
             self.shared.free_socket_id(sock);
         }
     }
@@ -2221,20 +2234,17 @@ impl Shard {
         match delivery {
             Delivery::Poll { .. } => self.local.push_back(c),
             Delivery::Port { port, .. } => {
-                if !self.backlog.is_empty() {
-                    self.backlog.push_back((port, c));
-                    return;
-                }
-                match port.push(c) {
-                    Ok(()) => {
+                let st = &self.shared.stats;
+                match self.backlogs.deliver(&port, c) {
+                    Delivered::Pushed => {
                         if !self.touched.iter().any(|p| p.ptr_eq(&port)) {
                             self.touched.push(port);
                         }
                     }
-                    Err(c) => {
-                        let st = &self.shared.stats;
-                        st.add(&st.counters.port_full, 1);
-                        self.backlog.push_back((port.clone(), c));
+                    Delivered::Queued => st.add(&st.counters.port_full, 1),
+                    Delivered::Dropped | Delivered::Evicted => st.add(&st.counters.port_backlog_drops, 1),
+                    Delivered::Overflowed => {
+                        st.add(&st.counters.port_overflow, 1);
                         self.touched.push(port);
                     }
                 }
@@ -2242,21 +2252,10 @@ impl Shard {
         }
     }
 
-    /// Retries completions held back by full ports (in order), then wakes each port once.
+    /// Retries completions held back by full ports (each port in order), then wakes each
+    /// port once.
     fn flush(&mut self) {
-        while let Some((port, c)) = self.backlog.pop_front() {
-            match port.push(c) {
-                Ok(()) => {
-                    if !self.touched.iter().any(|p| p.ptr_eq(&port)) {
-                        self.touched.push(port);
-                    }
-                }
-                Err(c) => {
-                    self.backlog.push_front((port, c));
-                    break;
-                }
-            }
-        }
+        self.backlogs.flush(&mut self.touched);
         for p in self.touched.drain(..) {
             p.wake();
         }
@@ -2303,9 +2302,7 @@ impl Shard {
             self.close_xdp(sock);
         }
         self.flush();
-        for (port, c) in self.backlog.drain(..) {
-            port.push_overflow(c);
-        }
+        self.backlogs.drain_to_overflow();
         for e in self.sockets.iter_mut() {
             e.fd = None;
             e.delivery = None;

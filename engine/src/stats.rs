@@ -49,8 +49,12 @@ counters! {
     recv_truncated,
     /// Operations refused because the op table was full (NoBuffers).
     ops_rejected,
-    /// Times a completion port was full and completions waited in the shard's backlog.
+    /// Completions that found their port full and waited in the port's backlog.
     port_full,
+    /// Datagrams of multishot receives dropped because their port's backlog was full too.
+    port_backlog_drops,
+    /// Terminal completions put in a port's overflow list (its backlog full, or shutdown).
+    port_overflow,
     /// Times the CQ overflow flag was found set (completions parked in the kernel, then flushed).
     cq_overflows,
     /// Cancellations issued.

@@ -992,3 +992,55 @@ fn dropping_a_registered_region_on_the_shard_thread_never_waits() {
     let done = poll_n(&mut shard, 2);
     assert_eq!(done.iter().filter(|c| c.token == 2 && c.result == Ok(1)).count(), 2);
 }
+
+/// One completion port whose consumer stalls holds up only its own completions: a socket
+/// delivering to another port of the same shard keeps receiving (they shared one FIFO
+/// backlog, so the full port's completions blocked every port behind them).
+#[test]
+fn a_full_port_does_not_hold_up_another_port() {
+    let engine = Engine::start(&small()).unwrap();
+    let h = engine.shard(0);
+    let (stalled, live) = (CompletionPort::new(1, 2), CompletionPort::new(1, 64));
+    let a = UdpSocket::bind(
+        h,
+        any(false),
+        &SocketOptions::default(),
+        Delivery::Port {
+            port: stalled.clone(),
+            key: 1,
+        },
+    )
+    .unwrap();
+    let b = UdpSocket::bind(
+        h,
+        any(false),
+        &SocketOptions::default(),
+        Delivery::Port {
+            port: live.clone(),
+            key: 2,
+        },
+    )
+    .unwrap();
+    a.recv_from_multishot(1).unwrap();
+    b.recv_from_multishot(2).unwrap();
+    let client = StdUdp::bind(any(false)).unwrap();
+    // Fill the stalled port and its backlog: nobody dequeues it.
+    for i in 0..32u32 {
+        client.send_to(&i.to_be_bytes(), a.local_addr().unwrap()).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let mut out = Vec::new();
+    for i in 0..8u32 {
+        client.send_to(&i.to_be_bytes(), b.local_addr().unwrap()).unwrap();
+        out.clear();
+        assert_eq!(
+            live.dequeue(&mut out, 8, Some(Duration::from_secs(2))),
+            1,
+            "datagram {i} to the other port did not arrive"
+        );
+        assert_eq!((out[0].key, out[0].result), (2, Ok(4)));
+    }
+    assert_eq!(stalled.len(), 2, "the stalled port stays full");
+    assert!(h.stats().counters.snapshot().port_full > 0);
+    drop((a, b));
+}
