@@ -489,9 +489,27 @@ fn xdp_echo_names_the_checksum_offload_fix_when_it_stops() {
     let ip_b = t.addr(Side::B);
     let mut echo = t.command(Side::B, env!("CARGO_BIN_EXE_porto"));
     echo.args(["echo", "--udp", "--xdp", t.iface(Side::B), "--addr", &ip_b.to_string()]);
-    echo.args(["--port", "9000", "--no-pin", "--seconds", "2"]);
-    let server = echo.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    echo.args(["--port", "9000", "--no-pin", "--seconds", "4"]);
+    let mut server = echo.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // Send once the server says its AF_XDP socket is bound (a loaded machine can take a
+    // while to attach the program), reading its stdout as it goes.
+    let stdout = server.stdout.take().unwrap();
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut text = String::new();
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("AF_XDP on") {
+                let _ = bound_tx.send(());
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    bound_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the server bound its AF_XDP socket");
     std::thread::scope(|s| {
         s.spawn(|| {
             t.enter(Side::A).unwrap();
@@ -502,7 +520,7 @@ fn xdp_echo_names_the_checksum_offload_fix_when_it_stops() {
         });
     });
     let out = server.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = reader.join().unwrap();
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("0 requests"), "{text}");
     assert!(
