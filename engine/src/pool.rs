@@ -287,6 +287,17 @@ impl Buf {
         }
     }
 
+    /// Gives up the handle without returning the frame to the pool: the caller keeps the
+    /// frame index (a frame a device may still touch, quarantined until it may not) and
+    /// must return it later with `Pool::adopt`.
+    pub(crate) fn into_frame(self) -> u32 {
+        let this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped, so its Arc is read out exactly once and dropped
+        // here; the frame is not pushed to the free queue.
+        drop(unsafe { std::ptr::read(&this.pool) });
+        this.frame
+    }
+
     /// Pointer and length of the window, for building an SQE.
     pub(crate) fn raw(&self) -> (*mut u8, u32) {
         (self.window_ptr(), self.len)

@@ -40,7 +40,7 @@ use crate::sys::bufring::BufRing;
 use crate::sys::net;
 use crate::sys::region::PageKind;
 use crate::sys::ring::{Ring, RingConfig, RingInfo, NOTIF_USAGE_ZC_COPIED, SEND_ZC_REPORT_USAGE};
-use crate::xdp::port::XdpPort;
+use crate::xdp::port::{Quarantine, XdpPort};
 
 /// Buffer group id of the shard's provided-buffer ring.
 const BGID: u16 = 0;
@@ -411,6 +411,10 @@ pub struct Shard {
     qos: QosState,
     /// Sends taken out of the QoS queues when their socket closes (reused).
     qos_scratch: Vec<Deferred>,
+    /// Frames of closed zero-copy AF_XDP sockets, with the time to give up on each.
+    quarantine: Vec<(Quarantine, Instant)>,
+    /// When the quarantined queues are probed next.
+    quarantine_probe: Instant,
     /// Sockets whose fan-out group waits for a reliable subscriber.
     fanout_stalled: Vec<u32>,
     /// Some socket has a class other than BestEffort: reap in inbound-priority order.
@@ -450,6 +454,11 @@ struct QosState {
 
 /// Flows per shard.
 pub const FLOWS_MAX: usize = 64;
+/// How often a shard probes the queues of closed zero-copy sockets.
+const QUARANTINE_PROBE: Duration = Duration::from_millis(20);
+/// How long a shard waits for the kernel to release such a queue before giving up on the
+/// frames (they are then never lent out again).
+const QUARANTINE_MAX: Duration = Duration::from_secs(10);
 /// Scheduled sends a shard keeps in the kernel at once.
 const SENDS_IN_FLIGHT_MAX: u32 = 16;
 /// Packets per class queue and held packets per shard.
@@ -721,6 +730,8 @@ impl Shard {
             },
             qos_scratch: Vec::with_capacity(QOS_QUEUE_MAX),
             fanout_stalled: Vec::with_capacity(cfg.sockets_max as usize),
+            quarantine: Vec::new(),
+            quarantine_probe: Instant::now(),
             prioritized: false,
             turns: 0,
             cqe_order: Vec::with_capacity(cfg.cq_entries as usize),
@@ -763,11 +774,12 @@ impl Shard {
         self.bufring_frames
     }
 
-    /// Frames the shard's rings hold: the provided-buffer ring and every AF_XDP port's
-    /// FILL/RX/TX/COMPLETION rings. Frame conservation: `pool free + this + frames in
+    /// Frames the shard's rings hold: the provided-buffer ring, every AF_XDP port's
+    /// FILL/RX/TX/COMPLETION rings, and frames of closed zero-copy sockets in quarantine. Frame conservation: `pool free + this + frames in
     /// operations + frames the application holds == pool total`.
     pub fn frames_in_rings(&self) -> u32 {
-        self.bufring_frames
+        self.quarantine.iter().map(|q| q.0.frames.len() as u32).sum::<u32>()
+            + self.bufring_frames
             + self
                 .xdp_socks
                 .iter()
@@ -833,6 +845,7 @@ impl Shard {
         let held_due = self.qos_pump();
         self.refill();
         let xdp_busy = self.xdp_turn();
+        self.release_quarantine();
         self.fanout_retry();
         let waiting = self.backlogs.is_blocked() || !self.fanout_stalled.is_empty();
         let idle = took == 0 && !waiting && !xdp_busy;
@@ -872,7 +885,9 @@ impl Shard {
                         t.saturating_duration_since(Instant::now())
                             .max(Duration::from_micros(1))
                     });
-                let timeout = [timeout, hold, sleep.filter(|&d| d != Duration::MAX)]
+                // Quarantined frames: probe their queues while asleep too.
+                let probe = (!self.quarantine.is_empty()).then_some(QUARANTINE_PROBE);
+                let timeout = [timeout, hold, probe, sleep.filter(|&d| d != Duration::MAX)]
                     .into_iter()
                     .flatten()
                     .min();
@@ -2033,6 +2048,38 @@ impl Shard {
         busy
     }
 
+    /// Returns quarantined frames whose queues the kernel has released (probed every
+    /// QUARANTINE_PROBE); gives up, leaking them, after QUARANTINE_MAX.
+    fn release_quarantine(&mut self) {
+        if self.quarantine.is_empty() || Instant::now() < self.quarantine_probe {
+            return;
+        }
+        let now = Instant::now();
+        self.quarantine_probe = now + QUARANTINE_PROBE;
+        let st = &self.shared.stats;
+        let mut i = 0;
+        while i < self.quarantine.len() {
+            let (q, give_up) = &self.quarantine[i];
+            if q.released() {
+                st.add(&st.counters.xdp_frames_released, q.frames.len() as u64);
+                for &f in &q.frames {
+                    drop(self.pool.adopt(f, 0, 0));
+                }
+            } else if now >= *give_up {
+                tracing::error!(
+                    frames = q.frames.len(),
+                    queues = ?q.queues,
+                    "an AF_XDP queue stayed busy after its zero-copy socket closed: its frames stay out of the pool"
+                );
+                st.add(&st.counters.xdp_frames_leaked, q.frames.len() as u64);
+            } else {
+                i += 1;
+                continue;
+            }
+            self.quarantine.swap_remove(i);
+        }
+    }
+
     /// Before sleeping: a one-shot POLLIN on every AF_XDP queue, so a frame arriving while
     /// the shard sleeps wakes it (it fires at once if frames are already waiting). A shard
     /// that never sleeps (polling mode) arms none: its rings are read every turn, and a
@@ -2169,7 +2216,15 @@ impl Shard {
             }
         }
         let mut out = std::mem::take(&mut self.local_scratch);
-        port.close(&self.pool, delivery.key(), &mut |c| out.push(c));
+        let hold = port.hold_on_close;
+        if let Some(q) = port.close(&self.pool, delivery.key(), hold, &mut |c| out.push(c)) {
+            let st = &self.shared.stats;
+            st.add(&st.counters.xdp_frames_quarantined, q.frames.len() as u64);
+            let now = Instant::now();
+            self.quarantine.push((q, now + QUARANTINE_MAX));
+            // The release is deferred work: the first probe comes a period later.
+            self.quarantine_probe = now + QUARANTINE_PROBE;
+        }
         for c in out.drain(..) {
             self.deliver_to(delivery.clone(), c);
         }

@@ -169,7 +169,7 @@ impl SocketCore {
         let id = match shared.alloc_socket() {
             Ok(id) => id,
             Err(e) => {
-                port.close(shard.pool(), 0, &mut |_| {});
+                XdpPort::abandon(port, shard.pool());
                 return Err(e);
             }
         };
@@ -180,7 +180,7 @@ impl SocketCore {
             delivery,
         }) {
             if let Command::OpenXdp { port, .. } = cmd {
-                port.close(shard.pool(), 0, &mut |_| {});
+                XdpPort::abandon(port, shard.pool());
             }
             shared.free_socket_id(id.index);
             return Err(if shared.is_stopping() {
@@ -849,6 +849,11 @@ pub struct XdpOptions {
     /// cache lines of the ring indices and descriptors moving between CPUs; batches share
     /// them. `None` (the default): read every frame at once, the latency setting.
     pub rx_coalesce: Option<(u32, Duration)>,
+    /// Keep the frames of a copy-mode socket out of the pool after close until the kernel has
+    /// released its queues, as is always done for zero-copy sockets (whose driver may still
+    /// use them). For testing that path on devices without zero-copy (veth).
+    #[doc(hidden)]
+    pub hold_frames_on_close: bool,
     /// Inbound priority by DSCP: in each batch read from an RX ring, deliver frames marked
     /// DSCP 46 or above (EF, CS6, CS7; QOS2 Voice and Control) before the others, each group
     /// in arrival order. Off by default: it reorders a socket's datagrams across classes.
@@ -888,6 +893,7 @@ impl XdpOptions {
             attach: None,
             ring_size: 2048,
             rx_coalesce: None,
+            hold_frames_on_close: false,
             dscp_priority: false,
         }
     }
@@ -1026,6 +1032,7 @@ impl XdpUdpSocket {
         let mut port = XdpPort::new(xsks, local, MacAddr(mac), pool.total_frames(), fill_target);
         port.rx_coalesce = opts.rx_coalesce.map(|(n, wait)| (n.clamp(1, RX_BATCH_MAX), wait));
         port.dscp_priority = opts.dscp_priority;
+        port.hold_on_close = opts.hold_frames_on_close;
         // Fill the FILL rings now, not at the shard's first turn: a frame that arrives before
         // then would find no buffer and be dropped by the kernel (rx_fill_ring_empty_descs).
         // It waits in the RX ring instead.

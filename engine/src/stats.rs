@@ -83,8 +83,20 @@ counters! {
     /// AF_XDP send_to_many destinations sent as multi-buffer packets: a header frame and the
     /// shared payload frame, no copy.
     xdp_send_multi_buffer,
-    /// AF_XDP: descriptors whose address or length lay outside the UMEM (ignored).
+    /// AF_XDP: descriptors whose address or length lay outside the UMEM, or named a frame
+    /// the kernel was not lent (ignored).
     xdp_bad_desc,
+    /// AF_XDP: frames of closed zero-copy sockets kept out of the pool until the kernel
+    /// released their queues (what is held now is part of `Shard::frames_in_rings`).
+    xdp_frames_quarantined,
+    /// AF_XDP: quarantined frames returned to the pool once their queues were released.
+    xdp_frames_released,
+    /// AF_XDP: quarantined frames given up on (the queue stayed busy past the bound): never
+    /// lent out again.
+    xdp_frames_leaked,
+    /// AF_XDP: ring indices the kernel side moved by more than the ring's size, or back
+    /// (clamped: nothing read).
+    xdp_bad_ring_index,
     /// Commands from handles whose socket had closed (refused; RIO requests end NotSocket).
     stale_commands,
     /// AF_XDP: neighbour entries learned or moved from received frames (bounded table).

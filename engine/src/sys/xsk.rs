@@ -444,6 +444,83 @@ impl Xsk {
     }
 }
 
+/// Has the kernel let go of interface queue `queue`? A zero-copy socket's buffer pool stays
+/// attached to the driver's queue after `close(2)` until deferred work runs
+/// (`xsk_destruct` -> `xp_put_pool` -> `xp_release_deferred` -> `xp_clear_dev`, which tells
+/// the driver to stop using the pool, in Linux's `net/xdp/xsk_buff_pool.c`): until then the
+/// NIC may still DMA into frames the socket had lent it. While a pool is attached, binding
+/// any AF_XDP socket to the queue fails with EBUSY (`xp_assign_dev` checks
+/// `xsk_get_pool_from_qid` first), so a probe bind tells: `Ok(true)` once the queue is free.
+/// The probe is a copy-mode socket over a UMEM of its own (copy mode never hands its memory
+/// to the driver), closed at once.
+pub(crate) fn queue_released(ifindex: u32, queue: u32) -> io::Result<bool> {
+    const CHUNK: u32 = 2048;
+    const LEN: usize = 2 * CHUNK as usize;
+    // SAFETY: socket(2) takes no pointers.
+    let raw = cvt(unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: a fresh fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: an anonymous private mapping; no pointer is passed in.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let umem = Mapping {
+        ptr: NonNull::new(p.cast::<u8>()).expect("mmap succeeded"),
+        len: LEN,
+    };
+    let reg = libc::xdp_umem_reg {
+        addr: p as u64,
+        len: LEN as u64,
+        chunk_size: CHUNK,
+        headroom: 0,
+        flags: 0,
+        tx_metadata_len: 0,
+    };
+    setsockopt(raw, libc::XDP_UMEM_REG, &reg)?;
+    for opt in [
+        libc::XDP_UMEM_FILL_RING,
+        libc::XDP_UMEM_COMPLETION_RING,
+        libc::XDP_RX_RING,
+    ] {
+        setsockopt(raw, opt, &2u32)?;
+    }
+    let sa = libc::sockaddr_xdp {
+        sxdp_family: libc::AF_XDP as u16,
+        sxdp_flags: libc::XDP_COPY,
+        sxdp_ifindex: ifindex,
+        sxdp_queue_id: queue,
+        sxdp_shared_umem_fd: 0,
+    };
+    // SAFETY: `sa` is a live sockaddr_xdp of the size passed.
+    let r = unsafe {
+        libc::bind(
+            raw,
+            (&sa as *const libc::sockaddr_xdp).cast(),
+            size_of::<libc::sockaddr_xdp>() as u32,
+        )
+    };
+    let busy = r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY);
+    let err = (r < 0 && !busy).then(io::Error::last_os_error);
+    // The probe's own pool is released later, as any: in copy mode nobody writes its pages
+    // after the close (they stay pinned, not reused, until the kernel lets go).
+    drop(fd);
+    drop(umem);
+    match err {
+        Some(e) => Err(e),
+        None => Ok(!busy),
+    }
+}
+
 fn bind(fd: RawFd, ifindex: u32, queue: u32, flags: u16, shared_umem_fd: u32) -> io::Result<()> {
     let sa = libc::sockaddr_xdp {
         sxdp_family: libc::AF_XDP as u16,
@@ -497,12 +574,19 @@ fn map_ring<T: Copy>(
     if p == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
     }
-    let base = p.cast::<u8>();
     let map = Mapping {
-        ptr: NonNull::new(base).expect("mmap succeeded"),
+        ptr: NonNull::new(p.cast::<u8>()).expect("mmap succeeded"),
         len,
     };
-    // SAFETY: the offsets come from XDP_MMAP_OFFSETS and lie inside the mapping.
+    Ok(ring_at(map, off, size, producer_side))
+}
+
+/// A ring over `map`, laid out as `off` says (the kernel's offsets, or a test's).
+fn ring_at<T: Copy>(map: Mapping, off: &libc::xdp_ring_offset, size: u32, producer_side: bool) -> Ring<T> {
+    let base = map.ptr.as_ptr();
+    debug_assert!(off.desc as usize + size as usize * size_of::<T>() <= map.len);
+    // SAFETY: the offsets come from XDP_MMAP_OFFSETS (or the test layout) and lie inside
+    // the mapping.
     let (producer, consumer, flags, entries) = unsafe {
         (
             base.add(off.producer as usize).cast::<AtomicU32>().cast_const(),
@@ -534,5 +618,176 @@ fn map_ring<T: Copy>(
     } else {
         r.prod().load(Ordering::Relaxed)
     };
-    Ok(r)
+    r
+}
+
+/// A stand-in for the kernel side of an AF_XDP socket, for tests: the four rings over
+/// anonymous memory, whose kernel half (consume FILL and TX, produce RX and COMPLETION) the
+/// test drives — including hostile indices and descriptors no real kernel writes — so the
+/// engine's ring code and its validation are tested without a NIC (xskxceiver-style).
+#[cfg(test)]
+pub(crate) mod fake {
+    use super::*;
+
+    /// Raw views of one ring's shared words, as the kernel holds them.
+    struct Side<T> {
+        producer: *const AtomicU32,
+        consumer: *const AtomicU32,
+        entries: *mut T,
+        size: u32,
+    }
+
+    impl<T: Copy> Side<T> {
+        fn of(r: &Ring<T>) -> Side<T> {
+            Side {
+                producer: r.producer,
+                consumer: r.consumer,
+                entries: r.entries,
+                size: r.size,
+            }
+        }
+
+        fn prod(&self) -> &AtomicU32 {
+            // SAFETY: the mapping outlives the test's Xsk and this Side (the test holds both;
+            // `Kernel` is used only while the Xsk lives).
+            unsafe { &*self.producer }
+        }
+
+        fn cons(&self) -> &AtomicU32 {
+            // SAFETY: as in `prod`.
+            unsafe { &*self.consumer }
+        }
+
+        /// Kernel as producer: writes `items` and publishes them.
+        fn produce(&self, items: &[T]) {
+            let p = self.prod().load(Ordering::Relaxed);
+            for (i, v) in items.iter().enumerate() {
+                let idx = (p.wrapping_add(i as u32) & (self.size - 1)) as usize;
+                // SAFETY: idx < size, inside the entry array of the live mapping.
+                unsafe { self.entries.add(idx).write(*v) };
+            }
+            self.prod().store(p.wrapping_add(items.len() as u32), Ordering::Release);
+        }
+
+        /// Kernel as consumer: takes what the user published.
+        fn consume(&self) -> Vec<T> {
+            let (c, p) = (self.cons().load(Ordering::Relaxed), self.prod().load(Ordering::Acquire));
+            let n = p.wrapping_sub(c).min(self.size);
+            let out = (0..n)
+                .map(|i| {
+                    let idx = (c.wrapping_add(i) & (self.size - 1)) as usize;
+                    // SAFETY: as in `produce`.
+                    unsafe { self.entries.add(idx).read() }
+                })
+                .collect();
+            self.cons().store(c.wrapping_add(n), Ordering::Release);
+            out
+        }
+    }
+
+    /// The kernel's half of a fake socket.
+    pub(crate) struct Kernel {
+        fill: Side<u64>,
+        comp: Side<u64>,
+        rx: Side<libc::xdp_desc>,
+        tx: Side<libc::xdp_desc>,
+    }
+
+    impl Kernel {
+        /// Takes every address the user put on the FILL ring.
+        pub(crate) fn take_fill(&self) -> Vec<u64> {
+            self.fill.consume()
+        }
+
+        /// Takes every descriptor the user put on the TX ring.
+        pub(crate) fn take_tx(&self) -> Vec<libc::xdp_desc> {
+            self.tx.consume()
+        }
+
+        /// Publishes received descriptors (any addresses and lengths).
+        pub(crate) fn receive(&self, descs: &[(u64, u32)]) {
+            let d: Vec<libc::xdp_desc> = descs
+                .iter()
+                .map(|&(addr, len)| libc::xdp_desc { addr, len, options: 0 })
+                .collect();
+            self.rx.produce(&d);
+        }
+
+        /// Publishes COMPLETION addresses (any).
+        pub(crate) fn complete(&self, addrs: &[u64]) {
+            self.comp.produce(addrs);
+        }
+
+        /// Moves the RX producer index by `delta` (wrapping): forward past the ring, or back.
+        pub(crate) fn jump_rx_producer(&self, delta: u32) {
+            let p = self.rx.prod().load(Ordering::Relaxed);
+            self.rx.prod().store(p.wrapping_add(delta), Ordering::Release);
+        }
+
+        /// Moves the FILL consumer index by `delta` (wrapping).
+        pub(crate) fn jump_fill_consumer(&self, delta: u32) {
+            let c = self.fill.cons().load(Ordering::Relaxed);
+            self.fill.cons().store(c.wrapping_add(delta), Ordering::Release);
+        }
+    }
+
+    fn anon_ring<T: Copy>(size: u32, producer_side: bool) -> Ring<T> {
+        let off = libc::xdp_ring_offset {
+            producer: 0,
+            consumer: 64,
+            flags: 128,
+            desc: 192,
+        };
+        let len = 192 + size as usize * size_of::<T>();
+        // SAFETY: an anonymous private mapping; no pointer is passed in.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap");
+        let map = Mapping {
+            ptr: NonNull::new(p.cast::<u8>()).expect("mmap succeeded"),
+            len,
+        };
+        ring_at(map, &off, size, producer_side)
+    }
+
+    /// A copy-mode socket on "queue 0" whose kernel is the returned `Kernel`. Its fd is an
+    /// unbound UDP socket: kicks fail harmlessly.
+    pub(crate) fn socket(ring_size: u32) -> (Xsk, Kernel) {
+        let (fill, comp) = (anon_ring::<u64>(ring_size, true), anon_ring::<u64>(ring_size, false));
+        let (rx, tx) = (
+            anon_ring::<libc::xdp_desc>(ring_size, false),
+            anon_ring::<libc::xdp_desc>(ring_size, true),
+        );
+        let kernel = Kernel {
+            fill: Side::of(&fill),
+            comp: Side::of(&comp),
+            rx: Side::of(&rx),
+            tx: Side::of(&tx),
+        };
+        // SAFETY: socket(2) takes no pointers.
+        let raw =
+            cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }).expect("socket");
+        // SAFETY: a fresh fd owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let xsk = Xsk {
+            fill,
+            comp,
+            rx,
+            tx,
+            fd,
+            mode: XskMode::Copy,
+            ifindex: 0,
+            queue: 0,
+            multi_buffer: false,
+        };
+        (xsk, kernel)
+    }
 }

@@ -109,6 +109,8 @@ pub(crate) struct XdpPort {
     neighbors: Neighbors,
     /// A drop with a set-up cause (`DropReason::fix`) was seen and the fix logged (once).
     warned_set_up_drop: bool,
+    /// Bad ring indices already added to the shard's counter.
+    bad_indices_counted: u64,
     /// Joined (group, source) pairs of the port's family; source unspecified = any source.
     groups: [(IpAddr, IpAddr); GROUPS_MAX],
     groups_len: usize,
@@ -118,6 +120,8 @@ pub(crate) struct XdpPort {
     pub rx_coalesce: Option<(u32, std::time::Duration)>,
     /// Deliver expedited frames of a batch first (`XdpOptions::dscp_priority`).
     pub dscp_priority: bool,
+    /// Quarantine the frames at close even in copy mode (`XdpOptions::hold_frames_on_close`).
+    pub hold_on_close: bool,
     /// When the RX rings were first seen holding too few frames to read.
     rx_waiting_since: Option<std::time::Instant>,
 }
@@ -157,12 +161,14 @@ impl XdpPort {
             tx_shared_frames: 0,
             neighbors: Neighbors::new(),
             warned_set_up_drop: false,
+            bad_indices_counted: 0,
             groups: [(IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V4(Ipv4Addr::UNSPECIFIED)); GROUPS_MAX],
             groups_len: 0,
             tx_unkicked: false,
             rx_coalesce: None,
             rx_waiting_since: None,
             dscp_priority: false,
+            hold_on_close: false,
         }
     }
 
@@ -372,7 +378,21 @@ impl XdpPort {
             }
             total += n;
         }
+        self.count_bad_indices(stats);
         total
+    }
+
+    /// Adds ring indices found out of range since the last call to the shard's counter.
+    fn count_bad_indices(&mut self, stats: &Stats) {
+        let all: u64 = self
+            .queues
+            .iter()
+            .map(|q| q.xsk.fill.bad_indices + q.xsk.comp.bad_indices + q.xsk.rx.bad_indices + q.xsk.tx.bad_indices)
+            .sum();
+        if all > self.bad_indices_counted {
+            stats.add(&stats.counters.xdp_bad_ring_index, all - self.bad_indices_counted);
+            self.bad_indices_counted = all;
+        }
     }
 
     /// A descriptor of a received packet that spans several frames (only a multi-buffer
@@ -663,30 +683,53 @@ impl XdpPort {
         if n > 0 {
             self.queues[0].xsk.comp.release(n);
         }
+        self.count_bad_indices(stats);
         n
     }
 
-    /// Closes the socket and returns every frame the kernel held to the pool; sends still
-    /// pending complete `Aborted` with their buffers.
-    pub(crate) fn close(self, pool: &Pool, key: u64, deliver: &mut dyn FnMut(Completion)) {
+    /// Closes the socket; sends still pending complete `Aborted`.
+    ///
+    /// Copy mode: after `close(2)` the kernel touches none of the frames (it copies into the
+    /// UMEM only on the socket's receive path, which unbinding ended), so every frame goes
+    /// back to the pool and pending sends hand their buffers back.
+    ///
+    /// Zero-copy mode (or `hold`): the driver may keep using the frames it was lent until the
+    /// kernel's deferred pool release has run (see `sys::xsk::queue_released`). Those frames
+    /// — FILL/RX and in-flight TX — are returned as a [`Quarantine`] the shard keeps until
+    /// every queue is released; pending sends complete without their buffers.
+    pub(crate) fn close(
+        self,
+        pool: &Pool,
+        key: u64,
+        hold: bool,
+        deliver: &mut dyn FnMut(Completion),
+    ) -> Option<Quarantine> {
+        let hold = hold || self.queues[0].xsk.mode == XskMode::ZeroCopy;
         let XdpPort {
             queues,
             in_kernel,
             mut tx_pending,
             ..
         } = self;
-        // Closing the sockets first: after that the kernel touches none of these frames.
+        let released_queues: Vec<(u32, u32)> = queues.iter().map(|q| (q.xsk.ifindex, q.xsk.queue)).collect();
         drop(queues);
-        for (frame, held) in in_kernel.iter().enumerate() {
-            if *held != 0 {
-                drop(pool.adopt(frame as u32, 0, 0));
+        let mut held = Vec::new();
+        for (frame, owner) in in_kernel.iter().enumerate() {
+            if *owner != 0 {
+                if hold {
+                    held.push(frame as u32);
+                } else {
+                    drop(pool.adopt(frame as u32, 0, 0));
+                }
             }
         }
         for slot in tx_pending.iter_mut() {
             if let Some(p) = slot.take() {
                 let mut c = Completion::of(OpKind::SendTo, key, p.token, Err(Error::Aborted));
                 c.peer = Some(p.to);
-                if !p.headers_only {
+                if hold {
+                    held.push(p.buf.into_frame());
+                } else if !p.headers_only {
                     let mut buf = p.buf;
                     buf.set_window(p.off as usize, p.len as usize);
                     c.buffer = Some(buf);
@@ -694,5 +737,171 @@ impl XdpPort {
                 deliver(c);
             }
         }
+        (hold && !held.is_empty()).then_some(Quarantine {
+            frames: held,
+            queues: released_queues,
+        })
+    }
+}
+
+impl XdpPort {
+    /// Closes a port that never reached its shard (its bind failed after the FILL rings were
+    /// stocked): copy mode returns the frames; frames a zero-copy driver may still touch are
+    /// leaked rather than lent out again (logged).
+    pub(crate) fn abandon(port: Box<XdpPort>, pool: &Pool) {
+        if let Some(q) = port.close(pool, 0, false, &mut |_| {}) {
+            tracing::error!(
+                frames = q.frames.len(),
+                "an AF_XDP socket closed before reaching its shard: its zero-copy frames stay out of the pool"
+            );
+        }
+    }
+}
+
+/// Frames of a closed zero-copy socket the driver may still touch: kept out of the pool
+/// until each of `queues` (ifindex, queue) is released by the kernel.
+#[derive(Debug)]
+pub(crate) struct Quarantine {
+    pub frames: Vec<u32>,
+    pub queues: Vec<(u32, u32)>,
+}
+
+impl Quarantine {
+    /// Probes the queues; true once every one is released (the frames may then return).
+    pub(crate) fn released(&self) -> bool {
+        self.queues.iter().all(|&(ifindex, queue)| {
+            crate::sys::xsk::queue_released(ifindex, queue).unwrap_or_else(|e| {
+                // Gone interface or queue: nothing can be bound there, nothing can DMA.
+                tracing::debug!(ifindex, queue, error = %e, "probing an AF_XDP queue failed");
+                e.raw_os_error() == Some(libc::ENODEV) || e.raw_os_error() == Some(libc::EINVAL)
+            })
+        })
+    }
+}
+
+/// A hostile kernel side (xskxceiver-style): descriptors and ring indices no real kernel
+/// writes, fed through the fake rings of `sys::xsk::fake`. Each is counted, nothing panics,
+/// and every frame stays accounted for.
+#[cfg(test)]
+mod adversarial {
+    use super::*;
+    use crate::sys::xsk::fake;
+
+    const FS: u32 = 2048;
+    const FRAMES: u32 = 64;
+
+    fn port(pool: &Pool) -> (XdpPort, fake::Kernel) {
+        let (xsk, kernel) = fake::socket(16);
+        let mut p = XdpPort::new(
+            vec![xsk],
+            "198.18.0.2:7000".parse().unwrap(),
+            MacAddr([2, 0, 0, 0, 0, 2]),
+            FRAMES,
+            8,
+        );
+        p.recv_token = Some(1);
+        p.refill(pool);
+        (p, kernel)
+    }
+
+    fn conserved(pool: &Pool, p: &XdpPort) {
+        p.check_conservation();
+        assert_eq!(pool.free_frames() + p.frames_held(), FRAMES, "frame conservation");
+    }
+
+    #[test]
+    fn hostile_rx_descriptors_are_counted_and_frames_conserved() {
+        let pool = Pool::new(FRAMES, FS, false).unwrap();
+        let stats = Stats::default();
+        let (mut p, k) = port(&pool);
+        let lent = k.take_fill();
+        assert_eq!(lent.len(), 8, "the FILL ring was stocked");
+        let fs = u64::from(FS);
+        let mut got = Vec::new();
+        k.receive(&[
+            (lent[0], 60),                   // valid (zeros: dropped as malformed, counted)
+            (lent[0], 60),                   // the same frame again: not lent any more
+            (u64::from(FRAMES) * fs + 5, 8), // outside the UMEM
+            (lent[1] + 2000, 100),           // bytes past the frame's end
+            (u64::MAX, u32::MAX),            // nonsense
+            (lent[2], 0),                    // an empty frame: lent, so claimed, then dropped
+        ]);
+        p.receive(&pool, &stats, 0, &mut |c| got.push(c));
+        let s = stats.counters.snapshot();
+        assert_eq!((s.xdp_bad_desc, s.xdp_malformed), (4, 2), "{s:?}");
+        assert!(got.is_empty(), "nothing valid was delivered");
+        conserved(&pool, &p);
+        // The producer index jumps past the ring, then moves back: nothing is read.
+        k.jump_rx_producer(1000);
+        p.receive(&pool, &stats, 0, &mut |c| got.push(c));
+        k.jump_rx_producer(1000u32.wrapping_neg().wrapping_sub(3));
+        p.receive(&pool, &stats, 0, &mut |c| got.push(c));
+        let s = stats.counters.snapshot();
+        assert_eq!((s.xdp_bad_ring_index, s.xdp_bad_desc), (2, 4), "{s:?}");
+        conserved(&pool, &p);
+        // A FILL consumer index from the future: the producer side refuses to overwrite.
+        k.jump_fill_consumer(1 << 20);
+        p.refill(&pool);
+        conserved(&pool, &p);
+        assert_eq!(
+            stats.counters.snapshot().xdp_bad_ring_index,
+            2,
+            "counted at the next receive"
+        );
+        p.receive(&pool, &stats, 0, &mut |c| got.push(c));
+        assert_eq!(stats.counters.snapshot().xdp_bad_ring_index, 3);
+        let mut closed = Vec::new();
+        p.close(&pool, 0, false, &mut |c| closed.push(c));
+        assert_eq!(pool.free_frames(), FRAMES, "every frame back after close");
+    }
+
+    /// Close with frames in every ring: FILL stocked, RX holding received frames not yet
+    /// read, TX sends the kernel has not taken, and sends whose COMPLETION entries are not
+    /// yet reaped. Each send ends exactly once (Aborted, with its buffer), nothing completes
+    /// after the close, and every frame is back in the pool.
+    #[test]
+    fn close_with_frames_in_every_ring_ends_each_send_once() {
+        let pool = Pool::new(FRAMES, FS, false).unwrap();
+        let stats = Stats::default();
+        let (mut p, k) = port(&pool);
+        let peer: SocketAddr = "198.18.0.1:5000".parse().unwrap();
+        assert!(p.add_neighbor(peer.ip(), MacAddr([2, 0, 0, 0, 0, 1])));
+        let lent = k.take_fill();
+        p.refill(&pool);
+        // RX: two received frames waiting, unread.
+        k.receive(&[(lent[0], 60), (lent[1], 60)]);
+        // TX: four sends; the kernel takes two and completes one of those.
+        for token in 10..14u64 {
+            let b = pool.alloc_with_headroom(wire::UDP_HEADERS_LEN).unwrap();
+            p.send(&stats, b, peer, token, None).unwrap();
+        }
+        let taken = k.take_tx();
+        assert_eq!(taken.len(), 4);
+        k.complete(&[taken[0].addr]);
+        let mut done = Vec::new();
+        p.close(&pool, 0, false, &mut |c| done.push(c));
+        let mut tokens: Vec<u64> = done.iter().map(|c| c.token).collect();
+        tokens.sort_unstable();
+        assert_eq!(tokens, [10, 11, 12, 13], "one completion per send");
+        assert!(done
+            .iter()
+            .all(|c| c.result == Err(Error::Aborted) && c.buffer.is_some()));
+        drop(done);
+        assert_eq!(pool.free_frames(), FRAMES, "every frame back");
+    }
+
+    #[test]
+    fn stray_completion_addresses_are_counted_and_nothing_completes() {
+        let pool = Pool::new(FRAMES, FS, false).unwrap();
+        let stats = Stats::default();
+        let (mut p, k) = port(&pool);
+        let lent = k.take_fill();
+        let mut done = Vec::new();
+        // Addresses of frames never sent: lent to FILL, free in the pool, out of range.
+        k.complete(&[lent[0], u64::from(FS) * 63, u64::MAX, 12_345]);
+        p.complete_sends(&pool, &stats, 0, &mut |c| done.push(c));
+        assert!(done.is_empty(), "a completion for a send never made: {done:?}");
+        assert_eq!(stats.counters.snapshot().xdp_bad_desc, 4);
+        conserved(&pool, &p);
     }
 }
