@@ -11,7 +11,7 @@ use loom::sync::atomic::{AtomicBool, AtomicUsize};
 use loom::thread;
 
 use crate::pool::Pool;
-use crate::sync::{StopGate, WakeFlag};
+use crate::sync::{Sleepers, StopGate, WakeFlag};
 
 /// A consumer arms (checking for data), a producer publishes and takes: whenever the data
 /// was published, someone acts on it — the consumer's check saw it, or the producer's take
@@ -99,5 +99,27 @@ fn loom_shared_buf_thaw_happens_after_every_other_holder() {
         drop(buf);
         assert_eq!(t.join().unwrap(), 0, "the reader saw the writer's byte");
         assert_eq!(pool.free_frames(), 1, "the frame came back exactly once");
+    });
+}
+
+/// A completion port's sleeper and a poster: the sleeper checks for work and sleeps, the
+/// poster publishes and wakes one. The sleeper always gets the work: loom reports a thread
+/// left asleep forever (its condvar wait has no timeout under loom) as a deadlock.
+#[test]
+fn loom_port_sleeper_is_always_woken_for_posted_work() {
+    loom::model(|| {
+        let s = Arc::new(Sleepers::new());
+        let work = Arc::new(AtomicBool::new(false));
+        let poster = {
+            let (s, work) = (s.clone(), work.clone());
+            thread::spawn(move || {
+                work.store(true, Ordering::Release);
+                s.wake_one();
+            })
+        };
+        while !work.load(Ordering::Acquire) {
+            s.sleep_unless(|| work.load(Ordering::Acquire), None);
+        }
+        poster.join().unwrap();
     });
 }

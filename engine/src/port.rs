@@ -16,13 +16,14 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
 use crate::completion::Completion;
+use crate::sync::Sleepers;
 
 static NEXT_PORT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -32,10 +33,8 @@ pub(crate) struct PortShared {
     concurrency: usize,
     /// Threads currently holding completions from this port.
     active: AtomicUsize,
-    /// Threads asleep (or about to sleep) in `dequeue`.
-    sleepers: AtomicUsize,
-    lock: Mutex<()>,
-    cv: Condvar,
+    /// Threads asleep (or about to sleep) in `dequeue` (the handshake is `sync::Sleepers`).
+    sleepers: Sleepers,
     /// Futex wake-ups issued (for tests and stats).
     wakeups: AtomicU64,
     /// Completions a stopping shard could not queue (the port was full): kept here, behind
@@ -97,9 +96,7 @@ impl CompletionPort {
                 queue: ArrayQueue::new(capacity),
                 concurrency,
                 active: AtomicUsize::new(0),
-                sleepers: AtomicUsize::new(0),
-                lock: Mutex::new(()),
-                cv: Condvar::new(),
+                sleepers: Sleepers::new(),
                 wakeups: AtomicU64::new(0),
                 overflow: Mutex::new(std::collections::VecDeque::new()),
                 overflowed: AtomicUsize::new(0),
@@ -136,13 +133,8 @@ impl CompletionPort {
 
     /// Wakes one sleeper if any is asleep and work is queued.
     pub(crate) fn wake(&self) {
-        // SeqCst fence: pairs with the one in `dequeue` between registering as a sleeper and
-        // re-checking the queue, so either we see the sleeper or it sees our completion.
-        fence(Ordering::SeqCst);
-        if self.shared.sleepers.load(Ordering::Relaxed) > 0 {
-            let _g = self.shared.lock.lock().expect("port lock poisoned");
+        if self.shared.sleepers.wake_one() {
             self.shared.wakeups.fetch_add(1, Ordering::Relaxed);
-            self.shared.cv.notify_one();
         }
     }
 
@@ -190,20 +182,10 @@ impl CompletionPort {
                 Some(d) => Some(d - now),
                 None => None,
             };
-            let g = s.lock.lock().expect("port lock poisoned");
-            s.sleepers.fetch_add(1, Ordering::Relaxed);
-            // SeqCst fence: pairs with `wake` (see there).
-            fence(Ordering::SeqCst);
-            let ready = s.has_work() && s.active.load(Ordering::Acquire) < s.concurrency;
-            if !ready {
-                match left {
-                    Some(l) => drop(s.cv.wait_timeout(g, l).expect("port lock poisoned")),
-                    None => drop(s.cv.wait(g).expect("port lock poisoned")),
-                }
-            } else {
-                drop(g);
-            }
-            s.sleepers.fetch_sub(1, Ordering::Relaxed);
+            s.sleepers.sleep_unless(
+                || s.has_work() && s.active.load(Ordering::Acquire) < s.concurrency,
+                left,
+            );
         }
     }
 
@@ -279,13 +261,8 @@ impl PortShared {
         let prev = self.active.fetch_sub(1, Ordering::AcqRel);
         debug_assert!(prev > 0, "port released more often than held");
         // A slot opened: a sleeper held back by the limit may go now.
-        if self.has_work() {
-            fence(Ordering::SeqCst);
-            if self.sleepers.load(Ordering::Relaxed) > 0 {
-                let _g = self.lock.lock().expect("port lock poisoned");
-                self.wakeups.fetch_add(1, Ordering::Relaxed);
-                self.cv.notify_one();
-            }
+        if self.has_work() && self.sleepers.wake_one() {
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

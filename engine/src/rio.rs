@@ -573,6 +573,23 @@ impl RequestQueue {
         })
     }
 
+    /// Cancels the requests issued with `token` (RIO itself cancels only by closing the
+    /// socket; CancelIoEx semantics here): deferred ones not yet committed end `Aborted` at
+    /// once, committed ones when the shard cancels them (unless they completed first). Each
+    /// ends exactly once, in this queue's completion queue, with its buffer.
+    pub fn cancel(&mut self, token: u64) -> Result<(), Error> {
+        let mut i = 0;
+        while i < self.deferred.len() {
+            if self.deferred[i].0 == token {
+                let (t, op) = self.deferred.remove(i).expect("index in range");
+                op.complete(t, Err(Error::Aborted), None);
+            } else {
+                i += 1;
+            }
+        }
+        self.socket.cancel(token)
+    }
+
     /// RIO_MSG_COMMIT_ONLY: hands every deferred request to the shard, in order, with one
     /// wake-up. On `NoBuffers` (the shard's command queue is full) the rest stay deferred.
     pub fn commit(&mut self) -> Result<(), Error> {

@@ -10,10 +10,15 @@
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicUsize};
+#[cfg(loom)]
+use loom::sync::{Condvar, Mutex};
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicUsize};
+#[cfg(not(loom))]
+use std::sync::{Condvar, Mutex};
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 /// A sleeper's "wake me" flag (a RIO notification armed, a shard about to sleep).
 ///
@@ -55,6 +60,60 @@ impl WakeFlag {
     /// Consumer: withdraws an arming (after waking for another reason).
     pub(crate) fn disarm(&self) {
         self.armed.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Threads asleep waiting for work (a completion port's dequeuers) and the wake-up of one.
+///
+/// A sleeper registers (count in, SeqCst fence) and then checks for work under the lock; a
+/// producer publishes work, then (SeqCst fence) reads the count and, if anyone sleeps,
+/// notifies under the lock. Either the producer sees the sleeper, or the sleeper sees the
+/// work; and a notify cannot fall between a sleeper's check and its wait, since both happen
+/// under the lock. Posting costs no syscall when nobody sleeps.
+#[derive(Debug)]
+pub(crate) struct Sleepers {
+    count: AtomicUsize,
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+impl Sleepers {
+    pub(crate) fn new() -> Sleepers {
+        Sleepers {
+            count: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Sleeps until woken or `timeout` passes (`None`: no limit), unless `ready()` says
+    /// there is work once this thread is registered. Wakes may be spurious: the caller loops.
+    pub(crate) fn sleep_unless(&self, ready: impl FnOnce() -> bool, timeout: Option<Duration>) {
+        let g = self.lock.lock().expect("sleepers lock poisoned");
+        self.count.fetch_add(1, Ordering::Relaxed);
+        // SeqCst fence: pairs with `wake_one`'s (see the type's doc).
+        fence(Ordering::SeqCst);
+        if !ready() {
+            match timeout {
+                Some(t) => drop(self.cv.wait_timeout(g, t).expect("sleepers lock poisoned")),
+                None => drop(self.cv.wait(g).expect("sleepers lock poisoned")),
+            }
+        } else {
+            drop(g);
+        }
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// After publishing work: wakes one sleeper if any. True if a notify was issued.
+    pub(crate) fn wake_one(&self) -> bool {
+        // SeqCst fence: pairs with `sleep_unless`'s.
+        fence(Ordering::SeqCst);
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let _g = self.lock.lock().expect("sleepers lock poisoned");
+        self.cv.notify_one();
+        true
     }
 }
 
