@@ -221,3 +221,89 @@ fn af_xdp_delivers_expedited_dscp_first_within_a_batch() {
         );
     });
 }
+
+/// Closing an AF_XDP socket whose sends wait in a shaper ends each of them once, `Aborted`,
+/// with its buffer; none goes out later, and the scheduler's in-flight budget is not
+/// leaked: the next socket's scheduled sends still flow (they used to stay queued, be
+/// dropped silently, or leave on a socket that reused the id).
+#[test]
+fn closing_an_af_xdp_socket_ends_its_shaped_sends_once() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(t) = common::topology("porto-p", 1) else {
+        return;
+    };
+    let mac_a = {
+        let t = &t;
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                t.enter(Side::A).unwrap();
+                mac_of(t.iface(Side::A)).unwrap()
+            })
+            .join()
+            .unwrap()
+        })
+    };
+    t.enter(Side::B).unwrap();
+    let mut shard = Shard::new(&cfg(), None).unwrap();
+    let h = shard.handle();
+    let to = SocketAddr::from((t.addr(Side::A), PORT_A));
+    // 80 kbit/s, one 500-byte burst: one send leaves, the rest are held.
+    let flow = h
+        .create_flow(TrafficType::BestEffort, Some((80_000, 500, Shaping::ShapeOnly)))
+        .unwrap();
+    let bind = |port: u16| {
+        let s = XdpUdpSocket::bind(
+            &h,
+            SocketAddrV4::new(t.addr(Side::B), port),
+            &XdpOptions::new(t.iface(Side::B)),
+            Delivery::Poll { key: u64::from(port) },
+        )
+        .unwrap();
+        s.add_neighbor(t.addr(Side::A), mac_a).unwrap();
+        s.set_flow(&flow).unwrap();
+        s
+    };
+    let sock = bind(PORT_B);
+    let mut out = Vec::new();
+    for token in 1..=20u64 {
+        let b = h.pool().alloc_with_headroom(UDP_HEADERS_LEN).unwrap();
+        let mut b = b;
+        b.set_len(400);
+        sock.send_to(b, to, token).unwrap();
+        shard.poll(&mut out, 64);
+    }
+    drop(sock);
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        shard.poll(&mut out, 64);
+    }
+    let mut ends = std::collections::HashMap::new();
+    for c in out.iter().filter(|c| c.op == OpKind::SendTo && !c.more) {
+        *ends.entry(c.token).or_insert(0) += 1;
+    }
+    assert_eq!(ends.len(), 20, "every send ended: {ends:?}");
+    assert!(ends.values().all(|&n| n == 1), "each once: {ends:?}");
+    let aborted = out
+        .iter()
+        .filter(|c| c.result == Err(porto_engine::error::Error::Aborted))
+        .count();
+    assert!(aborted >= 15, "the held sends end Aborted ({aborted})");
+    assert!(
+        out.iter().all(|c| c.buffer.is_some()),
+        "every send hands its buffer back"
+    );
+    out.clear();
+    // A new socket (reusing the id) on the same flow still sends: the budget was not leaked.
+    let again = bind(PORT_B + 1);
+    let b = h.pool().alloc_with_headroom(UDP_HEADERS_LEN).unwrap();
+    again.send_to(b, to, 99).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !out.iter().any(|c: &porto_engine::completion::Completion| c.token == 99) && Instant::now() < deadline {
+        shard.poll(&mut out, 64);
+    }
+    let c = out
+        .iter()
+        .find(|c| c.token == 99)
+        .expect("the new socket's send completed");
+    assert!(c.result.is_ok(), "{c:?}");
+}
