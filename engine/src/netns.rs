@@ -50,6 +50,12 @@ pub struct NetnsError {
     pub why: String,
 }
 
+/// TX checksum offload on `ifname` in namespace `ns` (ethtool -K tx on|off).
+fn set_tx_offload(ns: &str, ifname: &str, on: bool) -> Result<(), NetnsError> {
+    let v = if on { "on" } else { "off" };
+    run("ip", &["netns", "exec", ns, "ethtool", "-K", ifname, "tx", v])
+}
+
 fn run(program: &str, args: &[&str]) -> Result<(), NetnsError> {
     let cmd = || format!("{program} {}", args.join(" "));
     let out = Command::new(program).args(args).output().map_err(|e| NetnsError {
@@ -117,7 +123,7 @@ impl Topology {
             // veth offloads the UDP checksum to a "device" that never computes it: frames
             // would reach XDP with a partial checksum, which porto rightly rejects. Real NICs
             // put full checksums on the wire; make the veth do the same.
-            run("ip", &["netns", "exec", ns, "ethtool", "-K", ifname, "tx", "off"])?;
+            set_tx_offload(ns, ifname, false)?;
             ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", ifname])?;
             // nodad: usable at once, no duplicate-address probe on a link we alone use.
             ip(&["-n", ns, "addr", "add", &format!("{addr6}/64"), "dev", ifname, "nodad"])?;
@@ -178,6 +184,13 @@ impl Topology {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", self.ns(side), program]);
         c
+    }
+
+    /// Turns TX checksum offload on `side`'s interface on (a veth's default, which a new
+    /// topology turns off) or off: with it on, a kernel socket's UDP frames leave with an
+    /// unfinished checksum.
+    pub fn set_tx_offload(&self, side: Side, on: bool) -> Result<(), NetnsError> {
+        set_tx_offload(self.ns(side), self.iface(side), on)
     }
 
     /// Runs `ip` inside `side`'s namespace (e.g. `["link", "set", "vb", "mtu", "3000"]`).

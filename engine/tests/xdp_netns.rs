@@ -69,6 +69,21 @@ fn frame_from_a(t: &Topology, dst_mac: MacAddr, src: IpAddr, dst: IpAddr) -> Vec
     valid
 }
 
+/// From inside namespace B: a polling shard with an AF_XDP socket on B's address and PORT,
+/// its multishot receive armed (token 1, key 1).
+fn receiver_on_b(t: &Topology) -> (Shard, XdpUdpSocket) {
+    let shard = Shard::new(&common::xdp_config(), None).unwrap();
+    let sock = XdpUdpSocket::bind(
+        &shard.handle(),
+        SocketAddrV4::new(t.addr(Side::B), PORT),
+        &XdpOptions::new(t.iface(Side::B)),
+        Delivery::Poll { key: 1 },
+    )
+    .unwrap();
+    sock.recv_from_multishot(1).unwrap();
+    (shard, sock)
+}
+
 /// The shard's AF_XDP drops, by reason, where there were any.
 fn drops_by_reason(shard: &Shard) -> Vec<(DropReason, u64)> {
     let st = shard.stats();
@@ -564,22 +579,9 @@ fn af_xdp_names_partial_checksums_from_checksum_offload() {
     let Some(t) = common::topology("porto-k", 1) else {
         return;
     };
-    let on = t
-        .command(Side::A, "ethtool")
-        .args(["-K", t.iface(Side::A), "tx", "on"])
-        .output()
-        .unwrap();
-    assert!(on.status.success(), "ethtool -K tx on");
+    t.set_tx_offload(Side::A, true).unwrap();
     t.enter(Side::B).unwrap();
-    let mut shard = Shard::new(&common::xdp_config(), None).unwrap();
-    let sock = XdpUdpSocket::bind(
-        &shard.handle(),
-        SocketAddrV4::new(t.addr(Side::B), PORT),
-        &XdpOptions::new(t.iface(Side::B)),
-        Delivery::Poll { key: 1 },
-    )
-    .unwrap();
-    sock.recv_from_multishot(1).unwrap();
+    let (mut shard, _sock) = receiver_on_b(&t);
     let sent = std::thread::scope(|s| {
         s.spawn(|| {
             t.enter(Side::A).unwrap();
@@ -662,15 +664,7 @@ fn a_kernel_service_on_another_address_keeps_its_traffic() {
     t.enter(Side::B).unwrap();
     let kernel = StdUdp::bind(SocketAddr::from((second, PORT))).unwrap();
     kernel.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let mut shard = Shard::new(&common::xdp_config(), None).unwrap();
-    let sock = XdpUdpSocket::bind(
-        &shard.handle(),
-        SocketAddrV4::new(t.addr(Side::B), PORT),
-        &XdpOptions::new(t.iface(Side::B)),
-        Delivery::Poll { key: 1 },
-    )
-    .unwrap();
-    sock.recv_from_multishot(1).unwrap();
+    let (mut shard, _sock) = receiver_on_b(&t);
     std::thread::scope(|s| {
         s.spawn(|| {
             t.enter(Side::A).unwrap();

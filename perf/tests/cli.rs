@@ -480,12 +480,7 @@ fn xdp_echo_names_the_checksum_offload_fix_when_it_stops() {
     let Some(t) = topology("porto-o") else {
         return;
     };
-    let on = t
-        .command(Side::A, "ethtool")
-        .args(["-K", t.iface(Side::A), "tx", "on"])
-        .output()
-        .unwrap();
-    assert!(on.status.success());
+    t.set_tx_offload(Side::A, true).unwrap();
     let ip_b = t.addr(Side::B);
     let mut echo = t.command(Side::B, env!("CARGO_BIN_EXE_porto"));
     echo.args(["echo", "--udp", "--xdp", t.iface(Side::B), "--addr", &ip_b.to_string()]);

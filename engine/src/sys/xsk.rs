@@ -444,6 +444,28 @@ impl Xsk {
     }
 }
 
+/// `len` bytes of private anonymous memory (a probe's UMEM, a fake ring).
+fn anon_mapping(len: usize) -> io::Result<Mapping> {
+    // SAFETY: an anonymous private mapping; no pointer is passed in.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Mapping {
+        ptr: NonNull::new(p.cast::<u8>()).expect("mmap succeeded"),
+        len,
+    })
+}
+
 /// Has the kernel let go of interface queue `queue`? A zero-copy socket's buffer pool stays
 /// attached to the driver's queue after `close(2)` until deferred work runs
 /// (`xsk_destruct` -> `xp_put_pool` -> `xp_release_deferred` -> `xp_clear_dev`, which tells
@@ -460,26 +482,9 @@ pub(crate) fn queue_released(ifindex: u32, queue: u32) -> io::Result<bool> {
     let raw = cvt(unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: a fresh fd owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: an anonymous private mapping; no pointer is passed in.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            LEN,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    let umem = Mapping {
-        ptr: NonNull::new(p.cast::<u8>()).expect("mmap succeeded"),
-        len: LEN,
-    };
+    let umem = anon_mapping(LEN)?;
     let reg = libc::xdp_umem_reg {
-        addr: p as u64,
+        addr: umem.ptr.as_ptr() as u64,
         len: LEN as u64,
         chunk_size: CHUNK,
         headroom: 0,
@@ -738,23 +743,7 @@ pub(crate) mod fake {
             flags: 128,
             desc: 192,
         };
-        let len = 192 + size as usize * size_of::<T>();
-        // SAFETY: an anonymous private mapping; no pointer is passed in.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "mmap");
-        let map = Mapping {
-            ptr: NonNull::new(p.cast::<u8>()).expect("mmap succeeded"),
-            len,
-        };
+        let map = anon_mapping(192 + size as usize * size_of::<T>()).expect("mmap");
         ring_at(map, &off, size, producer_side)
     }
 
