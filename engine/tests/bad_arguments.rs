@@ -13,14 +13,10 @@ use porto_engine::rio::{CompletionQueue, RequestQueue, RioNotify};
 use porto_engine::shard::{Delivery, Shard, FLOWS_MAX};
 use porto_engine::socket::{SocketOptions, UdpSocket, XdpOptions};
 
+mod common;
+
 fn cfg() -> Config {
-    Config {
-        pin: false,
-        frames_per_shard: 512,
-        recv_frames: 256,
-        huge_pages: false,
-        ..Config::default()
-    }
+    common::small_config()
 }
 
 fn lo() -> SocketAddr {

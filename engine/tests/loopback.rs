@@ -18,13 +18,7 @@ use porto_engine::socket::{SocketOptions, TcpListener, TcpStream, UdpSocket};
 mod common;
 
 fn small() -> Config {
-    Config {
-        pin: false,
-        frames_per_shard: 512,
-        recv_frames: 256,
-        huge_pages: false,
-        ..Config::default()
-    }
+    common::small_config()
 }
 
 /// A UDP socket with a 4 MiB receive buffer, so bursts wait in the kernel, not on the wire.

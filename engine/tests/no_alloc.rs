@@ -16,6 +16,8 @@ use porto_engine::config::Config;
 use porto_engine::shard::{Delivery, Shard, ShardHandle};
 use porto_engine::socket::{SocketOptions, UdpSocket};
 
+mod common;
+
 struct Counting;
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
@@ -58,13 +60,7 @@ static A: Counting = Counting;
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn cfg() -> Config {
-    Config {
-        pin: false,
-        frames_per_shard: 512,
-        recv_frames: 256,
-        huge_pages: false,
-        ..Config::default()
-    }
+    common::small_config()
 }
 
 /// A polling-mode UDP socket on 127.0.0.1, any port.

@@ -69,6 +69,17 @@ pub fn thread_cpu() -> Duration {
     )
 }
 
+/// A small unpinned shard for loopback tests: 512 frames, 256 of them in the buffer ring.
+pub fn small_config() -> Config {
+    Config {
+        pin: false,
+        frames_per_shard: 512,
+        recv_frames: 256,
+        huge_pages: false,
+        ..Config::default()
+    }
+}
+
 /// A shard on the calling thread with room for an AF_XDP FILL ring beside its buffer ring.
 pub fn xdp_config() -> Config {
     Config {
