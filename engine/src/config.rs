@@ -102,13 +102,14 @@ impl Config {
                 self.recv_frames, self.frames_per_shard
             ));
         }
-        if self.sq_entries == 0
+        // An operation with a timeout is a chain of two SQEs pushed together.
+        if self.sq_entries < 2
             || self.sq_entries > 32768
             || self.cq_entries < self.sq_entries
             || self.cq_entries > 1 << 20
         {
             return bad(format!(
-                "sq_entries = {}, cq_entries = {}: need 1 <= sq <= 32768 and sq <= cq <= 1048576",
+                "sq_entries = {}, cq_entries = {}: need 2 <= sq <= 32768 (a timed operation is two linked SQEs) and sq <= cq <= 1048576",
                 self.sq_entries, self.cq_entries
             ));
         }

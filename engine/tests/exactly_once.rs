@@ -621,6 +621,50 @@ mod prop {
     }
 }
 
+/// Operations with a timeout are two linked SQEs (the operation and its LinkTimeout). With a
+/// submission queue of 2 and single-SQE operations in between, a chain lands across the SQ's
+/// end: pushed one entry at a time, the head was submitted alone (running without its
+/// timeout, never ending on a silent socket) and the lone LinkTimeout failed. Every timed
+/// receive ends once, TimedOut; every plain one once, Aborted, when the socket closes.
+#[test]
+fn timed_operations_on_a_two_entry_sq_each_time_out_once() {
+    let _one = one_at_a_time();
+    let tiny_sq = Config {
+        sq_entries: 2,
+        cq_entries: 64,
+        ..cfg()
+    };
+    let mut shard = Shard::new(&tiny_sq, None).unwrap();
+    let h = shard.handle();
+    let sock = UdpSocket::bind(&h, lo(), &SocketOptions::default(), Delivery::Poll { key: 1 }).unwrap();
+    for token in 1..=40u64 {
+        let timeout = (token % 2 == 0).then_some(Duration::from_millis(20));
+        sock.recv_from(token, timeout).unwrap();
+    }
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while out.len() < 20 && Instant::now() < deadline {
+        shard.poll(&mut out, 64);
+    }
+    drop(sock);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (out.len() < 40 || shard.live_ops() > 0) && Instant::now() < deadline {
+        shard.poll(&mut out, 64);
+    }
+    let ends = terminals(&out);
+    assert_eq!(ends.len(), 40, "every receive ended: {} of 40", ends.len());
+    assert!(ends.values().all(|&n| n == 1));
+    for c in &out {
+        let want = if c.token % 2 == 0 {
+            Error::TimedOut
+        } else {
+            Error::Aborted
+        };
+        assert_eq!(c.result, Err(want), "{c:?}");
+    }
+    assert_eq!(shard.live_ops(), 0);
+}
+
 /// A socket handle that outlives its engine keeps its own file: after the shard stops, its
 /// blocking calls and options act on that socket, never on a file that reused the number.
 #[test]
