@@ -665,6 +665,42 @@ fn timed_operations_on_a_two_entry_sq_each_time_out_once() {
     assert_eq!(shard.live_ops(), 0);
 }
 
+/// A multishot receive the kernel ends (no MORE: its last CQE overflowed a 2-entry CQ) while
+/// a cancel is on its way ends once, Aborted — it used to be re-armed past the cancel, whose
+/// own CQE then found nothing, and lived on forever.
+#[test]
+fn a_multishot_ended_by_the_kernel_while_cancelled_ends_once() {
+    let _one = one_at_a_time();
+    let tiny_cq = Config {
+        sq_entries: 2,
+        cq_entries: 2,
+        ..cfg()
+    };
+    let mut shard = Shard::new(&tiny_cq, None).unwrap();
+    let h = shard.handle();
+    let sock = UdpSocket::bind(&h, lo(), &SocketOptions::default(), Delivery::Poll { key: 1 }).unwrap();
+    sock.recv_from_multishot(1).unwrap();
+    let mut out = Vec::new();
+    shard.poll(&mut out, 64);
+    let client = StdUdp::bind(lo()).unwrap();
+    for i in 0..5u8 {
+        client.send_to(&[i], sock.local_addr().unwrap()).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    // This turn reaps what fits in the CQ; the rest (the multishot's end) waits in the
+    // kernel's overflow list for the next turn, which takes the cancel first.
+    shard.poll(&mut out, 64);
+    sock.cancel(1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        shard.poll(&mut out, 64);
+    }
+    let ends: Vec<&Completion> = out.iter().filter(|c| c.token == 1 && !c.more).collect();
+    assert_eq!(ends.len(), 1, "terminal completions: {ends:?}");
+    assert_eq!(ends[0].result, Err(Error::Aborted));
+    assert_eq!(shard.live_ops(), 0, "the receive lives on after its cancel");
+}
+
 /// A socket handle that outlives its engine keeps its own file: after the shard stops, its
 /// blocking calls and options act on that socket, never on a file that reused the number.
 #[test]
