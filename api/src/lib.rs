@@ -53,7 +53,7 @@ pub use porto_engine::port::CompletionPort;
 pub use porto_engine::shard::{Delivery, QosFlow, Shard, ShardHandle, ShardInfo};
 pub use porto_engine::socket::{
     recv_batch, unspecified, Interface, Rejected, SocketOptions, TcpListener, TcpStream, UdpSocket, XdpInfo,
-    XdpOptions, XdpUdpSocket,
+    XdpOptions, XdpQueues, XdpUdpSocket,
 };
 pub use porto_engine::stats::{Snapshot as StatsSnapshot, Stats};
 pub use porto_engine::wire::DropReason;

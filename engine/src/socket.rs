@@ -20,7 +20,7 @@ use crate::sys::net;
 use crate::sys::xsk::{Xsk, XskMode, XskStatistics};
 use crate::wire::MacAddr;
 use crate::xdp::port::{XdpPort, RX_BATCH_MAX};
-use crate::xdp::{AttachMode, ProgramCounters, XdpProgram};
+use crate::xdp::{AttachMode, ProgramCounters, SharedProgram};
 
 /// An operation the shard could not accept; the buffer it carried comes back.
 #[derive(Debug)]
@@ -830,14 +830,44 @@ pub enum Interface {
 /// Most interface queues an AF_XDP port binds.
 const QUEUES_MAX: u32 = 64;
 
+/// Which receive queues of the interface an AF_XDP socket takes (one AF_XDP socket per queue,
+/// all over its shard's one UMEM; it sends on the first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpQueues {
+    /// Every queue of the interface.
+    All,
+    /// One queue.
+    One(u32),
+    /// Queue `q` for every `q` with `q % of == index`: shard `index` of `of`, so that `of`
+    /// shards together take every queue, each its own (the XDP program is shared).
+    Shard { index: u32, of: u32 },
+}
+
+impl XdpQueues {
+    fn wants(self, q: u32) -> bool {
+        match self {
+            XdpQueues::All => true,
+            XdpQueues::One(one) => q == one,
+            XdpQueues::Shard { index, of } => q % of == index,
+        }
+    }
+
+    fn first(self) -> u32 {
+        match self {
+            XdpQueues::All => 0,
+            XdpQueues::One(q) => q,
+            XdpQueues::Shard { index, .. } => index,
+        }
+    }
+}
+
 /// How to open an AF_XDP socket.
 #[derive(Clone, Debug)]
 pub struct XdpOptions {
     /// The interface (in the calling thread's network namespace).
     pub iface: String,
-    /// One receive queue, or (`None`) every queue of the interface, one socket each over
-    /// one shared UMEM.
-    pub queue: Option<u32>,
+    /// The receive queues this socket takes (default: all).
+    pub queues: XdpQueues,
     /// Skip the zero-copy attempt.
     pub force_copy: bool,
     /// Force driver or generic XDP (default: driver, then generic).
@@ -869,6 +899,13 @@ pub const RX_COALESCE_WAIT_MAX: Duration = Duration::from_secs(1);
 impl XdpOptions {
     /// Checks the sizes before anything is attached or bound; the error names the field.
     pub fn validate(&self) -> Result<(), SetupError> {
+        if let XdpQueues::Shard { index, of } = self.queues {
+            if of == 0 || index >= of || of > QUEUES_MAX {
+                return Err(SetupError::Config(format!(
+                    "XdpOptions::queues = Shard {{ index: {index}, of: {of} }}: need index < of <= {QUEUES_MAX}"
+                )));
+            }
+        }
         if !self.ring_size.is_power_of_two() || self.ring_size > XDP_RING_SIZE_MAX {
             return Err(SetupError::Config(format!(
                 "XdpOptions::ring_size = {}: must be a power of two up to {XDP_RING_SIZE_MAX}",
@@ -888,7 +925,7 @@ impl XdpOptions {
     pub fn new(iface: &str) -> XdpOptions {
         XdpOptions {
             iface: iface.to_string(),
-            queue: None,
+            queues: XdpQueues::All,
             force_copy: false,
             attach: None,
             ring_size: 2048,
@@ -943,7 +980,8 @@ pub struct XdpUdpSocket {
     core: SocketCore,
     local: SocketAddr,
     info: XdpInfo,
-    program: XdpProgram,
+    /// The interface's program, shared with every AF_XDP socket on it.
+    program: Arc<SharedProgram>,
     /// A kernel socket of the socket's family holding the memberships (IGMP or MLD), made
     /// at the first join.
     membership: Option<OwnedFd>,
@@ -952,6 +990,22 @@ pub struct XdpUdpSocket {
     /// The AF_XDP sockets' fds (owned by the shard's port, which closes them only after
     /// this handle's Close): for their kernel statistics.
     xsk_fds: Vec<RawFd>,
+}
+
+impl Drop for XdpUdpSocket {
+    /// Takes this socket's binds and memberships out of the interface's shared program (the
+    /// program itself goes with the last socket on the interface); the socket's AF_XDP
+    /// sockets leave the XSKMAP when the shard closes them.
+    fn drop(&mut self) {
+        for (group, source) in std::mem::take(&mut self.groups) {
+            if let Err(e) = self.steer_group(group, source, false) {
+                tracing::warn!(error = %e, %group, "removing a membership from the XDP program failed");
+            }
+        }
+        if let Err(e) = self.program.remove_bind(self.local) {
+            tracing::warn!(error = %e, "removing the bind from the XDP program failed");
+        }
+    }
 }
 
 impl std::fmt::Debug for XdpUdpSocket {
@@ -964,8 +1018,9 @@ impl std::fmt::Debug for XdpUdpSocket {
 }
 
 impl XdpUdpSocket {
-    /// Attaches the XDP program to `opts.iface`, opens an AF_XDP socket on `opts.queue` over
-    /// `shard`'s pool, and steers UDP for `local`'s port to it. `local` is IPv4 or IPv6 (the
+    /// Attaches the XDP program to `opts.iface` (or joins the one another socket attached
+    /// there, on any shard), opens an AF_XDP socket on each of `opts.queues` over `shard`'s
+    /// pool, and steers UDP for `local` to them. `local` is IPv4 or IPv6 (the
     /// unspecified address takes any of its family): the socket takes and sends datagrams of
     /// that family.
     pub fn bind(
@@ -976,9 +1031,10 @@ impl XdpUdpSocket {
     ) -> Result<XdpUdpSocket, SetupError> {
         let local = local.into();
         opts.validate()?;
-        let mut program = XdpProgram::attach(&opts.iface, opts.attach)?;
+        let ifindex = net::ifindex(&opts.iface).map_err(|e| SetupError::xsk(&opts.iface, 0, e))?;
+        let program = SharedProgram::get(&opts.iface, ifindex, opts.attach)?;
         let pool = shard.pool();
-        let first_queue = opts.queue.unwrap_or(0);
+        let first_queue = opts.queues.first();
         let (first, socket_fallback) = Xsk::new(
             pool.region(),
             pool.frame_size(),
@@ -990,10 +1046,10 @@ impl XdpUdpSocket {
         )
         .map_err(|e| SetupError::xsk(&opts.iface, first_queue, e))?;
         let mut xsks = vec![first];
-        if opts.queue.is_none() {
-            // Every other queue of the interface joins the first socket's UMEM; binding a
-            // queue the interface does not have fails with EINVAL, which ends the probe.
-            for q in 1..QUEUES_MAX {
+        if !matches!(opts.queues, XdpQueues::One(_)) {
+            // The other queues wanted join the first socket's UMEM; binding a queue the
+            // interface does not have fails with EINVAL, which ends the probe.
+            for q in (first_queue + 1..QUEUES_MAX).filter(|&q| opts.queues.wants(q)) {
                 match Xsk::new(
                     pool.region(),
                     pool.frame_size(),
@@ -1014,7 +1070,7 @@ impl XdpUdpSocket {
         }
         program.add_bind(local)?;
         let mac = net::hw_addr(&opts.iface).map_err(|e| SetupError::xsk(&opts.iface, first_queue, e))?;
-        let (attach_mode, attach_fallback) = program.mode().map(|(m, w)| (m, w.map(String::from))).expect("attached");
+        let (attach_mode, attach_fallback) = program.mode();
         let info = XdpInfo {
             iface: opts.iface.clone(),
             mac: MacAddr(mac),
@@ -1037,7 +1093,16 @@ impl XdpUdpSocket {
         // then would find no buffer and be dropped by the kernel (rx_fill_ring_empty_descs).
         // It waits in the RX ring instead.
         port.refill(pool);
-        let core = SocketCore::open_xdp(shard, Box::new(port), delivery)?;
+        let core = match SocketCore::open_xdp(shard, Box::new(port), delivery) {
+            Ok(c) => c,
+            Err(e) => {
+                // The program may serve other sockets: take back only this bind.
+                if let Err(err) = program.remove_bind(local) {
+                    tracing::warn!(error = %err, "removing the bind of a failed AF_XDP socket failed");
+                }
+                return Err(e);
+            }
+        };
         Ok(XdpUdpSocket {
             core,
             local,
@@ -1155,25 +1220,11 @@ impl XdpUdpSocket {
         Ok(net::mcast_membership(fd, group, source, ifindex, false)?)
     }
 
-    /// The program's tables and the engine's own check, in step. The group's (address,
-    /// port) is a bind while any membership of the group remains (so the program steers
-    /// the group's datagrams for this port only).
+    /// The program's tables and the engine's own check, in step. Each membership also binds
+    /// the group's (address, port) in the program (counted, so the group is steered for this
+    /// port while any membership of any socket on the interface lasts).
     fn set_group(&mut self, group: IpAddr, source: Option<IpAddr>, join: bool) -> Result<(), Error> {
-        let bind = SocketAddr::new(group, self.local.port());
-        let steer = if join {
-            self.program
-                .add_bind(bind)
-                .and_then(|()| self.program.add_group(group, source))
-        } else {
-            let last = !self.groups.iter().any(|g| g.0 == group);
-            self.program.remove_group(group, source).and_then(|()| {
-                if last {
-                    self.program.remove_bind(bind)
-                } else {
-                    Ok(())
-                }
-            })
-        };
+        let steer = self.steer_group(group, source, join);
         if let Err(e) = steer {
             tracing::error!(error = %e, "updating the XDP group table failed");
             return Err(Error::InvalidArgument);
@@ -1187,6 +1238,17 @@ impl XdpUdpSocket {
                 join,
             })
             .map_err(|_| Error::NoBuffers)
+    }
+
+    fn steer_group(&self, group: IpAddr, source: Option<IpAddr>, join: bool) -> Result<(), crate::xdp::XdpError> {
+        let bind = SocketAddr::new(group, self.local.port());
+        if join {
+            self.program.add_bind(bind)?;
+            self.program.add_group(group, source)
+        } else {
+            self.program.remove_group(group, source)?;
+            self.program.remove_bind(bind)
+        }
     }
 
     /// The kernel's AF_XDP counters (XDP_STATISTICS), summed over this socket's queues:

@@ -747,3 +747,92 @@ fn af_xdp_frames_wait_for_the_kernel_to_release_the_queue() {
         "every frame back"
     );
 }
+
+/// Two shards serve one address on a 4-queue veth, each owning its own queues (q mod 2)
+/// over its own pool, under one XDP program attached once: 16 flows from the peer are each
+/// answered, by the shard of the queue their hash picked; both shards serve some; frames
+/// are conserved per shard.
+#[test]
+fn af_xdp_two_shards_share_the_interface_each_with_its_queues() {
+    use porto_engine::socket::XdpQueues;
+    let Some(t) = common::topology("porto-m", QUEUES) else {
+        return;
+    };
+    const FLOWS: u16 = 16;
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let done_rx = std::sync::Mutex::new(done_rx);
+    let (served, replies) = std::thread::scope(|s| {
+        let t = &t;
+        let servers: Vec<_> = (0..2u32)
+            .map(|i| {
+                let ready_tx = ready_tx.clone();
+                let done_rx = &done_rx;
+                s.spawn(move || {
+                    t.enter(Side::B).unwrap();
+                    let mut shard = Shard::new(&common::xdp_config(), None).unwrap();
+                    let sock = XdpUdpSocket::bind(
+                        &shard.handle(),
+                        SocketAddrV4::new(t.addr(Side::B), PORT),
+                        &XdpOptions {
+                            queues: XdpQueues::Shard { index: i, of: 2 },
+                            ..XdpOptions::new(t.iface(Side::B))
+                        },
+                        Delivery::Poll { key: 1 },
+                    )
+                    .unwrap();
+                    sock.recv_from_multishot(1).unwrap();
+                    ready_tx.send(sock.info().queues.clone()).unwrap();
+                    let (mut out, mut sent, mut got) = (Vec::new(), 0, 0usize);
+                    let deadline = Instant::now() + Duration::from_secs(20);
+                    loop {
+                        got += echo(&mut shard, &sock, &mut out, &mut sent).len();
+                        let stop = done_rx.lock().unwrap().try_recv().is_ok();
+                        if stop || Instant::now() > deadline {
+                            break;
+                        }
+                    }
+                    for _ in 0..20 {
+                        shard.poll(&mut out, 64);
+                        out.clear();
+                    }
+                    let total = shard.pool().total_frames();
+                    assert_eq!(
+                        shard.pool().free_frames() + shard.frames_in_rings(),
+                        total,
+                        "shard {i} conserves"
+                    );
+                    got
+                })
+            })
+            .collect();
+        let mut queues: Vec<Vec<u32>> = (0..2)
+            .map(|_| ready_rx.recv_timeout(Duration::from_secs(20)).unwrap())
+            .collect();
+        queues.sort();
+        assert_eq!(queues, [vec![0, 2], vec![1, 3]], "each shard its own queues");
+        let peer = s.spawn(move || {
+            t.enter(Side::A).unwrap();
+            let mut replies = 0;
+            for k in 0..FLOWS {
+                let c = StdUdp::bind(SocketAddr::from((t.addr(Side::A), 6000 + k))).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                c.send_to(&u32::from(k).to_be_bytes(), SocketAddr::from((t.addr(Side::B), PORT)))
+                    .unwrap();
+                let mut b = [0u8; 16];
+                let n = c.recv(&mut b).expect("every flow answered");
+                assert_eq!(&b[..n], &u32::from(k).to_be_bytes());
+                replies += 1;
+            }
+            replies
+        });
+        let replies = peer.join().unwrap();
+        done_tx.send(()).unwrap();
+        done_tx.send(()).unwrap();
+        let served: Vec<usize> = servers.into_iter().map(|h| h.join().unwrap()).collect();
+        (served, replies)
+    });
+    assert_eq!(replies, FLOWS);
+    assert_eq!(served.iter().sum::<usize>(), usize::from(FLOWS), "{served:?}");
+    assert!(served.iter().all(|&n| n > 0), "both shards served flows: {served:?}");
+}

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use porto::{
     Buf, Completion, CompletionPort, Config, Delivery, DropReason, Engine, Error, OpKind, Rejected, SetupError, Shard,
-    ShardHandle, ShardInfo, SocketOptions, TcpListener, TcpStream, UdpSocket, XdpInfo, XdpOptions, XdpUdpSocket,
+    ShardHandle, ShardInfo, SocketOptions, TcpListener, TcpStream, UdpSocket, XdpInfo, XdpOptions, XdpQueues,
+    XdpUdpSocket,
 };
 
 use crate::sockperf;
@@ -126,7 +127,14 @@ struct EchoApp {
 }
 
 impl EchoApp {
-    fn new(shard: ShardHandle, cfg: &EchoConfig, addr: SocketAddr, delivery: Delivery) -> Result<EchoApp, SetupError> {
+    /// The echo application of shard `index` (of `cfg.engine.shards`).
+    fn new(
+        shard: ShardHandle,
+        index: usize,
+        cfg: &EchoConfig,
+        addr: SocketAddr,
+        delivery: Delivery,
+    ) -> Result<EchoApp, SetupError> {
         let opts = SocketOptions {
             reuse_port: true,
             recv_buffer: Some(4 << 20),
@@ -142,12 +150,23 @@ impl EchoApp {
         };
         let udp = match (&cfg.xdp, addr) {
             (_, _) if !cfg.udp => None,
-            (Some(x), a) => Some(Datagram::Xdp(Box::new(XdpUdpSocket::bind(
-                &shard,
-                a,
-                x,
-                with_key(KEY_UDP),
-            )?))),
+            (Some(x), a) => {
+                // Several shards share the interface: each takes its own queues (q mod N),
+                // serving the same address like an SO_REUSEPORT group.
+                let mut x = x.clone();
+                if x.queues == XdpQueues::All && cfg.engine.shards > 1 {
+                    x.queues = XdpQueues::Shard {
+                        index: index as u32,
+                        of: cfg.engine.shards as u32,
+                    };
+                }
+                Some(Datagram::Xdp(Box::new(XdpUdpSocket::bind(
+                    &shard,
+                    a,
+                    &x,
+                    with_key(KEY_UDP),
+                )?)))
+            }
             (None, _) => Some(Datagram::Kernel(UdpSocket::bind(
                 &shard,
                 addr,
@@ -373,10 +392,11 @@ impl EchoServer {
         let mut xdp = Vec::new();
         let mut apps = Vec::new();
         let mut shards = Vec::new();
-        for h in engine.shards() {
+        for (i, h) in engine.shards().iter().enumerate() {
             let port = CompletionPort::new(1, cfg.engine.cq_entries as usize * 4);
             let app = EchoApp::new(
                 h.clone(),
+                i,
                 cfg,
                 addr,
                 Delivery::Port {
@@ -442,7 +462,7 @@ impl EchoServer {
                 .spawn(move || {
                     let stop = stop_flag;
                     let started = Shard::new(&c.engine, core).and_then(|shard| {
-                        let app = EchoApp::new(shard.handle(), &c, addr, Delivery::Poll { key: 0 })?;
+                        let app = EchoApp::new(shard.handle(), i, &c, addr, Delivery::Poll { key: 0 })?;
                         Ok((shard, app))
                     });
                     let (mut shard, mut app) = match started {

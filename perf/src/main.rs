@@ -320,7 +320,7 @@ fn run_echo(a: EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
         poll: a.poll,
         zerocopy: a.zerocopy,
         xdp: a.xdp.as_ref().map(|iface| porto::XdpOptions {
-            queue: a.queue,
+            queues: a.queue.map_or(porto::XdpQueues::All, porto::XdpQueues::One),
             force_copy: a.force_copy,
             attach: a.xdp_mode.map(|m| match m {
                 XdpModeArg::Driver => porto::AttachMode::Driver,

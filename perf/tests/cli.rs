@@ -351,8 +351,8 @@ fn privileged_port_names_the_fix() {
 
 /// A veth pair between two fresh namespaces (deleted on drop); `None` (skip) without root,
 /// a failure under PORTO_REQUIRE_NETNS=1.
-fn topology(prefix: &str) -> Option<porto::netns::Topology> {
-    match porto::netns::Topology::create(prefix, 1) {
+fn topology(prefix: &str, queues: u32) -> Option<porto::netns::Topology> {
+    match porto::netns::Topology::create(prefix, queues) {
         Ok(t) => Some(t),
         Err(e) => {
             assert!(!strict(), "PORTO_REQUIRE_NETNS=1 but: {e}");
@@ -364,11 +364,12 @@ fn topology(prefix: &str) -> Option<porto::netns::Topology> {
 
 /// `porto echo --udp --xdp` inside namespace B of a fresh veth pair, answering
 /// `sockperf ping-pong` run in namespace A.
-fn xdp_echo_answers_sockperf(poll: bool) {
+fn xdp_echo_answers_sockperf(poll: bool, shards: u32) {
     if !have_sockperf() {
         return;
     }
-    let Some(t) = topology("porto-c") else {
+    // Two queues a shard: each shard of `porto echo` takes its own.
+    let Some(t) = topology(&format!("porto-c{shards}"), 2 * shards) else {
         return;
     };
     let ip_b = t.addr(porto::netns::Side::B).to_string();
@@ -383,12 +384,15 @@ fn xdp_echo_answers_sockperf(poll: bool) {
         "--port",
         "9000",
     ]);
-    echo.args(["--no-pin", "--seconds", "30"]);
+    echo.args(["--no-pin", "--seconds", "30", "--shards", &shards.to_string()]);
     if poll {
         echo.arg("--poll");
     }
-    let server = Server(echo.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
-    std::thread::sleep(Duration::from_millis(800));
+    let mut server = Server(echo.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+    let banner = server_banner(&mut server, shards as usize);
+    // One AF_XDP socket per shard, each on its own queues of the interface.
+    let xdp_lines: Vec<&String> = banner.iter().filter(|l| l.contains("AF_XDP on")).collect();
+    assert_eq!(xdp_lines.len(), shards as usize, "{banner:?}");
     let out = t
         .command(porto::netns::Side::A, "sockperf")
         .args(["ping-pong", "-i", &ip_b, "-p", "9000", "-m", "64", "-t", "1"])
@@ -410,12 +414,42 @@ fn xdp_echo_answers_sockperf(poll: bool) {
 
 #[test]
 fn sockperf_udp_through_af_xdp_completion_port_mode() {
-    xdp_echo_answers_sockperf(false);
+    xdp_echo_answers_sockperf(false, 1);
+}
+
+/// `porto echo --xdp IFACE --shards 2`: two shards share the interface's XDP program, each
+/// with its own queues (it failed: the second shard could not attach its own program).
+#[test]
+fn sockperf_udp_through_af_xdp_on_two_shards() {
+    xdp_echo_answers_sockperf(false, 2);
 }
 
 #[test]
 fn sockperf_udp_through_af_xdp_polling_mode() {
-    xdp_echo_answers_sockperf(true);
+    xdp_echo_answers_sockperf(true, 1);
+}
+
+/// Reads the server's stdout until it printed its banner (the line after the last shard
+/// and AF_XDP lines); the rest of stdout keeps draining in a thread.
+fn server_banner(server: &mut Server, shards: usize) -> Vec<String> {
+    use std::io::BufRead;
+    let stdout = server.0.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lines.iter().filter(|l: &&String| l.contains("AF_XDP on")).count() < shards && Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            lines.push(l);
+        }
+    }
+    lines
 }
 
 /// `porto echo --udp --xdp` on the interface's IPv6 address answers sockperf-format requests
@@ -424,7 +458,7 @@ fn sockperf_udp_through_af_xdp_polling_mode() {
 #[test]
 fn xdp_echo_answers_over_ipv6() {
     use porto::netns::Side;
-    let Some(t) = topology("porto-e") else {
+    let Some(t) = topology("porto-e", 1) else {
         return;
     };
     let ip_b = t.addr6(Side::B);
@@ -477,7 +511,7 @@ fn xdp_echo_answers_over_ipv6() {
 #[test]
 fn xdp_echo_names_the_checksum_offload_fix_when_it_stops() {
     use porto::netns::Side;
-    let Some(t) = topology("porto-o") else {
+    let Some(t) = topology("porto-o", 1) else {
         return;
     };
     t.set_tx_offload(Side::A, true).unwrap();

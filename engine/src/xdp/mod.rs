@@ -5,5 +5,7 @@
 pub(crate) mod neighbors;
 pub(crate) mod port;
 pub mod program;
+pub mod shared;
 
 pub use program::{AttachMode, ProgramCounters, XdpError, XdpProgram};
+pub use shared::SharedProgram;
