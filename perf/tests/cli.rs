@@ -561,3 +561,27 @@ fn xdp_echo_names_the_checksum_offload_fix_when_it_stops() {
         "the warning names the fix at once, too"
     );
 }
+
+#[path = "../../engine/tests/common/seccomp.rs"]
+mod seccomp;
+
+/// Where a seccomp filter refuses io_uring (Docker's default profile), porto says so and how
+/// to fix it, and exits with an error: it does not crash, hang or blame something else.
+#[test]
+fn io_uring_refused_by_seccomp_names_the_cause() {
+    for args in [
+        &["info", "--no-pin"][..],
+        &["echo", "--udp", "--port", "0", "--no-pin", "--seconds", "1"],
+    ] {
+        let mut cmd = porto();
+        cmd.args(args);
+        let out = seccomp::refuse_io_uring(&mut cmd).output().unwrap();
+        assert_user_error(&out);
+        let err = String::from_utf8_lossy(&out.stderr);
+        eprintln!("porto {}: {}", args[0], err.trim());
+        assert!(
+            err.contains("io_uring_setup failed") && err.contains("seccomp") && err.contains("io_uring_enter"),
+            "{args:?}: {err}"
+        );
+    }
+}
