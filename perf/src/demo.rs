@@ -86,6 +86,7 @@ fn xdp_rows(
             poll,
             zerocopy: false,
             xdp: Some(XdpOptions::new(t.iface(Side::B))),
+            xdp_fallback: false,
             engine: Config {
                 frames_per_shard: 8192,
                 ..engine.clone()
@@ -183,6 +184,7 @@ pub fn run(cfg: &DemoConfig) -> Result<(), Box<dyn std::error::Error>> {
                 poll,
                 zerocopy: false,
                 xdp: None,
+                xdp_fallback: false,
                 engine: engine.clone(),
             };
             let server = EchoServer::start(&ec, Arc::new(AtomicBool::new(false)))?;

@@ -38,6 +38,9 @@ pub struct EchoConfig {
     pub zerocopy: bool,
     /// Serve UDP through AF_XDP instead of the kernel stack.
     pub xdp: Option<XdpOptions>,
+    /// If AF_XDP cannot be had (no such interface, no privilege, no XDP), serve UDP through
+    /// kernel sockets instead and say why; without it that failure is the server's error.
+    pub xdp_fallback: bool,
     pub engine: Config,
 }
 
@@ -124,6 +127,8 @@ struct EchoApp {
     delivery: Delivery,
     zerocopy: bool,
     counters: EchoCounters,
+    /// Why UDP goes through kernel sockets although AF_XDP was asked for (`xdp_fallback`).
+    xdp_fallback: Option<String>,
 }
 
 impl EchoApp {
@@ -148,6 +153,7 @@ impl EchoApp {
             },
             Delivery::Poll { .. } => Delivery::Poll { key },
         };
+        let mut fallback = None;
         let udp = match (&cfg.xdp, addr) {
             (_, _) if !cfg.udp => None,
             (Some(x), a) => {
@@ -160,12 +166,22 @@ impl EchoApp {
                         of: cfg.engine.shards as u32,
                     };
                 }
-                Some(Datagram::Xdp(Box::new(XdpUdpSocket::bind(
-                    &shard,
-                    a,
-                    &x,
-                    with_key(KEY_UDP),
-                )?)))
+                match XdpUdpSocket::bind(&shard, a, &x, with_key(KEY_UDP)) {
+                    Ok(s) => Some(Datagram::Xdp(Box::new(s))),
+                    Err(e) if cfg.xdp_fallback => {
+                        fallback = Some(format!(
+                            "AF_XDP on {} unavailable ({e}); UDP through kernel sockets (io_uring) instead",
+                            x.iface
+                        ));
+                        Some(Datagram::Kernel(UdpSocket::bind(
+                            &shard,
+                            addr,
+                            &opts,
+                            with_key(KEY_UDP),
+                        )?))
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             (None, _) => Some(Datagram::Kernel(UdpSocket::bind(
                 &shard,
@@ -186,6 +202,7 @@ impl EchoApp {
             delivery,
             zerocopy: cfg.zerocopy,
             counters: EchoCounters::default(),
+            xdp_fallback: fallback,
         };
         app.arm();
         Ok(app)
@@ -360,6 +377,8 @@ pub struct EchoServer {
     pub info: Vec<ShardInfo>,
     /// What the AF_XDP sockets obtained (one per shard), when serving through AF_XDP.
     pub xdp: Vec<XdpInfo>,
+    /// Shards serving UDP through kernel sockets although AF_XDP was asked for, and why.
+    pub xdp_fallbacks: Vec<String>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<EchoCounters>>,
     /// Every shard, for its counters after the stop.
@@ -390,6 +409,7 @@ impl EchoServer {
         let mut threads = Vec::new();
         let mut info = Vec::new();
         let mut xdp = Vec::new();
+        let mut xdp_fallbacks = Vec::new();
         let mut apps = Vec::new();
         let mut shards = Vec::new();
         for (i, h) in engine.shards().iter().enumerate() {
@@ -408,6 +428,7 @@ impl EchoServer {
             info.push(h.info().expect("started shard has info").clone());
             shards.push(h.clone());
             xdp.extend(app.xdp_info());
+            xdp_fallbacks.extend(app.xdp_fallback.clone());
             apps.push((app, port));
         }
         for (i, (mut app, port)) in apps.into_iter().enumerate() {
@@ -439,6 +460,7 @@ impl EchoServer {
             addr,
             info,
             xdp,
+            xdp_fallbacks,
             stop,
             threads,
             shards,
@@ -451,6 +473,7 @@ impl EchoServer {
         let mut threads = Vec::new();
         let mut info = Vec::new();
         let mut xdp = Vec::new();
+        let mut xdp_fallbacks = Vec::new();
         let mut shards = Vec::new();
         for i in 0..cfg.engine.shards {
             let (tx, rx) = mpsc::sync_channel(1);
@@ -467,7 +490,7 @@ impl EchoServer {
                     });
                     let (mut shard, mut app) = match started {
                         Ok((s, a)) => {
-                            let _ = tx.send(Ok((a.local_addr(), s.handle(), a.xdp_info())));
+                            let _ = tx.send(Ok((a.local_addr(), s.handle(), a.xdp_info(), a.xdp_fallback.clone())));
                             (s, a)
                         }
                         Err(e) => {
@@ -494,11 +517,12 @@ impl EchoServer {
                 })?;
             threads.push(t);
             match rx.recv() {
-                Ok(Ok((a, h, x))) => {
+                Ok(Ok((a, h, x, f))) => {
                     addr = a;
                     info.extend(h.info().cloned());
                     shards.push(h);
                     xdp.extend(x);
+                    xdp_fallbacks.extend(f);
                 }
                 Ok(Err(e)) => {
                     stop.store(true, Ordering::Relaxed);
@@ -512,6 +536,7 @@ impl EchoServer {
             addr,
             info,
             xdp,
+            xdp_fallbacks,
             stop,
             threads,
             shards,

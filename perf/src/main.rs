@@ -99,6 +99,10 @@ struct EchoArgs {
     /// address, which picks the family AF_XDP serves).
     #[arg(long, value_name = "IFACE", requires = "udp")]
     xdp: Option<String>,
+    /// If AF_XDP cannot be had, serve UDP through kernel sockets and say why (the ladder:
+    /// AF_XDP zero-copy, copy, then kernel sockets); without it that is an error.
+    #[arg(long, requires = "xdp")]
+    fallback: bool,
     /// AF_XDP on this receive queue only (default: every queue of the interface).
     #[arg(long)]
     queue: Option<u32>,
@@ -319,6 +323,7 @@ fn run_echo(a: EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
         tcp: a.listen.tcp,
         poll: a.poll,
         zerocopy: a.zerocopy,
+        xdp_fallback: a.fallback,
         xdp: a.xdp.as_ref().map(|iface| porto::XdpOptions {
             queues: a.queue.map_or(porto::XdpQueues::All, porto::XdpQueues::One),
             force_copy: a.force_copy,
@@ -361,6 +366,9 @@ fn run_echo(a: EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     for x in &server.xdp {
         println!("  {x}");
+    }
+    for f in &server.xdp_fallbacks {
+        println!("  {f}");
     }
     let deadline = a.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {

@@ -429,9 +429,35 @@ fn sockperf_udp_through_af_xdp_polling_mode() {
     xdp_echo_answers_sockperf(true, 1);
 }
 
-/// Reads the server's stdout until it printed its banner (the line after the last shard
-/// and AF_XDP lines); the rest of stdout keeps draining in a thread.
+/// Reads the server's stdout until it printed `shards` AF_XDP lines; the rest of stdout keeps
+/// draining in a thread.
 fn server_banner(server: &mut Server, shards: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let rx = stdout_lines(server);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lines.iter().filter(|l: &&String| l.contains("AF_XDP on")).count() < shards && Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            lines.push(l);
+        }
+    }
+    lines
+}
+
+/// Reads the server's stdout until a line contains `needle` (or 20 s passed).
+fn server_banner_until(server: &mut Server, needle: &str) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    let rx = stdout_lines(server);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lines.iter().any(|l| l.contains(needle)) && Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            lines.push(l);
+        }
+    }
+    lines
+}
+
+/// The server's stdout, line by line, from a thread that keeps draining it.
+fn stdout_lines(server: &mut Server) -> std::sync::mpsc::Receiver<String> {
     use std::io::BufRead;
     let stdout = server.0.stdout.take().expect("piped stdout");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -442,19 +468,9 @@ fn server_banner(server: &mut Server, shards: usize) -> Vec<String> {
             }
         }
     });
-    let mut lines = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while lines.iter().filter(|l: &&String| l.contains("AF_XDP on")).count() < shards && Instant::now() < deadline {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-            lines.push(l);
-        }
-    }
-    lines
+    rx
 }
 
-/// `porto echo --udp --xdp` on the interface's IPv6 address answers sockperf-format requests
-/// from namespace A over IPv6 (sockperf 3.7 itself speaks only IPv4), with the client flag
-/// cleared, each once.
 #[test]
 fn xdp_echo_answers_over_ipv6() {
     use porto::netns::Side;
@@ -584,4 +600,45 @@ fn io_uring_refused_by_seccomp_names_the_cause() {
             "{args:?}: {err}"
         );
     }
+}
+
+/// `porto echo --xdp IFACE --fallback`: where AF_XDP cannot be had (here: no such interface)
+/// it serves through kernel sockets and prints that rung and why; without `--fallback` the
+/// same failure is an error naming the cause.
+#[test]
+fn xdp_fallback_serves_through_kernel_sockets_and_says_why() {
+    let out = porto()
+        .args([
+            "echo",
+            "--udp",
+            "--xdp",
+            "nosuch0",
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-pin",
+        ])
+        .args(["--seconds", "1"])
+        .output()
+        .unwrap();
+    assert_user_error(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such interface"));
+    if !have_sockperf() {
+        return;
+    }
+    let port = free_port();
+    let mut echo = porto();
+    echo.args(["echo", "--udp", "--xdp", "nosuch0", "--fallback", "--addr", "127.0.0.1"])
+        .args(["--port", &port.to_string(), "--no-pin", "--seconds", "30"]);
+    let mut server = Server(echo.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+    let banner = server_banner_until(&mut server, "unavailable");
+    assert!(
+        banner
+            .iter()
+            .any(|l| l.contains("AF_XDP on nosuch0 unavailable") && l.contains("kernel sockets")),
+        "{banner:?}"
+    );
+    let text = sockperf_ping_pong(port, false);
+    assert!(received_messages(&text) > 100, "{text}");
 }
