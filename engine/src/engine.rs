@@ -16,12 +16,18 @@ use crate::shard::{self, Shard, ShardHandle};
 pub enum Transport {
     /// Kernel TCP/UDP through io_uring.
     IoUring,
+    /// AF_XDP, the kernel copying frames between the driver and the UMEM.
+    AfXdpCopy,
+    /// AF_XDP, the driver DMAing straight into the UMEM.
+    AfXdpZeroCopy,
 }
 
 impl fmt::Display for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Transport::IoUring => "io_uring",
+            Transport::AfXdpCopy => "AF_XDP copy mode",
+            Transport::AfXdpZeroCopy => "AF_XDP zero-copy",
         })
     }
 }

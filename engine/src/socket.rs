@@ -345,6 +345,11 @@ impl SocketCore {
         Ok(net::local_addr(self.fd)?)
     }
 
+    /// The transport this socket's operations go through (kernel sockets: io_uring).
+    pub fn transport(&self) -> crate::engine::Transport {
+        crate::engine::Transport::IoUring
+    }
+
     /// The shard this socket lives on.
     pub fn shard_index(&self) -> usize {
         self.shared.index
@@ -1116,6 +1121,14 @@ impl XdpUdpSocket {
 
     pub fn info(&self) -> &XdpInfo {
         &self.info
+    }
+
+    /// The transport this socket really got: AF_XDP zero-copy or copy mode.
+    pub fn transport(&self) -> crate::engine::Transport {
+        match self.info.socket_mode {
+            XskMode::ZeroCopy => crate::engine::Transport::AfXdpZeroCopy,
+            XskMode::Copy => crate::engine::Transport::AfXdpCopy,
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {

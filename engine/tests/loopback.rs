@@ -49,6 +49,7 @@ fn udp_echo_polling(v6: bool) {
     let mut shard = Shard::new(&small(), None).unwrap();
     let h = shard.handle();
     let sock = UdpSocket::bind(&h, any(v6), &SocketOptions::default(), Delivery::Poll { key: 9 }).unwrap();
+    assert_eq!(sock.core().transport(), porto_engine::engine::Transport::IoUring);
     let server = sock.local_addr().unwrap();
     sock.recv_from_multishot(1).unwrap();
     let client = StdUdp::bind(any(v6)).unwrap();

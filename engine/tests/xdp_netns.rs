@@ -782,6 +782,7 @@ fn af_xdp_two_shards_share_the_interface_each_with_its_queues() {
                     )
                     .unwrap();
                     sock.recv_from_multishot(1).unwrap();
+                    assert_eq!(sock.transport(), porto_engine::engine::Transport::AfXdpCopy);
                     ready_tx.send(sock.info().queues.clone()).unwrap();
                     let (mut out, mut sent, mut got) = (Vec::new(), 0, 0usize);
                     let deadline = Instant::now() + Duration::from_secs(20);
