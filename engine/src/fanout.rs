@@ -38,8 +38,8 @@ use rtrb::{Consumer, Producer, RingBuffer};
 use crate::completion::OpKind;
 use crate::error::SetupError;
 use crate::pool::{Buf, SharedBuf};
+use crate::proto::{Command, ShardShared, SockId};
 use crate::rio::{Notifier, RioNotify};
-use crate::shard::{Command, ShardShared, SockId};
 
 /// Subscriptions per group.
 pub const SUBSCRIBERS_MAX: usize = 1024;

@@ -55,6 +55,7 @@ pub mod netns;
 mod op;
 pub mod pool;
 pub mod port;
+mod proto;
 pub mod qos;
 pub mod rio;
 pub mod shard;

@@ -33,7 +33,7 @@ use crate::completion::{Completion, OpKind};
 use crate::error::Error;
 use crate::op::Request;
 use crate::port::CompletionPort;
-use crate::shard::{Command, ShardHandle, ShardShared};
+use crate::proto::{Command, ShardHandle, ShardShared};
 use crate::socket::SocketCore;
 use crate::sync::WakeFlag;
 use crate::sys::ring::Ring;

@@ -1,0 +1,474 @@
+//! The protocol between application threads and a shard: what they send it (`Command`,
+//! each naming its socket by a generation-checked `SockId`), the part of a shard they may
+//! touch (`ShardShared`: the bounded command queue behind its stop gate, the wake-up, the
+//! pool, the stats), and the handle they hold (`ShardHandle`). No loop code: the shard
+//! (`shard.rs`) consumes this; sockets, RIO and fan-out produce it.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crossbeam_queue::ArrayQueue;
+
+use crate::config::Config;
+use crate::error::{Error, SetupError};
+use crate::fanout::{GroupState, SubShared, SubSlot};
+use crate::op::Request;
+use crate::pool::Pool;
+use crate::port::CompletionPort;
+use crate::qos::{Flow, FlowCounters, Shaping, TrafficType};
+use crate::stats::Stats;
+use crate::sync::{StopGate, WakeFlag};
+use crate::sys::net;
+use crate::sys::region::PageKind;
+use crate::sys::ring::RingInfo;
+use crate::xdp::port::XdpPort;
+
+/// Where a socket's completions go.
+#[derive(Clone, Debug)]
+pub enum Delivery {
+    /// To a completion port, tagged with `key` (IOCP association).
+    Port { port: CompletionPort, key: u64 },
+    /// To the owning shard's [`Shard::poll`] (polling mode), tagged with `key`.
+    Poll { key: u64 },
+}
+
+impl Delivery {
+    pub(crate) fn key(&self) -> u64 {
+        match self {
+            Delivery::Port { key, .. } | Delivery::Poll { key } => *key,
+        }
+    }
+}
+
+/// What a shard actually obtained from the kernel.
+#[derive(Clone, Debug)]
+pub struct ShardInfo {
+    pub index: usize,
+    /// The core the shard thread is pinned to, if pinned.
+    pub core: Option<usize>,
+    pub ring: RingInfo,
+    pub pages: PageKind,
+    pub frames: u32,
+    pub frame_size: u32,
+    /// The pool is registered as io_uring fixed buffer 0.
+    pub registered_buffers: bool,
+    /// Sockets are registered in the ring's file table (fixed files).
+    pub registered_files: bool,
+    pub bufring_entries: u16,
+}
+
+impl std::fmt::Display for ShardInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "shard {} core {}: io_uring {} (sq {}, cq {}), pool {} x {} B on {} pages, fixed buffers {}, fixed files {}, buf ring {}",
+            self.index,
+            self.core.map_or("-".into(), |c| c.to_string()),
+            self.ring.task_run,
+            self.ring.sq_entries,
+            self.ring.cq_entries,
+            self.frames,
+            self.frame_size,
+            self.pages,
+            if self.registered_buffers {
+                "registered"
+            } else {
+                "not registered"
+            },
+            if self.registered_files { "registered" } else { "off" },
+            self.bufring_entries,
+        )?;
+        if let Some(why) = &self.ring.fallback {
+            write!(f, " (fell back: {why})")?;
+        }
+        Ok(())
+    }
+}
+
+/// A socket's id on its shard: its table index and that index's generation, bumped each
+/// time the index is freed. A handle that outlives its socket (a RIO request queue, a
+/// fan-out) names the old generation, so the shard refuses its commands instead of routing
+/// them to the socket that reuses the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SockId {
+    pub index: u32,
+    pub gen: u32,
+}
+
+impl Command {
+    /// The socket a command is for, if any.
+    pub(crate) fn sock(&self) -> Option<SockId> {
+        match self {
+            Command::Open { sock, .. }
+            | Command::OpenXdp { sock, .. }
+            | Command::SetSocketFlow { sock, .. }
+            | Command::SetClass { sock, .. }
+            | Command::Neighbor { sock, .. }
+            | Command::XdpGroup { sock, .. }
+            | Command::Op { sock, .. }
+            | Command::Cancel { sock, .. }
+            | Command::Close { sock }
+            | Command::FanOut { sock, .. }
+            | Command::Subscribe { sock, .. }
+            | Command::Unsubscribe { sock, .. } => Some(*sock),
+            Command::FlowCreate { .. } | Command::FlowSetRate { .. } | Command::LinkRate { .. } => None,
+        }
+    }
+}
+
+/// Messages from application threads to a shard.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Open {
+        sock: SockId,
+        fd: Arc<OwnedFd>,
+        delivery: Delivery,
+    },
+    OpenXdp {
+        sock: SockId,
+        port: Box<XdpPort>,
+        delivery: Delivery,
+    },
+    /// A QoS flow (QOSCreateHandle + QOSAddSocketToFlow's flow).
+    FlowCreate {
+        id: u16,
+        flow: Box<Flow>,
+    },
+    /// Sends on this socket go through flow `flow` and the scheduler.
+    SetSocketFlow {
+        sock: SockId,
+        flow: u16,
+    },
+    /// QOSSetFlow: a new rate for a shaped flow.
+    FlowSetRate {
+        id: u16,
+        rate_bps: u64,
+    },
+    /// The egress link rate scheduled sends are paced to (None: unpaced).
+    LinkRate {
+        rate_bps: Option<u64>,
+        burst_bytes: u64,
+    },
+    /// A socket's traffic class: its receives' inbound priority, and for AF_XDP the TOS byte
+    /// it writes into its frames.
+    SetClass {
+        sock: SockId,
+        traffic: TrafficType,
+        tos: u8,
+    },
+    /// A static neighbour entry for an AF_XDP socket.
+    Neighbor {
+        sock: SockId,
+        ip: std::net::IpAddr,
+        mac: crate::wire::MacAddr,
+    },
+    /// An AF_XDP socket's multicast membership (the program and IGMP are handled by the
+    /// caller; this is the engine's own check).
+    XdpGroup {
+        sock: SockId,
+        group: std::net::IpAddr,
+        source: Option<std::net::IpAddr>,
+        join: bool,
+    },
+    Op {
+        sock: SockId,
+        token: u64,
+        req: Request,
+    },
+    Cancel {
+        sock: SockId,
+        token: u64,
+    },
+    Close {
+        sock: SockId,
+    },
+    /// Received datagrams on this socket go to the group's subscribers.
+    FanOut {
+        sock: SockId,
+        group: Box<GroupState>,
+    },
+    Subscribe {
+        sock: SockId,
+        sub: SubSlot,
+    },
+    Unsubscribe {
+        sock: SockId,
+        sub: Arc<SubShared>,
+    },
+}
+
+/// The part of a shard other threads may touch.
+#[derive(Debug)]
+pub(crate) struct ShardShared {
+    pub index: usize,
+    pub(crate) commands: ArrayQueue<Command>,
+    /// The shard is about to block in io_uring_enter (armed by the shard, taken by a waker).
+    pub(crate) sleeping: WakeFlag,
+    pub(crate) wake_fd: OwnedFd,
+    /// Closed at stop: no command is accepted after the shard's last drain.
+    pub(crate) gate: StopGate,
+    free_sockets: ArrayQueue<u32>,
+    /// Per socket index: its generation (see [`SockId`]).
+    sock_gens: Box<[AtomicU32]>,
+    /// `Config::fanout_pending_max`.
+    pub(crate) fanout_pending_max: usize,
+    /// RIO fixed-buffer slots whose region was dropped, for the shard to clear and reuse.
+    /// Sized to hold every slot, so a release never waits (it may run on the shard thread).
+    pub(crate) rio_released: ArrayQueue<u32>,
+    pub stats: Stats,
+    pub pool: Pool,
+    pub info: OnceLock<ShardInfo>,
+    next_flow: std::sync::atomic::AtomicU16,
+    /// Per flow: sent, sent bytes, delayed, non-conformant, dropped (QOSQueryFlow).
+    pub(crate) flow_counters: Box<[[AtomicU64; 5]]>,
+    /// Per class: sends refused by a full scheduler queue.
+    pub(crate) class_drops: [AtomicU64; 6],
+}
+
+impl ShardShared {
+    /// Queues a command and wakes the shard if it sleeps. A full queue hands it back.
+    pub(crate) fn send(&self, cmd: Command) -> Result<(), Command> {
+        self.push(cmd)?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Queues without waking; follow a batch with one [`wake`](Self::wake).
+    pub(crate) fn push(&self, cmd: Command) -> Result<(), Command> {
+        self.gate.pass(cmd, |c| self.commands.push(c))
+    }
+
+    /// Sends a command that must not be lost (closing a socket): waits for queue room.
+    pub(crate) fn send_reliably(&self, mut cmd: Command) {
+        loop {
+            match self.push(cmd) {
+                Ok(()) => return self.wake(),
+                Err(back) if !self.is_stopping() => {
+                    cmd = back;
+                    self.wake();
+                    std::thread::yield_now();
+                }
+                // A stopping shard closes every socket itself.
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// After queueing: wakes the shard if it sleeps (or is about to).
+    pub(crate) fn wake(&self) {
+        if self.sleeping.take() {
+            net::eventfd_signal(self.wake_fd.as_raw_fd());
+        }
+    }
+
+    pub(crate) fn alloc_flow(&self) -> Result<u16, SetupError> {
+        // Never past FLOWS_MAX: a counter that kept counting would wrap after 65 536 calls
+        // and hand out the id of a live flow.
+        self.next_flow
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |id| {
+                (usize::from(id) < FLOWS_MAX).then_some(id + 1)
+            })
+            .map_err(|_| SetupError::Limit("QoS flow"))
+    }
+
+    pub(crate) fn alloc_socket(&self) -> Result<SockId, SetupError> {
+        if self.is_stopping() {
+            return Err(SetupError::Stopped);
+        }
+        let index = self.free_sockets.pop().ok_or(SetupError::Limit("socket"))?;
+        // The free queue's push/pop order the bump in `free_socket_id` before this load.
+        let gen = self.sock_gens[index as usize].load(Ordering::Relaxed);
+        Ok(SockId { index, gen })
+    }
+
+    /// Hands a RIO fixed-buffer slot back (its region was dropped). Never blocks.
+    pub(crate) fn release_rio_slot(&self, slot: u32) {
+        self.rio_released
+            .push(slot)
+            .expect("a RIO slot released twice: the queue holds every slot");
+        self.wake();
+    }
+
+    /// Frees a socket index: its generation moves on first, so handles of the old socket
+    /// no longer match it.
+    pub(crate) fn free_socket_id(&self, id: u32) {
+        self.sock_gens[id as usize].fetch_add(1, Ordering::Relaxed);
+        self.free_sockets.push(id).expect("socket id returned twice");
+    }
+
+    pub(crate) fn request_stop(&self) {
+        self.gate.request();
+        self.sleeping.disarm();
+        net::eventfd_signal(self.wake_fd.as_raw_fd());
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.gate.is_closed()
+    }
+}
+
+/// Flows per shard.
+pub const FLOWS_MAX: usize = 64;
+
+/// A QoS flow on one shard (see [`ShardHandle::create_flow`]).
+#[derive(Clone, Debug)]
+pub struct QosFlow {
+    pub(crate) id: u16,
+    pub traffic: TrafficType,
+    /// The TOS byte its sockets are marked with: the class's, or 0 for ShapeOnly (QOS2's
+    /// QOSShapeOnly sends no DSCP mark).
+    pub tos: u8,
+    pub(crate) shard: Arc<ShardShared>,
+}
+
+impl QosFlow {
+    /// QOSSetFlow(QOSSetOutgoingRate) while running.
+    pub fn set_rate(&self, rate_bps: u64) -> Result<(), Error> {
+        self.shard
+            .send(Command::FlowSetRate { id: self.id, rate_bps })
+            .map_err(|_| Error::NoBuffers)
+    }
+
+    /// QOSQueryFlow: the flow's counters as last published by its shard.
+    pub fn counters(&self) -> FlowCounters {
+        let c = &self.shard.flow_counters[usize::from(self.id)];
+        let v = |i: usize| c[i].load(Ordering::Relaxed);
+        FlowCounters {
+            sent: v(0),
+            sent_bytes: v(1),
+            delayed: v(2),
+            non_conformant: v(3),
+            dropped: v(4),
+        }
+    }
+}
+
+/// A handle to a shard for any thread: socket creation, the pool, stats.
+#[derive(Clone, Debug)]
+pub struct ShardHandle {
+    pub(crate) shared: Arc<ShardShared>,
+}
+
+impl ShardHandle {
+    /// QOSCreateHandle + a flow: sends on sockets set to it (`set_flow`) are marked with
+    /// `traffic`'s DSCP, shaped if `shape` is given (rate bps, burst bytes, behaviour), and
+    /// scheduled by class (Control and Voice first).
+    pub fn create_flow(&self, traffic: TrafficType, shape: Option<(u64, u64, Shaping)>) -> Result<QosFlow, SetupError> {
+        if let Some((rate, burst, _)) = shape {
+            check_bucket(rate, burst)?;
+        }
+        let id = self.shared.alloc_flow()?;
+        let mut flow = Flow::new(traffic);
+        if let Some((rate, burst, how)) = shape {
+            // The shard's clock starts near zero; a full bucket at creation is what matters.
+            flow = flow.shape(rate, burst, how, 0);
+        }
+        self.shared
+            .send(Command::FlowCreate {
+                id,
+                flow: Box::new(flow),
+            })
+            .map_err(|_| SetupError::Limit("shard command queue"))?;
+        let tos = match shape {
+            Some((_, _, Shaping::ShapeOnly)) => 0,
+            _ => traffic.tos(),
+        };
+        Ok(QosFlow {
+            id,
+            traffic,
+            tos,
+            shard: self.shared.clone(),
+        })
+    }
+
+    /// The egress link rate: the shard paces the sends of every socket on a flow to
+    /// `rate_bps` (bursts of `burst_bytes`), after the class scheduler has ordered them —
+    /// the bottleneck at which Control and Voice overtake bulk traffic. `None` removes it.
+    pub fn set_link_rate(&self, rate_bps: Option<u64>, burst_bytes: u64) -> Result<(), SetupError> {
+        if let Some(rate) = rate_bps {
+            check_bucket(rate, burst_bytes)?;
+        }
+        self.shared
+            .send(Command::LinkRate { rate_bps, burst_bytes })
+            .map_err(|_| SetupError::Limit("shard command queue"))
+    }
+
+    /// Sends dropped per class by full scheduler queues (index: `TrafficType as usize`).
+    pub fn class_drops(&self) -> [u64; 6] {
+        std::array::from_fn(|i| self.shared.class_drops[i].load(Ordering::Relaxed))
+    }
+
+    pub fn index(&self) -> usize {
+        self.shared.index
+    }
+
+    /// The shard's buffer pool (allocate send buffers here).
+    pub fn pool(&self) -> &Pool {
+        &self.shared.pool
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// What the shard obtained; `None` only before it has started.
+    pub fn info(&self) -> Option<&ShardInfo> {
+        self.shared.info.get()
+    }
+}
+
+/// A token bucket's rate and burst: positive, and a burst whose bits fit in a u64.
+fn check_bucket(rate_bps: u64, burst_bytes: u64) -> Result<(), SetupError> {
+    if rate_bps == 0 || burst_bytes == 0 || burst_bytes > crate::qos::BURST_BYTES_MAX {
+        return Err(SetupError::Config(format!(
+            "rate {rate_bps} bit/s, burst {burst_bytes} B: both must be positive and the burst at most {} B",
+            crate::qos::BURST_BYTES_MAX
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn new_shared(cfg: &Config, index: usize) -> Result<Arc<ShardShared>, SetupError> {
+    let pool = Pool::new(cfg.frames_per_shard, cfg.frame_size, cfg.huge_pages).map_err(|source| SetupError::Map {
+        bytes: cfg.pool_bytes(),
+        source,
+    })?;
+    let wake_fd = blocking_eventfd()?;
+    let free_sockets = ArrayQueue::new(cfg.sockets_max as usize);
+    for i in 0..cfg.sockets_max {
+        free_sockets.push(i).expect("sized to sockets_max");
+    }
+    Ok(Arc::new(ShardShared {
+        index,
+        commands: ArrayQueue::new(cfg.commands_max as usize),
+        sleeping: WakeFlag::new(),
+        wake_fd,
+        gate: StopGate::new(),
+        free_sockets,
+        sock_gens: (0..cfg.sockets_max).map(|_| AtomicU32::new(0)).collect(),
+        fanout_pending_max: cfg.fanout_pending_limit() as usize,
+        rio_released: ArrayQueue::new(cfg.rio_buffers_max.max(1) as usize),
+        stats: Stats::default(),
+        pool,
+        info: OnceLock::new(),
+        next_flow: std::sync::atomic::AtomicU16::new(0),
+        flow_counters: (0..FLOWS_MAX).map(|_| Default::default()).collect(),
+        class_drops: Default::default(),
+    }))
+}
+
+fn blocking_eventfd() -> Result<OwnedFd, SetupError> {
+    // io_uring honours O_NONBLOCK (a read would fail with EAGAIN instead of waiting), so the
+    // wake-up eventfd is blocking; writes to it never block in practice (the counter is 2^64).
+    let fd = net::eventfd().map_err(|source| SetupError::Syscall {
+        what: "eventfd",
+        source,
+    })?;
+    // SAFETY: fcntl on an fd we own, no pointers.
+    unsafe {
+        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+    }
+    Ok(fd)
+}
