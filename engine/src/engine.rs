@@ -8,29 +8,8 @@ use std::thread::JoinHandle;
 
 use crate::config::Config;
 use crate::error::SetupError;
+pub use crate::proto::Transport;
 use crate::shard::{self, Shard, ShardHandle};
-
-/// Which transport a provider really runs on (Winsock's provider catalogue, reported).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Transport {
-    /// Kernel TCP/UDP through io_uring.
-    IoUring,
-    /// AF_XDP, the kernel copying frames between the driver and the UMEM.
-    AfXdpCopy,
-    /// AF_XDP, the driver DMAing straight into the UMEM.
-    AfXdpZeroCopy,
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Transport::IoUring => "io_uring",
-            Transport::AfXdpCopy => "AF_XDP copy mode",
-            Transport::AfXdpZeroCopy => "AF_XDP zero-copy",
-        })
-    }
-}
 
 /// Running shards. Dropping the engine stops them: in-flight operations complete `Aborted`,
 /// sockets are closed, threads joined, rings torn down.

@@ -40,6 +40,10 @@
 //! shard starts.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+// Safe code above the kernel: `unsafe` only in the modules that allow it (sys/, pool, rio/buf,
+// op, shard's SQE pushes, xdp/program's map keys), each block with a SAFETY comment;
+// tests/layers.rs checks the list.
+#![deny(unsafe_code)]
 
 mod backlog;
 pub mod completion;

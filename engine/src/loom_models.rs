@@ -3,6 +3,9 @@
 //! Each explores every interleaving and every weak-memory outcome loom knows of for a small
 //! scenario; the data side uses Release stores and Acquire loads, the weakest a queue offers.
 
+// loom's UnsafeCell stands in for frame bytes in the models.
+#![allow(unsafe_code)]
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 

@@ -5,6 +5,9 @@
 //! done. `user_data` packs the slot index, its generation and a tag, so a stale or foreign
 //! completion is recognised instead of being applied to a reused slot.
 
+// Zero-initialised C structs (msghdr, sockaddr_storage) the kernel reads from op slots.
+#![allow(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -12,7 +15,7 @@ use io_uring::types::Timespec;
 
 use crate::completion::OpKind;
 use crate::pool::{Buf, Gather, SharedBuf, GATHER_MAX};
-use crate::rio::RioOp;
+use crate::rio::buf::RioOp;
 
 /// What an application asks a shard to do on one of its sockets.
 #[derive(Debug)]

@@ -21,6 +21,9 @@
 //! payload N destinations, without a copy. The frame goes back to the free queue when the last
 //! handle drops; a handle that is the last one can be thawed back into a `Buf`.
 
+// The typed views (Buf, SharedBuf) over the mapped region: the one place frame bytes are reached.
+#![allow(unsafe_code)]
+
 use std::fmt;
 use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};

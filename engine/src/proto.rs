@@ -4,7 +4,8 @@
 //! pool, the stats), and the handle they hold (`ShardHandle`). No loop code: the shard
 //! (`shard.rs`) consumes this; sockets, RIO and fan-out produce it.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::fmt;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -12,13 +13,14 @@ use crossbeam_queue::ArrayQueue;
 
 use crate::config::Config;
 use crate::error::{Error, SetupError};
-use crate::fanout::{GroupState, SubShared, SubSlot};
+use crate::fanout::group::{GroupState, SubShared, SubSlot};
 use crate::op::Request;
 use crate::pool::Pool;
 use crate::port::CompletionPort;
 use crate::qos::{Flow, FlowCounters, Shaping, TrafficType};
+use crate::rio::buf::RioSlots;
 use crate::stats::Stats;
-use crate::sync::{StopGate, WakeFlag};
+use crate::sync::{ShardWaker, StopGate};
 use crate::sys::net;
 use crate::sys::region::PageKind;
 use crate::sys::ring::RingInfo;
@@ -38,6 +40,28 @@ impl Delivery {
         match self {
             Delivery::Port { key, .. } | Delivery::Poll { key } => *key,
         }
+    }
+}
+
+/// Which transport a provider really runs on (Winsock's provider catalogue, reported).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transport {
+    /// Kernel TCP/UDP through io_uring.
+    IoUring,
+    /// AF_XDP, the kernel copying frames between the driver and the UMEM.
+    AfXdpCopy,
+    /// AF_XDP, the driver DMAing straight into the UMEM.
+    AfXdpZeroCopy,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::IoUring => "io_uring",
+            Transport::AfXdpCopy => "AF_XDP copy mode",
+            Transport::AfXdpZeroCopy => "AF_XDP zero-copy",
+        })
     }
 }
 
@@ -203,9 +227,8 @@ pub(crate) enum Command {
 pub(crate) struct ShardShared {
     pub index: usize,
     pub(crate) commands: ArrayQueue<Command>,
-    /// The shard is about to block in io_uring_enter (armed by the shard, taken by a waker).
-    pub(crate) sleeping: WakeFlag,
-    pub(crate) wake_fd: OwnedFd,
+    /// Wakes the shard when it sleeps (armed by the shard, taken by a producer).
+    pub(crate) waker: Arc<ShardWaker>,
     /// Closed at stop: no command is accepted after the shard's last drain.
     pub(crate) gate: StopGate,
     free_sockets: ArrayQueue<u32>,
@@ -214,8 +237,7 @@ pub(crate) struct ShardShared {
     /// `Config::fanout_pending_max`.
     pub(crate) fanout_pending_max: usize,
     /// RIO fixed-buffer slots whose region was dropped, for the shard to clear and reuse.
-    /// Sized to hold every slot, so a release never waits (it may run on the shard thread).
-    pub(crate) rio_released: ArrayQueue<u32>,
+    pub(crate) rio_slots: Arc<RioSlots>,
     pub stats: Stats,
     pub pool: Pool,
     pub info: OnceLock<ShardInfo>,
@@ -257,9 +279,7 @@ impl ShardShared {
 
     /// After queueing: wakes the shard if it sleeps (or is about to).
     pub(crate) fn wake(&self) {
-        if self.sleeping.take() {
-            net::eventfd_signal(self.wake_fd.as_raw_fd());
-        }
+        self.waker.wake();
     }
 
     pub(crate) fn alloc_flow(&self) -> Result<u16, SetupError> {
@@ -282,14 +302,6 @@ impl ShardShared {
         Ok(SockId { index, gen })
     }
 
-    /// Hands a RIO fixed-buffer slot back (its region was dropped). Never blocks.
-    pub(crate) fn release_rio_slot(&self, slot: u32) {
-        self.rio_released
-            .push(slot)
-            .expect("a RIO slot released twice: the queue holds every slot");
-        self.wake();
-    }
-
     /// Frees a socket index: its generation moves on first, so handles of the old socket
     /// no longer match it.
     pub(crate) fn free_socket_id(&self, id: u32) {
@@ -299,8 +311,8 @@ impl ShardShared {
 
     pub(crate) fn request_stop(&self) {
         self.gate.request();
-        self.sleeping.disarm();
-        net::eventfd_signal(self.wake_fd.as_raw_fd());
+        self.waker.disarm();
+        self.waker.signal();
     }
 
     pub(crate) fn is_stopping(&self) -> bool {
@@ -434,21 +446,24 @@ pub(crate) fn new_shared(cfg: &Config, index: usize) -> Result<Arc<ShardShared>,
         bytes: cfg.pool_bytes(),
         source,
     })?;
-    let wake_fd = blocking_eventfd()?;
+    let wake_fd = net::eventfd().map_err(|source| SetupError::Syscall {
+        what: "eventfd",
+        source,
+    })?;
     let free_sockets = ArrayQueue::new(cfg.sockets_max as usize);
     for i in 0..cfg.sockets_max {
         free_sockets.push(i).expect("sized to sockets_max");
     }
+    let waker = Arc::new(ShardWaker::new(wake_fd));
     Ok(Arc::new(ShardShared {
         index,
         commands: ArrayQueue::new(cfg.commands_max as usize),
-        sleeping: WakeFlag::new(),
-        wake_fd,
+        rio_slots: Arc::new(RioSlots::new(cfg.rio_buffers_max, waker.clone())),
+        waker,
         gate: StopGate::new(),
         free_sockets,
         sock_gens: (0..cfg.sockets_max).map(|_| AtomicU32::new(0)).collect(),
         fanout_pending_max: cfg.fanout_pending_limit() as usize,
-        rio_released: ArrayQueue::new(cfg.rio_buffers_max.max(1) as usize),
         stats: Stats::default(),
         pool,
         info: OnceLock::new(),
@@ -456,19 +471,4 @@ pub(crate) fn new_shared(cfg: &Config, index: usize) -> Result<Arc<ShardShared>,
         flow_counters: (0..FLOWS_MAX).map(|_| Default::default()).collect(),
         class_drops: Default::default(),
     }))
-}
-
-fn blocking_eventfd() -> Result<OwnedFd, SetupError> {
-    // io_uring honours O_NONBLOCK (a read would fail with EAGAIN instead of waiting), so the
-    // wake-up eventfd is blocking; writes to it never block in practice (the counter is 2^64).
-    let fd = net::eventfd().map_err(|source| SetupError::Syscall {
-        what: "eventfd",
-        source,
-    })?;
-    // SAFETY: fcntl on an fd we own, no pointers.
-    unsafe {
-        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
-    }
-    Ok(fd)
 }

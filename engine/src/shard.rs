@@ -13,6 +13,9 @@
 //!        └── buffer ring refilled from the pool, starved multishot receives re-armed
 //! ```
 
+// Pushing SQEs (the memory each points to lives in its op slot until the final CQE) and adopting accepted fds.
+#![allow(unsafe_code)]
+
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -27,7 +30,7 @@ use crate::backlog::{Backlogs, Delivered};
 use crate::completion::{Completion, OpKind};
 use crate::config::Config;
 use crate::error::{Error, SetupError};
-use crate::fanout::GroupState;
+use crate::fanout::group::GroupState;
 use crate::op::{self, Request, Table};
 use crate::pool::Pool;
 use crate::port::CompletionPort;
@@ -35,7 +38,7 @@ pub(crate) use crate::proto::new_shared;
 use crate::proto::{Command, ShardShared, SockId};
 pub use crate::proto::{Delivery, QosFlow, ShardHandle, ShardInfo, FLOWS_MAX};
 use crate::qos::{Admission, Flow, Scheduler, TokenBucket, TrafficType};
-use crate::rio::RioKind;
+use crate::rio::buf::RioKind;
 use crate::stats::{new_histogram, Stats};
 use crate::sys::bufring::BufRing;
 use crate::sys::net;
@@ -406,9 +409,7 @@ impl Shard {
         } else if wait && idle {
             self.arm_xdp_polls();
             let shared = &self.shared;
-            let work = shared
-                .sleeping
-                .arm(|| !shared.commands.is_empty() || shared.is_stopping());
+            let work = shared.waker.arm(|| !shared.commands.is_empty() || shared.is_stopping());
             if !work {
                 // Merging the latency histogram costs tens of µs: never per sleep. Samples
                 // not yet published make the sleep a timed one, so they are at most
@@ -445,7 +446,7 @@ impl Shard {
                     .min();
                 self.ring.submit_and_wait(timeout)?;
             }
-            self.shared.sleeping.disarm();
+            self.shared.waker.disarm();
         } else if wait && waiting {
             // A full port or a full reliable subscriber: wait briefly for room (a consumer
             // making room also wakes us), but keep reaping.
@@ -501,7 +502,7 @@ impl Shard {
     }
 
     fn take_commands(&mut self) -> usize {
-        while let Some(slot) = self.shared.rio_released.pop() {
+        while let Some(slot) = self.shared.rio_slots.take() {
             if let Err(e) = self.ring.unregister_slot(slot) {
                 tracing::warn!(slot, error = %e, "clearing a RIO fixed-buffer slot failed");
             }
@@ -945,7 +946,7 @@ impl Shard {
                 }
                 s.zerocopy = r.kind == RioKind::Send
                     && r.buf
-                        .fixed_slot(&self.shared, &mut self.rio_slots, &mut self.ring)
+                        .fixed_slot(&self.shared.rio_slots, &mut self.rio_slots, &mut self.ring)
                         .is_some();
                 s.rio = Some(r);
             }
@@ -1186,7 +1187,7 @@ impl Shard {
     }
 
     fn arm_wake(&mut self) -> io::Result<()> {
-        let fd = types::Fd(self.shared.wake_fd.as_raw_fd());
+        let fd = types::Fd(self.shared.waker.fd());
         let e = opcode::Read::new(fd, (&mut *self.wake_buf as *mut u64).cast(), 8)
             .build()
             .user_data(op::user_data(op::TAG_WAKE, 0, 0));

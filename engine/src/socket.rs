@@ -38,14 +38,7 @@ impl std::fmt::Display for Rejected {
 
 impl std::error::Error for Rejected {}
 
-/// The unspecified address of `of`'s family (0.0.0.0 or ::): "any address" to bind, or
-/// "any source" in a membership.
-pub fn unspecified(of: IpAddr) -> IpAddr {
-    match of {
-        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
-        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
-    }
-}
+pub use crate::wire::unspecified;
 
 /// Socket options applied at creation.
 #[derive(Clone, Debug, Default)]
@@ -346,8 +339,8 @@ impl SocketCore {
     }
 
     /// The transport this socket's operations go through (kernel sockets: io_uring).
-    pub fn transport(&self) -> crate::engine::Transport {
-        crate::engine::Transport::IoUring
+    pub fn transport(&self) -> crate::proto::Transport {
+        crate::proto::Transport::IoUring
     }
 
     /// The shard this socket lives on.
@@ -1124,10 +1117,10 @@ impl XdpUdpSocket {
     }
 
     /// The transport this socket really got: AF_XDP zero-copy or copy mode.
-    pub fn transport(&self) -> crate::engine::Transport {
+    pub fn transport(&self) -> crate::proto::Transport {
         match self.info.socket_mode {
-            XskMode::ZeroCopy => crate::engine::Transport::AfXdpZeroCopy,
-            XskMode::Copy => crate::engine::Transport::AfXdpCopy,
+            XskMode::ZeroCopy => crate::proto::Transport::AfXdpZeroCopy,
+            XskMode::Copy => crate::proto::Transport::AfXdpCopy,
         }
     }
 

@@ -117,6 +117,51 @@ impl Sleepers {
     }
 }
 
+/// How other threads wake a shard that may be asleep in `io_uring_enter`: its sleep flag
+/// (`WakeFlag`) and the eventfd it keeps a read armed on. Shared by everything that may need
+/// to wake a shard (the command queue's producers, RIO slot releases, fan-out consumers).
+#[derive(Debug)]
+pub(crate) struct ShardWaker {
+    sleeping: WakeFlag,
+    fd: std::os::fd::OwnedFd,
+}
+
+impl ShardWaker {
+    pub(crate) fn new(fd: std::os::fd::OwnedFd) -> ShardWaker {
+        ShardWaker {
+            sleeping: WakeFlag::new(),
+            fd,
+        }
+    }
+
+    /// After publishing work for the shard: wakes it if it sleeps (or is about to).
+    pub(crate) fn wake(&self) {
+        if self.sleeping.take() {
+            self.signal();
+        }
+    }
+
+    /// Writes the eventfd whatever the flag says (a stop request).
+    pub(crate) fn signal(&self) {
+        crate::sys::net::eventfd_signal(std::os::fd::AsRawFd::as_raw_fd(&self.fd));
+    }
+
+    /// The shard, about to sleep: see `WakeFlag::arm`.
+    pub(crate) fn arm(&self, ready: impl FnOnce() -> bool) -> bool {
+        self.sleeping.arm(ready)
+    }
+
+    /// The shard, awake again (or a stop request).
+    pub(crate) fn disarm(&self) {
+        self.sleeping.disarm();
+    }
+
+    /// The eventfd the shard reads.
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.fd)
+    }
+}
+
 /// The gate in front of a shard's command queue: producers pass it to push; a stopping shard
 /// closes it and then waits until nobody is inside, so its last drain sees every command
 /// that was accepted, and no command can be accepted after it.

@@ -460,9 +460,12 @@ pub(crate) fn tos_from_cmsgs(mut b: &[u8]) -> Option<u8> {
 }
 
 /// An eventfd used to wake a sleeping shard.
+/// A blocking eventfd for waking a shard: io_uring honours O_NONBLOCK (a read would fail
+/// with EAGAIN instead of waiting), so the wake-up read needs a blocking one; writes never
+/// block in practice (the counter is 2^64).
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: eventfd(2) takes no pointers.
-    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })?;
     // SAFETY: fresh fd, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

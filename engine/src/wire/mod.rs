@@ -131,6 +131,15 @@ pub const fn udp_headers_len(ip: &IpAddr) -> usize {
     }
 }
 
+/// The unspecified address of `of`'s family (0.0.0.0 or ::): "any address" to bind, or
+/// "any source" in a membership.
+pub fn unspecified(of: IpAddr) -> IpAddr {
+    match of {
+        IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    }
+}
+
 /// Validates an Ethernet/IPv4/UDP or Ethernet/IPv6/UDP frame (checksums included) or says
 /// why it is dropped.
 pub fn parse_udp(frame: &[u8], frame_max: usize) -> Result<UdpFrame, DropReason> {

@@ -265,7 +265,7 @@ impl XdpPort {
 
     /// Adds or removes a membership (`source` None: any source). False if the table is full.
     pub(crate) fn set_group(&mut self, group: IpAddr, source: Option<IpAddr>, join: bool) -> bool {
-        let e = (group, source.unwrap_or(crate::socket::unspecified(group)));
+        let e = (group, source.unwrap_or(wire::unspecified(group)));
         let at = self.groups[..self.groups_len].iter().position(|g| *g == e);
         match (at, join) {
             (Some(_), true) => true,

@@ -4,6 +4,9 @@
 //! mode obtained and the reason for any fallback are reported. The program is detached and
 //! unloaded when the [`XdpProgram`] drops (aya owns the link).
 
+// aya::Pod for the BPF map key types (plain integers, no padding).
+#![allow(unsafe_code)]
+
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 

@@ -1,25 +1,11 @@
-//! Registered I/O (RIO): application memory registered once, request queues with fixed
-//! depths, and completion queues the application drains itself.
-//!
-//! | RIO                         | here                                              |
-//! |-----------------------------|---------------------------------------------------|
-//! | RIORegisterBuffer           | [`RegisteredBuffer::register`] -> owned [`RioBuf`] segments |
-//! | RIODeregisterBuffer         | dropping the last segment                          |
-//! | RIOCreateCompletionQueue    | [`CompletionQueue::new`] with a [`RioNotify`]      |
-//! | RIOCreateRequestQueue       | [`RequestQueue::new`] (max receives, max sends)    |
-//! | RIOReceive / RIOReceiveEx   | [`RequestQueue::receive`]                          |
-//! | RIOSend / RIOSendEx         | [`RequestQueue::send`], [`RequestQueue::send_to`]  |
-//! | RIO_MSG_DEFER / COMMIT_ONLY | [`RioFlags::DEFER`], [`RequestQueue::commit`]      |
-//! | RIODequeueCompletion        | [`CompletionQueue::dequeue`]                       |
-//! | RIONotify                   | [`CompletionQueue::notify`]                        |
-//!
-//! Safety by ownership rather than by discipline: registering splits the memory into disjoint
-//! owned segments; a segment moves into the request and comes back in its [`RioResult`], so
-//! the application cannot touch bytes the kernel may be writing. As in RIO, a request queue
-//! reserves its depth in the completion queue when created (a queue that would overflow is
-//! refused with `NoBuffers`), so completions can never be dropped for lack of room.
+//! The parts of Registered I/O that travel with a request and come back: registered memory
+//! and its owned segments, the request itself (`RioOp`), and the completion queue it ends
+//! in. No shard protocol here (a leaf the op table and the shard use); `rio/mod.rs` holds the
+//! API that sends requests.
 
-use std::collections::VecDeque;
+// The owned views (RioBuf) over registered application memory.
+#![allow(unsafe_code)]
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
@@ -31,21 +17,50 @@ use crossbeam_queue::ArrayQueue;
 
 use crate::completion::{Completion, OpKind};
 use crate::error::Error;
-use crate::op::Request;
 use crate::port::CompletionPort;
-use crate::proto::{Command, ShardHandle, ShardShared};
-use crate::socket::SocketCore;
-use crate::sync::WakeFlag;
+use crate::sync::{ShardWaker, WakeFlag};
 use crate::sys::ring::Ring;
 
 const UNREGISTERED: u32 = u32::MAX;
+
+/// A shard's RIO fixed-buffer slots given back by dropped regions, for the shard to clear
+/// and reuse. Sized to hold every slot, so a release never waits (it may run on the shard's
+/// own thread).
+#[derive(Debug)]
+pub(crate) struct RioSlots {
+    released: ArrayQueue<u32>,
+    waker: Arc<ShardWaker>,
+}
+
+impl RioSlots {
+    pub(crate) fn new(slots: u32, waker: Arc<ShardWaker>) -> RioSlots {
+        RioSlots {
+            released: ArrayQueue::new(slots.max(1) as usize),
+            waker,
+        }
+    }
+
+    /// A dropped region's slot goes back (and the shard is woken to clear it). Never blocks.
+    fn release(&self, slot: u32) {
+        self.released
+            .push(slot)
+            .expect("a RIO slot released twice: the queue holds every slot");
+        self.waker.wake();
+    }
+
+    /// The shard takes a released slot.
+    pub(crate) fn take(&self) -> Option<u32> {
+        self.released.pop()
+    }
+}
 
 struct RioRegion {
     ptr: *mut u8,
     len: usize,
     /// Fixed-buffer slot in the owning shard's ring, registered on first zero-copy use.
     slot: AtomicU32,
-    shard: Weak<ShardShared>,
+    /// The slots of the shard the region was registered with.
+    shard: Weak<RioSlots>,
 }
 
 // SAFETY: the region is plain heap memory; access to its bytes is partitioned into disjoint
@@ -61,7 +76,7 @@ impl Drop for RioRegion {
             if let Some(sh) = self.shard.upgrade() {
                 // Never blocks, on any thread (the shard's own included): the released-slot
                 // queue has room for every slot.
-                sh.release_rio_slot(slot);
+                sh.release(slot);
             }
         }
         // SAFETY: ptr/len came from Box::into_raw of a Box<[u8]> in `register`; every RioBuf
@@ -70,43 +85,27 @@ impl Drop for RioRegion {
     }
 }
 
-/// A registered buffer (RIO_BUFFERID): made by [`RegisteredBuffer::register`], which hands the
-/// memory back as owned segments.
-#[derive(Debug)]
-pub struct RegisteredBuffer;
-
-impl RegisteredBuffer {
-    /// Takes ownership of `memory`, registers it with `shard`, and splits it into segments of
-    /// `segment_len` bytes (the last may be shorter).
-    ///
-    /// The kernel registration (a fixed-buffer slot, used for zero-copy sends) happens on the
-    /// shard thread at first use; [`RioBuf::is_registered`] tells whether it took.
-    pub fn register(shard: &ShardHandle, memory: Vec<u8>, segment_len: usize) -> Result<Vec<RioBuf>, Error> {
-        if memory.is_empty() || segment_len == 0 || segment_len > u32::MAX as usize || memory.len() > u32::MAX as usize
-        {
-            return Err(Error::InvalidArgument);
-        }
-        let len = memory.len();
-        let ptr = Box::into_raw(memory.into_boxed_slice()).cast::<u8>();
-        let region = Arc::new(RioRegion {
-            ptr,
-            len,
-            slot: AtomicU32::new(UNREGISTERED),
-            shard: Arc::downgrade(&shard.shared),
-        });
-        Ok((0..len)
-            .step_by(segment_len)
-            .map(|off| {
-                let cap = segment_len.min(len - off) as u32;
-                RioBuf {
-                    region: region.clone(),
-                    off: off as u32,
-                    cap,
-                    len: 0,
-                }
-            })
-            .collect())
-    }
+/// Takes ownership of `memory` for the shard whose slots are `shard` and splits it into
+/// owned segments of `segment_len` bytes (the last may be shorter). The caller checked the
+/// sizes (non-empty, each below 4 GiB).
+pub(crate) fn segments(memory: Vec<u8>, segment_len: usize, shard: Weak<RioSlots>) -> Vec<RioBuf> {
+    let len = memory.len();
+    let ptr = Box::into_raw(memory.into_boxed_slice()).cast::<u8>();
+    let region = Arc::new(RioRegion {
+        ptr,
+        len,
+        slot: AtomicU32::new(UNREGISTERED),
+        shard,
+    });
+    (0..len)
+        .step_by(segment_len)
+        .map(|off| RioBuf {
+            region: region.clone(),
+            off: off as u32,
+            cap: segment_len.min(len - off) as u32,
+            len: 0,
+        })
+        .collect()
 }
 
 /// An owned segment of a registered buffer (RIO_BUF), with a length of valid bytes.
@@ -168,7 +167,7 @@ impl RioBuf {
     /// On the thread of shard `on`: the fixed-buffer slot, registering the region now if
     /// needed. `None` if the region was registered with another shard (its slot, if any, is
     /// in that shard's table, not `on`'s) or no slot is free: the send then copies.
-    pub(crate) fn fixed_slot(&self, on: &Arc<ShardShared>, free: &mut Vec<u32>, ring: &mut Ring) -> Option<u32> {
+    pub(crate) fn fixed_slot(&self, on: &Arc<RioSlots>, free: &mut Vec<u32>, ring: &mut Ring) -> Option<u32> {
         let r = &*self.region;
         if !std::ptr::eq(r.shard.as_ptr(), Arc::as_ptr(on)) {
             return None;
@@ -324,16 +323,16 @@ impl Notifier {
     }
 }
 
-struct CqShared {
-    queue: ArrayQueue<RioResult>,
-    reserved: AtomicUsize,
-    notifier: Notifier,
+pub(crate) struct CqShared {
+    pub(crate) queue: ArrayQueue<RioResult>,
+    pub(crate) reserved: AtomicUsize,
+    pub(crate) notifier: Notifier,
 }
 
 /// A RIO completion queue. Clones share the queue.
 #[derive(Clone)]
 pub struct CompletionQueue {
-    shared: Arc<CqShared>,
+    pub(crate) shared: Arc<CqShared>,
 }
 
 impl fmt::Debug for CompletionQueue {
@@ -385,11 +384,11 @@ impl CompletionQueue {
 }
 
 pub(crate) struct RqShared {
-    cq: Arc<CqShared>,
-    key: u64,
-    recv_out: AtomicU32,
-    send_out: AtomicU32,
-    reserved: usize,
+    pub(crate) cq: Arc<CqShared>,
+    pub(crate) key: u64,
+    pub(crate) recv_out: AtomicU32,
+    pub(crate) send_out: AtomicU32,
+    pub(crate) reserved: usize,
 }
 
 impl Drop for RqShared {
@@ -455,173 +454,8 @@ impl RioOp {
     }
 }
 
-/// A RIO request queue on one socket, with fixed maximum outstanding receives and sends.
-#[derive(Debug)]
-pub struct RequestQueue {
-    socket: SocketCore,
-    rq: Arc<RqShared>,
-    max_recv: u32,
-    max_send: u32,
-    deferred: VecDeque<(u64, RioOp)>,
-}
-
 impl fmt::Debug for RqShared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RqShared").field("key", &self.key).finish()
-    }
-}
-
-impl RequestQueue {
-    /// RIOCreateRequestQueue. Reserves `max_recv + max_send` entries in `cq`; `NoBuffers` if
-    /// the queue cannot hold them on top of earlier reservations.
-    pub fn new(
-        socket: &SocketCore,
-        cq: &CompletionQueue,
-        max_recv: u32,
-        max_send: u32,
-        key: u64,
-    ) -> Result<RequestQueue, Error> {
-        // Checked: u32 + u32 must not wrap under the CQ reservation.
-        let need = max_recv as usize + max_send as usize;
-        let cqs = &cq.shared;
-        let mut cur = cqs.reserved.load(Ordering::Acquire);
-        loop {
-            if cur + need > cqs.queue.capacity() {
-                return Err(Error::NoBuffers);
-            }
-            match cqs
-                .reserved
-                .compare_exchange_weak(cur, cur + need, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => break,
-                Err(c) => cur = c,
-            }
-        }
-        Ok(RequestQueue {
-            socket: socket.clone_handle(),
-            rq: Arc::new(RqShared {
-                cq: cqs.clone(),
-                key,
-                recv_out: AtomicU32::new(0),
-                send_out: AtomicU32::new(0),
-                reserved: need,
-            }),
-            max_recv,
-            max_send,
-            deferred: VecDeque::with_capacity(need),
-        })
-    }
-
-    /// RIOReceive(Ex): receive into `buf`. A full queue hands the segment back with NoBuffers.
-    pub fn receive(&mut self, buf: RioBuf, token: u64, flags: RioFlags) -> Result<(), (Error, RioBuf)> {
-        self.issue(RioKind::Receive, buf, None, token, flags)
-    }
-
-    /// RIOSend: send `buf` on a connected socket.
-    pub fn send(&mut self, buf: RioBuf, token: u64, flags: RioFlags) -> Result<(), (Error, RioBuf)> {
-        self.issue(RioKind::Send, buf, None, token, flags)
-    }
-
-    /// RIOSendEx: send `buf` to `addr`.
-    pub fn send_to(
-        &mut self,
-        buf: RioBuf,
-        addr: SocketAddr,
-        token: u64,
-        flags: RioFlags,
-    ) -> Result<(), (Error, RioBuf)> {
-        self.issue(RioKind::Send, buf, Some(addr), token, flags)
-    }
-
-    fn issue(
-        &mut self,
-        kind: RioKind,
-        buf: RioBuf,
-        addr: Option<SocketAddr>,
-        token: u64,
-        flags: RioFlags,
-    ) -> Result<(), (Error, RioBuf)> {
-        let (out, max) = match kind {
-            RioKind::Receive => (&self.rq.recv_out, self.max_recv),
-            RioKind::Send => (&self.rq.send_out, self.max_send),
-        };
-        if out.load(Ordering::Acquire) >= max {
-            return Err((Error::NoBuffers, buf));
-        }
-        out.fetch_add(1, Ordering::AcqRel);
-        self.deferred.push_back((
-            token,
-            RioOp {
-                kind,
-                buf,
-                rq: self.rq.clone(),
-                addr,
-            },
-        ));
-        if flags == RioFlags::DEFER {
-            return Ok(());
-        }
-        self.commit().map_err(|e| {
-            // The request that could not be handed over is the last one: give it back.
-            let (_, op) = self.deferred.pop_back().expect("commit keeps what it could not send");
-            let out = match op.kind {
-                RioKind::Receive => &self.rq.recv_out,
-                RioKind::Send => &self.rq.send_out,
-            };
-            out.fetch_sub(1, Ordering::AcqRel);
-            (e, op.buf)
-        })
-    }
-
-    /// Cancels the requests issued with `token` (RIO itself cancels only by closing the
-    /// socket; CancelIoEx semantics here): deferred ones not yet committed end `Aborted` at
-    /// once, committed ones when the shard cancels them (unless they completed first). Each
-    /// ends exactly once, in this queue's completion queue, with its buffer.
-    pub fn cancel(&mut self, token: u64) -> Result<(), Error> {
-        let mut i = 0;
-        while i < self.deferred.len() {
-            if self.deferred[i].0 == token {
-                let (t, op) = self.deferred.remove(i).expect("index in range");
-                op.complete(t, Err(Error::Aborted), None);
-            } else {
-                i += 1;
-            }
-        }
-        self.socket.cancel(token)
-    }
-
-    /// RIO_MSG_COMMIT_ONLY: hands every deferred request to the shard, in order, with one
-    /// wake-up. On `NoBuffers` (the shard's command queue is full) the rest stay deferred.
-    pub fn commit(&mut self) -> Result<(), Error> {
-        let shard = self.socket.shard();
-        let mut sent = 0;
-        let mut result = Ok(());
-        while let Some((token, op)) = self.deferred.pop_front() {
-            match shard.push(Command::Op {
-                sock: self.socket.id(),
-                token,
-                req: Request::Rio(op),
-            }) {
-                Ok(()) => sent += 1,
-                Err(Command::Op {
-                    token,
-                    req: Request::Rio(op),
-                    ..
-                }) => {
-                    self.deferred.push_front((token, op));
-                    result = Err(if shard.is_stopping() {
-                        Error::Shutdown
-                    } else {
-                        Error::NoBuffers
-                    });
-                    break;
-                }
-                Err(_) => unreachable!("push hands back what it was given"),
-            }
-        }
-        if sent > 0 {
-            shard.wake();
-        }
-        result
     }
 }

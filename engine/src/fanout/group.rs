@@ -1,31 +1,6 @@
-//! Multicast fan-out: a datagram is received once, into one registered frame, and handed to
-//! N subscribers as N read-only handles of that frame ([`SharedBuf`]); the frame returns to
-//! the pool when the last subscriber drops its handle. No per-subscriber copy, no allocation.
-//!
-//! ```text
-//!  socket (io_uring multishot recv or AF_XDP) ──► shard: GroupState::publish
-//!        one frame, refs = N (one atomic add)        │  for each subscription, in order:
-//!                                                    ├─► queue 0 (bounded) ─► consumer 0
-//!                                                    ├─► queue 1           ─► consumer 1
-//!                                                    └─► ...
-//! ```
-//!
-//! Each subscription has a bounded queue and a policy chosen when it subscribes:
-//! - [`Policy::Lossy`]: a full queue drops the datagram for that subscriber only (counted);
-//!   the others are not slowed.
-//! - [`Policy::Reliable`]: a full queue stalls the whole group: the datagram and every later
-//!   one wait in the shard, in order, until the subscriber makes room — at most
-//!   `Config::fanout_pending_max` of them (each holds a frame). Past that the group drops
-//!   new datagrams and counts them (`GroupCounters::overflow`): a subscriber that stops
-//!   reading can hold at most its queue depth plus that bound, never the whole pool, so
-//!   the other sockets of the shard keep receiving.
-//!
-//! Consumers dequeue from any thread ([`Subscription::try_recv`], `recv_batch`), and may ask
-//! for a notification when their queue holds datagrams (RIONotify style: an event or a
-//! completion-port post, [`Subscription::notify`]).
-//!
-//! The shard publishes from its own thread, the only producer of every queue, so each
-//! subscriber sees the datagrams in the order the socket received them, each exactly once.
+//! The shard's side of a fan-out group and what its subscribers share with it: the
+//! subscriptions' queues, counters and wake-ups, the datagrams. A leaf (no shard protocol):
+//! the command protocol carries these, `fanout/mod.rs` holds the API that sends them.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -33,13 +8,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use rtrb::{Consumer, Producer, RingBuffer};
+use rtrb::Producer;
 
-use crate::completion::OpKind;
-use crate::error::SetupError;
 use crate::pool::{Buf, SharedBuf};
-use crate::proto::{Command, ShardShared, SockId};
-use crate::rio::{Notifier, RioNotify};
+use crate::rio::buf::Notifier;
+use crate::sync::ShardWaker;
 
 /// Subscriptions per group.
 pub const SUBSCRIBERS_MAX: usize = 1024;
@@ -148,23 +121,46 @@ pub struct GroupCounters {
 
 #[derive(Debug)]
 pub(crate) struct GroupShared {
-    shard: Arc<ShardShared>,
-    sock: SockId,
+    /// Wakes the group's shard (a consumer made room in a stalled group).
+    pub(crate) waker: Arc<ShardWaker>,
     /// Some datagram waits for a reliable subscriber: consumers wake the shard on dequeue.
-    stalled: AtomicBool,
-    received: AtomicU64,
-    stalls: AtomicU64,
-    overflow: AtomicU64,
-    subscribers: AtomicU64,
+    pub(crate) stalled: AtomicBool,
+    pub(crate) received: AtomicU64,
+    pub(crate) stalls: AtomicU64,
+    pub(crate) overflow: AtomicU64,
+    pub(crate) subscribers: AtomicU64,
+}
+
+impl GroupShared {
+    pub(crate) fn new(waker: Arc<ShardWaker>) -> GroupShared {
+        GroupShared {
+            waker,
+            stalled: AtomicBool::new(false),
+            received: AtomicU64::new(0),
+            stalls: AtomicU64::new(0),
+            overflow: AtomicU64::new(0),
+            subscribers: AtomicU64::new(0),
+        }
+    }
+
+    /// The shard's side of this group, holding at most `pending_max` waiting datagrams.
+    pub(crate) fn state(self: &Arc<Self>, pending_max: usize) -> Box<GroupState> {
+        Box::new(GroupState {
+            shared: self.clone(),
+            subs: Vec::with_capacity(SUBSCRIBERS_MAX.min(64)),
+            pending: VecDeque::with_capacity(pending_max),
+            pending_max,
+        })
+    }
 }
 
 pub(crate) struct SubShared {
-    policy: Policy,
-    notifier: Notifier,
-    delivered: AtomicU64,
-    dropped: AtomicU64,
-    closed: AtomicBool,
-    group: Arc<GroupShared>,
+    pub(crate) policy: Policy,
+    pub(crate) notifier: Notifier,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) closed: AtomicBool,
+    pub(crate) group: Arc<GroupShared>,
 }
 
 impl fmt::Debug for SubShared {
@@ -178,157 +174,11 @@ fn bump(c: &AtomicU64) {
     c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
-/// A socket's fan-out: subscribe consumers here. Made by `UdpSocket::fan_out` or
-/// `XdpUdpSocket::fan_out`. Dropping it stops nothing; closing the socket ends the group.
-#[derive(Clone, Debug)]
-pub struct FanOut {
-    shared: Arc<GroupShared>,
-}
-
-impl FanOut {
-    pub(crate) fn new(shard: Arc<ShardShared>, sock: SockId) -> FanOut {
-        FanOut {
-            shared: Arc::new(GroupShared {
-                shard,
-                sock,
-                stalled: AtomicBool::new(false),
-                received: AtomicU64::new(0),
-                stalls: AtomicU64::new(0),
-                overflow: AtomicU64::new(0),
-                subscribers: AtomicU64::new(0),
-            }),
-        }
-    }
-
-    pub(crate) fn state(&self, pending_max: usize) -> Box<GroupState> {
-        Box::new(GroupState {
-            shared: self.shared.clone(),
-            subs: Vec::with_capacity(SUBSCRIBERS_MAX.min(64)),
-            pending: VecDeque::with_capacity(pending_max),
-            pending_max,
-        })
-    }
-
-    /// A new subscription with a queue of `depth` datagrams. It receives what the socket
-    /// receives from the moment the shard takes the request (a few µs), in order.
-    pub fn subscribe(&self, policy: Policy, depth: usize, notify: RioNotify) -> Result<Subscription, SetupError> {
-        if depth == 0 || depth > SUBSCRIPTION_DEPTH_MAX {
-            return Err(SetupError::Config(format!(
-                "subscription depth {depth} outside 1..={SUBSCRIPTION_DEPTH_MAX}"
-            )));
-        }
-        let n = self.shared.subscribers.load(Ordering::Relaxed);
-        if n as usize >= SUBSCRIBERS_MAX {
-            return Err(SetupError::Limit("subscriptions per group"));
-        }
-        let (tx, rx) = RingBuffer::new(depth);
-        let sub = Arc::new(SubShared {
-            policy,
-            notifier: Notifier::new(notify, OpKind::FanoutNotify),
-            delivered: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
-            group: self.shared.clone(),
-        });
-        self.shared
-            .shard
-            .send(Command::Subscribe {
-                sock: self.shared.sock,
-                sub: SubSlot {
-                    shared: sub.clone(),
-                    tx,
-                },
-            })
-            .map_err(|_| SetupError::Limit("shard command queue"))?;
-        Ok(Subscription { shared: sub, rx })
-    }
-
-    pub fn counters(&self) -> GroupCounters {
-        let g = &self.shared;
-        GroupCounters {
-            received: g.received.load(Ordering::Relaxed),
-            stalls: g.stalls.load(Ordering::Relaxed),
-            overflow: g.overflow.load(Ordering::Relaxed),
-            subscribers: g.subscribers.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// One consumer of a group: its queue is single-producer (the shard), single-consumer (the
-/// holder of this handle, on any one thread at a time), so neither side takes a lock or a
-/// locked instruction. Dropping it unsubscribes and releases the datagrams still queued.
-#[derive(Debug)]
-pub struct Subscription {
-    shared: Arc<SubShared>,
-    rx: Consumer<Datagram>,
-}
-
-impl Subscription {
-    /// The next datagram, if one is queued. Never blocks.
-    pub fn try_recv(&mut self) -> Option<Datagram> {
-        let d = self.rx.pop().ok()?;
-        self.made_room();
-        Some(d)
-    }
-
-    /// Appends up to `max` queued datagrams to `out`; never blocks.
-    pub fn recv_batch(&mut self, out: &mut Vec<Datagram>, max: usize) -> usize {
-        let mut n = 0;
-        while n < max {
-            let Ok(d) = self.rx.pop() else { break };
-            out.push(d);
-            n += 1;
-        }
-        if n > 0 {
-            self.made_room();
-        }
-        n
-    }
-
-    /// A stalled group waits for room in some reliable queue: tell its shard now rather than
-    /// at its next timed retry.
-    fn made_room(&self) {
-        let g = &self.shared.group;
-        if g.stalled.load(Ordering::Relaxed) {
-            g.shard.wake();
-        }
-    }
-
-    /// RIONotify: signal once (event or port completion with `OpKind::FanoutNotify`) when the
-    /// queue holds a datagram, at once if it already does.
-    pub fn notify(&self) {
-        self.shared.notifier.arm(|| self.rx.slots());
-    }
-
-    pub fn policy(&self) -> Policy {
-        self.shared.policy
-    }
-
-    pub fn counters(&self) -> SubscriberCounters {
-        SubscriberCounters {
-            delivered: self.shared.delivered.load(Ordering::Relaxed),
-            dropped: self.shared.dropped.load(Ordering::Relaxed),
-            depth: self.rx.slots(),
-        }
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.shared.closed.store(true, Ordering::Release);
-        let g = &self.shared.group;
-        g.shard.send_reliably(Command::Unsubscribe {
-            sock: g.sock,
-            sub: self.shared.clone(),
-        });
-    }
-}
-
 /// The shard's end of one subscription.
 #[derive(Debug)]
 pub(crate) struct SubSlot {
-    shared: Arc<SubShared>,
-    tx: Producer<Datagram>,
+    pub(crate) shared: Arc<SubShared>,
+    pub(crate) tx: Producer<Datagram>,
 }
 
 /// A datagram some reliable subscriber had no room for, and where its delivery resumes.

@@ -1,0 +1,224 @@
+//! Registered I/O (RIO): application memory registered once, request queues with fixed
+//! depths, and completion queues the application drains itself.
+//!
+//! | RIO                         | here                                              |
+//! |-----------------------------|---------------------------------------------------|
+//! | RIORegisterBuffer           | [`RegisteredBuffer::register`] -> owned [`RioBuf`] segments |
+//! | RIODeregisterBuffer         | dropping the last segment                          |
+//! | RIOCreateCompletionQueue    | [`CompletionQueue::new`] with a [`RioNotify`]      |
+//! | RIOCreateRequestQueue       | [`RequestQueue::new`] (max receives, max sends)    |
+//! | RIOReceive / RIOReceiveEx   | [`RequestQueue::receive`]                          |
+//! | RIOSend / RIOSendEx         | [`RequestQueue::send`], [`RequestQueue::send_to`]  |
+//! | RIO_MSG_DEFER / COMMIT_ONLY | [`RioFlags::DEFER`], [`RequestQueue::commit`]      |
+//! | RIODequeueCompletion        | [`CompletionQueue::dequeue`]                       |
+//! | RIONotify                   | [`CompletionQueue::notify`]                        |
+//!
+//! Safety by ownership rather than by discipline: registering splits the memory into disjoint
+//! owned segments; a segment moves into the request and comes back in its [`RioResult`], so
+//! the application cannot touch bytes the kernel may be writing. As in RIO, a request queue
+//! reserves its depth in the completion queue when created (a queue that would overflow is
+//! refused with `NoBuffers`), so completions can never be dropped for lack of room.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use crate::error::Error;
+use crate::op::Request;
+use crate::proto::{Command, ShardHandle};
+use crate::socket::SocketCore;
+
+pub(crate) mod buf;
+
+pub use buf::{CompletionQueue, RioBuf, RioEvent, RioFlags, RioNotify, RioResult};
+pub(crate) use buf::{RioKind, RioOp, RqShared};
+
+/// A registered buffer (RIO_BUFFERID): made by [`RegisteredBuffer::register`], which hands the
+/// memory back as owned segments.
+#[derive(Debug)]
+pub struct RegisteredBuffer;
+
+impl RegisteredBuffer {
+    /// Takes ownership of `memory`, registers it with `shard`, and splits it into segments of
+    /// `segment_len` bytes (the last may be shorter).
+    ///
+    /// The kernel registration (a fixed-buffer slot, used for zero-copy sends) happens on the
+    /// shard thread at first use; [`RioBuf::is_registered`] tells whether it took.
+    pub fn register(shard: &ShardHandle, memory: Vec<u8>, segment_len: usize) -> Result<Vec<RioBuf>, Error> {
+        if memory.is_empty() || segment_len == 0 || segment_len > u32::MAX as usize || memory.len() > u32::MAX as usize
+        {
+            return Err(Error::InvalidArgument);
+        }
+        Ok(buf::segments(
+            memory,
+            segment_len,
+            Arc::downgrade(&shard.shared.rio_slots),
+        ))
+    }
+}
+
+/// A RIO request queue on one socket, with fixed maximum outstanding receives and sends.
+#[derive(Debug)]
+pub struct RequestQueue {
+    socket: SocketCore,
+    rq: Arc<RqShared>,
+    max_recv: u32,
+    max_send: u32,
+    deferred: VecDeque<(u64, RioOp)>,
+}
+
+impl RequestQueue {
+    /// RIOCreateRequestQueue. Reserves `max_recv + max_send` entries in `cq`; `NoBuffers` if
+    /// the queue cannot hold them on top of earlier reservations.
+    pub fn new(
+        socket: &SocketCore,
+        cq: &CompletionQueue,
+        max_recv: u32,
+        max_send: u32,
+        key: u64,
+    ) -> Result<RequestQueue, Error> {
+        // Checked: u32 + u32 must not wrap under the CQ reservation.
+        let need = max_recv as usize + max_send as usize;
+        let cqs = &cq.shared;
+        let mut cur = cqs.reserved.load(Ordering::Acquire);
+        loop {
+            if cur + need > cqs.queue.capacity() {
+                return Err(Error::NoBuffers);
+            }
+            match cqs
+                .reserved
+                .compare_exchange_weak(cur, cur + need, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(c) => cur = c,
+            }
+        }
+        Ok(RequestQueue {
+            socket: socket.clone_handle(),
+            rq: Arc::new(RqShared {
+                cq: cqs.clone(),
+                key,
+                recv_out: AtomicU32::new(0),
+                send_out: AtomicU32::new(0),
+                reserved: need,
+            }),
+            max_recv,
+            max_send,
+            deferred: VecDeque::with_capacity(need),
+        })
+    }
+
+    /// RIOReceive(Ex): receive into `buf`. A full queue hands the segment back with NoBuffers.
+    pub fn receive(&mut self, buf: RioBuf, token: u64, flags: RioFlags) -> Result<(), (Error, RioBuf)> {
+        self.issue(RioKind::Receive, buf, None, token, flags)
+    }
+
+    /// RIOSend: send `buf` on a connected socket.
+    pub fn send(&mut self, buf: RioBuf, token: u64, flags: RioFlags) -> Result<(), (Error, RioBuf)> {
+        self.issue(RioKind::Send, buf, None, token, flags)
+    }
+
+    /// RIOSendEx: send `buf` to `addr`.
+    pub fn send_to(
+        &mut self,
+        buf: RioBuf,
+        addr: SocketAddr,
+        token: u64,
+        flags: RioFlags,
+    ) -> Result<(), (Error, RioBuf)> {
+        self.issue(RioKind::Send, buf, Some(addr), token, flags)
+    }
+
+    fn issue(
+        &mut self,
+        kind: RioKind,
+        buf: RioBuf,
+        addr: Option<SocketAddr>,
+        token: u64,
+        flags: RioFlags,
+    ) -> Result<(), (Error, RioBuf)> {
+        let (out, max) = match kind {
+            RioKind::Receive => (&self.rq.recv_out, self.max_recv),
+            RioKind::Send => (&self.rq.send_out, self.max_send),
+        };
+        if out.load(Ordering::Acquire) >= max {
+            return Err((Error::NoBuffers, buf));
+        }
+        out.fetch_add(1, Ordering::AcqRel);
+        self.deferred.push_back((
+            token,
+            RioOp {
+                kind,
+                buf,
+                rq: self.rq.clone(),
+                addr,
+            },
+        ));
+        if flags == RioFlags::DEFER {
+            return Ok(());
+        }
+        self.commit().map_err(|e| {
+            // The request that could not be handed over is the last one: give it back.
+            let (_, op) = self.deferred.pop_back().expect("commit keeps what it could not send");
+            let out = match op.kind {
+                RioKind::Receive => &self.rq.recv_out,
+                RioKind::Send => &self.rq.send_out,
+            };
+            out.fetch_sub(1, Ordering::AcqRel);
+            (e, op.buf)
+        })
+    }
+
+    /// Cancels the requests issued with `token` (RIO itself cancels only by closing the
+    /// socket; CancelIoEx semantics here): deferred ones not yet committed end `Aborted` at
+    /// once, committed ones when the shard cancels them (unless they completed first). Each
+    /// ends exactly once, in this queue's completion queue, with its buffer.
+    pub fn cancel(&mut self, token: u64) -> Result<(), Error> {
+        let mut i = 0;
+        while i < self.deferred.len() {
+            if self.deferred[i].0 == token {
+                let (t, op) = self.deferred.remove(i).expect("index in range");
+                op.complete(t, Err(Error::Aborted), None);
+            } else {
+                i += 1;
+            }
+        }
+        self.socket.cancel(token)
+    }
+
+    /// RIO_MSG_COMMIT_ONLY: hands every deferred request to the shard, in order, with one
+    /// wake-up. On `NoBuffers` (the shard's command queue is full) the rest stay deferred.
+    pub fn commit(&mut self) -> Result<(), Error> {
+        let shard = self.socket.shard();
+        let mut sent = 0;
+        let mut result = Ok(());
+        while let Some((token, op)) = self.deferred.pop_front() {
+            match shard.push(Command::Op {
+                sock: self.socket.id(),
+                token,
+                req: Request::Rio(op),
+            }) {
+                Ok(()) => sent += 1,
+                Err(Command::Op {
+                    token,
+                    req: Request::Rio(op),
+                    ..
+                }) => {
+                    self.deferred.push_front((token, op));
+                    result = Err(if shard.is_stopping() {
+                        Error::Shutdown
+                    } else {
+                        Error::NoBuffers
+                    });
+                    break;
+                }
+                Err(_) => unreachable!("push hands back what it was given"),
+            }
+        }
+        if sent > 0 {
+            shard.wake();
+        }
+        result
+    }
+}
