@@ -14,7 +14,7 @@ use crate::error::{Error, SetupError};
 use crate::fanout::FanOut;
 use crate::op::Request;
 use crate::pool::{Buf, Gather};
-use crate::proto::{Command, Delivery, QosFlow, ShardHandle, ShardShared, SockId};
+use crate::proto::{Command, Delivery, QosFlow, ShardHandle, ShardShared, SockId, Transport};
 use crate::qos::TrafficType;
 use crate::sys::net;
 use crate::sys::xsk::{Xsk, XskMode, XskStatistics};
@@ -339,8 +339,8 @@ impl SocketCore {
     }
 
     /// The transport this socket's operations go through (kernel sockets: io_uring).
-    pub fn transport(&self) -> crate::proto::Transport {
-        crate::proto::Transport::IoUring
+    pub fn transport(&self) -> Transport {
+        Transport::IoUring
     }
 
     /// The shard this socket lives on.
@@ -1117,10 +1117,10 @@ impl XdpUdpSocket {
     }
 
     /// The transport this socket really got: AF_XDP zero-copy or copy mode.
-    pub fn transport(&self) -> crate::proto::Transport {
+    pub fn transport(&self) -> Transport {
         match self.info.socket_mode {
-            XskMode::ZeroCopy => crate::proto::Transport::AfXdpZeroCopy,
-            XskMode::Copy => crate::proto::Transport::AfXdpCopy,
+            XskMode::ZeroCopy => Transport::AfXdpZeroCopy,
+            XskMode::Copy => Transport::AfXdpCopy,
         }
     }
 
@@ -1270,5 +1270,107 @@ impl XdpUdpSocket {
     /// What the XDP program steered to porto, passed to the kernel, and filtered so far.
     pub fn xdp_counters(&self) -> Result<ProgramCounters, SetupError> {
         Ok(self.program.counters()?)
+    }
+}
+
+/// A UDP socket on whichever transport it could get — AF_XDP (zero-copy or copy) where
+/// asked for and available, else a kernel socket through io_uring — as WSASocket picks a
+/// provider; [`transport`](Self::transport) says which, and `bind` says why it fell back.
+#[derive(Debug)]
+pub enum DatagramSocket {
+    Kernel(UdpSocket),
+    Xdp(Box<XdpUdpSocket>),
+}
+
+/// How a [`DatagramSocket`] is opened.
+#[derive(Clone, Debug, Default)]
+pub struct DatagramOptions {
+    /// Kernel socket options (also for the fallback).
+    pub socket: SocketOptions,
+    /// AF_XDP on this interface, if wanted.
+    pub xdp: Option<XdpOptions>,
+    /// When AF_XDP cannot be had, fall back to a kernel socket (and say why) instead of
+    /// failing.
+    pub fallback: bool,
+}
+
+impl DatagramSocket {
+    /// Binds `addr` on `shard`. With `opts.xdp`, tries AF_XDP (whose own ladder is
+    /// zero-copy, then copy); if that fails and `opts.fallback` allows, binds a kernel socket
+    /// and returns why AF_XDP could not be had beside it.
+    pub fn bind(
+        shard: &ShardHandle,
+        addr: SocketAddr,
+        opts: &DatagramOptions,
+        delivery: Delivery,
+    ) -> Result<(DatagramSocket, Option<String>), SetupError> {
+        let Some(x) = &opts.xdp else {
+            return Ok((
+                DatagramSocket::Kernel(UdpSocket::bind(shard, addr, &opts.socket, delivery)?),
+                None,
+            ));
+        };
+        match XdpUdpSocket::bind(shard, addr, x, delivery.clone()) {
+            Ok(s) => Ok((DatagramSocket::Xdp(Box::new(s)), None)),
+            Err(e) if opts.fallback => {
+                let why = format!(
+                    "AF_XDP on {} unavailable ({e}); UDP through kernel sockets (io_uring) instead",
+                    x.iface
+                );
+                tracing::warn!("{why}");
+                Ok((
+                    DatagramSocket::Kernel(UdpSocket::bind(shard, addr, &opts.socket, delivery)?),
+                    Some(why),
+                ))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        match self {
+            DatagramSocket::Kernel(s) => s.local_addr(),
+            DatagramSocket::Xdp(s) => Ok(s.local_addr()),
+        }
+    }
+
+    /// The transport this socket got.
+    pub fn transport(&self) -> Transport {
+        match self {
+            DatagramSocket::Kernel(s) => s.core().transport(),
+            DatagramSocket::Xdp(s) => s.transport(),
+        }
+    }
+
+    /// What the AF_XDP socket obtained, if this is one.
+    pub fn xdp_info(&self) -> Option<&XdpInfo> {
+        match self {
+            DatagramSocket::Kernel(_) => None,
+            DatagramSocket::Xdp(s) => Some(s.info()),
+        }
+    }
+
+    pub fn recv_from_multishot(&self, token: u64) -> Result<(), Rejected> {
+        match self {
+            DatagramSocket::Kernel(s) => s.recv_from_multishot(token),
+            DatagramSocket::Xdp(s) => s.recv_from_multishot(token),
+        }
+    }
+
+    /// A datagram send; `zerocopy` asks a kernel socket for SEND_ZC (AF_XDP sends from the
+    /// frame itself anyway).
+    pub fn send_to(&self, buf: Buf, addr: SocketAddr, token: u64, zerocopy: bool) -> Result<(), Rejected> {
+        match self {
+            DatagramSocket::Kernel(s) if zerocopy => s.send_to_zc(buf, addr, token),
+            DatagramSocket::Kernel(s) => s.send_to(buf, addr, token),
+            DatagramSocket::Xdp(s) => s.send_to(buf, addr, token),
+        }
+    }
+
+    pub fn cancel(&self, token: u64) -> Result<(), Error> {
+        match self {
+            DatagramSocket::Kernel(s) => s.cancel(token),
+            DatagramSocket::Xdp(s) => s.cancel(token),
+        }
     }
 }

@@ -1074,3 +1074,32 @@ fn rio_requests_can_be_cancelled() {
     rq.receive(bufs.pop().unwrap(), 7, RioFlags::NONE).unwrap();
     rq.receive(bufs.pop().unwrap(), 8, RioFlags::NONE).unwrap();
 }
+
+/// A datagram socket asked for AF_XDP where it cannot be had: with `fallback` it is a kernel
+/// socket through io_uring, says why, and works; without, the bind fails naming the cause.
+#[test]
+fn a_datagram_socket_falls_back_to_io_uring_and_says_why() {
+    use porto_engine::engine::Transport;
+    use porto_engine::socket::{DatagramOptions, DatagramSocket, XdpOptions};
+    let mut shard = Shard::new(&small(), None).unwrap();
+    let h = shard.handle();
+    let mut opts = DatagramOptions {
+        xdp: Some(XdpOptions::new("nosuch0")),
+        ..DatagramOptions::default()
+    };
+    let e = DatagramSocket::bind(&h, any(false), &opts, Delivery::Poll { key: 1 }).unwrap_err();
+    assert!(e.to_string().contains("no such interface"), "{e}");
+    opts.fallback = true;
+    let (sock, why) = DatagramSocket::bind(&h, any(false), &opts, Delivery::Poll { key: 1 }).unwrap();
+    assert_eq!(sock.transport(), Transport::IoUring);
+    assert!(
+        why.as_deref()
+            .is_some_and(|w| w.contains("nosuch0") && w.contains("kernel sockets")),
+        "{why:?}"
+    );
+    sock.recv_from_multishot(1).unwrap();
+    let client = StdUdp::bind(any(false)).unwrap();
+    client.send_to(b"via io_uring", sock.local_addr().unwrap()).unwrap();
+    let c = poll_n(&mut shard, 1).pop().expect("a datagram");
+    assert_eq!((c.token, c.result), (1, Ok(12)));
+}

@@ -12,9 +12,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use porto::{
-    Buf, Completion, CompletionPort, Config, Delivery, DropReason, Engine, Error, OpKind, Rejected, SetupError, Shard,
-    ShardHandle, ShardInfo, SocketOptions, TcpListener, TcpStream, UdpSocket, XdpInfo, XdpOptions, XdpQueues,
-    XdpUdpSocket,
+    Buf, Completion, CompletionPort, Config, DatagramOptions, DatagramSocket, Delivery, DropReason, Engine, Error,
+    OpKind, SetupError, Shard, ShardHandle, ShardInfo, SocketOptions, TcpListener, TcpStream, XdpInfo, XdpOptions,
+    XdpQueues,
 };
 
 use crate::sockperf;
@@ -83,36 +83,6 @@ impl EchoCounters {
     }
 }
 
-/// The UDP side: a kernel socket through io_uring, or an AF_XDP socket.
-enum Datagram {
-    Kernel(UdpSocket),
-    Xdp(Box<XdpUdpSocket>),
-}
-
-impl Datagram {
-    fn local_addr(&self) -> Result<SocketAddr, Error> {
-        match self {
-            Datagram::Kernel(s) => s.local_addr(),
-            Datagram::Xdp(s) => Ok(s.local_addr()),
-        }
-    }
-
-    fn recv_from_multishot(&self, token: u64) -> Result<(), Rejected> {
-        match self {
-            Datagram::Kernel(s) => s.recv_from_multishot(token),
-            Datagram::Xdp(s) => s.recv_from_multishot(token),
-        }
-    }
-
-    fn send_to(&self, buf: Buf, peer: SocketAddr, zerocopy: bool) -> Result<(), Rejected> {
-        match self {
-            Datagram::Kernel(s) if zerocopy => s.send_to_zc(buf, peer, TOKEN_SEND),
-            Datagram::Kernel(s) => s.send_to(buf, peer, TOKEN_SEND),
-            Datagram::Xdp(s) => s.send_to(buf, peer, TOKEN_SEND),
-        }
-    }
-}
-
 struct Conn {
     stream: TcpStream,
     pending: Vec<u8>,
@@ -121,7 +91,7 @@ struct Conn {
 /// The echo logic of one shard, independent of how completions arrive.
 struct EchoApp {
     shard: ShardHandle,
-    udp: Option<Datagram>,
+    udp: Option<DatagramSocket>,
     listener: Option<TcpListener>,
     conns: Vec<Option<Conn>>,
     delivery: Delivery,
@@ -154,41 +124,28 @@ impl EchoApp {
             Delivery::Poll { .. } => Delivery::Poll { key },
         };
         let mut fallback = None;
-        let udp = match (&cfg.xdp, addr) {
-            (_, _) if !cfg.udp => None,
-            (Some(x), a) => {
-                // Several shards share the interface: each takes its own queues (q mod N),
-                // serving the same address like an SO_REUSEPORT group.
-                let mut x = x.clone();
+        let udp = if cfg.udp {
+            // Several shards share the interface: each takes its own queues (q mod N),
+            // serving the same address like an SO_REUSEPORT group.
+            let xdp = cfg.xdp.clone().map(|mut x| {
                 if x.queues == XdpQueues::All && cfg.engine.shards > 1 {
                     x.queues = XdpQueues::Shard {
                         index: index as u32,
                         of: cfg.engine.shards as u32,
                     };
                 }
-                match XdpUdpSocket::bind(&shard, a, &x, with_key(KEY_UDP)) {
-                    Ok(s) => Some(Datagram::Xdp(Box::new(s))),
-                    Err(e) if cfg.xdp_fallback => {
-                        fallback = Some(format!(
-                            "AF_XDP on {} unavailable ({e}); UDP through kernel sockets (io_uring) instead",
-                            x.iface
-                        ));
-                        Some(Datagram::Kernel(UdpSocket::bind(
-                            &shard,
-                            addr,
-                            &opts,
-                            with_key(KEY_UDP),
-                        )?))
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            (None, _) => Some(Datagram::Kernel(UdpSocket::bind(
-                &shard,
-                addr,
-                &opts,
-                with_key(KEY_UDP),
-            )?)),
+                x
+            });
+            let d = DatagramOptions {
+                socket: opts.clone(),
+                xdp,
+                fallback: cfg.xdp_fallback,
+            };
+            let (sock, why) = DatagramSocket::bind(&shard, addr, &d, with_key(KEY_UDP))?;
+            fallback = why;
+            Some(sock)
+        } else {
+            None
         };
         let listener = cfg
             .tcp
@@ -209,10 +166,7 @@ impl EchoApp {
     }
 
     fn xdp_info(&self) -> Option<XdpInfo> {
-        match &self.udp {
-            Some(Datagram::Xdp(s)) => Some(s.info().clone()),
-            _ => None,
-        }
+        self.udp.as_ref()?.xdp_info().cloned()
     }
 
     fn local_addr(&self) -> SocketAddr {
@@ -269,7 +223,7 @@ impl EchoApp {
             self.counters.ignored += 1;
             return;
         }
-        match sock.send_to(buf, peer, self.zerocopy) {
+        match sock.send_to(buf, peer, TOKEN_SEND, self.zerocopy) {
             Ok(()) => self.counters.replies += 1,
             Err(_) => self.counters.reply_drops += 1,
         }
