@@ -72,11 +72,16 @@ fn frame_from_a(t: &Topology, dst_mac: MacAddr, src: IpAddr, dst: IpAddr) -> Vec
 /// From inside namespace B: a polling shard with an AF_XDP socket on B's address and PORT,
 /// its multishot receive armed (token 1, key 1).
 fn receiver_on_b(t: &Topology) -> (Shard, XdpUdpSocket) {
+    receiver_on_b_with(t, XdpOptions::new(t.iface(Side::B)))
+}
+
+/// `receiver_on_b` with these AF_XDP options.
+fn receiver_on_b_with(t: &Topology, opts: XdpOptions) -> (Shard, XdpUdpSocket) {
     let shard = Shard::new(&common::xdp_config(), None).unwrap();
     let sock = XdpUdpSocket::bind(
         &shard.handle(),
         SocketAddrV4::new(t.addr(Side::B), PORT),
-        &XdpOptions::new(t.iface(Side::B)),
+        &opts,
         Delivery::Poll { key: 1 },
     )
     .unwrap();
@@ -309,18 +314,13 @@ fn af_xdp_rx_coalescing_delivers_trickles_after_the_wait() {
             }
         });
         t.enter(Side::B).unwrap();
-        let mut shard = Shard::new(&common::xdp_config(), None).unwrap();
-        let sock = XdpUdpSocket::bind(
-            &shard.handle(),
-            SocketAddrV4::new(t.addr(Side::B), PORT),
-            &XdpOptions {
+        let (mut shard, sock) = receiver_on_b_with(
+            t,
+            XdpOptions {
                 rx_coalesce: Some((16, WAIT)),
                 ..XdpOptions::new(t.iface(Side::B))
             },
-            Delivery::Poll { key: 1 },
-        )
-        .unwrap();
-        sock.recv_from_multishot(1).unwrap();
+        );
         ready_tx.send(()).unwrap();
         let mut out = Vec::new();
         let mut receive = |n: usize| -> (usize, Duration) {
@@ -770,18 +770,13 @@ fn af_xdp_two_shards_share_the_interface_each_with_its_queues() {
                 let done_rx = &done_rx;
                 s.spawn(move || {
                     t.enter(Side::B).unwrap();
-                    let mut shard = Shard::new(&common::xdp_config(), None).unwrap();
-                    let sock = XdpUdpSocket::bind(
-                        &shard.handle(),
-                        SocketAddrV4::new(t.addr(Side::B), PORT),
-                        &XdpOptions {
+                    let (mut shard, sock) = receiver_on_b_with(
+                        t,
+                        XdpOptions {
                             queues: XdpQueues::Shard { index: i, of: 2 },
                             ..XdpOptions::new(t.iface(Side::B))
                         },
-                        Delivery::Poll { key: 1 },
-                    )
-                    .unwrap();
-                    sock.recv_from_multishot(1).unwrap();
+                    );
                     assert_eq!(sock.transport(), porto_engine::engine::Transport::AfXdpCopy);
                     ready_tx.send(sock.info().queues.clone()).unwrap();
                     let (mut out, mut sent, mut got) = (Vec::new(), 0, 0usize);
