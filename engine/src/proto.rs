@@ -31,7 +31,7 @@ use crate::xdp::port::XdpPort;
 pub enum Delivery {
     /// To a completion port, tagged with `key` (IOCP association).
     Port { port: CompletionPort, key: u64 },
-    /// To the owning shard's [`Shard::poll`] (polling mode), tagged with `key`.
+    /// To the owning shard's [`Shard::poll`](crate::shard::Shard::poll) (polling mode), tagged with `key`.
     Poll { key: u64 },
 }
 

@@ -1,5 +1,5 @@
 //! Multicast fan-out: a datagram is received once, into one registered frame, and handed to
-//! N subscribers as N read-only handles of that frame ([`SharedBuf`]); the frame returns to
+//! N subscribers as N read-only handles of that frame ([`SharedBuf`](crate::pool::SharedBuf)); the frame returns to
 //! the pool when the last subscriber drops its handle. No per-subscriber copy, no allocation.
 //!
 //! ```text
