@@ -60,6 +60,11 @@ pub use porto_engine::wire::DropReason;
 pub use porto_engine::xdp::AttachMode;
 pub use porto_engine::{PageKind, RingInfo, TaskRunMode, XskMode, XskStatistics};
 
+/// The preflight checks behind `porto doctor`.
+pub mod doctor {
+    pub use porto_engine::doctor::{check, Finding, Level};
+}
+
 /// Test and demo network topologies (two namespaces joined by a veth pair).
 pub mod netns {
     pub use porto_engine::netns::{mac_of, send_raw_frame, NetnsError, Side, Topology};

@@ -48,6 +48,7 @@
 mod backlog;
 pub mod completion;
 pub mod config;
+pub mod doctor;
 pub mod engine;
 pub mod error;
 pub mod fanout;

@@ -212,7 +212,7 @@ impl Shard {
         };
         let mut ring = Ring::new(&rc).map_err(|source| SetupError::Ring {
             fix: match source.raw_os_error() {
-                Some(libc::EPERM) => ring_refused_fix(),
+                Some(libc::EPERM) => crate::sys::ring::refused_fix(),
                 Some(libc::ENOMEM) => "raise RLIMIT_MEMLOCK or lower sq_entries/cq_entries",
                 Some(libc::ENOSYS) => "this kernel has no io_uring",
                 _ => "check sq_entries/cq_entries",
@@ -1938,24 +1938,6 @@ fn xsk_poll_split(gen: u32) -> (u32, u32) {
     (gen >> 8, gen & 0xff)
 }
 
-/// Why `io_uring_setup` said EPERM, and the fix: `kernel.io_uring_disabled` (Linux 6.6+) if
-/// set, else a seccomp filter — Docker's default profile refuses io_uring.
-fn ring_refused_fix() -> &'static str {
-    let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").unwrap_or_default();
-    match sysctl.trim() {
-        "2" => "kernel.io_uring_disabled = 2 turns io_uring off for every process: set it to 0",
-        "1" => {
-            "kernel.io_uring_disabled = 1 allows io_uring only to root and to the group in \
-             kernel.io_uring_group: add this user to that group, or set the sysctl to 0"
-        }
-        _ => {
-            "a seccomp filter refuses io_uring (Docker's and Podman's default profiles do): run the \
-             container with a profile that allows io_uring_setup, io_uring_enter and io_uring_register \
-             (e.g. --security-opt seccomp=unconfined)"
-        }
-    }
-}
-
 fn storage_len() -> libc::socklen_t {
     std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t
 }
@@ -1988,27 +1970,11 @@ fn register_with_retry(ring: &mut Ring, pool: &Pool, extra: u32) -> Result<(), S
             Err(source) => {
                 return Err(SetupError::Register {
                     bytes: pool.region().len(),
-                    memlock: memlock_limit(),
+                    memlock: net::memlock_limit().map_or("unlimited".into(), |b| format!("{} KiB", b / 1024)),
                     source,
                 });
             }
         }
-    }
-}
-
-fn memlock_limit() -> String {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
-        return "unknown".into();
-    }
-    if r.rlim_cur == libc::RLIM_INFINITY {
-        "unlimited".into()
-    } else {
-        format!("{} KiB", r.rlim_cur / 1024)
     }
 }
 

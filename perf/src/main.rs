@@ -64,6 +64,16 @@ enum Cmd {
         #[command(flatten)]
         engine: EngineArgs,
     },
+    /// Check what porto needs on this machine before anything fails: each finding with its
+    /// fix; exits non-zero when something blocks the configuration asked for.
+    Doctor {
+        /// Also check AF_XDP on this interface (queues against --shards, an XDP program
+        /// already attached, veth checksum offload).
+        #[arg(long, value_name = "IFACE")]
+        xdp: Option<String>,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
 }
 
 /// Where a server listens.
@@ -242,6 +252,7 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => bench::run(&a),
         Cmd::Mcast(c) => mcast::run(c),
         Cmd::Info { engine } => info(&engine),
+        Cmd::Doctor { xdp, engine } => doctor(&engine, xdp.as_deref()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -250,6 +261,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn doctor(a: &EngineArgs, xdp: Option<&str>) -> Result<(), Box<dyn std::error::Error>> {
+    let findings = porto::doctor::check(&a.config(), xdp);
+    println!("{:<16} {:<5} finding", "check", "");
+    for f in &findings {
+        println!("{:<16} {:<5} {}", f.check, f.level.to_string(), f.detail);
+        if let Some(fix) = &f.fix {
+            println!("{:<16} {:<5}   fix: {fix}", "", "");
+        }
+    }
+    let failed = findings
+        .iter()
+        .filter(|f| f.level == porto::doctor::Level::Fail)
+        .count();
+    if failed > 0 {
+        return Err(format!("{failed} check(s) failed: porto cannot run as configured (fixes above)").into());
+    }
+    Ok(())
 }
 
 fn info(a: &EngineArgs) -> Result<(), Box<dyn std::error::Error>> {

@@ -642,3 +642,61 @@ fn xdp_fallback_serves_through_kernel_sockets_and_says_why() {
     let text = sockperf_ping_pong(port, false);
     assert!(received_messages(&text) > 100, "{text}");
 }
+
+/// `porto doctor` on this machine passes; each blocking condition it can be shown is forced
+/// and named with its fix: io_uring refused by a seccomp filter, a memlock limit below the
+/// pools (unprivileged), an interface that does not exist, fewer queues than shards, and a
+/// veth (the checksum-offload trap).
+#[test]
+fn doctor_names_each_problem_and_its_fix() {
+    let out = porto().args(["doctor", "--no-pin"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("io_uring") && text.contains("ok"), "{text}");
+
+    let mut cmd = porto();
+    cmd.args(["doctor", "--no-pin"]);
+    let out = seccomp::refuse_io_uring(&mut cmd).output().unwrap();
+    assert_user_error(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("io_uring         FAIL") && text.contains("seccomp"),
+        "{text}"
+    );
+
+    if let Some(out) = porto_unprivileged(1024, "doctor --no-pin") {
+        assert_user_error(&out);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("memlock          FAIL") && text.contains("ulimit -l"),
+            "{text}"
+        );
+    }
+
+    let out = porto()
+        .args(["doctor", "--no-pin", "--xdp", "nosuch0"])
+        .output()
+        .unwrap();
+    assert_user_error(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no such interface"));
+
+    use porto::netns::Side;
+    let Some(t) = topology("porto-d", 2) else {
+        return;
+    };
+    let out = t
+        .command(Side::B, env!("CARGO_BIN_EXE_porto"))
+        .args(["doctor", "--no-pin", "--xdp", t.iface(Side::B), "--shards", "4"])
+        .output()
+        .unwrap();
+    assert_user_error(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("xdp queues       FAIL") && text.contains("2 receive queue(s) for 4 shard(s)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("veth checksums   WARN") && text.contains("ethtool -K"),
+        "{text}"
+    );
+}

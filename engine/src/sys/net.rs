@@ -460,6 +460,19 @@ pub(crate) fn tos_from_cmsgs(mut b: &[u8]) -> Option<u8> {
 }
 
 /// An eventfd used to wake a sleeping shard.
+/// The soft RLIMIT_MEMLOCK in bytes, `None` if unlimited (or unreadable).
+pub(crate) fn memlock_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 || r.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    Some(r.rlim_cur)
+}
+
 /// A blocking eventfd for waking a shard: io_uring honours O_NONBLOCK (a read would fail
 /// with EAGAIN instead of waiting), so the wake-up read needs a blocking one; writes never
 /// block in practice (the counter is 2^64).

@@ -358,3 +358,21 @@ impl Ring {
         }
     }
 }
+
+/// Why `io_uring_setup` said EPERM, and the fix: `kernel.io_uring_disabled` (Linux 6.6+) if
+/// set, else a seccomp filter — Docker's default profile refuses io_uring.
+pub(crate) fn refused_fix() -> &'static str {
+    let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").unwrap_or_default();
+    match sysctl.trim() {
+        "2" => "kernel.io_uring_disabled = 2 turns io_uring off for every process: set it to 0",
+        "1" => {
+            "kernel.io_uring_disabled = 1 allows io_uring only to root and to the group in \
+             kernel.io_uring_group: add this user to that group, or set the sysctl to 0"
+        }
+        _ => {
+            "a seccomp filter refuses io_uring (Docker's and Podman's default profiles do): run the \
+             container with a profile that allows io_uring_setup, io_uring_enter and io_uring_register \
+             (e.g. --security-opt seccomp=unconfined)"
+        }
+    }
+}

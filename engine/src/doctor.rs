@@ -1,0 +1,246 @@
+//! A preflight: what porto needs from this machine, checked before anything fails, each
+//! finding with its fix (`porto doctor`). A `Fail` blocks the configuration asked for; a
+//! `Warn` works but costs something or needs care.
+
+use std::fmt;
+
+use crate::config::Config;
+use crate::sys::net;
+use crate::sys::ring::{refused_fix, Ring, RingConfig};
+
+/// How bad a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Level::Ok => "ok",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        })
+    }
+}
+
+/// One check's result.
+#[derive(Clone, Debug)]
+pub struct Finding {
+    /// What was checked (`io_uring`, `memlock`, ...).
+    pub check: &'static str,
+    pub level: Level,
+    /// What was found.
+    pub detail: String,
+    /// What to do about it (for a `Warn` or `Fail`).
+    pub fix: Option<String>,
+}
+
+fn finding(check: &'static str, level: Level, detail: impl Into<String>, fix: Option<&str>) -> Finding {
+    Finding {
+        check,
+        level,
+        detail: detail.into(),
+        fix: fix.map(String::from),
+    }
+}
+
+/// Runs every check for `cfg` (and AF_XDP on `xdp`, if given).
+pub fn check(cfg: &Config, xdp: Option<&str>) -> Vec<Finding> {
+    let mut out = vec![kernel(), io_uring(), memlock(cfg), huge_pages(cfg)];
+    if let Some(iface) = xdp {
+        out.extend(xdp_iface(iface, cfg.shards));
+    }
+    out
+}
+
+fn kernel() -> Finding {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = release.trim();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|v| !v.is_empty())
+        .map(|v| v.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    if (major, minor) >= (6, 1) {
+        finding("kernel", Level::Ok, format!("Linux {release}"), None)
+    } else {
+        finding(
+            "kernel",
+            Level::Fail,
+            format!("Linux {release}"),
+            Some("porto needs Linux 6.1 or newer (multishot receive, provided-buffer rings, SEND_ZC)"),
+        )
+    }
+}
+
+fn io_uring() -> Finding {
+    let rc = RingConfig {
+        sq_entries: 2,
+        cq_entries: 4,
+        sqpoll_idle_ms: None,
+        sqpoll_cpu: None,
+    };
+    match Ring::new(&rc) {
+        Ok(ring) => {
+            let info = ring.info();
+            match &info.fallback {
+                None => finding("io_uring", Level::Ok, format!("available ({})", info.task_run), None),
+                Some(why) => finding(
+                    "io_uring",
+                    Level::Warn,
+                    format!("available in {} mode only ({why})", info.task_run),
+                    Some("a newer kernel gives single-issuer + deferred task running (fewer context switches)"),
+                ),
+            }
+        }
+        Err(e) => {
+            let fix = match e.raw_os_error() {
+                Some(libc::EPERM) => refused_fix(),
+                Some(libc::ENOSYS) => "this kernel was built without io_uring (CONFIG_IO_URING)",
+                _ => "check the kernel's io_uring support",
+            };
+            finding(
+                "io_uring",
+                Level::Fail,
+                format!("io_uring_setup failed: {e}"),
+                Some(fix),
+            )
+        }
+    }
+}
+
+fn memlock(cfg: &Config) -> Finding {
+    let need = cfg.pool_bytes() as u64 * cfg.shards as u64;
+    // Root has CAP_IPC_LOCK: registered memory is not charged to the limit.
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    });
+    match net::memlock_limit() {
+        None => finding("memlock", Level::Ok, "RLIMIT_MEMLOCK unlimited", None),
+        Some(_) if root => finding("memlock", Level::Ok, "root (CAP_IPC_LOCK): not limited", None),
+        Some(limit) if limit >= need => finding(
+            "memlock",
+            Level::Ok,
+            format!("RLIMIT_MEMLOCK {} KiB covers the pools ({} KiB)", limit / 1024, need / 1024),
+            None,
+        ),
+        Some(limit) => finding(
+            "memlock",
+            Level::Fail,
+            format!(
+                "RLIMIT_MEMLOCK is {} KiB; the pools need {} KiB ({} shard(s) x {} frames x {} B)",
+                limit / 1024,
+                need / 1024,
+                cfg.shards,
+                cfg.frames_per_shard,
+                cfg.frame_size
+            ),
+            Some("raise it (`ulimit -l unlimited`, LimitMEMLOCK= in a systemd unit), run with CAP_IPC_LOCK, or lower --frames"),
+        ),
+    }
+}
+
+fn huge_pages(cfg: &Config) -> Finding {
+    let reserved: u64 = std::fs::read_to_string("/proc/sys/vm/nr_hugepages")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let need = (cfg.pool_bytes() as u64 * cfg.shards as u64).div_ceil(2 << 20);
+    if !cfg.huge_pages {
+        finding("huge pages", Level::Ok, "not asked for", None)
+    } else if reserved >= need {
+        finding(
+            "huge pages",
+            Level::Ok,
+            format!("{reserved} x 2 MiB reserved ({need} needed)"),
+            None,
+        )
+    } else {
+        finding(
+            "huge pages",
+            Level::Warn,
+            format!("{reserved} x 2 MiB reserved, {need} needed: the pools use 4 KiB pages (THP advised)"),
+            Some(&format!(
+                "sysctl vm.nr_hugepages={need} (more TLB reach for the frames)"
+            )),
+        )
+    }
+}
+
+fn sysfs(iface: &str, leaf: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/{leaf}"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn xdp_iface(iface: &str, shards: usize) -> Vec<Finding> {
+    if net::ifindex(iface).is_err() {
+        return vec![finding(
+            "xdp interface",
+            Level::Fail,
+            format!("{iface}: no such interface in this network namespace"),
+            Some("name an interface `ip link` lists here (or run in its namespace: ip netns exec)"),
+        )];
+    }
+    let mut out = Vec::new();
+    // Queues: the kernel's count as `ip -d link` reports it (numrxqueues).
+    let link = std::process::Command::new("ip")
+        .args(["-d", "link", "show", "dev", iface])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let word_after = |w: &str| {
+        link.split_whitespace()
+            .skip_while(|x| *x != w)
+            .nth(1)
+            .and_then(|v| v.parse::<usize>().ok())
+    };
+    match word_after("numrxqueues") {
+        Some(q) if q < shards => out.push(finding(
+            "xdp queues",
+            Level::Fail,
+            format!("{iface} has {q} receive queue(s) for {shards} shard(s)"),
+            Some("use at most as many shards as queues, or add queues (ethtool -L <iface> combined N)"),
+        )),
+        Some(q) => out.push(finding(
+            "xdp queues",
+            Level::Ok,
+            format!("{iface}: {q} receive queue(s)"),
+            None,
+        )),
+        None => {}
+    }
+    if link.contains("prog/xdp") || link.contains(" xdp ") || link.contains("xdpgeneric") {
+        out.push(finding(
+            "xdp program",
+            Level::Warn,
+            format!("{iface} already has an XDP program attached"),
+            Some("porto attaches its own: detach the other (ip link set dev <iface> xdp off) unless it is porto's"),
+        ));
+    }
+    let veth = link.contains("veth");
+    let offload = std::process::Command::new("ethtool")
+        .args(["-k", iface])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("tx-checksumming: on"))
+        .unwrap_or(false);
+    if veth {
+        let mtu = sysfs(iface, "mtu").unwrap_or_default();
+        out.push(finding(
+            "veth checksums",
+            Level::Warn,
+            format!(
+                "{iface} is a veth (mtu {mtu}){}: a kernel socket on its peer sends UDP with an unfinished checksum while the peer keeps TX checksum offload on (the default); porto drops those as PartialUdpChecksum",
+                if offload { ", TX checksum offload on here too" } else { "" }
+            ),
+            Some("ethtool -K <peer> tx off on the sending side (and on this side for replies to kernel sockets)"),
+        ));
+    }
+    out
+}
