@@ -71,6 +71,9 @@ enum Cmd {
         /// already attached, veth checksum offload).
         #[arg(long, value_name = "IFACE")]
         xdp: Option<String>,
+        /// Print the findings as JSON (for scripts).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -252,7 +255,7 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => bench::run(&a),
         Cmd::Mcast(c) => mcast::run(c),
         Cmd::Info { engine } => info(&engine),
-        Cmd::Doctor { xdp, engine } => doctor(&engine, xdp.as_deref()),
+        Cmd::Doctor { xdp, json, engine } => doctor(&engine, xdp.as_deref(), json),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -263,13 +266,28 @@ fn main() -> ExitCode {
     }
 }
 
-fn doctor(a: &EngineArgs, xdp: Option<&str>) -> Result<(), Box<dyn std::error::Error>> {
+fn doctor(a: &EngineArgs, xdp: Option<&str>, json: bool) -> Result<(), Box<dyn std::error::Error>> {
     let findings = porto::doctor::check(&a.config(), xdp);
-    println!("{:<16} {:<5} finding", "check", "");
-    for f in &findings {
-        println!("{:<16} {:<5} {}", f.check, f.level.to_string(), f.detail);
-        if let Some(fix) = &f.fix {
-            println!("{:<16} {:<5}   fix: {fix}", "", "");
+    if json {
+        let list: Vec<serde_json::Value> = findings
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "check": f.check,
+                    "level": f.level.to_string().to_lowercase(),
+                    "detail": f.detail,
+                    "fix": f.fix,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else {
+        println!("{:<16} {:<5} finding", "check", "");
+        for f in &findings {
+            println!("{:<16} {:<5} {}", f.check, f.level.to_string(), f.detail);
+            if let Some(fix) = &f.fix {
+                println!("{:<16} {:<5}   fix: {fix}", "", "");
+            }
         }
     }
     let failed = findings

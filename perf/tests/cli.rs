@@ -679,6 +679,21 @@ fn doctor_names_each_problem_and_its_fix() {
         .unwrap();
     assert_user_error(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("no such interface"));
+    // The same findings for scripts.
+    let out = porto()
+        .args(["doctor", "--no-pin", "--json", "--xdp", "nosuch0"])
+        .output()
+        .unwrap();
+    assert_user_error(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON findings");
+    let fail = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["level"] == "fail")
+        .expect("a failed check");
+    assert_eq!(fail["check"], "xdp interface");
+    assert!(fail["fix"].as_str().is_some_and(|x| x.contains("ip link")));
 
     use porto::netns::Side;
     let Some(t) = topology("porto-d", 2) else {
