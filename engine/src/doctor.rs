@@ -51,9 +51,64 @@ fn finding(check: &'static str, level: Level, detail: impl Into<String>, fix: Op
 pub fn check(cfg: &Config, xdp: Option<&str>) -> Vec<Finding> {
     let mut out = vec![kernel(), io_uring(), memlock(cfg), huge_pages(cfg)];
     if let Some(iface) = xdp {
+        out.push(xdp_capabilities());
         out.extend(xdp_iface(iface, cfg.shards));
     }
     out
+}
+
+/// Capability numbers (linux/capability.h).
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_NET_RAW: u32 = 13;
+const CAP_IPC_LOCK: u32 = 14;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+/// The process's effective capabilities (`CapEff` of /proc/self/status).
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+fn has(caps: u64, cap: u32) -> bool {
+    caps & (1 << cap) != 0
+}
+
+/// AF_XDP needs to load and attach BPF (CAP_BPF or CAP_SYS_ADMIN, and CAP_NET_ADMIN) and
+/// open AF_XDP sockets (CAP_NET_RAW).
+fn xdp_capabilities() -> Finding {
+    let caps = effective_caps();
+    let mut missing = Vec::new();
+    if !has(caps, CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if !has(caps, CAP_NET_RAW) {
+        missing.push("CAP_NET_RAW");
+    }
+    if !has(caps, CAP_BPF) && !has(caps, CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if missing.is_empty() {
+        finding(
+            "capabilities",
+            Level::Ok,
+            "CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF for AF_XDP",
+            None,
+        )
+    } else {
+        finding(
+            "capabilities",
+            Level::Fail,
+            format!("AF_XDP needs {} (effective: {caps:#x})", missing.join(", ")),
+            Some("run as root, or grant them: setcap cap_net_admin,cap_net_raw,cap_bpf+ep <porto binary>"),
+        )
+    }
 }
 
 fn kernel() -> Finding {
@@ -114,16 +169,11 @@ fn io_uring() -> Finding {
 
 fn memlock(cfg: &Config) -> Finding {
     let need = cfg.pool_bytes() as u64 * cfg.shards as u64;
-    // Root has CAP_IPC_LOCK: registered memory is not charged to the limit.
-    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(2))
-            == Some("0")
-    });
+    // With CAP_IPC_LOCK registered memory is not charged to the limit.
+    let ipc_lock = has(effective_caps(), CAP_IPC_LOCK);
     match net::memlock_limit() {
         None => finding("memlock", Level::Ok, "RLIMIT_MEMLOCK unlimited", None),
-        Some(_) if root => finding("memlock", Level::Ok, "root (CAP_IPC_LOCK): not limited", None),
+        Some(_) if ipc_lock => finding("memlock", Level::Ok, "CAP_IPC_LOCK: not limited", None),
         Some(limit) if limit >= need => finding(
             "memlock",
             Level::Ok,

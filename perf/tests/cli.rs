@@ -672,6 +672,15 @@ fn doctor_names_each_problem_and_its_fix() {
             "{text}"
         );
     }
+    if let Some(out) = porto_unprivileged(65536, "doctor --no-pin --xdp lo") {
+        assert_user_error(&out);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("memlock          ok"), "{text}");
+        assert!(
+            text.contains("capabilities     FAIL") && text.contains("CAP_NET_ADMIN") && text.contains("setcap"),
+            "{text}"
+        );
+    }
 
     let out = porto()
         .args(["doctor", "--no-pin", "--xdp", "nosuch0"])
