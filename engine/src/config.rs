@@ -1,8 +1,56 @@
 //! Engine configuration. Every queue, table and pool has a limit here, validated before any
 //! shard starts; the data path allocates nothing after start-up.
 
+use std::fmt;
+
 use crate::error::SetupError;
 use crate::pool::FRAMES_MAX;
+
+/// Which provider a shard should use (`Config::provider`, `porto --provider`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Provider {
+    /// io_uring if the kernel allows it, else epoll; the reason is reported.
+    #[default]
+    Auto,
+    /// io_uring or fail (the error names why it was refused and the fix).
+    IoUring,
+    /// epoll readiness: for containers whose seccomp profile refuses io_uring, and to compare.
+    Epoll,
+}
+
+impl Provider {
+    /// `PORTO_PROVIDER` (`auto`, `io-uring`, `epoll`), else `Auto`: the default of
+    /// `Config::provider`, so a deployment (or the test suite) can pick the provider without
+    /// rebuilding. An explicit `Config::provider` wins.
+    pub fn from_env() -> Result<Provider, String> {
+        match std::env::var("PORTO_PROVIDER") {
+            Ok(v) => v.parse(),
+            Err(_) => Ok(Provider::Auto),
+        }
+    }
+}
+
+impl std::str::FromStr for Provider {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Provider, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Ok(Provider::Auto),
+            "io-uring" | "io_uring" | "iouring" | "uring" => Ok(Provider::IoUring),
+            "epoll" => Ok(Provider::Epoll),
+            other => Err(format!("unknown provider {other:?}: use auto, io-uring or epoll")),
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Provider::Auto => "auto",
+            Provider::IoUring => "io-uring",
+            Provider::Epoll => "epoll",
+        })
+    }
+}
 
 /// Sizes and switches for an engine (and each of its shards).
 #[derive(Clone, Debug)]
@@ -49,6 +97,10 @@ pub struct Config {
     /// Register each socket in the ring's file table (IOSQE_FIXED_FILE): the kernel skips the
     /// file-table lookup and its reference count on every operation. Off only to compare.
     pub registered_files: bool,
+    /// The kernel interface under the shards (Winsock's service provider): io_uring, epoll,
+    /// or `Auto` (io_uring, else epoll, the reason reported in `ShardInfo`). Defaults to
+    /// `PORTO_PROVIDER` if set.
+    pub provider: Provider,
 }
 
 impl Default for Config {
@@ -72,6 +124,7 @@ impl Default for Config {
             fanout_pending_max: None,
             port_backlog: 1024,
             registered_files: true,
+            provider: Provider::from_env().unwrap_or_default(),
         }
     }
 }
@@ -80,6 +133,9 @@ impl Config {
     /// Checks every limit; the error says which value is wrong and why.
     pub fn validate(&self) -> Result<(), SetupError> {
         let bad = |m: String| Err(SetupError::Config(m));
+        if let Err(e) = Provider::from_env() {
+            return bad(format!("PORTO_PROVIDER: {e}"));
+        }
         if self.shards == 0 || self.shards > 256 {
             return bad(format!("shards = {}: must be 1..=256", self.shards));
         }

@@ -56,12 +56,7 @@ impl Engine {
                             return;
                         }
                     };
-                    while !sh.is_stopping() {
-                        if let Err(e) = shard.turn(Some(std::time::Duration::MAX)) {
-                            tracing::error!(shard = i, error = %e, "shard loop failed; stopping the shard");
-                            break;
-                        }
-                    }
+                    shard.run(i);
                 })
                 .map_err(|source| SetupError::Syscall {
                     what: "spawning a shard thread",
@@ -91,9 +86,12 @@ impl Engine {
         &self.shards[self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len()]
     }
 
-    /// The transport actually in use.
+    /// The provider the shards really got (`Transport::IoUring` or `Transport::Epoll`); each
+    /// shard's [`ShardInfo`](crate::shard::ShardInfo) says why, if it is not the one asked for.
     pub fn transport(&self) -> Transport {
-        Transport::IoUring
+        self.shards[0]
+            .info()
+            .map_or(Transport::IoUring, |i| i.provider.transport)
     }
 }
 

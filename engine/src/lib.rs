@@ -49,6 +49,7 @@ mod backlog;
 pub mod completion;
 pub mod config;
 pub mod doctor;
+mod driver;
 pub mod engine;
 pub mod error;
 pub mod fanout;
@@ -71,6 +72,8 @@ mod sys;
 pub mod wire;
 pub mod xdp;
 
+pub use config::Provider;
+pub use driver::{ProviderInfo, Transport};
 pub use sys::region::PageKind;
 pub use sys::ring::{RingInfo, TaskRunMode};
 pub use sys::xsk::{XskMode, XskStatistics};

@@ -5,9 +5,6 @@
 //! done. `user_data` packs the slot index, its generation and a tag, so a stale or foreign
 //! completion is recognised instead of being applied to a reused slot.
 
-// Zero-initialised C structs (msghdr, sockaddr_storage) the kernel reads from op slots.
-#![allow(unsafe_code)]
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -93,25 +90,9 @@ impl Request {
     }
 }
 
-pub(crate) const TAG_OP: u64 = 0;
-pub(crate) const TAG_LINK_TIMEOUT: u64 = 1;
-pub(crate) const TAG_CANCEL: u64 = 2;
-pub(crate) const TAG_WAKE: u64 = 3;
-pub(crate) const TAG_XSK_POLL: u64 = 4;
-
-const IDX_BITS: u32 = 24;
-const GEN_BITS: u32 = 32;
-
-pub(crate) fn user_data(tag: u64, idx: u32, gen: u32) -> u64 {
-    debug_assert!(idx < 1 << IDX_BITS);
-    (tag << (IDX_BITS + GEN_BITS)) | (u64::from(gen) << IDX_BITS) | u64::from(idx)
-}
-
-pub(crate) fn decode(ud: u64) -> (u64, u32, u32) {
-    let idx = (ud & ((1 << IDX_BITS) - 1)) as u32;
-    let gen = ((ud >> IDX_BITS) & ((1 << GEN_BITS) - 1)) as u32;
-    (ud >> (IDX_BITS + GEN_BITS), idx, gen)
-}
+pub(crate) use crate::driver::{
+    decode, user_data, TAG_ACCEPT, TAG_CANCEL, TAG_LINK_TIMEOUT, TAG_OP, TAG_WAKE, TAG_XSK_POLL,
+};
 
 /// One in-flight operation.
 pub(crate) struct Slot {
@@ -152,6 +133,8 @@ pub(crate) struct Slot {
     pub tos: Option<u8>,
     /// Room for that control message (cmsghdr-aligned).
     pub control: [u64; 4],
+    /// The connection a single accept returned, until its completion carries it.
+    pub accepted: Option<std::os::fd::OwnedFd>,
 }
 
 impl Slot {
@@ -171,11 +154,9 @@ impl Slot {
                 iov_len: 0,
             }; GATHER_MAX],
             rio: None,
-            // SAFETY: all-zero is a valid sockaddr_storage and msghdr (null pointers, 0 lengths).
-            addr: unsafe { std::mem::zeroed() },
+            addr: crate::sys::net::zeroed_storage(),
             addr_len: 0,
-            // SAFETY: as above.
-            msg: unsafe { std::mem::zeroed() },
+            msg: crate::sys::net::zeroed_msghdr(),
             iov: libc::iovec {
                 iov_base: std::ptr::null_mut(),
                 iov_len: 0,
@@ -194,6 +175,7 @@ impl Slot {
             scheduled: false,
             tos: None,
             control: [0; 4],
+            accepted: None,
         }
     }
 }

@@ -4,7 +4,6 @@
 //! pool, the stats), and the handle they hold (`ShardHandle`). No loop code: the shard
 //! (`shard.rs`) consumes this; sockets, RIO and fan-out produce it.
 
-use std::fmt;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -12,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use crossbeam_queue::ArrayQueue;
 
 use crate::config::Config;
+pub use crate::driver::{ProviderInfo, Transport};
 use crate::error::{Error, SetupError};
 use crate::fanout::group::{GroupState, SubShared, SubSlot};
 use crate::op::Request;
@@ -23,7 +23,6 @@ use crate::stats::Stats;
 use crate::sync::{ShardWaker, StopGate};
 use crate::sys::net;
 use crate::sys::region::PageKind;
-use crate::sys::ring::RingInfo;
 use crate::xdp::port::XdpPort;
 
 /// Where a socket's completions go.
@@ -43,35 +42,15 @@ impl Delivery {
     }
 }
 
-/// Which transport a provider really runs on (Winsock's provider catalogue, reported).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Transport {
-    /// Kernel TCP/UDP through io_uring.
-    IoUring,
-    /// AF_XDP, the kernel copying frames between the driver and the UMEM.
-    AfXdpCopy,
-    /// AF_XDP, the driver DMAing straight into the UMEM.
-    AfXdpZeroCopy,
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Transport::IoUring => "io_uring",
-            Transport::AfXdpCopy => "AF_XDP copy mode",
-            Transport::AfXdpZeroCopy => "AF_XDP zero-copy",
-        })
-    }
-}
-
 /// What a shard actually obtained from the kernel.
 #[derive(Clone, Debug)]
 pub struct ShardInfo {
     pub index: usize,
     /// The core the shard thread is pinned to, if pinned.
     pub core: Option<usize>,
-    pub ring: RingInfo,
+    /// The provider obtained (io_uring and its set-up mode, or epoll) and why, if it is not
+    /// the one asked for.
+    pub provider: ProviderInfo,
     pub pages: PageKind,
     pub frames: u32,
     pub frame_size: u32,
@@ -86,12 +65,10 @@ impl std::fmt::Display for ShardInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "shard {} core {}: io_uring {} (sq {}, cq {}), pool {} x {} B on {} pages, fixed buffers {}, fixed files {}, buf ring {}",
+            "shard {} core {}: {}, pool {} x {} B on {} pages, fixed buffers {}, fixed files {}, provided frames {}",
             self.index,
             self.core.map_or("-".into(), |c| c.to_string()),
-            self.ring.task_run,
-            self.ring.sq_entries,
-            self.ring.cq_entries,
+            self.provider,
             self.frames,
             self.frame_size,
             self.pages,
@@ -102,11 +79,7 @@ impl std::fmt::Display for ShardInfo {
             },
             if self.registered_files { "registered" } else { "off" },
             self.bufring_entries,
-        )?;
-        if let Some(why) = &self.ring.fallback {
-            write!(f, " (fell back: {why})")?;
-        }
-        Ok(())
+        )
     }
 }
 

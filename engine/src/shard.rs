@@ -1,5 +1,5 @@
-//! A shard: one io_uring, one registered buffer pool, one op table, one socket table; run by
-//! one thread and shared with nobody.
+//! A shard: one provider (io_uring or epoll, behind [`Driver`]), one registered buffer pool,
+//! one op table, one socket table; run by one thread and shared with nobody.
 //!
 //! Application threads reach a shard only through its `ShardShared`: a bounded lock-free
 //! command queue plus a wake-up eventfd that is written only when the shard is asleep. Results
@@ -8,27 +8,34 @@
 //!
 //! One turn of the loop:
 //! ```text
-//!   commands ─► SQEs ─► io_uring_enter(GETEVENTS[, wait 1]) ─► CQEs ─► completions ─► sinks
-//!        ▲                                                           │
-//!        └── buffer ring refilled from the pool, starved multishot receives re-armed
+//!   commands ─► Submit ─► Driver::enter ─► Events ─► completions ─► sinks
+//!        ▲                                                  │
+//!        └── provided frames refilled from the pool, starved multishot receives re-armed
 //! ```
+//!
+//! The transport-agnostic part is [`Core`], generic over the driver: [`Shard`] matches its
+//! provider once per call and runs a monomorphic core inside, so there is no dynamic call per
+//! operation or event.
 
-// Pushing SQEs (the memory each points to lives in its op slot until the final CQE) and adopting accepted fds.
+// Handing operations to the driver: the memory each points to lives in its op slot (or in a
+// buffer the slot owns) until the op's last event — the one contract of `Driver::push`.
 #![allow(unsafe_code)]
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use io_uring::{cqueue, opcode, squeue, types};
 
 use crate::backlog::{Backlogs, Delivered};
 use crate::completion::{Completion, OpKind};
-use crate::config::Config;
+use crate::config::{Config, Provider};
+use crate::driver::epoll::{EpollDriver, EpollSetup};
+use crate::driver::uring::{UringDriver, UringSetup};
+use crate::driver::{Driver, Enter, Event, Prep, Submit, Timeout};
 use crate::error::{Error, SetupError};
 use crate::fanout::group::GroupState;
 use crate::op::{self, Request, Table};
@@ -40,13 +47,10 @@ pub use crate::proto::{Delivery, QosFlow, ShardHandle, ShardInfo, FLOWS_MAX};
 use crate::qos::{Admission, Flow, Scheduler, TokenBucket, TrafficType};
 use crate::rio::buf::RioKind;
 use crate::stats::{new_histogram, Stats};
-use crate::sys::bufring::BufRing;
 use crate::sys::net;
-use crate::sys::ring::{Ring, RingConfig, NOTIF_USAGE_ZC_COPIED, SEND_ZC_REPORT_USAGE};
+use crate::sys::ring::RingConfig;
 use crate::xdp::port::{Quarantine, XdpPort};
 
-/// Buffer group id of the shard's provided-buffer ring.
-const BGID: u16 = 0;
 /// Bytes reserved for the source address in each multishot recvmsg buffer (sockaddr_in6).
 const NAME_LEN: u32 = std::mem::size_of::<libc::sockaddr_in6>() as u32;
 /// Bytes reserved for control messages in each multishot recvmsg buffer (one IP_TOS or
@@ -98,17 +102,36 @@ impl SockEntry {
 /// A shard. In polling mode the application owns it and calls [`poll`](Self::poll) on its own
 /// thread; in port mode an engine thread runs it.
 pub struct Shard {
-    // Field order is drop order: the ring goes first, so the kernel lets go of the buffer
-    // ring and the pool's pages before they are unmapped.
-    ring: Ring,
-    /// The ring has a registered-file table (a slot per socket index).
-    files: bool,
-    bufring: BufRing,
+    core: Provided,
+}
+
+/// The core on the provider it got.
+enum Provided {
+    Uring(Core<UringDriver>),
+    Epoll(Core<EpollDriver>),
+}
+
+/// Runs `$e` with `$c` bound to the core, whichever provider it runs on (one match).
+macro_rules! on_core {
+    ($shard:expr, $c:ident => $e:expr) => {
+        match $shard {
+            Provided::Uring($c) => $e,
+            Provided::Epoll($c) => $e,
+        }
+    };
+}
+
+/// The transport-agnostic shard: sockets, ops, sinks, QoS, fan-out and AF_XDP ports, over a
+/// driver.
+pub(crate) struct Core<D: Driver> {
+    // Field order is drop order: the driver goes first, so the kernel lets go of the
+    // provided frames and the pool's pages before they are unmapped.
+    driver: D,
     shared: Arc<ShardShared>,
     pool: Pool,
     ops: Table,
     sockets: Box<[SockEntry]>,
-    cqes: Vec<cqueue::Entry>,
+    events: Vec<Event>,
     local: VecDeque<Completion>,
     /// Completions held back for full ports, per port.
     backlogs: Backlogs,
@@ -118,7 +141,6 @@ pub struct Shard {
     bufring_frames: u32,
     bufring_target: u32,
     rio_slots: Vec<u32>,
-    wake_buf: Box<u64>,
     wake_armed: bool,
     hist: Histogram<u64>,
     last_merge: Instant,
@@ -183,10 +205,12 @@ const QOS_QUEUE_MAX: usize = 1024;
 
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shard")
-            .field("index", &self.shared.index)
-            .field("live_ops", &self.ops.live())
-            .finish()
+        on_core!(&self.core, c => f
+            .debug_struct("Shard")
+            .field("index", &c.shared.index)
+            .field("provider", &c.driver.info().transport)
+            .field("live_ops", &c.ops.live())
+            .finish())
     }
 }
 
@@ -202,64 +226,165 @@ impl Shard {
         Shard::start(cfg, shared, core)
     }
 
-    /// Builds the shard on the calling thread, which becomes its only submitter.
+    /// Builds the shard on the calling thread, which becomes its only submitter, on the
+    /// provider `cfg.provider` asks for: `Auto` takes io_uring if the kernel gives it and
+    /// falls back to epoll otherwise, with the reason in [`ShardInfo`] and the log.
     pub(crate) fn start(cfg: &Config, shared: Arc<ShardShared>, core: Option<usize>) -> Result<Shard, SetupError> {
-        let rc = RingConfig {
-            sq_entries: cfg.sq_entries,
-            cq_entries: cfg.cq_entries,
-            sqpoll_idle_ms: cfg.sqpoll_idle_ms,
-            sqpoll_cpu: cfg.sqpoll_idle_ms.and(core.map(|c| c as u32)),
-        };
-        let mut ring = Ring::new(&rc).map_err(|source| SetupError::Ring {
-            fix: match source.raw_os_error() {
-                Some(libc::EPERM) => crate::sys::ring::refused_fix(),
-                Some(libc::ENOMEM) => "raise RLIMIT_MEMLOCK or lower sq_entries/cq_entries",
-                Some(libc::ENOSYS) => "this kernel has no io_uring",
-                _ => "check sq_entries/cq_entries",
-            },
-            source,
-        })?;
+        let wake_fd = shared.waker.fd();
         let pool = shared.pool.clone();
-        register_with_retry(&mut ring, &pool, cfg.rio_buffers_max)?;
-        let bufring = BufRing::new(cfg.recv_frames as u16).map_err(|source| SetupError::Syscall {
-            what: "mmap of the provided-buffer ring",
-            source,
-        })?;
-        ring.register_buf_ring(&bufring, BGID)
+        let epoll = |fallback: Option<String>| {
+            EpollDriver::new(&EpollSetup {
+                ops_max: cfg.ops_max,
+                sockets_max: cfg.sockets_max,
+                recv_frames: cfg.recv_frames,
+                cq_entries: cfg.cq_entries,
+                wake_fd,
+                fallback,
+            })
             .map_err(|source| SetupError::Syscall {
-                what: "IORING_REGISTER_PBUF_RING",
+                what: "epoll_create1",
                 source,
-            })?;
-        // Fixed files are an optimisation: without them (a kernel before 5.19's sparse
-        // tables) every operation names its socket's fd, and that is reported.
-        let files = cfg.registered_files
-            && ring
-                .register_file_table(cfg.sockets_max)
-                .inspect_err(|e| tracing::warn!(error = %e, "no registered-file table; sockets go by fd"))
-                .is_ok();
+            })
+        };
+        let uring = || {
+            UringDriver::new(&UringSetup {
+                ring: RingConfig {
+                    sq_entries: cfg.sq_entries,
+                    cq_entries: cfg.cq_entries,
+                    sqpoll_idle_ms: cfg.sqpoll_idle_ms,
+                    sqpoll_cpu: cfg.sqpoll_idle_ms.and(core.map(|c| c as u32)),
+                },
+                region: pool.region(),
+                rio_buffers_max: cfg.rio_buffers_max,
+                recv_frames: cfg.recv_frames,
+                registered_files: cfg.registered_files,
+                sockets_max: cfg.sockets_max,
+                wake_fd,
+                cq_entries: cfg.cq_entries,
+            })
+        };
+        let provided = match cfg.provider {
+            Provider::IoUring => Provided::Uring(Core::start(cfg, shared, core, uring()?)?),
+            Provider::Epoll => Provided::Epoll(Core::start(cfg, shared, core, epoll(None)?)?),
+            Provider::Auto => match uring() {
+                Ok(d) => Provided::Uring(Core::start(cfg, shared, core, d)?),
+                Err(e) => {
+                    let why = e.to_string();
+                    tracing::warn!(why = %why, "io_uring is not available; the shard runs on epoll");
+                    Provided::Epoll(Core::start(cfg, shared, core, epoll(Some(why))?)?)
+                }
+            },
+        };
+        Ok(Shard { core: provided })
+    }
+
+    pub fn handle(&self) -> ShardHandle {
+        on_core!(&self.core, c => ShardHandle {
+            shared: c.shared.clone(),
+        })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        on_core!(&self.core, c => &c.pool)
+    }
+
+    pub fn stats(&self) -> &Stats {
+        on_core!(&self.core, c => &c.shared.stats)
+    }
+
+    /// What the shard got from the kernel: its provider and why, its pool.
+    pub fn info(&self) -> &ShardInfo {
+        on_core!(&self.core, c => c.shared.info.get().expect("set at start"))
+    }
+
+    /// Operations in flight.
+    pub fn live_ops(&self) -> usize {
+        on_core!(&self.core, c => c.ops.live())
+    }
+
+    /// Frames held by the kernel (or the epoll provider) for receives that pick one.
+    pub fn bufring_frames(&self) -> u32 {
+        on_core!(&self.core, c => c.bufring_frames)
+    }
+
+    /// Frames the shard's rings hold: the provided frames, every AF_XDP port's
+    /// FILL/RX/TX/COMPLETION rings, and frames of closed zero-copy sockets in quarantine.
+    /// Frame conservation: `pool free + this + frames in operations + frames the application
+    /// holds == pool total`.
+    pub fn frames_in_rings(&self) -> u32 {
+        on_core!(&self.core, c => c.frames_in_rings())
+    }
+
+    /// Polling mode: one non-blocking turn, then moves up to `max` completions into `out`.
+    pub fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> usize {
+        on_core!(&mut self.core, c => c.turn_and_take(out, max, None))
+    }
+
+    /// Polling mode, blocking: like [`poll`](Self::poll), but a shard with nothing to do
+    /// sleeps in the kernel (after its `idle_spin`) until a completion, an AF_XDP frame or
+    /// a command arrives, or `timeout` passes: GetQueuedCompletionStatus on a shard the
+    /// caller drives. The core is free while it sleeps, for the kernel's own receive work
+    /// or another thread.
+    pub fn wait(&mut self, out: &mut Vec<Completion>, max: usize, timeout: Duration) -> usize {
+        on_core!(&mut self.core, c => c.wait(out, max, timeout))
+    }
+
+    /// Polling mode: like [`poll`](Self::poll) but keeps turning (busy-polling, never
+    /// sleeping) until something arrives or `timeout` passes.
+    pub fn poll_until(&mut self, out: &mut Vec<Completion>, max: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            let n = self.poll(out, max);
+            if n > 0 || deadline.is_some_and(|d| Instant::now() >= d) {
+                return n;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Port mode: turns until the engine stops (one provider match for the whole loop).
+    pub(crate) fn run(&mut self, shard: usize) {
+        on_core!(&mut self.core, c => {
+            while !c.shared.is_stopping() {
+                if let Err(e) = c.turn(Some(Duration::MAX)) {
+                    tracing::error!(shard, error = %e, "shard loop failed; stopping the shard");
+                    break;
+                }
+            }
+        })
+    }
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        on_core!(&mut self.core, c => c.shutdown())
+    }
+}
+
+impl<D: Driver> Core<D> {
+    fn start(cfg: &Config, shared: Arc<ShardShared>, core: Option<usize>, driver: D) -> Result<Core<D>, SetupError> {
+        let pool = shared.pool.clone();
+        let provider = driver.info();
+        let uring = provider.ring.is_some();
         let info = ShardInfo {
             index: shared.index,
             core,
-            ring: ring.info().clone(),
+            provider,
             pages: pool.page_kind(),
             frames: pool.total_frames(),
             frame_size: pool.frame_size(),
-            registered_buffers: true,
-            registered_files: files,
-            bufring_entries: bufring.entries(),
+            registered_buffers: uring,
+            registered_files: false,
+            bufring_entries: cfg.recv_frames as u16,
         };
-        tracing::info!("{info}");
-        let _ = shared.info.set(info);
-        let mut shard = Shard {
-            ring,
-            files,
-            bufring,
+        let mut shard = Core {
+            driver,
             pool,
             ops: Table::new(cfg.ops_max),
             sockets: (0..cfg.sockets_max)
                 .map(|_| SockEntry::open(0, None, None, None))
                 .collect(),
-            cqes: Vec::with_capacity(cfg.cq_entries as usize),
+            events: Vec::with_capacity(cfg.cq_entries as usize),
             local: VecDeque::with_capacity(cfg.cq_entries as usize),
             backlogs: Backlogs::new(cfg.port_backlog as usize),
             touched: Vec::with_capacity(8),
@@ -268,7 +393,6 @@ impl Shard {
             bufring_frames: 0,
             bufring_target: cfg.recv_frames,
             rio_slots: (1..=cfg.rio_buffers_max).rev().collect(),
-            wake_buf: Box::new(0),
             wake_armed: false,
             hist: new_histogram(),
             last_merge: Instant::now(),
@@ -293,46 +417,25 @@ impl Shard {
             epoch: Instant::now(),
             shared,
         };
+        let info = ShardInfo {
+            registered_files: shard.driver.fixed_files(),
+            ..info
+        };
+        tracing::info!("{info}");
+        let _ = shard.shared.info.set(info);
         shard.refill();
         shard.arm_wake().map_err(|source| SetupError::Syscall {
             what: "arming the wake-up read",
             source,
         })?;
-        shard.ring.submit().map_err(|source| SetupError::Syscall {
-            what: "io_uring_enter",
+        shard.driver.enter(Enter::Now).map_err(|source| SetupError::Syscall {
+            what: "the first submission",
             source,
         })?;
         Ok(shard)
     }
 
-    pub fn handle(&self) -> ShardHandle {
-        ShardHandle {
-            shared: self.shared.clone(),
-        }
-    }
-
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
-    pub fn stats(&self) -> &Stats {
-        &self.shared.stats
-    }
-
-    /// Operations in flight.
-    pub fn live_ops(&self) -> usize {
-        self.ops.live()
-    }
-
-    /// Frames held by the kernel in the buffer ring.
-    pub fn bufring_frames(&self) -> u32 {
-        self.bufring_frames
-    }
-
-    /// Frames the shard's rings hold: the provided-buffer ring, every AF_XDP port's
-    /// FILL/RX/TX/COMPLETION rings, and frames of closed zero-copy sockets in quarantine. Frame conservation: `pool free + this + frames in
-    /// operations + frames the application holds == pool total`.
-    pub fn frames_in_rings(&self) -> u32 {
+    fn frames_in_rings(&self) -> u32 {
         self.quarantine.iter().map(|q| q.0.frames.len() as u32).sum::<u32>()
             + self.bufring_frames
             + self
@@ -343,17 +446,7 @@ impl Shard {
                 .sum::<u32>()
     }
 
-    /// Polling mode: one non-blocking turn, then moves up to `max` completions into `out`.
-    pub fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> usize {
-        self.turn_and_take(out, max, None)
-    }
-
-    /// Polling mode, blocking: like [`poll`](Self::poll), but a shard with nothing to do
-    /// sleeps in the kernel (after its `idle_spin`) until a completion, an AF_XDP frame or
-    /// a command arrives, or `timeout` passes: GetQueuedCompletionStatus on a shard the
-    /// caller drives. The core is free while it sleeps, for the kernel's own receive work
-    /// or another thread.
-    pub fn wait(&mut self, out: &mut Vec<Completion>, max: usize, timeout: Duration) -> usize {
+    fn wait(&mut self, out: &mut Vec<Completion>, max: usize, timeout: Duration) -> usize {
         // A timeout too long to add to now (Duration::MAX) waits until something arrives.
         let deadline = Instant::now().checked_add(timeout);
         loop {
@@ -376,19 +469,6 @@ impl Shard {
         let n = max.min(self.local.len());
         out.extend(self.local.drain(..n));
         n
-    }
-
-    /// Polling mode: like [`poll`](Self::poll) but keeps turning (busy-polling, never
-    /// sleeping) until something arrives or `timeout` passes.
-    pub fn poll_until(&mut self, out: &mut Vec<Completion>, max: usize, timeout: Duration) -> usize {
-        let deadline = Instant::now().checked_add(timeout);
-        loop {
-            let n = self.poll(out, max);
-            if n > 0 || deadline.is_some_and(|d| Instant::now() >= d) {
-                return n;
-            }
-            std::hint::spin_loop();
-        }
     }
 
     /// One turn: take commands, submit, reap, deliver. With `sleep`, sleeps in the kernel
@@ -444,17 +524,17 @@ impl Shard {
                     .into_iter()
                     .flatten()
                     .min();
-                self.ring.submit_and_wait(timeout)?;
+                self.driver.enter(Enter::Wait(timeout))?;
             }
             self.shared.waker.disarm();
         } else if wait && waiting {
             // A full port or a full reliable subscriber: wait briefly for room (a consumer
             // making room also wakes us), but keep reaping.
-            self.ring.submit_and_wait(Some(Duration::from_micros(200)))?;
+            self.driver.enter(Enter::Wait(Some(Duration::from_micros(200))))?;
         } else if wait {
-            self.ring.submit()?;
+            self.driver.enter(Enter::Now)?;
         } else {
-            self.ring.submit_if_needed()?;
+            self.driver.enter(Enter::IfNeeded)?;
         }
         self.reap();
         self.flush();
@@ -481,8 +561,8 @@ impl Shard {
             if !self.shared.commands.is_empty() || self.shared.is_stopping() {
                 return Ok(true);
             }
-            self.ring.submit()?;
-            if self.ring.has_completions() || self.xdp_rx_ready() {
+            self.driver.enter(Enter::Now)?;
+            if self.driver.has_events() || self.xdp_rx_ready() {
                 return Ok(true);
             }
             if Instant::now() >= end {
@@ -495,7 +575,7 @@ impl Shard {
     fn merge_stats(&mut self) {
         let st = &self.shared.stats;
         st.merge_latency(&mut self.hist);
-        st.set(&st.counters.cq_overflows, self.ring.overflows());
+        st.set(&st.counters.cq_overflows, self.driver.overflows());
         st.set(&st.counters.bufring_frames, u64::from(self.bufring_frames));
         st.set(&st.counters.pool_free, u64::from(self.pool.free_frames()));
         self.last_merge = Instant::now();
@@ -503,7 +583,7 @@ impl Shard {
 
     fn take_commands(&mut self) -> usize {
         while let Some(slot) = self.shared.rio_slots.take() {
-            if let Err(e) = self.ring.unregister_slot(slot) {
+            if let Err(e) = self.driver.unregister_buffer(slot) {
                 tracing::warn!(slot, error = %e, "clearing a RIO fixed-buffer slot failed");
             }
             self.rio_slots.push(slot);
@@ -524,12 +604,7 @@ impl Shard {
                     fd,
                     delivery,
                 } => {
-                    let fixed = self.files
-                        && self
-                            .ring
-                            .set_file(sock, fd.as_raw_fd())
-                            .inspect_err(|e| tracing::warn!(sock, error = %e, "registering the socket's file failed; it goes by fd"))
-                            .is_ok();
+                    let fixed = self.driver.open(sock, fd.as_raw_fd());
                     let e = &mut self.sockets[sock as usize];
                     debug_assert!(e.fd.is_none() && e.live_ops == 0);
                     if let Delivery::Port { port, .. } = &delivery {
@@ -946,7 +1021,7 @@ impl Shard {
                 }
                 s.zerocopy = r.kind == RioKind::Send
                     && r.buf
-                        .fixed_slot(&self.shared.rio_slots, &mut self.rio_slots, &mut self.ring)
+                        .fixed_slot(&self.shared.rio_slots, &mut self.rio_slots, &mut self.driver)
                         .is_some();
                 s.rio = Some(r);
             }
@@ -971,54 +1046,56 @@ impl Shard {
         self.deliver_to(delivery.clone(), c);
     }
 
-    /// Builds and pushes the SQE(s) for slot `idx` (also used to re-arm and to continue).
+    /// Describes slot `idx`'s operation to the driver and queues it (also used to re-arm and
+    /// to continue).
     fn submit_slot(&mut self, idx: u32) -> io::Result<()> {
+        let frame_size = self.pool.frame_size();
         let s = self.ops.slot(idx);
         let sock = &self.sockets[s.sock as usize];
-        // A registered socket is named by its file-table slot (its index) and FIXED_FILE.
+        let fd = sock.fd.as_ref().map_or(-1, |f| f.as_raw_fd());
         let fixed = sock.fixed;
-        let fd = types::Fd(if fixed {
-            s.sock as i32
-        } else {
-            sock.fd.as_ref().map_or(-1, |f| f.as_raw_fd())
-        });
-        let ud = op::user_data(op::TAG_OP, idx, s.gen);
-        let entry: squeue::Entry = match (s.kind, &s.rio) {
+        let ud = op_ud(s.kind, idx, s.gen);
+        let prep = match (s.kind, &s.rio) {
             (_, Some(r)) => {
                 let (ptr, len) = r.buf.raw(r.kind);
                 s.iov = libc::iovec {
                     iov_base: ptr.cast(),
                     iov_len: len as usize,
                 };
-                s.msg = msghdr(
-                    &mut s.addr,
-                    if r.kind == RioKind::Send {
-                        s.addr_len
-                    } else {
-                        storage_len()
-                    },
-                    &mut s.iov,
-                );
+                let namelen = if r.kind == RioKind::Send {
+                    s.addr_len
+                } else {
+                    net::storage_len()
+                };
+                s.msg = net::msghdr(&mut s.addr, namelen, &mut s.iov);
                 if s.msg.msg_namelen == 0 {
                     s.msg.msg_name = std::ptr::null_mut();
                 }
                 match r.kind {
-                    RioKind::Receive => opcode::RecvMsg::new(fd, &mut s.msg).build(),
+                    RioKind::Receive => Prep::RecvMsg {
+                        msg: &mut s.msg,
+                        provided: false,
+                    },
                     RioKind::Send if s.zerocopy => {
                         let slot = r.buf.registered_slot().expect("zerocopy implies a fixed slot") as u16;
-                        let mut e = opcode::SendZc::new(fd, ptr, len)
-                            .buf_index(Some(slot))
-                            .zc_flags(SEND_ZC_REPORT_USAGE);
-                        if s.addr_len > 0 {
-                            e = e
-                                .dest_addr((&s.addr as *const libc::sockaddr_storage).cast())
-                                .dest_addr_len(s.addr_len);
+                        let (dest, dest_len) = if s.addr_len > 0 {
+                            ((&s.addr as *const libc::sockaddr_storage).cast(), s.addr_len)
+                        } else {
+                            (std::ptr::null(), 0)
+                        };
+                        Prep::Send {
+                            ptr,
+                            len,
+                            dest,
+                            dest_len,
+                            flags: 0,
+                            zc: Some(slot),
                         }
-                        e.build()
                     }
-                    RioKind::Send => opcode::SendMsg::new(fd, &s.msg)
-                        .flags(libc::MSG_NOSIGNAL as u32)
-                        .build(),
+                    RioKind::Send => Prep::SendMsg {
+                        msg: &s.msg,
+                        flags: libc::MSG_NOSIGNAL,
+                    },
                 }
             }
             (OpKind::RecvFrom, _) if s.multishot => {
@@ -1028,38 +1105,36 @@ impl Shard {
                     iov_base: std::ptr::null_mut(),
                     iov_len: 0,
                 };
-                s.msg = msghdr(&mut s.addr, NAME_LEN, &mut s.iov);
+                s.msg = net::msghdr(&mut s.addr, NAME_LEN, &mut s.iov);
                 // The kernel only reads the length: control data lands in each buffer.
                 s.msg.msg_controllen = CONTROL_LEN;
-                opcode::RecvMsgMulti::new(fd, &s.msg, BGID).build()
+                Prep::RecvMsgMulti { msg: &s.msg }
             }
             (OpKind::RecvFrom, _) => {
                 s.iov = libc::iovec {
                     iov_base: std::ptr::null_mut(),
-                    iov_len: self.pool.frame_size() as usize,
+                    iov_len: frame_size as usize,
                 };
-                s.msg = msghdr(&mut s.addr, storage_len(), &mut s.iov);
-                opcode::RecvMsg::new(fd, &mut s.msg)
-                    .buf_group(BGID)
-                    .build()
-                    .flags(squeue::Flags::BUFFER_SELECT)
+                s.msg = net::msghdr(&mut s.addr, net::storage_len(), &mut s.iov);
+                Prep::RecvMsg {
+                    msg: &mut s.msg,
+                    provided: true,
+                }
             }
-            (OpKind::Recv, _) if s.multishot => opcode::RecvMulti::new(fd, BGID).build(),
-            (OpKind::Recv, _) => opcode::Recv::new(fd, std::ptr::null_mut(), self.pool.frame_size())
-                .buf_group(BGID)
-                .build()
-                .flags(squeue::Flags::BUFFER_SELECT),
+            (OpKind::Recv, _) if s.multishot => Prep::RecvMulti,
+            (OpKind::Recv, _) => Prep::Recv { len: frame_size },
             (OpKind::SendTo | OpKind::Send, _) if s.gather.is_some() => {
                 let n = s.gather.as_ref().map_or(0, |g| g.fill_iovecs(&mut s.iovs));
-                s.msg = msghdr(&mut s.addr, s.addr_len, &mut s.iovs[0]);
+                s.msg = net::msghdr(&mut s.addr, s.addr_len, &mut s.iovs[0]);
                 s.msg.msg_iovlen = n;
                 if s.addr_len == 0 {
                     s.msg.msg_name = std::ptr::null_mut();
                 }
                 let wait_all = if s.kind == OpKind::Send { libc::MSG_WAITALL } else { 0 };
-                opcode::SendMsg::new(fd, &s.msg)
-                    .flags((libc::MSG_NOSIGNAL | wait_all) as u32)
-                    .build()
+                Prep::SendMsg {
+                    msg: &s.msg,
+                    flags: libc::MSG_NOSIGNAL | wait_all,
+                }
             }
             (OpKind::SendTo, _) if s.tos.is_some() => {
                 let buf = s.buf.as_ref().expect("a re-marked send holds its buffer");
@@ -1068,89 +1143,81 @@ impl Shard {
                     iov_base: ptr.cast(),
                     iov_len: len as usize,
                 };
-                s.msg = msghdr(&mut s.addr, s.addr_len, &mut s.iov);
+                s.msg = net::msghdr(&mut s.addr, s.addr_len, &mut s.iov);
                 let v6 = i32::from(s.addr.ss_family) == libc::AF_INET6;
                 let n = net::tos_cmsg(&mut s.control, v6, s.tos.unwrap_or(0));
                 s.msg.msg_control = s.control.as_mut_ptr().cast();
                 s.msg.msg_controllen = n;
-                opcode::SendMsg::new(fd, &s.msg)
-                    .flags(libc::MSG_NOSIGNAL as u32)
-                    .build()
+                Prep::SendMsg {
+                    msg: &s.msg,
+                    flags: libc::MSG_NOSIGNAL,
+                }
             }
             (OpKind::SendTo | OpKind::Send, _) => {
                 let (ptr, len) = match (&s.buf, &s.shared) {
-                    (Some(b), _) => b.raw(),
-                    (None, Some(b)) => {
+                    (Some(b), _) => {
                         let (p, l) = b.raw();
-                        (p.cast_mut(), l)
+                        (p.cast_const(), l)
                     }
+                    (None, Some(b)) => b.raw(),
                     (None, None) => unreachable!("send slot holds its buffer"),
                 };
-                // SAFETY: `sent <= len`, so the pointer stays inside the buffer.
-                let (ptr, len) = (unsafe { ptr.add(s.sent as usize) }, len - s.sent);
+                // `sent <= len`: the pointer stays inside the buffer.
+                let (ptr, len) = (ptr.wrapping_add(s.sent as usize), len - s.sent);
                 let (dest, dest_len) = if s.kind == OpKind::SendTo {
                     ((&s.addr as *const libc::sockaddr_storage).cast(), s.addr_len)
                 } else {
                     (std::ptr::null(), 0)
                 };
-                if s.zerocopy {
-                    opcode::SendZc::new(fd, ptr, len)
-                        .buf_index(Some(0))
-                        .dest_addr(dest)
-                        .dest_addr_len(dest_len)
-                        .flags(libc::MSG_NOSIGNAL)
-                        .zc_flags(SEND_ZC_REPORT_USAGE)
-                        .build()
-                } else {
-                    // MSG_WAITALL: a stream send completes whole (io_uring retries short sends).
-                    let wait_all = if s.kind == OpKind::Send { libc::MSG_WAITALL } else { 0 };
-                    opcode::Send::new(fd, ptr, len)
-                        .dest_addr(dest)
-                        .dest_addr_len(dest_len)
-                        .flags(libc::MSG_NOSIGNAL | wait_all)
-                        .build()
+                // MSG_WAITALL: a stream send completes whole (the provider retries short sends).
+                let wait_all = if s.kind == OpKind::Send { libc::MSG_WAITALL } else { 0 };
+                Prep::Send {
+                    ptr,
+                    len,
+                    dest,
+                    dest_len,
+                    flags: libc::MSG_NOSIGNAL | wait_all,
+                    zc: s.zerocopy.then_some(0),
                 }
             }
-            (OpKind::Accept, _) if s.multishot => opcode::AcceptMulti::new(fd)
-                .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
-                .build(),
+            (OpKind::Accept, _) if s.multishot => Prep::AcceptMulti,
             (OpKind::Accept, _) => {
-                s.addr_len = storage_len();
-                opcode::Accept::new(fd, (&mut s.addr as *mut libc::sockaddr_storage).cast(), &mut s.addr_len)
-                    .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
-                    .build()
+                s.addr_len = net::storage_len();
+                Prep::Accept {
+                    addr: (&mut s.addr as *mut libc::sockaddr_storage).cast(),
+                    len: &mut s.addr_len,
+                }
             }
-            (OpKind::Connect, _) => {
-                opcode::Connect::new(fd, (&s.addr as *const libc::sockaddr_storage).cast(), s.addr_len).build()
-            }
-            (OpKind::Disconnect, _) => opcode::Shutdown::new(fd, libc::SHUT_RDWR).build(),
+            (OpKind::Connect, _) => Prep::Connect {
+                addr: (&s.addr as *const libc::sockaddr_storage).cast(),
+                len: s.addr_len,
+            },
+            (OpKind::Disconnect, _) => Prep::Shutdown,
             (OpKind::Post | OpKind::RioNotify | OpKind::FanoutNotify, _) => unreachable!("not a socket operation"),
         };
-        let mut entry = entry.user_data(ud);
-        if fixed {
-            entry = entry.flags(squeue::Flags::FIXED_FILE);
-        }
-        let timeout = s.timeout;
-        if let Some(t) = timeout {
-            s.ts = types::Timespec::from(t);
+        let timeout = s.timeout.map(|t| {
+            s.ts = io_uring::types::Timespec::from(t);
             s.pending += 1;
-            entry = entry.flags(squeue::Flags::IO_LINK);
-        }
-        if timeout.is_none() {
-            // SAFETY: everything the entry points to lives in slot `idx` (stable address, kept
-            // until its last CQE), in the slot's Buf/RioBuf (owned by the slot until then), in
-            // the pool region or the buffer ring (both outlive the ring: field order).
-            return unsafe { self.ring.push(&entry) };
-        }
-        let s = self.ops.slot(idx);
-        let lt = opcode::LinkTimeout::new(&s.ts)
-            .build()
-            .user_data(op::user_data(op::TAG_LINK_TIMEOUT, idx, s.gen));
-        // SAFETY: as above; the timespec lives in the slot until the linked-timeout CQE. Both
-        // go in together or neither does (`push_all`), so on an error no SQE of this slot is
-        // in the kernel and the caller may end the slot.
-        let pushed = unsafe { self.ring.push_all(&[entry, lt]) };
-        if pushed.is_err() {
+            Timeout {
+                ts: &s.ts,
+                after: t,
+                ud: op::user_data(op::TAG_LINK_TIMEOUT, idx, s.gen),
+            }
+        });
+        let submit = Submit {
+            ud,
+            sock: s.sock,
+            fd,
+            fixed,
+            prep,
+            timeout,
+        };
+        // SAFETY: everything the op points to lives in slot `idx` (stable address, kept until
+        // its last event), in the slot's Buf/SharedBuf/Gather/RioBuf (owned by the slot until
+        // then), in the pool region or the provided frames (both outlive the driver: field
+        // order). An error means nothing of this op reached the kernel.
+        let pushed = unsafe { self.driver.push(&submit) };
+        if pushed.is_err() && timeout.is_some() {
             self.ops.slot(idx).pending -= 1;
         }
         pushed
@@ -1174,12 +1241,8 @@ impl Shard {
                 self.finish(idx);
                 continue;
             }
-            let target = op::user_data(op::TAG_OP, idx, s.gen);
-            let e = opcode::AsyncCancel::new(target)
-                .build()
-                .user_data(op::user_data(op::TAG_CANCEL, idx, s.gen));
-            // SAFETY: a cancel SQE points at no memory.
-            if let Err(err) = unsafe { self.ring.push(&e) } {
+            let target = op_ud(s.kind, idx, s.gen);
+            if let Err(err) = self.driver.cancel(target) {
                 tracing::error!(error = %err, "queueing a cancel failed");
             }
         }
@@ -1187,13 +1250,7 @@ impl Shard {
     }
 
     fn arm_wake(&mut self) -> io::Result<()> {
-        let fd = types::Fd(self.shared.waker.fd());
-        let e = opcode::Read::new(fd, (&mut *self.wake_buf as *mut u64).cast(), 8)
-            .build()
-            .user_data(op::user_data(op::TAG_WAKE, 0, 0));
-        // SAFETY: `wake_buf` is boxed in the shard; shutdown waits for this read's CQE before
-        // the shard (and the box) is dropped.
-        unsafe { self.ring.push(&e)? };
+        self.driver.arm_wake(op::user_data(op::TAG_WAKE, 0, 0))?;
         self.wake_armed = true;
         Ok(())
     }
@@ -1204,16 +1261,16 @@ impl Shard {
         while self.bufring_frames < self.bufring_target {
             let Some(frame) = self.pool.take_frame() else { break };
             // SAFETY: the frame was just taken from the free queue, so nobody else holds it;
-            // the pool region outlives the ring; bufring_frames < entries.
+            // the pool region outlives the driver; bufring_frames < recv_frames (its size).
             unsafe {
-                self.bufring
-                    .push(self.pool.frame_addr(frame), self.pool.frame_size(), frame as u16)
+                self.driver
+                    .provide(frame, self.pool.frame_addr(frame), self.pool.frame_size())
             };
             self.bufring_frames += 1;
             pushed += 1;
         }
         if pushed > 0 {
-            self.bufring.publish();
+            self.driver.publish();
         }
         if !self.starved.is_empty() && self.bufring_frames > 0 {
             let mut starved = std::mem::take(&mut self.starved);
@@ -1229,38 +1286,41 @@ impl Shard {
     }
 
     fn reap(&mut self) {
-        let mut cqes = std::mem::take(&mut self.cqes);
-        self.ring.reap(&mut cqes);
-        if self.prioritized && cqes.len() > 1 {
+        let mut events = std::mem::take(&mut self.events);
+        self.driver.reap(&mut events);
+        if self.prioritized && events.len() > 1 {
             // Inbound priority: sockets of higher classes first; within a rank, CQE order
             // (so one operation's CQEs never swap). Sorting (rank, index) pairs in place
             // allocates nothing.
             let mut order = std::mem::take(&mut self.cqe_order);
             order.clear();
             order.extend(
-                cqes.iter()
+                events
+                    .iter()
                     .enumerate()
-                    .map(|(i, c)| (u8::MAX - self.cqe_rank(c.user_data()), i as u32)),
+                    .map(|(i, e)| (u8::MAX - self.cqe_rank(e.ud), i as u32)),
             );
             order.sort_unstable();
+            // Taken out in rank order (each once); the vector keeps its capacity.
             for &(_, i) in &order {
-                let c = &cqes[i as usize];
-                self.on_cqe(c.user_data(), c.result(), c.flags());
+                let ev = std::mem::replace(&mut events[i as usize], Event::of(0, 0));
+                self.on_event(ev);
             }
             self.cqe_order = order;
+            events.clear();
         } else {
-            for cqe in &cqes {
-                self.on_cqe(cqe.user_data(), cqe.result(), cqe.flags());
+            for ev in events.drain(..) {
+                self.on_event(ev);
             }
         }
-        self.cqes = cqes;
+        self.events = events;
     }
 
     /// The inbound rank of the socket a CQE belongs to (BestEffort's if none).
     fn cqe_rank(&self, ud: u64) -> u8 {
         let (tag, idx, gen) = op::decode(ud);
         let sock = match tag {
-            op::TAG_OP | op::TAG_LINK_TIMEOUT => self.ops.sock_of(idx, gen),
+            op::TAG_OP | op::TAG_ACCEPT | op::TAG_LINK_TIMEOUT => self.ops.sock_of(idx, gen),
             op::TAG_XSK_POLL => Some(idx),
             _ => None,
         };
@@ -1269,7 +1329,15 @@ impl Shard {
             .inbound_rank()
     }
 
-    fn on_cqe(&mut self, ud: u64, res: i32, flags: u32) {
+    fn on_event(&mut self, ev: Event) {
+        let Event {
+            ud,
+            res,
+            more,
+            notif_copied,
+            frame,
+            accepted,
+        } = ev;
         let (tag, idx, gen) = op::decode(ud);
         match tag {
             op::TAG_WAKE => {
@@ -1290,7 +1358,7 @@ impl Shard {
                 // A poll of a closed socket whose index was reused carries the old generation:
                 // it must not clear the new port's flag.
                 let (sock_gen, q) = xsk_poll_split(gen);
-                if !cqueue::more(flags) {
+                if !more {
                     if let Some(e) = self
                         .sockets
                         .get_mut(idx as usize)
@@ -1306,10 +1374,7 @@ impl Shard {
             _ => {}
         }
         // A buffer the kernel picked must go back to us even if the slot were unknown.
-        let picked = cqueue::buffer_select(flags).map(|bid| {
-            self.bufring_frames -= 1;
-            u32::from(bid)
-        });
+        let picked = frame.inspect(|_| self.bufring_frames -= 1);
         let Some(s) = self.ops.get(idx, gen) else {
             let st = &self.shared.stats;
             st.add(&st.counters.stray_cqes, 1);
@@ -1329,17 +1394,16 @@ impl Shard {
             }
             return;
         }
-        if cqueue::notif(flags) {
-            s.zc_copied = (res as u32) & NOTIF_USAGE_ZC_COPIED != 0;
+        if let Some(copied) = notif_copied {
+            s.zc_copied = copied;
             s.pending -= 1;
             if s.pending == 0 {
                 self.finish(idx);
             }
             return;
         }
-        let more = cqueue::more(flags);
         if s.multishot && (matches!(s.kind, OpKind::RecvFrom | OpKind::Recv | OpKind::Accept)) {
-            self.on_multishot(idx, res, more, picked);
+            self.on_multishot(idx, res, more, picked, accepted);
             return;
         }
         // Single-shot (or SEND_ZC's first CQE, whose MORE flag announces the notification).
@@ -1364,6 +1428,9 @@ impl Shard {
             let len = res.max(0) as u32;
             s.buf = Some(self.pool.adopt(frame, 0, len));
         }
+        if accepted.is_some() {
+            s.accepted = accepted;
+        }
         let stream_send = s.kind == OpKind::Send && s.rio.is_none();
         s.result = Some(if stream_send && res > 0 { s.sent as i32 } else { res });
         s.pending -= 1;
@@ -1372,7 +1439,7 @@ impl Shard {
         }
     }
 
-    fn on_multishot(&mut self, idx: u32, res: i32, more: bool, picked: Option<u32>) {
+    fn on_multishot(&mut self, idx: u32, res: i32, more: bool, picked: Option<u32>, accepted: Option<OwnedFd>) {
         let s = self.ops.slot(idx);
         let (kind, token, sock) = (s.kind, s.token, s.sock);
         if res >= 0 {
@@ -1381,8 +1448,7 @@ impl Shard {
             c.more = true;
             match kind {
                 OpKind::Accept => {
-                    // SAFETY: a successful accept CQE's result is a new fd that nobody owns yet.
-                    c.accepted = Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(res) });
+                    c.accepted = accepted;
                     c.result = Ok(0);
                 }
                 OpKind::Recv => {
@@ -1514,6 +1580,7 @@ impl Shard {
         let accepted_peer = (kind == OpKind::Accept && !multishot)
             .then(|| net::from_raw(&s.addr, s.addr_len))
             .flatten();
+        let accepted = s.accepted.take();
         self.ops.release(idx);
         let result = match res {
             None => Ok(0),
@@ -1560,12 +1627,9 @@ impl Shard {
             c.gather = gather;
             c.peer = peer.or(accepted_peer).or(shared_dest);
             c.zc_copied = zc_copied;
-            if kind == OpKind::Accept && !multishot {
-                if let Ok(fd) = c.result {
-                    // SAFETY: a successful accept's result is a new fd nobody owns yet.
-                    c.accepted = Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) });
-                    c.result = Ok(0);
-                }
+            if kind == OpKind::Accept && !multishot && c.result.is_ok() {
+                c.accepted = accepted;
+                c.result = Ok(0);
             }
             self.deliver_to(delivery, c);
         }
@@ -1652,11 +1716,8 @@ impl Shard {
                 let Some(fd) = port.unarmed_fd(q) else { continue };
                 // user_data carries the socket and, in the generation field, the socket's
                 // generation and the queue index.
-                let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
-                    .build()
-                    .user_data(op::user_data(op::TAG_XSK_POLL, sock, xsk_poll_gen(sock_gen, q)));
-                // SAFETY: a poll SQE points at no memory.
-                match unsafe { self.ring.push(&e) } {
+                let ud = op::user_data(op::TAG_XSK_POLL, sock, xsk_poll_gen(sock_gen, q));
+                match self.driver.watch(fd, ud) {
                     Ok(()) => port.set_poll_armed(q, true),
                     Err(err) => tracing::error!(error = %err, "arming the AF_XDP poll failed"),
                 }
@@ -1760,11 +1821,7 @@ impl Shard {
         };
         for q in (0..port.queue_count()).filter(|&q| port.poll_armed(q)) {
             let target = op::user_data(op::TAG_XSK_POLL, sock, xsk_poll_gen(e.gen, q));
-            let c = opcode::PollRemove::new(target)
-                .build()
-                .user_data(op::user_data(op::TAG_CANCEL, sock, 0));
-            // SAFETY: a poll-remove SQE points at no memory.
-            if let Err(err) = unsafe { self.ring.push(&c) } {
+            if let Err(err) = self.driver.unwatch(target) {
                 tracing::error!(error = %err, "removing the AF_XDP poll failed");
             }
         }
@@ -1792,11 +1849,9 @@ impl Shard {
     fn maybe_close(&mut self, sock: u32) {
         let e = &mut self.sockets[sock as usize];
         if e.closing && e.live_ops == 0 {
-            if std::mem::take(&mut e.fixed) {
-                // The table's reference goes first, so closing `fd` below closes the socket.
-                if let Err(err) = self.ring.set_file(sock, -1) {
-                    tracing::warn!(sock, error = %err, "clearing the socket's file slot failed");
-                }
+            let fixed = std::mem::take(&mut e.fixed);
+            if let Some(fd) = e.fd.as_ref() {
+                self.driver.close(sock, fd.as_raw_fd(), fixed);
             }
             let e = &mut self.sockets[sock as usize];
             e.fd = None;
@@ -1879,19 +1934,14 @@ impl Shard {
         self.qos_purge_all();
         self.cancel_where(|_| true);
         if self.wake_armed {
-            let target = op::user_data(op::TAG_WAKE, 0, 0);
-            let e = opcode::AsyncCancel::new(target)
-                .build()
-                .user_data(op::user_data(op::TAG_CANCEL, 0, 0));
-            // SAFETY: a cancel SQE points at no memory.
-            if let Err(err) = unsafe { self.ring.push(&e) } {
+            if let Err(err) = self.driver.cancel(op::user_data(op::TAG_WAKE, 0, 0)) {
                 tracing::error!(error = %err, "cancelling the wake-up read failed");
             }
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         while (self.ops.live() > 0 || self.wake_armed) && Instant::now() < deadline {
-            if let Err(e) = self.ring.submit_and_wait(Some(Duration::from_millis(10))) {
-                tracing::error!(error = %e, "io_uring_enter failed during shutdown");
+            if let Err(e) = self.driver.enter(Enter::Wait(Some(Duration::from_millis(10)))) {
+                tracing::error!(error = %e, "entering the kernel failed during shutdown");
                 break;
             }
             self.reap();
@@ -1904,7 +1954,7 @@ impl Shard {
             // The kernel may still write into op memory: leak it rather than free it under the
             // kernel's feet.
             std::mem::forget(std::mem::replace(&mut self.ops, Table::new(0)));
-            std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
+            self.driver.abandon();
         }
         for sock in std::mem::take(&mut self.xdp_socks) {
             self.close_xdp(sock);
@@ -1916,12 +1966,6 @@ impl Shard {
             e.delivery = None;
         }
         self.merge_stats();
-    }
-}
-
-impl Drop for Shard {
-    fn drop(&mut self) {
-        self.shutdown();
     }
 }
 
@@ -1938,44 +1982,15 @@ fn xsk_poll_split(gen: u32) -> (u32, u32) {
     (gen >> 8, gen & 0xff)
 }
 
-fn storage_len() -> libc::socklen_t {
-    std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t
-}
-
-fn msghdr(addr: &mut libc::sockaddr_storage, namelen: libc::socklen_t, iov: &mut libc::iovec) -> libc::msghdr {
-    // SAFETY: all-zero is a valid msghdr.
-    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
-    m.msg_name = (addr as *mut libc::sockaddr_storage).cast();
-    m.msg_namelen = namelen;
-    m.msg_iov = iov;
-    m.msg_iovlen = 1;
-    m
-}
-
-/// Registers the pool, retrying ENOMEM for up to a second: a ring dropped just before keeps
-/// its pinned pages charged to RLIMIT_MEMLOCK until its asynchronous teardown ends.
-fn register_with_retry(ring: &mut Ring, pool: &Pool, extra: u32) -> Result<(), SetupError> {
-    ring.register_buffer_table(1 + extra)
-        .map_err(|source| SetupError::Syscall {
-            what: "IORING_REGISTER_BUFFERS2 (sparse table)",
-            source,
-        })?;
-    let deadline = Instant::now() + Duration::from_secs(1);
-    loop {
-        match ring.register_region(pool.region()) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(source) => {
-                return Err(SetupError::Register {
-                    bytes: pool.region().len(),
-                    memlock: net::memlock_limit().map_or("unlimited".into(), |b| format!("{} KiB", b / 1024)),
-                    source,
-                });
-            }
-        }
-    }
+/// The event id of slot `idx`'s operation (accepts carry their own tag: the driver adopts the
+/// connections they return).
+fn op_ud(kind: OpKind, idx: u32, gen: u32) -> u64 {
+    let tag = if kind == OpKind::Accept {
+        op::TAG_ACCEPT
+    } else {
+        op::TAG_OP
+    };
+    op::user_data(tag, idx, gen)
 }
 
 pub(crate) fn pin(core: usize) {

@@ -16,10 +16,10 @@ use std::time::Duration;
 use crossbeam_queue::ArrayQueue;
 
 use crate::completion::{Completion, OpKind};
+use crate::driver::Driver;
 use crate::error::Error;
 use crate::port::CompletionPort;
 use crate::sync::{ShardWaker, WakeFlag};
-use crate::sys::ring::Ring;
 
 const UNREGISTERED: u32 = u32::MAX;
 
@@ -167,7 +167,7 @@ impl RioBuf {
     /// On the thread of shard `on`: the fixed-buffer slot, registering the region now if
     /// needed. `None` if the region was registered with another shard (its slot, if any, is
     /// in that shard's table, not `on`'s) or no slot is free: the send then copies.
-    pub(crate) fn fixed_slot(&self, on: &Arc<RioSlots>, free: &mut Vec<u32>, ring: &mut Ring) -> Option<u32> {
+    pub(crate) fn fixed_slot<D: Driver>(&self, on: &Arc<RioSlots>, free: &mut Vec<u32>, driver: &mut D) -> Option<u32> {
         let r = &*self.region;
         if !std::ptr::eq(r.shard.as_ptr(), Arc::as_ptr(on)) {
             return None;
@@ -179,13 +179,15 @@ impl RioBuf {
         // SAFETY: the region's memory lives until its RioRegion drops; no request can name
         // the slot after that (every RioBuf is gone), and the shard clears it when it takes
         // the slot back (`release_rio_slot`).
-        match unsafe { ring.register_slot(slot, r.ptr, r.len) } {
+        match unsafe { driver.register_buffer(slot, r.ptr, r.len) } {
             Ok(()) => {
                 r.slot.store(slot, Ordering::Release);
                 Some(slot)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "registering a RIO buffer failed; sends copy instead");
+                if e.kind() != std::io::ErrorKind::Unsupported {
+                    tracing::warn!(error = %e, "registering a RIO buffer failed; sends copy instead");
+                }
                 free.push(slot);
                 None
             }

@@ -551,6 +551,35 @@ pub(crate) struct RecvMsgOut {
     pub truncated: bool,
 }
 
+/// The size of a `sockaddr_storage`.
+pub(crate) fn storage_len() -> libc::socklen_t {
+    size_of::<libc::sockaddr_storage>() as libc::socklen_t
+}
+
+/// A msghdr naming `namelen` bytes at `addr` and the one iovec `iov`.
+pub(crate) fn msghdr(
+    addr: &mut libc::sockaddr_storage,
+    namelen: libc::socklen_t,
+    iov: &mut libc::iovec,
+) -> libc::msghdr {
+    let mut m = zeroed_msghdr();
+    m.msg_name = (addr as *mut libc::sockaddr_storage).cast();
+    m.msg_namelen = namelen;
+    m.msg_iov = iov;
+    m.msg_iovlen = 1;
+    m
+}
+
+pub(crate) fn zeroed_msghdr() -> libc::msghdr {
+    // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths).
+    unsafe { std::mem::zeroed() }
+}
+
+pub(crate) fn zeroed_storage() -> libc::sockaddr_storage {
+    // SAFETY: all-zero is a valid sockaddr_storage (family AF_UNSPEC).
+    unsafe { std::mem::zeroed() }
+}
+
 /// Parses a multishot recvmsg buffer, `[io_uring_recvmsg_out | name (namelen) | control
 /// (controllen) | payload]`, whose header the kernel wrote: its lengths are untrusted and
 /// every range is clamped to the buffer. `None` if the buffer cannot hold the fixed part.
