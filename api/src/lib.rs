@@ -58,7 +58,7 @@ pub use porto_engine::socket::{
 pub use porto_engine::stats::{Snapshot as StatsSnapshot, Stats};
 pub use porto_engine::wire::DropReason;
 pub use porto_engine::xdp::AttachMode;
-pub use porto_engine::{PageKind, RingInfo, TaskRunMode, XskMode, XskStatistics};
+pub use porto_engine::{PageKind, Provider, ProviderInfo, RingInfo, TaskRunMode, XskMode, XskStatistics};
 
 /// The preflight checks behind `porto doctor`.
 pub mod doctor {

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::config::Config;
+use crate::config::{Config, Provider};
 use crate::sys::net;
 use crate::sys::ring::{refused_fix, Ring, RingConfig};
 
@@ -49,7 +49,7 @@ fn finding(check: &'static str, level: Level, detail: impl Into<String>, fix: Op
 
 /// Runs every check for `cfg` (and AF_XDP on `xdp`, if given).
 pub fn check(cfg: &Config, xdp: Option<&str>) -> Vec<Finding> {
-    let mut out = vec![kernel(), io_uring(), memlock(cfg), huge_pages(cfg)];
+    let mut out = vec![kernel(), io_uring(cfg.provider), memlock(cfg), huge_pages(cfg)];
     if let Some(iface) = xdp {
         out.push(xdp_capabilities());
         out.extend(xdp_iface(iface, cfg.shards));
@@ -131,7 +131,12 @@ fn kernel() -> Finding {
     }
 }
 
-fn io_uring() -> Finding {
+/// io_uring as the provider asked for sees it: refused is a failure for `IoUring`, a
+/// warning for `Auto` (which then runs on epoll), and not needed for `Epoll`.
+fn io_uring(provider: Provider) -> Finding {
+    if provider == Provider::Epoll {
+        return finding("io_uring", Level::Ok, "not used (provider epoll)", None);
+    }
     let rc = RingConfig {
         sq_entries: 2,
         cq_entries: 4,
@@ -157,12 +162,23 @@ fn io_uring() -> Finding {
                 Some(libc::ENOSYS) => "this kernel was built without io_uring (CONFIG_IO_URING)",
                 _ => "check the kernel's io_uring support",
             };
-            finding(
-                "io_uring",
-                Level::Fail,
-                format!("io_uring_setup failed: {e}"),
-                Some(fix),
-            )
+            if provider == Provider::Auto {
+                finding(
+                    "io_uring",
+                    Level::Warn,
+                    format!(
+                        "io_uring_setup failed: {e}; provider auto runs on epoll (readiness, a syscall per operation)"
+                    ),
+                    Some(fix),
+                )
+            } else {
+                finding(
+                    "io_uring",
+                    Level::Fail,
+                    format!("io_uring_setup failed: {e}"),
+                    Some(fix),
+                )
+            }
         }
     }
 }

@@ -198,6 +198,10 @@ struct EngineArgs {
     /// measure what registered files save).
     #[arg(long)]
     no_registered_files: bool,
+    /// The kernel interface: auto (io_uring, else epoll, saying why), io-uring, or epoll.
+    /// Default: $PORTO_PROVIDER, else auto.
+    #[arg(long)]
+    provider: Option<porto::Provider>,
 }
 
 impl EngineArgs {
@@ -217,6 +221,7 @@ impl EngineArgs {
             sqpoll_idle_ms: self.sqpoll,
             idle_spin_us: self.idle_spin_us,
             registered_files: !self.no_registered_files,
+            provider: self.provider.unwrap_or(Config::default().provider),
             ..Config::default()
         }
     }
@@ -303,10 +308,13 @@ fn doctor(a: &EngineArgs, xdp: Option<&str>, json: bool) -> Result<(), Box<dyn s
 fn info(a: &EngineArgs) -> Result<(), Box<dyn std::error::Error>> {
     let cfg = a.config();
     let shard = Shard::new(&cfg, cfg.pin.then(|| cfg.core_of(0)))?;
-    println!("transport: io_uring");
-    if let Some(i) = shard.handle().info() {
-        println!("{i}");
+    let i = shard.info();
+    println!("provider asked: {}", cfg.provider);
+    println!("provider: {}", i.provider.transport);
+    if let Some(why) = &i.provider.fallback {
+        println!("fell back: {why}");
     }
+    println!("{i}");
     Ok(())
 }
 

@@ -581,13 +581,24 @@ fn xdp_echo_names_the_checksum_offload_fix_when_it_stops() {
 #[path = "../../engine/tests/common/seccomp.rs"]
 mod seccomp;
 
-/// Where a seccomp filter refuses io_uring (Docker's default profile), porto says so and how
-/// to fix it, and exits with an error: it does not crash, hang or blame something else.
+/// Where a seccomp filter refuses io_uring (Docker's default profile) and io_uring is asked
+/// for by name, porto says so and how to fix it, and exits with an error: it does not crash,
+/// hang or blame something else.
 #[test]
 fn io_uring_refused_by_seccomp_names_the_cause() {
     for args in [
-        &["info", "--no-pin"][..],
-        &["echo", "--udp", "--port", "0", "--no-pin", "--seconds", "1"],
+        &["info", "--no-pin", "--provider", "io-uring"][..],
+        &[
+            "echo",
+            "--udp",
+            "--port",
+            "0",
+            "--no-pin",
+            "--seconds",
+            "1",
+            "--provider",
+            "io-uring",
+        ],
     ] {
         let mut cmd = porto();
         cmd.args(args);
@@ -599,6 +610,52 @@ fn io_uring_refused_by_seccomp_names_the_cause() {
             err.contains("io_uring_setup failed") && err.contains("seccomp") && err.contains("io_uring_enter"),
             "{args:?}: {err}"
         );
+    }
+}
+
+/// The fallback as a container user meets it: with io_uring refused by a seccomp filter,
+/// `porto info` (provider auto) reports epoll and why, `--provider epoll` asks for it by
+/// name, and `porto echo` serves sockperf over epoll (UDP and TCP), printing the fallback.
+#[test]
+fn io_uring_refused_falls_back_to_epoll_and_says_why() {
+    for provider in ["auto", "epoll"] {
+        let mut cmd = porto();
+        cmd.args(["info", "--no-pin", "--provider", provider]);
+        let out = seccomp::refuse_io_uring(&mut cmd).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("provider: epoll"), "{provider}: {text}");
+        if provider == "auto" {
+            assert!(
+                text.contains("fell back: io_uring_setup failed") && text.contains("seccomp"),
+                "{text}"
+            );
+        } else {
+            assert!(
+                !text.contains("fell back"),
+                "asked for by name, epoll is no fallback: {text}"
+            );
+        }
+    }
+    if !have_sockperf() {
+        return;
+    }
+    for tcp in [false, true] {
+        let port = free_port();
+        let mut echo = porto();
+        echo.args(["echo", if tcp { "--tcp" } else { "--udp" }, "--addr", "127.0.0.1"])
+            .args(["--port", &port.to_string(), "--no-pin", "--seconds", "30"]);
+        seccomp::refuse_io_uring(&mut echo);
+        let mut server = Server(echo.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+        let banner = server_banner_until(&mut server, "shard 0");
+        assert!(
+            banner
+                .iter()
+                .any(|l| l.contains("epoll (fell back from io_uring: io_uring_setup failed") && l.contains("seccomp")),
+            "{banner:?}"
+        );
+        let text = sockperf_ping_pong(port, tcp);
+        assert!(received_messages(&text) > 100, "tcp {tcp}: {text}");
     }
 }
 
@@ -656,6 +713,15 @@ fn doctor_names_each_problem_and_its_fix() {
 
     let mut cmd = porto();
     cmd.args(["doctor", "--no-pin"]);
+    let out = seccomp::refuse_io_uring(&mut cmd).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "auto runs on epoll: not blocking. {text}");
+    assert!(
+        text.contains("io_uring         WARN") && text.contains("seccomp") && text.contains("runs on epoll"),
+        "{text}"
+    );
+    let mut cmd = porto();
+    cmd.args(["doctor", "--no-pin", "--provider", "io-uring"]);
     let out = seccomp::refuse_io_uring(&mut cmd).output().unwrap();
     assert_user_error(&out);
     let text = String::from_utf8_lossy(&out.stdout);
