@@ -30,4 +30,9 @@ for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || { echo "scripts/test.sh: $p is still not installed" >&2; exit 1; }
 done
 
-cargo test --workspace --all-features "$@"
+# Every suite on io_uring, then the engine's suites (loopback, fan-out, QoS, RIO, no-alloc,
+# exactly-once, AF_XDP in namespaces) again on the epoll provider: the same tests,
+# parameterised by PORTO_PROVIDER (the default of Config::provider).
+PORTO_PROVIDER="${PORTO_PROVIDER:-io-uring}" cargo test --workspace --all-features "$@"
+echo "scripts/test.sh: the engine's suites again on the epoll provider"
+PORTO_PROVIDER=epoll cargo test -p porto-engine --all-features "$@"

@@ -338,9 +338,13 @@ impl SocketCore {
         Ok(net::local_addr(self.fd)?)
     }
 
-    /// The transport this socket's operations go through (kernel sockets: io_uring).
+    /// The transport this socket's operations go through: its shard's provider (io_uring or
+    /// epoll) for a kernel socket.
     pub fn transport(&self) -> Transport {
-        Transport::IoUring
+        self.shared
+            .info
+            .get()
+            .map_or(Transport::IoUring, |i| i.provider.transport)
     }
 
     /// The shard this socket lives on.
