@@ -1,6 +1,8 @@
 //! A seccomp filter that refuses io_uring with EPERM, as Docker's default profile does,
 //! installed in a child process before it execs (`Command::pre_exec`). Included by path
 //! from the test crates that start `porto` under it.
+// Each including test crate uses one of the two installers.
+#![allow(dead_code)]
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
