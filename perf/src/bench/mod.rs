@@ -152,6 +152,8 @@ pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             Server::Monoio,
             Server::PortoPort,
             Server::PortoPoll,
+            Server::PortoPortEpoll,
+            Server::PortoPollEpoll,
         ]
     } else {
         a.servers.clone()

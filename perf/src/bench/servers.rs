@@ -22,6 +22,10 @@ pub enum Server {
     PortoPort,
     /// porto in polling mode.
     PortoPoll,
+    /// porto in completion-port mode on the epoll provider (what io_uring buys, measured).
+    PortoPortEpoll,
+    /// porto in polling mode on the epoll provider.
+    PortoPollEpoll,
 }
 
 impl Server {
@@ -33,6 +37,8 @@ impl Server {
             Server::Monoio => "monoio",
             Server::PortoPort => "porto port",
             Server::PortoPoll => "porto poll",
+            Server::PortoPortEpoll => "porto port (epoll)",
+            Server::PortoPollEpoll => "porto poll (epoll)",
         }
     }
 
@@ -68,12 +74,16 @@ impl Server {
                     c.arg("--tcp");
                 }
             }
-            Server::PortoPort | Server::PortoPoll => {
+            Server::PortoPort | Server::PortoPoll | Server::PortoPortEpoll | Server::PortoPollEpoll => {
                 c = Command::new(exe);
                 c.args(["echo", proto, "--port", &port_s, "--cores", &core_s]);
-                if self == Server::PortoPoll {
+                if matches!(self, Server::PortoPoll | Server::PortoPollEpoll) {
                     c.arg("--poll");
                 }
+                // The provider is named, never inherited from PORTO_PROVIDER: a row says what
+                // it measured.
+                let epoll = matches!(self, Server::PortoPortEpoll | Server::PortoPollEpoll);
+                c.args(["--provider", if epoll { "epoll" } else { "io-uring" }]);
                 c.args(porto_args);
             }
         }

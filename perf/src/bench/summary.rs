@@ -203,7 +203,7 @@ pub(super) fn ratio(r: Option<f64>) -> String {
 
 pub(super) fn print_table(scenario: Scenario, summary: &[Summary]) {
     println!(
-        "{:<16} {:>6} {:>5} {:>11} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6} {:>9} {:>7} {:>7} {:>7}",
+        "{:<18} {:>6} {:>5} {:>11} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6} {:>9} {:>7} {:>7} {:>7}",
         "server",
         "size",
         "conns",
@@ -222,7 +222,7 @@ pub(super) fn print_table(scenario: Scenario, summary: &[Summary]) {
     for s in summary {
         let f = &s.figures;
         println!(
-            "{:<16} {:>6} {:>5} {:>11.0} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>6} {:>9} {:>7} {:>7} {:>7}",
+            "{:<18} {:>6} {:>5} {:>11.0} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>6} {:>9} {:>7} {:>7} {:>7}",
             s.label,
             s.size,
             s.conns,
