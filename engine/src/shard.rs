@@ -299,7 +299,7 @@ impl Shard {
 
     /// Operations in flight.
     pub fn live_ops(&self) -> usize {
-        on_core!(&self.core, c => c.ops.live())
+        on_core!(&self.core, c => c.live_ops())
     }
 
     /// Frames held by the kernel (or the epoll provider) for receives that pick one.
@@ -362,7 +362,12 @@ impl Drop for Shard {
 }
 
 impl<D: Driver> Core<D> {
-    fn start(cfg: &Config, shared: Arc<ShardShared>, core: Option<usize>, driver: D) -> Result<Core<D>, SetupError> {
+    pub(crate) fn start(
+        cfg: &Config,
+        shared: Arc<ShardShared>,
+        core: Option<usize>,
+        driver: D,
+    ) -> Result<Core<D>, SetupError> {
         let pool = shared.pool.clone();
         let provider = driver.info();
         let uring = provider.ring.is_some();
@@ -435,7 +440,17 @@ impl<D: Driver> Core<D> {
         Ok(shard)
     }
 
-    fn frames_in_rings(&self) -> u32 {
+    pub(crate) fn live_ops(&self) -> usize {
+        self.ops.live()
+    }
+
+    /// The driver (tests drive the simulated one through it).
+    #[cfg(test)]
+    pub(crate) fn driver(&mut self) -> &mut D {
+        &mut self.driver
+    }
+
+    pub(crate) fn frames_in_rings(&self) -> u32 {
         self.quarantine.iter().map(|q| q.0.frames.len() as u32).sum::<u32>()
             + self.bufring_frames
             + self
@@ -460,7 +475,7 @@ impl<D: Driver> Core<D> {
 
     /// One turn (sleeping up to `sleep` if idle) unless completions are already waiting,
     /// then moves up to `max` of them into `out`.
-    fn turn_and_take(&mut self, out: &mut Vec<Completion>, max: usize, sleep: Option<Duration>) -> usize {
+    pub(crate) fn turn_and_take(&mut self, out: &mut Vec<Completion>, max: usize, sleep: Option<Duration>) -> usize {
         if self.local.is_empty() {
             if let Err(e) = self.turn(sleep) {
                 tracing::error!(error = %e, "shard turn failed");

@@ -127,6 +127,12 @@ pub struct SocketCore {
 }
 
 impl SocketCore {
+    /// The socket's index in its shard's table (the simulated provider's address for it).
+    #[cfg(test)]
+    pub(crate) fn index(&self) -> u32 {
+        self.id.index
+    }
+
     fn open(shard: &ShardHandle, fd: OwnedFd, delivery: Delivery) -> Result<SocketCore, SetupError> {
         let shared = shard.shared.clone();
         let id = shared.alloc_socket()?;

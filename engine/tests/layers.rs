@@ -124,6 +124,7 @@ fn unsafe_lives_only_in_the_named_modules() {
         "driver",
         "driver::uring",
         "driver::epoll",
+        "driver::sim",
         "pool",
         "rio::buf",
         "shard",

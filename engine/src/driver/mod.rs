@@ -25,6 +25,8 @@
 #![allow(unsafe_code)]
 
 pub(crate) mod epoll;
+#[cfg(test)]
+pub(crate) mod sim;
 pub(crate) mod uring;
 
 use std::fmt;
