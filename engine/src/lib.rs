@@ -1,5 +1,5 @@
-//! porto-engine: per-core shards over io_uring and registered buffer pools, with a
-//! Winsock-style completion model on top. Applications normally use the `porto` crate, which
+//! porto-engine: per-core shards over a kernel provider (io_uring, or epoll where io_uring is
+//! refused) and registered buffer pools, with a Winsock-style completion model on top. Applications normally use the `porto` crate, which
 //! re-exports this one under Winsock names.
 //!
 //! # A tour, top down
@@ -14,19 +14,21 @@
 //!  │ socket: UdpSocket / TcpListener / TcpStream      socket                            │
 //!  │ op table (stable slots, generation-checked user_data)   op                         │
 //!  │ registered buffer pool (frames, typed ownership)        pool                       │
-//!  │ loop: commands -> SQEs -> enter -> CQEs -> sinks        shard, engine              │
+//!  │ loop: commands -> Submit -> enter -> Events -> sinks    shard (Core<D>), engine    │
 //!  └──────────────────────────────────────────┬──────────────────────────────────────────┘
 //!                                             ▼
+//!  driver: the service provider interface (trait Driver): io_uring, epoll, simulated
 //!  sys: kernel-facing code: region (mmap), bufring (provided buffers), ring (io_uring
 //!       set-up, push, reap), xsk (AF_XDP rings), net (sockets), netns
-//!  (unsafe is in sys/ and in the named places docs/architecture.md lists)
+//!  (unsafe is in sys/, driver/ and the named places docs/architecture.md lists)
 //! ```
 //!
 //! - [`config`]: every limit, validated before start.
 //! - [`pool`]: frames and [`pool::Buf`], the owned view that makes reuse-while-in-flight
 //!   impossible.
 //! - [`port`]: the completion port; [`completion`]: what it carries.
-//! - [`shard`]: the loop; [`engine`]: shard threads for port mode.
+//! - [`shard`]: the loop (a transport-agnostic core over a provider; [`Provider`],
+//!   [`ProviderInfo`]); [`engine`]: shard threads for port mode.
 //! - [`socket`]: overlapped and blocking socket calls; [`rio`]: Registered I/O.
 //! - [`stats`]: counters and latency histograms; [`error`]: Winsock-like error kinds.
 //! - [`wire`]: Ethernet/IPv4/UDP/ARP for the AF_XDP path; [`xdp`]: the XDP program and the
@@ -40,9 +42,9 @@
 //! shard starts.
 
 #![deny(unsafe_op_in_unsafe_fn)]
-// Safe code above the kernel: `unsafe` only in the modules that allow it (sys/, pool, rio/buf,
-// op, shard's SQE pushes, xdp/program's map keys), each block with a SAFETY comment;
-// tests/layers.rs checks the list.
+// Safe code above the kernel: `unsafe` only in the modules that allow it (sys/, driver/, pool,
+// rio/buf, shard's hand-over to its driver, xdp/program's map keys), each block with a SAFETY
+// comment; tests/layers.rs checks the list.
 #![deny(unsafe_code)]
 
 mod backlog;

@@ -1,8 +1,10 @@
 //! Everything that talks to the kernel directly: memory mappings, io_uring, sockets.
 //!
-//! The crate denies `unsafe_code`; this module allows it, and outside it only the typed
-//! memory views (`pool`, `rio/buf`), the C structs of op slots (`op`), the SQE pushes
-//! (`shard`) and the BPF map key types (`xdp/program`) do — `tests/layers.rs` checks that list.
+//! The crate denies `unsafe_code`; this module allows it, and outside it only the providers
+//! (`driver/`: the trait's contracts, io_uring's SQEs, epoll's syscalls, the simulated
+//! kernel), the typed memory views (`pool`, `rio/buf`), the core's hand-over of an op to its
+//! driver (`shard`) and the BPF map key types (`xdp/program`) do — `tests/layers.rs` checks
+//! that list.
 //! Each module here offers a small safe (or narrowly `unsafe`, documented) surface to the
 //! layers above:
 //!
