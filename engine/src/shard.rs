@@ -1,4 +1,4 @@
-//! A shard: one provider (io_uring or epoll, behind [`Driver`]), one registered buffer pool,
+//! A shard: one provider (io_uring or epoll, behind the `Driver` trait), one registered buffer pool,
 //! one op table, one socket table; run by one thread and shared with nobody.
 //!
 //! Application threads reach a shard only through its `ShardShared`: a bounded lock-free
@@ -13,7 +13,7 @@
 //!        └── provided frames refilled from the pool, starved multishot receives re-armed
 //! ```
 //!
-//! The transport-agnostic part is [`Core`], generic over the driver: [`Shard`] matches its
+//! The transport-agnostic part is `Core`, generic over the driver: [`Shard`] matches its
 //! provider once per call and runs a monomorphic core inside, so there is no dynamic call per
 //! operation or event.
 
