@@ -135,6 +135,25 @@ pub(crate) struct Slot {
     pub control: [u64; 4],
     /// The connection a single accept returned, until its completion carries it.
     pub accepted: Option<std::os::fd::OwnedFd>,
+    /// A stream write waiting for its socket's write lane (not in the kernel).
+    pub queued: bool,
+    /// A stream write holding its socket's write lane.
+    pub ordered: bool,
+    /// The next op in its FIFO.
+    pub next: u32,
+}
+
+/// A FIFO of op slots threaded through `Slot::next` (no allocation).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fifo {
+    head: u32,
+    tail: u32,
+}
+
+const NIL: u32 = u32::MAX;
+
+impl Fifo {
+    pub(crate) const EMPTY: Fifo = Fifo { head: NIL, tail: NIL };
 }
 
 impl Slot {
@@ -176,6 +195,9 @@ impl Slot {
             tos: None,
             control: [0; 4],
             accepted: None,
+            queued: false,
+            ordered: false,
+            next: NIL,
         }
     }
 }
@@ -212,7 +234,55 @@ impl Table {
         s.tos = None;
         s.multishot = false;
         s.timeout = None;
+        s.queued = false;
+        s.ordered = false;
+        s.next = NIL;
         Some(idx)
+    }
+
+    pub(crate) fn push_back(&mut self, q: &mut Fifo, idx: u32) {
+        self.slots[idx as usize].next = NIL;
+        if q.tail == NIL {
+            q.head = idx;
+        } else {
+            self.slots[q.tail as usize].next = idx;
+        }
+        q.tail = idx;
+    }
+
+    pub(crate) fn pop_front(&mut self, q: &mut Fifo) -> Option<u32> {
+        let idx = q.head;
+        if idx == NIL {
+            return None;
+        }
+        q.head = self.slots[idx as usize].next;
+        if q.head == NIL {
+            q.tail = NIL;
+        }
+        self.slots[idx as usize].next = NIL;
+        Some(idx)
+    }
+
+    /// Removes `idx` from `q`, wherever it is.
+    pub(crate) fn unlink(&mut self, q: &mut Fifo, idx: u32) {
+        let (mut prev, mut cur) = (NIL, q.head);
+        while cur != NIL && cur != idx {
+            prev = cur;
+            cur = self.slots[cur as usize].next;
+        }
+        if cur == NIL {
+            return;
+        }
+        let next = self.slots[idx as usize].next;
+        if prev == NIL {
+            q.head = next;
+        } else {
+            self.slots[prev as usize].next = next;
+        }
+        if q.tail == idx {
+            q.tail = prev;
+        }
+        self.slots[idx as usize].next = NIL;
     }
 
     pub(crate) fn release(&mut self, idx: u32) {
@@ -265,6 +335,22 @@ mod tests {
         for (tag, idx, gen) in [(0, 0, 0), (3, (1 << 24) - 1, u32::MAX), (1, 77, 5)] {
             assert_eq!(decode(user_data(tag, idx, gen)), (tag, idx, gen));
         }
+    }
+
+    #[test]
+    fn fifo_keeps_order_and_unlinks_anywhere() {
+        let mut t = Table::new(4);
+        let ids: Vec<u32> = (0..4).map(|_| t.alloc().unwrap()).collect();
+        let mut q = Fifo::EMPTY;
+        for &i in &ids {
+            t.push_back(&mut q, i);
+        }
+        t.unlink(&mut q, ids[2]);
+        t.unlink(&mut q, ids[3]);
+        t.push_back(&mut q, ids[3]);
+        let order: Vec<u32> = std::iter::from_fn(|| t.pop_front(&mut q)).collect();
+        assert_eq!(order, [ids[0], ids[1], ids[3]]);
+        assert!(t.pop_front(&mut q).is_none());
     }
 
     #[test]

@@ -72,6 +72,12 @@ struct SockEntry {
     delivery: Option<Delivery>,
     live_ops: u32,
     closing: bool,
+    /// Stream writes (sends, disconnect) leave in the order issued, one in the kernel at a
+    /// time: two sends in flight on one stream may interleave their bytes when the socket
+    /// buffer fills (io_uring retries each on its own). The one in the kernel holds the lane;
+    /// the rest wait in this FIFO (threaded through their op slots).
+    writing: bool,
+    writes: op::Fifo,
     /// An AF_XDP socket instead of a kernel one.
     xdp: Option<Box<XdpPort>>,
     /// The QoS flow its sends go through.
@@ -91,6 +97,8 @@ impl SockEntry {
             delivery,
             live_ops: 0,
             closing: false,
+            writing: false,
+            writes: op::Fifo::EMPTY,
             xdp,
             flow: None,
             fanout: None,
@@ -1041,8 +1049,39 @@ impl<D: Driver> Core<D> {
                 s.rio = Some(r);
             }
         }
+        if matches!(kind, OpKind::Send | OpKind::Disconnect) && self.ops.slot(idx).rio.is_none() {
+            let e = &mut self.sockets[sock as usize];
+            if e.writing {
+                // Behind the write in the kernel: it starts when that one ends.
+                self.ops.slot(idx).queued = true;
+                let mut fifo = e.writes;
+                self.ops.push_back(&mut fifo, idx);
+                self.sockets[sock as usize].writes = fifo;
+                return;
+            }
+            e.writing = true;
+            self.ops.slot(idx).ordered = true;
+        }
         if let Err(e) = self.submit_slot(idx) {
             tracing::error!(error = %e, "submitting an operation failed");
+            self.fail_slot(idx, &e);
+        }
+    }
+
+    /// A stream write of `sock` ended: the next one waiting takes the lane.
+    fn next_write(&mut self, sock: u32) {
+        let mut fifo = self.sockets[sock as usize].writes;
+        let next = self.ops.pop_front(&mut fifo);
+        self.sockets[sock as usize].writes = fifo;
+        let Some(idx) = next else {
+            self.sockets[sock as usize].writing = false;
+            return;
+        };
+        let s = self.ops.slot(idx);
+        s.queued = false;
+        s.ordered = true;
+        if let Err(e) = self.submit_slot(idx) {
+            tracing::error!(error = %e, "submitting a queued stream write failed");
             self.fail_slot(idx, &e);
         }
     }
@@ -1247,6 +1286,18 @@ impl<D: Driver> Core<D> {
             st.add(&st.counters.cancels, 1);
             let s = self.ops.slot(idx);
             s.cancelled = true;
+            if s.queued {
+                // Waiting behind another write, not in the kernel: it ends here.
+                let sock = s.sock;
+                s.queued = false;
+                s.pending = 0;
+                s.result = Some(-libc::ECANCELED);
+                let mut fifo = self.sockets[sock as usize].writes;
+                self.ops.unlink(&mut fifo, idx);
+                self.sockets[sock as usize].writes = fifo;
+                self.finish(idx);
+                continue;
+            }
             if s.starved {
                 // Not in the kernel: it ends here.
                 s.starved = false;
@@ -1596,6 +1647,7 @@ impl<D: Driver> Core<D> {
             .then(|| net::from_raw(&s.addr, s.addr_len))
             .flatten();
         let accepted = s.accepted.take();
+        let ordered = std::mem::take(&mut s.ordered);
         self.ops.release(idx);
         let result = match res {
             None => Ok(0),
@@ -1647,6 +1699,9 @@ impl<D: Driver> Core<D> {
                 c.result = Ok(0);
             }
             self.deliver_to(delivery, c);
+        }
+        if ordered {
+            self.next_write(sock);
         }
         self.maybe_close(sock);
     }

@@ -1323,8 +1323,9 @@ impl DatagramSocket {
         match XdpUdpSocket::bind(shard, addr, x, delivery.clone()) {
             Ok(s) => Ok((DatagramSocket::Xdp(Box::new(s)), None)),
             Err(e) if opts.fallback => {
+                let provider = shard.info().map_or(Transport::IoUring, |i| i.provider.transport);
                 let why = format!(
-                    "AF_XDP on {} unavailable ({e}); UDP through kernel sockets (io_uring) instead",
+                    "AF_XDP on {} unavailable ({e}); UDP through kernel sockets ({provider}) instead",
                     x.iface
                 );
                 tracing::warn!("{why}");

@@ -1098,9 +1098,10 @@ fn rio_requests_can_be_cancelled() {
 }
 
 /// A datagram socket asked for AF_XDP where it cannot be had: with `fallback` it is a kernel
-/// socket through io_uring, says why, and works; without, the bind fails naming the cause.
+/// socket through the shard's provider, says why, and works; without, the bind fails naming
+/// the cause.
 #[test]
-fn a_datagram_socket_falls_back_to_io_uring_and_says_why() {
+fn a_datagram_socket_falls_back_to_kernel_sockets_and_says_why() {
     use porto_engine::engine::Transport;
     use porto_engine::socket::{DatagramOptions, DatagramSocket, XdpOptions};
     let mut shard = Shard::new(&small(), None).unwrap();
@@ -1113,10 +1114,12 @@ fn a_datagram_socket_falls_back_to_io_uring_and_says_why() {
     assert!(e.to_string().contains("no such interface"), "{e}");
     opts.fallback = true;
     let (sock, why) = DatagramSocket::bind(&h, any(false), &opts, Delivery::Poll { key: 1 }).unwrap();
-    assert_eq!(sock.transport(), Transport::IoUring);
+    let provider = shard.info().provider.transport;
+    assert!(matches!(provider, Transport::IoUring | Transport::Epoll));
+    assert_eq!(sock.transport(), provider);
     assert!(
         why.as_deref()
-            .is_some_and(|w| w.contains("nosuch0") && w.contains("kernel sockets")),
+            .is_some_and(|w| w.contains("nosuch0") && w.contains(&format!("kernel sockets ({provider})"))),
         "{why:?}"
     );
     sock.recv_from_multishot(1).unwrap();
@@ -1124,4 +1127,63 @@ fn a_datagram_socket_falls_back_to_io_uring_and_says_why() {
     client.send_to(b"via io_uring", sock.local_addr().unwrap()).unwrap();
     let c = poll_n(&mut shard, 1).pop().expect("a datagram");
     assert_eq!((c.token, c.result), (1, Ok(12)));
+}
+
+/// Stream sends against a full socket buffer: each send completes whole (WSASend's promise)
+/// and the bytes arrive in order, though the kernel takes them a piece at a time — io_uring
+/// retries (`MSG_WAITALL`), epoll waits for writability and continues.
+#[test]
+fn stream_sends_against_a_full_socket_buffer_complete_whole_and_in_order() {
+    const SENDS: usize = 200;
+    const LEN: usize = 2000;
+    let mut shard = Shard::new(&small(), None).unwrap();
+    let h = shard.handle();
+    let lst = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let opts = SocketOptions {
+        send_buffer: Some(4096),
+        ..SocketOptions::default()
+    };
+    let s = TcpStream::connect(&h, lst.local_addr().unwrap(), 0, None, &opts, Delivery::Poll { key: 1 }).unwrap();
+    let connected = poll_n(&mut shard, 1).pop().expect("connect completion");
+    assert_eq!((connected.op, connected.result), (OpKind::Connect, Ok(0)));
+    let (mut peer, _) = lst.accept().unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The peer reads nothing at first: the socket buffers fill and the sends wait.
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        let mut all = vec![0u8; SENDS * LEN];
+        std::io::Read::read_exact(&mut peer, &mut all).unwrap();
+        all
+    });
+    let (mut issued, mut done) = (0usize, Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while done.len() < SENDS && Instant::now() < deadline {
+        while issued < SENDS {
+            let Ok(buf) = h.pool().alloc_from(&[(issued % 251) as u8; LEN]) else {
+                break;
+            };
+            if s.send(buf, 1 + issued as u64).is_err() {
+                break;
+            }
+            issued += 1;
+        }
+        let mut out = Vec::new();
+        shard.poll_until(&mut out, 64, Duration::from_millis(5));
+        done.extend(out.into_iter().map(|c| (c.token, c.result)));
+    }
+    assert_eq!(done.len(), SENDS, "every send completed");
+    assert!(
+        done.iter().all(|&(_, r)| r == Ok(LEN)),
+        "each completed whole: {done:?}"
+    );
+    let all = reader.join().unwrap();
+    for (i, chunk) in all.chunks(LEN).enumerate() {
+        assert!(
+            chunk.iter().all(|&b| b == (i % 251) as u8),
+            "send {i} arrived intact and in order: {:?}",
+            &chunk[..8]
+        );
+    }
+    let tokens: Vec<u64> = done.iter().map(|d| d.0).collect();
+    assert_eq!(tokens, (1..=SENDS as u64).collect::<Vec<_>>(), "completions in order");
 }
