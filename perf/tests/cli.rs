@@ -644,7 +644,15 @@ fn io_uring_refused_falls_back_to_epoll_and_says_why() {
         let port = free_port();
         let mut echo = porto();
         echo.args(["echo", if tcp { "--tcp" } else { "--udp" }, "--addr", "127.0.0.1"])
-            .args(["--port", &port.to_string(), "--no-pin", "--seconds", "30"]);
+            .args([
+                "--port",
+                &port.to_string(),
+                "--no-pin",
+                "--seconds",
+                "30",
+                "--provider",
+                "auto",
+            ]);
         seccomp::refuse_io_uring(&mut echo);
         let mut server = Server(echo.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
         let banner = server_banner_until(&mut server, "shard 0");
@@ -712,7 +720,7 @@ fn doctor_names_each_problem_and_its_fix() {
     assert!(text.contains("io_uring") && text.contains("ok"), "{text}");
 
     let mut cmd = porto();
-    cmd.args(["doctor", "--no-pin"]);
+    cmd.args(["doctor", "--no-pin", "--provider", "auto"]);
     let out = seccomp::refuse_io_uring(&mut cmd).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "auto runs on epoll: not blocking. {text}");
