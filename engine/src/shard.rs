@@ -870,10 +870,9 @@ impl<D: Driver> Core<D> {
 
     /// A send the QoS queues had no room for completes `NoBuffers` with its buffer.
     fn qos_refuse(&mut self, d: Deferred) {
-        let Some(delivery) = self.sockets[d.sock as usize].delivery.clone() else {
-            return;
-        };
-        self.reject(&delivery, d.req.kind(), d.token, d.req, Error::NoBuffers);
+        if self.sockets[d.sock as usize].delivery.is_some() {
+            self.reject(d.sock, d.req.kind(), d.token, d.req, Error::NoBuffers);
+        }
     }
 
     /// Sends of `sock` (all of them, or the one with `token`) still waiting in the QoS
@@ -881,9 +880,9 @@ impl<D: Driver> Core<D> {
     /// `Aborted`: a closing socket's id may be reused at once, so none may start later, and
     /// a cancel must reach every place an op can wait.
     fn qos_purge(&mut self, sock: u32, token: Option<u64>) {
-        let Some(delivery) = self.sockets[sock as usize].delivery.clone() else {
+        if self.sockets[sock as usize].delivery.is_none() {
             return;
-        };
+        }
         let hit = |d: &Deferred| d.sock == sock && token.is_none_or(|t| t == d.token);
         let mut gone = std::mem::take(&mut self.qos_scratch);
         self.qos.sched.remove_where(hit, |d| gone.push(d));
@@ -899,7 +898,7 @@ impl<D: Driver> Core<D> {
             }
         }
         for d in gone.drain(..) {
-            self.reject(&delivery, d.req.kind(), d.token, d.req, Error::Aborted);
+            self.reject(sock, d.req.kind(), d.token, d.req, Error::Aborted);
         }
         self.qos_scratch = gone;
     }
@@ -975,17 +974,17 @@ impl<D: Driver> Core<D> {
         }
         let kind = req.kind();
         let entry = &self.sockets[sock as usize];
-        let Some(delivery) = entry.delivery.clone().filter(|_| !entry.closing) else {
+        if entry.delivery.is_none() || entry.closing {
             // Only reachable if a handle outlived its socket: the op still completes, once.
             debug_assert!(false, "op on a closed socket");
             return;
-        };
+        }
         let Some(idx) = self.ops.alloc() else {
             self.shared.stats.add(&self.shared.stats.counters.ops_rejected, 1);
             if scheduled {
                 self.qos.in_flight -= 1;
             }
-            self.reject(&delivery, kind, token, req, Error::NoBuffers);
+            self.reject(sock, kind, token, req, Error::NoBuffers);
             return;
         };
         self.sockets[sock as usize].live_ops += 1;
@@ -1087,17 +1086,17 @@ impl<D: Driver> Core<D> {
     }
 
     /// Delivers a refused request's completion (with its buffer) without touching the ring.
-    fn reject(&mut self, delivery: &Delivery, kind: OpKind, token: u64, req: Request, err: Error) {
+    fn reject(&mut self, sock: u32, kind: OpKind, token: u64, req: Request, err: Error) {
         if let Request::Rio(r) = req {
             r.complete(token, Err(err), None);
             return;
         }
-        let mut c = Completion::of(kind, delivery.key(), token, Err(err));
+        let mut c = Completion::of(kind, self.key_of(sock), token, Err(err));
         if let Request::SendShared { addr, .. } = &req {
             c.peer = Some(*addr);
         }
         (c.buffer, c.gather) = req.into_bufs();
-        self.deliver_to(delivery.clone(), c);
+        self.deliver_sock(sock, c);
     }
 
     /// Describes slot `idx`'s operation to the driver and queues it (also used to re-arm and
@@ -1509,8 +1508,8 @@ impl<D: Driver> Core<D> {
         let s = self.ops.slot(idx);
         let (kind, token, sock) = (s.kind, s.token, s.sock);
         if res >= 0 {
-            let delivery = self.sockets[sock as usize].delivery.clone().expect("open socket");
-            let mut c = Completion::of(kind, delivery.key(), token, Ok(res as usize));
+            let key = self.key_of(sock);
+            let mut c = Completion::of(kind, key, token, Ok(res as usize));
             c.more = true;
             match kind {
                 OpKind::Accept => {
@@ -1563,7 +1562,7 @@ impl<D: Driver> Core<D> {
                 st.add(&st.counters.receives, 1);
                 st.add(&st.counters.recv_bytes, c.result.unwrap_or(0) as u64);
             }
-            self.deliver_recv(sock, delivery, c);
+            self.deliver_recv(sock, c);
             if !more {
                 self.multishot_ended(idx);
             }
@@ -1688,8 +1687,8 @@ impl<D: Driver> Core<D> {
         if let Some(r) = rio {
             r.complete(token, result, peer);
         } else {
-            let delivery = entry.delivery.clone().expect("open socket");
-            let mut c = Completion::of(kind, delivery.key(), token, result);
+            let key = entry.delivery.as_ref().expect("open socket").key();
+            let mut c = Completion::of(kind, key, token, result);
             c.buffer = buf;
             c.gather = gather;
             c.peer = peer.or(accepted_peer).or(shared_dest);
@@ -1698,7 +1697,7 @@ impl<D: Driver> Core<D> {
                 c.accepted = accepted;
                 c.result = Ok(0);
             }
-            self.deliver_to(delivery, c);
+            self.deliver_sock(sock, c);
         }
         if ordered {
             self.next_write(sock);
@@ -1715,8 +1714,7 @@ impl<D: Driver> Core<D> {
             let Some(mut port) = self.sockets[sock as usize].xdp.take() else {
                 continue;
             };
-            let delivery = self.sockets[sock as usize].delivery.clone().expect("open socket");
-            let key = delivery.key();
+            let key = self.key_of(sock);
             port.refill(&self.pool);
             let mut out = std::mem::take(&mut self.local_scratch);
             let rx = port.receive(&self.pool, &self.shared.stats, key, &mut |c| out.push(c));
@@ -1728,7 +1726,7 @@ impl<D: Driver> Core<D> {
             }
             self.sockets[sock as usize].xdp = Some(port);
             for c in out.drain(..) {
-                self.deliver_recv(sock, delivery.clone(), c);
+                self.deliver_recv(sock, c);
             }
             self.local_scratch = out;
         }
@@ -1805,7 +1803,7 @@ impl<D: Driver> Core<D> {
     }
 
     fn start_xdp_op(&mut self, sock: u32, token: u64, req: Request) {
-        let delivery = self.sockets[sock as usize].delivery.clone().expect("open socket");
+        let key = self.key_of(sock);
         let kind = req.kind();
         let port = self.sockets[sock as usize].xdp.as_mut().expect("checked by the caller");
         let refused = match req {
@@ -1846,14 +1844,14 @@ impl<D: Driver> Core<D> {
                             })
                     };
                     if let Err(e) = outcome {
-                        let mut c = Completion::of(kind, delivery.key(), token, Err(e));
+                        let mut c = Completion::of(kind, key, token, Err(e));
                         c.peer = Some(addr);
                         self.local_scratch.push(c);
                     }
                 }
                 let mut out = std::mem::take(&mut self.local_scratch);
                 for c in out.drain(..) {
-                    self.deliver_to(delivery.clone(), c);
+                    self.deliver_sock(sock, c);
                 }
                 self.local_scratch = out;
                 return;
@@ -1861,23 +1859,20 @@ impl<D: Driver> Core<D> {
             // One multishot receive per port; single receives and streams are not AF_XDP's.
             other => (Error::InvalidArgument, other.into_bufs().0),
         };
-        let mut c = Completion::of(kind, delivery.key(), token, Err(refused.0));
+        let mut c = Completion::of(kind, key, token, Err(refused.0));
         c.buffer = refused.1;
-        self.deliver_to(delivery, c);
+        self.deliver_sock(sock, c);
     }
 
     /// Ends the armed receive (if `token` matches or is `None`) with `Aborted`.
     fn cancel_xdp_recv(&mut self, sock: u32, token: Option<u64>) {
-        let delivery = self.sockets[sock as usize].delivery.clone().expect("open socket");
+        let key = self.key_of(sock);
         let Some(port) = self.sockets[sock as usize].xdp.as_mut() else {
             return;
         };
         if let Some(t) = port.recv_token.filter(|t| token.is_none_or(|want| want == *t)) {
             port.recv_token = None;
-            self.deliver_to(
-                delivery.clone(),
-                Completion::of(OpKind::RecvFrom, delivery.key(), t, Err(Error::Aborted)),
-            );
+            self.deliver_sock(sock, Completion::of(OpKind::RecvFrom, key, t, Err(Error::Aborted)));
         }
     }
 
@@ -1906,7 +1901,7 @@ impl<D: Driver> Core<D> {
             self.quarantine_probe = now + QUARANTINE_PROBE;
         }
         for c in out.drain(..) {
-            self.deliver_to(delivery.clone(), c);
+            self.deliver_to(&delivery, c);
         }
         self.local_scratch = out;
         self.xdp_socks.retain(|&s| s != sock);
@@ -1935,7 +1930,7 @@ impl<D: Driver> Core<D> {
 
     /// Delivers a receive completion of `sock`, or fans its datagram out to the socket's
     /// subscribers (the completion itself is then consumed: the datagram is theirs).
-    fn deliver_recv(&mut self, sock: u32, delivery: Delivery, mut c: Completion) {
+    fn deliver_recv(&mut self, sock: u32, mut c: Completion) {
         if let (Some(g), true) = (
             self.sockets[sock as usize].fanout.as_mut(),
             c.op == OpKind::RecvFrom && c.more && c.result.is_ok(),
@@ -1946,7 +1941,7 @@ impl<D: Driver> Core<D> {
             }
             return;
         }
-        self.deliver_to(delivery, c);
+        self.deliver_sock(sock, c);
     }
 
     /// Retries fan-out groups stalled by a full reliable subscriber.
@@ -1963,26 +1958,41 @@ impl<D: Driver> Core<D> {
         }
     }
 
-    fn deliver_to(&mut self, delivery: Delivery, c: Completion) {
-        match delivery {
-            Delivery::Poll { .. } => self.local.push_back(c),
-            Delivery::Port { port, .. } => {
-                let st = &self.shared.stats;
-                match self.backlogs.deliver(&port, c) {
-                    Delivered::Pushed => {
-                        if !self.touched.iter().any(|p| p.ptr_eq(&port)) {
-                            self.touched.push(port);
-                        }
-                    }
-                    Delivered::Queued => st.add(&st.counters.port_full, 1),
-                    Delivered::Dropped | Delivered::Evicted => st.add(&st.counters.port_backlog_drops, 1),
-                    Delivered::Overflowed => {
-                        st.add(&st.counters.port_overflow, 1);
-                        self.touched.push(port);
-                    }
-                }
-            }
-        }
+    /// The completion key of open socket `sock`.
+    fn key_of(&self, sock: u32) -> u64 {
+        self.sockets[sock as usize]
+            .delivery
+            .as_ref()
+            .expect("open socket")
+            .key()
+    }
+
+    /// Delivers `c` to the sink of open socket `sock` (borrowing its delivery: no reference
+    /// count is touched per completion).
+    fn deliver_sock(&mut self, sock: u32, c: Completion) {
+        let Core {
+            sockets,
+            local,
+            backlogs,
+            touched,
+            shared,
+            ..
+        } = self;
+        let delivery = sockets[sock as usize].delivery.as_ref().expect("open socket");
+        deliver(delivery, c, local, backlogs, touched, &shared.stats);
+    }
+
+    /// Delivers `c` to `delivery` (a socket's, taken out of the table or cloned on a control
+    /// path).
+    fn deliver_to(&mut self, delivery: &Delivery, c: Completion) {
+        deliver(
+            delivery,
+            c,
+            &mut self.local,
+            &mut self.backlogs,
+            &mut self.touched,
+            &self.shared.stats,
+        );
     }
 
     /// Retries completions held back by full ports (each port in order), then wakes each
@@ -2050,6 +2060,35 @@ fn xsk_poll_gen(sock_gen: u32, queue: u32) -> u32 {
 
 fn xsk_poll_split(gen: u32) -> (u32, u32) {
     (gen >> 8, gen & 0xff)
+}
+
+/// The one place a completion reaches its sink: the poll queue, or a completion port (held
+/// back in the port's backlog when full). A port is cloned into `touched` once per turn, to
+/// be woken once.
+fn deliver(
+    delivery: &Delivery,
+    c: Completion,
+    local: &mut VecDeque<Completion>,
+    backlogs: &mut Backlogs,
+    touched: &mut Vec<CompletionPort>,
+    st: &Stats,
+) {
+    match delivery {
+        Delivery::Poll { .. } => local.push_back(c),
+        Delivery::Port { port, .. } => match backlogs.deliver(port, c) {
+            Delivered::Pushed => {
+                if !touched.iter().any(|p| p.ptr_eq(port)) {
+                    touched.push(port.clone());
+                }
+            }
+            Delivered::Queued => st.add(&st.counters.port_full, 1),
+            Delivered::Dropped | Delivered::Evicted => st.add(&st.counters.port_backlog_drops, 1),
+            Delivered::Overflowed => {
+                st.add(&st.counters.port_overflow, 1);
+                touched.push(port.clone());
+            }
+        },
+    }
 }
 
 /// The event id of slot `idx`'s operation (accepts carry their own tag: the driver adopts the

@@ -109,6 +109,8 @@ pub(crate) struct EpollDriver {
     iovs: Box<[libc::iovec; BATCH]>,
     /// Why `Auto` got epoll, if it did.
     fallback: Option<String>,
+    /// epoll_pwait2 (Linux 5.11+: nanosecond timeouts) works; else epoll_wait rounds up to ms.
+    pwait2: bool,
 }
 
 /// What the epoll driver is built with.
@@ -187,6 +189,7 @@ impl EpollDriver {
                 }; BATCH],
             ),
             fallback: s.fallback.clone(),
+            pwait2: true,
         };
         d.ctl(
             libc::EPOLL_CTL_ADD,
@@ -676,25 +679,49 @@ impl EpollDriver {
         self.ready.drain(..n);
     }
 
-    /// One epoll_wait of up to `timeout` (None: until something happens); handles its events.
-    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        let ms = match timeout {
-            None => -1,
-            Some(t) => {
-                // Round up, so a wait for a deadline does not spin short of it.
-                let ms = t.as_nanos().div_ceil(1_000_000);
-                ms.min(i32::MAX as u128) as i32
+    /// epoll_pwait2 with a nanosecond timeout (None: until something happens), falling back
+    /// to epoll_wait (milliseconds, rounded up so a deadline is never undershot) on a kernel
+    /// without it.
+    fn epoll_wait(&mut self, timeout: Option<Duration>) -> libc::c_int {
+        if self.pwait2 {
+            let ts = timeout.map(|t| libc::timespec {
+                tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+                tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
+            });
+            let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+            // SAFETY: the events buffer holds EPOLL_EVENTS entries; `tsp` is null or points at
+            // `ts`, alive for the call; no signal mask.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_epoll_pwait2,
+                    self.epfd.as_raw_fd(),
+                    self.epoll_events.as_mut_ptr(),
+                    EPOLL_EVENTS as libc::c_int,
+                    tsp,
+                    std::ptr::null::<libc::sigset_t>(),
+                    0usize,
+                )
+            } as libc::c_int;
+            if n >= 0 || errno() != libc::ENOSYS {
+                return n;
             }
-        };
+            self.pwait2 = false;
+        }
+        let ms = timeout.map_or(-1, |t| t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32);
         // SAFETY: the events buffer is valid for EPOLL_EVENTS entries.
-        let n = unsafe {
+        unsafe {
             libc::epoll_wait(
                 self.epfd.as_raw_fd(),
                 self.epoll_events.as_mut_ptr(),
                 EPOLL_EVENTS as i32,
                 ms,
             )
-        };
+        }
+    }
+
+    /// One wait of up to `timeout` (None: until something happens); handles its events.
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let n = self.epoll_wait(timeout);
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EINTR) {
