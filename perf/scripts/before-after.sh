@@ -28,7 +28,9 @@ servers_for() {
     esac
 }
 
+# SUMMARY_ONLY=1: tabulate the runs already in $OUT.
 for s in "${SCENARIOS[@]}"; do
+    [ "${SUMMARY_ONLY:-0}" = 1 ] && break
     for r in $(seq 1 "$REPS"); do
         for which in old new; do
             bin=$OLD
@@ -51,7 +53,11 @@ def rows(path):
         d = json.load(open(path))
     except Exception:
         return []
-    return d.get("summary", [])
+    if "summary" in d:
+        return d["summary"]
+    # Scenarios that report whole-run ratios (xdp-rx, fanout): one row of them.
+    flat = {k: v for k, v in d.items() if isinstance(v, (int, float)) and ("ratio" in k or "per_added_subscriber" in k)}
+    return [dict(flat, server="porto", label="whole run")] if flat else []
 print("| scenario | row | metric | old (median) | new (median) | new/old | old spread | new spread |")
 print("|---|---|---|---|---|---|---|---|")
 for s in scenarios:
@@ -65,7 +71,7 @@ for s in scenarios:
         for f in j:
             runs[which].append(rows(os.path.join(base, d, f)))
     def key(r):
-        return tuple((k, r[k]) for k in sorted(r) if not isinstance(r[k], (int, float)) or k in ("size", "conns", "subscribers"))
+        return tuple((k, r[k]) for k in sorted(r) if not isinstance(r[k], (int, float, list, dict)) or k in ("size", "conns", "subscribers"))
     keys = []
     for rs in runs["old"] + runs["new"]:
         for r in rs:
@@ -76,7 +82,9 @@ for s in scenarios:
         label = " ".join(str(v) for n, v in k if n not in ("server",))
         if "kernel" == dict(k).get("server"):
             continue
-        metrics = [m for m in ("p50_vs_kernel", "p99_vs_kernel", "rate_vs_kernel", "cpu_vs_kernel", "mpps", "ns_per_subscriber", "messages_per_s", "p50_us")]
+        metrics = ["p50_vs_kernel", "p99_vs_kernel", "rate_vs_kernel", "cpu_vs_kernel"]
+        metrics += sorted(m for rs in runs["old"] + runs["new"] for r in rs for m in r if "ratio" in m or "per_added_subscriber" in m)
+        metrics = list(dict.fromkeys(metrics))
         for m in metrics:
             vals = {w: [r[m] for rs in runs[w] for r in rs if key(r) == k and isinstance(r.get(m), (int, float))] for w in runs}
             if not vals["old"] or not vals["new"]:
