@@ -61,14 +61,55 @@ const STATS_PERIOD: Duration = Duration::from_millis(50);
 /// Commands taken from the queue per turn, so CQEs are reaped regularly under load.
 const COMMANDS_PER_TURN: usize = 256;
 
+/// What a socket index holds on the wire side.
+enum Endpoint {
+    Closed,
+    /// A kernel socket. The fd is shared with the socket's handles, so a handle's blocking
+    /// calls and options never reach a file that reused the number: it closes when the last
+    /// holder lets go. `fixed`: the driver addresses it by its registered-file slot.
+    Kernel {
+        fd: Arc<OwnedFd>,
+        fixed: bool,
+    },
+    /// An AF_XDP socket: the shard's side of its rings.
+    Xdp(Box<XdpPort>),
+}
+
+impl Endpoint {
+    fn xdp(&self) -> Option<&XdpPort> {
+        match self {
+            Endpoint::Xdp(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    fn xdp_mut(&mut self) -> Option<&mut XdpPort> {
+        match self {
+            Endpoint::Xdp(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    fn is_xdp(&self) -> bool {
+        matches!(self, Endpoint::Xdp(_))
+    }
+
+    /// Takes the AF_XDP port out (the endpoint is `Closed` until it is put back).
+    fn take_xdp(&mut self) -> Option<Box<XdpPort>> {
+        match std::mem::replace(self, Endpoint::Closed) {
+            Endpoint::Xdp(p) => Some(p),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+}
+
 struct SockEntry {
-    /// Shared with the socket's handles, so a handle's blocking calls and options never
-    /// reach a file that reused the number: the fd closes when the last holder lets go.
-    fd: Option<Arc<OwnedFd>>,
+    ep: Endpoint,
     /// The generation of the socket that holds this index now.
     gen: u32,
-    /// `fd` is in the ring's file table at this socket's index.
-    fixed: bool,
     delivery: Option<Delivery>,
     live_ops: u32,
     closing: bool,
@@ -78,8 +119,6 @@ struct SockEntry {
     /// the rest wait in this FIFO (threaded through their op slots).
     writing: bool,
     writes: op::Fifo,
-    /// An AF_XDP socket instead of a kernel one.
-    xdp: Option<Box<XdpPort>>,
     /// The QoS flow its sends go through.
     flow: Option<u16>,
     /// Its received datagrams fan out to subscribers instead of completing.
@@ -89,17 +128,15 @@ struct SockEntry {
 }
 
 impl SockEntry {
-    fn open(gen: u32, fd: Option<Arc<OwnedFd>>, delivery: Option<Delivery>, xdp: Option<Box<XdpPort>>) -> SockEntry {
+    fn open(gen: u32, ep: Endpoint, delivery: Option<Delivery>) -> SockEntry {
         SockEntry {
-            fd,
+            ep,
             gen,
-            fixed: false,
             delivery,
             live_ops: 0,
             closing: false,
             writing: false,
             writes: op::Fifo::EMPTY,
-            xdp,
             flow: None,
             fanout: None,
             class: None,
@@ -395,7 +432,7 @@ impl<D: Driver> Core<D> {
             pool,
             ops: Table::new(cfg.ops_max),
             sockets: (0..cfg.sockets_max)
-                .map(|_| SockEntry::open(0, None, None, None))
+                .map(|_| SockEntry::open(0, Endpoint::Closed, None))
                 .collect(),
             events: Vec::with_capacity(cfg.cq_entries as usize),
             local: VecDeque::with_capacity(cfg.cq_entries as usize),
@@ -464,7 +501,7 @@ impl<D: Driver> Core<D> {
             + self
                 .xdp_socks
                 .iter()
-                .filter_map(|&s| self.sockets[s as usize].xdp.as_ref())
+                .filter_map(|&s| self.sockets[s as usize].ep.xdp())
                 .map(|p| p.frames_held())
                 .sum::<u32>()
     }
@@ -518,12 +555,10 @@ impl<D: Driver> Core<D> {
                 // not yet published make the sleep a timed one, so they are at most
                 // STATS_PERIOD late.
                 // AF_XDP sends complete through a ring that wakes nobody: poll it soon.
-                let xdp_tx = self.xdp_socks.iter().any(|&s| {
-                    self.sockets[s as usize]
-                        .xdp
-                        .as_ref()
-                        .is_some_and(|p| p.tx_in_flight() > 0)
-                });
+                let xdp_tx = self
+                    .xdp_socks
+                    .iter()
+                    .any(|&s| self.sockets[s as usize].ep.xdp().is_some_and(|p| p.tx_in_flight() > 0));
                 let timeout = if xdp_tx {
                     Some(Duration::from_micros(100))
                 } else if let Some(due) = held_due {
@@ -535,7 +570,7 @@ impl<D: Driver> Core<D> {
                 let hold = self
                     .xdp_socks
                     .iter()
-                    .filter_map(|&s| self.sockets[s as usize].xdp.as_ref()?.holding_until())
+                    .filter_map(|&s| self.sockets[s as usize].ep.xdp()?.holding_until())
                     .min()
                     .map(|t| {
                         t.saturating_duration_since(Instant::now())
@@ -629,12 +664,11 @@ impl<D: Driver> Core<D> {
                 } => {
                     let fixed = self.driver.open(sock, fd.as_raw_fd());
                     let e = &mut self.sockets[sock as usize];
-                    debug_assert!(e.fd.is_none() && e.live_ops == 0);
+                    debug_assert!(matches!(e.ep, Endpoint::Closed) && e.live_ops == 0);
                     if let Delivery::Port { port, .. } = &delivery {
                         self.backlogs.attach(port);
                     }
-                    *e = SockEntry::open(gen, Some(fd), Some(delivery), None);
-                    e.fixed = fixed;
+                    *e = SockEntry::open(gen, Endpoint::Kernel { fd, fixed }, Some(delivery));
                 }
                 Command::OpenXdp {
                     sock: SockId { index: sock, gen },
@@ -642,11 +676,11 @@ impl<D: Driver> Core<D> {
                     delivery,
                 } => {
                     let e = &mut self.sockets[sock as usize];
-                    debug_assert!(e.fd.is_none() && e.xdp.is_none());
+                    debug_assert!(matches!(e.ep, Endpoint::Closed));
                     if let Delivery::Port { port, .. } = &delivery {
                         self.backlogs.attach(port);
                     }
-                    *e = SockEntry::open(gen, None, Some(delivery), Some(port));
+                    *e = SockEntry::open(gen, Endpoint::Xdp(port), Some(delivery));
                     self.xdp_socks.push(sock);
                 }
                 Command::FlowCreate { id, flow } => self.qos.flows[usize::from(id)] = Some(*flow),
@@ -671,7 +705,7 @@ impl<D: Driver> Core<D> {
                 } => {
                     let e = &mut self.sockets[sock as usize];
                     e.class = Some(traffic);
-                    if let Some(p) = e.xdp.as_mut() {
+                    if let Some(p) = e.ep.xdp_mut() {
                         p.tos = tos;
                     }
                     self.prioritized |= traffic != TrafficType::BestEffort;
@@ -686,7 +720,7 @@ impl<D: Driver> Core<D> {
                     ip,
                     mac,
                 } => {
-                    if let Some(p) = self.sockets[sock as usize].xdp.as_mut() {
+                    if let Some(p) = self.sockets[sock as usize].ep.xdp_mut() {
                         if !p.add_neighbor(ip, mac) {
                             tracing::warn!(sock, %ip, "neighbour table full of static entries; entry not added");
                         }
@@ -698,7 +732,7 @@ impl<D: Driver> Core<D> {
                     source,
                     join,
                 } => {
-                    if let Some(p) = self.sockets[sock as usize].xdp.as_mut() {
+                    if let Some(p) = self.sockets[sock as usize].ep.xdp_mut() {
                         let fits = p.set_group(group, source, join);
                         debug_assert!(fits, "XdpUdpSocket::join bounds the table");
                     }
@@ -713,7 +747,7 @@ impl<D: Driver> Core<D> {
                     token,
                 } => {
                     self.qos_purge(sock, Some(token));
-                    if self.sockets[sock as usize].xdp.is_some() {
+                    if self.sockets[sock as usize].ep.is_xdp() {
                         self.cancel_xdp_recv(sock, Some(token));
                     } else {
                         self.cancel_where(|s| s.sock == sock && s.token == token);
@@ -721,7 +755,7 @@ impl<D: Driver> Core<D> {
                 }
                 Command::Close {
                     sock: SockId { index: sock, .. },
-                } if self.sockets[sock as usize].xdp.is_some() => self.close_xdp(sock),
+                } if self.sockets[sock as usize].ep.is_xdp() => self.close_xdp(sock),
                 Command::Close {
                     sock: SockId { index: sock, .. },
                 } => {
@@ -785,7 +819,7 @@ impl<D: Driver> Core<D> {
 
     fn start_op(&mut self, sock: u32, token: u64, req: Request) {
         let e = &self.sockets[sock as usize];
-        if e.xdp.is_some() && (e.flow.is_none() || !matches!(req, Request::SendTo { .. })) {
+        if e.ep.is_xdp() && (e.flow.is_none() || !matches!(req, Request::SendTo { .. })) {
             return self.start_xdp_op(sock, token, req);
         }
         if let Request::SendToMany { buf, dests } = req {
@@ -965,7 +999,7 @@ impl<D: Driver> Core<D> {
 
     /// Starts an operation now (`scheduled`: it counts against the QoS send budget).
     fn start_op_now(&mut self, sock: u32, token: u64, req: Request, scheduled: bool) {
-        if self.sockets[sock as usize].xdp.is_some() {
+        if self.sockets[sock as usize].ep.is_xdp() {
             // An AF_XDP send goes onto the TX ring at once: it holds no kernel-send budget.
             if scheduled {
                 self.qos.in_flight -= 1;
@@ -1105,8 +1139,10 @@ impl<D: Driver> Core<D> {
         let frame_size = self.pool.frame_size();
         let s = self.ops.slot(idx);
         let sock = &self.sockets[s.sock as usize];
-        let fd = sock.fd.as_ref().map_or(-1, |f| f.as_raw_fd());
-        let fixed = sock.fixed;
+        let (fd, fixed) = match &sock.ep {
+            Endpoint::Kernel { fd, fixed } => (fd.as_raw_fd(), *fixed),
+            _ => (-1, false),
+        };
         let ud = op_ud(s.kind, idx, s.gen);
         let prep = match (s.kind, &s.rio) {
             (_, Some(r)) => {
@@ -1429,7 +1465,7 @@ impl<D: Driver> Core<D> {
                         .get_mut(idx as usize)
                         .filter(|e| e.gen & XSK_POLL_GEN_MASK == sock_gen)
                     {
-                        if let Some(p) = e.xdp.as_mut() {
+                        if let Some(p) = e.ep.xdp_mut() {
                             p.set_poll_armed(q, false);
                         }
                     }
@@ -1711,7 +1747,7 @@ impl<D: Driver> Core<D> {
         let mut busy = false;
         for i in 0..self.xdp_socks.len() {
             let sock = self.xdp_socks[i];
-            let Some(mut port) = self.sockets[sock as usize].xdp.take() else {
+            let Some(mut port) = self.sockets[sock as usize].ep.take_xdp() else {
                 continue;
             };
             let key = self.key_of(sock);
@@ -1724,7 +1760,7 @@ impl<D: Driver> Core<D> {
             if self.last_merge.elapsed() >= STATS_PERIOD {
                 port.check_conservation();
             }
-            self.sockets[sock as usize].xdp = Some(port);
+            self.sockets[sock as usize].ep = Endpoint::Xdp(port);
             for c in out.drain(..) {
                 self.deliver_recv(sock, c);
             }
@@ -1773,7 +1809,7 @@ impl<D: Driver> Core<D> {
         for i in 0..self.xdp_socks.len() {
             let sock = self.xdp_socks[i];
             let sock_gen = self.sockets[sock as usize].gen;
-            let Some(port) = self.sockets[sock as usize].xdp.as_mut() else {
+            let Some(port) = self.sockets[sock as usize].ep.xdp_mut() else {
                 continue;
             };
             if port.holding_until().is_some() {
@@ -1799,13 +1835,13 @@ impl<D: Driver> Core<D> {
         let sockets = &mut self.sockets;
         socks
             .iter()
-            .any(|&s| sockets[s as usize].xdp.as_mut().is_some_and(|p| p.rx_ready()))
+            .any(|&s| sockets[s as usize].ep.xdp_mut().is_some_and(|p| p.rx_ready()))
     }
 
     fn start_xdp_op(&mut self, sock: u32, token: u64, req: Request) {
         let key = self.key_of(sock);
         let kind = req.kind();
-        let port = self.sockets[sock as usize].xdp.as_mut().expect("checked by the caller");
+        let port = self.sockets[sock as usize].ep.xdp_mut().expect("checked by the caller");
         let refused = match req {
             Request::RecvFrom { multishot: true, .. } if port.recv_token.is_none() => {
                 port.recv_token = Some(token);
@@ -1867,7 +1903,7 @@ impl<D: Driver> Core<D> {
     /// Ends the armed receive (if `token` matches or is `None`) with `Aborted`.
     fn cancel_xdp_recv(&mut self, sock: u32, token: Option<u64>) {
         let key = self.key_of(sock);
-        let Some(port) = self.sockets[sock as usize].xdp.as_mut() else {
+        let Some(port) = self.sockets[sock as usize].ep.xdp_mut() else {
             return;
         };
         if let Some(t) = port.recv_token.filter(|t| token.is_none_or(|want| want == *t)) {
@@ -1881,7 +1917,7 @@ impl<D: Driver> Core<D> {
         self.cancel_xdp_recv(sock, None);
         let e = &mut self.sockets[sock as usize];
         e.fanout = None;
-        let (Some(port), Some(delivery)) = (e.xdp.take(), e.delivery.take()) else {
+        let (Some(port), Some(delivery)) = (e.ep.take_xdp(), e.delivery.take()) else {
             return;
         };
         for q in (0..port.queue_count()).filter(|&q| port.poll_armed(q)) {
@@ -1914,12 +1950,12 @@ impl<D: Driver> Core<D> {
     fn maybe_close(&mut self, sock: u32) {
         let e = &mut self.sockets[sock as usize];
         if e.closing && e.live_ops == 0 {
-            let fixed = std::mem::take(&mut e.fixed);
-            if let Some(fd) = e.fd.as_ref() {
+            if let Endpoint::Kernel { fd, fixed } = std::mem::replace(&mut e.ep, Endpoint::Closed) {
+                // The driver lets go first (its registered slot), then the fd closes with the
+                // last holder.
                 self.driver.close(sock, fd.as_raw_fd(), fixed);
             }
             let e = &mut self.sockets[sock as usize];
-            e.fd = None;
             e.closing = false;
             if let Some(Delivery::Port { port, .. }) = e.delivery.take() {
                 self.backlogs.detach(&port);
@@ -2042,7 +2078,7 @@ impl<D: Driver> Core<D> {
         self.flush();
         self.backlogs.drain_to_overflow();
         for e in self.sockets.iter_mut() {
-            e.fd = None;
+            e.ep = Endpoint::Closed;
             e.delivery = None;
         }
         self.merge_stats();
