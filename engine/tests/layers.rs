@@ -128,6 +128,7 @@ fn unsafe_lives_only_in_the_named_modules() {
         "pool",
         "rio::buf",
         "shard",
+        "shard::ops",
         "xdp::program",
         "loom_models",
     ];
