@@ -56,6 +56,7 @@ pub use porto_engine::socket::{
     TcpStream, UdpSocket, XdpInfo, XdpOptions, XdpQueues, XdpUdpSocket,
 };
 pub use porto_engine::stats::{Snapshot as StatsSnapshot, Stats};
+pub use porto_engine::telemetry;
 pub use porto_engine::wire::DropReason;
 pub use porto_engine::xdp::AttachMode;
 pub use porto_engine::{PageKind, Provider, ProviderInfo, RingInfo, TaskRunMode, XskMode, XskStatistics};

@@ -101,6 +101,12 @@ pub struct Config {
     /// or `Auto` (io_uring, else epoll, the reason reported in `ShardInfo`). Defaults to
     /// `PORTO_PROVIDER` if set.
     pub provider: Provider,
+    /// Publish the shards' statistics in shared memory for `porto stats`
+    /// (`/dev/shm/porto.<pid>.<n>`, see `telemetry`). Off: nothing is written.
+    pub stats_publish: bool,
+    /// How often a shard merges its latency samples and, with `stats_publish`, rewrites its
+    /// published block (1..=60000 ms).
+    pub stats_period_ms: u32,
 }
 
 impl Default for Config {
@@ -125,6 +131,8 @@ impl Default for Config {
             port_backlog: 1024,
             registered_files: true,
             provider: Provider::from_env().unwrap_or_default(),
+            stats_publish: true,
+            stats_period_ms: 100,
         }
     }
 }
@@ -190,6 +198,9 @@ impl Config {
         }
         if self.port_backlog == 0 || self.port_backlog > 1 << 20 {
             return bad(format!("port_backlog = {}: must be 1..=1048576", self.port_backlog));
+        }
+        if !(1..=60_000).contains(&self.stats_period_ms) {
+            return bad(format!("stats_period_ms = {}: must be 1..=60000", self.stats_period_ms));
         }
         if self.idle_spin_us > 1_000_000 {
             return bad(format!("idle_spin_us = {}: at most 1000000", self.idle_spin_us));

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::error::SetupError;
 pub use crate::proto::Transport;
 use crate::shard::{self, Shard, ShardHandle};
+use crate::telemetry::Publisher;
 
 /// Running shards. Dropping the engine stops them: in-flight operations complete `Aborted`,
 /// sockets are closed, threads joined, rings torn down.
@@ -34,8 +35,9 @@ impl Engine {
             threads: Vec::new(),
             next: AtomicUsize::new(0),
         };
+        let telemetry = Publisher::for_config(cfg, cfg.shards);
         for i in 0..cfg.shards {
-            let shared = shard::new_shared(cfg, i)?;
+            let shared = shard::new_shared(cfg, i, telemetry.clone())?;
             let core = cfg.pin.then(|| cfg.core_of(i));
             let (tx, rx) = mpsc::sync_channel(1);
             let c = cfg.clone();
@@ -79,6 +81,11 @@ impl Engine {
 
     pub fn shard(&self, i: usize) -> &ShardHandle {
         &self.shards[i]
+    }
+
+    /// The file this engine's statistics are published in for `porto stats`, if any.
+    pub fn stats_file(&self) -> Option<&std::path::Path> {
+        self.shards[0].shared.telemetry.as_deref().map(Publisher::path)
     }
 
     /// Shards in turn, for spreading sockets.

@@ -30,7 +30,8 @@
 //! - [`shard`]: the loop (a transport-agnostic core over a provider; [`Provider`],
 //!   [`ProviderInfo`]); [`engine`]: shard threads for port mode.
 //! - [`socket`]: overlapped and blocking socket calls; [`rio`]: Registered I/O.
-//! - [`stats`]: counters and latency histograms; [`error`]: Winsock-like error kinds.
+//! - [`stats`]: counters and latency histograms; [`telemetry`]: the same, published in
+//!   shared memory for `porto stats`; [`error`]: Winsock-like error kinds.
 //! - [`wire`]: Ethernet/IPv4/UDP/ARP for the AF_XDP path; [`xdp`]: the XDP program and the
 //!   shard side of AF_XDP sockets; [`netns`]: test/demo topologies; [`qos`]: QOS2 types,
 //!   shaping and the send scheduler; [`fanout`]: one received multicast datagram to N
@@ -71,6 +72,7 @@ pub mod socket;
 pub mod stats;
 mod sync;
 mod sys;
+pub mod telemetry;
 pub mod wire;
 pub mod xdp;
 

@@ -23,6 +23,7 @@ use crate::stats::Stats;
 use crate::sync::{ShardWaker, StopGate};
 use crate::sys::net;
 use crate::sys::region::PageKind;
+use crate::telemetry::Publisher;
 use crate::xdp::port::XdpPort;
 
 /// Where a socket's completions go.
@@ -219,6 +220,8 @@ pub(crate) struct ShardShared {
     pub(crate) flow_counters: Box<[[AtomicU64; 5]]>,
     /// Per class: sends refused by a full scheduler queue.
     pub(crate) class_drops: [AtomicU64; 6],
+    /// Where this shard publishes its statistics for other processes (its engine's segment).
+    pub(crate) telemetry: Option<Arc<Publisher>>,
 }
 
 impl ShardShared {
@@ -414,7 +417,12 @@ fn check_bucket(rate_bps: u64, burst_bytes: u64) -> Result<(), SetupError> {
     Ok(())
 }
 
-pub(crate) fn new_shared(cfg: &Config, index: usize) -> Result<Arc<ShardShared>, SetupError> {
+/// The shared state of shard `index`; `telemetry` is its engine's statistics segment.
+pub(crate) fn new_shared(
+    cfg: &Config,
+    index: usize,
+    telemetry: Option<Arc<Publisher>>,
+) -> Result<Arc<ShardShared>, SetupError> {
     let pool = Pool::new(cfg.frames_per_shard, cfg.frame_size, cfg.huge_pages).map_err(|source| SetupError::Map {
         bytes: cfg.pool_bytes(),
         source,
@@ -443,5 +451,6 @@ pub(crate) fn new_shared(cfg: &Config, index: usize) -> Result<Arc<ShardShared>,
         next_flow: std::sync::atomic::AtomicU16::new(0),
         flow_counters: (0..FLOWS_MAX).map(|_| Default::default()).collect(),
         class_drops: Default::default(),
+        telemetry,
     }))
 }

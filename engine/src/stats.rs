@@ -21,8 +21,22 @@ macro_rules! counters {
         pub struct Snapshot { $($(#[$m])* pub $name: u64,)* }
 
         impl Counters {
+            /// The counters' names, in the order of [`Counters::load_into`].
+            pub const NAMES: &'static [&'static str] = &[$(stringify!($name)),*];
+
             pub fn snapshot(&self) -> Snapshot {
                 Snapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+
+            /// Writes every counter, in [`Counters::NAMES`] order, into `out` (at least that
+            /// long); returns how many.
+            pub(crate) fn load_into(&self, out: &mut [u64]) -> usize {
+                let mut i = 0;
+                $(
+                    out[i] = self.$name.load(Ordering::Relaxed);
+                    i += 1;
+                )*
+                i
             }
         }
     };
@@ -152,6 +166,22 @@ impl Stats {
     /// AF_XDP drops for one reason.
     pub fn xdp_drop(&self, r: DropReason) -> u64 {
         self.xdp_drops[r.index()].load(Ordering::Relaxed)
+    }
+
+    /// Count, p50, p99, p99.9 and max of the latency histogram so far (ns), read in place
+    /// (no copy, no allocation); `None` while the shard holds the lock or nothing was recorded.
+    pub(crate) fn latency_summary(&self) -> Option<[u64; 5]> {
+        let h = self.latency.try_lock().ok()?;
+        if h.is_empty() {
+            return None;
+        }
+        Some([
+            h.len(),
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max(),
+        ])
     }
 
     /// A copy of the operation-latency histogram so far.

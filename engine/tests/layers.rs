@@ -120,6 +120,7 @@ fn unsafe_lives_only_in_the_named_modules() {
         "sys::netns",
         "sys::region",
         "sys::ring",
+        "sys::shm",
         "sys::xsk",
         "driver",
         "driver::uring",

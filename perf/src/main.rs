@@ -22,6 +22,7 @@ mod plot;
 mod qosbench;
 mod report;
 mod sockperf;
+mod stats;
 mod xdprx;
 
 #[derive(Parser, Debug)]
@@ -59,6 +60,9 @@ enum Cmd {
     /// Multicast: a sequenced publisher, and N zero-copy subscribers of one received feed.
     #[command(subcommand)]
     Mcast(mcast::McastCmd),
+    /// What running engines publish (any process using porto): list them, or show one
+    /// engine's shards (`PID`), refreshed with rates (`--watch`), as JSON, or as OpenMetrics.
+    Stats(stats::StatsArgs),
     /// Starts one shard and prints what the kernel gave it.
     Info {
         #[command(flatten)]
@@ -202,6 +206,9 @@ struct EngineArgs {
     /// Default: $PORTO_PROVIDER, else auto.
     #[arg(long)]
     provider: Option<porto::Provider>,
+    /// Do not publish statistics for `porto stats` (to measure what publishing costs).
+    #[arg(long)]
+    no_stats: bool,
 }
 
 impl EngineArgs {
@@ -222,6 +229,7 @@ impl EngineArgs {
             idle_spin_us: self.idle_spin_us,
             registered_files: !self.no_registered_files,
             provider: self.provider.unwrap_or(Config::default().provider),
+            stats_publish: !self.no_stats,
             ..Config::default()
         }
     }
@@ -261,6 +269,7 @@ fn main() -> ExitCode {
         Cmd::Mcast(c) => mcast::run(c),
         Cmd::Info { engine } => info(&engine),
         Cmd::Doctor { xdp, json, engine } => doctor(&engine, xdp.as_deref(), json),
+        Cmd::Stats(a) => stats::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -798,3 +798,136 @@ fn doctor_names_each_problem_and_its_fix() {
         "{text}"
     );
 }
+
+/// `porto stats` from another process: a running `porto echo` is listed live, its shard's
+/// counters show the traffic sockperf sent (table, JSON, OpenMetrics); killed with SIGKILL it
+/// leaves its file behind, listed as stale, which `--clean` removes. The files go in a
+/// directory of this test's own (`PORTO_STATS_DIR`).
+#[test]
+fn stats_reads_a_running_engine_from_another_process() {
+    use std::io::{BufRead, Read, Write};
+    let dir = std::env::temp_dir().join(format!("porto-stats-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let stats = |args: &[&str]| {
+        let out = porto()
+            .env("PORTO_STATS_DIR", &dir)
+            .arg("stats")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let port = free_port();
+    let mut echo = porto();
+    echo.env("PORTO_STATS_DIR", &dir).args([
+        "echo",
+        "--udp",
+        "--addr",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--no-pin",
+        "--seconds",
+        "60",
+    ]);
+    let mut server = Server(echo.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+    server_banner_until(&mut server, "shard 0");
+    let pid = server.0.id().to_string();
+    let sent = if have_sockperf() {
+        received_messages(&sockperf_ping_pong(port, false))
+    } else {
+        let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        for _ in 0..100 {
+            c.send_to(&[0u8; 16], ("127.0.0.1", port)).unwrap();
+            let _ = c.recv(&mut [0u8; 64]);
+        }
+        100
+    };
+    assert!(sent > 0);
+    // At most one publication period later, the counters are there.
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, list, err) = stats(&[]);
+    assert!(ok, "{err}");
+    assert!(list.lines().any(|l| l.contains(&pid) && l.contains("live")), "{list}");
+
+    let (ok, text, err) = stats(&[&pid]);
+    assert!(ok, "{err}");
+    assert!(
+        text.contains("shard 0") && text.contains("receives") && text.contains("p99 µs"),
+        "{text}"
+    );
+
+    let (ok, json, err) = stats(&[&pid, "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let shard = &v[0]["shards"][0];
+    let receives = shard["counters"]["receives"].as_u64().unwrap();
+    assert!(
+        receives >= sent.min(100),
+        "{receives} receives published for {sent} requests: {json}"
+    );
+    assert!(
+        shard["provider"]
+            .as_str()
+            .is_some_and(|p| p == "io_uring" || p == "epoll"),
+        "{json}"
+    );
+    assert!(shard["latency_ns"]["count"].as_u64().unwrap() > 0, "{json}");
+
+    let (ok, watch, err) = stats(&[&pid, "--watch", "0.2", "--count", "2"]);
+    assert!(ok, "{err}");
+    assert!(watch.contains("/s"), "rates in watch mode: {watch}");
+
+    // OpenMetrics, served by `porto stats` itself on a loopback port it picks.
+    let mut prom = porto();
+    prom.env("PORTO_STATS_DIR", &dir)
+        .args(["stats", "--prometheus", "127.0.0.1:0"]);
+    let mut prom = Server(prom.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+    let first = std::io::BufReader::new(prom.0.stdout.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    let addr = first
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_string();
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    c.read_to_string(&mut body).unwrap();
+    assert!(
+        body.starts_with("HTTP/1.1 200") && body.contains("openmetrics-text"),
+        "{body}"
+    );
+    assert!(body.contains("# TYPE porto_receives counter"), "{body}");
+    assert!(body.contains(&format!("porto_receives_total{{pid=\"{pid}\"")), "{body}");
+    assert!(
+        body.contains("porto_op_latency_seconds{") && body.trim_end().ends_with("# EOF"),
+        "{body}"
+    );
+    drop(prom);
+
+    // A crash leaves the file: listed as stale, removed by --clean.
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    let (ok, list, _) = stats(&[]);
+    assert!(
+        ok && list.lines().any(|l| l.contains(&pid) && l.contains("STALE")),
+        "{list}"
+    );
+    assert!(list.contains("--clean"), "the fix is named: {list}");
+    let (ok, cleaned, _) = stats(&["--clean"]);
+    assert!(ok && cleaned.contains("1 stale file(s) removed"), "{cleaned}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -61,6 +61,7 @@ use crate::rio::buf::RioKind;
 use crate::stats::{new_histogram, Stats};
 use crate::sys::net;
 use crate::sys::ring::RingConfig;
+use crate::telemetry::ShardHead;
 use crate::xdp::port::{Quarantine, XdpPort};
 use qos::{Deferred, QosState, QOS_QUEUE_MAX};
 use xdp::QUARANTINE_PROBE;
@@ -70,8 +71,6 @@ const NAME_LEN: u32 = std::mem::size_of::<libc::sockaddr_in6>() as u32;
 /// Bytes reserved for control messages in each multishot recvmsg buffer (one IP_TOS or
 /// IPV6_TCLASS message, delivered when the socket asked for it with `recv_tos`).
 const CONTROL_LEN: usize = 32;
-/// How often a busy shard publishes its latency histogram and gauges.
-const STATS_PERIOD: Duration = Duration::from_millis(50);
 /// Commands taken from the queue per turn, so CQEs are reaped regularly under load.
 const COMMANDS_PER_TURN: usize = 256;
 
@@ -203,6 +202,15 @@ pub(crate) struct Core<D: Driver> {
     wake_armed: bool,
     hist: Histogram<u64>,
     last_merge: Instant,
+    /// `Config::stats_period_ms`: how often samples are merged and the block published.
+    stats_period: Duration,
+    /// Something happened since the last merge: an idle shard sleeps at most a period, so
+    /// what `porto stats` reads is never older than that.
+    unpublished: bool,
+    /// What this shard publishes besides counters (fixed at start).
+    head: ShardHead,
+    /// Room for the published counters (allocated at start).
+    publish_scratch: Vec<u64>,
     idle_spin: Duration,
     /// Sockets that are AF_XDP ports (turned every loop).
     xdp_socks: Vec<u32>,
@@ -242,7 +250,7 @@ impl Shard {
     /// through its handle with [`Delivery::Poll`] complete into [`poll`](Self::poll).
     pub fn new(cfg: &Config, core: Option<usize>) -> Result<Shard, SetupError> {
         cfg.validate()?;
-        let shared = new_shared(cfg, 0)?;
+        let shared = new_shared(cfg, 0, crate::telemetry::Publisher::for_config(cfg, 1))?;
         if let Some(c) = core {
             pin(c);
         }
@@ -318,6 +326,11 @@ impl Shard {
     /// What the shard got from the kernel: its provider and why, its pool.
     pub fn info(&self) -> &ShardInfo {
         on_core!(&self.core, c => c.shared.info.get().expect("set at start"))
+    }
+
+    /// The file this shard's statistics are published in for `porto stats`, if any.
+    pub fn stats_file(&self) -> Option<&std::path::Path> {
+        on_core!(&self.core, c => c.shared.telemetry.as_deref().map(crate::telemetry::Publisher::path))
     }
 
     /// Operations in flight.
@@ -424,6 +437,14 @@ impl<D: Driver> Core<D> {
             wake_armed: false,
             hist: new_histogram(),
             last_merge: Instant::now(),
+            stats_period: Duration::from_millis(u64::from(cfg.stats_period_ms)),
+            unpublished: false,
+            head: ShardHead {
+                transport: info.provider.transport,
+                fell_back: info.provider.fallback.is_some(),
+                core,
+            },
+            publish_scratch: vec![0; shared.telemetry.as_ref().map_or(0, |t| t.counters())],
             idle_spin: Duration::from_micros(u64::from(cfg.idle_spin_us)),
             xdp_socks: Vec::with_capacity(8),
             local_scratch: Vec::with_capacity(256),
@@ -460,6 +481,8 @@ impl<D: Driver> Core<D> {
             what: "the first submission",
             source,
         })?;
+        // Published at once, so `porto stats` shows the shard (and its provider) from its start.
+        shard.merge_stats();
         Ok(shard)
     }
 
@@ -515,9 +538,11 @@ impl<D: Driver> Core<D> {
     pub(crate) fn turn(&mut self, sleep: Option<Duration>) -> io::Result<()> {
         let wait = sleep.is_some_and(|d| !d.is_zero());
         let took = self.take_commands();
+        self.unpublished |= took > 0;
         let held_due = self.qos_pump();
         self.refill();
         let xdp_busy = self.xdp_turn();
+        self.unpublished |= xdp_busy;
         self.release_quarantine();
         self.fanout_retry();
         let waiting = self.backlogs.is_blocked() || !self.fanout_stalled.is_empty();
@@ -531,7 +556,7 @@ impl<D: Driver> Core<D> {
             if !work {
                 // Merging the latency histogram costs tens of µs: never per sleep. Samples
                 // not yet published make the sleep a timed one, so they are at most
-                // STATS_PERIOD late.
+                // a stats period late.
                 // AF_XDP sends complete through a ring that wakes nobody: poll it soon.
                 let xdp_tx = self
                     .xdp_socks
@@ -543,7 +568,7 @@ impl<D: Driver> Core<D> {
                     // A shaped send is due then.
                     Some(Duration::from_nanos(due.saturating_sub(self.now_ns()).max(1_000)))
                 } else {
-                    (!self.hist.is_empty()).then_some(STATS_PERIOD)
+                    (!self.hist.is_empty() || self.unpublished).then_some(self.stats_period)
                 };
                 let hold = self
                     .xdp_socks
@@ -578,7 +603,7 @@ impl<D: Driver> Core<D> {
         // clock for the stats period every 64th turn only; idle turns and port mode (whose
         // turns are rarer) read it every time.
         self.turns = self.turns.wrapping_add(1);
-        if (wait || idle || self.turns % 64 == 0) && self.last_merge.elapsed() >= STATS_PERIOD {
+        if (wait || idle || self.turns % 64 == 0) && self.last_merge.elapsed() >= self.stats_period {
             self.merge_stats();
         }
         Ok(())
@@ -614,7 +639,17 @@ impl<D: Driver> Core<D> {
         st.set(&st.counters.cq_overflows, self.driver.overflows());
         st.set(&st.counters.bufring_frames, u64::from(self.bufring_frames));
         st.set(&st.counters.pool_free, u64::from(self.pool.free_frames()));
+        if let Some(t) = &self.shared.telemetry {
+            t.publish(
+                self.shared.index,
+                self.head,
+                st,
+                &self.shared.class_drops,
+                &mut self.publish_scratch,
+            );
+        }
         self.last_merge = Instant::now();
+        self.unpublished = false;
     }
 
     fn start_op(&mut self, sock: u32, token: u64, req: Request) {

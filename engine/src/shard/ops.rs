@@ -203,6 +203,7 @@ impl<D: Driver> Core<D> {
     pub(super) fn reap(&mut self) {
         let mut events = std::mem::take(&mut self.events);
         self.driver.reap(&mut events);
+        self.unpublished |= !events.is_empty();
         if self.prioritized && events.len() > 1 {
             // Inbound priority: sockets of higher classes first; within a rank, CQE order
             // (so one operation's CQEs never swap). Sorting (rank, index) pairs in place

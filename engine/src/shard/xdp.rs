@@ -4,7 +4,7 @@
 /// How often a shard probes the queues of closed zero-copy sockets.
 use std::time::{Duration, Instant};
 
-use super::{Core, Endpoint, STATS_PERIOD};
+use super::{Core, Endpoint};
 use crate::completion::{Completion, OpKind};
 use crate::driver::Driver;
 use crate::error::Error;
@@ -47,7 +47,7 @@ impl<D: Driver> Core<D> {
             let tx = port.complete_sends(&self.pool, &self.shared.stats, key, &mut |c| out.push(c));
             busy |= rx > 0 || tx > 0;
             #[cfg(debug_assertions)]
-            if self.last_merge.elapsed() >= STATS_PERIOD {
+            if self.last_merge.elapsed() >= self.stats_period {
                 port.check_conservation();
             }
             self.sockets[sock as usize].ep = Endpoint::Xdp(port);

@@ -23,4 +23,5 @@ pub(crate) mod net;
 pub(crate) mod netns;
 pub(crate) mod region;
 pub(crate) mod ring;
+pub(crate) mod shm;
 pub(crate) mod xsk;

@@ -81,7 +81,7 @@ impl Checker {
 /// Runs one seeded script; returns its trace and the faults that fired.
 fn run(seed: u64, faults: Faults) -> (Vec<Step>, Fired) {
     let cfg = cfg();
-    let shared = new_shared(&cfg, 0).unwrap();
+    let shared = new_shared(&cfg, 0, None).unwrap();
     let h = ShardHandle { shared: shared.clone() };
     let mut core = Core::start(&cfg, shared, None, SimDriver::new(seed, faults, cfg.sockets_max)).unwrap();
     let total = h.pool().total_frames();

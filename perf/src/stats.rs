@@ -1,0 +1,373 @@
+//! `porto stats`: what running engines publish, read from another process — a list of
+//! engines, one engine's shards as tables, refreshed with rates (`--watch`), as JSON, or
+//! served in the OpenMetrics text format (`--prometheus ADDR`) by this process (the engine
+//! itself opens no socket for it).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use porto::telemetry::{self, EngineStats};
+
+/// Counters that are levels, not running totals: no rate, OpenMetrics type gauge.
+const GAUGES: [&str; 2] = ["bufring_frames", "pool_free"];
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// A process id (every engine of it) or a statistics file; none: list the engines.
+    target: Option<String>,
+    /// Refresh every INTERVAL seconds (default 1) with per-second rates, until Ctrl-C.
+    #[arg(long, num_args = 0..=1, default_missing_value = "1", value_parser = crate::positive_arg)]
+    watch: Option<f64>,
+    /// With --watch: stop after this many refreshes.
+    #[arg(long)]
+    count: Option<u64>,
+    /// One snapshot as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Serve every live engine's statistics in the OpenMetrics text format at ADDR (e.g.
+    /// 127.0.0.1:9464), until Ctrl-C.
+    #[arg(long, value_name = "ADDR")]
+    prometheus: Option<SocketAddr>,
+    /// Print every counter, zeros included.
+    #[arg(long)]
+    all: bool,
+    /// Remove the files of engines whose process is gone.
+    #[arg(long)]
+    clean: bool,
+}
+
+pub fn run(a: StatsArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if a.clean {
+        return clean();
+    }
+    if let Some(addr) = a.prometheus {
+        return serve(addr);
+    }
+    let Some(target) = &a.target else {
+        return list(a.json);
+    };
+    let paths = select(target)?;
+    if a.json {
+        let engines: Vec<EngineStats> = read_all(&paths)?;
+        println!("{}", serde_json::to_string_pretty(&json(&engines))?);
+        return Ok(());
+    }
+    match a.watch {
+        None => {
+            for e in read_all(&paths)? {
+                print_engine(&e, None, a.all);
+            }
+        }
+        Some(interval) => {
+            let interval = Duration::from_secs_f64(interval);
+            let mut prev: Option<(Instant, Vec<EngineStats>)> = None;
+            let mut n = 0;
+            loop {
+                let now = Instant::now();
+                let engines = read_all(&paths)?;
+                print!("\x1b[2J\x1b[H");
+                for (i, e) in engines.iter().enumerate() {
+                    let before = prev
+                        .as_ref()
+                        .and_then(|(t, p)| p.get(i).map(|p| (now.duration_since(*t), p)));
+                    print_engine(e, before, a.all);
+                }
+                std::io::stdout().flush()?;
+                n += 1;
+                if a.count.is_some_and(|c| n >= c) || engines.iter().all(|e| e.stale) {
+                    return Ok(());
+                }
+                prev = Some((now, engines));
+                std::thread::sleep(interval);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The files of `target`: a path, or every file of a pid.
+fn select(target: &str) -> Result<Vec<PathBuf>, Box<dyn std::error::Error>> {
+    if let Ok(pid) = target.parse::<u32>() {
+        let v: Vec<PathBuf> = telemetry::list()
+            .into_iter()
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.split('.').nth(1) == Some(&pid.to_string()))
+            })
+            .collect();
+        if v.is_empty() {
+            return Err(format!(
+                "no engine of process {pid} publishes statistics in {} (is it running, with Config::stats_publish on? `porto stats` lists them)",
+                telemetry::dir().display()
+            )
+            .into());
+        }
+        return Ok(v);
+    }
+    let p = PathBuf::from(target);
+    if !p.exists() {
+        return Err(format!("{target}: neither a process id nor a statistics file (`porto stats` lists them)").into());
+    }
+    Ok(vec![p])
+}
+
+fn read_all(paths: &[PathBuf]) -> Result<Vec<EngineStats>, Box<dyn std::error::Error>> {
+    paths
+        .iter()
+        .map(|p| telemetry::read(p).map_err(|e| format!("{}: {e}", p.display()).into()))
+        .collect()
+}
+
+fn provider(e: &telemetry::ShardStats) -> String {
+    match e.provider {
+        None => "starting".into(),
+        Some(t) if e.fell_back => format!("{t} (fell back)"),
+        Some(t) => t.to_string(),
+    }
+}
+
+fn list(json_out: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let paths = telemetry::list();
+    let mut engines = Vec::new();
+    for p in &paths {
+        match telemetry::read(p) {
+            Ok(e) => engines.push(e),
+            Err(e) => eprintln!("porto stats: {e}"),
+        }
+    }
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&json(&engines))?);
+        return Ok(());
+    }
+    if engines.is_empty() {
+        println!("no porto engine publishes statistics in {}", telemetry::dir().display());
+        return Ok(());
+    }
+    println!(
+        "{:>8}  {:<16} {:>6}  {:<22} {:>9}  {:<6} file",
+        "pid", "process", "shards", "provider", "ops done", "state"
+    );
+    let mut stale = 0;
+    for e in &engines {
+        let done: u64 = e.shards.iter().filter_map(|s| s.get("ops_completed")).sum();
+        let prov = e.shards.first().map_or("-".into(), provider);
+        stale += usize::from(e.stale);
+        println!(
+            "{:>8}  {:<16} {:>6}  {:<22} {:>9}  {:<6} {}",
+            e.pid,
+            e.process,
+            e.shards.len(),
+            prov,
+            done,
+            if e.stale { "STALE" } else { "live" },
+            e.path.display()
+        );
+    }
+    if stale > 0 {
+        println!("{stale} stale: their process is gone (a crash left the file); `porto stats --clean` removes them");
+    }
+    Ok(())
+}
+
+fn clean() -> Result<(), Box<dyn std::error::Error>> {
+    let mut n = 0;
+    for p in telemetry::list() {
+        if let Ok(e) = telemetry::read(&p) {
+            if e.stale {
+                std::fs::remove_file(&p)?;
+                println!("removed {} (process {} is gone)", p.display(), e.pid);
+                n += 1;
+            }
+        }
+    }
+    println!("{n} stale file(s) removed");
+    Ok(())
+}
+
+fn us(ns: u64) -> String {
+    format!("{:.1}", ns as f64 / 1000.0)
+}
+
+/// One engine as tables; with `before` (elapsed, previous read), a rate column per shard.
+fn print_engine(e: &EngineStats, before: Option<(Duration, &EngineStats)>, all: bool) {
+    println!(
+        "porto engine: pid {} ({}){}, {} shard(s), published every {} ms — {}",
+        e.pid,
+        e.process,
+        if e.stale { ", STALE (process gone)" } else { "" },
+        e.shards.len(),
+        e.period_ms,
+        e.path.display()
+    );
+    println!();
+    println!(
+        "{:<6} {:<24} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "shard", "provider", "core", "latency n", "p50 µs", "p99 µs", "p99.9 µs", "max µs"
+    );
+    for s in &e.shards {
+        let l = s.latency;
+        println!(
+            "{:<6} {:<24} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9}",
+            s.index,
+            provider(s),
+            s.core.map_or("-".into(), |c| c.to_string()),
+            l.count,
+            us(l.p50_ns),
+            us(l.p99_ns),
+            us(l.p999_ns),
+            us(l.max_ns)
+        );
+    }
+    println!();
+    let names: Vec<&String> = e
+        .shards
+        .first()
+        .map(|s| s.counters.iter().map(|c| &c.0).collect())
+        .unwrap_or_default();
+    let mut header = format!("{:<34}", "counter");
+    for s in &e.shards {
+        header += &format!(" {:>14}", format!("shard {}", s.index));
+        if before.is_some() {
+            header += &format!(" {:>12}", "/s");
+        }
+    }
+    println!("{header}");
+    for (k, name) in names.iter().enumerate() {
+        let vals: Vec<u64> = e.shards.iter().map(|s| s.counters[k].1).collect();
+        if !all && vals.iter().all(|&v| v == 0) {
+            continue;
+        }
+        let mut line = format!("{name:<34}");
+        for (i, v) in vals.iter().enumerate() {
+            line += &format!(" {v:>14}");
+            if let Some((dt, prev)) = before {
+                let rate = if GAUGES.contains(&name.as_str()) {
+                    "-".to_string()
+                } else {
+                    let p = prev.shards.get(i).and_then(|s| s.counters.get(k)).map_or(*v, |c| c.1);
+                    format!("{:.0}", v.saturating_sub(p) as f64 / dt.as_secs_f64().max(1e-9))
+                };
+                line += &format!(" {rate:>12}");
+            }
+        }
+        println!("{line}");
+    }
+    println!();
+}
+
+fn json(engines: &[EngineStats]) -> serde_json::Value {
+    serde_json::Value::Array(
+        engines
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "pid": e.pid,
+                    "process": e.process,
+                    "file": e.path.display().to_string(),
+                    "stale": e.stale,
+                    "period_ms": e.period_ms,
+                    "created_unix_ms": e.created_unix_ms,
+                    "shards": e.shards.iter().map(|s| serde_json::json!({
+                        "index": s.index,
+                        "provider": s.provider.map(|p| p.to_string()),
+                        "fell_back": s.fell_back,
+                        "core": s.core,
+                        "updated_unix_ms": s.updated_unix_ms,
+                        "latency_ns": {
+                            "count": s.latency.count,
+                            "p50": s.latency.p50_ns,
+                            "p99": s.latency.p99_ns,
+                            "p999": s.latency.p999_ns,
+                            "max": s.latency.max_ns,
+                        },
+                        "counters": s.counters.iter().cloned().collect::<BTreeMap<String, u64>>(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The OpenMetrics text of every live engine.
+pub fn openmetrics(engines: &[EngineStats]) -> String {
+    let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in engines.iter().filter(|e| !e.stale) {
+        for s in &e.shards {
+            let labels = format!(
+                "pid=\"{}\",process=\"{}\",shard=\"{}\"",
+                e.pid,
+                e.process.replace('"', ""),
+                s.index
+            );
+            for (name, v) in &s.counters {
+                by_name
+                    .entry(name.clone())
+                    .or_default()
+                    .push(if GAUGES.contains(&name.as_str()) {
+                        format!("porto_{name}{{{labels}}} {v}")
+                    } else {
+                        format!("porto_{name}_total{{{labels}}} {v}")
+                    });
+            }
+            let l = s.latency;
+            for (q, v) in [
+                ("0.5", l.p50_ns),
+                ("0.99", l.p99_ns),
+                ("0.999", l.p999_ns),
+                ("1", l.max_ns),
+            ] {
+                by_name.entry("op_latency_seconds".into()).or_default().push(format!(
+                    "porto_op_latency_seconds{{{labels},quantile=\"{q}\"}} {}",
+                    v as f64 / 1e9
+                ));
+            }
+        }
+    }
+    let mut out = String::new();
+    for (name, samples) in by_name {
+        let kind = if name == "op_latency_seconds" {
+            "summary"
+        } else if GAUGES.contains(&name.as_str()) {
+            "gauge"
+        } else {
+            "counter"
+        };
+        out += &format!("# TYPE porto_{name} {kind}\n");
+        for s in samples {
+            out += &s;
+            out.push('\n');
+        }
+    }
+    out += "# EOF\n";
+    out
+}
+
+fn serve(addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+    let l = TcpListener::bind(addr).map_err(|e| format!("binding {addr} for --prometheus: {e}"))?;
+    println!(
+        "porto stats: OpenMetrics at http://{}/metrics (Ctrl-C stops)",
+        l.local_addr()?
+    );
+    for conn in l.incoming() {
+        let Ok(mut c) = conn else { continue };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut req = [0u8; 1024];
+        let _ = c.read(&mut req);
+        let engines: Vec<EngineStats> = telemetry::list()
+            .iter()
+            .filter_map(|p| telemetry::read(p).ok())
+            .collect();
+        let body = openmetrics(&engines);
+        let _ = write!(
+            c,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
+    Ok(())
+}
