@@ -254,6 +254,46 @@ impl Publisher {
     }
 }
 
+/// What a shard pays per publication period, repeatable, for the `telemetry` benchmark: one
+/// block written (counters, drops, the four latency quantiles of a histogram holding a
+/// spread of samples). Not part of the API.
+#[doc(hidden)]
+pub struct PublishBench {
+    p: Publisher,
+    stats: Stats,
+    drops: [AtomicU64; 6],
+    scratch: Vec<u64>,
+}
+
+#[doc(hidden)]
+impl PublishBench {
+    pub fn new() -> io::Result<PublishBench> {
+        let p = Publisher::create(1, 100)?;
+        let stats = Stats::default();
+        let mut local = crate::stats::new_histogram();
+        for i in 1..100_000u64 {
+            let _ = local.record(1_000 + (i * 7919) % 5_000_000);
+        }
+        stats.merge_latency(&mut local);
+        let scratch = vec![0; p.counters()];
+        Ok(PublishBench {
+            p,
+            stats,
+            drops: Default::default(),
+            scratch,
+        })
+    }
+
+    pub fn publish(&mut self) {
+        let head = ShardHead {
+            transport: Transport::IoUring,
+            fell_back: false,
+            core: Some(0),
+        };
+        self.p.publish(0, head, &self.stats, &self.drops, &mut self.scratch);
+    }
+}
+
 /// Latency percentiles of a shard's single-shot operations (submit to completion), ns.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LatencySummary {
