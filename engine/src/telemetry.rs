@@ -258,6 +258,7 @@ impl Publisher {
 /// block written (counters, drops, the four latency quantiles of a histogram holding a
 /// spread of samples). Not part of the API.
 #[doc(hidden)]
+#[derive(Debug)]
 pub struct PublishBench {
     p: Publisher,
     stats: Stats,
