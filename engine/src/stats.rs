@@ -21,7 +21,7 @@ macro_rules! counters {
         pub struct Snapshot { $($(#[$m])* pub $name: u64,)* }
 
         impl Counters {
-            /// The counters' names, in the order of [`Counters::load_into`].
+            /// The counters' names, in declaration order (the order they are published in).
             pub const NAMES: &'static [&'static str] = &[$(stringify!($name)),*];
 
             pub fn snapshot(&self) -> Snapshot {
