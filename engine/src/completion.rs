@@ -61,6 +61,9 @@ pub struct Completion {
     /// The received datagram's TOS / traffic-class byte (DSCP << 2 | ECN), when the socket
     /// asked for it (`SocketOptions::recv_tos`) or on the AF_XDP path.
     pub tos: Option<u8>,
+    /// When the kernel received the datagram (ns since the Unix epoch, CLOCK_REALTIME), if
+    /// the socket asked for it (`SocketOptions::timestamps`).
+    pub rx_timestamp_ns: Option<std::num::NonZeroU64>,
 }
 
 impl Completion {
@@ -82,6 +85,7 @@ impl Completion {
             more: false,
             zc_copied: false,
             tos: None,
+            rx_timestamp_ns: None,
         }
     }
 }

@@ -60,7 +60,7 @@ pub fn recvmsg_out(data: &[u8]) {
 
 /// Control messages (IP_TOS / IPV6_TCLASS) with hostile cmsg lengths.
 pub fn tos_from_cmsgs(data: &[u8]) {
-    let _ = net::tos_from_cmsgs(data);
+    let _ = net::parse_cmsgs(data);
 }
 
 /// A kernel-written sockaddr with a hostile length (the first byte) and family.

@@ -53,6 +53,12 @@ pub struct SocketOptions {
     /// Deliver each datagram's TOS / traffic-class byte in `Completion::tos`
     /// (IP_RECVTOS / IPV6_RECVTCLASS).
     pub recv_tos: bool,
+    /// Stamp each received datagram with the kernel's receive time, in
+    /// `Completion::rx_timestamp_ns` (SO_TIMESTAMPING, software receive stamps; the NIC's
+    /// hardware stamp where only it is given). Multishot datagram receives, under io_uring and
+    /// epoll alike. The kernel switches stamping on asynchronously: the first datagrams after
+    /// the socket asked may come unstamped (`None`). AF_XDP frames carry no stamp yet.
+    pub timestamps: bool,
 }
 
 impl SocketOptions {
@@ -95,6 +101,13 @@ impl SocketOptions {
                 (libc::IPPROTO_IP, libc::IP_RECVTOS)
             };
             sys("setsockopt(IP_RECVTOS)", net::set_int(fd, level, name, 1))?;
+        }
+        if self.timestamps {
+            let flags = libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE;
+            sys(
+                "setsockopt(SO_TIMESTAMPING)",
+                net::set_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPING, flags as i32),
+            )?;
         }
         if let (true, Some(only)) = (v6, self.v6_only) {
             sys(

@@ -1189,3 +1189,63 @@ fn stream_sends_against_a_full_socket_buffer_complete_whole_and_in_order() {
     let tokens: Vec<u64> = done.iter().map(|d| d.0).collect();
     assert_eq!(tokens, (1..=SENDS as u64).collect::<Vec<_>>(), "completions in order");
 }
+
+/// `SocketOptions::timestamps`: once the kernel stamps (it switches stamping on
+/// asynchronously), every datagram a multishot receive delivers carries the kernel's receive
+/// time, which lies between the send and the completion (CLOCK_REALTIME on both sides) and
+/// never goes backwards; beside `recv_tos` both control messages arrive; without the option
+/// there is none. IPv4 and IPv6, under the suite's provider.
+#[test]
+fn receive_timestamps_lie_between_send_and_completion_and_only_when_asked() {
+    let now_ns = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    };
+    for v6 in [false, true] {
+        for on in [true, false] {
+            let mut shard = Shard::new(&small(), None).unwrap();
+            let h = shard.handle();
+            let opts = SocketOptions {
+                timestamps: on,
+                recv_tos: true,
+                ..SocketOptions::default()
+            };
+            let sock = UdpSocket::bind(&h, any(v6), &opts, Delivery::Poll { key: 1 }).unwrap();
+            sock.recv_from_multishot(1).unwrap();
+            let client = StdUdp::bind(any(v6)).unwrap();
+            if on {
+                // The kernel turns receive stamping on asynchronously (a static key flipped
+                // from a work queue): datagrams right after the socket asked may come
+                // unstamped. Wait (bounded) for the first stamped one.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    client.send_to(b"warm", sock.local_addr().unwrap()).unwrap();
+                    let c = poll_n(&mut shard, 1).pop().expect("a warm-up datagram");
+                    if c.rx_timestamp_ns.is_some() || Instant::now() > deadline {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            let mut prev = 0;
+            for i in 0..50u32 {
+                let before = now_ns();
+                client.send_to(&i.to_be_bytes(), sock.local_addr().unwrap()).unwrap();
+                let c = poll_n(&mut shard, 1).pop().expect("the datagram");
+                let after = now_ns();
+                assert_eq!(c.buffer.as_deref(), Some(&i.to_be_bytes()[..]));
+                assert!(c.tos.is_some(), "the TOS message fits beside the timestamp");
+                if on {
+                    let ts = c.rx_timestamp_ns.expect("every datagram is stamped").get();
+                    assert!(before <= ts && ts <= after, "v6 {v6}: {before} <= {ts} <= {after}");
+                    assert!(ts >= prev, "never backwards");
+                    prev = ts;
+                } else {
+                    assert_eq!(c.rx_timestamp_ns, None, "no stamp unless asked");
+                }
+            }
+        }
+    }
+}

@@ -68,9 +68,10 @@ use xdp::QUARANTINE_PROBE;
 
 /// Bytes reserved for the source address in each multishot recvmsg buffer (sockaddr_in6).
 const NAME_LEN: u32 = std::mem::size_of::<libc::sockaddr_in6>() as u32;
-/// Bytes reserved for control messages in each multishot recvmsg buffer (one IP_TOS or
-/// IPV6_TCLASS message, delivered when the socket asked for it with `recv_tos`).
-const CONTROL_LEN: usize = 32;
+/// Bytes reserved for control messages in each multishot recvmsg buffer: one IP_TOS or
+/// IPV6_TCLASS message (24 bytes aligned, with `recv_tos`) and one SCM_TIMESTAMPING (16 + 3
+/// timespecs = 64, with `timestamps`).
+const CONTROL_LEN: usize = 96;
 /// Commands taken from the queue per turn, so CQEs are reaped regularly under load.
 const COMMANDS_PER_TURN: usize = 256;
 

@@ -387,6 +387,7 @@ impl<D: Driver> Core<D> {
                         Some(out) => {
                             c.peer = out.peer;
                             c.tos = out.tos;
+                            c.rx_timestamp_ns = out.rx_ns;
                             if out.truncated {
                                 c.result = Err(Error::MessageTooLong);
                                 let st = &self.shared.stats;

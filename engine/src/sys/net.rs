@@ -432,31 +432,60 @@ pub(crate) fn recv_mmsg(fd: RawFd, bufs: &mut [Vec<u8>], lens: &mut [usize], tim
     Ok(r as usize)
 }
 
-/// The TOS / traffic-class byte from recvmsg control data (IP_TOS or IPV6_TCLASS), if any.
-/// Walks `struct cmsghdr` records by hand, bounds-checked: malformed data yields `None`.
-pub(crate) fn tos_from_cmsgs(mut b: &[u8]) -> Option<u8> {
+/// What porto reads from a received datagram's control messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Cmsgs {
+    /// IP_TOS / IPV6_TCLASS.
+    pub tos: Option<u8>,
+    /// SCM_TIMESTAMPING: the kernel's software receive time (ns since the Unix epoch), or
+    /// the NIC's hardware one when the software one is absent.
+    pub rx_ns: Option<std::num::NonZeroU64>,
+}
+
+/// Walks control messages the kernel wrote (`cmsghdr` chain); lengths are untrusted: a
+/// header claiming more than is there ends the walk.
+pub(crate) fn parse_cmsgs(mut b: &[u8]) -> Cmsgs {
     const HDR: usize = size_of::<libc::cmsghdr>();
     let align = |n: usize| n.div_ceil(size_of::<usize>()) * size_of::<usize>();
+    let mut out = Cmsgs::default();
     while b.len() >= HDR {
-        let len = usize::from_ne_bytes(b[..size_of::<usize>()].try_into().ok()?);
-        let level = i32::from_ne_bytes(b[8..12].try_into().ok()?);
-        let ty = i32::from_ne_bytes(b[12..16].try_into().ok()?);
+        let Ok(len) = b[..size_of::<usize>()].try_into().map(usize::from_ne_bytes) else {
+            break;
+        };
+        let level = i32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
+        let ty = i32::from_ne_bytes([b[12], b[13], b[14], b[15]]);
         if len < HDR || len > b.len() {
-            return None;
+            break;
         }
         let data = &b[HDR..len];
         match (level, ty) {
-            (libc::IPPROTO_IP, libc::IP_TOS) => return data.first().copied(),
+            (libc::IPPROTO_IP, libc::IP_TOS) => out.tos = data.first().copied(),
             (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) => {
-                return data
+                out.tos = data
                     .get(..4)
-                    .map(|v| i32::from_ne_bytes(v.try_into().expect("4 bytes")) as u8)
+                    .map(|v| i32::from_ne_bytes([v[0], v[1], v[2], v[3]]) as u8)
+            }
+            (libc::SOL_SOCKET, libc::SCM_TIMESTAMPING) => {
+                // struct scm_timestamping { struct timespec ts[3]; }: [0] software, [2] raw
+                // hardware (64-bit timespecs: 16 bytes each).
+                let ts = |i: usize| -> Option<std::num::NonZeroU64> {
+                    let d = data.get(i * 16..i * 16 + 16)?;
+                    let sec = i64::from_ne_bytes(d[..8].try_into().ok()?);
+                    let nsec = i64::from_ne_bytes(d[8..].try_into().ok()?);
+                    let ns = u64::try_from(sec)
+                        .ok()?
+                        .checked_mul(1_000_000_000)?
+                        .checked_add(u64::try_from(nsec).ok()?)?;
+                    std::num::NonZeroU64::new(ns)
+                };
+                out.rx_ns = ts(0).or_else(|| ts(2));
             }
             _ => {}
         }
-        b = b.get(align(len)..)?;
+        let Some(rest) = b.get(align(len)..) else { break };
+        b = rest;
     }
-    None
+    out
 }
 
 /// An eventfd used to wake a sleeping shard.
@@ -545,6 +574,8 @@ pub(crate) fn from_raw(storage: &libc::sockaddr_storage, len: libc::socklen_t) -
 pub(crate) struct RecvMsgOut {
     pub peer: Option<SocketAddr>,
     pub tos: Option<u8>,
+    /// The kernel's receive timestamp (ns since the Unix epoch), if the socket asked for it.
+    pub rx_ns: Option<std::num::NonZeroU64>,
     /// Where the payload lies in the buffer.
     pub payload: std::ops::Range<usize>,
     /// The datagram was larger than the buffer's room for it.
@@ -589,10 +620,12 @@ pub(crate) fn parse_recvmsg_out(buf: &[u8], namelen: u32, controllen: usize) -> 
     msg.msg_namelen = namelen;
     msg.msg_controllen = controllen;
     let out = io_uring::types::RecvMsgOut::parse(buf, &msg).ok()?;
+    let cmsgs = parse_cmsgs(out.control_data());
     let start = out.payload_data().as_ptr() as usize - buf.as_ptr() as usize;
     Some(RecvMsgOut {
         peer: from_bytes(out.name_data(), out.incoming_name_len() as usize),
-        tos: tos_from_cmsgs(out.control_data()),
+        tos: cmsgs.tos,
+        rx_ns: cmsgs.rx_ns,
         payload: start..start + out.payload_data().len(),
         truncated: out.is_payload_truncated(),
     })
@@ -646,10 +679,40 @@ mod tests {
         c[8..12].copy_from_slice(&libc::IPPROTO_IP.to_ne_bytes());
         c[12..16].copy_from_slice(&libc::IP_TOS.to_ne_bytes());
         c[16] = 0xb8;
-        assert_eq!(tos_from_cmsgs(&c), Some(0xb8));
+        assert_eq!(parse_cmsgs(&c).tos, Some(0xb8));
         c[..8].copy_from_slice(&999usize.to_ne_bytes());
-        assert_eq!(tos_from_cmsgs(&c), None);
-        assert_eq!(tos_from_cmsgs(&[1, 2, 3]), None);
+        assert_eq!(parse_cmsgs(&c).tos, None);
+        assert_eq!(parse_cmsgs(&[1, 2, 3]).tos, None);
+    }
+
+    /// A TOS message then an SCM_TIMESTAMPING one (software stamp zero: the hardware one is
+    /// taken), as the kernel chains them; a timestamp message cut short yields no stamp.
+    #[test]
+    fn a_timestamp_follows_the_tos_and_a_short_one_is_ignored() {
+        let mut c = vec![0u8; 24 + 64];
+        c[..8].copy_from_slice(&17usize.to_ne_bytes());
+        c[8..12].copy_from_slice(&libc::IPPROTO_IP.to_ne_bytes());
+        c[12..16].copy_from_slice(&libc::IP_TOS.to_ne_bytes());
+        c[16] = 0x28;
+        let t = &mut c[24..];
+        t[..8].copy_from_slice(&64usize.to_ne_bytes());
+        t[8..12].copy_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
+        t[12..16].copy_from_slice(&libc::SCM_TIMESTAMPING.to_ne_bytes());
+        // ts[2] (raw hardware) = 1.5 s.
+        t[16 + 32..16 + 40].copy_from_slice(&1i64.to_ne_bytes());
+        t[16 + 40..16 + 48].copy_from_slice(&500_000_000i64.to_ne_bytes());
+        let m = parse_cmsgs(&c);
+        assert_eq!((m.tos, m.rx_ns.map(|t| t.get())), (Some(0x28), Some(1_500_000_000)));
+        // ts[0] (software) wins when present.
+        c[24 + 16..24 + 24].copy_from_slice(&2i64.to_ne_bytes());
+        assert_eq!(parse_cmsgs(&c).rx_ns.map(|t| t.get()), Some(2_000_000_000));
+        // Cut short: the header claims 64 bytes, 40 are there.
+        assert_eq!(parse_cmsgs(&c[..64]).rx_ns, None);
+        // A negative time is no time.
+        c[24 + 16..24 + 24].copy_from_slice(&(-5i64).to_ne_bytes());
+        c[24 + 48..24 + 56].copy_from_slice(&0i64.to_ne_bytes());
+        c[24 + 56..24 + 64].copy_from_slice(&0i64.to_ne_bytes());
+        assert_eq!(parse_cmsgs(&c).rx_ns, None);
     }
 
     #[test]
