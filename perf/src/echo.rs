@@ -58,7 +58,30 @@ pub struct EchoCounters {
     pub connections: u64,
     /// AF_XDP frames dropped, by reason (`DropReason::ALL` order), summed over shards.
     pub xdp_drops: [u64; DropReason::ALL.len()],
+    /// The shards' own losses and pauses, summed, in [`ENGINE_DROPS`] order.
+    pub engine: [u64; ENGINE_DROPS.len()],
 }
+
+/// The engine counters a stopping server reports by reason: (counter, what it means and
+/// what to do about it).
+pub const ENGINE_DROPS: [(&str, &str); 4] = [
+    (
+        "recv_truncated",
+        "datagrams larger than a frame, cut (raise --frame-size)",
+    ),
+    (
+        "port_backlog_drops",
+        "datagrams dropped: the completion port stayed full (the application side fell behind)",
+    ),
+    (
+        "ops_rejected",
+        "operations refused: the op table was full (raise ops_max)",
+    ),
+    (
+        "recv_nobufs",
+        "receives paused for want of pool frames (not lost: the kernel kept them; raise --frames)",
+    ),
+];
 
 impl EchoCounters {
     fn add(&mut self, o: &EchoCounters) {
@@ -71,6 +94,18 @@ impl EchoCounters {
         for (a, b) in self.xdp_drops.iter_mut().zip(o.xdp_drops) {
             *a += b;
         }
+        for (a, b) in self.engine.iter_mut().zip(o.engine) {
+            *a += b;
+        }
+    }
+
+    /// The engine's own losses and pauses by reason, with what to do about each.
+    pub fn engine_drops(&self) -> impl Iterator<Item = (&'static str, u64, &'static str)> + '_ {
+        ENGINE_DROPS
+            .iter()
+            .zip(self.engine)
+            .filter(|d| d.1 > 0)
+            .map(|(&(name, why), n)| (name, n, why))
     }
 
     /// The AF_XDP drops that happened, by reason.
@@ -511,6 +546,11 @@ impl EchoServer {
         for h in &self.shards {
             for (n, r) in total.xdp_drops.iter_mut().zip(DropReason::ALL) {
                 *n += h.stats().xdp_drop(r);
+            }
+            let s = h.stats().counters.snapshot();
+            let now = [s.recv_truncated, s.port_backlog_drops, s.ops_rejected, s.recv_nobufs];
+            for (v, n) in total.engine.iter_mut().zip(now) {
+                *v += n;
             }
         }
         total

@@ -444,7 +444,10 @@ fn run_echo(a: EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
         "porto echo: stopped; {} requests, {} replies, {} ignored, {} reply drops, {} connections, {} bad streams",
         c.requests, c.replies, c.ignored, c.reply_drops, c.connections, c.bad_streams
     );
-    // AF_XDP drops by reason: a server that answered nothing says why.
+    // Drops by reason: a server that answered nothing (or less than it was sent) says why.
+    for (name, n, why) in c.engine_drops() {
+        println!("  {name}: {n}: {why}");
+    }
     for (reason, n) in c.xdp_drops() {
         match reason.fix() {
             Some(fix) => println!("  AF_XDP dropped {n} frame(s): {reason:?}: {fix}"),

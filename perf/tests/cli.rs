@@ -931,3 +931,37 @@ fn stats_reads_a_running_engine_from_another_process() {
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A server that answered less than it was sent says why when it stops: a datagram larger
+/// than a frame is reported as `recv_truncated` with the fix.
+#[test]
+fn echo_reports_its_drops_by_reason_when_it_stops() {
+    let port = free_port();
+    let mut echo = porto();
+    echo.args([
+        "echo",
+        "--udp",
+        "--addr",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--no-pin",
+    ])
+    .args(["--seconds", "2", "--frame-size", "512"]);
+    let mut server = Server(echo.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+    let rx = stdout_lines(&mut server);
+    let first = rx.recv_timeout(Duration::from_secs(20)).expect("the banner");
+    assert!(first.contains("porto echo"), "{first}");
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.send_to(&[7u8; 1000], ("127.0.0.1", port)).unwrap();
+    let mut lines = Vec::new();
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(10)) {
+        lines.push(l);
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("recv_truncated: 1") && l.contains("--frame-size")),
+        "{lines:?}"
+    );
+}
