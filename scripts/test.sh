@@ -31,8 +31,9 @@ for p in "${packages[@]}"; do
 done
 
 # Every suite on io_uring, then the engine's suites (loopback, fan-out, QoS, RIO, no-alloc,
-# exactly-once, AF_XDP in namespaces) again on the epoll provider: the same tests,
-# parameterised by PORTO_PROVIDER (the default of Config::provider).
+# exactly-once, AF_XDP in namespaces) and the CLI's (porto echo against sockperf, AF_XDP
+# echo, doctor, stats) again on the epoll provider: the same tests, parameterised by
+# PORTO_PROVIDER (the default of Config::provider).
 PORTO_PROVIDER="${PORTO_PROVIDER:-io-uring}" cargo test --workspace --all-features "$@"
-echo "scripts/test.sh: the engine's suites again on the epoll provider"
-PORTO_PROVIDER=epoll cargo test -p porto-engine --all-features "$@"
+echo "scripts/test.sh: the engine's and the CLI's suites again on the epoll provider"
+PORTO_PROVIDER=epoll cargo test -p porto-engine -p porto-perf --all-features "$@"
