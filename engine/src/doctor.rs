@@ -49,12 +49,114 @@ fn finding(check: &'static str, level: Level, detail: impl Into<String>, fix: Op
 
 /// Runs every check for `cfg` (and AF_XDP on `xdp`, if given).
 pub fn check(cfg: &Config, xdp: Option<&str>) -> Vec<Finding> {
-    let mut out = vec![kernel(), io_uring(cfg.provider), memlock(cfg), huge_pages(cfg)];
+    let mut out = vec![
+        kernel(),
+        io_uring(cfg.provider),
+        memlock(cfg),
+        huge_pages(cfg),
+        cpu_placement(cfg),
+        busy_poll(xdp),
+    ];
     if let Some(iface) = xdp {
         out.push(xdp_capabilities());
         out.extend(xdp_iface(iface, cfg.shards));
     }
     out
+}
+
+/// A kernel CPU list (`0-3,8,10-11`); `None` if malformed.
+pub(crate) fn cpu_list(s: &str) -> Option<Vec<usize>> {
+    let mut v = Vec::new();
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
+                if b < a || b - a > 4096 {
+                    return None;
+                }
+                v.extend(a..=b);
+            }
+            None => v.push(part.parse().ok()?),
+        }
+    }
+    Some(v)
+}
+
+fn cpu_file(leaf: &str) -> Option<Vec<usize>> {
+    cpu_list(&std::fs::read_to_string(format!("/sys/devices/system/cpu/{leaf}")).ok()?)
+}
+
+/// Shard cores against the CPUs online, isolated from the scheduler (`isolcpus`) and from the
+/// tick (`nohz_full`), and their frequency governor.
+fn cpu_placement(cfg: &Config) -> Finding {
+    const CHECK: &str = "cpu placement";
+    if !cfg.pin {
+        return finding(
+            CHECK,
+            Level::Warn,
+            "shard threads are not pinned: the scheduler moves them, and their caches with them",
+            Some("pin them (drop --no-pin; choose cores with --cores)"),
+        );
+    }
+    let cores: Vec<usize> = (0..cfg.shards).map(|i| cfg.core_of(i)).collect();
+    let online = cpu_file("online").unwrap_or_default();
+    if let Some(c) = cores.iter().find(|c| !online.is_empty() && !online.contains(c)) {
+        return finding(
+            CHECK,
+            Level::Fail,
+            format!("core {c} is not online (online: {online:?})"),
+            Some("choose online cores with --cores"),
+        );
+    }
+    let isolated = cpu_file("isolated").unwrap_or_default();
+    let nohz = cpu_file("nohz_full").unwrap_or_default();
+    let governors: Vec<String> = cores
+        .iter()
+        .map(|c| {
+            std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_governor"))
+                .map_or_else(|_| "no cpufreq".to_string(), |g| g.trim().to_string())
+        })
+        .collect();
+    let detail = format!("shard cores {cores:?}; isolated {isolated:?}, nohz_full {nohz:?}; governor {governors:?}");
+    let shared = cores.iter().any(|c| !isolated.contains(c) || !nohz.contains(c));
+    let slow_clock = governors
+        .iter()
+        .any(|g| matches!(g.as_str(), "powersave" | "ondemand" | "conservative" | "schedutil"));
+    match (shared, slow_clock) {
+        (false, false) => finding(CHECK, Level::Ok, detail, None),
+        (true, _) => finding(
+            CHECK,
+            Level::Warn,
+            format!("{detail}: the shard cores run other work and take the scheduler tick (latency spikes)"),
+            Some("boot with isolcpus=<cores> nohz_full=<cores> rcu_nocbs=<cores> and keep other threads (and IRQs) off them; `cpupower frequency-set -g performance` too"),
+        ),
+        (false, true) => finding(
+            CHECK,
+            Level::Warn,
+            format!("{detail}: a frequency governor that slows idle cores adds wake-up latency"),
+            Some("cpupower frequency-set -g performance"),
+        ),
+    }
+}
+
+/// The kernel's busy-poll settings: kernel sockets (and AF_XDP with SO_PREFER_BUSY_POLL)
+/// spin in the kernel only when these allow it. porto's polling mode spins in user space
+/// either way, so these are reported, never blocking.
+fn busy_poll(xdp: Option<&str>) -> Finding {
+    let read = |p: &str| std::fs::read_to_string(p).map_or_else(|_| "?".to_string(), |v| v.trim().to_string());
+    let mut detail = format!(
+        "net.core.busy_poll {} µs, busy_read {} µs",
+        read("/proc/sys/net/core/busy_poll"),
+        read("/proc/sys/net/core/busy_read")
+    );
+    if let Some(iface) = xdp {
+        detail += &format!(
+            "; {iface}: napi_defer_hard_irqs {}, gro_flush_timeout {} ns",
+            sysfs(iface, "napi_defer_hard_irqs").unwrap_or_else(|| "?".into()),
+            sysfs(iface, "gro_flush_timeout").unwrap_or_else(|| "?".into())
+        );
+    }
+    finding("busy poll", Level::Ok, detail, None)
 }
 
 /// Capability numbers (linux/capability.h).
@@ -309,4 +411,18 @@ fn xdp_iface(iface: &str, shards: usize) -> Vec<Finding> {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_parse_and_garbage_is_refused() {
+        assert_eq!(cpu_list("0-3,8,10-11\n"), Some(vec![0, 1, 2, 3, 8, 10, 11]));
+        assert_eq!(cpu_list(""), Some(vec![]));
+        for bad in ["3-1", "a", "1-", "0-99999999"] {
+            assert_eq!(cpu_list(bad), None, "{bad}");
+        }
+    }
 }

@@ -729,6 +729,34 @@ fn doctor_names_each_problem_and_its_fix() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("io_uring") && text.contains("ok"), "{text}");
+    assert!(
+        text.contains("cpu placement    WARN  shard threads are not pinned"),
+        "{text}"
+    );
+    assert!(text.contains("busy poll        ok    net.core.busy_poll"), "{text}");
+
+    // A shard core that does not exist blocks; a pinned core that is not isolated is named
+    // with the boot parameters that isolate it (no CI machine isolates its CPUs).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let out = porto()
+        .args(["doctor", "--cores", &(cpus + 64).to_string()])
+        .output()
+        .unwrap();
+    assert_user_error(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("cpu placement    FAIL") && text.contains("is not online"),
+        "{text}"
+    );
+    let out = porto().args(["doctor", "--cores", "0"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let isolated = std::fs::read_to_string("/sys/devices/system/cpu/isolated").unwrap_or_default();
+    if isolated.trim().is_empty() {
+        assert!(
+            text.contains("cpu placement    WARN") && text.contains("isolcpus=") && text.contains("nohz_full="),
+            "{text}"
+        );
+    }
 
     let mut cmd = porto();
     cmd.args(["doctor", "--no-pin", "--provider", "auto"]);
