@@ -435,6 +435,9 @@ fn run_echo(a: EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
     for f in &server.xdp_fallbacks {
         println!("  {f}");
     }
+    if cfg.engine.stats_publish {
+        println!("  statistics: porto stats {} (--watch for rates)", std::process::id());
+    }
     let deadline = a.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
         std::thread::sleep(Duration::from_millis(50));

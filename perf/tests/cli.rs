@@ -875,8 +875,12 @@ fn stats_reads_a_running_engine_from_another_process() {
         "60",
     ]);
     let mut server = Server(echo.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
-    server_banner_until(&mut server, "shard 0");
     let pid = server.0.id().to_string();
+    let banner = server_banner_until(&mut server, "statistics:");
+    assert!(
+        banner.iter().any(|l| l.contains(&format!("porto stats {pid}"))),
+        "the banner says where to look: {banner:?}"
+    );
     let sent = if have_sockperf() {
         received_messages(&sockperf_ping_pong(port, false))
     } else {
