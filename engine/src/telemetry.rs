@@ -143,10 +143,6 @@ impl Publisher {
         let seg = Segment::create(&path, words)?;
         let w = seg.words();
         let process = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
-        let mut name = [0u8; NAME_BYTES];
-        for (d, s) in name.iter_mut().zip(process.trim().bytes()) {
-            *d = s;
-        }
         for (i, v) in [
             0,
             VERSION,
@@ -162,23 +158,10 @@ impl Publisher {
         {
             w[i].store(v, Ordering::Relaxed);
         }
-        for (i, chunk) in name.chunks(8).enumerate() {
-            w[8 + i].store(
-                u64::from_le_bytes(chunk.try_into().expect("8 bytes")),
-                Ordering::Relaxed,
-            );
-        }
+        store_text(&w[8..8 + NAME_BYTES / 8], process.trim());
         for (n, nm) in names.iter().enumerate() {
-            let mut b = [0u8; NAME_WORDS * 8];
-            for (d, s) in b.iter_mut().zip(nm.bytes()) {
-                *d = s;
-            }
-            for (i, chunk) in b.chunks(8).enumerate() {
-                w[HEADER_WORDS + n * NAME_WORDS + i].store(
-                    u64::from_le_bytes(chunk.try_into().expect("8 bytes")),
-                    Ordering::Relaxed,
-                );
-            }
+            let at = HEADER_WORDS + n * NAME_WORDS;
+            store_text(&w[at..at + NAME_WORDS], nm);
         }
         // The magic last, released: a reader that sees it sees a complete header.
         w[0].store(MAGIC, Ordering::Release);
@@ -366,6 +349,18 @@ fn bytes_of(words: &[AtomicU64]) -> Vec<u8> {
         .iter()
         .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
         .collect()
+}
+
+/// Writes `text` into `words`, NUL-padded (cut at their size): what [`text_of`] reads.
+fn store_text(words: &[AtomicU64], text: &str) {
+    let mut b = text.bytes();
+    for w in words {
+        let mut chunk = [0u8; 8];
+        for (d, s) in chunk.iter_mut().zip(b.by_ref()) {
+            *d = s;
+        }
+        w.store(u64::from_le_bytes(chunk), Ordering::Relaxed);
+    }
 }
 
 fn text_of(words: &[AtomicU64]) -> String {

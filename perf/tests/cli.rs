@@ -665,17 +665,20 @@ fn io_uring_refused_falls_back_to_epoll_and_says_why() {
                 "auto",
             ]);
         seccomp::refuse_io_uring(&mut echo);
-        let mut server = Server(echo.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
-        let banner = server_banner_until(&mut server, "shard 0");
-        assert!(
-            banner
-                .iter()
-                .any(|l| l.contains("epoll (fell back from io_uring: io_uring_setup failed") && l.contains("seccomp")),
-            "{banner:?}"
-        );
-        let text = sockperf_ping_pong(port, tcp);
-        assert!(received_messages(&text) > 100, "tcp {tcp}: {text}");
+        serve_says_and_answers(echo, port, tcp, "shard 0", |l| {
+            l.contains("epoll (fell back from io_uring: io_uring_setup failed") && l.contains("seccomp")
+        });
     }
+}
+
+/// Starts `echo` (serving `port`), waits for the banner line containing `needle`, asserts
+/// some banner line satisfies `says`, then checks sockperf's ping-pong is answered.
+fn serve_says_and_answers(mut echo: Command, port: u16, tcp: bool, needle: &str, says: impl Fn(&str) -> bool) {
+    let mut server = Server(echo.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+    let banner = server_banner_until(&mut server, needle);
+    assert!(banner.iter().any(|l| says(l)), "{banner:?}");
+    let text = sockperf_ping_pong(port, tcp);
+    assert!(received_messages(&text) > 100, "tcp {tcp}: {text}");
 }
 
 /// `porto echo --xdp IFACE --fallback`: where AF_XDP cannot be had (here: no such interface)
@@ -707,16 +710,9 @@ fn xdp_fallback_serves_through_kernel_sockets_and_says_why() {
     let mut echo = porto();
     echo.args(["echo", "--udp", "--xdp", "nosuch0", "--fallback", "--addr", "127.0.0.1"])
         .args(["--port", &port.to_string(), "--no-pin", "--seconds", "30"]);
-    let mut server = Server(echo.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
-    let banner = server_banner_until(&mut server, "unavailable");
-    assert!(
-        banner
-            .iter()
-            .any(|l| l.contains("AF_XDP on nosuch0 unavailable") && l.contains("kernel sockets")),
-        "{banner:?}"
-    );
-    let text = sockperf_ping_pong(port, false);
-    assert!(received_messages(&text) > 100, "{text}");
+    serve_says_and_answers(echo, port, false, "unavailable", |l| {
+        l.contains("AF_XDP on nosuch0 unavailable") && l.contains("kernel sockets")
+    });
 }
 
 /// `porto doctor` on this machine passes; each blocking condition it can be shown is forced

@@ -77,8 +77,6 @@ struct Pending {
     due: u64,
     /// Turn at which its linked timeout fires.
     deadline: Option<u64>,
-    /// Bytes of a stream send completed so far.
-    done: u32,
 }
 
 pub(crate) struct SimDriver {
@@ -274,17 +272,14 @@ impl SimDriver {
             }
             Prep::Send { len, flags, zc, .. } => {
                 let stream = flags & libc::MSG_WAITALL != 0;
-                let p = &mut self.pending[i];
-                let left = len - p.done;
-                let n = if stream && left > 1 && self.chance(self.faults.short) {
+                // Each push is a fresh op: a short send ends it, and the core pushes the rest.
+                let n = if stream && len > 1 && self.chance(self.faults.short) {
                     self.fired.short += 1;
-                    left / 2
+                    len / 2
                 } else {
-                    left
+                    len
                 };
-                let p = &mut self.pending[i];
-                p.done += n;
-                if stream && p.done < len {
+                if n < len {
                     // A short send: the core sees it and continues with the rest.
                     self.events.push_back(Event::of(ud, n as i32));
                     self.sent.push((sub.sock, n));
@@ -382,7 +377,6 @@ impl Driver for SimDriver {
             sub: *op,
             due,
             deadline,
-            done: 0,
         });
         Ok(())
     }
