@@ -6,7 +6,7 @@
 //! `ENOBUFS` while frames remain, turns that return nothing (`EINTR`), dropped datagrams.
 //!
 //! The network is a queue of datagrams per socket that the test injects; sends complete with
-//! their length (or a short count) and are logged. Time is the number of turns (quinn's
+//! their length (or a short count). Time is the number of turns (quinn's
 //! clock-free core: the driver reads no clock), so a seed replays exactly.
 
 // Writes received datagrams into provided frames and op buffers, as the kernel does.
@@ -92,8 +92,6 @@ pub(crate) struct SimDriver {
     watches: Vec<u64>,
     /// Cancels in flight: (target, turn they take effect).
     cancels: Vec<(u64, u64)>,
-    /// Datagrams sent (socket, length), in order.
-    pub sent: Vec<(u32, u32)>,
     /// How often each fault fired.
     pub fired: Fired,
 }
@@ -128,7 +126,6 @@ impl SimDriver {
             wake: None,
             watches: Vec::new(),
             cancels: Vec::new(),
-            sent: Vec::new(),
             fired: Fired::default(),
         }
     }
@@ -282,10 +279,8 @@ impl SimDriver {
                 if n < len {
                     // A short send: the core sees it and continues with the rest.
                     self.events.push_back(Event::of(ud, n as i32));
-                    self.sent.push((sub.sock, n));
                     return self.end(i);
                 }
-                self.sent.push((sub.sock, n));
                 let mut ev = Event::of(ud, n as i32);
                 if zc.is_some() {
                     ev.more = true;
@@ -308,7 +303,6 @@ impl SimDriver {
                         .map(|v| v.iov_len)
                         .sum()
                 };
-                self.sent.push((sub.sock, total as u32));
                 self.events.push_back(Event::of(ud, total as i32));
                 true
             }
