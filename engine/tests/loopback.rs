@@ -712,11 +712,15 @@ fn every_traffic_type_arrives_with_its_dscp_v4_and_v6() {
 
 #[test]
 fn shaped_flow_sends_at_its_rate() {
+    // Departure times are the kernel's receive stamps (loopback delivers inside the send
+    // call), so the receiver's scheduling does not blur them. Two properties are checked:
+    // conformance (no interval carries more than rate × time + burst: a scheduling stall can
+    // only make the flow slower, never faster) and the rate after the burst.
     use porto_engine::qos::{Shaping, TrafficType};
     const N: usize = 250;
     const LEN: usize = 1000;
     const RATE: u64 = 4_000_000;
-    const BURST: u64 = 3000;
+    const BURST: u64 = 20 * LEN as u64;
     let cfg = Config {
         frames_per_shard: 1024,
         recv_frames: 256,
@@ -724,47 +728,78 @@ fn shaped_flow_sends_at_its_rate() {
     };
     let mut shard = Shard::new(&cfg, None).unwrap();
     let h = shard.handle();
-    let rx = StdUdp::bind("127.0.0.1:0").unwrap();
-    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let stamped = SocketOptions {
+        timestamps: true,
+        recv_buffer: Some(4 << 20),
+        ..SocketOptions::default()
+    };
+    let rx = UdpSocket::bind(&h, any(false), &stamped, Delivery::Poll { key: 1 }).unwrap();
+    rx.recv_from_multishot(1).unwrap();
     let to = rx.local_addr().unwrap();
-    let catcher = std::thread::spawn(move || {
-        let mut times = Vec::new();
-        let mut b = [0u8; 2048];
-        while times.len() < N {
-            if rx.recv(&mut b).is_err() {
-                break;
-            }
-            times.push(Instant::now());
+    // The kernel turns receive stamping on asynchronously: wait (bounded) for a stamp.
+    let warm = StdUdp::bind(any(false)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        warm.send_to(b"warm", to).unwrap();
+        let c = poll_n(&mut shard, 1).pop().expect("a warm-up datagram");
+        if c.rx_timestamp_ns.is_some() || Instant::now() > deadline {
+            break;
         }
-        times
-    });
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let tx = UdpSocket::bind(&h, any(false), &SocketOptions::default(), Delivery::Poll { key: 0 }).unwrap();
     let flow = h
         .create_flow(TrafficType::BestEffort, Some((RATE, BURST, Shaping::ShapeAndMark)))
         .unwrap();
     tx.set_flow(&flow).unwrap();
-    let mut out = Vec::new();
-    shard.poll(&mut out, 16);
     for i in 0..N {
         tx.send_to(h.pool().alloc_from(&[i as u8; LEN]).unwrap(), to, i as u64)
             .unwrap();
     }
-    let mut done = 0;
+    let (mut sent, mut stamps) = (0, Vec::with_capacity(N));
+    let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while done < N && Instant::now() < deadline {
+    while (sent < N || stamps.len() < N) && Instant::now() < deadline {
         shard.poll(&mut out, 64);
-        done += out
-            .drain(..)
-            .filter(|c| c.op == OpKind::SendTo && c.result == Ok(LEN))
-            .count();
+        for c in out.drain(..) {
+            match c.key {
+                0 if c.op == OpKind::SendTo && c.result == Ok(LEN) => sent += 1,
+                1 if c.buffer.as_ref().is_some_and(|b| b.len() == LEN) => {
+                    stamps.push(c.rx_timestamp_ns.expect("every datagram is stamped").get());
+                }
+                _ => {}
+            }
+        }
     }
-    assert_eq!(done, N, "every send completed");
-    let times = catcher.join().unwrap();
-    assert_eq!(times.len(), N);
-    // After the burst, the datagrams leave at the flow's rate.
+    assert_eq!((sent, stamps.len()), (N, N), "every send completed and arrived");
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "stamps never go backwards");
+    // Conformance: datagrams i+1..=j left within (t_i, t_j]; a token bucket allows at most
+    // BURST + RATE × (t_j − t_i) bits there. The stamps are taken when the kernel ran the
+    // send, after the shaper's decision: a shard thread descheduled between the two (a CPU
+    // hog on a 2-core CI machine preempts for a few ms) moves a decision later, so the bound
+    // carries JITTER of the rate's time as slack. A shaper that ignores its burst or rate
+    // still exceeds it over the longer windows.
+    const JITTER_NS: u64 = 10_000_000;
+    let slack = (BURST * 8 + RATE * JITTER_NS / 1_000_000_000) as f64;
+    for i in 0..N {
+        for j in i + 1..N {
+            let bits = ((j - i) * LEN * 8) as f64;
+            let allowed = (stamps[j] - stamps[i]) as f64 * RATE as f64 / 1e9 + slack;
+            assert!(
+                bits <= allowed,
+                "datagrams {i}..={j}: {bits} bits in {} ns, the bucket allows {allowed:.0}",
+                stamps[j] - stamps[i]
+            );
+        }
+    }
+    // Rate: after the burst, the flow averages its rate. The burst is 40 ms of credit, so
+    // a shard descheduled for less than that catches up rather than losing tokens to the
+    // bucket's cap (a CPU hog beside the test does not slow the flow down). The bucket's
+    // arithmetic is checked exactly on a synthetic clock in qos.rs; this checks the shard
+    // wakes for it on time.
     let after_burst = (BURST as usize).div_ceil(LEN);
-    let span = times[N - 1] - times[after_burst - 1];
-    let measured = ((N - after_burst) * LEN * 8) as f64 / span.as_secs_f64();
+    let span = stamps[N - 1] - stamps[after_burst - 1];
+    let measured = ((N - after_burst) * LEN * 8) as f64 * 1e9 / span as f64;
     assert!(
         (measured - RATE as f64).abs() <= 0.05 * RATE as f64,
         "shaped at {measured:.0} bit/s, set {RATE}"
