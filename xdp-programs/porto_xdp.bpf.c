@@ -21,6 +21,9 @@
 //   groups6: the same for IPv6: {group, source} (16 bytes each), source :: = any source.
 //   stats : per-CPU counters, see enum stat
 //
+// A steered frame carries its receive time (bpf_ktime_get_ns) in the metadata area in
+// front of it, see struct porto_meta.
+//
 // Frames that are malformed beyond the UDP header (bad lengths, checksums, options,
 // fragments) but carry a porto port are steered too: the engine validates every frame and
 // counts each drop by reason. Frames whose UDP header cannot even be located go to the
@@ -102,10 +105,33 @@ static __always_inline int count(__u32 which, int action)
     return action;
 }
 
+// The receive timestamp a steered frame carries in its metadata area, just before the
+// Ethernet header: { magic, CLOCK_MONOTONIC ns }. The engine reads it when the socket asked
+// for timestamps and clears the magic, so a frame that comes back without metadata (a driver
+// that refuses bpf_xdp_adjust_meta) is never read as stamped by a stale value.
+#define PORTO_META_MAGIC 0x3153544f54524f50ULL // "PORTOTS1" as a little-endian u64
+
+struct porto_meta {
+    __u64 magic;
+    __u64 rx_ns;
+};
+
+static __always_inline void stamp(struct xdp_md *ctx)
+{
+    if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct porto_meta)))
+        return;
+    struct porto_meta *m = (void *)(long)ctx->data_meta;
+    if ((void *)(m + 1) > (void *)(long)ctx->data)
+        return;
+    m->magic = PORTO_META_MAGIC;
+    m->rx_ns = bpf_ktime_get_ns();
+}
+
 // No socket on this queue: the kernel gets the frame (XDP_PASS as the fallback action).
 static __always_inline int steer(struct xdp_md *ctx)
 {
     count(STAT_STEERED, 0);
+    stamp(ctx);
     return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
 }
 

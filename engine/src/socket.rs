@@ -909,6 +909,11 @@ pub struct XdpOptions {
     /// DSCP 46 or above (EF, CS6, CS7; QOS2 Voice and Control) before the others, each group
     /// in arrival order. Off by default: it reorders a socket's datagrams across classes.
     pub dscp_priority: bool,
+    /// Each received datagram's completion carries `rx_timestamp_ns`: the time porto's XDP
+    /// program ran for it (`bpf_ktime_get_ns`, written into the frame's metadata area, moved
+    /// to CLOCK_REALTIME like the kernel sockets' stamps), read without a syscall. Off by
+    /// default.
+    pub timestamps: bool,
 }
 
 /// Largest AF_XDP ring (entries): the kernel takes up to 2^31, but a ring of more frames
@@ -953,6 +958,7 @@ impl XdpOptions {
             rx_coalesce: None,
             hold_frames_on_close: false,
             dscp_priority: false,
+            timestamps: false,
         }
     }
 }
@@ -1109,6 +1115,8 @@ impl XdpUdpSocket {
         let mut port = XdpPort::new(xsks, local, MacAddr(mac), pool.total_frames(), fill_target);
         port.rx_coalesce = opts.rx_coalesce.map(|(n, wait)| (n.clamp(1, RX_BATCH_MAX), wait));
         port.dscp_priority = opts.dscp_priority;
+        port.timestamps = opts.timestamps;
+        port.program = Some(program.clone());
         port.hold_on_close = opts.hold_frames_on_close;
         // Fill the FILL rings now, not at the shard's first turn: a frame that arrives before
         // then would find no buffer and be dropped by the kernel (rx_fill_ring_empty_descs).
@@ -1141,10 +1149,7 @@ impl XdpUdpSocket {
 
     /// The transport this socket really got: AF_XDP zero-copy or copy mode.
     pub fn transport(&self) -> Transport {
-        match self.info.socket_mode {
-            XskMode::ZeroCopy => Transport::AfXdpZeroCopy,
-            XskMode::Copy => Transport::AfXdpCopy,
-        }
+        self.info.socket_mode.into()
     }
 
     pub fn local_addr(&self) -> SocketAddr {

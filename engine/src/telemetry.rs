@@ -10,14 +10,21 @@
 //! it), so a reader of another version prints what it finds.
 //!
 //! ```text
-//!  words 0..16    header: magic "PORTOST1", version, pid, shards, counters, block words,
-//!                 created (unix ms), period (ms), process name (64 bytes)
+//!  words 0..24    header: magic "PORTOST1", version, pid, shards, counters, block words,
+//!                 created (unix ms), period (ms), process name (64 bytes), then the
+//!                 sections' shapes: socket slots, socket words, queue slots, queue words,
+//!                 subscriber slots, subscriber words, classes, class words
 //!  then           counter names, 32 bytes each
 //!  then per shard seq, updated (unix ms), provider, fell back, core + 1, latency count,
-//!                 p50, p99, p99.9, max (ns), 6 reserved, then the counters
+//!                 p50, p99, p99.9, max (ns), sockets listed, sockets not listed (no slot),
+//!                 queues listed, queues not listed, subscribers listed, not listed;
+//!                 the counters; a record per QoS class; the socket, AF_XDP queue and
+//!                 fan-out subscriber records (see `SocketStats`, `QueueStats`,
+//!                 `SubscriberStats`: each encodes and decodes itself here)
 //! ```
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,20 +32,22 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use crate::driver::Transport;
-use crate::qos::TrafficType;
+use crate::fanout::group::GroupCounters;
+use crate::qos::{FlowCounters, TrafficType};
 use crate::stats::{Counters, Stats};
 use crate::sys::shm::Segment;
+use crate::sys::xsk::XskStatistics;
 use crate::wire::DropReason;
+use crate::xdp::program::ProgramCounters;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"PORTOST1");
-const VERSION: u64 = 1;
-const HEADER_WORDS: usize = 16;
+const VERSION: u64 = 2;
+const HEADER_WORDS: usize = 24;
 const NAME_WORDS: usize = 4;
 const BLOCK_FIXED: usize = 16;
 const NAME_BYTES: usize = 64;
 
-/// Every counter a shard block carries: the shard's counters, AF_XDP drops by reason, and
-/// QoS queue drops by class.
+/// Every counter a shard block carries: the shard's counters and AF_XDP drops by reason.
 pub fn counter_names() -> Vec<String> {
     let mut v: Vec<String> = Counters::NAMES.iter().map(|s| s.to_string()).collect();
     v.extend(
@@ -46,21 +55,312 @@ pub fn counter_names() -> Vec<String> {
             .iter()
             .map(|r| format!("xdp_drop_{}", snake(&format!("{r:?}")))),
     );
-    v.extend(
-        class_order()
-            .iter()
-            .map(|t| format!("qos_class_drop_{}", snake(&format!("{t:?}")))),
-    );
     v
 }
 
-/// The classes in the order of `ShardShared::class_drops` (their discriminants).
-fn class_order() -> [TrafficType; 6] {
-    let mut out = [TrafficType::BestEffort; 6];
+/// The classes by discriminant (the order of a block's class records).
+pub fn class_order() -> [TrafficType; CLASSES] {
+    let mut out = [TrafficType::BestEffort; CLASSES];
     for t in TrafficType::BY_PRIORITY {
         out[t as usize] = t;
     }
     out
+}
+
+/// Sockets a shard lists (more are counted as not listed).
+pub const SOCKET_SLOTS: usize = 64;
+/// AF_XDP queues a shard lists.
+pub const QUEUE_SLOTS: usize = 32;
+/// Fan-out subscribers a shard lists.
+pub const SUBSCRIBER_SLOTS: usize = 64;
+const SOCKET_WORDS: usize = 24;
+const QUEUE_WORDS: usize = 16;
+const SUBSCRIBER_WORDS: usize = 4;
+const CLASS_WORDS: usize = 4;
+const CLASSES: usize = 6;
+
+/// What a socket record describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketKind {
+    Udp,
+    TcpListener,
+    TcpStream,
+    /// A UDP socket on AF_XDP.
+    XdpUdp,
+    /// A kernel socket of another type.
+    Other,
+}
+
+impl SocketKind {
+    const ALL: [SocketKind; 5] = [
+        SocketKind::Udp,
+        SocketKind::TcpListener,
+        SocketKind::TcpStream,
+        SocketKind::XdpUdp,
+        SocketKind::Other,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SocketKind::Udp => "udp",
+            SocketKind::TcpListener => "tcp-listener",
+            SocketKind::TcpStream => "tcp",
+            SocketKind::XdpUdp => "udp-af_xdp",
+            SocketKind::Other => "other",
+        }
+    }
+}
+
+const TRANSPORTS: [Transport; 4] = [
+    Transport::IoUring,
+    Transport::Epoll,
+    Transport::AfXdpCopy,
+    Transport::AfXdpZeroCopy,
+];
+
+/// `Some(x)` as its index in `all` + 1, `None` as 0 (the encoding of every enum here).
+fn code_of<T: PartialEq>(all: &[T], x: Option<T>) -> u64 {
+    x.and_then(|x| all.iter().position(|a| *a == x))
+        .map_or(0, |i| i as u64 + 1)
+}
+
+fn of_code<T: Copy>(all: &[T], code: u64) -> Option<T> {
+    all.get(usize::try_from(code.checked_sub(1)?).ok()?).copied()
+}
+
+/// An address in 3 words: family (4, 6; 0 none) | port << 16, then the 16 address bytes.
+fn put_addr(w: &mut [u64], a: Option<SocketAddr>) {
+    let (fam, port, bytes) = match a {
+        Some(SocketAddr::V4(a)) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.ip().octets());
+            (4u64, a.port(), b)
+        }
+        Some(SocketAddr::V6(a)) => (6, a.port(), a.ip().octets()),
+        None => (0, 0, [0; 16]),
+    };
+    w[0] = fam | u64::from(port) << 16;
+    w[1] = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    w[2] = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
+}
+
+fn get_addr(w: &[u64]) -> Option<SocketAddr> {
+    let port = (w[0] >> 16) as u16;
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&w[1].to_le_bytes());
+    b[8..].copy_from_slice(&w[2].to_le_bytes());
+    match w[0] & 0xffff {
+        4 => Some(SocketAddr::from((<[u8; 4]>::try_from(&b[..4]).ok()?, port))),
+        6 => Some(SocketAddr::from((b, port))),
+        _ => None,
+    }
+}
+
+/// One socket as its shard last published it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketStats {
+    /// Its index in the shard's socket table.
+    pub id: u32,
+    pub kind: SocketKind,
+    pub transport: Option<Transport>,
+    pub local: Option<SocketAddr>,
+    /// The connected peer (streams, connected datagram sockets).
+    pub peer: Option<SocketAddr>,
+    /// Datagrams or stream chunks received (fanned-out datagrams included).
+    pub receives: u64,
+    pub recv_bytes: u64,
+    pub sends: u64,
+    pub send_bytes: u64,
+    /// Operations that ended in an error (timeouts and cancels included).
+    pub errors: u64,
+    /// Completions lost on the way to the application (its completion port stayed full).
+    pub drops: u64,
+    /// Its QoS traffic class, if set.
+    pub class: Option<TrafficType>,
+    /// Its QoS flow: (id, counters).
+    pub flow: Option<(u16, FlowCounters)>,
+    /// Its fan-out group, if it has one.
+    pub fanout: Option<GroupCounters>,
+}
+
+impl SocketStats {
+    fn encode(&self) -> [u64; SOCKET_WORDS] {
+        let mut w = [0u64; SOCKET_WORDS];
+        w[0] = u64::from(self.id) + 1;
+        w[1] = code_of(&SocketKind::ALL, Some(self.kind))
+            | code_of(&TRANSPORTS, self.transport) << 8
+            | code_of(&class_order(), self.class) << 16
+            | u64::from(self.flow.is_some()) << 24
+            | u64::from(self.fanout.is_some()) << 25
+            | self.flow.map_or(0, |f| u64::from(f.0)) << 32;
+        put_addr(&mut w[2..5], self.local);
+        put_addr(&mut w[5..8], self.peer);
+        w[8..14].copy_from_slice(&[
+            self.receives,
+            self.recv_bytes,
+            self.sends,
+            self.send_bytes,
+            self.errors,
+            self.drops,
+        ]);
+        if let Some((_, f)) = self.flow {
+            w[14..19].copy_from_slice(&[f.sent, f.sent_bytes, f.delayed, f.non_conformant, f.dropped]);
+        }
+        if let Some(g) = self.fanout {
+            w[19..23].copy_from_slice(&[g.received, g.stalls, g.overflow, g.subscribers]);
+        }
+        w
+    }
+
+    fn decode(w: &[u64]) -> Option<SocketStats> {
+        let id = u32::try_from(w[0].checked_sub(1)?).ok()?;
+        let flags = w[1];
+        Some(SocketStats {
+            id,
+            kind: of_code(&SocketKind::ALL, flags & 0xff).unwrap_or(SocketKind::Other),
+            transport: of_code(&TRANSPORTS, flags >> 8 & 0xff),
+            class: of_code(&class_order(), flags >> 16 & 0xff),
+            local: get_addr(&w[2..5]),
+            peer: get_addr(&w[5..8]),
+            receives: w[8],
+            recv_bytes: w[9],
+            sends: w[10],
+            send_bytes: w[11],
+            errors: w[12],
+            drops: w[13],
+            flow: (flags >> 24 & 1 == 1).then(|| {
+                (
+                    (flags >> 32) as u16,
+                    FlowCounters {
+                        sent: w[14],
+                        sent_bytes: w[15],
+                        delayed: w[16],
+                        non_conformant: w[17],
+                        dropped: w[18],
+                    },
+                )
+            }),
+            fanout: (flags >> 25 & 1 == 1).then(|| GroupCounters {
+                received: w[19],
+                stalls: w[20],
+                overflow: w[21],
+                subscribers: w[22],
+            }),
+        })
+    }
+}
+
+/// One AF_XDP queue of a socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// The socket (`SocketStats::id`).
+    pub socket: u32,
+    pub queue: u32,
+    pub zero_copy: bool,
+    /// Entries in each ring now: FILL (frames lent to the kernel), RX (received, not yet
+    /// read), TX (handed to the kernel, not yet sent), COMPLETION (sent, not yet reclaimed).
+    pub fill: u32,
+    pub rx: u32,
+    pub tx: u32,
+    pub completion: u32,
+    /// The kernel's XDP_STATISTICS for this queue.
+    pub kernel: XskStatistics,
+    /// The interface's XDP program (the same on every queue of it).
+    pub program: ProgramCounters,
+}
+
+impl QueueStats {
+    fn encode(&self) -> [u64; QUEUE_WORDS] {
+        let k = &self.kernel;
+        let mut w = [0u64; QUEUE_WORDS];
+        w[0] = u64::from(self.socket) + 1;
+        w[1] = u64::from(self.queue) | u64::from(self.zero_copy) << 32;
+        w[2] = u64::from(self.fill) | u64::from(self.rx) << 32;
+        w[3] = u64::from(self.tx) | u64::from(self.completion) << 32;
+        w[4..13].copy_from_slice(&[
+            k.rx_dropped,
+            k.rx_invalid_descs,
+            k.tx_invalid_descs,
+            k.rx_ring_full,
+            k.rx_fill_ring_empty_descs,
+            k.tx_ring_empty_descs,
+            self.program.steered,
+            self.program.passed,
+            self.program.filtered,
+        ]);
+        w
+    }
+
+    fn decode(w: &[u64]) -> Option<QueueStats> {
+        Some(QueueStats {
+            socket: u32::try_from(w[0].checked_sub(1)?).ok()?,
+            queue: w[1] as u32,
+            zero_copy: w[1] >> 32 & 1 == 1,
+            fill: w[2] as u32,
+            rx: (w[2] >> 32) as u32,
+            tx: w[3] as u32,
+            completion: (w[3] >> 32) as u32,
+            kernel: XskStatistics {
+                rx_dropped: w[4],
+                rx_invalid_descs: w[5],
+                tx_invalid_descs: w[6],
+                rx_ring_full: w[7],
+                rx_fill_ring_empty_descs: w[8],
+                tx_ring_empty_descs: w[9],
+            },
+            program: ProgramCounters {
+                steered: w[10],
+                passed: w[11],
+                filtered: w[12],
+            },
+        })
+    }
+}
+
+/// One subscriber of a fan-out group.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubscriberStats {
+    /// The group's socket (`SocketStats::id`).
+    pub socket: u32,
+    /// Its place among the group's subscribers.
+    pub index: u32,
+    pub delivered: u64,
+    pub dropped: u64,
+    /// Datagrams waiting in its queue.
+    pub depth: u64,
+}
+
+impl SubscriberStats {
+    fn encode(&self) -> [u64; SUBSCRIBER_WORDS] {
+        [
+            (u64::from(self.socket) + 1) | (u64::from(self.index) << 32),
+            self.delivered,
+            self.dropped,
+            self.depth,
+        ]
+    }
+
+    fn decode(w: &[u64]) -> Option<SubscriberStats> {
+        Some(SubscriberStats {
+            socket: u32::try_from((w[0] & 0xffff_ffff).checked_sub(1)?).ok()?,
+            index: (w[0] >> 32) as u32,
+            delivered: w[1],
+            dropped: w[2],
+            depth: w[3],
+        })
+    }
+}
+
+/// One QoS class's send queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassStats {
+    pub class: TrafficType,
+    /// Sends waiting in the class queue now.
+    pub queued: u64,
+    /// Sends the scheduler took from it.
+    pub sent: u64,
+    /// Sends refused because it was full.
+    pub dropped: u64,
 }
 
 fn snake(camel: &str) -> String {
@@ -97,12 +397,51 @@ pub(crate) struct ShardHead {
     pub core: Option<usize>,
 }
 
+/// Where each part of a shard block lies (word offsets from the block's start).
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    counters: usize,
+    classes: usize,
+    sockets: usize,
+    queues: usize,
+    subscribers: usize,
+    words: usize,
+}
+
+impl Layout {
+    fn new(counters: usize) -> Layout {
+        let classes = BLOCK_FIXED + counters;
+        let sockets = classes + CLASSES * CLASS_WORDS;
+        let queues = sockets + SOCKET_SLOTS * SOCKET_WORDS;
+        let subscribers = queues + QUEUE_SLOTS * QUEUE_WORDS;
+        Layout {
+            counters,
+            classes,
+            sockets,
+            queues,
+            subscribers,
+            words: subscribers + SUBSCRIBER_SLOTS * SUBSCRIBER_WORDS,
+        }
+    }
+}
+
+/// The shapes a header records after the process name (words 16..24).
+const SHAPES: [u64; 8] = [
+    SOCKET_SLOTS as u64,
+    SOCKET_WORDS as u64,
+    QUEUE_SLOTS as u64,
+    QUEUE_WORDS as u64,
+    SUBSCRIBER_SLOTS as u64,
+    SUBSCRIBER_WORDS as u64,
+    CLASSES as u64,
+    CLASS_WORDS as u64,
+];
+
 /// One engine's segment, written by its shards.
 #[derive(Debug)]
 pub(crate) struct Publisher {
     seg: Segment,
-    counters: usize,
-    block_words: usize,
+    layout: Layout,
 }
 
 impl Publisher {
@@ -133,9 +472,8 @@ impl Publisher {
     fn create(shards: usize, period_ms: u32) -> io::Result<Publisher> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let names = counter_names();
-        let counters = names.len();
-        let block_words = BLOCK_FIXED + counters;
-        let words = HEADER_WORDS + counters * NAME_WORDS + shards * block_words;
+        let layout = Layout::new(names.len());
+        let words = HEADER_WORDS + names.len() * NAME_WORDS + shards * layout.words;
         let pid = std::process::id();
         let path = dir().join(format!("porto.{pid}.{}", NEXT.fetch_add(1, Ordering::Relaxed)));
         // A file left by a crashed process that had this pid is stale: replace it.
@@ -148,8 +486,8 @@ impl Publisher {
             VERSION,
             u64::from(pid),
             shards as u64,
-            counters as u64,
-            block_words as u64,
+            names.len() as u64,
+            layout.words as u64,
             unix_ms(),
             u64::from(period_ms),
         ]
@@ -159,17 +497,16 @@ impl Publisher {
             w[i].store(v, Ordering::Relaxed);
         }
         store_text(&w[8..8 + NAME_BYTES / 8], process.trim());
+        for (i, v) in SHAPES.into_iter().enumerate() {
+            w[16 + i].store(v, Ordering::Relaxed);
+        }
         for (n, nm) in names.iter().enumerate() {
             let at = HEADER_WORDS + n * NAME_WORDS;
             store_text(&w[at..at + NAME_WORDS], nm);
         }
         // The magic last, released: a reader that sees it sees a complete header.
         w[0].store(MAGIC, Ordering::Release);
-        Ok(Publisher {
-            seg,
-            counters,
-            block_words,
-        })
+        Ok(Publisher { seg, layout })
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -178,47 +515,39 @@ impl Publisher {
 
     /// Counters a shard writes (the length of the scratch it fills).
     pub(crate) fn counters(&self) -> usize {
-        self.counters
+        self.layout.counters
     }
 
-    /// Writes shard `shard`'s block: `head`, its latency summary and `stats` (its counters,
-    /// AF_XDP drops, `class_drops`), using `scratch` (at least [`counters`](Self::counters)
-    /// long) — no allocation.
-    pub(crate) fn publish(
-        &self,
+    /// Starts rewriting shard `shard`'s block: `head`, its latency summary and `stats` (its
+    /// counters and AF_XDP drops, through `scratch`, at least
+    /// [`counters`](Self::counters) long — no allocation). The caller adds the records; the
+    /// block is complete when the writer drops.
+    pub(crate) fn begin<'a>(
+        &'a self,
         shard: usize,
         head: ShardHead,
         stats: &Stats,
-        class_drops: &[AtomicU64; 6],
         scratch: &mut [u64],
-    ) {
+    ) -> BlockWriter<'a> {
         let mut n = stats.counters.load_into(scratch);
         for d in &stats.xdp_drops {
             scratch[n] = d.load(Ordering::Relaxed);
             n += 1;
         }
-        for d in class_drops {
-            scratch[n] = d.load(Ordering::Relaxed);
-            n += 1;
-        }
-        debug_assert_eq!(n, self.counters);
+        debug_assert_eq!(n, self.layout.counters);
         let lat = stats.latency_summary();
         let w = self.seg.words();
-        let base = HEADER_WORDS + self.counters * NAME_WORDS + shard * self.block_words;
-        let block = &w[base..base + self.block_words];
+        let base = HEADER_WORDS + self.layout.counters * NAME_WORDS + shard * self.layout.words;
+        let block = &w[base..base + self.layout.words];
         // Sequence lock: odd while writing. The Release fence keeps the data stores after the
-        // odd store; the final Release store keeps them before the even one. Pairs with the
-        // reader's Acquire load and Acquire fence in `read_block`.
+        // odd store; the final Release store (in `drop`) keeps them before the even one.
+        // Pairs with the reader's Acquire load and Acquire fence in `read_block`.
         let seq = block[0].load(Ordering::Relaxed);
         block[0].store(seq.wrapping_add(1) | 1, Ordering::Relaxed);
         fence(Ordering::Release);
         let fixed = [
             unix_ms(),
-            match head.transport {
-                Transport::IoUring => 1,
-                Transport::Epoll => 2,
-                _ => 0,
-            },
+            code_of(&TRANSPORTS, Some(head.transport)),
             u64::from(head.fell_back),
             head.core.map_or(0, |c| c as u64 + 1),
         ];
@@ -233,19 +562,80 @@ impl Publisher {
         for (i, v) in scratch[..n].iter().enumerate() {
             block[BLOCK_FIXED + i].store(*v, Ordering::Relaxed);
         }
-        block[0].store((seq | 1).wrapping_add(1), Ordering::Release);
+        BlockWriter {
+            block,
+            layout: self.layout,
+            seq,
+            listed: [0; 3],
+            unlisted: [0; 3],
+        }
+    }
+}
+
+/// A shard block being rewritten (its sequence odd until this drops).
+pub(crate) struct BlockWriter<'a> {
+    block: &'a [AtomicU64],
+    layout: Layout,
+    seq: u64,
+    /// Records written and records without a slot: sockets, queues, subscribers.
+    listed: [usize; 3],
+    unlisted: [u64; 3],
+}
+
+impl BlockWriter<'_> {
+    fn put(&self, at: usize, words: &[u64]) {
+        for (w, v) in self.block[at..at + words.len()].iter().zip(words) {
+            w.store(*v, Ordering::Relaxed);
+        }
+    }
+
+    /// Record `which` (0 sockets, 1 queues, 2 subscribers) of `slots` slots at `at`.
+    fn record(&mut self, which: usize, at: usize, slots: usize, words: &[u64]) {
+        let i = self.listed[which];
+        if i < slots {
+            self.put(at + i * words.len(), words);
+            self.listed[which] += 1;
+        } else {
+            self.unlisted[which] += 1;
+        }
+    }
+
+    /// The class queue of `c.class`.
+    pub(crate) fn class(&self, c: &ClassStats) {
+        let at = self.layout.classes + c.class as usize * CLASS_WORDS;
+        self.put(at, &[c.queued, c.sent, c.dropped, 0]);
+    }
+
+    pub(crate) fn socket(&mut self, s: &SocketStats) {
+        self.record(0, self.layout.sockets, SOCKET_SLOTS, &s.encode());
+    }
+
+    pub(crate) fn queue(&mut self, q: &QueueStats) {
+        self.record(1, self.layout.queues, QUEUE_SLOTS, &q.encode());
+    }
+
+    pub(crate) fn subscriber(&mut self, s: &SubscriberStats) {
+        self.record(2, self.layout.subscribers, SUBSCRIBER_SLOTS, &s.encode());
+    }
+}
+
+impl Drop for BlockWriter<'_> {
+    fn drop(&mut self) {
+        let [s, q, u] = self.listed.map(|n| n as u64);
+        let [su, qu, uu] = self.unlisted;
+        self.put(10, &[s, su, q, qu, u, uu]);
+        self.block[0].store((self.seq | 1).wrapping_add(1), Ordering::Release);
     }
 }
 
 /// What a shard pays per publication period, repeatable, for the `telemetry` benchmark: one
 /// block written (counters, drops, the four latency quantiles of a histogram holding a
-/// spread of samples). Not part of the API.
+/// spread of samples, six class records and eight socket records). Not part of the API.
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct PublishBench {
     p: Publisher,
     stats: Stats,
-    drops: [AtomicU64; 6],
     scratch: Vec<u64>,
 }
 
@@ -260,12 +650,7 @@ impl PublishBench {
         }
         stats.merge_latency(&mut local);
         let scratch = vec![0; p.counters()];
-        Ok(PublishBench {
-            p,
-            stats,
-            drops: Default::default(),
-            scratch,
-        })
+        Ok(PublishBench { p, stats, scratch })
     }
 
     pub fn publish(&mut self) {
@@ -274,7 +659,33 @@ impl PublishBench {
             fell_back: false,
             core: Some(0),
         };
-        self.p.publish(0, head, &self.stats, &self.drops, &mut self.scratch);
+        let mut w = self.p.begin(0, head, &self.stats, &mut self.scratch);
+        for class in class_order() {
+            w.class(&ClassStats {
+                class,
+                queued: 1,
+                sent: 2,
+                dropped: 3,
+            });
+        }
+        for id in 0..8 {
+            w.socket(&SocketStats {
+                id,
+                kind: SocketKind::Udp,
+                transport: Some(Transport::IoUring),
+                local: Some(SocketAddr::from(([127, 0, 0, 1], 7000))),
+                peer: None,
+                receives: 1,
+                recv_bytes: 2,
+                sends: 3,
+                send_bytes: 4,
+                errors: 0,
+                drops: 0,
+                class: None,
+                flow: None,
+                fanout: None,
+            });
+        }
     }
 }
 
@@ -301,6 +712,17 @@ pub struct ShardStats {
     pub latency: LatencySummary,
     /// (name, value), in the segment's order.
     pub counters: Vec<(String, u64)>,
+    /// The QoS class queues, by discriminant.
+    pub classes: Vec<ClassStats>,
+    /// Open sockets (at most [`SOCKET_SLOTS`]; `sockets_unlisted` more).
+    pub sockets: Vec<SocketStats>,
+    pub sockets_unlisted: u64,
+    /// AF_XDP queues of its sockets.
+    pub queues: Vec<QueueStats>,
+    pub queues_unlisted: u64,
+    /// Fan-out subscribers of its sockets' groups.
+    pub subscribers: Vec<SubscriberStats>,
+    pub subscribers_unlisted: u64,
 }
 
 impl ShardStats {
@@ -400,10 +822,17 @@ pub fn read(path: &Path) -> io::Result<EngineStats> {
         return Err(bad(&format!("format version {} (this porto reads {VERSION})", h[1])));
     }
     let (pid, shards, counters, block_words) = (h[2] as u32, h[3] as usize, h[4] as usize, h[5] as usize);
+    let shapes: Vec<u64> = w[16..24].iter().map(|x| x.load(Ordering::Relaxed)).collect();
+    if shapes != SHAPES {
+        return Err(bad(&format!(
+            "record shapes {shapes:?} (this porto reads {SHAPES:?}): written by another build"
+        )));
+    }
+    let layout = Layout::new(counters);
     let need = shards
         .checked_mul(block_words)
         .and_then(|b| counters.checked_mul(NAME_WORDS).map(|n| HEADER_WORDS + n + b));
-    if block_words < BLOCK_FIXED + counters || need.is_none_or(|n| n > w.len()) {
+    if block_words != layout.words || need.is_none_or(|n| n > w.len()) {
         return Err(bad("header sizes do not fit the file"));
     }
     let names: Vec<String> = (0..counters)
@@ -413,13 +842,15 @@ pub fn read(path: &Path) -> io::Result<EngineStats> {
     for i in 0..shards {
         let base = HEADER_WORDS + counters * NAME_WORDS + i * block_words;
         let b = read_block(&w[base..base + block_words]).ok_or_else(|| bad("a shard block never settled"))?;
+        // Records listed (bounded by the slots: the counts are the writer's, untrusted).
+        let records = |at: usize, listed: u64, slots: usize, words: usize| {
+            let n = usize::try_from(listed).unwrap_or(slots).min(slots);
+            (0..n).map(move |k| at + k * words)
+        };
+        let order = class_order();
         out.push(ShardStats {
             index: i,
-            provider: match b[2] {
-                1 => Some(Transport::IoUring),
-                2 => Some(Transport::Epoll),
-                _ => None,
-            },
+            provider: of_code(&TRANSPORTS, b[2]),
             fell_back: b[3] != 0,
             core: b[4].checked_sub(1).map(|c| c as usize),
             updated_unix_ms: b[1],
@@ -435,6 +866,29 @@ pub fn read(path: &Path) -> io::Result<EngineStats> {
                 .cloned()
                 .zip(b[BLOCK_FIXED..BLOCK_FIXED + counters].iter().copied())
                 .collect(),
+            classes: (0..CLASSES)
+                .map(|c| {
+                    let r = &b[layout.classes + c * CLASS_WORDS..];
+                    ClassStats {
+                        class: order[c],
+                        queued: r[0],
+                        sent: r[1],
+                        dropped: r[2],
+                    }
+                })
+                .collect(),
+            sockets: records(layout.sockets, b[10], SOCKET_SLOTS, SOCKET_WORDS)
+                .filter_map(|at| SocketStats::decode(&b[at..at + SOCKET_WORDS]))
+                .collect(),
+            sockets_unlisted: b[11],
+            queues: records(layout.queues, b[12], QUEUE_SLOTS, QUEUE_WORDS)
+                .filter_map(|at| QueueStats::decode(&b[at..at + QUEUE_WORDS]))
+                .collect(),
+            queues_unlisted: b[13],
+            subscribers: records(layout.subscribers, b[14], SUBSCRIBER_SLOTS, SUBSCRIBER_WORDS)
+                .filter_map(|at| SubscriberStats::decode(&b[at..at + SUBSCRIBER_WORDS]))
+                .collect(),
+            subscribers_unlisted: b[15],
         });
     }
     Ok(EngineStats {
@@ -465,7 +919,82 @@ mod tests {
         assert_eq!(set.len(), names.len());
         assert!(names.iter().all(|n| n.len() < NAME_WORDS * 8), "{names:?}");
         assert!(names.contains(&"xdp_drop_partial_udp_checksum".to_string()));
-        assert!(names.contains(&"qos_class_drop_best_effort".to_string()));
+    }
+
+    /// Every record reads back as written: both address families and none, flows and
+    /// groups present and absent, every kind, transport and class.
+    #[test]
+    fn records_round_trip() {
+        let classes = class_order();
+        for (i, kind) in SocketKind::ALL.into_iter().enumerate() {
+            let s = SocketStats {
+                id: i as u32 * 1000,
+                kind,
+                transport: TRANSPORTS.get(i).copied(),
+                local: Some(SocketAddr::from(([10, 1, 2, 3], 7000 + i as u16))),
+                peer: (i % 2 == 0).then(|| "[fe80::1:2]:65535".parse().unwrap()),
+                receives: 1,
+                recv_bytes: u64::MAX,
+                sends: 3,
+                send_bytes: 4,
+                errors: 5,
+                drops: 6,
+                class: classes.get(i).copied(),
+                flow: (i % 2 == 1).then_some((
+                    u16::MAX - i as u16,
+                    FlowCounters {
+                        sent: 7,
+                        sent_bytes: 8,
+                        delayed: 9,
+                        non_conformant: 10,
+                        dropped: 11,
+                    },
+                )),
+                fanout: (i % 3 == 0).then_some(GroupCounters {
+                    received: 12,
+                    stalls: 13,
+                    overflow: 14,
+                    subscribers: 15,
+                }),
+            };
+            assert_eq!(SocketStats::decode(&s.encode()), Some(s));
+        }
+        let q = QueueStats {
+            socket: 3,
+            queue: 63,
+            zero_copy: true,
+            fill: u32::MAX,
+            rx: 1,
+            tx: 2,
+            completion: 3,
+            kernel: XskStatistics {
+                rx_dropped: 4,
+                rx_invalid_descs: 5,
+                tx_invalid_descs: 6,
+                rx_ring_full: 7,
+                rx_fill_ring_empty_descs: 8,
+                tx_ring_empty_descs: 9,
+            },
+            program: ProgramCounters {
+                steered: 10,
+                passed: 11,
+                filtered: 12,
+            },
+        };
+        assert_eq!(QueueStats::decode(&q.encode()), Some(q));
+        let u = SubscriberStats {
+            socket: u32::MAX - 1,
+            index: u32::MAX,
+            delivered: 1,
+            dropped: 2,
+            depth: 3,
+        };
+        assert_eq!(SubscriberStats::decode(&u.encode()), Some(u));
+        assert_eq!(
+            SocketStats::decode(&[0; SOCKET_WORDS]),
+            None,
+            "an empty slot is no record"
+        );
     }
 
     /// A writer rewriting a block as fast as it can, every counter equal to the same

@@ -91,3 +91,135 @@ fn publishing_can_be_turned_off() {
     let engine = Engine::start(&cfg).unwrap();
     assert!(engine.stats_file().is_none());
 }
+
+/// Reads the segment until `done` holds for it (or 5 s pass): publications are periodic.
+fn read_until(path: &std::path::Path, done: impl Fn(&telemetry::EngineStats) -> bool) -> telemetry::EngineStats {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let e = telemetry::read(path).unwrap();
+        if done(&e) || Instant::now() > deadline {
+            return e;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Each open socket is a record — kind, transport, addresses, its own receives and sends;
+/// its QoS flow and class queue; its fan-out group and each subscriber's delivered count
+/// and queue depth — and a closed socket's record goes away.
+#[test]
+fn sockets_flows_classes_and_subscribers_are_published() {
+    use porto_engine::fanout::Policy;
+    use porto_engine::qos::TrafficType;
+    use porto_engine::rio::RioNotify;
+    use porto_engine::socket::{TcpListener, TcpStream};
+    use porto_engine::telemetry::SocketKind;
+    let cfg = Config {
+        pin: false,
+        huge_pages: false,
+        frames_per_shard: 512,
+        recv_frames: 128,
+        stats_period_ms: 10,
+        ..Config::default()
+    };
+    let engine = Engine::start(&cfg).unwrap();
+    let path = engine.stats_file().unwrap().to_path_buf();
+    let h = engine.shard(0);
+    let port = CompletionPort::new(1, 1024);
+    let delivery = |key| Delivery::Port {
+        port: port.clone(),
+        key,
+    };
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    // A receiver, a sender on a QoS flow, a fan-out group with two subscribers, a listener
+    // and a connected stream.
+    let rx = UdpSocket::bind(h, any, &SocketOptions::default(), delivery(1)).unwrap();
+    rx.recv_from_multishot(1).unwrap();
+    let tx = UdpSocket::bind(h, any, &SocketOptions::default(), delivery(2)).unwrap();
+    let flow = h.create_flow(TrafficType::AudioVideo, None).unwrap();
+    tx.set_flow(&flow).unwrap();
+    let fan_sock = UdpSocket::bind(h, any, &SocketOptions::default(), delivery(3)).unwrap();
+    let fan = fan_sock.fan_out(1).unwrap();
+    let subs: Vec<_> = (0..2)
+        .map(|_| fan.subscribe(Policy::Lossy, 64, RioNotify::None).unwrap())
+        .collect();
+    let listener = TcpListener::bind(h, any, 16, &SocketOptions::default(), delivery(4)).unwrap();
+    let std_listener = std::net::TcpListener::bind(any).unwrap();
+    let stream = TcpStream::connect_blocking(h, std_listener.local_addr().unwrap(), None, delivery(5)).unwrap();
+
+    const N: u64 = 7;
+    const M: u64 = 5;
+    const F: u64 = 3;
+    let client = StdUdp::bind(any).unwrap();
+    for i in 0..N {
+        client.send_to(&[i as u8; 10], rx.local_addr().unwrap()).unwrap();
+    }
+    for i in 0..F {
+        client.send_to(&[i as u8; 4], fan_sock.local_addr().unwrap()).unwrap();
+    }
+    for i in 0..M {
+        tx.send_to(h.pool().alloc_from(&[1; 100]).unwrap(), client.local_addr().unwrap(), i)
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (got.len() as u64) < N + M && Instant::now() < deadline {
+        port.dequeue(&mut got, 64, Some(Duration::from_millis(10)));
+    }
+    assert_eq!(got.len() as u64, N + M);
+    drop(got);
+
+    let ids = |k: &telemetry::SocketStats| k.local;
+    let e = read_until(&path, |e| {
+        let s = &e.shards[0];
+        s.sockets.len() == 5
+            && s.sockets.iter().map(|k| k.receives + k.sends).sum::<u64>() == N + M + F
+            && s.subscribers.iter().map(|u| u.delivered).sum::<u64>() == 2 * F
+    });
+    let s = &e.shards[0];
+    let find = |a: std::net::SocketAddr| {
+        *s.sockets
+            .iter()
+            .find(|k| ids(k) == Some(a))
+            .unwrap_or_else(|| panic!("{a} in {:#?}", s.sockets))
+    };
+    let r = find(rx.local_addr().unwrap());
+    assert_eq!(
+        (r.kind, r.receives, r.recv_bytes, r.sends),
+        (SocketKind::Udp, N, 10 * N, 0)
+    );
+    assert_eq!(r.transport, Some(engine.transport()));
+    let t = find(tx.local_addr().unwrap());
+    assert_eq!(
+        (t.sends, t.send_bytes, t.class),
+        (M, 100 * M, Some(TrafficType::AudioVideo))
+    );
+    let (_, fc) = t.flow.expect("its flow");
+    assert_eq!(fc.sent, M);
+    let class = s.classes.iter().find(|c| c.class == TrafficType::AudioVideo).unwrap();
+    assert_eq!((class.sent, class.queued, class.dropped), (M, 0, 0));
+    let f = find(fan_sock.local_addr().unwrap());
+    let g = f.fanout.expect("its group");
+    assert_eq!((g.received, g.subscribers, f.receives), (F, 2, F));
+    assert_eq!(s.subscribers.len(), 2);
+    for u in &s.subscribers {
+        assert_eq!(
+            (u.socket, u.delivered, u.dropped, u.depth),
+            (f.id, F, 0, F),
+            "not consumed yet"
+        );
+    }
+    let l = find(listener.local_addr().unwrap());
+    assert_eq!((l.kind, l.peer), (SocketKind::TcpListener, None));
+    let c = find(stream.core().local_addr().unwrap());
+    assert_eq!(
+        (c.kind, c.peer),
+        (SocketKind::TcpStream, Some(std_listener.local_addr().unwrap()))
+    );
+
+    // Closing a socket removes its record.
+    drop(stream);
+    let e = read_until(&path, |e| e.shards[0].sockets.len() == 4);
+    assert_eq!(e.shards[0].sockets.len(), 4, "{:#?}", e.shards[0].sockets);
+    drop(subs);
+}

@@ -832,3 +832,101 @@ fn af_xdp_two_shards_share_the_interface_each_with_its_queues() {
     assert_eq!(served.iter().sum::<usize>(), usize::from(FLOWS), "{served:?}");
     assert!(served.iter().all(|&n| n > 0), "both shards served flows: {served:?}");
 }
+
+/// With `XdpOptions::timestamps`, every datagram's completion carries the time porto's XDP
+/// program ran for it, in CLOCK_REALTIME like the kernel sockets' stamps: after the peer
+/// sent it (the peer writes its send time into the payload), before the completion, never
+/// backwards; without the option, none — and the program's metadata is never misread later.
+#[test]
+fn af_xdp_receive_timestamps_come_from_the_xdp_program() {
+    let Some(t) = common::topology("porto-ts", 1) else {
+        return;
+    };
+    let now_ns = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    };
+    for on in [true, false, true] {
+        let (go_tx, go_rx) = mpsc::channel::<u32>();
+        std::thread::scope(|s| {
+            let t = &t;
+            s.spawn(move || {
+                t.enter(Side::A).unwrap();
+                let peer = StdUdp::bind(SocketAddr::from((t.addr(Side::A), 0))).unwrap();
+                for i in go_rx {
+                    let mut msg = [0u8; 12];
+                    msg[..4].copy_from_slice(&i.to_be_bytes());
+                    msg[4..].copy_from_slice(&now_ns().to_be_bytes());
+                    peer.send_to(&msg, SocketAddr::from((t.addr(Side::B), PORT))).unwrap();
+                }
+            });
+            t.enter(Side::B).unwrap();
+            let (mut shard, _sock) = receiver_on_b_with(
+                t,
+                XdpOptions {
+                    timestamps: on,
+                    ..XdpOptions::new(t.iface(Side::B))
+                },
+            );
+            let mut out = Vec::new();
+            let mut prev = 0;
+            for i in 0..VALID {
+                go_tx.send(i).unwrap();
+                let deadline = Instant::now() + Duration::from_secs(5);
+                let c = loop {
+                    shard.poll(&mut out, 1);
+                    if let Some(c) = out.pop() {
+                        break c;
+                    }
+                    assert!(Instant::now() < deadline, "datagram {i} arrived");
+                };
+                let after = now_ns();
+                let buf = c.buffer.as_deref().expect("a datagram");
+                let sent = u64::from_be_bytes(buf[4..12].try_into().unwrap());
+                match c.rx_timestamp_ns.map(|t| t.get()) {
+                    Some(ts) if on => {
+                        assert!(
+                            sent <= ts && ts <= after,
+                            "datagram {i}: sent {sent} <= {ts} <= {after}"
+                        );
+                        assert!(ts >= prev, "never backwards");
+                        prev = ts;
+                    }
+                    None if !on => {}
+                    other => panic!("timestamps {on}, datagram {i}: {other:?}"),
+                }
+            }
+            drop(go_tx);
+            if on {
+                // `porto stats` shows the socket and its queue: kind, receives, the rings'
+                // gauges and the program's steering.
+                let path = shard.stats_file().expect("published").to_path_buf();
+                let deadline = Instant::now() + Duration::from_secs(5);
+                let s = loop {
+                    shard.poll(&mut out, 1);
+                    let e = porto_engine::telemetry::read(&path).unwrap();
+                    let s = e.shards[0].clone();
+                    let steered = s.queues.first().map_or(0, |q| q.program.steered);
+                    if steered >= u64::from(VALID) && s.sockets.first().is_some_and(|k| k.receives == u64::from(VALID))
+                        || Instant::now() > deadline
+                    {
+                        break s;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                };
+                let k = s.sockets.first().expect("the socket's record");
+                assert_eq!(k.kind, porto_engine::telemetry::SocketKind::XdpUdp);
+                assert_eq!(k.transport, Some(porto_engine::engine::Transport::AfXdpCopy));
+                assert_eq!(k.receives, u64::from(VALID));
+                assert_eq!(s.queues.len(), 1, "{:?}", s.queues);
+                let q = s.queues[0];
+                assert_eq!((q.socket, q.queue, q.zero_copy), (k.id, 0, false));
+                assert!(q.fill > 0, "frames lent to the kernel: {q:?}");
+                assert!(q.program.steered >= u64::from(VALID), "{q:?}");
+                assert_eq!(q.kernel.rx_dropped, 0);
+            }
+        });
+    }
+}

@@ -12,11 +12,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use porto::{
-    Buf, Completion, CompletionPort, Config, DatagramOptions, DatagramSocket, Delivery, DropReason, Engine, Error,
-    OpKind, SetupError, Shard, ShardHandle, ShardInfo, SocketOptions, TcpListener, TcpStream, XdpInfo, XdpOptions,
-    XdpQueues,
+    Buf, Completion, CompletionPort, Config, DatagramOptions, DatagramSocket, Delivery, Engine, Error, OpKind,
+    SetupError, Shard, ShardHandle, ShardInfo, SocketOptions, TcpListener, TcpStream, XdpInfo, XdpOptions, XdpQueues,
 };
 
+use crate::drops::Drops;
 use crate::sockperf;
 
 const KEY_UDP: u64 = 0;
@@ -56,32 +56,9 @@ pub struct EchoCounters {
     /// Connections closed for a malformed stream.
     pub bad_streams: u64,
     pub connections: u64,
-    /// AF_XDP frames dropped, by reason (`DropReason::ALL` order), summed over shards.
-    pub xdp_drops: [u64; DropReason::ALL.len()],
-    /// The shards' own losses and pauses, summed, in [`ENGINE_DROPS`] order.
-    pub engine: [u64; ENGINE_DROPS.len()],
+    /// The engine's drops by reason, summed over shards (filled when the server stops).
+    pub drops: Drops,
 }
-
-/// The engine counters a stopping server reports by reason: (counter, what it means and
-/// what to do about it).
-pub const ENGINE_DROPS: [(&str, &str); 4] = [
-    (
-        "recv_truncated",
-        "datagrams larger than a frame, cut (raise --frame-size)",
-    ),
-    (
-        "port_backlog_drops",
-        "datagrams dropped: the completion port stayed full (the application side fell behind)",
-    ),
-    (
-        "ops_rejected",
-        "operations refused: the op table was full (raise ops_max)",
-    ),
-    (
-        "recv_nobufs",
-        "receives paused for want of pool frames (not lost: the kernel kept them; raise --frames)",
-    ),
-];
 
 impl EchoCounters {
     fn add(&mut self, o: &EchoCounters) {
@@ -91,30 +68,6 @@ impl EchoCounters {
         self.reply_drops += o.reply_drops;
         self.bad_streams += o.bad_streams;
         self.connections += o.connections;
-        for (a, b) in self.xdp_drops.iter_mut().zip(o.xdp_drops) {
-            *a += b;
-        }
-        for (a, b) in self.engine.iter_mut().zip(o.engine) {
-            *a += b;
-        }
-    }
-
-    /// The engine's own losses and pauses by reason, with what to do about each.
-    pub fn engine_drops(&self) -> impl Iterator<Item = (&'static str, u64, &'static str)> + '_ {
-        ENGINE_DROPS
-            .iter()
-            .zip(self.engine)
-            .filter(|d| d.1 > 0)
-            .map(|(&(name, why), n)| (name, n, why))
-    }
-
-    /// The AF_XDP drops that happened, by reason.
-    pub fn xdp_drops(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
-        DropReason::ALL
-            .iter()
-            .zip(self.xdp_drops)
-            .filter(|d| d.1 > 0)
-            .map(|(r, n)| (*r, n))
     }
 }
 
@@ -544,14 +497,7 @@ impl EchoServer {
         }
         drop(self.engine.take());
         for h in &self.shards {
-            for (n, r) in total.xdp_drops.iter_mut().zip(DropReason::ALL) {
-                *n += h.stats().xdp_drop(r);
-            }
-            let s = h.stats().counters.snapshot();
-            let now = [s.recv_truncated, s.port_backlog_drops, s.ops_rejected, s.recv_nobufs];
-            for (v, n) in total.engine.iter_mut().zip(now) {
-                *v += n;
-            }
+            total.drops.add(h.stats());
         }
         total
     }

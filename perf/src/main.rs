@@ -11,6 +11,7 @@ use porto::{Config, Shard};
 
 mod bench;
 mod demo;
+mod drops;
 mod echo;
 mod fanbench;
 mod kernel;
@@ -448,14 +449,6 @@ fn run_echo(a: EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
         c.requests, c.replies, c.ignored, c.reply_drops, c.connections, c.bad_streams
     );
     // Drops by reason: a server that answered nothing (or less than it was sent) says why.
-    for (name, n, why) in c.engine_drops() {
-        println!("  {name}: {n}: {why}");
-    }
-    for (reason, n) in c.xdp_drops() {
-        match reason.fix() {
-            Some(fix) => println!("  AF_XDP dropped {n} frame(s): {reason:?}: {fix}"),
-            None => println!("  AF_XDP dropped {n} frame(s): {reason:?}"),
-        }
-    }
+    c.drops.print();
     Ok(())
 }

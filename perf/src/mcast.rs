@@ -5,10 +5,12 @@
 //! publisher and subscribers share this machine's clock, so latency is one-way.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::drops::Drops;
 use clap::{Args, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use porto::fanout::{Policy, Subscription};
@@ -114,13 +116,16 @@ pub fn seq_of(b: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?))
 }
 
+/// When the publisher stamped a message, ns since the epoch (0 if it is too short).
+fn sent_at(b: &[u8]) -> u64 {
+    b.get(8..16)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
 /// One-way latency of a message (its stamp to now), in ns; reads the clock.
 pub fn latency_of(b: &[u8]) -> u64 {
-    let at = b
-        .get(8..16)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u64::from_be_bytes);
-    unix_ns().saturating_sub(at)
+    unix_ns().saturating_sub(sent_at(b))
 }
 
 fn iface(spec: Option<&str>, group: &SocketAddr) -> Result<Interface, String> {
@@ -245,8 +250,16 @@ pub struct Tracker {
     pub late: u64,
     next: Option<u64>,
     pub latency_ns: Histogram<u64>,
+    /// The same latency split at the kernel's (or XDP program's) receive stamp: publisher →
+    /// receive, and receive → the subscriber's dequeue. Stamped messages only.
+    pub to_kernel_ns: Histogram<u64>,
+    pub to_app_ns: Histogram<u64>,
     /// First and last delivery.
     span: Option<(Instant, Instant)>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
 }
 
 impl Default for Tracker {
@@ -256,7 +269,9 @@ impl Default for Tracker {
             gaps: 0,
             late: 0,
             next: None,
-            latency_ns: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
+            latency_ns: histogram(),
+            to_kernel_ns: histogram(),
+            to_app_ns: histogram(),
             span: None,
         }
     }
@@ -271,10 +286,18 @@ impl Tracker {
         }
     }
 
-    pub fn see(&mut self, msg: &[u8]) {
+    /// Counts message `msg`, received at `rx_ns` (the kernel's stamp, ns since the epoch) if
+    /// stamped.
+    pub fn see(&mut self, msg: &[u8], rx_ns: Option<u64>) {
         let Some(seq) = seq_of(msg) else { return };
         self.delivered += 1;
-        let _ = self.latency_ns.record(latency_of(msg).max(1));
+        let now = unix_ns();
+        let sent = sent_at(msg);
+        let _ = self.latency_ns.record(now.saturating_sub(sent).max(1));
+        if let Some(rx) = rx_ns {
+            let _ = self.to_kernel_ns.record(rx.saturating_sub(sent).max(1));
+            let _ = self.to_app_ns.record(now.saturating_sub(rx).max(1));
+        }
         let now = Instant::now();
         self.span = Some(self.span.map_or((now, now), |(first, _)| (first, now)));
         match self.next {
@@ -307,7 +330,10 @@ fn subscribe(a: &SubArgs) -> Result<(), Box<dyn std::error::Error>> {
         let mut s = XdpUdpSocket::bind(
             &h,
             SocketAddr::new(addr, a.group.port()),
-            &XdpOptions::new(ifname),
+            &XdpOptions {
+                timestamps: true,
+                ..XdpOptions::new(ifname)
+            },
             Delivery::Poll { key: 1 },
         )?;
         s.join(a.group.ip(), a.source)?;
@@ -321,6 +347,7 @@ fn subscribe(a: &SubArgs) -> Result<(), Box<dyn std::error::Error>> {
             SocketAddr::new(any, a.group.port()),
             &SocketOptions {
                 recv_buffer: Some(8 << 20),
+                timestamps: true,
                 ..SocketOptions::default()
             },
             Delivery::Poll { key: 1 },
@@ -331,7 +358,8 @@ fn subscribe(a: &SubArgs) -> Result<(), Box<dyn std::error::Error>> {
             None => s.join(a.group.ip(), Some(ifc))?,
         }
         let fan = s.fan_out(1)?;
-        (fan, Some(s), None, "io_uring multishot receive".to_string())
+        let how = format!("{} multishot receive", s.core().transport());
+        (fan, Some(s), None, how)
     };
     let mut subs: Vec<Subscription> = (0..a.subscribers.max(1))
         .map(|_| fan.subscribe(policy, a.depth, RioNotify::None))
@@ -360,7 +388,7 @@ fn subscribe(a: &SubArgs) -> Result<(), Box<dyn std::error::Error>> {
             out.clear();
             for (s, t) in subs.iter_mut().zip(&mut tr) {
                 while let Some(d) = s.try_recv() {
-                    t.see(&d.buf);
+                    t.see(&d.buf, d.rx_timestamp_ns().map(NonZeroU64::get));
                 }
             }
         }
@@ -382,7 +410,7 @@ fn subscribe(a: &SubArgs) -> Result<(), Box<dyn std::error::Error>> {
                             let mut any = false;
                             for (_, s, t) in &mut mine {
                                 while let Some(d) = s.try_recv() {
-                                    t.see(&d.buf);
+                                    t.see(&d.buf, d.rx_timestamp_ns().map(NonZeroU64::get));
                                     any = true;
                                 }
                             }
@@ -414,6 +442,10 @@ fn subscribe(a: &SubArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let secs = t0.elapsed().as_secs_f64();
     print_subscribers(&subs, &trackers, secs, fan.counters().received);
+    // What the engine itself lost, by reason (the subscribers' drops are in the table).
+    let mut drops = Drops::default();
+    drops.add(shard.stats());
+    drops.print();
     Ok(())
 }
 
@@ -447,6 +479,8 @@ fn print_subscribers(subs: &[Subscription], tr: &[Tracker], secs: f64, received:
     let mut all = Tracker::default();
     for t in tr {
         all.latency_ns.add(&t.latency_ns).expect("same bounds");
+        all.to_kernel_ns.add(&t.to_kernel_ns).expect("same bounds");
+        all.to_app_ns.add(&t.to_app_ns).expect("same bounds");
         all.delivered += t.delivered;
         all.gaps += t.gaps;
         all.late += t.late;
@@ -465,4 +499,39 @@ fn print_subscribers(subs: &[Subscription], tr: &[Tracker], secs: f64, received:
         all.latency_ns.max() as f64 / 1000.0
     );
     println!("received once by the shard: {received} datagrams in {secs:.1} s");
+    print_split(&all);
+}
+
+/// Where the one-way latency went, from the receive stamps: the publisher's stamp to the
+/// kernel's (or XDP program's) receive, and that receive to the subscriber's dequeue.
+fn print_split(all: &Tracker) {
+    let stamped = all.to_app_ns.len();
+    if stamped == 0 {
+        println!(
+            "latency split: no receive stamps (the kernel stamps asynchronously after a socket asks; none arrived)"
+        );
+        return;
+    }
+    println!(
+        "latency split ({stamped} of {} deliveries stamped at receive), µs:",
+        all.delivered
+    );
+    println!(
+        "  {:<28} {:>9} {:>9} {:>9} {:>9}",
+        "segment", "p50", "p99", "p99.9", "max"
+    );
+    let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    for (name, h) in [
+        ("publisher -> kernel receive", &all.to_kernel_ns),
+        ("kernel receive -> dequeue", &all.to_app_ns),
+        ("publisher -> dequeue", &all.latency_ns),
+    ] {
+        println!(
+            "  {name:<28} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            us(h, 0.5),
+            us(h, 0.99),
+            us(h, 0.999),
+            h.max() as f64 / 1000.0
+        );
+    }
 }

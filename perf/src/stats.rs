@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use porto::telemetry::{self, EngineStats};
+use porto::telemetry::{self, ClassStats, EngineStats, QueueStats, SocketStats};
 
 /// Counters that are levels, not running totals: no rate, OpenMetrics type gauge.
 const GAUGES: [&str; 2] = ["bufring_frames", "pool_free"];
@@ -258,6 +258,205 @@ fn print_engine(e: &EngineStats, before: Option<(Duration, &EngineStats)>, all: 
         println!("{line}");
     }
     println!();
+    print_sections(e, before, all);
+}
+
+fn addr(a: Option<SocketAddr>) -> String {
+    a.map_or("-".into(), |a| a.to_string())
+}
+
+/// Per second since `before`'s read, or "" without one.
+fn per_sec(now: u64, prev: Option<u64>, dt: Option<Duration>) -> String {
+    match (prev, dt) {
+        (Some(p), Some(dt)) => format!("{:.0}", now.saturating_sub(p) as f64 / dt.as_secs_f64().max(1e-9)),
+        _ => String::new(),
+    }
+}
+
+/// The sockets, QoS classes and flows, fan-out groups and subscribers, and AF_XDP queues.
+fn print_sections(e: &EngineStats, before: Option<(Duration, &EngineStats)>, all: bool) {
+    let dt = before.map(|b| b.0);
+    let prev_sock = |shard: usize, id: u32| {
+        before.and_then(|(_, p)| p.shards.get(shard)?.sockets.iter().find(|s| s.id == id).copied())
+    };
+    let sockets: Vec<(usize, &SocketStats)> = e
+        .shards
+        .iter()
+        .flat_map(|s| s.sockets.iter().map(move |k| (s.index, k)))
+        .collect();
+    if !sockets.is_empty() {
+        println!(
+            "{:<5} {:>4} {:<12} {:<16} {:<24} {:<24} {:>10} {:>12} {:>10} {:>12} {:>7} {:>6} {:>9} {:>9}",
+            "shard",
+            "sock",
+            "kind",
+            "transport",
+            "local",
+            "peer",
+            "receives",
+            "recv bytes",
+            "sends",
+            "send bytes",
+            "errors",
+            "drops",
+            "rx/s",
+            "tx/s"
+        );
+        for (shard, k) in &sockets {
+            let p = prev_sock(*shard, k.id);
+            println!(
+                "{:<5} {:>4} {:<12} {:<16} {:<24} {:<24} {:>10} {:>12} {:>10} {:>12} {:>7} {:>6} {:>9} {:>9}",
+                shard,
+                k.id,
+                k.kind.name(),
+                k.transport.map_or("-".into(), |t| t.to_string()),
+                addr(k.local),
+                addr(k.peer),
+                k.receives,
+                k.recv_bytes,
+                k.sends,
+                k.send_bytes,
+                k.errors,
+                k.drops,
+                per_sec(k.receives, p.map(|p| p.receives), dt),
+                per_sec(k.sends, p.map(|p| p.sends), dt),
+            );
+        }
+        for s in e.shards.iter().filter(|s| s.sockets_unlisted > 0) {
+            println!(
+                "shard {}: {} more socket(s) not listed (no slot)",
+                s.index, s.sockets_unlisted
+            );
+        }
+        println!();
+    }
+    // QoS: the class queues, then each flow.
+    let classes: Vec<(usize, &ClassStats)> = e
+        .shards
+        .iter()
+        .flat_map(|s| s.classes.iter().map(move |c| (s.index, c)))
+        .filter(|(_, c)| all || c.queued + c.sent + c.dropped > 0)
+        .collect();
+    if !classes.is_empty() {
+        println!(
+            "{:<5} {:<18} {:>8} {:>12} {:>10}",
+            "shard", "QoS class", "queued", "sent", "dropped"
+        );
+        for (shard, c) in classes {
+            println!(
+                "{:<5} {:<18} {:>8} {:>12} {:>10}",
+                shard,
+                format!("{:?}", c.class),
+                c.queued,
+                c.sent,
+                c.dropped
+            );
+        }
+        println!();
+    }
+    let flows: Vec<_> = sockets.iter().filter_map(|(sh, k)| Some((sh, k, k.flow?))).collect();
+    if !flows.is_empty() {
+        println!(
+            "{:<5} {:>4} {:>5} {:<16} {:>10} {:>12} {:>9} {:>14} {:>9}",
+            "shard", "sock", "flow", "class", "sent", "sent bytes", "delayed", "non-conformant", "dropped"
+        );
+        for (shard, k, (id, f)) in flows {
+            println!(
+                "{:<5} {:>4} {:>5} {:<16} {:>10} {:>12} {:>9} {:>14} {:>9}",
+                shard,
+                k.id,
+                id,
+                k.class.map_or("-".into(), |c| format!("{c:?}")),
+                f.sent,
+                f.sent_bytes,
+                f.delayed,
+                f.non_conformant,
+                f.dropped
+            );
+        }
+        println!();
+    }
+    let groups: Vec<_> = sockets.iter().filter_map(|(sh, k)| Some((sh, k, k.fanout?))).collect();
+    if !groups.is_empty() {
+        println!(
+            "{:<5} {:>4} {:>11} {:>12} {:>8} {:>9}",
+            "shard", "sock", "subscribers", "received", "stalls", "overflow"
+        );
+        for (shard, k, g) in groups {
+            println!(
+                "{:<5} {:>4} {:>11} {:>12} {:>8} {:>9}",
+                shard, k.id, g.subscribers, g.received, g.stalls, g.overflow
+            );
+        }
+        println!();
+        println!(
+            "{:<5} {:>4} {:>4} {:>12} {:>10} {:>7}",
+            "shard", "sock", "sub", "delivered", "dropped", "depth"
+        );
+        for s in &e.shards {
+            for u in &s.subscribers {
+                println!(
+                    "{:<5} {:>4} {:>4} {:>12} {:>10} {:>7}",
+                    s.index, u.socket, u.index, u.delivered, u.dropped, u.depth
+                );
+            }
+            if s.subscribers_unlisted > 0 {
+                println!(
+                    "shard {}: {} more subscriber(s) not listed",
+                    s.index, s.subscribers_unlisted
+                );
+            }
+        }
+        println!();
+    }
+    let queues: Vec<(usize, &QueueStats)> = e
+        .shards
+        .iter()
+        .flat_map(|s| s.queues.iter().map(move |q| (s.index, q)))
+        .collect();
+    if !queues.is_empty() {
+        println!("AF_XDP queues (rings: entries now; kernel: XDP_STATISTICS; program: the interface's XDP program)");
+        println!(
+            "{:<5} {:>4} {:>5} {:<9} {:>5} {:>5} {:>5} {:>5} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "shard",
+            "sock",
+            "queue",
+            "mode",
+            "fill",
+            "rx",
+            "tx",
+            "comp",
+            "rx_dropped",
+            "ring_full",
+            "fill_empty",
+            "bad_descs",
+            "steered",
+            "passed",
+            "filtered"
+        );
+        for (shard, q) in queues {
+            let k = q.kernel;
+            println!(
+                "{:<5} {:>4} {:>5} {:<9} {:>5} {:>5} {:>5} {:>5} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                shard,
+                q.socket,
+                q.queue,
+                if q.zero_copy { "zero-copy" } else { "copy" },
+                q.fill,
+                q.rx,
+                q.tx,
+                q.completion,
+                k.rx_dropped,
+                k.rx_ring_full,
+                k.rx_fill_ring_empty_descs,
+                k.rx_invalid_descs + k.tx_invalid_descs,
+                q.program.steered,
+                q.program.passed,
+                q.program.filtered
+            );
+        }
+        println!();
+    }
 }
 
 fn json(engines: &[EngineStats]) -> serde_json::Value {
@@ -286,6 +485,40 @@ fn json(engines: &[EngineStats]) -> serde_json::Value {
                             "max": s.latency.max_ns,
                         },
                         "counters": s.counters.iter().cloned().collect::<BTreeMap<String, u64>>(),
+                        "classes": s.classes.iter().map(|c| serde_json::json!({
+                            "class": format!("{:?}", c.class),
+                            "queued": c.queued,
+                            "sent": c.sent,
+                            "dropped": c.dropped,
+                        })).collect::<Vec<_>>(),
+                        "sockets": s.sockets.iter().map(socket_json).collect::<Vec<_>>(),
+                        "sockets_unlisted": s.sockets_unlisted,
+                        "queues": s.queues.iter().map(|q| serde_json::json!({
+                            "socket": q.socket,
+                            "queue": q.queue,
+                            "zero_copy": q.zero_copy,
+                            "rings": { "fill": q.fill, "rx": q.rx, "tx": q.tx, "completion": q.completion },
+                            "kernel": {
+                                "rx_dropped": q.kernel.rx_dropped,
+                                "rx_invalid_descs": q.kernel.rx_invalid_descs,
+                                "tx_invalid_descs": q.kernel.tx_invalid_descs,
+                                "rx_ring_full": q.kernel.rx_ring_full,
+                                "rx_fill_ring_empty_descs": q.kernel.rx_fill_ring_empty_descs,
+                                "tx_ring_empty_descs": q.kernel.tx_ring_empty_descs,
+                            },
+                            "program": {
+                                "steered": q.program.steered,
+                                "passed": q.program.passed,
+                                "filtered": q.program.filtered,
+                            },
+                        })).collect::<Vec<_>>(),
+                        "subscribers": s.subscribers.iter().map(|u| serde_json::json!({
+                            "socket": u.socket,
+                            "index": u.index,
+                            "delivered": u.delivered,
+                            "dropped": u.dropped,
+                            "depth": u.depth,
+                        })).collect::<Vec<_>>(),
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -293,9 +526,41 @@ fn json(engines: &[EngineStats]) -> serde_json::Value {
     )
 }
 
+fn socket_json(k: &SocketStats) -> serde_json::Value {
+    serde_json::json!({
+        "id": k.id,
+        "kind": k.kind.name(),
+        "transport": k.transport.map(|t| t.to_string()),
+        "local": k.local.map(|a| a.to_string()),
+        "peer": k.peer.map(|a| a.to_string()),
+        "receives": k.receives,
+        "recv_bytes": k.recv_bytes,
+        "sends": k.sends,
+        "send_bytes": k.send_bytes,
+        "errors": k.errors,
+        "drops": k.drops,
+        "class": k.class.map(|c| format!("{c:?}")),
+        "flow": k.flow.map(|(id, f)| serde_json::json!({
+            "id": id,
+            "sent": f.sent,
+            "sent_bytes": f.sent_bytes,
+            "delayed": f.delayed,
+            "non_conformant": f.non_conformant,
+            "dropped": f.dropped,
+        })),
+        "fanout": k.fanout.map(|g| serde_json::json!({
+            "subscribers": g.subscribers,
+            "received": g.received,
+            "stalls": g.stalls,
+            "overflow": g.overflow,
+        })),
+    })
+}
+
 /// The OpenMetrics text of every live engine.
 pub fn openmetrics(engines: &[EngineStats]) -> String {
-    let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // name -> (OpenMetrics type, samples)
+    let mut by_name: BTreeMap<String, (&str, Vec<String>)> = BTreeMap::new();
     for e in engines.iter().filter(|e| !e.stale) {
         for s in &e.shards {
             let labels = format!(
@@ -305,14 +570,76 @@ pub fn openmetrics(engines: &[EngineStats]) -> String {
                 s.index
             );
             for (name, v) in &s.counters {
+                let gauge = GAUGES.contains(&name.as_str());
+                let (kind, suffix) = if gauge { ("gauge", "") } else { ("counter", "_total") };
                 by_name
                     .entry(name.clone())
-                    .or_default()
-                    .push(if GAUGES.contains(&name.as_str()) {
-                        format!("porto_{name}{{{labels}}} {v}")
-                    } else {
-                        format!("porto_{name}_total{{{labels}}} {v}")
-                    });
+                    .or_insert((kind, Vec::new()))
+                    .1
+                    .push(format!("porto_{name}{suffix}{{{labels}}} {v}"));
+            }
+            let mut sample = |name: &str, extra: String, v: u64, gauge: bool| {
+                let (kind, suffix) = if gauge { ("gauge", "") } else { ("counter", "_total") };
+                by_name
+                    .entry(name.to_string())
+                    .or_insert((kind, Vec::new()))
+                    .1
+                    .push(format!("porto_{name}{suffix}{{{labels}{extra}}} {v}"));
+            };
+            for c in &s.classes {
+                let l = format!(",class=\"{:?}\"", c.class);
+                sample("qos_class_queued", l.clone(), c.queued, true);
+                sample("qos_class_sent", l.clone(), c.sent, false);
+                sample("qos_class_dropped", l, c.dropped, false);
+            }
+            for k in &s.sockets {
+                let l = format!(
+                    ",socket=\"{}\",kind=\"{}\",local=\"{}\"",
+                    k.id,
+                    k.kind.name(),
+                    addr(k.local)
+                );
+                for (name, v) in [
+                    ("socket_receives", k.receives),
+                    ("socket_recv_bytes", k.recv_bytes),
+                    ("socket_sends", k.sends),
+                    ("socket_send_bytes", k.send_bytes),
+                    ("socket_errors", k.errors),
+                    ("socket_drops", k.drops),
+                ] {
+                    sample(name, l.clone(), v, false);
+                }
+            }
+            for q in &s.queues {
+                let l = format!(",socket=\"{}\",queue=\"{}\"", q.socket, q.queue);
+                for (name, v) in [
+                    ("xdp_ring_fill", u64::from(q.fill)),
+                    ("xdp_ring_rx", u64::from(q.rx)),
+                    ("xdp_ring_tx", u64::from(q.tx)),
+                    ("xdp_ring_completion", u64::from(q.completion)),
+                ] {
+                    sample(name, l.clone(), v, true);
+                }
+                for (name, v) in [
+                    ("xdp_kernel_rx_dropped", q.kernel.rx_dropped),
+                    ("xdp_kernel_rx_ring_full", q.kernel.rx_ring_full),
+                    ("xdp_kernel_rx_fill_ring_empty", q.kernel.rx_fill_ring_empty_descs),
+                    (
+                        "xdp_kernel_invalid_descs",
+                        q.kernel.rx_invalid_descs + q.kernel.tx_invalid_descs,
+                    ),
+                    ("xdp_program_steered", q.program.steered),
+                    ("xdp_program_passed", q.program.passed),
+                    ("xdp_program_filtered", q.program.filtered),
+                ] {
+                    sample(name, l.clone(), v, false);
+                }
+            }
+            for u in &s.subscribers {
+                let l = format!(",socket=\"{}\",subscriber=\"{}\"", u.socket, u.index);
+                sample("fanout_delivered", l.clone(), u.delivered, false);
+                sample("fanout_dropped", l.clone(), u.dropped, false);
+                sample("fanout_depth", l, u.depth, true);
             }
             let l = s.latency;
             for (q, v) in [
@@ -321,22 +648,19 @@ pub fn openmetrics(engines: &[EngineStats]) -> String {
                 ("0.999", l.p999_ns),
                 ("1", l.max_ns),
             ] {
-                by_name.entry("op_latency_seconds".into()).or_default().push(format!(
-                    "porto_op_latency_seconds{{{labels},quantile=\"{q}\"}} {}",
-                    v as f64 / 1e9
-                ));
+                by_name
+                    .entry("op_latency_seconds".into())
+                    .or_insert(("summary", Vec::new()))
+                    .1
+                    .push(format!(
+                        "porto_op_latency_seconds{{{labels},quantile=\"{q}\"}} {}",
+                        v as f64 / 1e9
+                    ));
             }
         }
     }
     let mut out = String::new();
-    for (name, samples) in by_name {
-        let kind = if name == "op_latency_seconds" {
-            "summary"
-        } else if GAUGES.contains(&name.as_str()) {
-            "gauge"
-        } else {
-            "counter"
-        };
+    for (name, (kind, samples)) in by_name {
         out += &format!("# TYPE porto_{name} {kind}\n");
         for s in samples {
             out += &s;

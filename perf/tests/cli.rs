@@ -255,6 +255,37 @@ fn mcast_pub_reaches_every_subscriber() {
         );
     }
     assert!(sent >= 1900, "{pub_out}");
+    // The latency split from the kernel's receive stamps: the subscriber asked for them
+    // 500 ms before the feed started, so (nearly) every delivery is stamped, and each
+    // segment is a part of the whole.
+    let stamped: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("latency split (")?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("a latency split:\n{out}"));
+    assert!(
+        stamped >= 3 * sent * 9 / 10 && stamped <= 3 * sent,
+        "{stamped} stamped:\n{out}"
+    );
+    let segment = |name: &str| -> Vec<f64> {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("{name}:\n{out}"));
+        line[line.find(name).unwrap() + name.len()..]
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect()
+    };
+    let (wire, app, total) = (
+        segment("publisher -> kernel receive"),
+        segment("kernel receive -> dequeue"),
+        segment("publisher -> dequeue"),
+    );
+    for part in [&wire, &app] {
+        assert_eq!(part.len(), 4, "{out}");
+        assert!(part[0] > 0.0 && part[0] <= part[3], "{out}");
+        assert!(part[0] <= total[3], "a part's median within the whole's max:\n{out}");
+    }
 }
 
 #[test]

@@ -92,6 +92,15 @@ impl fmt::Display for Transport {
     }
 }
 
+impl From<crate::sys::xsk::XskMode> for Transport {
+    fn from(m: crate::sys::xsk::XskMode) -> Transport {
+        match m {
+            crate::sys::xsk::XskMode::ZeroCopy => Transport::AfXdpZeroCopy,
+            crate::sys::xsk::XskMode::Copy => Transport::AfXdpCopy,
+        }
+    }
+}
+
 /// What a shard's provider really is, and why it is not a better one.
 #[derive(Clone, Debug)]
 pub struct ProviderInfo {

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -29,9 +30,9 @@ pub enum Policy {
 }
 
 /// One delivered datagram: a shared handle of the frame it was received into (`buf`'s window
-/// is the payload). Its source and TOS byte live in the frame too, in front of the payload
-/// (the `Meta` block), so a queue entry is one 24-byte handle: the fan-out writes N small entries,
-/// not N copies of the address.
+/// is the payload). Its source, TOS byte and receive stamp live in the frame too, in front of
+/// the payload (the `Meta` block), so a queue entry is one 24-byte handle: the fan-out writes
+/// N small entries, not N copies of the address.
 #[derive(Debug)]
 pub struct Datagram {
     pub buf: SharedBuf,
@@ -49,20 +50,29 @@ impl Datagram {
     pub fn tos(&self) -> Option<u8> {
         Meta::read(self.buf.prefix())?.1
     }
+
+    /// When the kernel (or porto's XDP program) received it, ns since the Unix epoch, if the
+    /// receiving socket asked for timestamps (`SocketOptions::timestamps`,
+    /// `XdpOptions::timestamps`).
+    pub fn rx_timestamp_ns(&self) -> Option<NonZeroU64> {
+        Meta::read(self.buf.prefix())?.2
+    }
 }
 
-/// Where a fanned-out frame keeps its datagram's source and TOS: the first `Meta::LEN` bytes
-/// of the frame, written by the shard once the receive's own headers there (the recvmsg
-/// header, or Ethernet/IP/UDP) have been parsed. Layout: family (0, 4 or 6), TOS flag, TOS,
-/// pad, port (BE), pad, address (16 bytes, IPv4 in the first 4).
+/// Where a fanned-out frame keeps its datagram's source, TOS and receive stamp: the first
+/// `Meta::LEN` bytes of the frame, written by the shard once the receive's own headers there
+/// (the recvmsg header, or Ethernet/IP/UDP) have been parsed. Layout: family (0, 4 or 6), TOS
+/// flag, TOS, pad, port (BE), pad, address (16 bytes, IPv4 in the first 4), stamp (u64 LE, 0 =
+/// none).
 struct Meta;
 
 impl Meta {
-    const LEN: usize = 24;
+    const LEN: usize = 32;
 
-    fn write(frame: &mut [u8], peer: Option<SocketAddr>, tos: Option<u8>) {
+    fn write(frame: &mut [u8], peer: Option<SocketAddr>, tos: Option<u8>, stamp: Option<NonZeroU64>) {
         let m = &mut frame[..Meta::LEN];
         m.fill(0);
+        m[24..32].copy_from_slice(&stamp.map_or(0, NonZeroU64::get).to_le_bytes());
         if let Some(t) = tos {
             m[1] = 1;
             m[2] = t;
@@ -82,7 +92,7 @@ impl Meta {
         }
     }
 
-    fn read(prefix: &[u8]) -> Option<(Option<SocketAddr>, Option<u8>)> {
+    fn read(prefix: &[u8]) -> Option<(Option<SocketAddr>, Option<u8>, Option<NonZeroU64>)> {
         let m = prefix.get(..Meta::LEN)?;
         let port = u16::from_be_bytes([m[4], m[5]]);
         let peer = match m[0] {
@@ -90,7 +100,8 @@ impl Meta {
             6 => Some(SocketAddr::from((<[u8; 16]>::try_from(&m[8..24]).ok()?, port))),
             _ => None,
         };
-        Some((peer, (m[1] == 1).then_some(m[2])))
+        let stamp = NonZeroU64::new(u64::from_le_bytes(m[24..32].try_into().ok()?));
+        Some((peer, (m[1] == 1).then_some(m[2]), stamp))
     }
 }
 
@@ -140,6 +151,15 @@ impl GroupShared {
             stalls: AtomicU64::new(0),
             overflow: AtomicU64::new(0),
             subscribers: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn counters(&self) -> GroupCounters {
+        GroupCounters {
+            received: self.received.load(Ordering::Relaxed),
+            stalls: self.stalls.load(Ordering::Relaxed),
+            overflow: self.overflow.load(Ordering::Relaxed),
+            subscribers: self.subscribers.load(Ordering::Relaxed),
         }
     }
 
@@ -220,18 +240,37 @@ impl GroupState {
         self.publish_size();
     }
 
+    pub(crate) fn counters(&self) -> GroupCounters {
+        self.shared.counters()
+    }
+
+    /// Each subscriber's counters, in delivery order; `depth` is what its queue holds now.
+    pub(crate) fn subscriber_counters(&self) -> impl Iterator<Item = SubscriberCounters> + '_ {
+        self.subs.iter().map(|s| SubscriberCounters {
+            delivered: s.shared.delivered.load(Ordering::Relaxed),
+            dropped: s.shared.dropped.load(Ordering::Relaxed),
+            depth: s.tx.buffer().capacity() - s.tx.slots(),
+        })
+    }
+
     fn publish_size(&self) {
         self.shared.subscribers.store(self.subs.len() as u64, Ordering::Relaxed);
     }
 
     /// Hands a received datagram to every subscriber. Returns true while the group is
     /// stalled (some datagram waits for a reliable subscriber).
-    pub(crate) fn publish(&mut self, mut buf: Buf, peer: Option<SocketAddr>, tos: Option<u8>) -> bool {
+    pub(crate) fn publish(
+        &mut self,
+        mut buf: Buf,
+        peer: Option<SocketAddr>,
+        tos: Option<u8>,
+        stamp: Option<NonZeroU64>,
+    ) -> bool {
         bump(&self.shared.received);
         // Every receive path leaves its parsed headers in front of the payload: room for Meta.
         debug_assert!(buf.offset() >= Meta::LEN, "no room for the datagram's metadata");
         if buf.offset() >= Meta::LEN {
-            Meta::write(buf.frame_mut(), peer, tos);
+            Meta::write(buf.frame_mut(), peer, tos, stamp);
         }
         let d = Datagram { buf: buf.freeze() };
         if !self.pending.is_empty() {

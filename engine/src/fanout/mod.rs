@@ -104,13 +104,7 @@ impl FanOut {
     }
 
     pub fn counters(&self) -> GroupCounters {
-        let g = &self.shared;
-        GroupCounters {
-            received: g.received.load(Ordering::Relaxed),
-            stalls: g.stalls.load(Ordering::Relaxed),
-            overflow: g.overflow.load(Ordering::Relaxed),
-            subscribers: g.subscribers.load(Ordering::Relaxed),
-        }
+        self.shared.counters()
     }
 }
 

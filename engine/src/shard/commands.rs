@@ -3,12 +3,13 @@
 
 use std::os::fd::AsRawFd;
 
-use super::{Core, Endpoint, SockEntry, COMMANDS_PER_TURN};
+use super::{Core, Endpoint, SockDesc, SockEntry, COMMANDS_PER_TURN};
 use crate::driver::Driver;
 use crate::error::Error;
 use crate::op::Request;
 use crate::proto::{Command, Delivery, SockId};
 use crate::qos::{TokenBucket, TrafficType};
+use crate::telemetry::SocketKind;
 
 impl<D: Driver> Core<D> {
     pub(super) fn take_commands(&mut self) -> usize {
@@ -40,7 +41,8 @@ impl<D: Driver> Core<D> {
                     if let Delivery::Port { port, .. } = &delivery {
                         self.backlogs.attach(port);
                     }
-                    *e = SockEntry::open(gen, Endpoint::Kernel { fd, fixed }, Some(delivery));
+                    let desc = SockDesc::of_fd(fd.as_raw_fd(), self.head.transport);
+                    *e = SockEntry::open(gen, Endpoint::Kernel { fd, fixed }, Some(delivery), desc);
                 }
                 Command::OpenXdp {
                     sock: SockId { index: sock, gen },
@@ -52,7 +54,13 @@ impl<D: Driver> Core<D> {
                     if let Delivery::Port { port, .. } = &delivery {
                         self.backlogs.attach(port);
                     }
-                    *e = SockEntry::open(gen, Endpoint::Xdp(port), Some(delivery));
+                    let desc = SockDesc {
+                        kind: SocketKind::XdpUdp,
+                        transport: port.transport(),
+                        local: Some(port.local),
+                        peer: None,
+                    };
+                    *e = SockEntry::open(gen, Endpoint::Xdp(port), Some(delivery), desc);
                     self.xdp_socks.push(sock);
                 }
                 Command::FlowCreate { id, flow } => self.qos.flows[usize::from(id)] = Some(*flow),

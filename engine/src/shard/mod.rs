@@ -36,7 +36,8 @@ mod xdp;
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,7 +48,7 @@ use crate::completion::{Completion, OpKind};
 use crate::config::{Config, Provider};
 use crate::driver::epoll::{EpollDriver, EpollSetup};
 use crate::driver::uring::{UringDriver, UringSetup};
-use crate::driver::{Driver, Enter, Event};
+use crate::driver::{Driver, Enter, Event, Transport};
 use crate::error::{Error, SetupError};
 use crate::fanout::group::GroupState;
 use crate::op::{self, Request, Table};
@@ -61,7 +62,7 @@ use crate::rio::buf::RioKind;
 use crate::stats::{new_histogram, Stats};
 use crate::sys::net;
 use crate::sys::ring::RingConfig;
-use crate::telemetry::ShardHead;
+use crate::telemetry::{self, ClassStats, ShardHead, SocketKind, SocketStats, SubscriberStats};
 use crate::xdp::port::{Quarantine, XdpPort};
 use qos::{Deferred, QosState, QOS_QUEUE_MAX};
 use xdp::QUARANTINE_PROBE;
@@ -139,10 +140,13 @@ struct SockEntry {
     fanout: Option<Box<GroupState>>,
     /// Its traffic class (set_traffic / set_flow): inbound priority.
     class: Option<TrafficType>,
+    /// What `porto stats` shows of it.
+    desc: SockDesc,
+    counters: SockCounters,
 }
 
 impl SockEntry {
-    fn open(gen: u32, ep: Endpoint, delivery: Option<Delivery>) -> SockEntry {
+    fn open(gen: u32, ep: Endpoint, delivery: Option<Delivery>, desc: SockDesc) -> SockEntry {
         SockEntry {
             ep,
             gen,
@@ -154,6 +158,74 @@ impl SockEntry {
             flow: None,
             fanout: None,
             class: None,
+            desc,
+            counters: SockCounters::default(),
+        }
+    }
+}
+
+/// What a socket is, read once when it opens (a stream's peer once it is connected).
+#[derive(Clone, Copy, Debug)]
+struct SockDesc {
+    kind: SocketKind,
+    transport: Transport,
+    local: Option<SocketAddr>,
+    peer: Option<SocketAddr>,
+}
+
+impl SockDesc {
+    const CLOSED: SockDesc = SockDesc {
+        kind: SocketKind::Other,
+        transport: Transport::IoUring,
+        local: None,
+        peer: None,
+    };
+
+    /// A kernel socket, as the kernel describes it (control path: three syscalls).
+    fn of_fd(fd: RawFd, transport: Transport) -> SockDesc {
+        let kind = match net::get_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) {
+            Ok(libc::SOCK_DGRAM) => SocketKind::Udp,
+            Ok(libc::SOCK_STREAM) => match net::get_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) {
+                Ok(1) => SocketKind::TcpListener,
+                _ => SocketKind::TcpStream,
+            },
+            _ => SocketKind::Other,
+        };
+        SockDesc {
+            kind,
+            transport,
+            local: net::local_addr(fd).ok(),
+            peer: net::peer_addr(fd).ok(),
+        }
+    }
+}
+
+/// A socket's own counts (plain integers: only its shard writes them).
+#[derive(Clone, Copy, Debug, Default)]
+struct SockCounters {
+    receives: u64,
+    recv_bytes: u64,
+    sends: u64,
+    send_bytes: u64,
+    errors: u64,
+    drops: u64,
+}
+
+impl SockCounters {
+    /// Counts a completion on its way to the socket's application.
+    fn see(&mut self, c: &Completion) {
+        let add = |a: &mut u64, n: u64| *a = a.saturating_add(n);
+        match (c.op, &c.result) {
+            (OpKind::Recv | OpKind::RecvFrom, Ok(n)) => {
+                add(&mut self.receives, 1);
+                add(&mut self.recv_bytes, *n as u64);
+            }
+            (OpKind::Send | OpKind::SendTo, Ok(n)) => {
+                add(&mut self.sends, 1);
+                add(&mut self.send_bytes, *n as u64);
+            }
+            (_, Err(_)) => add(&mut self.errors, 1),
+            _ => {}
         }
     }
 }
@@ -424,7 +496,7 @@ impl<D: Driver> Core<D> {
             pool,
             ops: Table::new(cfg.ops_max),
             sockets: (0..cfg.sockets_max)
-                .map(|_| SockEntry::open(0, Endpoint::Closed, None))
+                .map(|_| SockEntry::open(0, Endpoint::Closed, None, SockDesc::CLOSED))
                 .collect(),
             events: Vec::with_capacity(cfg.cq_entries as usize),
             local: VecDeque::with_capacity(cfg.cq_entries as usize),
@@ -641,13 +713,58 @@ impl<D: Driver> Core<D> {
         st.set(&st.counters.bufring_frames, u64::from(self.bufring_frames));
         st.set(&st.counters.pool_free, u64::from(self.pool.free_frames()));
         if let Some(t) = &self.shared.telemetry {
-            t.publish(
-                self.shared.index,
-                self.head,
-                st,
-                &self.shared.class_drops,
-                &mut self.publish_scratch,
-            );
+            let mut w = t.begin(self.shared.index, self.head, st, &mut self.publish_scratch);
+            for (i, class) in telemetry::class_order().into_iter().enumerate() {
+                w.class(&ClassStats {
+                    class,
+                    queued: self.qos.sched.len(class) as u64,
+                    sent: self.qos.sched.dequeued[i],
+                    dropped: self.qos.sched.drops[i],
+                });
+            }
+            for (i, e) in self.sockets.iter_mut().enumerate() {
+                if e.delivery.is_none() {
+                    continue;
+                }
+                let id = i as u32;
+                if let (SocketKind::TcpStream, None, Endpoint::Kernel { fd, .. }) = (e.desc.kind, e.desc.peer, &e.ep) {
+                    // Connected since it opened?
+                    e.desc.peer = net::peer_addr(fd.as_raw_fd()).ok();
+                }
+                let c = e.counters;
+                w.socket(&SocketStats {
+                    id,
+                    kind: e.desc.kind,
+                    transport: Some(e.desc.transport),
+                    local: e.desc.local,
+                    peer: e.desc.peer,
+                    receives: c.receives,
+                    recv_bytes: c.recv_bytes,
+                    sends: c.sends,
+                    send_bytes: c.send_bytes,
+                    errors: c.errors,
+                    drops: c.drops,
+                    class: e.class,
+                    flow: e
+                        .flow
+                        .and_then(|f| Some((f, self.qos.flows.get(usize::from(f))?.as_ref()?.counters))),
+                    fanout: e.fanout.as_ref().map(|g| g.counters()),
+                });
+                if let Some(p) = e.ep.xdp() {
+                    p.queue_stats(id, |q| w.queue(&q));
+                }
+                if let Some(g) = &e.fanout {
+                    for (index, sub) in g.subscriber_counters().enumerate() {
+                        w.subscriber(&SubscriberStats {
+                            socket: id,
+                            index: index as u32,
+                            delivered: sub.delivered,
+                            dropped: sub.dropped,
+                            depth: sub.depth as u64,
+                        });
+                    }
+                }
+            }
         }
         self.last_merge = Instant::now();
         self.unpublished = false;
@@ -916,8 +1033,9 @@ impl<D: Driver> Core<D> {
             self.sockets[sock as usize].fanout.as_mut(),
             c.op == OpKind::RecvFrom && c.more && c.result.is_ok(),
         ) {
+            self.sockets[sock as usize].counters.see(&c);
             let buf = c.buffer.take().expect("a successful receive carries its buffer");
-            if g.publish(buf, c.peer, c.tos) && !self.fanout_stalled.contains(&sock) {
+            if g.publish(buf, c.peer, c.tos, c.rx_timestamp_ns) && !self.fanout_stalled.contains(&sock) {
                 self.fanout_stalled.push(sock);
             }
             return;
@@ -959,8 +1077,12 @@ impl<D: Driver> Core<D> {
             shared,
             ..
         } = self;
-        let delivery = sockets[sock as usize].delivery.as_ref().expect("open socket");
-        deliver(delivery, c, local, backlogs, touched, &shared.stats);
+        let e = &mut sockets[sock as usize];
+        e.counters.see(&c);
+        let delivery = e.delivery.as_ref().expect("open socket");
+        if !deliver(delivery, c, local, backlogs, touched, &shared.stats) {
+            e.counters.drops = e.counters.drops.saturating_add(1);
+        }
     }
 
     /// Delivers `c` to `delivery` (a socket's, taken out of the table or cloned on a control
@@ -1032,7 +1154,8 @@ impl<D: Driver> Core<D> {
 
 /// The one place a completion reaches its sink: the poll queue, or a completion port (held
 /// back in the port's backlog when full). A port is cloned into `touched` once per turn, to
-/// be woken once.
+/// be woken once. False if a completion was lost on the way (a full port's backlog dropped
+/// it or an older one).
 fn deliver(
     delivery: &Delivery,
     c: Completion,
@@ -1040,7 +1163,7 @@ fn deliver(
     backlogs: &mut Backlogs,
     touched: &mut Vec<CompletionPort>,
     st: &Stats,
-) {
+) -> bool {
     match delivery {
         Delivery::Poll { .. } => local.push_back(c),
         Delivery::Port { port, .. } => match backlogs.deliver(port, c) {
@@ -1050,13 +1173,17 @@ fn deliver(
                 }
             }
             Delivered::Queued => st.add(&st.counters.port_full, 1),
-            Delivered::Dropped | Delivered::Evicted => st.add(&st.counters.port_backlog_drops, 1),
+            Delivered::Dropped | Delivered::Evicted => {
+                st.add(&st.counters.port_backlog_drops, 1);
+                return false;
+            }
             Delivered::Overflowed => {
                 st.add(&st.counters.port_overflow, 1);
                 touched.push(port.clone());
             }
         },
     }
+    true
 }
 
 /// The event id of slot `idx`'s operation (accepts carry their own tag: the driver adopts the

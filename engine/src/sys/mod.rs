@@ -19,6 +19,7 @@
 #![allow(unsafe_code)]
 
 pub(crate) mod bufring;
+pub(crate) mod clock;
 pub(crate) mod net;
 pub(crate) mod netns;
 pub(crate) mod region;

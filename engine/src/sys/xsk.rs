@@ -96,6 +96,16 @@ impl<T: Copy> Ring<T> {
         unsafe { &*self.consumer }
     }
 
+    /// Entries between the two indices now (what the producer published and the consumer
+    /// has not taken), clamped to the ring's size: a gauge for `porto stats`.
+    pub(crate) fn occupancy(&self) -> u32 {
+        let n = self
+            .prod()
+            .load(Ordering::Relaxed)
+            .wrapping_sub(self.cons().load(Ordering::Relaxed));
+        n.min(self.size)
+    }
+
     /// The kernel asks to be woken (XDP_RING_NEED_WAKEUP).
     pub(crate) fn needs_wakeup(&self) -> bool {
         // SAFETY: as in `prod`. Relaxed: a stale answer costs one extra or one late wake-up,

@@ -8,14 +8,20 @@
 //! ARP itself is the kernel's: the XDP program passes ARP frames up.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use crate::completion::{Completion, OpKind};
+use crate::driver::Transport;
 use crate::error::Error;
 use crate::pool::{Buf, Pool, SharedBuf};
 use crate::stats::Stats;
+use crate::sys::clock;
 use crate::sys::xsk::{Xsk, XskMode};
+use crate::telemetry::QueueStats;
 use crate::wire::{self, MacAddr, UdpHeaders};
 use crate::xdp::neighbors::{Learned, Neighbors};
+use crate::xdp::shared::SharedProgram;
 
 /// Frames handled per ring per turn.
 /// Frames read from one RX ring per turn.
@@ -51,6 +57,26 @@ fn expedited(frame: &[u8]) -> bool {
         _ => return false,
     };
     tos >> 2 >= DSCP_EXPEDITED
+}
+
+/// The metadata porto's XDP program writes in front of a steered frame (`struct porto_meta`
+/// in `xdp-programs/porto_xdp.bpf.c`): a magic, then the CLOCK_MONOTONIC ns it ran at.
+const META_MAGIC: u64 = u64::from_le_bytes(*b"PORTOTS1");
+const META_LEN: usize = 16;
+
+/// The receive stamp in the metadata in front of the frame's bytes at `off`, as
+/// CLOCK_REALTIME ns (`mono_to_real` added), the magic cleared so a later use of the frame
+/// without metadata (a driver refusing `bpf_xdp_adjust_meta`) is never read as stamped.
+/// Untrusted bytes: a missing or zero stamp is `None`.
+fn take_stamp(frame: &mut [u8], off: usize, mono_to_real: u64) -> Option<std::num::NonZeroU64> {
+    let m = frame.get_mut(off.checked_sub(META_LEN)?..off)?;
+    let (magic, ns) = m.split_at_mut(8);
+    if u64::from_le_bytes(magic.try_into().ok()?) != META_MAGIC {
+        return None;
+    }
+    magic.fill(0);
+    let mono = u64::from_le_bytes(ns.try_into().ok()?);
+    std::num::NonZeroU64::new(mono.checked_add(mono_to_real)?)
 }
 
 /// Validates an RX descriptor against the FILL ownership table `in_kernel` (per frame: the
@@ -122,6 +148,12 @@ pub(crate) struct XdpPort {
     pub dscp_priority: bool,
     /// Quarantine the frames at close even in copy mode (`XdpOptions::hold_frames_on_close`).
     pub hold_on_close: bool,
+    /// Read each frame's receive stamp from its XDP metadata (`XdpOptions::timestamps`).
+    pub timestamps: bool,
+    /// CLOCK_REALTIME − CLOCK_MONOTONIC, sampled once per receive call while `timestamps`.
+    mono_to_real_ns: u64,
+    /// The interface's program, for its counters in `porto stats`.
+    pub program: Option<Arc<SharedProgram>>,
     /// When the RX rings were first seen holding too few frames to read.
     rx_waiting_since: Option<std::time::Instant>,
 }
@@ -169,6 +201,38 @@ impl XdpPort {
             rx_waiting_since: None,
             dscp_priority: false,
             hold_on_close: false,
+            timestamps: false,
+            mono_to_real_ns: 0,
+            program: None,
+        }
+    }
+
+    /// AF_XDP zero-copy or copy mode.
+    pub(crate) fn transport(&self) -> Transport {
+        self.queues[0].xsk.mode.into()
+    }
+
+    /// Each queue's rings and kernel counters, for `porto stats` (a getsockopt per queue and
+    /// a map read: control-path cost, once per publication).
+    pub(crate) fn queue_stats(&self, socket: u32, mut f: impl FnMut(QueueStats)) {
+        let program = self
+            .program
+            .as_ref()
+            .and_then(|p| p.counters().ok())
+            .unwrap_or_default();
+        for q in &self.queues {
+            let x = &q.xsk;
+            f(QueueStats {
+                socket,
+                queue: x.queue,
+                zero_copy: x.mode == XskMode::ZeroCopy,
+                fill: x.fill.occupancy(),
+                rx: x.rx.occupancy(),
+                tx: x.tx.occupancy(),
+                completion: x.comp.occupancy(),
+                kernel: crate::sys::xsk::statistics(x.as_raw_fd()).unwrap_or_default(),
+                program,
+            });
         }
     }
 
@@ -345,6 +409,9 @@ impl XdpPort {
             return 0;
         }
         let mut total = 0;
+        if self.timestamps {
+            self.mono_to_real_ns = clock::realtime_ns().saturating_sub(clock::monotonic_ns());
+        }
         for qi in 0..self.queues.len() {
             let n = self.queues[qi].xsk.rx.available(BATCH);
             if self.dscp_priority {
@@ -436,8 +503,14 @@ impl XdpPort {
                     stats.add(&stats.counters.xdp_no_receiver, 1);
                     return;
                 };
+                let stamp = if self.timestamps {
+                    take_stamp(buf.frame_mut(), off, self.mono_to_real_ns)
+                } else {
+                    None
+                };
                 buf.set_window(off + u.payload_offset, u.payload_len);
                 let mut c = Completion::of(OpKind::RecvFrom, key, token, Ok(u.payload_len));
+                c.rx_timestamp_ns = stamp;
                 c.buffer = Some(buf);
                 c.peer = Some(SocketAddr::new(u.src_ip, u.src_port));
                 c.more = true;

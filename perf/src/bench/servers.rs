@@ -26,6 +26,9 @@ pub enum Server {
     PortoPortEpoll,
     /// porto in polling mode on the epoll provider.
     PortoPollEpoll,
+    /// porto in completion-port mode without publishing statistics (`--no-stats`): beside
+    /// `porto-port`, what `porto stats` costs.
+    PortoPortNoStats,
 }
 
 impl Server {
@@ -39,6 +42,7 @@ impl Server {
             Server::PortoPoll => "porto poll",
             Server::PortoPortEpoll => "porto port (epoll)",
             Server::PortoPollEpoll => "porto poll (epoll)",
+            Server::PortoPortNoStats => "porto port (stats off)",
         }
     }
 
@@ -74,7 +78,11 @@ impl Server {
                     c.arg("--tcp");
                 }
             }
-            Server::PortoPort | Server::PortoPoll | Server::PortoPortEpoll | Server::PortoPollEpoll => {
+            Server::PortoPort
+            | Server::PortoPoll
+            | Server::PortoPortEpoll
+            | Server::PortoPollEpoll
+            | Server::PortoPortNoStats => {
                 c = Command::new(exe);
                 c.args(["echo", proto, "--port", &port_s, "--cores", &core_s]);
                 if matches!(self, Server::PortoPoll | Server::PortoPollEpoll) {
@@ -84,6 +92,9 @@ impl Server {
                 // it measured.
                 let epoll = matches!(self, Server::PortoPortEpoll | Server::PortoPollEpoll);
                 c.args(["--provider", if epoll { "epoll" } else { "io-uring" }]);
+                if self == Server::PortoPortNoStats {
+                    c.arg("--no-stats");
+                }
                 c.args(porto_args);
             }
         }
