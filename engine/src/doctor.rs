@@ -5,8 +5,8 @@
 use std::fmt;
 
 use crate::config::{Config, Provider};
-use crate::sys::net;
 use crate::sys::ring::{refused_fix, Ring, RingConfig};
+use crate::sys::{genl, net};
 
 /// How bad a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -60,6 +60,11 @@ pub fn check(cfg: &Config, xdp: Option<&str>) -> Vec<Finding> {
     if let Some(iface) = xdp {
         out.push(xdp_capabilities());
         out.extend(xdp_iface(iface, cfg.shards));
+        if net::ifindex(iface).is_ok() {
+            out.push(xdp_features(iface));
+            out.extend(rx_offloads(iface));
+            out.push(irq_affinity(iface, cfg));
+        }
     }
     out
 }
@@ -413,9 +418,218 @@ fn xdp_iface(iface: &str, shards: usize) -> Vec<Finding> {
     out
 }
 
+/// What the driver's XDP supports, from the kernel's `netdev` netlink family.
+fn xdp_features(iface: &str) -> Finding {
+    const CHECK: &str = "xdp support";
+    let ifindex = match net::ifindex(iface) {
+        Ok(i) => i,
+        Err(e) => return finding(CHECK, Level::Fail, format!("{iface}: {e}"), None),
+    };
+    let driver = std::fs::read_link(format!("/sys/class/net/{iface}/device/driver"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .or_else(|| {
+            let out = std::process::Command::new("ethtool")
+                .args(["-i", iface])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find_map(|l| l.strip_prefix("driver: ").map(str::to_string))
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let f = match genl::xdp_features(ifindex) {
+        Ok(f) => f,
+        Err(e) => {
+            return finding(
+                CHECK,
+                Level::Warn,
+                format!("{iface} (driver {driver}): the kernel did not say what its XDP supports ({e}; the netdev netlink family came in 6.3)"),
+                Some("porto will try native zero-copy, then copy mode, then generic XDP, and report the rung it gets"),
+            )
+        }
+    };
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let detail = format!(
+        "{iface} (driver {driver}): native XDP {}, redirect {}, AF_XDP zero-copy {}, multi-buffer {}, NIC receive timestamps {}",
+        yes(f.basic),
+        yes(f.redirect),
+        yes(f.zero_copy),
+        yes(f.rx_sg),
+        yes(f.rx_timestamp)
+    );
+    if !f.basic || !f.redirect {
+        finding(
+            CHECK,
+            Level::Warn,
+            format!("{detail}: porto runs in generic (skb) XDP mode here, after the kernel allocated an skb: slower than native"),
+            Some("use a NIC whose driver has native XDP (ice, i40e, mlx5, ixgbe, igc, virtio_net, ...)"),
+        )
+    } else if !f.zero_copy {
+        finding(
+            CHECK,
+            Level::Warn,
+            format!("{detail}: AF_XDP runs in copy mode (one copy per frame into the UMEM)"),
+            Some("zero-copy needs a driver with XSK zero-copy (ice, i40e, mlx5, ixgbe, igc, ...)"),
+        )
+    } else {
+        finding(CHECK, Level::Ok, detail, None)
+    }
+}
+
+/// Receive offloads that break XDP: LRO and hardware GRO merge frames before the program
+/// sees them, so drivers refuse native XDP while they are on.
+fn rx_offloads(iface: &str) -> Vec<Finding> {
+    let Ok(out) = std::process::Command::new("ethtool").args(["-k", iface]).output() else {
+        return vec![finding(
+            "rx offloads",
+            Level::Warn,
+            "ethtool is not installed: LRO and hardware GRO not checked",
+            Some("apt-get install ethtool"),
+        )];
+    };
+    offload_findings(iface, &String::from_utf8_lossy(&out.stdout))
+}
+
+/// The findings of `ethtool -k` output `text`.
+fn offload_findings(iface: &str, text: &str) -> Vec<Finding> {
+    let on = |name: &str| {
+        text.lines().any(|l| {
+            l.trim_start()
+                .strip_prefix(name)
+                .is_some_and(|v| v.trim_start().starts_with("on"))
+        })
+    };
+    let mut v = Vec::new();
+    for (feature, flag) in [("large-receive-offload:", "lro"), ("rx-gro-hw:", "rx-gro-hw")] {
+        if on(feature) {
+            v.push(finding(
+                "rx offloads",
+                Level::Warn,
+                format!("{iface}: {flag} is on: merged frames reach XDP as one (drivers refuse native XDP with it on)"),
+                Some(&format!("ethtool -K {iface} {flag} off")),
+            ));
+        }
+    }
+    if v.is_empty() {
+        v.push(finding(
+            "rx offloads",
+            Level::Ok,
+            format!("{iface}: LRO and hardware GRO off"),
+            None,
+        ));
+    }
+    v
+}
+
+/// The interrupts of `iface` (from /proc/interrupts), each with the queue its name ends in,
+/// if it does: `(irq, queue)`.
+pub(crate) fn iface_irqs(interrupts: &str, iface: &str) -> Vec<(u32, Option<usize>)> {
+    interrupts
+        .lines()
+        .filter_map(|l| {
+            let (irq, rest) = l.trim_start().split_once(':')?;
+            let irq = irq.parse::<u32>().ok()?;
+            // `eth0`, `eth0-TxRx-3`, `i40e-eth0-TxRx-3`: the interface is one dash-separated
+            // part of the name; a queue's number is the last part.
+            let name = rest.split_whitespace().last()?;
+            let parts: Vec<&str> = name.split('-').collect();
+            if !parts.contains(&iface) {
+                return None;
+            }
+            let queue = (parts.last() != Some(&iface))
+                .then(|| parts.last()?.parse().ok())
+                .flatten();
+            Some((irq, queue))
+        })
+        .collect()
+}
+
+/// Each receive queue's interrupt should land on the core of the shard that reads that
+/// queue (queue q on shard q mod N): else the packet's cache lines cross cores.
+fn irq_affinity(iface: &str, cfg: &Config) -> Finding {
+    const CHECK: &str = "irq affinity";
+    let irqs = iface_irqs(&std::fs::read_to_string("/proc/interrupts").unwrap_or_default(), iface);
+    if irqs.is_empty() {
+        return finding(
+            CHECK,
+            Level::Ok,
+            format!("no interrupt in /proc/interrupts is named after {iface}: a virtual device (its receive work runs where its sender runs), or a driver that names its IRQs otherwise (mlx5: check /proc/interrupts by hand)"),
+            None,
+        );
+    }
+    let mut wrong = Vec::new();
+    for (irq, queue) in &irqs {
+        let Some(q) = queue else { continue };
+        let shard = q % cfg.shards.max(1);
+        let core = cfg.core_of(shard);
+        let affinity = std::fs::read_to_string(format!("/proc/irq/{irq}/smp_affinity_list"))
+            .ok()
+            .and_then(|s| cpu_list(s.trim()))
+            .unwrap_or_default();
+        if !affinity.contains(&core) {
+            wrong.push(format!(
+                "irq {irq} (queue {q}) on cores {affinity:?}, its shard {shard} on core {core}"
+            ));
+        }
+    }
+    if wrong.is_empty() {
+        finding(
+            CHECK,
+            Level::Ok,
+            format!("{iface}: {} interrupt(s), each on its queue's shard core", irqs.len()),
+            None,
+        )
+    } else {
+        finding(
+            CHECK,
+            Level::Warn,
+            format!("{iface}: {}", wrong.join("; ")),
+            Some("echo <core> > /proc/irq/<irq>/smp_affinity_list for each (and stop irqbalance, or ban those IRQs from it)"),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lro_and_hardware_gro_are_named_with_their_fix() {
+        let text = "Features for eth0:
+rx-checksumming: on
+generic-receive-offload: on
+large-receive-offload: on
+rx-gro-hw: off [fixed]
+";
+        let f = offload_findings("eth0", text);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].level, Level::Warn);
+        assert_eq!(f[0].fix.as_deref(), Some("ethtool -K eth0 lro off"));
+        let f = offload_findings(
+            "eth0",
+            &text.replace("large-receive-offload: on", "large-receive-offload: off"),
+        );
+        assert_eq!((f.len(), f[0].level), (1, Level::Ok), "{f:?}");
+    }
+
+    #[test]
+    fn interface_interrupts_are_found_with_their_queues() {
+        let text = "           CPU0       CPU1
+  24:          0          0   PCI-MSI 1048576-edge      eth0
+  25:       1234          0   PCI-MSI 1048577-edge      eth0-TxRx-0
+  26:          0       5678   PCI-MSI 1048578-edge      eth0-TxRx-1
+  27:          1          0   PCI-MSI 1048579-edge      eth10-TxRx-0
+  28:          1          0   PCI-MSI 1048580-edge      eth01-TxRx-0
+  29:          1          0   PCI-MSI 1048581-edge      i40e-eth0-TxRx-2
+ NMI:          0          0   Non-maskable interrupts
+";
+        assert_eq!(
+            iface_irqs(text, "eth0"),
+            vec![(24, None), (25, Some(0)), (26, Some(1)), (29, Some(2))]
+        );
+        assert_eq!(iface_irqs(text, "veth0"), vec![]);
+    }
 
     #[test]
     fn cpu_lists_parse_and_garbage_is_refused() {

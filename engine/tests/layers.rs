@@ -117,6 +117,7 @@ fn unsafe_lives_only_in_the_named_modules() {
     let allowed = [
         "sys::bufring",
         "sys::clock",
+        "sys::genl",
         "sys::net",
         "sys::netns",
         "sys::region",

@@ -863,6 +863,14 @@ fn doctor_names_each_problem_and_its_fix() {
         text.contains("veth checksums   WARN") && text.contains("ethtool -K"),
         "{text}"
     );
+    // What the kernel's netdev family says of veth: native XDP, no zero-copy (copy mode).
+    assert!(
+        text.contains("xdp support      WARN")
+            && text.contains("(driver veth): native XDP yes, redirect yes, AF_XDP zero-copy no"),
+        "{text}"
+    );
+    assert!(text.contains("rx offloads      ok"), "{text}");
+    assert!(text.contains("irq affinity     ok"), "{text}");
 }
 
 /// `porto stats` from another process: a running `porto echo` is listed live, its shard's

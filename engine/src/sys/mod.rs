@@ -20,6 +20,7 @@
 
 pub(crate) mod bufring;
 pub(crate) mod clock;
+pub(crate) mod genl;
 pub(crate) mod net;
 pub(crate) mod netns;
 pub(crate) mod region;
