@@ -30,6 +30,12 @@ pub enum OpKind {
     RioNotify,
     /// A fan-out subscription's notification: its queue holds datagrams (`result`: how many).
     FanoutNotify,
+    /// A send's TX timestamp (`UdpSocket::recv_tx_timestamps`, Windows' SIO_TIMESTAMPING
+    /// with TIMESTAMPING_FLAG_TX): `result` is the send's timestamp id — its sequence
+    /// number among the socket's successful sends since `SocketOptions::tx_timestamps`, 0
+    /// first, as `SIO_GET_TX_TIMESTAMP` numbers them — and `timestamp_ns` when the kernel
+    /// handed the datagram to the device.
+    TxTimestamp,
 }
 
 /// The outcome of one operation (or, for multishot operations, of one of its shots).
@@ -61,9 +67,10 @@ pub struct Completion {
     /// The received datagram's TOS / traffic-class byte (DSCP << 2 | ECN), when the socket
     /// asked for it (`SocketOptions::recv_tos`) or on the AF_XDP path.
     pub tos: Option<u8>,
-    /// When the kernel received the datagram (ns since the Unix epoch, CLOCK_REALTIME), if
-    /// the socket asked for it (`SocketOptions::timestamps`).
-    pub rx_timestamp_ns: Option<std::num::NonZeroU64>,
+    /// ns since the Unix epoch (CLOCK_REALTIME): for a receive, when the kernel (or porto's
+    /// XDP program) received the datagram, if the socket asked (`SocketOptions::timestamps`,
+    /// `XdpOptions::timestamps`); for a `TxTimestamp`, when the kernel sent it.
+    pub timestamp_ns: Option<std::num::NonZeroU64>,
 }
 
 impl Completion {
@@ -85,7 +92,7 @@ impl Completion {
             more: false,
             zc_copied: false,
             tos: None,
-            rx_timestamp_ns: None,
+            timestamp_ns: None,
         }
     }
 }

@@ -63,6 +63,11 @@ pub(crate) enum Request {
     },
     Disconnect,
     Rio(RioOp),
+    /// TX timestamps from the socket's error queue, until cancelled; `buf` holds the control
+    /// messages each read.
+    TxTimestamps {
+        buf: Buf,
+    },
 }
 
 impl Request {
@@ -77,13 +82,16 @@ impl Request {
             Request::Connect { .. } => OpKind::Connect,
             Request::Disconnect => OpKind::Disconnect,
             Request::Rio(r) => r.kind(),
+            Request::TxTimestamps { .. } => OpKind::TxTimestamp,
         }
     }
 
     /// The buffers the request owns, handed back if it is refused.
     pub(crate) fn into_bufs(self) -> (Option<Buf>, Option<Gather>) {
         match self {
-            Request::SendTo { buf, .. } | Request::Send { buf, .. } => (Some(buf), None),
+            Request::SendTo { buf, .. } | Request::Send { buf, .. } | Request::TxTimestamps { buf } => {
+                (Some(buf), None)
+            }
             Request::SendGather { gather, .. } => (None, Some(gather)),
             _ => (None, None),
         }

@@ -54,11 +54,17 @@ pub struct SocketOptions {
     /// (IP_RECVTOS / IPV6_RECVTCLASS).
     pub recv_tos: bool,
     /// Stamp each received datagram with the kernel's receive time, in
-    /// `Completion::rx_timestamp_ns` (SO_TIMESTAMPING, software receive stamps; the NIC's
+    /// `Completion::timestamp_ns` (SO_TIMESTAMPING, software receive stamps; the NIC's
     /// hardware stamp where only it is given). Multishot datagram receives, under io_uring and
     /// epoll alike. The kernel switches stamping on asynchronously: the first datagrams after
-    /// the socket asked may come unstamped (`None`). AF_XDP frames carry no stamp yet.
+    /// the socket asked may come unstamped (`None`). (AF_XDP: `XdpOptions::timestamps`.)
     pub timestamps: bool,
+    /// Software TX timestamps (SO_TIMESTAMPING TX_SOFTWARE with OPT_ID, OPT_TSONLY): each
+    /// successful datagram send gets a timestamp id (0, 1, 2, … in send order, as Windows'
+    /// SIO_TIMESTAMPING numbers them), and [`UdpSocket::recv_tx_timestamps`] delivers
+    /// (id, time) as `TxTimestamp` completions, read from the error queue without a syscall
+    /// per send on io_uring.
+    pub tx_timestamps: bool,
 }
 
 impl SocketOptions {
@@ -102,8 +108,16 @@ impl SocketOptions {
             };
             sys("setsockopt(IP_RECVTOS)", net::set_int(fd, level, name, 1))?;
         }
-        if self.timestamps {
-            let flags = libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE;
+        if self.timestamps || self.tx_timestamps {
+            let mut flags = libc::SOF_TIMESTAMPING_SOFTWARE;
+            if self.timestamps {
+                flags |= libc::SOF_TIMESTAMPING_RX_SOFTWARE;
+            }
+            if self.tx_timestamps {
+                flags |= libc::SOF_TIMESTAMPING_TX_SOFTWARE
+                    | libc::SOF_TIMESTAMPING_OPT_ID
+                    | libc::SOF_TIMESTAMPING_OPT_TSONLY;
+            }
             sys(
                 "setsockopt(SO_TIMESTAMPING)",
                 net::set_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPING, flags as i32),
@@ -449,6 +463,21 @@ impl UdpSocket {
     /// cancelled; an empty buffer ring pauses it (counted) instead of failing it.
     pub fn recv_from_multishot(&self, token: u64) -> Result<(), Rejected> {
         self.core.recv_from(token, true, None)
+    }
+
+    /// The sends' TX timestamps (the socket needs `SocketOptions::tx_timestamps`): every
+    /// stamp the kernel reports becomes a `TxTimestamp` completion (`more == true`,
+    /// `result` = the send's timestamp id, `timestamp_ns`) until cancelled; it then ends
+    /// once, `Aborted`. Holds one pool frame for the control messages (`NoBuffers` if none
+    /// is free).
+    pub fn recv_tx_timestamps(&self, token: u64) -> Result<(), Rejected> {
+        let mut buf = self.core.shared.pool.alloc().map_err(|error| Rejected {
+            error,
+            buffer: None,
+            gather: None,
+        })?;
+        buf.set_len(buf.capacity().min(TX_CONTROL_LEN));
+        self.core.submit(token, Request::TxTimestamps { buf })
     }
 
     /// Receives once and fans each datagram out to subscribers without copying
@@ -909,12 +938,16 @@ pub struct XdpOptions {
     /// DSCP 46 or above (EF, CS6, CS7; QOS2 Voice and Control) before the others, each group
     /// in arrival order. Off by default: it reorders a socket's datagrams across classes.
     pub dscp_priority: bool,
-    /// Each received datagram's completion carries `rx_timestamp_ns`: the time porto's XDP
+    /// Each received datagram's completion carries `timestamp_ns`: the time porto's XDP
     /// program ran for it (`bpf_ktime_get_ns`, written into the frame's metadata area, moved
     /// to CLOCK_REALTIME like the kernel sockets' stamps), read without a syscall. Off by
     /// default.
     pub timestamps: bool,
 }
+
+/// Control bytes read per error-queue message: SCM_TIMESTAMPING (64) and IP(V6)_RECVERR
+/// (16 + sock_extended_err 16 + an offender address up to 28, aligned): 256 is ample.
+const TX_CONTROL_LEN: usize = 256;
 
 /// Largest AF_XDP ring (entries): the kernel takes up to 2^31, but a ring of more frames
 /// than a pool can have (65 536) is never useful.

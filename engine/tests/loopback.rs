@@ -742,7 +742,7 @@ fn shaped_flow_sends_at_its_rate() {
     loop {
         warm.send_to(b"warm", to).unwrap();
         let c = poll_n(&mut shard, 1).pop().expect("a warm-up datagram");
-        if c.rx_timestamp_ns.is_some() || Instant::now() > deadline {
+        if c.timestamp_ns.is_some() || Instant::now() > deadline {
             break;
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -765,7 +765,7 @@ fn shaped_flow_sends_at_its_rate() {
             match c.key {
                 0 if c.op == OpKind::SendTo && c.result == Ok(LEN) => sent += 1,
                 1 if c.buffer.as_ref().is_some_and(|b| b.len() == LEN) => {
-                    stamps.push(c.rx_timestamp_ns.expect("every datagram is stamped").get());
+                    stamps.push(c.timestamp_ns.expect("every datagram is stamped").get());
                 }
                 _ => {}
             }
@@ -1258,7 +1258,7 @@ fn receive_timestamps_lie_between_send_and_completion_and_only_when_asked() {
                 loop {
                     client.send_to(b"warm", sock.local_addr().unwrap()).unwrap();
                     let c = poll_n(&mut shard, 1).pop().expect("a warm-up datagram");
-                    if c.rx_timestamp_ns.is_some() || Instant::now() > deadline {
+                    if c.timestamp_ns.is_some() || Instant::now() > deadline {
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(1));
@@ -1273,14 +1273,101 @@ fn receive_timestamps_lie_between_send_and_completion_and_only_when_asked() {
                 assert_eq!(c.buffer.as_deref(), Some(&i.to_be_bytes()[..]));
                 assert!(c.tos.is_some(), "the TOS message fits beside the timestamp");
                 if on {
-                    let ts = c.rx_timestamp_ns.expect("every datagram is stamped").get();
+                    let ts = c.timestamp_ns.expect("every datagram is stamped").get();
                     assert!(before <= ts && ts <= after, "v6 {v6}: {before} <= {ts} <= {after}");
                     assert!(ts >= prev, "never backwards");
                     prev = ts;
                 } else {
-                    assert_eq!(c.rx_timestamp_ns, None, "no stamp unless asked");
+                    assert_eq!(c.timestamp_ns, None, "no stamp unless asked");
                 }
             }
         }
+    }
+}
+
+/// TX timestamps: each successful send gets the next id (0, 1, 2, …) and a stamp taken
+/// while its send ran (loopback stamps synchronously inside the send), delivered as
+/// `TxTimestamp` completions of one multishot op that ends once, `Aborted`, when cancelled —
+/// under io_uring (a recvmsg(MSG_ERRQUEUE) the kernel polls for POLLERR) and epoll
+/// (EPOLLERR) alike; a socket that did not ask gets no stamps.
+#[test]
+fn tx_timestamps_carry_each_sends_id_and_time() {
+    let now_ns = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    };
+    for (v6, on) in [(false, true), (true, true), (false, false)] {
+        let mut shard = Shard::new(&small(), None).unwrap();
+        let h = shard.handle();
+        let opts = SocketOptions {
+            tx_timestamps: on,
+            ..SocketOptions::default()
+        };
+        let tx = UdpSocket::bind(&h, any(v6), &opts, Delivery::Poll { key: 1 }).unwrap();
+        tx.recv_tx_timestamps(99).unwrap();
+        let rx = StdUdp::bind(any(v6)).unwrap();
+        const N: u64 = 20;
+        let mut sent_at = Vec::new();
+        let mut stamps = Vec::new();
+        for i in 0..N {
+            let before = now_ns();
+            tx.send_to(
+                h.pool().alloc_from(&i.to_be_bytes()).unwrap(),
+                rx.local_addr().unwrap(),
+                i,
+            )
+            .unwrap();
+            let mut done = false;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !done && Instant::now() < deadline {
+                for c in poll_n(&mut shard, 1) {
+                    match c.op {
+                        OpKind::SendTo => {
+                            assert_eq!((c.token, c.result), (i, Ok(8)));
+                            sent_at.push((before, now_ns()));
+                            done = true;
+                        }
+                        OpKind::TxTimestamp => {
+                            assert!(c.more && c.token == 99, "{c:?}");
+                            stamps.push((c.result.unwrap() as u64, c.timestamp_ns.expect("a stamp").get()));
+                        }
+                        o => panic!("unexpected {o:?}"),
+                    }
+                }
+            }
+        }
+        // Stamps that arrived after their send's completion.
+        let deadline = Instant::now() + Duration::from_millis(if on { 2000 } else { 100 });
+        while (stamps.len() as u64) < N && Instant::now() < deadline {
+            let mut out = Vec::new();
+            shard.poll_until(&mut out, 1, Duration::from_millis(20));
+            for c in out {
+                assert_eq!(c.op, OpKind::TxTimestamp, "{c:?}");
+                stamps.push((c.result.unwrap() as u64, c.timestamp_ns.expect("a stamp").get()));
+            }
+        }
+        if on {
+            assert_eq!(stamps.len() as u64, N, "a stamp per send (v6 {v6})");
+            for (k, &(id, ts)) in stamps.iter().enumerate() {
+                assert_eq!(id, k as u64, "ids in send order");
+                let (before, after) = sent_at[k];
+                assert!(before <= ts && ts <= after, "send {k}: {before} <= {ts} <= {after}");
+            }
+        } else {
+            assert!(stamps.is_empty(), "no stamps unless asked: {stamps:?}");
+        }
+        tx.cancel(99).unwrap();
+        let end = poll_n(&mut shard, 1);
+        assert_eq!(end.len(), 1);
+        assert_eq!(
+            (end[0].op, end[0].more, end[0].result),
+            (OpKind::TxTimestamp, false, Err(Error::Aborted))
+        );
+        assert!(end[0].buffer.is_some(), "its control frame comes back");
+        let mut out = Vec::new();
+        shard.poll_until(&mut out, 1, Duration::from_millis(100));
+        assert!(out.is_empty(), "nothing after the end: {out:?}");
     }
 }

@@ -885,7 +885,7 @@ fn af_xdp_receive_timestamps_come_from_the_xdp_program() {
                 let after = now_ns();
                 let buf = c.buffer.as_deref().expect("a datagram");
                 let sent = u64::from_be_bytes(buf[4..12].try_into().unwrap());
-                match c.rx_timestamp_ns.map(|t| t.get()) {
+                match c.timestamp_ns.map(|t| t.get()) {
                     Some(ts) if on => {
                         assert!(
                             sent <= ts && ts <= after,

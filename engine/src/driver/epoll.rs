@@ -48,6 +48,7 @@ const RECVMSG_OUT_LEN: usize = 16;
 /// Ready flags of a socket.
 const READ: u8 = 1;
 const WRITE: u8 = 2;
+const ERRQ: u8 = 4;
 
 #[derive(Clone, Copy)]
 struct Op {
@@ -75,8 +76,19 @@ struct Sock {
     fd: RawFd,
     reads: List,
     writes: List,
-    /// READ/WRITE: in the ready list, to run those lists.
+    /// Error-queue reads (TX timestamps): they wait for EPOLLERR, never behind a receive.
+    errs: List,
+    /// READ/WRITE/ERRQ: in the ready list, to run those lists.
     ready: u8,
+}
+
+/// The wait list an op waits in.
+fn dir_of(p: &Prep) -> u8 {
+    match p {
+        Prep::RecvErrQueue { .. } => ERRQ,
+        p if p.reads() => READ,
+        _ => WRITE,
+    }
 }
 
 /// What one attempt of an op did.
@@ -169,6 +181,7 @@ impl EpollDriver {
                     fd: -1,
                     reads: EMPTY,
                     writes: EMPTY,
+                    errs: EMPTY,
                     ready: 0,
                 };
                 s.sockets_max as usize
@@ -213,12 +226,12 @@ impl EpollDriver {
         self.events.push_back(ev);
     }
 
-    fn list(&mut self, sock: u32, reads: bool) -> &mut List {
+    fn list(&mut self, sock: u32, dir: u8) -> &mut List {
         let s = &mut self.socks[sock as usize];
-        if reads {
-            &mut s.reads
-        } else {
-            &mut s.writes
+        match dir {
+            READ => &mut s.reads,
+            WRITE => &mut s.writes,
+            _ => &mut s.errs,
         }
     }
 
@@ -233,8 +246,8 @@ impl EpollDriver {
     /// Unlinks op `idx` from its wait list (wherever it is in it).
     fn unlink(&mut self, idx: u32) {
         let op = self.ops[idx as usize];
-        let (sock, reads) = (op.sub.sock, op.sub.prep.reads());
-        let l = *self.list(sock, reads);
+        let (sock, dir) = (op.sub.sock, dir_of(&op.sub.prep));
+        let l = *self.list(sock, dir);
         let mut prev = NIL;
         let mut cur = l.head;
         while cur != NIL && cur != idx {
@@ -246,12 +259,12 @@ impl EpollDriver {
         }
         let next = op.next;
         if prev == NIL {
-            self.list(sock, reads).head = next;
+            self.list(sock, dir).head = next;
         } else {
             self.ops[prev as usize].next = next;
         }
         if l.tail == idx {
-            self.list(sock, reads).tail = prev;
+            self.list(sock, dir).tail = prev;
         }
         self.ops[idx as usize].next = NIL;
     }
@@ -269,17 +282,17 @@ impl EpollDriver {
         }
     }
 
-    /// Runs the wait list of `sock` (`reads` or writes) until its head blocks.
-    fn run(&mut self, sock: u32, reads: bool) {
+    /// Runs wait list `dir` of `sock` until its head blocks.
+    fn run(&mut self, sock: u32, dir: u8) {
         let mut budget = RUN_BUDGET;
         loop {
-            let idx = self.list(sock, reads).head;
+            let idx = self.list(sock, dir).head;
             if idx == NIL {
                 return;
             }
             if self.events.len() >= self.events_max || budget == 0 {
                 // Backpressure: the core reaps first; this socket runs again next turn.
-                self.mark_ready(sock, if reads { READ } else { WRITE });
+                self.mark_ready(sock, dir);
                 return;
             }
             budget -= 1;
@@ -307,6 +320,11 @@ impl EpollDriver {
             Prep::RecvMsg { msg, provided: false } => {
                 // SAFETY: `msg` and the buffers it names are the op's (push's contract).
                 let n = unsafe { libc::recvmsg(fd, msg, libc::MSG_DONTWAIT) };
+                self.finish_one(ud, n, None)
+            }
+            Prep::RecvErrQueue { msg } => {
+                // SAFETY: as above.
+                let n = unsafe { libc::recvmsg(fd, msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
                 self.finish_one(ud, n, None)
             }
             Prep::RecvMsg { msg, provided: true } => {
@@ -669,11 +687,10 @@ impl EpollDriver {
         for i in 0..n {
             let sock = self.ready[i];
             let what = std::mem::take(&mut self.socks[sock as usize].ready);
-            if what & READ != 0 {
-                self.run(sock, true);
-            }
-            if what & WRITE != 0 {
-                self.run(sock, false);
+            for dir in [READ, WRITE, ERRQ] {
+                if what & dir != 0 {
+                    self.run(sock, dir);
+                }
             }
         }
         self.ready.drain(..n);
@@ -737,11 +754,11 @@ impl EpollDriver {
                 TAG_SOCK => {
                     let read = flags & (libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32 != 0;
                     let write = flags & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
-                    if read {
-                        self.run(idx, true);
-                    }
-                    if write {
-                        self.run(idx, false);
+                    let err = flags & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
+                    for (dir, now) in [(READ, read), (WRITE, write), (ERRQ, err)] {
+                        if now {
+                            self.run(idx, dir);
+                        }
                     }
                 }
                 TAG_WAKE => {
@@ -803,8 +820,8 @@ impl Driver for EpollDriver {
         if op.timeout.is_some() {
             self.timed.push(idx);
         }
-        let reads = op.prep.reads();
-        let l = self.list(op.sock, reads);
+        let dir = dir_of(&op.prep);
+        let l = self.list(op.sock, dir);
         let was_empty = l.head == NIL;
         if was_empty {
             l.head = idx;
@@ -812,9 +829,9 @@ impl Driver for EpollDriver {
             let tail = l.tail;
             self.ops[tail as usize].next = idx;
         }
-        self.list(op.sock, reads).tail = idx;
+        self.list(op.sock, dir).tail = idx;
         if was_empty {
-            self.mark_ready(op.sock, if reads { READ } else { WRITE });
+            self.mark_ready(op.sock, dir);
         }
         Ok(())
     }
@@ -884,6 +901,7 @@ impl Driver for EpollDriver {
             fd,
             reads: EMPTY,
             writes: EMPTY,
+            errs: EMPTY,
             ready: 0,
         };
         false
@@ -892,7 +910,7 @@ impl Driver for EpollDriver {
     fn close(&mut self, sock: u32, fd: RawFd, _fixed: bool) {
         let s = &mut self.socks[sock as usize];
         debug_assert!(
-            s.reads.head == NIL && s.writes.head == NIL,
+            s.reads.head == NIL && s.writes.head == NIL && s.errs.head == NIL,
             "socket closed with ops queued"
         );
         debug_assert_eq!(s.fd, fd);

@@ -147,6 +147,12 @@ pub(crate) enum Prep {
         msg: *mut libc::msghdr,
         provided: bool,
     },
+    /// One recvmsg(MSG_ERRQUEUE) into the msghdr's own control buffer: waits for the
+    /// socket's error queue (TX timestamps) — io_uring polls for POLLERR, epoll waits for
+    /// EPOLLERR — never behind the socket's receives.
+    RecvErrQueue {
+        msg: *mut libc::msghdr,
+    },
     /// Multishot stream receive into provided frames; a result of 0 (EOF) picks no frame.
     RecvMulti,
     /// One stream receive of up to `len` bytes into a provided frame.

@@ -263,8 +263,9 @@ impl SimDriver {
                 self.events.push_back(ev);
                 true
             }
-            Prep::RecvMulti | Prep::Recv { .. } => {
-                // No streams in the simulated network: a stream receive waits (until cancelled).
+            Prep::RecvMulti | Prep::Recv { .. } | Prep::RecvErrQueue { .. } => {
+                // No streams and no TX timestamps in the simulated network: these wait (until
+                // cancelled).
                 false
             }
             Prep::Send { len, flags, zc, .. } => {

@@ -90,6 +90,9 @@ impl UringDriver {
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT),
             Prep::RecvMsg { msg, provided: false } => opcode::RecvMsg::new(fd, msg).build(),
+            // With MSG_ERRQUEUE the kernel polls for POLLERR instead of POLLIN (the op waits
+            // for the error queue, not for data).
+            Prep::RecvErrQueue { msg } => opcode::RecvMsg::new(fd, msg).flags(libc::MSG_ERRQUEUE as u32).build(),
             Prep::RecvMulti => opcode::RecvMulti::new(fd, BGID).build(),
             Prep::Recv { len } => opcode::Recv::new(fd, std::ptr::null_mut(), len)
                 .buf_group(BGID)

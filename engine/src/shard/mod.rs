@@ -866,6 +866,10 @@ impl<D: Driver> Core<D> {
                 s.gather = Some(gather);
             }
             Request::Accept { multishot } => s.multishot = multishot,
+            Request::TxTimestamps { buf } => {
+                s.multishot = true;
+                s.buf = Some(buf);
+            }
             Request::Connect { addr, timeout } => {
                 (s.addr, s.addr_len) = net::to_raw(&addr);
                 s.timeout = timeout;
@@ -1035,7 +1039,7 @@ impl<D: Driver> Core<D> {
         ) {
             self.sockets[sock as usize].counters.see(&c);
             let buf = c.buffer.take().expect("a successful receive carries its buffer");
-            if g.publish(buf, c.peer, c.tos, c.rx_timestamp_ns) && !self.fanout_stalled.contains(&sock) {
+            if g.publish(buf, c.peer, c.tos, c.timestamp_ns) && !self.fanout_stalled.contains(&sock) {
                 self.fanout_stalled.push(sock);
             }
             return;

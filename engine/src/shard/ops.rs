@@ -170,6 +170,21 @@ impl<D: Driver> Core<D> {
                 len: s.addr_len,
             },
             (OpKind::Disconnect, _) => Prep::Shutdown,
+            (OpKind::TxTimestamp, _) => {
+                // No payload (OPT_TSONLY): the control messages land in the slot's frame.
+                let buf = s.buf.as_mut().expect("a TX-timestamp op holds its control frame");
+                let (ptr, len) = buf.raw();
+                s.iov = libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                };
+                s.msg = net::zeroed_msghdr();
+                s.msg.msg_iov = &mut s.iov;
+                s.msg.msg_iovlen = 1;
+                s.msg.msg_control = ptr.cast();
+                s.msg.msg_controllen = len as usize;
+                Prep::RecvErrQueue { msg: &mut s.msg }
+            }
             (OpKind::Post | OpKind::RioNotify | OpKind::FanoutNotify, _) => unreachable!("not a socket operation"),
         };
         let timeout = s.timeout.map(|t| {
@@ -318,7 +333,12 @@ impl<D: Driver> Core<D> {
             }
             return;
         }
-        if s.multishot && (matches!(s.kind, OpKind::RecvFrom | OpKind::Recv | OpKind::Accept)) {
+        if s.multishot
+            && (matches!(
+                s.kind,
+                OpKind::RecvFrom | OpKind::Recv | OpKind::Accept | OpKind::TxTimestamp
+            ))
+        {
             self.on_multishot(idx, res, more, picked, accepted);
             return;
         }
@@ -365,6 +385,20 @@ impl<D: Driver> Core<D> {
     ) {
         let s = self.ops.slot(idx);
         let (kind, token, sock) = (s.kind, s.token, s.sock);
+        if res >= 0 && kind == OpKind::TxTimestamp {
+            // One error-queue message per driver op: a stamp becomes a completion (anything
+            // else there is skipped), and the read is re-armed.
+            let len = (s.msg.msg_controllen as usize).min(s.buf.as_ref().map_or(0, |b| b.len()));
+            let stamp = s.buf.as_ref().and_then(|b| net::parse_cmsgs(&b[..len]).tx_stamp());
+            if let Some((id, ns)) = stamp {
+                let mut c = Completion::of(kind, self.key_of(sock), token, Ok(id as usize));
+                c.more = true;
+                c.timestamp_ns = Some(ns);
+                self.deliver_sock(sock, c);
+            }
+            self.multishot_ended(idx);
+            return;
+        }
         if res >= 0 {
             let key = self.key_of(sock);
             let mut c = Completion::of(kind, key, token, Ok(res as usize));
@@ -387,7 +421,7 @@ impl<D: Driver> Core<D> {
                         Some(out) => {
                             c.peer = out.peer;
                             c.tos = out.tos;
-                            c.rx_timestamp_ns = out.rx_ns;
+                            c.timestamp_ns = out.rx_ns;
                             if out.truncated {
                                 c.result = Err(Error::MessageTooLong);
                                 let st = &self.shared.stats;

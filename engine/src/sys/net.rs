@@ -440,6 +440,25 @@ pub(crate) struct Cmsgs {
     /// SCM_TIMESTAMPING: the kernel's software receive time (ns since the Unix epoch), or
     /// the NIC's hardware one when the software one is absent.
     pub rx_ns: Option<std::num::NonZeroU64>,
+    /// IP_RECVERR / IPV6_RECVERR (an error-queue message): (origin, info, data) of its
+    /// `sock_extended_err`. A TX timestamp has origin SO_EE_ORIGIN_TIMESTAMPING, info the
+    /// stamp's kind (SCM_TSTAMP_SND, ...) and data the send's OPT_ID key.
+    pub ext_err: Option<(u8, u32, u32)>,
+}
+
+/// `sock_extended_err.ee_origin` of a timestamp (linux/errqueue.h).
+pub(crate) const SO_EE_ORIGIN_TIMESTAMPING: u8 = 4;
+/// `ee_info` of a stamp taken when the packet left for the device (SCM_TSTAMP_SND).
+pub(crate) const SCM_TSTAMP_SND: u32 = 0;
+
+impl Cmsgs {
+    /// A TX timestamp (error-queue message): (the send's id, software stamp ns).
+    pub(crate) fn tx_stamp(&self) -> Option<(u32, std::num::NonZeroU64)> {
+        match self.ext_err? {
+            (SO_EE_ORIGIN_TIMESTAMPING, SCM_TSTAMP_SND, id) => Some((id, self.rx_ns?)),
+            _ => None,
+        }
+    }
 }
 
 /// Walks control messages the kernel wrote (`cmsghdr` chain); lengths are untrusted: a
@@ -479,6 +498,13 @@ pub(crate) fn parse_cmsgs(mut b: &[u8]) -> Cmsgs {
                     std::num::NonZeroU64::new(ns)
                 };
                 out.rx_ns = ts(0).or_else(|| ts(2));
+            }
+            (libc::IPPROTO_IP, libc::IP_RECVERR) | (libc::IPPROTO_IPV6, libc::IPV6_RECVERR) => {
+                // struct sock_extended_err { u32 errno; u8 origin, type, code, pad; u32 info, data; }
+                if let Some(d) = data.get(..16) {
+                    let word = |i: usize| u32::from_ne_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]]);
+                    out.ext_err = Some((d[4], word(8), word(12)));
+                }
             }
             _ => {}
         }

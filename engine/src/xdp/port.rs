@@ -510,7 +510,7 @@ impl XdpPort {
                 };
                 buf.set_window(off + u.payload_offset, u.payload_len);
                 let mut c = Completion::of(OpKind::RecvFrom, key, token, Ok(u.payload_len));
-                c.rx_timestamp_ns = stamp;
+                c.timestamp_ns = stamp;
                 c.buffer = Some(buf);
                 c.peer = Some(SocketAddr::new(u.src_ip, u.src_port));
                 c.more = true;

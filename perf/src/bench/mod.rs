@@ -186,7 +186,14 @@ pub fn run(a: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     for round in 0..rounds {
         for &size in &sizes {
             for &c in &conns {
-                for &server in &servers {
+                // Odd rounds run the servers in reverse: whatever drifts within a round (the
+                // machine warming, a neighbour's load) favours no server in the medians.
+                let order: Vec<Server> = if round % 2 == 0 {
+                    servers.clone()
+                } else {
+                    servers.iter().rev().copied().collect()
+                };
+                for &server in &order {
                     pb.set_message(format!("round {} {} {size} B x{c}", round + 1, server.label()));
                     // A port found free can be taken by someone else before the server binds
                     // it: one more try on a fresh port before giving up.
