@@ -748,6 +748,15 @@ fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// The file's writer is gone, judged by the pid in its name (`porto.<pid>.<n>`): for files
+/// [`read`] cannot parse (another build's format), which `porto stats --clean` still removes.
+pub fn orphaned(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split('.').nth(1)?.parse::<u32>().ok())
+        .is_some_and(|pid| !pid_alive(pid))
+}
+
 /// The statistics files in [`dir`], oldest name first.
 pub fn list() -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir())

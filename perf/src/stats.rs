@@ -134,11 +134,17 @@ fn provider(e: &telemetry::ShardStats) -> String {
 fn list(json_out: bool) -> Result<(), Box<dyn std::error::Error>> {
     let paths = telemetry::list();
     let mut engines = Vec::new();
+    let mut orphans = 0;
     for p in &paths {
         match telemetry::read(p) {
             Ok(e) => engines.push(e),
+            // Another build's file whose process is gone: counted, not listed.
+            Err(_) if telemetry::orphaned(p) => orphans += 1,
             Err(e) => eprintln!("porto stats: {e}"),
         }
+    }
+    if orphans > 0 && !json_out {
+        println!("{orphans} stale file(s) of another porto build (their processes are gone); `porto stats --clean` removes them");
     }
     if json_out {
         println!("{}", serde_json::to_string_pretty(&json(&engines))?);
@@ -177,13 +183,15 @@ fn list(json_out: bool) -> Result<(), Box<dyn std::error::Error>> {
 fn clean() -> Result<(), Box<dyn std::error::Error>> {
     let mut n = 0;
     for p in telemetry::list() {
-        if let Ok(e) = telemetry::read(&p) {
-            if e.stale {
-                std::fs::remove_file(&p)?;
-                println!("removed {} (process {} is gone)", p.display(), e.pid);
-                n += 1;
-            }
-        }
+        let why = match telemetry::read(&p) {
+            Ok(e) if e.stale => format!("process {} is gone", e.pid),
+            Ok(_) => continue,
+            Err(_) if telemetry::orphaned(&p) => "another build's format; its process is gone".to_string(),
+            Err(_) => continue,
+        };
+        std::fs::remove_file(&p)?;
+        println!("removed {} ({why})", p.display());
+        n += 1;
     }
     println!("{n} stale file(s) removed");
     Ok(())

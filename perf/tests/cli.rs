@@ -47,6 +47,16 @@ struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // SIGTERM first: a server stopped that way removes its statistics file (SIGKILL
+        // would leave one in /dev/shm per test run).
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -1007,17 +1017,20 @@ fn stats_reads_a_running_engine_from_another_process() {
     );
     drop(prom);
 
-    // A crash leaves the file: listed as stale, removed by --clean.
+    // A crash leaves the file: listed as stale, removed by --clean; so is a file another
+    // build left (a format this one cannot read) whose process is gone.
     server.0.kill().unwrap();
     server.0.wait().unwrap();
+    std::fs::write(dir.join("porto.4194000.0"), [0u8; 512]).unwrap();
     let (ok, list, _) = stats(&[]);
     assert!(
         ok && list.lines().any(|l| l.contains(&pid) && l.contains("STALE")),
         "{list}"
     );
+    assert!(list.contains("1 stale file(s) of another porto build"), "{list}");
     assert!(list.contains("--clean"), "the fix is named: {list}");
     let (ok, cleaned, _) = stats(&["--clean"]);
-    assert!(ok && cleaned.contains("1 stale file(s) removed"), "{cleaned}");
+    assert!(ok && cleaned.contains("2 stale file(s) removed"), "{cleaned}");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
