@@ -388,7 +388,7 @@ impl<D: Driver> Core<D> {
         if res >= 0 && kind == OpKind::TxTimestamp {
             // One error-queue message per driver op: a stamp becomes a completion (anything
             // else there is skipped), and the read is re-armed.
-            let len = (s.msg.msg_controllen as usize).min(s.buf.as_ref().map_or(0, |b| b.len()));
+            let len = s.msg.msg_controllen.min(s.buf.as_ref().map_or(0, |b| b.len()));
             let stamp = s.buf.as_ref().and_then(|b| net::parse_cmsgs(&b[..len]).tx_stamp());
             if let Some((id, ns)) = stamp {
                 let mut c = Completion::of(kind, self.key_of(sock), token, Ok(id as usize));
