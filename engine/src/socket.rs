@@ -69,11 +69,24 @@ pub struct SocketOptions {
 
 impl SocketOptions {
     /// A plain kernel UDP socket with these options, bound to `addr`: not on any shard (for
-    /// baselines, and for code that wants the kernel's own socket beside porto's).
+    /// baselines, and for code that wants the kernel's own socket beside porto's). It is
+    /// non-blocking, as porto's sockets are: `set_nonblocking(false)` for blocking calls.
     pub fn bind_kernel_udp(&self, addr: SocketAddr) -> Result<std::net::UdpSocket, SetupError> {
         let fd = new_socket(&addr, net::Kind::Udp, self)?;
         net::bind(fd.as_raw_fd(), &addr).map_err(|e| SetupError::bind(addr, e))?;
         Ok(std::net::UdpSocket::from(fd))
+    }
+
+    /// Receives one datagram on a kernel socket made by [`bind_kernel_udp`](Self::bind_kernel_udp)
+    /// (blocking as the socket is), with the kernel's receive stamp when the options asked
+    /// for `timestamps`: (bytes, CLOCK_REALTIME ns). For baselines and load generators that
+    /// measure with the kernel's own socket.
+    pub fn recv_stamped(
+        sock: &std::net::UdpSocket,
+        buf: &mut [u8],
+    ) -> std::io::Result<(usize, Option<std::num::NonZeroU64>)> {
+        let (n, c) = net::recv_cmsgs(sock.as_raw_fd(), buf)?;
+        Ok((n, c.rx_ns))
     }
 
     fn apply(&self, fd: RawFd, v6: bool) -> Result<(), SetupError> {

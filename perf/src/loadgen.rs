@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use mio::{Events, Interest, Poll, Token};
 
+use porto::SocketOptions;
+
 use crate::kernel::pin;
 use crate::sockperf;
 
@@ -32,6 +34,11 @@ pub struct LoadResult {
     pub latency_ns: Histogram<u64>,
     /// Requests that got no reply (timed out, or still missing at the end).
     pub lost: u64,
+    /// Round trips split at the reply's kernel receive stamp (UDP ping-pong): request sent →
+    /// reply received by the client's kernel, and that → the client read it. Empty where
+    /// the client had no stamps.
+    pub to_kernel_ns: Histogram<u64>,
+    pub to_app_ns: Histogram<u64>,
 }
 
 impl LoadResult {
@@ -44,9 +51,22 @@ fn udp_client(target: SocketAddr) -> std::io::Result<UdpSocket> {
     let local: SocketAddr = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
         .parse()
         .expect("literal");
-    let s = UdpSocket::bind(local)?;
+    // Kernel receive stamps on: the ping-pong splits each round trip at them.
+    let s = SocketOptions {
+        timestamps: true,
+        ..SocketOptions::default()
+    }
+    .bind_kernel_udp(local)
+    .map_err(std::io::Error::other)?;
+    s.set_nonblocking(false)?;
     s.connect(target)?;
     Ok(s)
+}
+
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[derive(Clone, Debug)]
@@ -59,8 +79,9 @@ pub struct PingPong {
     pub core: Option<usize>,
 }
 
-/// Sends one request and waits for its reply: `Ok(false)` when none came in time.
-type Exchange = dyn FnMut(&mut [u8], &mut [u8], u64) -> std::io::Result<bool>;
+/// Sends one request and waits for its reply: `Ok(None)` when none came in time, else the
+/// reply's kernel receive stamp if it had one.
+type Exchange = dyn FnMut(&mut [u8], &mut [u8], u64) -> std::io::Result<Option<Option<u64>>>;
 
 const REPLY_TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -71,18 +92,19 @@ impl PingPong {
         let mut req = vec![0u8; size];
         let mut rsp = vec![0u8; size.max(65536)];
         let mut hist = histogram();
+        let (mut to_kernel, mut to_app) = (histogram(), histogram());
         let mut exchange: Box<Exchange> = if self.udp {
             let s = udp_client(self.target)?;
             s.set_read_timeout(Some(REPLY_TIMEOUT))?;
             Box::new(move |req, rsp, seq| {
                 s.send(req)?;
                 loop {
-                    match s.recv(rsp) {
-                        Ok(n) if sockperf::is_reply(&rsp[..n]) && sockperf::seq(&rsp[..n]) == Some(seq) => {
-                            return Ok(true)
+                    match SocketOptions::recv_stamped(&s, rsp) {
+                        Ok((n, at)) if sockperf::is_reply(&rsp[..n]) && sockperf::seq(&rsp[..n]) == Some(seq) => {
+                            return Ok(Some(at.map(|t| t.get())))
                         }
                         Ok(_) => continue,
-                        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return Ok(false),
+                        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return Ok(None),
                         Err(e) => return Err(e),
                     }
                 }
@@ -98,7 +120,7 @@ impl PingPong {
                 if sockperf::seq(&rsp[..n]) != Some(seq) {
                     return Err(std::io::Error::other("out-of-sequence TCP reply"));
                 }
-                Ok(true)
+                Ok(Some(None))
             })
         };
         let measure_from = Instant::now() + self.warmup;
@@ -107,19 +129,24 @@ impl PingPong {
         while Instant::now() < end {
             seq += 1;
             sockperf::write_request(&mut req, seq);
-            let t0 = Instant::now();
-            let ok = exchange(&mut req, &mut rsp, seq)?;
-            let rtt = t0.elapsed();
-            all += u64::from(ok);
+            let (t0, sent_ns) = (Instant::now(), unix_ns());
+            let reply = exchange(&mut req, &mut rsp, seq)?;
+            let (rtt, read_ns) = (t0.elapsed(), unix_ns());
+            all += u64::from(reply.is_some());
             if t0 < measure_from {
                 continue;
             }
-            if ok {
-                exchanges += 1;
-                hist.record(rtt.as_nanos().max(1) as u64)
-                    .expect("rtt within histogram bounds");
-            } else {
-                lost += 1;
+            match reply {
+                Some(stamp) => {
+                    exchanges += 1;
+                    hist.record(rtt.as_nanos().max(1) as u64)
+                        .expect("rtt within histogram bounds");
+                    if let Some(at) = stamp {
+                        let _ = to_kernel.record(at.saturating_sub(sent_ns).max(1));
+                        let _ = to_app.record(read_ns.saturating_sub(at).max(1));
+                    }
+                }
+                None => lost += 1,
             }
         }
         Ok(LoadResult {
@@ -128,6 +155,8 @@ impl PingPong {
             elapsed: self.duration,
             latency_ns: hist,
             lost,
+            to_kernel_ns: to_kernel,
+            to_app_ns: to_app,
         })
     }
 }
@@ -207,6 +236,8 @@ impl OpenLoop {
             elapsed: self.duration,
             latency_ns: hist,
             lost: sent_measured.saturating_sub(exchanges),
+            to_kernel_ns: histogram(),
+            to_app_ns: histogram(),
         })
     }
 }
@@ -309,6 +340,8 @@ impl TcpFleet {
             elapsed: self.duration,
             latency_ns: hist,
             lost: 0,
+            to_kernel_ns: histogram(),
+            to_app_ns: histogram(),
         })
     }
 }

@@ -50,7 +50,7 @@ fn servers_with_results(v: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-fn check(scenario: &str) {
+fn check(scenario: &str) -> (serde_json::Value, String) {
     let (v, output) = smoke(scenario);
     assert!(output.contains("porto poll") && output.contains("kernel"), "{output}");
     let got = servers_with_results(&v);
@@ -72,11 +72,27 @@ fn check(scenario: &str) {
         v["kernel"].as_str().is_some_and(|k| !k.is_empty()),
         "the run records the kernel version"
     );
+    (v, output)
 }
 
 #[test]
 fn latency_smoke() {
-    check("latency");
+    let (v, output) = check("latency");
+    // The round trip split at the client's kernel receive stamps: each part within the whole.
+    assert!(
+        output.contains("round trip split at the reply's kernel receive stamp"),
+        "{output}"
+    );
+    for row in v["summary"].as_array().expect("summary rows") {
+        let f = |k: &str| row[k].as_f64();
+        let (Some(rtt99), Some(k50), Some(a50)) = (f("p99_us"), f("to_kernel_p50_us"), f("to_app_p50_us")) else {
+            panic!("no split for {}: {row}", row["server"]);
+        };
+        assert!(
+            k50 > 0.0 && a50 > 0.0 && k50 <= rtt99 * 1.01 + 1.0 && a50 <= rtt99 * 1.01 + 1.0,
+            "{row}"
+        );
+    }
 }
 
 #[test]

@@ -125,8 +125,34 @@ fn check_sockperf(args: &[&str], tcp: bool) {
     let text = sockperf_ping_pong(port, tcp);
     drop(server);
     assert!(!text.contains("ERROR"), "sockperf reported an error:\n{text}");
-    assert!(text.contains("# dropped messages = 0"), "{text}");
-    assert!(received_messages(&text) > 100, "too few replies:\n{text}");
+    assert_answered(&text, "");
+}
+
+/// sockperf's ping-pong was answered: nothing dropped, every request answered (one may be in
+/// flight when its timer ends), and a real exchange took place. How many fit in the second is
+/// the machine's speed, not porto's property (a busy 2-core CI box once managed 1023 at 2.7 ms
+/// each), so only a floor.
+fn assert_answered(text: &str, what: &str) {
+    assert!(text.contains("# dropped messages = 0"), "{what}:\n{text}");
+    let (sent, got) = total_run(text);
+    assert!(got + 1 >= sent && sent >= 20, "{what}: unanswered requests:\n{text}");
+    assert!(received_messages(text) >= 10, "{what}: too few replies:\n{text}");
+}
+
+/// `[Total Run]`'s (SentMessages, ReceivedMessages), warm-up included.
+fn total_run(text: &str) -> (u64, u64) {
+    let line = text
+        .lines()
+        .find(|l| l.contains("[Total Run]"))
+        .unwrap_or_else(|| panic!("no total in:\n{text}"));
+    let field = |name: &str| -> u64 {
+        line.split(name)
+            .nth(1)
+            .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {line}"))
+    };
+    (field("SentMessages="), field("ReceivedMessages="))
 }
 
 #[test]
@@ -457,11 +483,7 @@ fn xdp_echo_answers_sockperf(poll: bool, shards: u32) {
     );
     drop(server);
     assert!(out.status.success() && !text.contains("ERROR"), "{text}");
-    assert!(text.contains("# dropped messages = 0"), "{text}");
-    assert!(
-        received_messages(&text) > 100,
-        "too few replies through AF_XDP:\n{text}"
-    );
+    assert_answered(&text, "through AF_XDP");
 }
 
 #[test]
@@ -719,7 +741,7 @@ fn serve_says_and_answers(mut echo: Command, port: u16, tcp: bool, needle: &str,
     let banner = server_banner_until(&mut server, needle);
     assert!(banner.iter().any(|l| says(l)), "{banner:?}");
     let text = sockperf_ping_pong(port, tcp);
-    assert!(received_messages(&text) > 100, "tcp {tcp}: {text}");
+    assert_answered(&text, &format!("tcp {tcp}"));
 }
 
 /// `porto echo --xdp IFACE --fallback`: where AF_XDP cannot be had (here: no such interface)

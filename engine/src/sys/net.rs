@@ -303,6 +303,31 @@ pub(crate) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<
     Ok((n as usize, from_raw(&storage, len)))
 }
 
+/// One recv(2)-like receive (blocking as the socket is) that also reads the control messages:
+/// the byte count and what [`parse_cmsgs`] found (the kernel's receive stamp, the TOS).
+pub(crate) fn recv_cmsgs(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Cmsgs)> {
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut msg = zeroed_msghdr();
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(&control);
+    // SAFETY: the msghdr names a live iovec over `buf` and a live control buffer of the
+    // length given; no name buffer.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = msg.msg_controllen.min(size_of_val(&control));
+    // SAFETY: the control buffer is plain bytes we own; `len` is within it.
+    let bytes = unsafe { std::slice::from_raw_parts(control.as_ptr().cast::<u8>(), len) };
+    Ok((n as usize, parse_cmsgs(bytes)))
+}
+
 pub(crate) fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
     name_of(fd, libc::getsockname)
 }

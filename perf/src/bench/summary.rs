@@ -23,6 +23,12 @@ pub struct Figures {
     pub max_us: f64,
     pub lost: u64,
     pub server_cpu_ns_per_msg: Option<f64>,
+    /// UDP ping-pong, split at the reply's kernel receive stamp on the client: request sent
+    /// → reply in the client's kernel (network + server), and kernel → client read.
+    pub to_kernel_p50_us: Option<f64>,
+    pub to_kernel_p99_us: Option<f64>,
+    pub to_app_p50_us: Option<f64>,
+    pub to_app_p99_us: Option<f64>,
 }
 
 /// One server, one setting, one round.
@@ -131,9 +137,18 @@ pub(super) fn measurement(
             max_us: us(h.max()),
             lost: r.lost,
             server_cpu_ns_per_msg: (r.all_replies > 0).then(|| cpu as f64 / r.all_replies as f64),
+            to_kernel_p50_us: quantile_us(&r.to_kernel_ns, 0.5),
+            to_kernel_p99_us: quantile_us(&r.to_kernel_ns, 0.99),
+            to_app_p50_us: quantile_us(&r.to_app_ns, 0.5),
+            to_app_p99_us: quantile_us(&r.to_app_ns, 0.99),
         },
         curve: curve(h),
     }
+}
+
+/// A quantile in µs, if the histogram holds anything.
+fn quantile_us(h: &hdrhistogram::Histogram<u64>, q: f64) -> Option<f64> {
+    (!h.is_empty()).then(|| us(h.value_at_quantile(q)))
 }
 
 pub(super) fn median(mut v: Vec<f64>) -> f64 {
@@ -162,6 +177,10 @@ pub(super) fn summarize(ms: &[Measurement]) -> Vec<Summary> {
                 .collect();
             let med = |f: &dyn Fn(&Figures) -> f64| median(rs.iter().map(|m| f(&m.figures)).collect());
             let cpus: Vec<f64> = rs.iter().filter_map(|m| m.figures.server_cpu_ns_per_msg).collect();
+            let med_opt = |f: &dyn Fn(&Figures) -> Option<f64>| {
+                let v: Vec<f64> = rs.iter().filter_map(|m| f(&m.figures)).collect();
+                (!v.is_empty()).then(|| median(v))
+            };
             Summary {
                 server,
                 label: server.label().into(),
@@ -176,6 +195,10 @@ pub(super) fn summarize(ms: &[Measurement]) -> Vec<Summary> {
                     max_us: med(&|f| f.max_us),
                     lost: rs.iter().map(|m| m.figures.lost).sum(),
                     server_cpu_ns_per_msg: (!cpus.is_empty()).then(|| median(cpus)),
+                    to_kernel_p50_us: med_opt(&|f| f.to_kernel_p50_us),
+                    to_kernel_p99_us: med_opt(&|f| f.to_kernel_p99_us),
+                    to_app_p50_us: med_opt(&|f| f.to_app_p50_us),
+                    to_app_p99_us: med_opt(&|f| f.to_app_p99_us),
                 },
                 rate_vs_kernel: None,
                 p50_vs_kernel: None,
@@ -240,6 +263,27 @@ pub(super) fn print_table(scenario: Scenario, summary: &[Summary]) {
         );
     }
     println!("(medians of the rounds; × columns are ratios to the kernel baseline measured in this run; {scenario:?})");
+    if summary.iter().any(|s| s.figures.to_app_p50_us.is_some()) {
+        println!();
+        println!("round trip split at the reply's kernel receive stamp on the client (µs; medians of the rounds):");
+        println!(
+            "{:<22} {:>6} {:>16} {:>16} {:>16} {:>16}",
+            "server", "size", "→ kernel p50", "→ kernel p99", "kernel → app p50", "kernel → app p99"
+        );
+        let v = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.1}"));
+        for s in summary {
+            let f = &s.figures;
+            println!(
+                "{:<22} {:>6} {:>16} {:>16} {:>16} {:>16}",
+                s.label,
+                s.size,
+                v(f.to_kernel_p50_us),
+                v(f.to_kernel_p99_us),
+                v(f.to_app_p50_us),
+                v(f.to_app_p99_us)
+            );
+        }
+    }
 }
 
 pub(super) fn env_string(cmd: &str, args: &[&str]) -> String {
