@@ -19,7 +19,35 @@ use crate::sockperf;
 pub struct KernelEcho {
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<ServeCounters>>,
+}
+
+/// What a kernel-socket server did, for its report when it stops.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServeCounters {
+    pub requests: u64,
+    pub replies: u64,
+    /// Messages that were not sockperf requests asking for a reply.
+    pub ignored: u64,
+    /// Replies the kernel refused (sendto failed).
+    pub send_errors: u64,
+    pub connections: u64,
+    /// UDP: datagrams the kernel dropped for this socket (its receive buffer was full), from
+    /// /proc/net/udp(6); `None` where it could not be read.
+    pub kernel_drops: Option<u64>,
+}
+
+/// The kernel's drop count of UDP socket `fd` (the last column of its /proc/net/udp(6) line,
+/// found by the socket's inode).
+fn udp_drops(fd: std::os::fd::RawFd) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+    let inode = link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.to_string();
+    ["/proc/net/udp", "/proc/net/udp6"].iter().find_map(|f| {
+        std::fs::read_to_string(f).ok()?.lines().skip(1).find_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.get(9) == Some(&inode.as_str())).then(|| cols.last()?.parse().ok())?
+        })
+    })
 }
 
 impl std::fmt::Debug for KernelEcho {
@@ -44,14 +72,23 @@ impl KernelEcho {
         let thread = std::thread::spawn(move || {
             pin(core);
             let mut buf = vec![0u8; 65536];
+            let mut c = ServeCounters::default();
             while !st.load(Ordering::Relaxed) {
                 let Ok((n, peer)) = sock.recv_from(&mut buf) else {
                     continue;
                 };
+                c.requests += 1;
                 if sockperf::make_reply(&mut buf[..n]) {
-                    let _ = sock.send_to(&buf[..n], peer);
+                    match sock.send_to(&buf[..n], peer) {
+                        Ok(_) => c.replies += 1,
+                        Err(_) => c.send_errors += 1,
+                    }
+                } else {
+                    c.ignored += 1;
                 }
             }
+            c.kernel_drops = udp_drops(std::os::fd::AsRawFd::as_raw_fd(&sock));
+            c
         });
         Ok(KernelEcho {
             addr,
@@ -73,6 +110,7 @@ impl KernelEcho {
             let mut conns: HashMap<usize, (TcpStream, Vec<u8>)> = HashMap::new();
             let mut next = 1;
             let mut buf = vec![0u8; 65536];
+            let mut c = ServeCounters::default();
             while !st.load(Ordering::Relaxed) {
                 if poll.poll(&mut events, Some(Duration::from_millis(50))).is_err() {
                     continue;
@@ -88,6 +126,7 @@ impl KernelEcho {
                             {
                                 conns.insert(next, (s, Vec::with_capacity(sockperf::MESSAGE_LEN_MAX)));
                                 next += 1;
+                                c.connections += 1;
                             }
                         }
                         continue;
@@ -101,6 +140,7 @@ impl KernelEcho {
                     }
                 }
             }
+            c
         });
         Ok(KernelEcho {
             addr,
@@ -109,11 +149,9 @@ impl KernelEcho {
         })
     }
 
-    /// Waits until the server thread ends (after `stop` is set).
-    pub fn join(mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    /// Waits until the server thread ends (after `stop` is set); what it did.
+    pub fn join(mut self) -> ServeCounters {
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
     }
 }
 

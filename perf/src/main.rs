@@ -349,7 +349,17 @@ fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
                 if udp { "udp" } else { "tcp" },
                 server.addr
             );
-            server.join();
+            let c = server.join();
+            println!(
+                "porto serve kernel: stopped; {} requests, {} replies, {} ignored, {} failed replies, {} connections",
+                c.requests, c.replies, c.ignored, c.send_errors, c.connections
+            );
+            match c.kernel_drops {
+                Some(0) | None => {}
+                Some(n) => println!(
+                    "  the kernel dropped {n} datagram(s) for this socket: its receive buffer was full (the server fell behind; raise net.core.rmem_default / SO_RCVBUF)"
+                ),
+            }
             Ok(())
         }
         #[cfg(feature = "peers")]

@@ -1090,3 +1090,70 @@ fn echo_reports_its_drops_by_reason_when_it_stops() {
         "{lines:?}"
     );
 }
+
+/// `porto serve kernel` reports at stop what it did and what the kernel dropped for its
+/// socket: stopped (SIGSTOP) while a burst arrives, its receive buffer overflows, and the
+/// report names the kernel's drop count (from /proc/net/udp) with the fix; datagrams that are
+/// not sockperf requests are counted as ignored.
+#[test]
+fn serve_kernel_reports_what_it_did_and_the_kernels_drops() {
+    let port = free_port();
+    let mut serve = porto();
+    serve.args([
+        "serve",
+        "kernel",
+        "--udp",
+        "--addr",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+    ]);
+    let mut server = Server(serve.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+    let rx = stdout_lines(&mut server);
+    let first = rx.recv_timeout(Duration::from_secs(20)).expect("the banner");
+    assert!(first.contains("porto serve kernel"), "{first}");
+    let pid = server.0.id().to_string();
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..3 {
+        c.send_to(b"not sockperf", ("127.0.0.1", port)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    // Far more than a default receive buffer holds (each small datagram costs ~1 KiB of it).
+    for _ in 0..5000 {
+        let _ = c.send_to(&[0u8; 64], ("127.0.0.1", port));
+    }
+    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let mut lines = Vec::new();
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(10)) {
+        lines.push(l);
+    }
+    let stopped = lines
+        .iter()
+        .find(|l| l.contains("porto serve kernel: stopped;"))
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    let requests: u64 = stopped
+        .split("stopped; ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{stopped}"));
+    assert!(
+        stopped.contains(&format!("{requests} ignored")),
+        "none was a request: {stopped}"
+    );
+    let drops: u64 = lines
+        .iter()
+        .find_map(|l| l.split("the kernel dropped ").nth(1)?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the kernel's drops are reported: {lines:?}"));
+    assert_eq!(
+        requests + drops,
+        5003,
+        "every datagram was read or counted as dropped: {lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("SO_RCVBUF")),
+        "the fix is named: {lines:?}"
+    );
+}
