@@ -102,26 +102,36 @@ impl Error {
 
     /// The Winsock name of this error (`WSAENOBUFS`, ...).
     pub fn wsa_name(self) -> &'static str {
+        self.wsa().0
+    }
+
+    /// The Winsock error number (`WSAENOBUFS` = 10055, `WSA_IO_PENDING` = 997, ...), what
+    /// `WSAGetLastError` returns on Windows for this condition.
+    pub fn wsa_code(self) -> i32 {
+        self.wsa().1
+    }
+
+    fn wsa(self) -> (&'static str, i32) {
         match self {
-            Error::IoPending => "WSA_IO_PENDING",
-            Error::NoBuffers => "WSAENOBUFS",
-            Error::Aborted => "WSA_OPERATION_ABORTED",
-            Error::WouldBlock => "WSAEWOULDBLOCK",
-            Error::MessageTooLong => "WSAEMSGSIZE",
-            Error::TimedOut => "WSAETIMEDOUT",
-            Error::ConnectionRefused => "WSAECONNREFUSED",
-            Error::ConnectionReset => "WSAECONNRESET",
-            Error::ConnectionAborted => "WSAECONNABORTED",
-            Error::NotConnected => "WSAENOTCONN",
-            Error::AddrInUse => "WSAEADDRINUSE",
-            Error::AddrNotAvailable => "WSAEADDRNOTAVAIL",
-            Error::NetworkUnreachable => "WSAENETUNREACH",
-            Error::HostUnreachable => "WSAEHOSTUNREACH",
-            Error::AccessDenied => "WSAEACCES",
-            Error::InvalidArgument => "WSAEINVAL",
-            Error::Shutdown => "WSAESHUTDOWN",
-            Error::NotSocket => "WSAENOTSOCK",
-            Error::Os(_) => "WSASYSCALLFAILURE",
+            Error::IoPending => ("WSA_IO_PENDING", 997),
+            Error::NoBuffers => ("WSAENOBUFS", 10055),
+            Error::Aborted => ("WSA_OPERATION_ABORTED", 995),
+            Error::WouldBlock => ("WSAEWOULDBLOCK", 10035),
+            Error::MessageTooLong => ("WSAEMSGSIZE", 10040),
+            Error::TimedOut => ("WSAETIMEDOUT", 10060),
+            Error::ConnectionRefused => ("WSAECONNREFUSED", 10061),
+            Error::ConnectionReset => ("WSAECONNRESET", 10054),
+            Error::ConnectionAborted => ("WSAECONNABORTED", 10053),
+            Error::NotConnected => ("WSAENOTCONN", 10057),
+            Error::AddrInUse => ("WSAEADDRINUSE", 10048),
+            Error::AddrNotAvailable => ("WSAEADDRNOTAVAIL", 10049),
+            Error::NetworkUnreachable => ("WSAENETUNREACH", 10051),
+            Error::HostUnreachable => ("WSAEHOSTUNREACH", 10065),
+            Error::AccessDenied => ("WSAEACCES", 10013),
+            Error::InvalidArgument => ("WSAEINVAL", 10022),
+            Error::Shutdown => ("WSAESHUTDOWN", 10058),
+            Error::NotSocket => ("WSAENOTSOCK", 10038),
+            Error::Os(_) => ("WSASYSCALLFAILURE", 10107),
         }
     }
 }

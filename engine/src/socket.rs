@@ -459,6 +459,19 @@ impl UdpSocket {
         })
     }
 
+    /// Takes over a bound kernel UDP socket (e.g. from [`SocketOptions::bind_kernel_udp`]:
+    /// bound first, associated with its delivery later, as Winsock's `bind` then
+    /// `CreateIoCompletionPort`); it is made non-blocking.
+    pub fn adopt(shard: &ShardHandle, sock: std::net::UdpSocket, delivery: Delivery) -> Result<UdpSocket, SetupError> {
+        sock.set_nonblocking(true).map_err(|source| SetupError::Syscall {
+            what: "fcntl(O_NONBLOCK)",
+            source,
+        })?;
+        Ok(UdpSocket {
+            core: SocketCore::open(shard, sock.into(), delivery)?,
+        })
+    }
+
     pub fn core(&self) -> &SocketCore {
         &self.core
     }

@@ -59,6 +59,9 @@ counters! {
     zc_copied,
     /// Multishot receives stopped by an empty buffer ring (re-armed when frames return).
     recv_nobufs,
+    /// Single-shot receives the kernel ended with EAGAIN (several on one socket raced for a
+    /// datagram), re-armed instead of completing.
+    recv_rearmed,
     /// Datagrams larger than a frame (delivered truncated with MessageTooLong).
     recv_truncated,
     /// Operations refused because the op table was full (NoBuffers).

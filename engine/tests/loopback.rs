@@ -1371,3 +1371,55 @@ fn tx_timestamps_carry_each_sends_id_and_time() {
         assert!(out.is_empty(), "nothing after the end: {out:?}");
     }
 }
+
+/// Many single-shot receives posted on one socket (as a Winsock server pre-posts
+/// WSARecvFrom): each datagram completes exactly one of them, Ok — never WouldBlock. Under
+/// io_uring the losers of each race for a datagram used to end with EAGAIN (their CQE even
+/// carrying the provided frame they had picked): they are re-armed, the frame returned. At
+/// the end the receives still posted end once, Aborted, and every frame is back.
+#[test]
+fn posted_receives_racing_for_datagrams_all_succeed() {
+    const POSTED: u64 = 64;
+    const N: u32 = 300;
+    let cfg = Config {
+        frames_per_shard: 1024,
+        recv_frames: 256,
+        ..small()
+    };
+    let mut shard = Shard::new(&cfg, None).unwrap();
+    let h = shard.handle();
+    let sock = UdpSocket::bind(&h, any(false), &SocketOptions::default(), Delivery::Poll { key: 1 }).unwrap();
+    for t in 0..POSTED {
+        sock.recv_from(t, None).unwrap();
+    }
+    let client = StdUdp::bind(any(false)).unwrap();
+    let mut got = Vec::new();
+    let mut out = Vec::new();
+    for i in 0..N {
+        client.send_to(&i.to_be_bytes(), sock.local_addr().unwrap()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let before = got.len();
+        while got.len() == before && Instant::now() < deadline {
+            shard.poll(&mut out, 64);
+            for c in out.drain(..) {
+                assert_eq!(c.result, Ok(4), "{c:?}");
+                got.push(u32::from_be_bytes(c.buffer.as_deref().unwrap().try_into().unwrap()));
+                sock.recv_from(c.token, None).unwrap();
+            }
+        }
+    }
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "each datagram once, in order");
+    drop(sock);
+    let ends = poll_n(&mut shard, POSTED as usize);
+    assert_eq!(ends.len() as u64, POSTED);
+    assert!(
+        ends.iter().all(|c| c.result == Err(Error::Aborted) && !c.more),
+        "{ends:?}"
+    );
+    let total = shard.pool().total_frames();
+    assert_eq!(
+        shard.pool().free_frames() + shard.frames_in_rings(),
+        total,
+        "frames conserved"
+    );
+}

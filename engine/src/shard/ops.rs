@@ -342,6 +342,34 @@ impl<D: Driver> Core<D> {
             self.on_multishot(idx, res, more, picked, accepted);
             return;
         }
+        // An overlapped receive waits for data. io_uring ends one with EAGAIN when several
+        // single-shot receives on one socket race for a datagram (all woken, one wins; the
+        // loser's CQE even carries the provided buffer it had selected): not a result — the
+        // frame goes back to the pool and the receive is re-armed, with what is left of its
+        // timeout.
+        let s = self.ops.slot(idx);
+        if res == -libc::EAGAIN
+            && matches!(s.kind, OpKind::RecvFrom | OpKind::Recv)
+            && !s.multishot
+            && !s.cancelled
+            && !s.timed_out
+        {
+            let left = s.timeout.map(|t| t.saturating_sub(s.started.elapsed()));
+            if left.is_none_or(|l| !l.is_zero()) {
+                s.timeout = left;
+                match self.submit_slot(idx) {
+                    Ok(()) => {
+                        if let Some(frame) = picked {
+                            drop(self.pool.adopt(frame, 0, 0));
+                        }
+                        let st = &self.shared.stats;
+                        st.add(&st.counters.recv_rearmed, 1);
+                        return;
+                    }
+                    Err(e) => tracing::error!(error = %e, "re-arming a receive failed"),
+                }
+            }
+        }
         // Single-shot (or SEND_ZC's first CQE, whose MORE flag announces the notification).
         let s = self.ops.slot(idx);
         if s.zerocopy && more {

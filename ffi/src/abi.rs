@@ -1,0 +1,498 @@
+//! The exported functions and types (`include/porto.h`). This module is where C's pointers
+//! are read and written: each is checked for NULL, each length against its buffer, and each
+//! call runs under [`guard`], so a panic becomes `WSASYSCALLFAILURE`, never an unwind into C.
+//!
+//! Thread safety: every function may be called from any thread, concurrently; a socket's
+//! calls are serialised inside the library, and any number of threads may wait in
+//! `porto_GetQueuedCompletionStatusEx` on one port (its concurrency value applies).
+
+// The C boundary: raw pointers from the caller, `#[no_mangle]` exports.
+#![allow(unsafe_code)]
+// Winsock's names, kept so a port is mostly renaming.
+#![allow(non_snake_case, non_camel_case_types)]
+
+use std::ffi::c_void;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use crate::codes::*;
+use crate::state::{self, RecvTarget, Startup, Wsa};
+
+/// Winsock's `WSABUF`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct PORTO_WSABUF {
+    pub len: u32,
+    pub buf: *mut u8,
+}
+
+/// Win32's `OVERLAPPED`: the per-operation token. Its address comes back in the
+/// completion; `Internal` receives the operation's WSA status (0: success) and
+/// `InternalHigh` its byte count when it is dequeued.
+#[repr(C)]
+#[derive(Debug)]
+pub struct PORTO_OVERLAPPED {
+    pub Internal: u64,
+    pub InternalHigh: u64,
+    pub Offset: u32,
+    pub OffsetHigh: u32,
+    pub hEvent: *mut c_void,
+}
+
+/// Win32's `OVERLAPPED_ENTRY`. `Internal` is the operation's WSA status (0: success,
+/// else e.g. `PORTO_WSA_OPERATION_ABORTED`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct PORTO_OVERLAPPED_ENTRY {
+    pub lpCompletionKey: u64,
+    pub lpOverlapped: *mut PORTO_OVERLAPPED,
+    pub Internal: u64,
+    pub dwNumberOfBytesTransferred: u32,
+}
+
+/// How `porto_WSAStartupEx` configures the engine (`porto_WSAStartup` uses 1 shard, not
+/// pinned, 4096 frames, provider auto).
+#[repr(C)]
+#[derive(Debug)]
+pub struct PORTO_STARTUP {
+    /// Shards: threads, each with its own rings and pool.
+    pub shards: u32,
+    /// Nonzero: pin shard i to core i.
+    pub pin: u32,
+    /// Registered pool frames per shard.
+    pub frames_per_shard: u32,
+    /// 0 auto (io_uring, else epoll), 1 io_uring, 2 epoll.
+    pub provider: u32,
+}
+
+/// Runs `f` for an exported call: its error or a panic becomes the thread's last error and
+/// the call returns `fail`.
+fn guard<T>(fail: T, f: impl FnOnce() -> Result<T, Wsa>) -> T {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(Wsa(code))) => {
+            state::set_last_error(code);
+            fail
+        }
+        Err(_) => {
+            state::set_last_error(PORTO_WSASYSCALLFAILURE);
+            fail
+        }
+    }
+}
+
+/// As [`guard`], for calls that return their error (WSAStartup): 0 or the WSA number.
+fn status(f: impl FnOnce() -> Result<(), Wsa>) -> i32 {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => 0,
+        Ok(Err(Wsa(code))) => code,
+        Err(_) => PORTO_WSASYSCALLFAILURE,
+    }
+}
+
+fn non_null<T>(p: *const T) -> Result<*const T, Wsa> {
+    if p.is_null() {
+        Err(Wsa(PORTO_WSAEFAULT))
+    } else {
+        Ok(p)
+    }
+}
+
+/// Reads a `sockaddr_in` / `sockaddr_in6` of `len` bytes at `name`.
+///
+/// # Safety
+/// `name` is NULL or readable for `len` bytes.
+unsafe fn read_sockaddr(name: *const libc::sockaddr, len: i32) -> Result<SocketAddr, Wsa> {
+    let name = non_null(name)?;
+    let len = usize::try_from(len).map_err(|_| Wsa(PORTO_WSAEFAULT))?;
+    if len < std::mem::size_of::<libc::sa_family_t>() {
+        return Err(Wsa(PORTO_WSAEFAULT));
+    }
+    // SAFETY: the caller's contract: `len` readable bytes; u8 has no alignment.
+    let b = unsafe { std::slice::from_raw_parts(name.cast::<u8>(), len) };
+    let family = i32::from(u16::from_ne_bytes([b[0], b[1]]));
+    let port = |b: &[u8]| u16::from_be_bytes([b[2], b[3]]);
+    match family {
+        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+            let ip = Ipv4Addr::new(b[4], b[5], b[6], b[7]);
+            Ok(SocketAddr::V4(SocketAddrV4::new(ip, port(b))))
+        }
+        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            let flow = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+            let ip: [u8; 16] = b[8..24].try_into().map_err(|_| Wsa(PORTO_WSAEFAULT))?;
+            let scope = u32::from_ne_bytes([b[24], b[25], b[26], b[27]]);
+            Ok(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(ip),
+                port(b),
+                flow,
+                scope,
+            )))
+        }
+        libc::AF_INET | libc::AF_INET6 => Err(Wsa(PORTO_WSAEFAULT)),
+        _ => Err(Wsa(PORTO_WSAEAFNOSUPPORT)),
+    }
+}
+
+/// Writes `addr` at `name` (room: `*len` bytes) and its length into `*len`.
+///
+/// # Safety
+/// `name` is writable for `*len` bytes and `len` is a valid `i32`, or either is NULL.
+unsafe fn write_sockaddr(addr: SocketAddr, name: *mut libc::sockaddr, len: *mut i32) -> Result<(), Wsa> {
+    if name.is_null() || len.is_null() {
+        return Err(Wsa(PORTO_WSAEFAULT));
+    }
+    let mut b = [0u8; std::mem::size_of::<libc::sockaddr_in6>()];
+    let n = match addr {
+        SocketAddr::V4(a) => {
+            b[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+            b[2..4].copy_from_slice(&a.port().to_be_bytes());
+            b[4..8].copy_from_slice(&a.ip().octets());
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            b[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+            b[2..4].copy_from_slice(&a.port().to_be_bytes());
+            b[4..8].copy_from_slice(&a.flowinfo().to_be_bytes());
+            b[8..24].copy_from_slice(&a.ip().octets());
+            b[24..28].copy_from_slice(&a.scope_id().to_ne_bytes());
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    // SAFETY: `len` is non-NULL and valid (the caller's contract).
+    let room = unsafe { len.read_unaligned() };
+    if usize::try_from(room).map_or(true, |r| r < n) {
+        return Err(Wsa(PORTO_WSAEFAULT));
+    }
+    // SAFETY: `name` has `room >= n` writable bytes; `len` is valid.
+    unsafe {
+        std::ptr::copy_nonoverlapping(b.as_ptr(), name.cast::<u8>(), n);
+        len.write_unaligned(n as i32);
+    }
+    Ok(())
+}
+
+/// `WSAStartup`: starts the engine on the first call (later calls count). `data` may be
+/// NULL (porto fills nothing in it). Returns 0 or a WSA error.
+#[no_mangle]
+pub extern "C" fn porto_WSAStartup(version: u16, data: *mut c_void) -> i32 {
+    let _ = (version, data);
+    status(|| state::startup(None))
+}
+
+/// `WSAStartup` with the engine's configuration (NULL: the defaults).
+///
+/// # Safety
+/// `cfg` is NULL or points to a valid `PORTO_STARTUP`.
+#[no_mangle]
+pub unsafe extern "C" fn porto_WSAStartupEx(cfg: *const PORTO_STARTUP) -> i32 {
+    status(|| {
+        let s = if cfg.is_null() {
+            None
+        } else {
+            // SAFETY: non-NULL and valid (the caller's contract).
+            let c = unsafe { &*cfg };
+            Some(Startup {
+                shards: c.shards as usize,
+                pin: c.pin != 0,
+                frames_per_shard: c.frames_per_shard,
+                provider: c.provider,
+            })
+        };
+        state::startup(s)
+    })
+}
+
+/// `WSACleanup`: the last call closes every socket and port and stops the engine.
+#[no_mangle]
+pub extern "C" fn porto_WSACleanup() -> i32 {
+    guard(PORTO_SOCKET_ERROR, || state::cleanup().map(|()| 0))
+}
+
+/// The calling thread's last error (Windows' numbers).
+#[no_mangle]
+pub extern "C" fn porto_WSAGetLastError() -> i32 {
+    state::last_error()
+}
+
+/// `WSASocket`: `AF_INET` or `AF_INET6`, `SOCK_DGRAM` (TCP is not in this version of the
+/// ABI: `WSAESOCKTNOSUPPORT`). `info`, `group` and `flags` are accepted and ignored (every
+/// porto socket is overlapped).
+#[no_mangle]
+pub extern "C" fn porto_WSASocket(
+    af: i32,
+    ty: i32,
+    protocol: i32,
+    info: *const c_void,
+    group: u32,
+    flags: u32,
+) -> PORTO_SOCKET {
+    let _ = (info, group, flags);
+    guard(PORTO_INVALID_SOCKET, || state::socket(af, ty, protocol))
+}
+
+/// `bind`.
+///
+/// # Safety
+/// `name` is NULL or readable for `namelen` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn porto_bind(s: PORTO_SOCKET, name: *const libc::sockaddr, namelen: i32) -> i32 {
+    guard(PORTO_SOCKET_ERROR, || {
+        // SAFETY: forwarded contract.
+        let addr = unsafe { read_sockaddr(name, namelen) }?;
+        state::bind(s, addr).map(|()| 0)
+    })
+}
+
+/// `getsockname`.
+///
+/// # Safety
+/// `name` is writable for `*namelen` bytes, or NULL.
+#[no_mangle]
+pub unsafe extern "C" fn porto_getsockname(s: PORTO_SOCKET, name: *mut libc::sockaddr, namelen: *mut i32) -> i32 {
+    guard(PORTO_SOCKET_ERROR, || {
+        let a = state::local_addr(s)?;
+        // SAFETY: forwarded contract.
+        unsafe { write_sockaddr(a, name, namelen) }.map(|()| 0)
+    })
+}
+
+/// `CreateIoCompletionPort`: with `file == PORTO_INVALID_HANDLE_VALUE`, a new port
+/// (`concurrency` 0: as many threads as CPUs); with a socket and an existing port,
+/// associates them once with `key` and returns the port. NULL (0) on failure.
+#[no_mangle]
+pub extern "C" fn porto_CreateIoCompletionPort(
+    file: u64,
+    existing: PORTO_HANDLE,
+    key: u64,
+    concurrency: u32,
+) -> PORTO_HANDLE {
+    guard(0, || {
+        if file == PORTO_INVALID_HANDLE_VALUE {
+            if existing != 0 {
+                return Err(Wsa(PORTO_WSAEINVAL));
+            }
+            return state::create_port(concurrency);
+        }
+        if existing == 0 {
+            // Creating a port and associating in one call: supported as on Windows.
+            let p = state::create_port(concurrency)?;
+            return state::associate(file, p, key);
+        }
+        state::associate(file, existing, key)
+    })
+}
+
+/// `WSARecvFrom` (overlapped only: `ov` is required, `routine` must be NULL). Returns
+/// `PORTO_SOCKET_ERROR` with `PORTO_WSA_IO_PENDING`: the datagram completes into the
+/// socket's port, and is copied into `bufs` (and its source into `from`/`*fromlen`) when
+/// `porto_GetQueuedCompletionStatusEx` dequeues it. `bufs`, `from`, `fromlen` and `ov` must
+/// stay valid until then, as on Windows.
+///
+/// # Safety
+/// `bufs` points to `count` `PORTO_WSABUF`s each writable for `len` bytes; `from`/`fromlen`
+/// are NULL or valid; `ov` is valid until the operation's completion is dequeued.
+#[no_mangle]
+pub unsafe extern "C" fn porto_WSARecvFrom(
+    s: PORTO_SOCKET,
+    bufs: *mut PORTO_WSABUF,
+    count: u32,
+    received: *mut u32,
+    flags: *mut u32,
+    from: *mut libc::sockaddr,
+    fromlen: *mut i32,
+    ov: *mut PORTO_OVERLAPPED,
+    routine: *const c_void,
+) -> i32 {
+    let _ = (received, flags);
+    guard(PORTO_SOCKET_ERROR, || {
+        if !routine.is_null() {
+            return Err(Wsa(PORTO_WSAEOPNOTSUPP));
+        }
+        non_null(ov)?;
+        non_null(bufs)?;
+        if count == 0 {
+            return Err(Wsa(PORTO_WSAEINVAL));
+        }
+        // SAFETY: `count` valid WSABUFs at `bufs` (the caller's contract).
+        let list = unsafe { std::slice::from_raw_parts(bufs, count as usize) };
+        let mut targets = Vec::with_capacity(list.len());
+        for b in list {
+            non_null(b.buf)?;
+            targets.push((b.buf as usize, b.len as usize));
+        }
+        let target = RecvTarget {
+            bufs: targets,
+            from: from as usize,
+            fromlen: fromlen as usize,
+        };
+        state::recv_from(s, ov as u64, target)?;
+        Err(Wsa(PORTO_WSA_IO_PENDING))
+    })
+}
+
+/// `WSASendTo` (overlapped only). The `bufs` are gathered into one datagram at once (they
+/// may be reused as soon as this returns); the completion reports the bytes sent. Returns
+/// `PORTO_SOCKET_ERROR` with `PORTO_WSA_IO_PENDING`.
+///
+/// # Safety
+/// `bufs` points to `count` `PORTO_WSABUF`s each readable for `len` bytes; `to` is readable
+/// for `tolen` bytes; `ov` stays valid until the completion is dequeued.
+#[no_mangle]
+pub unsafe extern "C" fn porto_WSASendTo(
+    s: PORTO_SOCKET,
+    bufs: *const PORTO_WSABUF,
+    count: u32,
+    sent: *mut u32,
+    flags: u32,
+    to: *const libc::sockaddr,
+    tolen: i32,
+    ov: *mut PORTO_OVERLAPPED,
+    routine: *const c_void,
+) -> i32 {
+    let _ = (sent, flags);
+    guard(PORTO_SOCKET_ERROR, || {
+        if !routine.is_null() {
+            return Err(Wsa(PORTO_WSAEOPNOTSUPP));
+        }
+        non_null(ov)?;
+        non_null(bufs)?;
+        // SAFETY: forwarded contract.
+        let to = unsafe { read_sockaddr(to, tolen) }?;
+        // SAFETY: `count` valid WSABUFs at `bufs`.
+        let list = unsafe { std::slice::from_raw_parts(bufs, count as usize) };
+        let mut pieces = Vec::with_capacity(list.len());
+        for b in list {
+            if b.len > 0 {
+                non_null(b.buf)?;
+                // SAFETY: `len` readable bytes at `buf` (the caller's contract).
+                pieces.push(unsafe { std::slice::from_raw_parts(b.buf.cast_const(), b.len as usize) });
+            }
+        }
+        state::send_to(s, ov as u64, &pieces, to)?;
+        Err(Wsa(PORTO_WSA_IO_PENDING))
+    })
+}
+
+/// `GetQueuedCompletionStatusEx`: up to `count` completions into `entries`, waiting up to
+/// `timeout_ms` (`PORTO_INFINITE`: no limit) for the first; a receive's datagram is copied
+/// into its `WSABUF`s here. Returns 1, or 0 with `PORTO_WAIT_TIMEOUT` when nothing came.
+/// `alertable` is ignored.
+///
+/// # Safety
+/// `entries` is writable for `count` entries; `removed` is valid; the receives' buffers and
+/// `OVERLAPPED`s given to `porto_WSARecvFrom` are still valid.
+#[no_mangle]
+pub unsafe extern "C" fn porto_GetQueuedCompletionStatusEx(
+    port: PORTO_HANDLE,
+    entries: *mut PORTO_OVERLAPPED_ENTRY,
+    count: u32,
+    removed: *mut u32,
+    timeout_ms: u32,
+    alertable: i32,
+) -> i32 {
+    let _ = alertable;
+    guard(0, || {
+        non_null(entries)?;
+        non_null(removed)?;
+        if count == 0 {
+            return Err(Wsa(PORTO_WSAEINVAL));
+        }
+        let timeout = (timeout_ms != PORTO_INFINITE).then(|| Duration::from_millis(u64::from(timeout_ms)));
+        let done = state::dequeue(port, count as usize, timeout)?;
+        // SAFETY: `count` writable entries (the caller's contract); `done.len() <= count`.
+        let out = unsafe { std::slice::from_raw_parts_mut(entries, count as usize) };
+        for (e, d) in out.iter_mut().zip(&done) {
+            let mut result = d.result;
+            if let (Ok(n), Some((target, buf, peer))) = (result, &d.recv) {
+                // SAFETY: the targets are the caller's WSABUFs, from, fromlen, still valid.
+                result = unsafe { copy_out(n, target, buf.as_deref(), *peer) };
+            }
+            let ov = d.token as *mut PORTO_OVERLAPPED;
+            let (status, bytes) = match result {
+                Ok(n) => (0u64, n as u64),
+                Err(code) => (code as u64, 0),
+            };
+            if !ov.is_null() {
+                // SAFETY: the OVERLAPPED given with the operation, valid until now.
+                unsafe {
+                    (*ov).Internal = status;
+                    (*ov).InternalHigh = bytes;
+                }
+            }
+            *e = PORTO_OVERLAPPED_ENTRY {
+                lpCompletionKey: d.key,
+                lpOverlapped: ov,
+                Internal: status,
+                dwNumberOfBytesTransferred: bytes as u32,
+            };
+        }
+        // SAFETY: `removed` is non-NULL and valid.
+        unsafe { removed.write(done.len() as u32) };
+        Ok(1)
+    })
+}
+
+/// Copies a received datagram into its receive's buffers and source address: the bytes
+/// copied, or `WSAEMSGSIZE` (with the buffers filled) when it did not fit.
+///
+/// # Safety
+/// The addresses in `t` are the caller's live WSABUFs and from/fromlen pointers.
+unsafe fn copy_out(n: usize, t: &RecvTarget, data: Option<&[u8]>, peer: Option<SocketAddr>) -> Result<usize, i32> {
+    let data = data.unwrap_or(&[]);
+    let data = &data[..n.min(data.len())];
+    let mut at = 0;
+    for &(ptr, len) in &t.bufs {
+        let k = len.min(data.len() - at);
+        // SAFETY: `len` writable bytes at `ptr` (WSARecvFrom's contract); k <= len.
+        unsafe { std::ptr::copy_nonoverlapping(data[at..].as_ptr(), ptr as *mut u8, k) };
+        at += k;
+        if at == data.len() {
+            break;
+        }
+    }
+    if let Some(p) = peer {
+        if t.from != 0 && t.fromlen != 0 {
+            // SAFETY: from/fromlen as given to WSARecvFrom.
+            let _ = unsafe { write_sockaddr(p, t.from as *mut libc::sockaddr, t.fromlen as *mut i32) };
+        }
+    }
+    if at < data.len() {
+        Err(PORTO_WSAEMSGSIZE)
+    } else {
+        Ok(at)
+    }
+}
+
+/// `PostQueuedCompletionStatus`: `ov` comes back as given (it is not dereferenced).
+#[no_mangle]
+pub extern "C" fn porto_PostQueuedCompletionStatus(
+    port: PORTO_HANDLE,
+    bytes: u32,
+    key: u64,
+    ov: *mut PORTO_OVERLAPPED,
+) -> i32 {
+    guard(0, || state::post(port, bytes, key, ov as u64).map(|()| 1))
+}
+
+/// `CancelIoEx(socket, ov)`: the operation completes `PORTO_WSA_OPERATION_ABORTED`
+/// (NULL `ov` is not supported yet: `PORTO_WSAEINVAL`).
+#[no_mangle]
+pub extern "C" fn porto_CancelIoEx(s: PORTO_SOCKET, ov: *mut PORTO_OVERLAPPED) -> i32 {
+    guard(0, || {
+        non_null(ov).map_err(|_| Wsa(PORTO_WSAEINVAL))?;
+        state::cancel(s, ov as u64).map(|()| 1)
+    })
+}
+
+/// `closesocket`: outstanding operations complete `PORTO_WSA_OPERATION_ABORTED`.
+#[no_mangle]
+pub extern "C" fn porto_closesocket(s: PORTO_SOCKET) -> i32 {
+    guard(PORTO_SOCKET_ERROR, || state::close_socket(s).map(|()| 0))
+}
+
+/// `CloseHandle` of a completion port.
+#[no_mangle]
+pub extern "C" fn porto_CloseHandle(h: PORTO_HANDLE) -> i32 {
+    guard(0, || state::close_handle(h).map(|()| 1))
+}

@@ -1,0 +1,410 @@
+//! The library's side of the C handles, in safe Rust: the process-wide engine that
+//! `WSAStartup` starts, and a table of sockets and completion ports behind integer handles
+//! (Winsock's `SOCKET` is an integer too). Every call looks its handle up: a closed, stale or
+//! invented handle is an error, never memory.
+//!
+//! Raw pointers from C appear here only as addresses (`usize`) recorded with an operation; they
+//! are dereferenced in `abi` alone.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
+use std::time::Duration;
+
+use crate::codes::*;
+use porto::{
+    Buf, CompletionPort, Config, Delivery, Engine, Error, OpKind, Provider, ShardHandle, SocketOptions, UdpSocket,
+};
+
+thread_local! {
+    static LAST_ERROR: Cell<i32> = const { Cell::new(0) };
+}
+
+/// Records the calling thread's last error (`WSAGetLastError`).
+pub(crate) fn set_last_error(code: i32) {
+    LAST_ERROR.with(|e| e.set(code));
+}
+
+pub(crate) fn last_error() -> i32 {
+    LAST_ERROR.with(Cell::get)
+}
+
+/// A call's failure: the WSA number to report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Wsa(pub i32);
+
+impl From<Error> for Wsa {
+    fn from(e: Error) -> Wsa {
+        Wsa(e.wsa_code())
+    }
+}
+
+/// How `WSAStartup` configures the engine (`PORTO_STARTUP` in C).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Startup {
+    pub shards: usize,
+    pub pin: bool,
+    pub frames_per_shard: u32,
+    /// 0 auto, 1 io_uring, 2 epoll.
+    pub provider: u32,
+}
+
+/// A receive's destination in the caller's memory, kept until its completion is dequeued.
+#[derive(Debug)]
+pub(crate) struct RecvTarget {
+    /// (address, length) of each `WSABUF`.
+    pub bufs: Vec<(usize, usize)>,
+    /// `lpFrom` / `lpFromlen` (0 if NULL).
+    pub from: usize,
+    pub fromlen: usize,
+}
+
+/// A completion port: the engine's, plus the receives waiting to be copied out.
+#[derive(Debug)]
+pub(crate) struct Port {
+    pub port: CompletionPort,
+    pending: Mutex<HashMap<u64, RecvTarget>>,
+}
+
+#[derive(Debug)]
+enum SockState {
+    Unbound,
+    /// Bound by `bind`, not yet associated with a port (Winsock's order).
+    Bound(std::net::UdpSocket),
+    Associated {
+        sock: UdpSocket,
+        port: Arc<Port>,
+        shard: ShardHandle,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct Sock {
+    v6: bool,
+    state: Mutex<SockState>,
+}
+
+#[derive(Debug)]
+enum Obj {
+    Port(Arc<Port>),
+    Sock(Arc<Sock>),
+}
+
+#[derive(Debug, Default)]
+struct Global {
+    engine: Option<Engine>,
+    /// WSAStartup calls not yet matched by WSACleanup.
+    users: u32,
+    next: u64,
+    objs: HashMap<u64, Obj>,
+}
+
+static GLOBAL: LazyLock<RwLock<Global>> = LazyLock::new(|| {
+    RwLock::new(Global {
+        next: 1,
+        ..Global::default()
+    })
+});
+
+fn read() -> std::sync::RwLockReadGuard<'static, Global> {
+    GLOBAL.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write() -> std::sync::RwLockWriteGuard<'static, Global> {
+    GLOBAL.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `WSAStartup`: the first call starts the engine, later ones count.
+pub(crate) fn startup(s: Option<Startup>) -> Result<(), Wsa> {
+    let mut g = write();
+    if g.engine.is_none() {
+        let s = s.unwrap_or(Startup {
+            shards: 1,
+            pin: false,
+            frames_per_shard: 4096,
+            provider: 0,
+        });
+        let provider = match s.provider {
+            0 => Provider::Auto,
+            1 => Provider::IoUring,
+            2 => Provider::Epoll,
+            _ => return Err(Wsa(PORTO_WSAEINVAL)),
+        };
+        let cfg = Config {
+            shards: s.shards.max(1),
+            pin: s.pin,
+            frames_per_shard: s.frames_per_shard,
+            provider,
+            ..Config::default()
+        };
+        g.engine = Some(Engine::start(&cfg).map_err(|_| Wsa(PORTO_WSASYSCALLFAILURE))?);
+    }
+    g.users += 1;
+    Ok(())
+}
+
+/// `WSACleanup`: the last call closes every socket and port and stops the engine.
+pub(crate) fn cleanup() -> Result<(), Wsa> {
+    let mut g = write();
+    if g.users == 0 {
+        return Err(Wsa(PORTO_WSANOTINITIALISED));
+    }
+    g.users -= 1;
+    if g.users == 0 {
+        g.objs.clear();
+        g.engine = None;
+    }
+    Ok(())
+}
+
+fn insert(obj: Obj) -> Result<u64, Wsa> {
+    let mut g = write();
+    if g.engine.is_none() {
+        return Err(Wsa(PORTO_WSANOTINITIALISED));
+    }
+    let h = g.next;
+    g.next = g.next.checked_add(1).ok_or(Wsa(PORTO_WSASYSCALLFAILURE))?;
+    g.objs.insert(h, obj);
+    Ok(h)
+}
+
+fn sock(h: u64) -> Result<Arc<Sock>, Wsa> {
+    let g = read();
+    if g.engine.is_none() {
+        return Err(Wsa(PORTO_WSANOTINITIALISED));
+    }
+    match g.objs.get(&h) {
+        Some(Obj::Sock(s)) => Ok(s.clone()),
+        _ => Err(Wsa(PORTO_WSAENOTSOCK)),
+    }
+}
+
+fn port(h: u64) -> Result<Arc<Port>, Wsa> {
+    match read().objs.get(&h) {
+        Some(Obj::Port(p)) => Ok(p.clone()),
+        _ => Err(Wsa(PORTO_ERROR_INVALID_HANDLE)),
+    }
+}
+
+/// `WSASocket`: UDP over IPv4 or IPv6 (TCP comes with the next slice of the ABI).
+pub(crate) fn socket(af: i32, ty: i32, protocol: i32) -> Result<u64, Wsa> {
+    let v6 = match af {
+        libc::AF_INET => false,
+        libc::AF_INET6 => true,
+        _ => return Err(Wsa(PORTO_WSAEAFNOSUPPORT)),
+    };
+    if ty != libc::SOCK_DGRAM || !matches!(protocol, 0 | libc::IPPROTO_UDP) {
+        return Err(Wsa(PORTO_WSAESOCKTNOSUPPORT));
+    }
+    insert(Obj::Sock(Arc::new(Sock {
+        v6,
+        state: Mutex::new(SockState::Unbound),
+    })))
+}
+
+fn lock(s: &Sock) -> std::sync::MutexGuard<'_, SockState> {
+    s.state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `bind`: binds the kernel socket now (so `WSAEADDRINUSE` is reported here, as on Windows).
+pub(crate) fn bind(h: u64, addr: SocketAddr) -> Result<(), Wsa> {
+    let s = sock(h)?;
+    if addr.is_ipv6() != s.v6 {
+        return Err(Wsa(PORTO_WSAEAFNOSUPPORT));
+    }
+    let mut st = lock(&s);
+    if !matches!(*st, SockState::Unbound) {
+        return Err(Wsa(PORTO_WSAEINVAL));
+    }
+    let k = SocketOptions::default().bind_kernel_udp(addr).map_err(|e| match e {
+        porto::SetupError::Bind { source, .. } | porto::SetupError::Syscall { source, .. } => {
+            Wsa::from(Error::from(source))
+        }
+        _ => Wsa(PORTO_WSASYSCALLFAILURE),
+    })?;
+    *st = SockState::Bound(k);
+    Ok(())
+}
+
+/// `getsockname`.
+pub(crate) fn local_addr(h: u64) -> Result<SocketAddr, Wsa> {
+    let s = sock(h)?;
+    let st = lock(&s);
+    match &*st {
+        SockState::Unbound => Err(Wsa(PORTO_WSAEINVAL)),
+        SockState::Bound(k) => k.local_addr().map_err(|e| Wsa::from(Error::from(e))),
+        SockState::Associated { sock, .. } => sock.local_addr().map_err(Wsa::from),
+    }
+}
+
+/// `CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, concurrency)`: a new port.
+pub(crate) fn create_port(concurrency: u32) -> Result<u64, Wsa> {
+    const CAPACITY: usize = 65536;
+    insert(Obj::Port(Arc::new(Port {
+        port: CompletionPort::new(concurrency as usize, CAPACITY),
+        pending: Mutex::new(HashMap::new()),
+    })))
+}
+
+/// `CreateIoCompletionPort(socket, port, key, 0)`: associates once (an unbound socket is
+/// bound to the unspecified address first, as Windows binds implicitly), on the engine's
+/// next shard.
+pub(crate) fn associate(h: u64, port_h: u64, key: u64) -> Result<u64, Wsa> {
+    let s = sock(h)?;
+    let p = port(port_h)?;
+    let shard = {
+        let g = read();
+        g.engine
+            .as_ref()
+            .ok_or(Wsa(PORTO_WSANOTINITIALISED))?
+            .next_shard()
+            .clone()
+    };
+    let mut st = lock(&s);
+    let k = match std::mem::replace(&mut *st, SockState::Unbound) {
+        SockState::Bound(k) => k,
+        SockState::Unbound => {
+            let any: SocketAddr = if s.v6 { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal");
+            match SocketOptions::default().bind_kernel_udp(any) {
+                Ok(k) => k,
+                Err(_) => return Err(Wsa(PORTO_WSASYSCALLFAILURE)),
+            }
+        }
+        assoc @ SockState::Associated { .. } => {
+            *st = assoc;
+            return Err(Wsa(PORTO_WSAEINVAL));
+        }
+    };
+    let delivery = Delivery::Port {
+        port: p.port.clone(),
+        key,
+    };
+    let sock = UdpSocket::adopt(&shard, k, delivery).map_err(|_| Wsa(PORTO_WSASYSCALLFAILURE))?;
+    *st = SockState::Associated { sock, port: p, shard };
+    Ok(port_h)
+}
+
+/// The associated socket's parts, or `WSAEINVAL`: porto completes overlapped operations
+/// only into a port (no event objects, no completion routines).
+fn with_assoc<T>(h: u64, f: impl FnOnce(&UdpSocket, &Arc<Port>, &ShardHandle) -> Result<T, Wsa>) -> Result<T, Wsa> {
+    let s = sock(h)?;
+    let st = lock(&s);
+    match &*st {
+        SockState::Associated { sock, port, shard } => f(sock, port, shard),
+        _ => Err(Wsa(PORTO_WSAEINVAL)),
+    }
+}
+
+/// `WSARecvFrom` (overlapped): the datagram completes into the socket's port; its bytes
+/// are copied to `target` when dequeued.
+pub(crate) fn recv_from(h: u64, token: u64, target: RecvTarget) -> Result<(), Wsa> {
+    with_assoc(h, |sock, port, _| {
+        let mut pending = port.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.contains_key(&token) {
+            // The same OVERLAPPED twice before it completed: Windows' undefined behaviour,
+            // refused here.
+            return Err(Wsa(PORTO_WSAEINVAL));
+        }
+        pending.insert(token, target);
+        if let Err(r) = sock.recv_from(token, None) {
+            pending.remove(&token);
+            return Err(r.error.into());
+        }
+        Ok(())
+    })
+}
+
+/// `WSASendTo` (overlapped): the pieces are gathered into one pool frame (the caller's
+/// buffers are free at once; Windows lets go of them at completion) and sent as one
+/// datagram.
+pub(crate) fn send_to(h: u64, token: u64, pieces: &[&[u8]], to: SocketAddr) -> Result<usize, Wsa> {
+    with_assoc(h, |sock, _, shard| {
+        let total: usize = pieces.iter().map(|p| p.len()).sum();
+        let mut buf: Buf = shard.pool().alloc().map_err(Wsa::from)?;
+        if total > buf.capacity() {
+            return Err(Wsa(PORTO_WSAEMSGSIZE));
+        }
+        buf.set_len(total);
+        let mut at = 0;
+        for p in pieces {
+            buf[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        sock.send_to(buf, to, token).map_err(|r| Wsa::from(r.error))?;
+        Ok(total)
+    })
+}
+
+/// `CancelIoEx(socket, overlapped)`.
+pub(crate) fn cancel(h: u64, token: u64) -> Result<(), Wsa> {
+    with_assoc(h, |sock, _, _| sock.cancel(token).map_err(Wsa::from))
+}
+
+/// `closesocket`: outstanding operations complete `WSA_OPERATION_ABORTED` into the port.
+pub(crate) fn close_socket(h: u64) -> Result<(), Wsa> {
+    let obj = {
+        let mut g = write();
+        match g.objs.get(&h) {
+            Some(Obj::Sock(_)) => g.objs.remove(&h),
+            _ => return Err(Wsa(PORTO_WSAENOTSOCK)),
+        }
+    };
+    drop(obj);
+    Ok(())
+}
+
+/// `CloseHandle(port)`: sockets associated with it keep it alive until they close.
+pub(crate) fn close_handle(h: u64) -> Result<(), Wsa> {
+    let mut g = write();
+    match g.objs.get(&h) {
+        Some(Obj::Port(_)) => {
+            g.objs.remove(&h);
+            Ok(())
+        }
+        _ => Err(Wsa(PORTO_ERROR_INVALID_HANDLE)),
+    }
+}
+
+/// `PostQueuedCompletionStatus`.
+pub(crate) fn post(port_h: u64, bytes: u32, key: u64, token: u64) -> Result<(), Wsa> {
+    let p = port(port_h)?;
+    p.port
+        .post(porto::Completion::new(key, token, Ok(bytes as usize)))
+        .map_err(|_| Wsa::from(Error::NoBuffers))
+}
+
+/// One dequeued completion, with what its receive must copy out.
+#[derive(Debug)]
+pub(crate) struct Done {
+    pub key: u64,
+    pub token: u64,
+    /// Bytes, or the WSA error of a failed operation.
+    pub result: Result<usize, i32>,
+    /// A receive's datagram and where it goes.
+    pub recv: Option<(RecvTarget, Option<Buf>, Option<SocketAddr>)>,
+}
+
+/// `GetQueuedCompletionStatusEx`: up to `max` completions, waiting up to `timeout` (None:
+/// INFINITE) for the first.
+pub(crate) fn dequeue(port_h: u64, max: usize, timeout: Option<Duration>) -> Result<Vec<Done>, Wsa> {
+    let p = port(port_h)?;
+    let mut got = Vec::with_capacity(max);
+    p.port.dequeue(&mut got, max, timeout);
+    if got.is_empty() {
+        return Err(Wsa(PORTO_WAIT_TIMEOUT));
+    }
+    let mut pending = p.pending.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(got
+        .into_iter()
+        .map(|c| Done {
+            key: c.key,
+            token: c.token,
+            result: c.result.map_err(|e| e.wsa_code()),
+            recv: (c.op == OpKind::RecvFrom)
+                .then(|| pending.remove(&c.token))
+                .flatten()
+                .map(|t| (t, c.buffer, c.peer)),
+        })
+        .collect())
+}

@@ -1,0 +1,219 @@
+//! The C examples, built with the system C and C++ compilers against `include/porto.h` and
+//! the static library (warnings as errors, AddressSanitizer and UBSan on), then run:
+//! `boundary_check.cpp` checks the boundary from C++; `iocp_udp_echo.c` answers sockperf
+//! over IPv4 and IPv6 and, closed, sees each posted receive complete once, aborted.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `target/<profile>` of this test binary (…/deps/c_examples-<hash>).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
+
+/// Builds `libporto_c.a` (cargo test builds the crate only as an rlib) and returns its path.
+fn static_lib() -> PathBuf {
+    let profile = target_dir();
+    let release = profile.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut c = Command::new(cargo);
+    c.args(["build", "-q", "-p", "porto-ffi", "--lib"]).current_dir(root());
+    if release {
+        c.arg("--release");
+    }
+    let st = c.status().expect("cargo runs");
+    assert!(st.success(), "building porto-ffi's static library failed");
+    let lib = profile.join("libporto_c.a");
+    assert!(lib.exists(), "{} missing", lib.display());
+    lib
+}
+
+/// Compiles `src` with `compiler` into the test's temp dir; returns the executable.
+fn compile(compiler: &str, src: &str, extra: &[&str]) -> PathBuf {
+    for pkg in ["gcc", "g++"] {
+        let listed = std::fs::read_to_string(root().join("scripts/test-packages.txt"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(pkg));
+        assert!(listed, "{pkg} must be in scripts/test-packages.txt (CI installs from it)");
+    }
+    let lib = static_lib();
+    let out = std::env::temp_dir().join(format!(
+        "porto-c-{}-{}",
+        Path::new(src).file_stem().unwrap().to_string_lossy(),
+        std::process::id()
+    ));
+    let o = Command::new(compiler)
+        .args([
+            "-g",
+            "-O1",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-fsanitize=address,undefined",
+            "-fno-omit-frame-pointer",
+        ])
+        .args(extra)
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg(root().join(src))
+        .arg(&lib)
+        .args(["-lpthread", "-ldl", "-lm", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap_or_else(|e| panic!("{compiler} runs: {e}"));
+    assert!(
+        o.status.success(),
+        "{compiler} {src} failed:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+#[test]
+fn the_boundary_from_cpp() {
+    let exe = compile("c++", "examples/c/boundary_check.cpp", &["-std=c++17"]);
+    let o = Command::new(&exe)
+        .env("ASAN_OPTIONS", "detect_leaks=1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success() && text.contains("all checks passed"), "{text}");
+    let _ = std::fs::remove_file(exe);
+}
+
+fn free_port() -> u16 {
+    loop {
+        let p = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if std::net::UdpSocket::bind(("::1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+fn have_sockperf() -> bool {
+    let ok = Command::new("sockperf").arg("--version").output().is_ok();
+    assert!(
+        ok || std::env::var_os("PORTO_REQUIRE_NETNS").is_none(),
+        "sockperf is required in CI (scripts/test-packages.txt)"
+    );
+    ok
+}
+
+#[test]
+fn the_iocp_echo_in_c_answers_sockperf_and_ends_each_receive_once() {
+    let exe = compile(
+        "cc",
+        "examples/c/iocp_udp_echo.c",
+        &["-std=c11", "-D_POSIX_C_SOURCE=200809L"],
+    );
+    for v6 in [false, true] {
+        let port = free_port();
+        let mut args = vec![port.to_string(), "30".to_string()];
+        if v6 {
+            args.push("-6".into());
+        }
+        let mut server = Command::new(&exe)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait for the banner (bound and receives posted).
+        let stdout = server.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let banner = rx.recv_timeout(Duration::from_secs(20)).expect("the banner");
+        assert!(banner.contains("listening"), "{banner}");
+        if v6 {
+            // sockperf 3.7 takes no IPv6 address: a client of its protocol here.
+            let c = std::net::UdpSocket::bind("[::1]:0").unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            for seq in 0..200u64 {
+                let mut m = [0u8; 64];
+                m[..8].copy_from_slice(&seq.to_be_bytes());
+                m[8..10].copy_from_slice(&3u16.to_be_bytes()); // from a client, pong requested
+                m[10..14].copy_from_slice(&64u32.to_be_bytes());
+                c.send_to(&m, ("::1", port)).unwrap();
+                let mut r = [0u8; 128];
+                let n = c.recv(&mut r).expect("a reply over IPv6");
+                assert_eq!(n, 64);
+                assert_eq!(u64::from_be_bytes(r[..8].try_into().unwrap()), seq);
+                assert_eq!(u16::from_be_bytes([r[8], r[9]]), 2, "the client flag cleared");
+            }
+        } else if have_sockperf() {
+            let ip = "127.0.0.1";
+            let o = Command::new("sockperf")
+                .args(["ping-pong", "-i", ip, "-p", &port.to_string(), "-m", "64", "-t", "1"])
+                .output()
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(o.status.success() && !text.contains("ERROR"), "v6 {v6}: {text}");
+            assert!(text.contains("# dropped messages = 0"), "v6 {v6}: {text}");
+            let total = text.lines().find(|l| l.contains("[Total Run]")).expect("a total");
+            let field = |name: &str| -> u64 {
+                total
+                    .split(name)
+                    .nth(1)
+                    .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap()
+            };
+            let (sent, got) = (field("SentMessages="), field("ReceivedMessages="));
+            assert!(
+                got + 1 >= sent && sent >= 20,
+                "v6 {v6}: every request answered: {total}"
+            );
+        }
+        Command::new("kill")
+            .args(["-TERM", &server.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut lines = Vec::new();
+        while Instant::now() < deadline {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(l) => lines.push(l),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(_) => {}
+            }
+        }
+        let status = server.wait().unwrap();
+        let mut err = String::new();
+        use std::io::Read;
+        server.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(status.success(), "v6 {v6}: {lines:?}\n{err}");
+        let stopped = lines
+            .iter()
+            .find(|l| l.contains("stopped;"))
+            .unwrap_or_else(|| panic!("{lines:?}\n{err}"));
+        // The 64 receives it keeps posted end aborted when it closes its socket, each once.
+        assert!(stopped.contains("64 receives aborted at close"), "{stopped}");
+        assert!(stopped.contains(" 0 failed"), "{stopped}");
+    }
+    let _ = std::fs::remove_file(exe);
+}
