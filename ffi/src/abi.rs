@@ -1,6 +1,6 @@
 //! The exported functions and types (`include/porto.h`). This module is where C's pointers
 //! are read and written: each is checked for NULL, each length against its buffer, and each
-//! call runs under [`guard`], so a panic becomes `WSASYSCALLFAILURE`, never an unwind into C.
+//! call runs under `guard`, so a panic becomes `WSASYSCALLFAILURE`, never an unwind into C.
 //!
 //! Thread safety: every function may be called from any thread, concurrently; a socket's
 //! calls are serialised inside the library, and any number of threads may wait in

@@ -9,7 +9,7 @@
 //! stale or foreign one is `WSAENOTSOCK` / `ERROR_INVALID_HANDLE`, never a dangling
 //! pointer); every pointer is checked for NULL and every length against its buffer; a panic
 //! never crosses into C (caught, reported as `WSASYSCALLFAILURE`). `unsafe` lives only in
-//! [`abi`], where C's pointers are read and written; [`state`] is safe Rust.
+//! `abi`, where C's pointers are read and written; `state` is safe Rust.
 //!
 //! Semantics follow Winsock's: an overlapped call returns `SOCKET_ERROR` with
 //! `WSA_IO_PENDING` and completes later into the socket's completion port, its

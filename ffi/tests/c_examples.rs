@@ -41,7 +41,10 @@ fn compile(compiler: &str, src: &str, extra: &[&str]) -> PathBuf {
             .unwrap_or_default()
             .lines()
             .any(|l| l.split_whitespace().next() == Some(pkg));
-        assert!(listed, "{pkg} must be in scripts/test-packages.txt (CI installs from it)");
+        assert!(
+            listed,
+            "{pkg} must be in scripts/test-packages.txt (CI installs from it)"
+        );
     }
     let lib = static_lib();
     let out = std::env::temp_dir().join(format!(
