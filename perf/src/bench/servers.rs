@@ -29,6 +29,9 @@ pub enum Server {
     /// porto in completion-port mode without publishing statistics (`--no-stats`): beside
     /// `porto-port`, what `porto stats` costs.
     PortoPortNoStats,
+    /// `examples/c/iocp_udp_echo.c` through the C ABI (`libporto_c`): beside `porto-port`,
+    /// what the ABI costs. Built by `examples/c/build.sh` into `target/c/`.
+    CIocp,
 }
 
 impl Server {
@@ -43,6 +46,7 @@ impl Server {
             Server::PortoPortEpoll => "porto port (epoll)",
             Server::PortoPollEpoll => "porto poll (epoll)",
             Server::PortoPortNoStats => "porto port (stats off)",
+            Server::CIocp => "C iocp (libporto_c)",
         }
     }
 
@@ -77,6 +81,20 @@ impl Server {
                 if !udp {
                     c.arg("--tcp");
                 }
+            }
+            Server::CIocp => {
+                if !udp {
+                    return Err("the C example serves UDP only".into());
+                }
+                // target/<profile>/porto -> target/c/iocp_udp_echo
+                let c_exe = exe
+                    .parent()
+                    .and_then(|p| p.parent())
+                    .map(|t| t.join("c/iocp_udp_echo"))
+                    .filter(|p| p.exists())
+                    .ok_or("target/c/iocp_udp_echo is not built (run examples/c/build.sh)")?;
+                c = Command::new("taskset");
+                c.arg("-c").arg(&core_s).arg(c_exe).arg(&port_s);
             }
             Server::PortoPort
             | Server::PortoPoll
