@@ -58,9 +58,13 @@ pub fn recvmsg_out(data: &[u8]) {
     }
 }
 
-/// Control messages (IP_TOS / IPV6_TCLASS) with hostile cmsg lengths.
+/// Control messages (IP_TOS / IPV6_TCLASS, SCM_TIMESTAMPING, IP(V6)_RECVERR of a TX
+/// timestamp) with hostile cmsg lengths.
 pub fn tos_from_cmsgs(data: &[u8]) {
-    let _ = net::parse_cmsgs(data);
+    let c = net::parse_cmsgs(data);
+    if let Some((_, ns)) = c.tx_stamp() {
+        assert_eq!(Some(ns), c.rx_ns, "a TX stamp is the message's timestamp");
+    }
 }
 
 /// A kernel-written sockaddr with a hostile length (the first byte) and family.

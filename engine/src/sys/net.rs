@@ -766,6 +766,36 @@ mod tests {
         assert_eq!(parse_cmsgs(&c).rx_ns, None);
     }
 
+    /// A TX timestamp as the error queue gives it: SCM_TIMESTAMPING then IP_RECVERR with
+    /// origin TIMESTAMPING, SCM_TSTAMP_SND and the OPT_ID key; another origin or kind is no
+    /// TX stamp, and a truncated extended error is ignored.
+    #[test]
+    fn a_tx_timestamp_is_its_stamp_and_its_key() {
+        let mut c = vec![0u8; 64 + 48];
+        c[..8].copy_from_slice(&64usize.to_ne_bytes());
+        c[8..12].copy_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
+        c[12..16].copy_from_slice(&libc::SCM_TIMESTAMPING.to_ne_bytes());
+        c[16..24].copy_from_slice(&3i64.to_ne_bytes());
+        let e = &mut c[64..];
+        e[..8].copy_from_slice(&48usize.to_ne_bytes());
+        e[8..12].copy_from_slice(&libc::IPPROTO_IP.to_ne_bytes());
+        e[12..16].copy_from_slice(&libc::IP_RECVERR.to_ne_bytes());
+        e[16..20].copy_from_slice(&(libc::ENOMSG as u32).to_ne_bytes());
+        e[20] = SO_EE_ORIGIN_TIMESTAMPING;
+        e[24..28].copy_from_slice(&SCM_TSTAMP_SND.to_ne_bytes());
+        e[28..32].copy_from_slice(&41u32.to_ne_bytes());
+        let m = parse_cmsgs(&c);
+        assert_eq!(m.tx_stamp().map(|(k, t)| (k, t.get())), Some((41, 3_000_000_000)));
+        c[64 + 24] = 1; // SCM_TSTAMP_SCHED: not the send stamp
+        assert_eq!(parse_cmsgs(&c).tx_stamp(), None);
+        c[64 + 24] = 0;
+        c[64 + 20] = 2; // SO_EE_ORIGIN_ICMP: an error, not a stamp
+        assert_eq!(parse_cmsgs(&c).tx_stamp(), None);
+        c[64 + 20] = SO_EE_ORIGIN_TIMESTAMPING;
+        c[64..72].copy_from_slice(&24usize.to_ne_bytes()); // 8 bytes of extended error
+        assert_eq!(parse_cmsgs(&c).ext_err, None);
+    }
+
     #[test]
     fn short_or_foreign_sockaddr_is_rejected() {
         assert_eq!(from_bytes(&[2, 0, 1], 3), None);
