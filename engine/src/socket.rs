@@ -681,6 +681,68 @@ impl UdpSocket {
     }
 }
 
+/// A socket to watch in [`poll`] (WSAPoll): what to wait for, and what was found.
+#[derive(Debug)]
+pub struct PollFd<'a> {
+    pub socket: &'a SocketCore,
+    /// Wait for data (or a connection) to read.
+    pub read: bool,
+    /// Wait for room to write.
+    pub write: bool,
+    /// Found: readable, writable, an error pending, the peer hung up.
+    pub readable: bool,
+    pub writable: bool,
+    pub error: bool,
+    pub hangup: bool,
+}
+
+impl<'a> PollFd<'a> {
+    pub fn new(socket: &'a SocketCore, read: bool, write: bool) -> PollFd<'a> {
+        PollFd {
+            socket,
+            read,
+            write,
+            readable: false,
+            writable: false,
+            error: false,
+            hangup: false,
+        }
+    }
+}
+
+/// WSAPoll / select over porto sockets: waits up to `timeout` (None: for ever) until one of
+/// `fds` is ready as asked; returns how many are. Readiness is the kernel socket's: an
+/// overlapped receive posted on the same socket may take the data first (as on Windows).
+/// AF_XDP sockets are `InvalidArgument` (their rings are the shard's).
+pub fn poll(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> Result<usize, Error> {
+    let mut raw = Vec::with_capacity(fds.len());
+    for f in fds.iter() {
+        if f.socket.xdp {
+            return Err(Error::InvalidArgument);
+        }
+        let mut events = 0;
+        if f.read {
+            events |= libc::POLLIN;
+        }
+        if f.write {
+            events |= libc::POLLOUT;
+        }
+        raw.push(libc::pollfd {
+            fd: f.socket.raw(),
+            events,
+            revents: 0,
+        });
+    }
+    let n = net::poll_many(&mut raw, blocking_timeout_ms(timeout))?;
+    for (f, p) in fds.iter_mut().zip(&raw) {
+        f.readable = p.revents & libc::POLLIN != 0;
+        f.writable = p.revents & libc::POLLOUT != 0;
+        f.error = p.revents & libc::POLLERR != 0;
+        f.hangup = p.revents & libc::POLLHUP != 0;
+    }
+    Ok(n)
+}
+
 /// A listening TCP socket on a shard.
 #[derive(Debug)]
 pub struct TcpListener {
@@ -688,6 +750,22 @@ pub struct TcpListener {
 }
 
 impl TcpListener {
+    /// Blocking accept (BSD `accept` beside `AcceptEx`): the next connection and its peer,
+    /// waiting up to `timeout`; turn it into a stream with [`TcpStream::adopt`]. Do not mix
+    /// with overlapped accepts on the same listener: each connection goes to one of them.
+    pub fn accept_blocking(&self, timeout: Option<Duration>) -> Result<(OwnedFd, Option<SocketAddr>), Error> {
+        loop {
+            match net::accept(self.core.raw()) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if !net::poll_one(self.core.raw(), libc::POLLIN, blocking_timeout_ms(timeout))? {
+                        return Err(Error::TimedOut);
+                    }
+                }
+                r => return Ok(r?),
+            }
+        }
+    }
+
     pub fn bind(
         shard: &ShardHandle,
         addr: SocketAddr,

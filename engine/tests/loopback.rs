@@ -1423,3 +1423,52 @@ fn posted_receives_racing_for_datagrams_all_succeed() {
         "frames conserved"
     );
 }
+
+/// BSD-style calls beside the overlapped ones: a blocking accept takes a connection (and
+/// times out when none comes), and `poll` (WSAPoll) reports a UDP socket readable only once
+/// a datagram waits, a connected stream writable at once, and times out when nothing is
+/// ready.
+#[test]
+fn blocking_accept_and_wsapoll_over_porto_sockets() {
+    use porto_engine::socket::{poll, PollFd};
+    let shard = Shard::new(&small(), None).unwrap();
+    let h = shard.handle();
+    let listener = TcpListener::bind(&h, any(false), 16, &SocketOptions::default(), Delivery::Poll { key: 1 }).unwrap();
+    let t0 = Instant::now();
+    assert_eq!(
+        listener.accept_blocking(Some(Duration::from_millis(50))).err(),
+        Some(Error::TimedOut)
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(50));
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (fd, peer) = listener.accept_blocking(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(peer, Some(client.local_addr().unwrap()));
+    let stream = TcpStream::adopt(&h, fd, Delivery::Poll { key: 2 }).unwrap();
+
+    let udp = UdpSocket::bind(&h, any(false), &SocketOptions::default(), Delivery::Poll { key: 3 }).unwrap();
+    let mut fds = [PollFd::new(udp.core(), true, false)];
+    assert_eq!(
+        poll(&mut fds, Some(Duration::from_millis(30))),
+        Ok(0),
+        "nothing to read yet"
+    );
+    assert!(!fds[0].readable);
+    StdUdp::bind(any(false))
+        .unwrap()
+        .send_to(b"ready", udp.local_addr().unwrap())
+        .unwrap();
+    let mut fds = [
+        PollFd::new(udp.core(), true, false),
+        PollFd::new(stream.core(), false, true),
+    ];
+    assert_eq!(poll(&mut fds, Some(Duration::from_secs(5))), Ok(2));
+    assert!(fds[0].readable && !fds[0].writable && fds[1].writable && !fds[1].error);
+    drop(client);
+    let mut fds = [PollFd::new(stream.core(), true, false)];
+    assert_eq!(
+        poll(&mut fds, Some(Duration::from_secs(5))),
+        Ok(1),
+        "the peer closed: readable (EOF)"
+    );
+    assert!(fds[0].readable);
+}

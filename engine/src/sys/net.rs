@@ -249,6 +249,39 @@ pub(crate) fn connect_wait(fd: RawFd, addr: &SocketAddr, timeout_ms: i32) -> io:
 }
 
 /// Waits for `events` on `fd`; `Ok(false)` on timeout.
+/// poll(2) over `fds` (retried on EINTR): how many have events.
+pub(crate) fn poll_many(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    loop {
+        // SAFETY: `fds` is a live, writable array of `fds.len()` pollfds.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// accept4(2): a non-blocking, close-on-exec connection and its peer.
+pub(crate) fn accept(fd: RawFd) -> io::Result<(OwnedFd, Option<SocketAddr>)> {
+    let mut storage = zeroed_storage();
+    let mut len = storage_len();
+    // SAFETY: storage/len describe a live sockaddr_storage.
+    let c = cvt(unsafe {
+        libc::accept4(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    })?;
+    // SAFETY: `c` was just returned by accept4 and is owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(c) };
+    Ok((owned, from_raw(&storage, len)))
+}
+
 pub(crate) fn poll_one(fd: RawFd, events: libc::c_short, timeout_ms: i32) -> io::Result<bool> {
     let mut p = libc::pollfd { fd, events, revents: 0 };
     loop {
