@@ -1472,3 +1472,59 @@ fn blocking_accept_and_wsapoll_over_porto_sockets() {
     );
     assert!(fds[0].readable);
 }
+
+/// RIO flags are a bit set with Windows' values: a DONT_NOTIFY receive completes into the CQ
+/// without firing its armed notification (a later plain one fires it); DEFER combines with it;
+/// COMMIT_ONLY and WAITALL on a request are refused with the buffer handed back.
+#[test]
+fn rio_dont_notify_completes_quietly_and_flags_combine() {
+    assert_eq!(RioFlags::DONT_NOTIFY.bits() | RioFlags::DEFER.bits(), 0x3);
+    assert_eq!(RioFlags::from_bits(0x10), None, "unknown bits are refused");
+    let engine = Engine::start(&small()).unwrap();
+    let h = engine.shard(0);
+    let port = CompletionPort::new(1, 64);
+    let sock = UdpSocket::bind(
+        h,
+        any(false),
+        &SocketOptions::default(),
+        Delivery::Port { port, key: 0 },
+    )
+    .unwrap();
+    let ev = RioEvent::new();
+    let cq = CompletionQueue::new(8, RioNotify::Event(ev.clone()));
+    let mut rq = RequestQueue::new(sock.core(), &cq, 2, 2, 5).unwrap();
+    let mut segs = RegisteredBuffer::register(h, vec![0u8; 4096], 1024).unwrap();
+    let (a, b, c) = (segs.pop().unwrap(), segs.pop().unwrap(), segs.pop().unwrap());
+    let mut spare = segs.pop().unwrap();
+    for f in [RioFlags::COMMIT_ONLY, RioFlags::WAITALL] {
+        let (e, back) = rq.receive(spare, 7, f).unwrap_err();
+        assert_eq!(e, Error::InvalidArgument, "{f:?}");
+        spare = back;
+    }
+    drop(spare);
+    rq.receive(a, 1, RioFlags::DONT_NOTIFY | RioFlags::DEFER).unwrap();
+    rq.commit().unwrap();
+    cq.notify();
+    let client = StdUdp::bind(any(false)).unwrap();
+    client.send_to(b"quiet", sock.local_addr().unwrap()).unwrap();
+    let mut res = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while res.is_empty() && Instant::now() < deadline {
+        cq.dequeue(&mut res, 8);
+    }
+    assert_eq!((res[0].token, res[0].result), (1, Ok(5)));
+    assert!(
+        !ev.wait(Duration::from_millis(100)),
+        "a DONT_NOTIFY completion fires nothing"
+    );
+    rq.receive(b, 2, RioFlags::NONE).unwrap();
+    client.send_to(b"loud", sock.local_addr().unwrap()).unwrap();
+    assert!(
+        ev.wait(Duration::from_secs(5)),
+        "the still-armed notification fires for a plain one"
+    );
+    res.clear();
+    assert_eq!(cq.dequeue(&mut res, 8), 1);
+    assert_eq!((res[0].token, res[0].result), (2, Ok(4)));
+    drop(c);
+}

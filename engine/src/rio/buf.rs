@@ -212,14 +212,51 @@ impl DerefMut for RioBuf {
     }
 }
 
-/// RIO request flags.
+/// RIO request flags: a bit set with mswsockdef.h's values, combined with `|`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RioFlags(u32);
 
 impl RioFlags {
     pub const NONE: RioFlags = RioFlags(0);
+    /// RIO_MSG_DONT_NOTIFY: this request's completion does not fire the completion queue's
+    /// armed notification (`RIONotify`); a later one does.
+    pub const DONT_NOTIFY: RioFlags = RioFlags(0x1);
     /// RIO_MSG_DEFER: queue the request but do not hand it to the shard yet.
-    pub const DEFER: RioFlags = RioFlags(1);
+    pub const DEFER: RioFlags = RioFlags(0x2);
+    /// RIO_MSG_WAITALL: a receive completes only with its buffer full (stream sockets). Not
+    /// supported yet: a request with it is refused with `InvalidArgument`.
+    pub const WAITALL: RioFlags = RioFlags(0x4);
+    /// RIO_MSG_COMMIT_ONLY: commit the deferred requests and issue nothing — Windows wants no
+    /// buffer with it, so here it is [`RequestQueue::commit`](crate::rio::RequestQueue::commit);
+    /// a request carrying it is refused with `InvalidArgument`.
+    pub const COMMIT_ONLY: RioFlags = RioFlags(0x8);
+    const KNOWN: u32 = 0xf;
+
+    /// Every flag of `other` is set here.
+    pub const fn contains(self, other: RioFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The bits, as Windows numbers them.
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// The flags of `bits`, if every bit is a known one.
+    pub const fn from_bits(bits: u32) -> Option<RioFlags> {
+        if bits & !Self::KNOWN == 0 {
+            Some(RioFlags(bits))
+        } else {
+            None
+        }
+    }
+}
+
+impl std::ops::BitOr for RioFlags {
+    type Output = RioFlags;
+    fn bitor(self, o: RioFlags) -> RioFlags {
+        RioFlags(self.0 | o.0)
+    }
 }
 
 /// The result of one RIO request (RIORESULT).
@@ -412,6 +449,8 @@ pub(crate) struct RioOp {
     pub buf: RioBuf,
     pub rq: Arc<RqShared>,
     pub addr: Option<SocketAddr>,
+    /// RIO_MSG_DONT_NOTIFY: completing does not fire the queue's notification.
+    pub quiet: bool,
 }
 
 impl fmt::Debug for RioOp {
@@ -433,7 +472,13 @@ impl RioOp {
 
     /// Posts the result to the request queue's completion queue (room was reserved).
     pub(crate) fn complete(self, token: u64, result: Result<usize, Error>, peer: Option<SocketAddr>) {
-        let RioOp { kind, mut buf, rq, .. } = self;
+        let RioOp {
+            kind,
+            mut buf,
+            rq,
+            quiet,
+            ..
+        } = self;
         if kind == RioKind::Receive {
             buf.len = *result.as_ref().unwrap_or(&0) as u32;
         }
@@ -452,7 +497,9 @@ impl RioOp {
             unreachable!("RIO completion queue overflow despite reservation");
         }
         out.fetch_sub(1, Ordering::AcqRel);
-        rq.cq.notifier.pushed(|| rq.cq.queue.len());
+        if !quiet {
+            rq.cq.notifier.pushed(|| rq.cq.queue.len());
+        }
     }
 }
 

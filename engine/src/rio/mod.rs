@@ -10,6 +10,7 @@
 //! | RIOReceive / RIOReceiveEx   | [`RequestQueue::receive`]                          |
 //! | RIOSend / RIOSendEx         | [`RequestQueue::send`], [`RequestQueue::send_to`]  |
 //! | RIO_MSG_DEFER / COMMIT_ONLY | [`RioFlags::DEFER`], [`RequestQueue::commit`]      |
+//! | RIO_MSG_DONT_NOTIFY        | [`RioFlags::DONT_NOTIFY`] (flags combine with `\|`) |
 //! | RIODequeueCompletion        | [`CompletionQueue::dequeue`]                       |
 //! | RIONotify                   | [`CompletionQueue::notify`]                        |
 //!
@@ -138,6 +139,10 @@ impl RequestQueue {
         token: u64,
         flags: RioFlags,
     ) -> Result<(), (Error, RioBuf)> {
+        if flags.contains(RioFlags::COMMIT_ONLY) || flags.contains(RioFlags::WAITALL) {
+            // COMMIT_ONLY carries no request (use `commit`); WAITALL is not supported yet.
+            return Err((Error::InvalidArgument, buf));
+        }
         let (out, max) = match kind {
             RioKind::Receive => (&self.rq.recv_out, self.max_recv),
             RioKind::Send => (&self.rq.send_out, self.max_send),
@@ -153,9 +158,10 @@ impl RequestQueue {
                 buf,
                 rq: self.rq.clone(),
                 addr,
+                quiet: flags.contains(RioFlags::DONT_NOTIFY),
             },
         ));
-        if flags == RioFlags::DEFER {
+        if flags.contains(RioFlags::DEFER) {
             return Ok(());
         }
         self.commit().map_err(|e| {
