@@ -16,7 +16,7 @@ use crate::op::Request;
 use crate::pool::{Buf, Gather};
 use crate::proto::{Command, Delivery, QosFlow, ShardHandle, ShardShared, SockId, Transport};
 use crate::qos::TrafficType;
-use crate::sys::net;
+use crate::sys::net::{self, SourceOp};
 use crate::sys::xsk::{Xsk, XskMode, XskStatistics};
 use crate::wire::MacAddr;
 use crate::xdp::port::{XdpPort, RX_BATCH_MAX};
@@ -575,29 +575,39 @@ impl UdpSocket {
     /// `iface`; IPv6: MCAST_JOIN_SOURCE_GROUP on interface index `iface`. `None`: the
     /// kernel's choice.
     pub fn join_source(&self, group: IpAddr, source: IpAddr, iface: Option<Interface>) -> Result<(), Error> {
-        self.source_membership(group, source, iface, true)
+        self.source_filter(group, source, iface, SourceOp::Join)
     }
 
     /// Drops `source` from a source-specific membership.
     pub fn leave_source(&self, group: IpAddr, source: IpAddr, iface: Option<Interface>) -> Result<(), Error> {
-        self.source_membership(group, source, iface, false)
+        self.source_filter(group, source, iface, SourceOp::Leave)
     }
 
-    fn source_membership(
+    /// Exclude mode (MCAST_BLOCK_SOURCE / IP_BLOCK_SOURCE, Winsock's `SIO_...`-style source
+    /// filter): on a group joined from any source ([`join`](Self::join)), stop receiving
+    /// `source`'s datagrams.
+    pub fn block_source(&self, group: IpAddr, source: IpAddr, iface: Option<Interface>) -> Result<(), Error> {
+        self.source_filter(group, source, iface, SourceOp::Block)
+    }
+
+    /// Receives a blocked `source` again.
+    pub fn unblock_source(&self, group: IpAddr, source: IpAddr, iface: Option<Interface>) -> Result<(), Error> {
+        self.source_filter(group, source, iface, SourceOp::Unblock)
+    }
+
+    fn source_filter(
         &self,
         group: IpAddr,
         source: IpAddr,
         iface: Option<Interface>,
-        join: bool,
+        op: SourceOp,
     ) -> Result<(), Error> {
         let fd = self.core.raw();
         match (group, source, iface) {
-            (IpAddr::V4(g), IpAddr::V4(s), None) => net::source_membership_v4(fd, g, s, Ipv4Addr::UNSPECIFIED, join)?,
-            (IpAddr::V4(g), IpAddr::V4(s), Some(Interface::V4(a))) => net::source_membership_v4(fd, g, s, a, join)?,
-            (IpAddr::V6(_), IpAddr::V6(_), None) => net::mcast_membership(fd, group, Some(source), 0, join)?,
-            (IpAddr::V6(_), IpAddr::V6(_), Some(Interface::Index(i))) => {
-                net::mcast_membership(fd, group, Some(source), i, join)?
-            }
+            (IpAddr::V4(g), IpAddr::V4(s), None) => net::source_membership_v4(fd, g, s, Ipv4Addr::UNSPECIFIED, op)?,
+            (IpAddr::V4(g), IpAddr::V4(s), Some(Interface::V4(a))) => net::source_membership_v4(fd, g, s, a, op)?,
+            (IpAddr::V6(_), IpAddr::V6(_), None) => net::mcast_source(fd, group, source, 0, op)?,
+            (IpAddr::V6(_), IpAddr::V6(_), Some(Interface::Index(i))) => net::mcast_source(fd, group, source, i, op)?,
             _ => return Err(Error::InvalidArgument),
         }
         Ok(())

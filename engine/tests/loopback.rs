@@ -2,7 +2,7 @@
 //! completions, cancel, timeouts, pool exhaustion and recovery, CQ overflow, RIO.
 
 use std::collections::HashSet;
-use std::net::{SocketAddr, UdpSocket as StdUdp};
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdp};
 use std::time::{Duration, Instant};
 
 use porto_engine::completion::{Completion, OpKind};
@@ -901,6 +901,26 @@ fn multicast_join_source_filter_and_leave_on_loopback() {
         .unwrap();
     assert_eq!(send_and_collect(&a, 5, &mut shard), [5]);
     assert_eq!(send_and_collect(&b, 6, &mut shard), Vec::<u8>::new());
+    // leave_source drops the only included source: nothing again.
+    rx.leave_source(group.into(), lo.into(), Some(Interface::V4(lo)))
+        .unwrap();
+    assert_eq!(send_and_collect(&a, 7, &mut shard), Vec::<u8>::new());
+    // Exclude mode: any source but a blocked one, until it is unblocked.
+    let b_src: IpAddr = Ipv4Addr::new(127, 0, 0, 2).into();
+    rx.join(group.into(), Some(Interface::V4(lo))).unwrap();
+    rx.block_source(group.into(), b_src, Some(Interface::V4(lo))).unwrap();
+    assert_eq!(send_and_collect(&a, 8, &mut shard), [8]);
+    assert_eq!(send_and_collect(&b, 9, &mut shard), Vec::<u8>::new(), "blocked");
+    rx.unblock_source(group.into(), b_src, Some(Interface::V4(lo))).unwrap();
+    assert_eq!(send_and_collect(&b, 10, &mut shard), [10], "unblocked");
+    // Blocking on an include-mode (source-specific) membership is the kernel's EINVAL.
+    rx.leave(group.into(), Some(Interface::V4(lo))).unwrap();
+    rx.join_source(group.into(), lo.into(), Some(Interface::V4(lo)))
+        .unwrap();
+    assert_eq!(
+        rx.block_source(group.into(), b_src, Some(Interface::V4(lo))),
+        Err(Error::InvalidArgument)
+    );
 }
 
 #[test]

@@ -78,24 +78,67 @@ pub(crate) fn membership_v4(fd: RawFd, group: Ipv4Addr, iface: Ipv4Addr, join: b
 }
 
 /// IP_ADD_SOURCE_MEMBERSHIP / IP_DROP_SOURCE_MEMBERSHIP: `group` from `source` only.
+/// What a source-filter call does to a membership (RFC 3678): include mode adds and drops
+/// sources (`Join`, `Leave`), exclude mode (an any-source membership) blocks and unblocks them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SourceOp {
+    Join,
+    Leave,
+    Block,
+    Unblock,
+}
+
+impl SourceOp {
+    /// The IPv4 `ip_mreq_source` option.
+    fn v4_name(self) -> libc::c_int {
+        match self {
+            SourceOp::Join => libc::IP_ADD_SOURCE_MEMBERSHIP,
+            SourceOp::Leave => libc::IP_DROP_SOURCE_MEMBERSHIP,
+            SourceOp::Block => libc::IP_BLOCK_SOURCE,
+            SourceOp::Unblock => libc::IP_UNBLOCK_SOURCE,
+        }
+    }
+
+    /// The protocol-independent `group_source_req` option.
+    fn mcast_name(self) -> libc::c_int {
+        match self {
+            SourceOp::Join => libc::MCAST_JOIN_SOURCE_GROUP,
+            SourceOp::Leave => libc::MCAST_LEAVE_SOURCE_GROUP,
+            SourceOp::Block => libc::MCAST_BLOCK_SOURCE,
+            SourceOp::Unblock => libc::MCAST_UNBLOCK_SOURCE,
+        }
+    }
+}
+
 pub(crate) fn source_membership_v4(
     fd: RawFd,
     group: Ipv4Addr,
     source: Ipv4Addr,
     iface: Ipv4Addr,
-    join: bool,
+    op: SourceOp,
 ) -> io::Result<()> {
     let m = libc::ip_mreq_source {
         imr_multiaddr: in_addr(group),
         imr_interface: in_addr(iface),
         imr_sourceaddr: in_addr(source),
     };
-    let name = if join {
-        libc::IP_ADD_SOURCE_MEMBERSHIP
+    set_struct(fd, libc::IPPROTO_IP, op.v4_name(), &m)
+}
+
+/// A source-filter call by interface index (IPv6, or IPv4 by index).
+pub(crate) fn mcast_source(fd: RawFd, group: IpAddr, source: IpAddr, ifindex: u32, op: SourceOp) -> io::Result<()> {
+    let level = if group.is_ipv4() {
+        libc::IPPROTO_IP
     } else {
-        libc::IP_DROP_SOURCE_MEMBERSHIP
+        libc::IPPROTO_IPV6
     };
-    set_struct(fd, libc::IPPROTO_IP, name, &m)
+    let storage = |a: IpAddr| to_raw(&SocketAddr::new(a, 0)).0;
+    let m = libc::group_source_req {
+        gsr_interface: ifindex,
+        gsr_group: storage(group),
+        gsr_source: storage(source),
+    };
+    set_struct(fd, level, op.mcast_name(), &m)
 }
 
 /// The RFC 3678 protocol-independent calls (IPv4 and IPv6 alike), on interface index
@@ -116,17 +159,8 @@ pub(crate) fn mcast_membership(
     let storage = |a: IpAddr| to_raw(&SocketAddr::new(a, 0)).0;
     match source {
         Some(src) => {
-            let m = libc::group_source_req {
-                gsr_interface: ifindex,
-                gsr_group: storage(group),
-                gsr_source: storage(src),
-            };
-            let name = if join {
-                libc::MCAST_JOIN_SOURCE_GROUP
-            } else {
-                libc::MCAST_LEAVE_SOURCE_GROUP
-            };
-            set_struct(fd, level, name, &m)
+            let op = if join { SourceOp::Join } else { SourceOp::Leave };
+            mcast_source(fd, group, src, ifindex, op)
         }
         None => {
             let m = libc::group_req {
