@@ -46,6 +46,8 @@ pub enum Error {
     Shutdown,
     /// WSAENOTSOCK: the handle's socket is closed (a RIO queue or fan-out outlived it).
     NotSocket,
+    /// WSAETOOMANYREFS: a resize below what is in use (RIOResizeRequestQueue).
+    TooManyRefs,
     /// Any other errno.
     Os(i32),
 }
@@ -71,6 +73,7 @@ impl Error {
             libc::EINVAL => Error::InvalidArgument,
             libc::ESHUTDOWN => Error::Shutdown,
             libc::ENOTSOCK | libc::EBADF => Error::NotSocket,
+            libc::ETOOMANYREFS => Error::TooManyRefs,
             e => Error::Os(e),
         }
     }
@@ -96,6 +99,7 @@ impl Error {
             Error::InvalidArgument => libc::EINVAL,
             Error::Shutdown => libc::ESHUTDOWN,
             Error::NotSocket => libc::ENOTSOCK,
+            Error::TooManyRefs => libc::ETOOMANYREFS,
             Error::Os(e) => e,
         }
     }
@@ -131,6 +135,7 @@ impl Error {
             Error::InvalidArgument => ("WSAEINVAL", 10022),
             Error::Shutdown => ("WSAESHUTDOWN", 10058),
             Error::NotSocket => ("WSAENOTSOCK", 10038),
+            Error::TooManyRefs => ("WSAETOOMANYREFS", 10059),
             Error::Os(_) => ("WSASYSCALLFAILURE", 10107),
         }
     }

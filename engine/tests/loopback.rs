@@ -1548,3 +1548,107 @@ fn rio_dont_notify_completes_quietly_and_flags_combine() {
     assert_eq!((res[0].token, res[0].result), (2, Ok(4)));
     drop(c);
 }
+
+/// RIOResizeRequestQueue: growing reserves the difference in the completion queue (refused
+/// when it has no room), shrinking below what is outstanding is WSAETOOMANYREFS and changes
+/// nothing, and the new maximum is the one enforced.
+#[test]
+fn rio_request_queue_resize_reserves_and_refuses_as_windows_does() {
+    let engine = Engine::start(&small()).unwrap();
+    let h = engine.shard(0);
+    let port = CompletionPort::new(1, 64);
+    let sock = UdpSocket::bind(
+        h,
+        any(false),
+        &SocketOptions::default(),
+        Delivery::Port { port, key: 0 },
+    )
+    .unwrap();
+    let cq = CompletionQueue::new(8, RioNotify::None);
+    let mut rq = RequestQueue::new(sock.core(), &cq, 2, 2, 5).unwrap();
+    let other = RequestQueue::new(sock.core(), &cq, 2, 2, 6).unwrap();
+    assert_eq!(
+        rq.resize(3, 2),
+        Err(Error::NoBuffers),
+        "9 entries do not fit an 8-entry CQ"
+    );
+    drop(other);
+    rq.resize(4, 4).unwrap();
+    assert!(
+        RequestQueue::new(sock.core(), &cq, 1, 0, 7).is_err(),
+        "the grown queue holds the whole CQ"
+    );
+    let mut segs = RegisteredBuffer::register(h, vec![0u8; 8192], 1024).unwrap();
+    for t in 0..4 {
+        rq.receive(segs.pop().unwrap(), t, RioFlags::NONE).unwrap();
+    }
+    let (e, back) = rq.receive(segs.pop().unwrap(), 9, RioFlags::NONE).unwrap_err();
+    assert_eq!(e, Error::NoBuffers, "max_recv is 4 now");
+    segs.push(back);
+    assert_eq!(rq.resize(2, 4), Err(Error::TooManyRefs), "4 receives are outstanding");
+    assert_eq!(Error::TooManyRefs.wsa_code(), 10059);
+    let client = StdUdp::bind(any(false)).unwrap();
+    let mut res = Vec::new();
+    for _ in 0..4 {
+        client.send_to(b"x", sock.local_addr().unwrap()).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while res.len() < 4 && Instant::now() < deadline {
+        cq.dequeue(&mut res, 8);
+    }
+    assert_eq!(res.len(), 4);
+    rq.resize(2, 4).unwrap();
+    RequestQueue::new(sock.core(), &cq, 2, 0, 8).expect("shrinking gave 2 entries back");
+}
+
+/// A completion queue the application does not drain: results waiting in it keep their
+/// entries, so new requests are refused (NoBuffers, the segment handed back) instead of
+/// overflowing it — the shard thread used to panic ("RIO completion queue overflow despite
+/// reservation") once completed results and new requests together exceeded its size. After
+/// a dequeue the room is back. Requests still deferred when their queue is dropped end
+/// Aborted, once each.
+#[test]
+fn an_undrained_rio_cq_is_backpressure_not_overflow() {
+    let engine = Engine::start(&small()).unwrap();
+    let h = engine.shard(0);
+    let port = CompletionPort::new(1, 64);
+    let sock = UdpSocket::bind(
+        h,
+        any(false),
+        &SocketOptions::default(),
+        Delivery::Port { port, key: 0 },
+    )
+    .unwrap();
+    let cq = CompletionQueue::new(2, RioNotify::None);
+    let mut rq = RequestQueue::new(sock.core(), &cq, 2, 0, 5).unwrap();
+    let mut segs = RegisteredBuffer::register(h, vec![0u8; 8192], 1024).unwrap();
+    let client = StdUdp::bind(any(false)).unwrap();
+    for t in 0..2 {
+        rq.receive(segs.pop().unwrap(), t, RioFlags::NONE).unwrap();
+    }
+    for _ in 0..2 {
+        client.send_to(b"x", sock.local_addr().unwrap()).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cq.len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(cq.len(), 2, "both results wait in the CQ");
+    // Both receives completed (the queue's maximum is free again), but the CQ is full.
+    let (e, back) = rq.receive(segs.pop().unwrap(), 2, RioFlags::NONE).unwrap_err();
+    assert_eq!(e, Error::NoBuffers);
+    segs.push(back);
+    let mut res = Vec::new();
+    assert_eq!(cq.dequeue(&mut res, 1), 1);
+    rq.receive(segs.pop().unwrap(), 3, RioFlags::DEFER).unwrap();
+    drop(rq);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while res.len() < 3 && Instant::now() < deadline {
+        cq.dequeue(&mut res, 8);
+    }
+    let tokens: Vec<u64> = res.iter().map(|r| r.token).collect();
+    assert_eq!(tokens.len(), 3, "{tokens:?}");
+    let deferred = res.iter().find(|r| r.token == 3).expect("the deferred request ended");
+    assert_eq!(deferred.result, Err(Error::Aborted));
+    assert_eq!(cq.dequeue(&mut res, 8), 0, "each once");
+}

@@ -365,7 +365,26 @@ impl Notifier {
 pub(crate) struct CqShared {
     pub(crate) queue: ArrayQueue<RioResult>,
     pub(crate) reserved: AtomicUsize,
+    /// Requests issued on this queue's request queues and not yet dequeued (in flight,
+    /// deferred, or waiting in `queue`): at most the capacity, so a result always has room.
+    pub(crate) in_use: AtomicUsize,
     pub(crate) notifier: Notifier,
+}
+
+impl CqShared {
+    /// Claims room for one more request's result; false when every entry is spoken for
+    /// (results the application has not dequeued yet hold theirs).
+    pub(crate) fn claim(&self) -> bool {
+        let cap = self.queue.capacity();
+        self.in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Gives back a claim whose request never went out.
+    pub(crate) fn unclaim(&self) {
+        self.in_use.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A RIO completion queue. Clones share the queue.
@@ -392,6 +411,7 @@ impl CompletionQueue {
             shared: Arc::new(CqShared {
                 queue: ArrayQueue::new(capacity),
                 reserved: AtomicUsize::new(0),
+                in_use: AtomicUsize::new(0),
                 notifier: Notifier::new(notify, OpKind::RioNotify),
             }),
         }
@@ -404,6 +424,9 @@ impl CompletionQueue {
             let Some(r) = self.shared.queue.pop() else { break };
             out.push(r);
             n += 1;
+        }
+        if n > 0 {
+            self.shared.in_use.fetch_sub(n, Ordering::AcqRel);
         }
         n
     }
@@ -427,12 +450,15 @@ pub(crate) struct RqShared {
     pub(crate) key: u64,
     pub(crate) recv_out: AtomicU32,
     pub(crate) send_out: AtomicU32,
-    pub(crate) reserved: usize,
+    /// Entries this queue holds in its CQ (max_recv + max_send; changed by resize).
+    pub(crate) reserved: AtomicUsize,
 }
 
 impl Drop for RqShared {
     fn drop(&mut self) {
-        self.cq.reserved.fetch_sub(self.reserved, Ordering::AcqRel);
+        self.cq
+            .reserved
+            .fetch_sub(self.reserved.load(Ordering::Acquire), Ordering::AcqRel);
     }
 }
 
@@ -494,7 +520,7 @@ impl RioOp {
             peer,
         };
         if rq.cq.queue.push(r).is_err() {
-            unreachable!("RIO completion queue overflow despite reservation");
+            unreachable!("RIO completion queue overflow despite the claim made at issue");
         }
         out.fetch_sub(1, Ordering::AcqRel);
         if !quiet {

@@ -22,7 +22,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::error::Error;
@@ -32,6 +32,7 @@ use crate::socket::SocketCore;
 
 pub(crate) mod buf;
 
+use buf::CqShared;
 pub use buf::{CompletionQueue, RioBuf, RioEvent, RioFlags, RioNotify, RioResult};
 pub(crate) use buf::{RioKind, RioOp, RqShared};
 
@@ -59,6 +60,35 @@ impl RegisteredBuffer {
     }
 }
 
+impl Drop for RequestQueue {
+    /// Requests still deferred (never committed) end here, `Aborted`, each once, with their
+    /// segment: a dropped queue leaves nothing unanswered.
+    fn drop(&mut self) {
+        while let Some((token, op)) = self.deferred.pop_front() {
+            op.complete(token, Err(Error::Aborted), None);
+        }
+    }
+}
+
+/// Reserves `n` more entries of the completion queue `cqs` (its capacity bounds the sum of
+/// its request queues' maxima, so results can never overflow it).
+fn reserve(cqs: &CqShared, n: usize) -> Result<(), Error> {
+    let mut cur = cqs.reserved.load(Ordering::Acquire);
+    loop {
+        let next = cur
+            .checked_add(n)
+            .filter(|&t| t <= cqs.queue.capacity())
+            .ok_or(Error::NoBuffers)?;
+        match cqs
+            .reserved
+            .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => return Ok(()),
+            Err(c) => cur = c,
+        }
+    }
+}
+
 /// A RIO request queue on one socket, with fixed maximum outstanding receives and sends.
 #[derive(Debug)]
 pub struct RequestQueue {
@@ -79,22 +109,10 @@ impl RequestQueue {
         max_send: u32,
         key: u64,
     ) -> Result<RequestQueue, Error> {
-        // Checked: u32 + u32 must not wrap under the CQ reservation.
+        // u32 + u32 cannot wrap a 64-bit usize.
         let need = max_recv as usize + max_send as usize;
         let cqs = &cq.shared;
-        let mut cur = cqs.reserved.load(Ordering::Acquire);
-        loop {
-            if cur + need > cqs.queue.capacity() {
-                return Err(Error::NoBuffers);
-            }
-            match cqs
-                .reserved
-                .compare_exchange_weak(cur, cur + need, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => break,
-                Err(c) => cur = c,
-            }
-        }
+        reserve(cqs, need)?;
         Ok(RequestQueue {
             socket: socket.clone_handle(),
             rq: Arc::new(RqShared {
@@ -102,12 +120,33 @@ impl RequestQueue {
                 key,
                 recv_out: AtomicU32::new(0),
                 send_out: AtomicU32::new(0),
-                reserved: need,
+                reserved: AtomicUsize::new(need),
             }),
             max_recv,
             max_send,
             deferred: VecDeque::with_capacity(need),
         })
+    }
+
+    /// RIOResizeRequestQueue: new maxima of outstanding receives and sends. Growing reserves
+    /// the difference in the completion queue (`NoBuffers` if it has no room: grow the CQ
+    /// first); shrinking below what is outstanding now is `TooManyRefs` (WSAETOOMANYREFS), and
+    /// nothing changes.
+    pub fn resize(&mut self, max_recv: u32, max_send: u32) -> Result<(), Error> {
+        if self.rq.recv_out.load(Ordering::Acquire) > max_recv || self.rq.send_out.load(Ordering::Acquire) > max_send {
+            return Err(Error::TooManyRefs);
+        }
+        let need = max_recv as usize + max_send as usize;
+        let had = self.rq.reserved.load(Ordering::Acquire);
+        let cqs = &self.rq.cq;
+        if need > had {
+            reserve(cqs, need - had)?;
+        } else {
+            cqs.reserved.fetch_sub(had - need, Ordering::AcqRel);
+        }
+        self.rq.reserved.store(need, Ordering::Release);
+        (self.max_recv, self.max_send) = (max_recv, max_send);
+        Ok(())
     }
 
     /// RIOReceive(Ex): receive into `buf`. A full queue hands the segment back with NoBuffers.
@@ -150,6 +189,11 @@ impl RequestQueue {
         if out.load(Ordering::Acquire) >= max {
             return Err((Error::NoBuffers, buf));
         }
+        // Room for its result: results not yet dequeued keep theirs, so a CQ the application
+        // does not drain refuses new requests (backpressure) instead of overflowing.
+        if !self.rq.cq.claim() {
+            return Err((Error::NoBuffers, buf));
+        }
         out.fetch_add(1, Ordering::AcqRel);
         self.deferred.push_back((
             token,
@@ -172,6 +216,7 @@ impl RequestQueue {
                 RioKind::Send => &self.rq.send_out,
             };
             out.fetch_sub(1, Ordering::AcqRel);
+            self.rq.cq.unclaim();
             (e, op.buf)
         })
     }
