@@ -237,8 +237,8 @@ int32_t porto_PostQueuedCompletionStatus(PORTO_HANDLE port,
                                          uint64_t key,
                                          PORTO_OVERLAPPED *ov);
 
-// `CancelIoEx(socket, ov)`: the operation completes `PORTO_WSA_OPERATION_ABORTED`
-// (NULL `ov` is not supported yet: `PORTO_WSAEINVAL`).
+// `CancelIoEx(socket, ov)`: the operation completes `PORTO_WSA_OPERATION_ABORTED`; with a
+// NULL `ov`, every operation of the socket does (each once; the socket stays open).
 int32_t porto_CancelIoEx(PORTO_SOCKET s, PORTO_OVERLAPPED *ov);
 
 // `closesocket`: outstanding operations complete `PORTO_WSA_OPERATION_ABORTED`.

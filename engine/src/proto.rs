@@ -174,9 +174,11 @@ pub(crate) enum Command {
         token: u64,
         req: Request,
     },
+    /// CancelIoEx: the socket's operations issued with `token`, or all of them (`None`:
+    /// CancelIo / CancelIoEx with a NULL OVERLAPPED).
     Cancel {
         sock: SockId,
-        token: u64,
+        token: Option<u64>,
     },
     Close {
         sock: SockId,

@@ -375,6 +375,16 @@ impl SocketCore {
     /// CancelIoEx: cancels the operations issued with `token`; each completes `Aborted`
     /// (unless it completed first). Cancelling nothing is not an error.
     pub fn cancel(&self, token: u64) -> Result<(), Error> {
+        self.cancel_matching(Some(token))
+    }
+
+    /// CancelIo / CancelIoEx with a NULL OVERLAPPED: every operation of this socket ends
+    /// `Aborted` (each once), the socket stays open.
+    pub fn cancel_all(&self) -> Result<(), Error> {
+        self.cancel_matching(None)
+    }
+
+    fn cancel_matching(&self, token: Option<u64>) -> Result<(), Error> {
         self.shared
             .send(Command::Cancel { sock: self.id, token })
             .map_err(|_| Error::NoBuffers)

@@ -1652,3 +1652,33 @@ fn an_undrained_rio_cq_is_backpressure_not_overflow() {
     assert_eq!(deferred.result, Err(Error::Aborted));
     assert_eq!(cq.dequeue(&mut res, 8), 0, "each once");
 }
+
+/// CancelIo (CancelIoEx with a NULL OVERLAPPED): every operation of the socket — single-shot
+/// receives and a multishot one — ends Aborted, once each; the socket stays open and serves
+/// a new receive.
+#[test]
+fn cancel_all_ends_every_operation_once_and_keeps_the_socket() {
+    let mut shard = Shard::new(&small(), None).unwrap();
+    let h = shard.handle();
+    let sock = UdpSocket::bind(&h, any(false), &SocketOptions::default(), Delivery::Poll { key: 1 }).unwrap();
+    for t in 1..=3 {
+        sock.recv_from(t, None).unwrap();
+    }
+    sock.recv_from_multishot(4).unwrap();
+    sock.core().cancel_all().unwrap();
+    let ends = poll_n(&mut shard, 4);
+    let mut tokens: Vec<u64> = ends.iter().map(|c| c.token).collect();
+    tokens.sort_unstable();
+    assert_eq!(tokens, [1, 2, 3, 4]);
+    assert!(
+        ends.iter().all(|c| c.result == Err(Error::Aborted) && !c.more),
+        "{ends:?}"
+    );
+    sock.recv_from(5, None).unwrap();
+    StdUdp::bind(any(false))
+        .unwrap()
+        .send_to(b"still open", sock.local_addr().unwrap())
+        .unwrap();
+    let c = poll_n(&mut shard, 1).pop().expect("the new receive completes");
+    assert_eq!((c.token, c.result), (5, Ok(10)));
+}

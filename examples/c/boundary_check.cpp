@@ -72,6 +72,26 @@ int main() {
     EXPECT(n == 1 && e[0].lpCompletionKey == 9 && e[0].dwNumberOfBytesTransferred == 42 && e[0].lpOverlapped == &ov &&
            e[0].Internal == 0);
 
+    // CancelIoEx(s, NULL): every posted operation ends aborted, once; the socket stays usable.
+    PORTO_OVERLAPPED ov2;
+    std::memset(&ov2, 0, sizeof ov2);
+    unsigned char data2[64];
+    PORTO_WSABUF b2 = {sizeof data2, data2};
+    EXPECT(porto_WSARecvFrom(s, &b, 1, nullptr, &flags, nullptr, nullptr, &ov, nullptr) == PORTO_SOCKET_ERROR);
+    EXPECT(porto_WSARecvFrom(s, &b2, 1, nullptr, &flags, nullptr, nullptr, &ov2, nullptr) == PORTO_SOCKET_ERROR);
+    EXPECT(porto_CancelIoEx(s, nullptr) == 1);
+    {
+        int aborted = 0;
+        for (int round = 0; round < 20 && aborted < 2; round++) {
+            uint32_t got = 0;
+            if (porto_GetQueuedCompletionStatusEx(iocp, e, 4, &got, 100, 0))
+                for (uint32_t i = 0; i < got; i++)
+                    aborted += e[i].Internal == PORTO_WSA_OPERATION_ABORTED &&
+                               (e[i].lpOverlapped == &ov || e[i].lpOverlapped == &ov2);
+        }
+        EXPECT(aborted == 2);
+    }
+
     // A posted receive, then closesocket: it completes once, aborted.
     EXPECT(porto_WSARecvFrom(s, &b, 1, nullptr, &flags, nullptr, nullptr, &ov, nullptr) == PORTO_SOCKET_ERROR);
     EXPECT(porto_WSAGetLastError() == PORTO_WSA_IO_PENDING);

@@ -475,14 +475,11 @@ pub extern "C" fn porto_PostQueuedCompletionStatus(
     guard(0, || state::post(port, bytes, key, ov as u64).map(|()| 1))
 }
 
-/// `CancelIoEx(socket, ov)`: the operation completes `PORTO_WSA_OPERATION_ABORTED`
-/// (NULL `ov` is not supported yet: `PORTO_WSAEINVAL`).
+/// `CancelIoEx(socket, ov)`: the operation completes `PORTO_WSA_OPERATION_ABORTED`; with a
+/// NULL `ov`, every operation of the socket does (each once; the socket stays open).
 #[no_mangle]
 pub extern "C" fn porto_CancelIoEx(s: PORTO_SOCKET, ov: *mut PORTO_OVERLAPPED) -> i32 {
-    guard(0, || {
-        non_null(ov).map_err(|_| Wsa(PORTO_WSAEINVAL))?;
-        state::cancel(s, ov as u64).map(|()| 1)
-    })
+    guard(0, || state::cancel(s, (!ov.is_null()).then_some(ov as u64)).map(|()| 1))
 }
 
 /// `closesocket`: outstanding operations complete `PORTO_WSA_OPERATION_ABORTED`.

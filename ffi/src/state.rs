@@ -336,9 +336,16 @@ pub(crate) fn send_to(h: u64, token: u64, pieces: &[&[u8]], to: SocketAddr) -> R
     })
 }
 
-/// `CancelIoEx(socket, overlapped)`.
-pub(crate) fn cancel(h: u64, token: u64) -> Result<(), Wsa> {
-    with_assoc(h, |sock, _, _| sock.cancel(token).map_err(Wsa::from))
+/// `CancelIoEx(socket, overlapped)`; `None`: every operation of the socket (NULL
+/// OVERLAPPED).
+pub(crate) fn cancel(h: u64, token: Option<u64>) -> Result<(), Wsa> {
+    with_assoc(h, |sock, _, _| {
+        match token {
+            Some(t) => sock.cancel(t),
+            None => sock.core().cancel_all(),
+        }
+        .map_err(Wsa::from)
+    })
 }
 
 /// `closesocket`: outstanding operations complete `WSA_OPERATION_ABORTED` into the port.

@@ -126,11 +126,11 @@ impl<D: Driver> Core<D> {
                     sock: SockId { index: sock, .. },
                     token,
                 } => {
-                    self.qos_purge(sock, Some(token));
+                    self.qos_purge(sock, token);
                     if self.sockets[sock as usize].ep.is_xdp() {
-                        self.cancel_xdp_recv(sock, Some(token));
+                        self.cancel_xdp_recv(sock, token);
                     } else {
-                        self.cancel_where(|s| s.sock == sock && s.token == token);
+                        self.cancel_where(|s| s.sock == sock && token.is_none_or(|t| s.token == t));
                     }
                 }
                 Command::Close {
