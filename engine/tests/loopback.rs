@@ -37,6 +37,18 @@ fn roomy_udp(h: &porto_engine::shard::ShardHandle) -> UdpSocket {
     UdpSocket::bind(h, any(false), &opts, Delivery::Poll { key: 0 }).unwrap()
 }
 
+/// A UDP socket for RIO tests: its own completions (none expected) go to a port of its own.
+fn rio_udp(h: &porto_engine::shard::ShardHandle) -> UdpSocket {
+    let port = CompletionPort::new(1, 64);
+    UdpSocket::bind(
+        h,
+        any(false),
+        &SocketOptions::default(),
+        Delivery::Port { port, key: 0 },
+    )
+    .unwrap()
+}
+
 fn any(v6: bool) -> SocketAddr {
     if v6 { "[::1]:0" } else { "127.0.0.1:0" }.parse().unwrap()
 }
@@ -1502,14 +1514,7 @@ fn rio_dont_notify_completes_quietly_and_flags_combine() {
     assert_eq!(RioFlags::from_bits(0x10), None, "unknown bits are refused");
     let engine = Engine::start(&small()).unwrap();
     let h = engine.shard(0);
-    let port = CompletionPort::new(1, 64);
-    let sock = UdpSocket::bind(
-        h,
-        any(false),
-        &SocketOptions::default(),
-        Delivery::Port { port, key: 0 },
-    )
-    .unwrap();
+    let sock = rio_udp(h);
     let ev = RioEvent::new();
     let cq = CompletionQueue::new(8, RioNotify::Event(ev.clone()));
     let mut rq = RequestQueue::new(sock.core(), &cq, 2, 2, 5).unwrap();
@@ -1556,14 +1561,7 @@ fn rio_dont_notify_completes_quietly_and_flags_combine() {
 fn rio_request_queue_resize_reserves_and_refuses_as_windows_does() {
     let engine = Engine::start(&small()).unwrap();
     let h = engine.shard(0);
-    let port = CompletionPort::new(1, 64);
-    let sock = UdpSocket::bind(
-        h,
-        any(false),
-        &SocketOptions::default(),
-        Delivery::Port { port, key: 0 },
-    )
-    .unwrap();
+    let sock = rio_udp(h);
     let cq = CompletionQueue::new(8, RioNotify::None);
     let mut rq = RequestQueue::new(sock.core(), &cq, 2, 2, 5).unwrap();
     let other = RequestQueue::new(sock.core(), &cq, 2, 2, 6).unwrap();
@@ -1611,14 +1609,7 @@ fn rio_request_queue_resize_reserves_and_refuses_as_windows_does() {
 fn an_undrained_rio_cq_is_backpressure_not_overflow() {
     let engine = Engine::start(&small()).unwrap();
     let h = engine.shard(0);
-    let port = CompletionPort::new(1, 64);
-    let sock = UdpSocket::bind(
-        h,
-        any(false),
-        &SocketOptions::default(),
-        Delivery::Port { port, key: 0 },
-    )
-    .unwrap();
+    let sock = rio_udp(h);
     let cq = CompletionQueue::new(2, RioNotify::None);
     let mut rq = RequestQueue::new(sock.core(), &cq, 2, 0, 5).unwrap();
     let mut segs = RegisteredBuffer::register(h, vec![0u8; 8192], 1024).unwrap();

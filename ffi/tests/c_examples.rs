@@ -87,13 +87,18 @@ fn the_boundary_from_cpp() {
         .env("ASAN_OPTIONS", "detect_leaks=1")
         .output()
         .unwrap();
-    let text = format!(
+    let text = output_text(&o);
+    assert!(o.status.success() && text.contains("all checks passed"), "{text}");
+    let _ = std::fs::remove_file(exe);
+}
+
+/// A finished process's stdout and stderr.
+fn output_text(o: &std::process::Output) -> String {
+    format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success() && text.contains("all checks passed"), "{text}");
-    let _ = std::fs::remove_file(exe);
+    )
 }
 
 fn free_port() -> u16 {
@@ -170,11 +175,7 @@ fn the_iocp_echo_in_c_answers_sockperf_and_ends_each_receive_once() {
                 .args(["ping-pong", "-i", ip, "-p", &port.to_string(), "-m", "64", "-t", "1"])
                 .output()
                 .unwrap();
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
+            let text = output_text(&o);
             assert!(o.status.success() && !text.contains("ERROR"), "v6 {v6}: {text}");
             assert!(text.contains("# dropped messages = 0"), "v6 {v6}: {text}");
             let total = text.lines().find(|l| l.contains("[Total Run]")).expect("a total");
