@@ -110,7 +110,10 @@ impl Command {
             | Command::FanOut { sock, .. }
             | Command::Subscribe { sock, .. }
             | Command::Unsubscribe { sock, .. } => Some(*sock),
-            Command::FlowCreate { .. } | Command::FlowSetRate { .. } | Command::LinkRate { .. } => None,
+            Command::FlowCreate { .. }
+            | Command::FlowSetRate { .. }
+            | Command::LinkRate { .. }
+            | Command::Post { .. } => None,
         }
     }
 }
@@ -173,6 +176,13 @@ pub(crate) enum Command {
         sock: SockId,
         token: u64,
         req: Request,
+    },
+    /// PostQueuedCompletionStatus to a polling-mode shard: a `Post` completion in its poll
+    /// queue.
+    Post {
+        key: u64,
+        token: u64,
+        bytes: usize,
     },
     /// CancelIoEx: the socket's operations issued with `token`, or all of them (`None`:
     /// CancelIo / CancelIoEx with a NULL OVERLAPPED).
@@ -396,6 +406,21 @@ impl ShardHandle {
     /// The shard's buffer pool (allocate send buffers here).
     pub fn pool(&self) -> &Pool {
         &self.shared.pool
+    }
+
+    /// PostQueuedCompletionStatus to a polling-mode shard ([`Shard::new`](crate::shard::Shard::new)),
+    /// from any thread: its `poll`/`wait` returns a `Post` completion with `key`, `token` and
+    /// `Ok(bytes)`, waking it if it sleeps. (An engine's shards deliver to completion ports:
+    /// post to the port.) `NoBuffers` while the shard's command queue is full, `Shutdown`
+    /// once it stops.
+    pub fn post(&self, key: u64, token: u64, bytes: usize) -> Result<(), Error> {
+        self.shared.send(Command::Post { key, token, bytes }).map_err(|_| {
+            if self.shared.is_stopping() {
+                Error::Shutdown
+            } else {
+                Error::NoBuffers
+            }
+        })
     }
 
     pub fn stats(&self) -> &Stats {

@@ -1673,3 +1673,28 @@ fn cancel_all_ends_every_operation_once_and_keeps_the_socket() {
     let c = poll_n(&mut shard, 1).pop().expect("the new receive completes");
     assert_eq!((c.token, c.result), (5, Ok(10)));
 }
+
+/// PostQueuedCompletionStatus to a polling-mode shard: a post from another thread wakes the
+/// shard sleeping in `wait` and comes out of it as a `Post` completion with its key, token
+/// and byte count.
+#[test]
+fn a_post_from_another_thread_wakes_a_polling_shard() {
+    let mut shard = Shard::new(&small(), None).unwrap();
+    let h = shard.handle();
+    let poster = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        h.post(7, 42, 3).unwrap();
+    });
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    shard.wait(&mut out, 8, Duration::from_secs(10));
+    let took = t0.elapsed();
+    poster.join().unwrap();
+    assert_eq!(out.len(), 1, "{out:?}");
+    let c = &out[0];
+    assert_eq!((c.op, c.key, c.token, c.result), (OpKind::Post, 7, 42, Ok(3)));
+    assert!(
+        took < Duration::from_secs(5),
+        "woken by the post, not the 10 s timeout: {took:?}"
+    );
+}

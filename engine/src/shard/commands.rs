@@ -4,6 +4,7 @@
 use std::os::fd::AsRawFd;
 
 use super::{Core, Endpoint, SockDesc, SockEntry, COMMANDS_PER_TURN};
+use crate::completion::Completion;
 use crate::driver::Driver;
 use crate::error::Error;
 use crate::op::Request;
@@ -62,6 +63,9 @@ impl<D: Driver> Core<D> {
                     };
                     *e = SockEntry::open(gen, Endpoint::Xdp(port), Some(delivery), desc);
                     self.xdp_socks.push(sock);
+                }
+                Command::Post { key, token, bytes } => {
+                    self.local.push_back(Completion::new(key, token, Ok(bytes)));
                 }
                 Command::FlowCreate { id, flow } => self.qos.flows[usize::from(id)] = Some(*flow),
                 Command::LinkRate { rate_bps, burst_bytes } => {
