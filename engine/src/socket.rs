@@ -146,6 +146,26 @@ impl SocketOptions {
     }
 }
 
+/// SO_PRIORITY for `traffic`. Priorities above 6 (Voice, Control: 802.1p 7) need CAP_NET_ADMIN
+/// or CAP_NET_RAW; without them the socket gets 6, the highest an unprivileged process may
+/// set, and a warning (once per process) names the fix — the DSCP marking is unaffected.
+fn set_priority(fd: RawFd, traffic: TrafficType) -> Result<(), Error> {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let want = traffic.so_priority() as i32;
+    match net::set_int(fd, libc::SOL_SOCKET, libc::SO_PRIORITY, want) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) && want > 6 => {
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    "SO_PRIORITY {want} for {traffic:?} needs CAP_NET_ADMIN: using 6 (DSCP marking unchanged); \
+                     grant it (setcap cap_net_admin+ep <program>, or AmbientCapabilities=CAP_NET_ADMIN) for {want}"
+                );
+            }
+            Ok(net::set_int(fd, libc::SOL_SOCKET, libc::SO_PRIORITY, 6)?)
+        }
+        r => Ok(r?),
+    }
+}
+
 /// The shard-side identity of a socket, shared by the typed sockets and RIO request queues.
 ///
 /// The id carries its generation, so a copy that outlives the socket (a RIO queue) can only
@@ -346,7 +366,7 @@ impl SocketCore {
             } else {
                 net::set_int(fd, libc::IPPROTO_IP, libc::IP_TOS, i32::from(tos))?;
             }
-            net::set_int(fd, libc::SOL_SOCKET, libc::SO_PRIORITY, traffic.so_priority() as i32)?;
+            set_priority(fd, traffic)?;
         }
         self.shared
             .send(Command::SetClass {
@@ -355,6 +375,22 @@ impl SocketCore {
                 tos,
             })
             .map_err(|_| Error::NoBuffers)
+    }
+
+    /// What the kernel socket marks its packets with now: (the IP_TOS / IPV6_TCLASS byte,
+    /// SO_PRIORITY) — read back from the kernel, so a fallback shows (see
+    /// [`set_traffic`](Self::set_traffic)). AF_XDP sockets: `InvalidArgument`.
+    pub fn marking(&self) -> Result<(u8, u32), Error> {
+        if self.xdp {
+            return Err(Error::InvalidArgument);
+        }
+        let tos = if self.local_addr()?.is_ipv6() {
+            net::get_int(self.fd, libc::IPPROTO_IPV6, libc::IPV6_TCLASS)?
+        } else {
+            net::get_int(self.fd, libc::IPPROTO_IP, libc::IP_TOS)?
+        };
+        let prio = net::get_int(self.fd, libc::SOL_SOCKET, libc::SO_PRIORITY)?;
+        Ok((tos as u8, prio as u32))
     }
 
     /// QOSAddSocketToFlow: this socket's sends go through `flow` (marking, shaping, the

@@ -1698,3 +1698,67 @@ fn a_post_from_another_thread_wakes_a_polling_shard() {
         "woken by the post, not the 10 s timeout: {took:?}"
     );
 }
+
+/// Drops CAP_NET_ADMIN and CAP_NET_RAW from the calling thread's effective set (capabilities
+/// are per thread), as an unprivileged process has them.
+fn drop_net_caps_in_this_thread() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut h = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let mut d = [Data::default(); 2];
+    // SAFETY: capget/capset with a valid header and two data structs (version 3).
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_capget, &mut h as *mut Header, d.as_mut_ptr()),
+            0
+        );
+        // linux/capability.h: CAP_NET_ADMIN 12, CAP_NET_RAW 13.
+        d[0].effective &= !((1 << 12) | (1 << 13));
+        assert_eq!(libc::syscall(libc::SYS_capset, &mut h as *mut Header, d.as_ptr()), 0);
+    }
+}
+
+/// SO_PRIORITY is verified, not assumed: each class's marking reads back from the kernel as
+/// (its TOS byte, its 802.1p priority) on IPv4 and IPv6; a thread without CAP_NET_ADMIN gets
+/// priority 6 for Voice and Control (the highest it may set: reported, not an error) with the
+/// DSCP unchanged.
+#[test]
+fn traffic_classes_read_back_from_the_kernel_and_priority_7_falls_back_unprivileged() {
+    use porto_engine::qos::TrafficType;
+    let shard = Shard::new(&small(), None).unwrap();
+    let h = shard.handle();
+    for v6 in [false, true] {
+        let s = UdpSocket::bind(&h, any(v6), &SocketOptions::default(), Delivery::Poll { key: 1 }).unwrap();
+        for t in TrafficType::BY_PRIORITY {
+            s.set_traffic(t).unwrap();
+            assert_eq!(s.core().marking(), Ok((t.tos(), t.so_priority())), "{t:?} v6 {v6}");
+        }
+    }
+    let h2 = h.clone();
+    std::thread::spawn(move || {
+        drop_net_caps_in_this_thread();
+        let s = UdpSocket::bind(&h2, any(false), &SocketOptions::default(), Delivery::Poll { key: 2 }).unwrap();
+        for t in [TrafficType::Control, TrafficType::Voice] {
+            assert_eq!(t.so_priority(), 7);
+            s.set_traffic(t).expect("marking works unprivileged");
+            assert_eq!(s.core().marking(), Ok((t.tos(), 6)), "{t:?}: priority 6, DSCP kept");
+        }
+        s.set_traffic(TrafficType::AudioVideo).unwrap();
+        assert_eq!(s.core().marking(), Ok((TrafficType::AudioVideo.tos(), 5)));
+    })
+    .join()
+    .unwrap();
+}
