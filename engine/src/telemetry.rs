@@ -35,6 +35,7 @@ use crate::driver::Transport;
 use crate::fanout::group::GroupCounters;
 use crate::qos::{FlowCounters, TrafficType};
 use crate::stats::{Counters, Stats};
+use crate::sys::ring::TaskRunMode;
 use crate::sys::shm::Segment;
 use crate::sys::xsk::XskStatistics;
 use crate::wire::DropReason;
@@ -393,9 +394,18 @@ pub fn dir() -> PathBuf {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ShardHead {
     pub transport: Transport,
+    /// io_uring's set-up mode (None under epoll).
+    pub task_run: Option<TaskRunMode>,
     pub fell_back: bool,
     pub core: Option<usize>,
 }
+
+const TASK_RUN: [TaskRunMode; 4] = [
+    TaskRunMode::Deferred,
+    TaskRunMode::Cooperative,
+    TaskRunMode::Signal,
+    TaskRunMode::SqPoll,
+];
 
 /// Where each part of a shard block lies (word offsets from the block's start).
 #[derive(Clone, Copy, Debug)]
@@ -547,7 +557,7 @@ impl Publisher {
         fence(Ordering::Release);
         let fixed = [
             unix_ms(),
-            code_of(&TRANSPORTS, Some(head.transport)),
+            code_of(&TRANSPORTS, Some(head.transport)) | code_of(&TASK_RUN, head.task_run) << 8,
             u64::from(head.fell_back),
             head.core.map_or(0, |c| c as u64 + 1),
         ];
@@ -656,6 +666,7 @@ impl PublishBench {
     pub fn publish(&mut self) {
         let head = ShardHead {
             transport: Transport::IoUring,
+            task_run: Some(TaskRunMode::Deferred),
             fell_back: false,
             core: Some(0),
         };
@@ -705,6 +716,8 @@ pub struct ShardStats {
     pub index: usize,
     /// `None` until the shard's first publication.
     pub provider: Option<Transport>,
+    /// io_uring's set-up mode (single-issuer+defer, coop, plain, sqpoll); `None` under epoll.
+    pub task_run: Option<TaskRunMode>,
     /// `Auto` stepped down to this provider.
     pub fell_back: bool,
     pub core: Option<usize>,
@@ -859,7 +872,8 @@ pub fn read(path: &Path) -> io::Result<EngineStats> {
         let order = class_order();
         out.push(ShardStats {
             index: i,
-            provider: of_code(&TRANSPORTS, b[2]),
+            provider: of_code(&TRANSPORTS, b[2] & 0xff),
+            task_run: of_code(&TASK_RUN, b[2] >> 8 & 0xff),
             fell_back: b[3] != 0,
             core: b[4].checked_sub(1).map(|c| c as usize),
             updated_unix_ms: b[1],

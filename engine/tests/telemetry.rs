@@ -68,8 +68,13 @@ fn an_engine_publishes_its_counters_and_removes_the_file_when_it_stops() {
     assert_eq!((e.pid, e.stale, e.shards.len()), (std::process::id(), false, 2));
     assert_eq!(e.shards[1].get("receives"), Some(N), "{:?}", e.shards[1]);
     assert_eq!(e.shards[0].get("receives"), Some(0));
-    for s in &e.shards {
+    for (i, s) in e.shards.iter().enumerate() {
         assert_eq!(s.provider, Some(engine.transport()));
+        let mode = engine
+            .shard(i)
+            .info()
+            .and_then(|inf| inf.provider.ring.as_ref().map(|r| r.task_run));
+        assert_eq!(s.task_run, mode, "the io_uring set-up mode (None under epoll)");
     }
     assert!(e.shards[1].get("pool_free").is_some_and(|f| f > 0));
 

@@ -124,10 +124,11 @@ fn read_all(paths: &[PathBuf]) -> Result<Vec<EngineStats>, Box<dyn std::error::E
 }
 
 fn provider(e: &telemetry::ShardStats) -> String {
+    let mode = e.task_run.map_or(String::new(), |m| format!(" {m}"));
     match e.provider {
         None => "starting".into(),
-        Some(t) if e.fell_back => format!("{t} (fell back)"),
-        Some(t) => t.to_string(),
+        Some(t) if e.fell_back => format!("{t}{mode} (fell back)"),
+        Some(t) => format!("{t}{mode}"),
     }
 }
 
@@ -155,7 +156,7 @@ fn list(json_out: bool) -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     println!(
-        "{:>8}  {:<16} {:>6}  {:<22} {:>9}  {:<6} file",
+        "{:>8}  {:<16} {:>6}  {:<38} {:>9}  {:<6} file",
         "pid", "process", "shards", "provider", "ops done", "state"
     );
     let mut stale = 0;
@@ -164,7 +165,7 @@ fn list(json_out: bool) -> Result<(), Box<dyn std::error::Error>> {
         let prov = e.shards.first().map_or("-".into(), provider);
         stale += usize::from(e.stale);
         println!(
-            "{:>8}  {:<16} {:>6}  {:<22} {:>9}  {:<6} {}",
+            "{:>8}  {:<16} {:>6}  {:<38} {:>9}  {:<6} {}",
             e.pid,
             e.process,
             e.shards.len(),
@@ -214,13 +215,13 @@ fn print_engine(e: &EngineStats, before: Option<(Duration, &EngineStats)>, all: 
     );
     println!();
     println!(
-        "{:<6} {:<24} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "{:<6} {:<40} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9}",
         "shard", "provider", "core", "latency n", "p50 µs", "p99 µs", "p99.9 µs", "max µs"
     );
     for s in &e.shards {
         let l = s.latency;
         println!(
-            "{:<6} {:<24} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9}",
+            "{:<6} {:<40} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9}",
             s.index,
             provider(s),
             s.core.map_or("-".into(), |c| c.to_string()),
@@ -482,6 +483,7 @@ fn json(engines: &[EngineStats]) -> serde_json::Value {
                     "shards": e.shards.iter().map(|s| serde_json::json!({
                         "index": s.index,
                         "provider": s.provider.map(|p| p.to_string()),
+                        "task_run": s.task_run.map(|m| m.to_string()),
                         "fell_back": s.fell_back,
                         "core": s.core,
                         "updated_unix_ms": s.updated_unix_ms,

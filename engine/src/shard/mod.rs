@@ -514,6 +514,7 @@ impl<D: Driver> Core<D> {
             unpublished: false,
             head: ShardHead {
                 transport: info.provider.transport,
+                task_run: info.provider.ring.as_ref().map(|r| r.task_run),
                 fell_back: info.provider.fallback.is_some(),
                 core,
             },
