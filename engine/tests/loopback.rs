@@ -1264,12 +1264,6 @@ fn stream_sends_against_a_full_socket_buffer_complete_whole_and_in_order() {
 /// there is none. IPv4 and IPv6, under the suite's provider.
 #[test]
 fn receive_timestamps_lie_between_send_and_completion_and_only_when_asked() {
-    let now_ns = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-    };
     for v6 in [false, true] {
         for on in [true, false] {
             let mut shard = Shard::new(&small(), None).unwrap();
@@ -1298,10 +1292,10 @@ fn receive_timestamps_lie_between_send_and_completion_and_only_when_asked() {
             }
             let mut prev = 0;
             for i in 0..50u32 {
-                let before = now_ns();
+                let before = common::unix_ns();
                 client.send_to(&i.to_be_bytes(), sock.local_addr().unwrap()).unwrap();
                 let c = poll_n(&mut shard, 1).pop().expect("the datagram");
-                let after = now_ns();
+                let after = common::unix_ns();
                 assert_eq!(c.buffer.as_deref(), Some(&i.to_be_bytes()[..]));
                 assert!(c.tos.is_some(), "the TOS message fits beside the timestamp");
                 if on {
@@ -1324,12 +1318,6 @@ fn receive_timestamps_lie_between_send_and_completion_and_only_when_asked() {
 /// (EPOLLERR) alike; a socket that did not ask gets no stamps.
 #[test]
 fn tx_timestamps_carry_each_sends_id_and_time() {
-    let now_ns = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-    };
     for (v6, on) in [(false, true), (true, true), (false, false)] {
         let mut shard = Shard::new(&small(), None).unwrap();
         let h = shard.handle();
@@ -1344,7 +1332,7 @@ fn tx_timestamps_carry_each_sends_id_and_time() {
         let mut sent_at = Vec::new();
         let mut stamps = Vec::new();
         for i in 0..N {
-            let before = now_ns();
+            let before = common::unix_ns();
             tx.send_to(
                 h.pool().alloc_from(&i.to_be_bytes()).unwrap(),
                 rx.local_addr().unwrap(),
@@ -1358,7 +1346,7 @@ fn tx_timestamps_carry_each_sends_id_and_time() {
                     match c.op {
                         OpKind::SendTo => {
                             assert_eq!((c.token, c.result), (i, Ok(8)));
-                            sent_at.push((before, now_ns()));
+                            sent_at.push((before, common::unix_ns()));
                             done = true;
                         }
                         OpKind::TxTimestamp => {

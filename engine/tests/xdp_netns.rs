@@ -842,12 +842,6 @@ fn af_xdp_receive_timestamps_come_from_the_xdp_program() {
     let Some(t) = common::topology("porto-ts", 1) else {
         return;
     };
-    let now_ns = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-    };
     for on in [true, false, true] {
         let (go_tx, go_rx) = mpsc::channel::<u32>();
         std::thread::scope(|s| {
@@ -858,7 +852,7 @@ fn af_xdp_receive_timestamps_come_from_the_xdp_program() {
                 for i in go_rx {
                     let mut msg = [0u8; 12];
                     msg[..4].copy_from_slice(&i.to_be_bytes());
-                    msg[4..].copy_from_slice(&now_ns().to_be_bytes());
+                    msg[4..].copy_from_slice(&common::unix_ns().to_be_bytes());
                     peer.send_to(&msg, SocketAddr::from((t.addr(Side::B), PORT))).unwrap();
                 }
             });
@@ -882,7 +876,7 @@ fn af_xdp_receive_timestamps_come_from_the_xdp_program() {
                     }
                     assert!(Instant::now() < deadline, "datagram {i} arrived");
                 };
-                let after = now_ns();
+                let after = common::unix_ns();
                 let buf = c.buffer.as_deref().expect("a datagram");
                 let sent = u64::from_be_bytes(buf[4..12].try_into().unwrap());
                 match c.timestamp_ns.map(|t| t.get()) {

@@ -16,6 +16,7 @@ use mio::{Events, Interest, Poll, Token};
 use porto::SocketOptions;
 
 use crate::kernel::pin;
+use crate::mcast::unix_ns;
 use crate::sockperf;
 
 pub fn histogram() -> Histogram<u64> {
@@ -61,12 +62,6 @@ fn udp_client(target: SocketAddr) -> std::io::Result<UdpSocket> {
     s.set_nonblocking(false)?;
     s.connect(target)?;
     Ok(s)
-}
-
-fn unix_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[derive(Clone, Debug)]

@@ -99,7 +99,8 @@ pub fn run(cmd: McastCmd) -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
-fn unix_ns() -> u64 {
+/// Now, in ns since the Unix epoch (the clock of message stamps and kernel timestamps).
+pub fn unix_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)

@@ -59,6 +59,14 @@ pub fn topology(prefix: &str, queues: u32) -> Option<Topology> {
 }
 
 /// CPU time the calling thread has used so far (schedstat's first field).
+/// Now, in ns since the Unix epoch (CLOCK_REALTIME: the clock of porto's timestamps).
+pub fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
 pub fn thread_cpu() -> Duration {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
     Duration::from_nanos(
