@@ -38,6 +38,10 @@ pub(crate) struct Faults {
     /// A multishot receive's datagram comes without `more`: the kernel ended the multishot
     /// (CQ pressure), and the core must re-arm it — unless it was cancelled meanwhile.
     pub end: u32,
+    /// A single-shot receive loses the race for a datagram to another receive: it ends with
+    /// EAGAIN, carrying the provided frame it had picked (as io_uring does), and the core
+    /// must re-arm it — or, cancelled or timed out meanwhile, end it as that.
+    pub raced: u32,
     /// Events one reap takes (the rest wait: a small CQ, counted as overflows).
     pub cq_max: usize,
 }
@@ -52,6 +56,7 @@ impl Faults {
             enobufs: 0,
             eintr: 0,
             end: 0,
+            raced: 0,
             cq_max: usize::MAX,
         }
     }
@@ -66,6 +71,7 @@ impl Faults {
             enobufs: 50,
             eintr: 100,
             end: 100,
+            raced: 150,
             cq_max: 3,
         }
     }
@@ -105,6 +111,7 @@ pub(crate) struct Fired {
     pub enobufs: u64,
     pub eintr: u64,
     pub ended: u64,
+    pub raced: u64,
     pub overflows: u64,
 }
 
@@ -227,6 +234,13 @@ impl SimDriver {
             Prep::RecvMsg { msg, provided } => {
                 if self.inbound[sub.sock as usize].is_empty() {
                     return false;
+                }
+                if self.chance(self.faults.raced) {
+                    self.fired.raced += 1;
+                    let mut ev = Event::of(ud, -libc::EAGAIN);
+                    ev.frame = provided.then(|| self.provided.pop()).flatten().map(|f| f.0);
+                    self.events.push_back(ev);
+                    return self.end(i);
                 }
                 let frame = if provided {
                     match self.provided.pop() {

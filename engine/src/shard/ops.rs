@@ -389,8 +389,11 @@ impl<D: Driver> Core<D> {
         }
         let s = self.ops.slot(idx);
         if let Some(frame) = picked {
-            let len = res.max(0) as u32;
-            s.buf = Some(self.pool.adopt(frame, 0, len));
+            // A failed receive's CQE can still carry the frame it had picked: back to the pool.
+            let buf = self.pool.adopt(frame, 0, res.max(0) as u32);
+            if res >= 0 {
+                s.buf = Some(buf);
+            }
         }
         if accepted.is_some() {
             s.accepted = accepted;
@@ -543,6 +546,7 @@ impl<D: Driver> Core<D> {
         let token = s.token;
         let sock = s.sock;
         let timed_out = s.timed_out;
+        let cancelled = s.cancelled;
         let zc_copied = s.zc_copied;
         let zerocopy = s.zerocopy;
         let buf = s.buf.take();
@@ -558,12 +562,14 @@ impl<D: Driver> Core<D> {
         let receive = rio
             .as_ref()
             .map_or(kind == OpKind::RecvFrom && !multishot, |r| r.kind == RioKind::Receive);
-        let peer = if receive {
+        // Addresses only on success: a failed op's address fields are stale.
+        let ok = res.is_none_or(|r| r >= 0);
+        let peer = if receive && ok {
             net::from_raw(&s.addr, s.msg.msg_namelen)
         } else {
             None
         };
-        let accepted_peer = (kind == OpKind::Accept && !multishot)
+        let accepted_peer = (kind == OpKind::Accept && !multishot && ok)
             .then(|| net::from_raw(&s.addr, s.addr_len))
             .flatten();
         let accepted = s.accepted.take();
@@ -572,7 +578,10 @@ impl<D: Driver> Core<D> {
         let result = match res {
             None => Ok(0),
             Some(r) if r >= 0 => Ok(r as usize),
-            Some(r) if timed_out && r == -libc::ECANCELED => Err(Error::TimedOut),
+            Some(r) if timed_out && (r == -libc::ECANCELED || r == -libc::EAGAIN) => Err(Error::TimedOut),
+            // A receive that lost a race for a datagram (EAGAIN, see `on_cqe`) while being
+            // cancelled ends as what it is: aborted, not "would block".
+            Some(r) if cancelled && r == -libc::EAGAIN => Err(Error::Aborted),
             Some(r) => Err(Error::from_errno(-r)),
         };
         let st = &self.shared.stats;
