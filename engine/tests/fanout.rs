@@ -201,6 +201,7 @@ fn subscribers_on_other_threads_are_woken_through_a_port() {
             let notify = RioNotify::Port {
                 port: port.clone(),
                 key: k,
+                token: 100 + k,
             };
             fan.subscribe(Policy::Reliable, 256, notify).unwrap()
         })
@@ -219,6 +220,7 @@ fn subscribers_on_other_threads_are_woken_through_a_port() {
                 port.dequeue(&mut done, 16, Some(Duration::from_millis(50)));
                 for c in done.drain(..) {
                     assert_eq!(c.op, OpKind::FanoutNotify);
+                    assert_eq!(c.token, 100 + c.key, "the notification's OVERLAPPED comes back");
                     let k = c.key as usize;
                     subs[k].recv_batch(&mut batch, 64);
                     got[k].extend(batch.drain(..).map(|d| seq(&d)));

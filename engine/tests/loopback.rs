@@ -11,7 +11,9 @@ use porto_engine::engine::Engine;
 use porto_engine::error::Error;
 use porto_engine::pool::Gather;
 use porto_engine::port::CompletionPort;
-use porto_engine::rio::{CompletionQueue, RegisteredBuffer, RequestQueue, RioEvent, RioFlags, RioNotify};
+use porto_engine::rio::{
+    CompletionQueue, ExternalBuffer, RegisteredBuffer, RequestQueue, RioEvent, RioFlags, RioNotify,
+};
 use porto_engine::shard::{Delivery, Shard};
 use porto_engine::socket::{SocketOptions, TcpListener, TcpStream, UdpSocket};
 
@@ -632,6 +634,75 @@ fn rio_receive_send_and_notify() {
         Some((other, Err(Error::Aborted)))
     );
     assert!(port.is_empty(), "RIO results never go to the socket's port");
+}
+
+/// RIO as C code uses it: the application's own memory registered (`ExternalBuffer`), any
+/// RIO_BUF of it per request, receives' and sends' results in separate completion queues
+/// (RIOCreateRequestQueue's ReceiveCQ and SendCQ), the datagram landing in place at the
+/// offset asked for, and the memory in use until each result is dropped.
+#[test]
+fn rio_on_the_callers_memory_with_separate_completion_queues() {
+    let engine = Engine::start(&small()).unwrap();
+    let h = engine.shard(0);
+    let sock = rio_udp(h);
+    let mut memory = vec![0u8; 8192].into_boxed_slice();
+    let base = std::ptr::NonNull::new(memory.as_mut_ptr()).unwrap();
+    // SAFETY: `memory` outlives the buffer and every slice (dropped before it below), and the
+    // test touches only bytes no request holds.
+    let reg = unsafe { ExternalBuffer::register(h, base, memory.len()) }.unwrap();
+    // SAFETY: as above; out of range is refused before anything is made.
+    unsafe {
+        assert_eq!(reg.slice(8000, 500).unwrap_err(), Error::InvalidArgument);
+        assert_eq!(reg.slice(usize::MAX, 2).unwrap_err(), Error::InvalidArgument);
+        assert_eq!(reg.slice(0, 0).unwrap_err(), Error::InvalidArgument);
+    }
+    let recv_cq = CompletionQueue::new(2, RioNotify::None);
+    let send_cq = CompletionQueue::new(1, RioNotify::None);
+    assert_eq!(
+        RequestQueue::with_queues(sock.core(), &recv_cq, &send_cq, 2, 2, 7).unwrap_err(),
+        Error::NoBuffers,
+        "two sends cannot fit a 1-entry send CQ"
+    );
+    let mut rq = RequestQueue::with_queues(sock.core(), &recv_cq, &send_cq, 2, 1, 7).unwrap();
+    // SAFETY: 1000..1100 is held by this receive alone.
+    let into = unsafe { reg.slice(1000, 100) }.unwrap();
+    rq.receive(into, 1, RioFlags::NONE).unwrap();
+    assert_eq!(reg.in_use(), 1);
+    let client = StdUdp::bind(any(false)).unwrap();
+    client.send_to(b"in place", sock.local_addr().unwrap()).unwrap();
+    let mut res = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while res.is_empty() && Instant::now() < deadline {
+        recv_cq.dequeue(&mut res, 2);
+    }
+    let r = res.pop().expect("the receive completed");
+    assert_eq!((r.token, r.key, r.result), (1, 7, Ok(8)));
+    assert_eq!(r.buf.offset(), 1000);
+    assert_eq!(r.peer, Some(client.local_addr().unwrap()));
+    drop(r);
+    assert_eq!(reg.in_use(), 0);
+    // Through the registered pointer, as C code would (the Box is not touched until freed).
+    // SAFETY: in bounds; no request holds these bytes now.
+    let at = |off: usize, len: usize| unsafe { std::slice::from_raw_parts_mut(base.as_ptr().add(off), len) };
+    assert_eq!(at(1000, 8), b"in place", "the kernel wrote the caller's memory");
+    at(5000, 4).copy_from_slice(b"back");
+    // SAFETY: 5000..5004 is read by this send alone and not written until its result.
+    let from = unsafe { reg.slice(5000, 4) }.unwrap();
+    rq.send_to(from, client.local_addr().unwrap(), 2, RioFlags::NONE)
+        .unwrap();
+    let mut got = [0u8; 16];
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let n = client.recv(&mut got).unwrap();
+    assert_eq!(&got[..n], b"back");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while res.is_empty() && Instant::now() < deadline {
+        send_cq.dequeue(&mut res, 1);
+    }
+    assert_eq!(res.pop().map(|r| (r.token, r.result)), Some((2, Ok(4))));
+    assert!(recv_cq.is_empty(), "a send's result goes to the send queue only");
+    drop(rq);
+    drop(reg);
+    drop(memory);
 }
 
 #[test]

@@ -57,6 +57,9 @@ impl RioSlots {
 struct RioRegion {
     ptr: *mut u8,
     len: usize,
+    /// The memory is ours (a `Vec` given to `register`, freed with the region); else the
+    /// caller's (`ExternalBuffer`), which it frees.
+    owned: bool,
     /// Fixed-buffer slot in the owning shard's ring, registered on first zero-copy use.
     slot: AtomicU32,
     /// The slots of the shard the region was registered with.
@@ -79,9 +82,11 @@ impl Drop for RioRegion {
                 sh.release(slot);
             }
         }
-        // SAFETY: ptr/len came from Box::into_raw of a Box<[u8]> in `register`; every RioBuf
-        // (and so every in-flight request) is gone, so nobody references the memory.
-        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len)) });
+        if self.owned {
+            // SAFETY: ptr/len came from Box::into_raw of a Box<[u8]> in `segments`; every
+            // RioBuf (and so every in-flight request) is gone, so nobody references the memory.
+            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len)) });
+        }
     }
 }
 
@@ -94,6 +99,7 @@ pub(crate) fn segments(memory: Vec<u8>, segment_len: usize, shard: Weak<RioSlots
     let region = Arc::new(RioRegion {
         ptr,
         len,
+        owned: true,
         slot: AtomicU32::new(UNREGISTERED),
         shard,
     });
@@ -106,6 +112,86 @@ pub(crate) fn segments(memory: Vec<u8>, segment_len: usize, shard: Weak<RioSlots
             len: 0,
         })
         .collect()
+}
+
+/// A registered buffer over memory its caller owns and keeps (RIORegisterBuffer as C code
+/// calls it: the application's own memory, any `RIO_BUF` within it per request). The safe
+/// [`RegisteredBuffer::register`](crate::rio::RegisteredBuffer::register) takes a `Vec` and
+/// hands out disjoint owned segments; this one cannot know who else touches the memory, so
+/// making it and slicing it are `unsafe`, with Windows' rules as the contract.
+#[derive(Debug)]
+pub struct ExternalBuffer {
+    region: Arc<RioRegion>,
+}
+
+impl fmt::Debug for RioRegion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RioRegion").field("len", &self.len).finish()
+    }
+}
+
+impl ExternalBuffer {
+    /// Registers `len` bytes at `ptr` for requests on `shard`'s sockets (zero-copy sends use
+    /// the kernel registration there; other shards' sockets copy).
+    ///
+    /// # Safety
+    /// `ptr` is valid for reads and writes of `len` bytes until this value and every
+    /// [`RioBuf`] sliced from it have been dropped (every request's result dequeued and
+    /// dropped), and nothing frees or moves that memory before.
+    pub unsafe fn register(
+        shard: &crate::proto::ShardHandle,
+        ptr: std::ptr::NonNull<u8>,
+        len: usize,
+    ) -> Result<ExternalBuffer, Error> {
+        if len == 0 || len > u32::MAX as usize {
+            return Err(Error::InvalidArgument);
+        }
+        Ok(ExternalBuffer {
+            region: Arc::new(RioRegion {
+                ptr: ptr.as_ptr(),
+                len,
+                owned: false,
+                slot: AtomicU32::new(UNREGISTERED),
+                shard: Arc::downgrade(&shard.shared.rio_slots),
+            }),
+        })
+    }
+
+    /// The buffer's length in bytes.
+    pub fn len(&self) -> usize {
+        self.region.len
+    }
+
+    /// Never true (registration refuses empty memory); for clippy's `len` convention.
+    pub fn is_empty(&self) -> bool {
+        self.region.len == 0
+    }
+
+    /// A `RIO_BUF` of it: `len` bytes at `off`, as the request's buffer (capacity and
+    /// length both `len`: a receive fills up to it, a send sends it all). `InvalidArgument`
+    /// if the range leaves the buffer or is empty.
+    ///
+    /// # Safety
+    /// Until the returned `RioBuf` is dropped, no other live `RioBuf` of this buffer that a
+    /// receive writes overlaps the range, nothing writes the range while a send holds it,
+    /// and the caller does not touch bytes a receive holds (Windows' rules for RIO_BUFs).
+    pub unsafe fn slice(&self, off: usize, len: usize) -> Result<RioBuf, Error> {
+        let end = off.checked_add(len).ok_or(Error::InvalidArgument)?;
+        if len == 0 || end > self.region.len {
+            return Err(Error::InvalidArgument);
+        }
+        Ok(RioBuf {
+            region: self.region.clone(),
+            off: off as u32,
+            cap: len as u32,
+            len: len as u32,
+        })
+    }
+
+    /// Requests holding slices of it now (results not yet dropped included).
+    pub fn in_use(&self) -> usize {
+        Arc::strong_count(&self.region) - 1
+    }
 }
 
 /// An owned segment of a registered buffer (RIO_BUF), with a length of valid bytes.
@@ -310,8 +396,9 @@ pub enum RioNotify {
     None,
     /// RIO_EVENT_COMPLETION.
     Event(RioEvent),
-    /// RIO_IOCP_COMPLETION: posts a `RioNotify` completion with `key` to the port.
-    Port { port: CompletionPort, key: u64 },
+    /// RIO_IOCP_COMPLETION: posts a `RioNotify` completion with `key` and `token` (the
+    /// notification's OVERLAPPED) to the port.
+    Port { port: CompletionPort, key: u64, token: u64 },
 }
 
 /// The RIONotify handshake over a queue: arm once, fire once when the queue holds
@@ -353,8 +440,8 @@ impl Notifier {
         match &self.notify {
             RioNotify::None => {}
             RioNotify::Event(e) => e.set(),
-            RioNotify::Port { port, key } => {
-                if port.post(Completion::of(self.op, *key, 0, Ok(queued))).is_err() {
+            RioNotify::Port { port, key, token } => {
+                if port.post(Completion::of(self.op, *key, *token, Ok(queued))).is_err() {
                     tracing::warn!("notification lost: its completion port is full");
                 }
             }
@@ -446,27 +533,45 @@ impl CompletionQueue {
 }
 
 pub(crate) struct RqShared {
-    pub(crate) cq: Arc<CqShared>,
+    pub(crate) recv_cq: Arc<CqShared>,
+    pub(crate) send_cq: Arc<CqShared>,
     pub(crate) key: u64,
     pub(crate) recv_out: AtomicU32,
     pub(crate) send_out: AtomicU32,
-    /// Entries this queue holds in its CQ (max_recv + max_send; changed by resize).
-    pub(crate) reserved: AtomicUsize,
+    /// Entries this queue holds in its receive and send CQs (max_recv, max_send; changed by
+    /// resize).
+    pub(crate) reserved: [AtomicUsize; 2],
+}
+
+impl RqShared {
+    /// The completion queue of `kind`'s results.
+    pub(crate) fn cq(&self, kind: RioKind) -> &Arc<CqShared> {
+        match kind {
+            RioKind::Receive => &self.recv_cq,
+            RioKind::Send => &self.send_cq,
+        }
+    }
+
+    /// This queue's reservation in `cq(kind)`.
+    pub(crate) fn reserved(&self, kind: RioKind) -> &AtomicUsize {
+        &self.reserved[kind as usize]
+    }
 }
 
 impl Drop for RqShared {
     fn drop(&mut self) {
-        self.cq
-            .reserved
-            .fetch_sub(self.reserved.load(Ordering::Acquire), Ordering::AcqRel);
+        for kind in [RioKind::Receive, RioKind::Send] {
+            let n = self.reserved(kind).load(Ordering::Acquire);
+            self.cq(kind).reserved.fetch_sub(n, Ordering::AcqRel);
+        }
     }
 }
 
 /// Direction of a RIO request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum RioKind {
-    Receive,
-    Send,
+    Receive = 0,
+    Send = 1,
 }
 
 /// A RIO request travelling to the shard and back.
@@ -519,12 +624,13 @@ impl RioOp {
             buf,
             peer,
         };
-        if rq.cq.queue.push(r).is_err() {
+        let cq = rq.cq(kind);
+        if cq.queue.push(r).is_err() {
             unreachable!("RIO completion queue overflow despite the claim made at issue");
         }
         out.fetch_sub(1, Ordering::AcqRel);
         if !quiet {
-            rq.cq.notifier.pushed(|| rq.cq.queue.len());
+            cq.notifier.pushed(|| cq.queue.len());
         }
     }
 }

@@ -33,7 +33,7 @@ use crate::socket::SocketCore;
 pub(crate) mod buf;
 
 use buf::CqShared;
-pub use buf::{CompletionQueue, RioBuf, RioEvent, RioFlags, RioNotify, RioResult};
+pub use buf::{CompletionQueue, ExternalBuffer, RioBuf, RioEvent, RioFlags, RioNotify, RioResult};
 pub(crate) use buf::{RioKind, RioOp, RqShared};
 
 /// A registered buffer (RIO_BUFFERID): made by [`RegisteredBuffer::register`], which hands the
@@ -100,8 +100,9 @@ pub struct RequestQueue {
 }
 
 impl RequestQueue {
-    /// RIOCreateRequestQueue. Reserves `max_recv + max_send` entries in `cq`; `NoBuffers` if
-    /// the queue cannot hold them on top of earlier reservations.
+    /// RIOCreateRequestQueue with one completion queue for both directions. Reserves
+    /// `max_recv + max_send` entries in `cq`; `NoBuffers` if the queue cannot hold them on
+    /// top of earlier reservations.
     pub fn new(
         socket: &SocketCore,
         cq: &CompletionQueue,
@@ -109,18 +110,37 @@ impl RequestQueue {
         max_send: u32,
         key: u64,
     ) -> Result<RequestQueue, Error> {
+        RequestQueue::with_queues(socket, cq, cq, max_recv, max_send, key)
+    }
+
+    /// RIOCreateRequestQueue with its receives' results in `recv_cq` and its sends' in
+    /// `send_cq` (they may be the same queue). Reserves `max_recv` entries in the first and
+    /// `max_send` in the second; `NoBuffers` (and nothing reserved) if either has no room.
+    pub fn with_queues(
+        socket: &SocketCore,
+        recv_cq: &CompletionQueue,
+        send_cq: &CompletionQueue,
+        max_recv: u32,
+        max_send: u32,
+        key: u64,
+    ) -> Result<RequestQueue, Error> {
+        let (rcq, scq) = (&recv_cq.shared, &send_cq.shared);
+        reserve(rcq, max_recv as usize)?;
+        if let Err(e) = reserve(scq, max_send as usize) {
+            rcq.reserved.fetch_sub(max_recv as usize, Ordering::AcqRel);
+            return Err(e);
+        }
         // u32 + u32 cannot wrap a 64-bit usize.
         let need = max_recv as usize + max_send as usize;
-        let cqs = &cq.shared;
-        reserve(cqs, need)?;
         Ok(RequestQueue {
             socket: socket.clone_handle(),
             rq: Arc::new(RqShared {
-                cq: cqs.clone(),
+                recv_cq: rcq.clone(),
+                send_cq: scq.clone(),
                 key,
                 recv_out: AtomicU32::new(0),
                 send_out: AtomicU32::new(0),
-                reserved: AtomicUsize::new(need),
+                reserved: [AtomicUsize::new(max_recv as usize), AtomicUsize::new(max_send as usize)],
             }),
             max_recv,
             max_send,
@@ -136,15 +156,30 @@ impl RequestQueue {
         if self.rq.recv_out.load(Ordering::Acquire) > max_recv || self.rq.send_out.load(Ordering::Acquire) > max_send {
             return Err(Error::TooManyRefs);
         }
-        let need = max_recv as usize + max_send as usize;
-        let had = self.rq.reserved.load(Ordering::Acquire);
-        let cqs = &self.rq.cq;
-        if need > had {
-            reserve(cqs, need - had)?;
-        } else {
-            cqs.reserved.fetch_sub(had - need, Ordering::AcqRel);
+        // Grow first (each may fail; a failed second undoes the first), then shrink.
+        let kinds = [
+            (RioKind::Receive, max_recv as usize),
+            (RioKind::Send, max_send as usize),
+        ];
+        let mut grown: Option<(RioKind, usize)> = None;
+        for (kind, need) in kinds {
+            let had = self.rq.reserved(kind).load(Ordering::Acquire);
+            if need > had {
+                if let Err(e) = reserve(self.rq.cq(kind), need - had) {
+                    if let Some((k, n)) = grown {
+                        self.rq.cq(k).reserved.fetch_sub(n, Ordering::AcqRel);
+                    }
+                    return Err(e);
+                }
+                grown = Some((kind, need - had));
+            }
         }
-        self.rq.reserved.store(need, Ordering::Release);
+        for (kind, need) in kinds {
+            let had = self.rq.reserved(kind).swap(need, Ordering::AcqRel);
+            if need < had {
+                self.rq.cq(kind).reserved.fetch_sub(had - need, Ordering::AcqRel);
+            }
+        }
         (self.max_recv, self.max_send) = (max_recv, max_send);
         Ok(())
     }
@@ -191,7 +226,7 @@ impl RequestQueue {
         }
         // Room for its result: results not yet dequeued keep theirs, so a CQ the application
         // does not drain refuses new requests (backpressure) instead of overflowing.
-        if !self.rq.cq.claim() {
+        if !self.rq.cq(kind).claim() {
             return Err((Error::NoBuffers, buf));
         }
         out.fetch_add(1, Ordering::AcqRel);
@@ -216,7 +251,7 @@ impl RequestQueue {
                 RioKind::Send => &self.rq.send_out,
             };
             out.fetch_sub(1, Ordering::AcqRel);
-            self.rq.cq.unclaim();
+            self.rq.cq(op.kind).unclaim();
             (e, op.buf)
         })
     }
