@@ -2,8 +2,15 @@
  *
  * Rename a Winsock IOCP server's calls with the porto_ prefix (WSAStartup, WSASocket, bind,
  * CreateIoCompletionPort, WSARecvFrom, WSASendTo, GetQueuedCompletionStatusEx,
- * PostQueuedCompletionStatus, CancelIoEx, closesocket, CloseHandle, WSAGetLastError,
- * WSACleanup) and the types and constants with PORTO_. Error numbers are Windows' own.
+ * GetQueuedCompletionStatus, PostQueuedCompletionStatus, CancelIoEx, closesocket,
+ * CloseHandle, WSAGetLastError, WSACleanup, WSAIoctl) and the types and constants with PORTO_.
+ * Error numbers are Windows' own.
+ *
+ * Registered I/O as on Windows: porto_WSAIoctl(s, PORTO_SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER,
+ * &PORTO_WSAID_MULTIPLE_RIO, ...) fills a PORTO_RIO_EXTENSION_FUNCTION_TABLE (RIORegisterBuffer
+ * over your own memory, RIOCreateCompletionQueue, RIOCreateRequestQueue, RIOReceive(Ex),
+ * RIOSend(Ex), RIONotify, RIODequeueCompletion, ...). One request queue's calls must not run
+ * concurrently (as on Windows), nor one completion queue's dequeue/notify/close.
  *
  * Thread safety: every function may be called from any thread, concurrently; a socket's
  * calls are serialised inside the library; any number of threads may wait in
@@ -23,6 +30,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <sys/socket.h>
+#include <netinet/in.h>
 
 #define PORTO_SOCKET_ERROR -1
 
@@ -73,6 +81,8 @@
 
 #define PORTO_WSAETIMEDOUT 10060
 
+#define PORTO_WSAETOOMANYREFS 10059
+
 #define PORTO_WSAECONNREFUSED 10061
 
 #define PORTO_WSAEHOSTUNREACH 10065
@@ -80,6 +90,38 @@
 #define PORTO_WSANOTINITIALISED 10093
 
 #define PORTO_WSASYSCALLFAILURE 10107
+
+// `WSASocket` flags (accepted; every porto socket is overlapped and can do RIO).
+#define PORTO_WSA_FLAG_OVERLAPPED 1
+
+#define PORTO_WSA_FLAG_REGISTERED_IO 256
+
+// `WSAIoctl` codes: fetch extension function pointers (`WSAID_MULTIPLE_RIO` for RIO).
+#define PORTO_SIO_GET_EXTENSION_FUNCTION_POINTER 3355443206
+
+#define PORTO_SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER 3355443236
+
+// `RIODequeueCompletion`'s answer for a handle that is no completion queue.
+#define PORTO_RIO_CORRUPT_CQ 4294967295
+
+// Largest `RIOCreateCompletionQueue` size (each entry is preallocated).
+#define PORTO_RIO_MAX_CQ_SIZE (1 << 20)
+
+// RIO request flags (a bit set, Windows' values).
+#define PORTO_RIO_MSG_DONT_NOTIFY 1
+
+#define PORTO_RIO_MSG_DEFER 2
+
+// Not supported yet: a request with it fails with `PORTO_WSAEINVAL`.
+#define PORTO_RIO_MSG_WAITALL 4
+
+#define PORTO_RIO_MSG_COMMIT_ONLY 8
+
+// `RIO_NOTIFICATION_COMPLETION_TYPE`. Event notification is not supported (use the IOCP one,
+// or poll `RIODequeueCompletion`).
+#define PORTO_RIO_EVENT_COMPLETION 1
+
+#define PORTO_RIO_IOCP_COMPLETION 2
 
 // How `porto_WSAStartupEx` configures the engine (`porto_WSAStartup` uses 1 shard, not
 // pinned, 4096 frames, provider auto).
@@ -126,13 +168,162 @@ typedef struct {
   uint32_t dwNumberOfBytesTransferred;
 } PORTO_OVERLAPPED_ENTRY;
 
+// A registered buffer (`RIO_BUFFERID`), completion queue (`RIO_CQ`), request queue
+// (`RIO_RQ`): handles the library checks on every call.
+typedef uint64_t PORTO_RIO_BUFFERID;
+
+typedef uint64_t PORTO_RIO_CQ;
+
+// The `Event` member of `RIO_NOTIFICATION_COMPLETION` (not supported: use `Iocp`).
+typedef struct {
+  PORTO_HANDLE EventHandle;
+  int32_t NotifyReset;
+} PORTO_RIO_NOTIFICATION_EVENT;
+
+// The `Iocp` member of `RIO_NOTIFICATION_COMPLETION`: after `RIONotify`, one completion
+// with `CompletionKey` and `Overlapped` is queued to `IocpHandle` when a result is there.
+typedef struct {
+  PORTO_HANDLE IocpHandle;
+  void *CompletionKey;
+  void *Overlapped;
+} PORTO_RIO_NOTIFICATION_IOCP;
+
+// `RIO_NOTIFICATION_COMPLETION`. Windows' `Event` and `Iocp` share an anonymous union;
+// here they are two members of a struct, so `n.Iocp.IocpHandle = port;` compiles as is.
+typedef struct {
+  // `PORTO_RIO_IOCP_COMPLETION` (`PORTO_RIO_EVENT_COMPLETION` is refused).
+  int32_t Type;
+  PORTO_RIO_NOTIFICATION_EVENT Event;
+  PORTO_RIO_NOTIFICATION_IOCP Iocp;
+} PORTO_RIO_NOTIFICATION_COMPLETION;
+
+typedef uint64_t PORTO_RIO_RQ;
+
+// `RIO_BUF`: `Length` bytes at `Offset` in registered buffer `BufferId`.
+typedef struct {
+  PORTO_RIO_BUFFERID BufferId;
+  uint32_t Offset;
+  uint32_t Length;
+} PORTO_RIO_BUF;
+
+// `RIORESULT`: `Status` is 0 or the WSA error (e.g. `PORTO_WSA_OPERATION_ABORTED`).
+typedef struct {
+  int32_t Status;
+  uint32_t BytesTransferred;
+  uint64_t SocketContext;
+  uint64_t RequestContext;
+} PORTO_RIORESULT;
+
+// Win32's `GUID`.
+typedef struct {
+  uint32_t Data1;
+  uint16_t Data2;
+  uint16_t Data3;
+  uint8_t Data4[8];
+} PORTO_GUID;
+
+// `SOCKADDR_INET`: an IPv4 or IPv6 address, told apart by `si_family`.
+typedef union {
+  struct sockaddr_in Ipv4;
+  struct sockaddr_in6 Ipv6;
+  sa_family_t si_family;
+} PORTO_SOCKADDR_INET;
+
+// `LPFN_RIORECEIVE`: (queue, data, count, flags, request context).
+typedef int32_t (*PORTO_LPFN_RIORECEIVE)(PORTO_RIO_RQ,
+                                         const PORTO_RIO_BUF*,
+                                         uint32_t,
+                                         uint32_t,
+                                         void*);
+
+// `LPFN_RIORECEIVEEX`: (queue, data, count, local address, remote address, control, flags
+// buffer, flags, request context).
+typedef int32_t (*PORTO_LPFN_RIORECEIVEEX)(PORTO_RIO_RQ,
+                                           const PORTO_RIO_BUF*,
+                                           uint32_t,
+                                           const PORTO_RIO_BUF*,
+                                           const PORTO_RIO_BUF*,
+                                           const PORTO_RIO_BUF*,
+                                           const PORTO_RIO_BUF*,
+                                           uint32_t,
+                                           void*);
+
+// `LPFN_RIOSEND`.
+typedef PORTO_LPFN_RIORECEIVE PORTO_LPFN_RIOSEND;
+
+// `LPFN_RIOSENDEX`.
+typedef PORTO_LPFN_RIORECEIVEEX PORTO_LPFN_RIOSENDEX;
+
+// `LPFN_RIOCLOSECOMPLETIONQUEUE`.
+typedef void (*PORTO_LPFN_RIOCLOSECOMPLETIONQUEUE)(PORTO_RIO_CQ);
+
+// `LPFN_RIOCREATECOMPLETIONQUEUE`.
+typedef PORTO_RIO_CQ (*PORTO_LPFN_RIOCREATECOMPLETIONQUEUE)(uint32_t,
+                                                            const PORTO_RIO_NOTIFICATION_COMPLETION*);
+
+// `LPFN_RIOCREATEREQUESTQUEUE`.
+typedef PORTO_RIO_RQ (*PORTO_LPFN_RIOCREATEREQUESTQUEUE)(PORTO_SOCKET,
+                                                         uint32_t,
+                                                         uint32_t,
+                                                         uint32_t,
+                                                         uint32_t,
+                                                         PORTO_RIO_CQ,
+                                                         PORTO_RIO_CQ,
+                                                         void*);
+
+// `LPFN_RIODEQUEUECOMPLETION`.
+typedef uint32_t (*PORTO_LPFN_RIODEQUEUECOMPLETION)(PORTO_RIO_CQ, PORTO_RIORESULT*, uint32_t);
+
+// `LPFN_RIODEREGISTERBUFFER`.
+typedef void (*PORTO_LPFN_RIODEREGISTERBUFFER)(PORTO_RIO_BUFFERID);
+
+// `LPFN_RIONOTIFY`.
+typedef int32_t (*PORTO_LPFN_RIONOTIFY)(PORTO_RIO_CQ);
+
+// `LPFN_RIOREGISTERBUFFER`.
+typedef PORTO_RIO_BUFFERID (*PORTO_LPFN_RIOREGISTERBUFFER)(char*, uint32_t);
+
+// `LPFN_RIORESIZECOMPLETIONQUEUE`.
+typedef int32_t (*PORTO_LPFN_RIORESIZECOMPLETIONQUEUE)(PORTO_RIO_CQ, uint32_t);
+
+// `LPFN_RIORESIZEREQUESTQUEUE`.
+typedef int32_t (*PORTO_LPFN_RIORESIZEREQUESTQUEUE)(PORTO_RIO_RQ, uint32_t, uint32_t);
+
+// `RIO_EXTENSION_FUNCTION_TABLE`, filled by `porto_WSAIoctl`; each member is also exported
+// as `porto_RIO…`.
+typedef struct {
+  uint32_t cbSize;
+  PORTO_LPFN_RIORECEIVE RIOReceive;
+  PORTO_LPFN_RIORECEIVEEX RIOReceiveEx;
+  PORTO_LPFN_RIOSEND RIOSend;
+  PORTO_LPFN_RIOSENDEX RIOSendEx;
+  PORTO_LPFN_RIOCLOSECOMPLETIONQUEUE RIOCloseCompletionQueue;
+  PORTO_LPFN_RIOCREATECOMPLETIONQUEUE RIOCreateCompletionQueue;
+  PORTO_LPFN_RIOCREATEREQUESTQUEUE RIOCreateRequestQueue;
+  PORTO_LPFN_RIODEQUEUECOMPLETION RIODequeueCompletion;
+  PORTO_LPFN_RIODEREGISTERBUFFER RIODeregisterBuffer;
+  PORTO_LPFN_RIONOTIFY RIONotify;
+  PORTO_LPFN_RIOREGISTERBUFFER RIORegisterBuffer;
+  PORTO_LPFN_RIORESIZECOMPLETIONQUEUE RIOResizeCompletionQueue;
+  PORTO_LPFN_RIORESIZEREQUESTQUEUE RIOResizeRequestQueue;
+} PORTO_RIO_EXTENSION_FUNCTION_TABLE;
+
 #define PORTO_INVALID_SOCKET 18446744073709551615ull
 
 #define PORTO_INVALID_HANDLE_VALUE 18446744073709551615ull
 
+#define PORTO_RIO_INVALID_BUFFERID 4294967295
+
+#define PORTO_RIO_INVALID_CQ 0
+
+#define PORTO_RIO_INVALID_RQ 0
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+// `WSAID_MULTIPLE_RIO`: asks `porto_WSAIoctl` for the RIO function table.
+extern const PORTO_GUID PORTO_WSAID_MULTIPLE_RIO;
 
 // `WSAStartup`: starts the engine on the first call (later calls count). `data` may be
 // NULL (porto fills nothing in it). Returns 0 or a WSA error.
@@ -231,6 +422,19 @@ int32_t porto_GetQueuedCompletionStatusEx(PORTO_HANDLE port,
                                           uint32_t timeout_ms,
                                           int32_t alertable);
 
+// `GetQueuedCompletionStatus`: one completion. TRUE (1) with its bytes, key and
+// OVERLAPPED; FALSE (0) with `*ov` set and the operation's error in
+// `porto_WSAGetLastError` when the operation failed; FALSE with `*ov` NULL and
+// `PORTO_WAIT_TIMEOUT` when nothing came in `timeout_ms`.
+//
+// # Safety
+// `bytes`, `key` and `ov` are valid; as for `porto_GetQueuedCompletionStatusEx` otherwise.
+int32_t porto_GetQueuedCompletionStatus(PORTO_HANDLE port,
+                                        uint32_t *bytes,
+                                        uint64_t *key,
+                                        PORTO_OVERLAPPED **ov,
+                                        uint32_t timeout_ms);
+
 // `PostQueuedCompletionStatus`: `ov` comes back as given (it is not dereferenced).
 int32_t porto_PostQueuedCompletionStatus(PORTO_HANDLE port,
                                          uint32_t bytes,
@@ -246,6 +450,136 @@ int32_t porto_closesocket(PORTO_SOCKET s);
 
 // `CloseHandle` of a completion port.
 int32_t porto_CloseHandle(PORTO_HANDLE h);
+
+// `WSAIoctl`: `PORTO_SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER` with
+// `PORTO_WSAID_MULTIPLE_RIO` in `in_buf` fills the `PORTO_RIO_EXTENSION_FUNCTION_TABLE` at
+// `out_buf`. Other codes and GUIDs: `PORTO_WSAEINVAL`. Returns 0 or `PORTO_SOCKET_ERROR`.
+//
+// # Safety
+// `in_buf` is readable for `in_len` bytes, `out_buf` writable for `out_len`, `returned`
+// valid (each may be NULL: then `PORTO_WSAEFAULT`).
+int32_t porto_WSAIoctl(PORTO_SOCKET s,
+                       uint32_t code,
+                       const void *in_buf,
+                       uint32_t in_len,
+                       void *out_buf,
+                       uint32_t out_len,
+                       uint32_t *returned,
+                       PORTO_OVERLAPPED *ov,
+                       const void *routine);
+
+// `RIORegisterBuffer`: registers `len` bytes of the caller's memory at `data`. The memory
+// stays the caller's: it must stay valid until `RIODeregisterBuffer` and every request
+// using it has been dequeued. `PORTO_RIO_INVALID_BUFFERID` on failure.
+//
+// # Safety
+// `data` is valid for reads and writes of `len` bytes for that long.
+PORTO_RIO_BUFFERID porto_RIORegisterBuffer(char *data, uint32_t len);
+
+// `RIODeregisterBuffer`. Errors (an unknown id) are left in `porto_WSAGetLastError`.
+void porto_RIODeregisterBuffer(PORTO_RIO_BUFFERID id);
+
+// `RIOCreateCompletionQueue`: `size` entries (at most `PORTO_RIO_MAX_CQ_SIZE`); `n` NULL
+// (poll with `RIODequeueCompletion`) or an IOCP notification. `PORTO_RIO_INVALID_CQ` on
+// failure.
+//
+// # Safety
+// `n` is NULL or valid.
+PORTO_RIO_CQ porto_RIOCreateCompletionQueue(uint32_t size,
+                                            const PORTO_RIO_NOTIFICATION_COMPLETION *n);
+
+// `RIOCloseCompletionQueue`.
+void porto_RIOCloseCompletionQueue(PORTO_RIO_CQ cq);
+
+// `RIOCreateRequestQueue` on socket `s` (bound, or bound now to the unspecified address):
+// up to `max_recv` receives and `max_send` sends outstanding, one buffer each, results in
+// `recv_cq` and `send_cq` (may be the same; each must have room). Overlapped calls on the
+// socket need it associated with a port before this. `PORTO_RIO_INVALID_RQ` on failure
+// (`PORTO_WSAENOBUFS`: a completion queue too small).
+PORTO_RIO_RQ porto_RIOCreateRequestQueue(PORTO_SOCKET s,
+                                         uint32_t max_recv,
+                                         uint32_t max_recv_bufs,
+                                         uint32_t max_send,
+                                         uint32_t max_send_bufs,
+                                         PORTO_RIO_CQ recv_cq,
+                                         PORTO_RIO_CQ send_cq,
+                                         void *ctx);
+
+// `RIOReceive`: receive into `data` (one `RIO_BUF`). TRUE (1) or FALSE (0) with the error
+// in `porto_WSAGetLastError` (`PORTO_WSAENOBUFS`: the queue's receives are all out).
+//
+// # Safety
+// `data` as for `RIOReceiveEx`.
+int32_t porto_RIOReceive(PORTO_RIO_RQ rq,
+                         const PORTO_RIO_BUF *data,
+                         uint32_t count,
+                         uint32_t flags,
+                         void *ctx);
+
+// `RIOReceiveEx`: as `RIOReceive`; the sender's `SOCKADDR_INET` is written into `remote`
+// (registered memory) when the result is dequeued. `local`, `control` and `flags_buf` must
+// be NULL (not supported yet: `PORTO_WSAEOPNOTSUPP`).
+//
+// # Safety
+// Each pointer is NULL or a valid `RIO_BUF` (`data`: `count` of them); the bytes they name
+// follow Windows' rules: untouched by the caller until the result is dequeued.
+int32_t porto_RIOReceiveEx(PORTO_RIO_RQ rq,
+                           const PORTO_RIO_BUF *data,
+                           uint32_t count,
+                           const PORTO_RIO_BUF *local,
+                           const PORTO_RIO_BUF *remote,
+                           const PORTO_RIO_BUF *control,
+                           const PORTO_RIO_BUF *flags_buf,
+                           uint32_t flags,
+                           void *ctx);
+
+// `RIOSend`: send `data` on a connected socket (or, with `PORTO_RIO_MSG_COMMIT_ONLY` and
+// `data` NULL, hand over the deferred requests).
+//
+// # Safety
+// As for `RIOSendEx`.
+int32_t porto_RIOSend(PORTO_RIO_RQ rq,
+                      const PORTO_RIO_BUF *data,
+                      uint32_t count,
+                      uint32_t flags,
+                      void *ctx);
+
+// `RIOSendEx`: as `RIOSend`, to the `SOCKADDR_INET` in `remote` (registered memory, read
+// now). `local`, `control` and `flags_buf` must be NULL.
+//
+// # Safety
+// Each pointer is NULL or a valid `RIO_BUF`; the data's bytes are not written until the
+// result is dequeued.
+int32_t porto_RIOSendEx(PORTO_RIO_RQ rq,
+                        const PORTO_RIO_BUF *data,
+                        uint32_t count,
+                        const PORTO_RIO_BUF *local,
+                        const PORTO_RIO_BUF *remote,
+                        const PORTO_RIO_BUF *control,
+                        const PORTO_RIO_BUF *flags_buf,
+                        uint32_t flags,
+                        void *ctx);
+
+// `RIODequeueCompletion`: up to `size` results into `results` (never waits); a
+// `RIOReceiveEx`'s sender is written into its address buffer here. Returns the count, or
+// `PORTO_RIO_CORRUPT_CQ` for a handle that is no completion queue.
+//
+// # Safety
+// `results` is writable for `size` entries; the address buffers of the receives being
+// dequeued are still registered memory.
+uint32_t porto_RIODequeueCompletion(PORTO_RIO_CQ cq, PORTO_RIORESULT *results, uint32_t size);
+
+// `RIONotify`: the queue's notification fires once when it holds a result (at once if it
+// already does). 0, or the WSA error (`PORTO_WSAEINVAL`: no notification configured).
+int32_t porto_RIONotify(PORTO_RIO_CQ cq);
+
+// `RIOResizeCompletionQueue`: not supported yet — FALSE with `PORTO_WSAEOPNOTSUPP` (create
+// the queue at its largest size).
+int32_t porto_RIOResizeCompletionQueue(PORTO_RIO_CQ cq, uint32_t size);
+
+// `RIOResizeRequestQueue`: new maxima; FALSE with `PORTO_WSAETOOMANYREFS` below what is
+// outstanding, `PORTO_WSAENOBUFS` when a completion queue has no room for more.
+int32_t porto_RIOResizeRequestQueue(PORTO_RIO_RQ rq, uint32_t max_recv, uint32_t max_send);
 
 #ifdef __cplusplus
 }  // extern "C"

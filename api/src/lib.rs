@@ -52,8 +52,8 @@ pub use porto_engine::pool::{Buf, Gather, Pool, SharedBuf, Shares, GATHER_MAX};
 pub use porto_engine::port::CompletionPort;
 pub use porto_engine::shard::{Delivery, QosFlow, Shard, ShardHandle, ShardInfo};
 pub use porto_engine::socket::{
-    poll, recv_batch, unspecified, DatagramOptions, DatagramSocket, Interface, PollFd, Rejected, SocketOptions,
-    TcpListener, TcpStream, UdpSocket, XdpInfo, XdpOptions, XdpQueues, XdpUdpSocket,
+    poll, recv_batch, unspecified, DatagramOptions, DatagramSocket, Interface, PollFd, Rejected, SocketCore,
+    SocketOptions, TcpListener, TcpStream, UdpSocket, XdpInfo, XdpOptions, XdpQueues, XdpUdpSocket,
 };
 pub use porto_engine::stats::{Snapshot as StatsSnapshot, Stats};
 pub use porto_engine::telemetry;
@@ -92,6 +92,7 @@ pub mod wire {
 /// Registered I/O: registered buffers, request queues, completion queues.
 pub mod rio {
     pub use porto_engine::rio::{
-        CompletionQueue, RegisteredBuffer, RequestQueue, RioBuf, RioEvent, RioFlags, RioNotify, RioResult,
+        CompletionQueue, ExternalBuffer, RegisteredBuffer, RequestQueue, RioBuf, RioEvent, RioFlags, RioNotify,
+        RioResult,
     };
 }

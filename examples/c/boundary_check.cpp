@@ -1,6 +1,9 @@
 // Compiles porto.h as C++ (-Wall -Wextra -Werror) and checks the boundary from the caller's
 // side: bad handles, NULL pointers and a timeout each fail with Windows' error number, and
-// a posted completion comes back with its key, byte count and OVERLAPPED.
+// a posted completion comes back with its key, byte count and OVERLAPPED; RIO's function
+// table, its misuses (a RIO_BUF outside its buffer, an unknown buffer, unknown and
+// unsupported flags, a queue too small, a resize below what is out, a corrupt CQ handle),
+// and closesocket aborting a request queue's receives once each.
 #include "porto.h"
 
 #include <netinet/in.h>
@@ -101,6 +104,97 @@ int main() {
     EXPECT(porto_GetQueuedCompletionStatusEx(iocp, e, 4, &n, 2000, 0) == 1);
     EXPECT(n == 1 && e[0].lpOverlapped == &ov && e[0].Internal == PORTO_WSA_OPERATION_ABORTED && e[0].lpCompletionKey == 7);
     EXPECT(porto_GetQueuedCompletionStatusEx(iocp, e, 4, &n, 50, 0) == 0); // nothing more
+    // RIO: the function table, then each misuse with Windows' answer.
+    {
+        PORTO_SOCKET r = porto_WSASocket(AF_INET, SOCK_DGRAM, 0, nullptr, 0, PORTO_WSA_FLAG_REGISTERED_IO);
+        PORTO_RIO_EXTENSION_FUNCTION_TABLE rio;
+        std::memset(&rio, 0, sizeof rio);
+        PORTO_GUID id = PORTO_WSAID_MULTIPLE_RIO;
+        uint32_t got = 0;
+        EXPECT(porto_WSAIoctl(r, PORTO_SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER, &id, sizeof id, &rio, 8, &got,
+                              nullptr, nullptr) == PORTO_SOCKET_ERROR); // table does not fit
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEFAULT);
+        PORTO_GUID other = id;
+        other.Data1 ^= 1;
+        EXPECT(porto_WSAIoctl(r, PORTO_SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER, &other, sizeof other, &rio,
+                              sizeof rio, &got, nullptr, nullptr) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
+        EXPECT(porto_WSAIoctl(r, PORTO_SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER, &id, sizeof id, &rio, sizeof rio,
+                              &got, nullptr, nullptr) == 0);
+        EXPECT(got == sizeof rio && rio.cbSize == sizeof rio && rio.RIOReceiveEx != nullptr);
+
+        static char mem[4096];
+        EXPECT(rio.RIORegisterBuffer(nullptr, 16) == PORTO_RIO_INVALID_BUFFERID);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEFAULT);
+        PORTO_RIO_BUFFERID buf = rio.RIORegisterBuffer(mem, sizeof mem);
+        EXPECT(buf != PORTO_RIO_INVALID_BUFFERID);
+        EXPECT(rio.RIOCreateCompletionQueue(0, nullptr) == PORTO_RIO_INVALID_CQ);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
+        PORTO_RIO_CQ cq = rio.RIOCreateCompletionQueue(4, nullptr); // polled
+        EXPECT(cq != PORTO_RIO_INVALID_CQ);
+        EXPECT(rio.RIONotify(cq) == PORTO_WSAEINVAL); // no notification configured
+        EXPECT(rio.RIOCreateRequestQueue(r, 4, 1, 4, 1, cq, cq, nullptr) == PORTO_RIO_INVALID_RQ);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAENOBUFS); // 8 outstanding, 4 entries
+        EXPECT(rio.RIOCreateRequestQueue(r, 2, 2, 2, 1, cq, cq, nullptr) == PORTO_RIO_INVALID_RQ);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL); // one buffer per request
+        PORTO_RIO_RQ rq = rio.RIOCreateRequestQueue(r, 2, 1, 2, 1, cq, cq, (void *)5);
+        EXPECT(rq != PORTO_RIO_INVALID_RQ);
+
+        PORTO_RIO_BUF outside = {buf, 4000, 200};
+        EXPECT(rio.RIOReceive(rq, &outside, 1, 0, nullptr) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
+        PORTO_RIO_BUF unknown = {buf + 1000, 0, 16};
+        EXPECT(rio.RIOReceive(rq, &unknown, 1, 0, nullptr) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
+        PORTO_RIO_BUF in = {buf, 0, 1024};
+        EXPECT(rio.RIOReceive(rq, &in, 1, PORTO_RIO_MSG_WAITALL, nullptr) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
+        EXPECT(rio.RIOReceive(rq, &in, 1, 0x100, nullptr) == 0); // an unknown flag
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
+        PORTO_RIO_BUF small_addr = {buf, 2048, 8};
+        EXPECT(rio.RIOReceiveEx(rq, &in, 1, nullptr, &small_addr, nullptr, nullptr, 0, nullptr) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEFAULT);
+        EXPECT(rio.RIOReceive(rq, nullptr, 1, 0, nullptr) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEFAULT);
+        EXPECT(rio.RIOReceive(rq, &in, 1, 0, (void *)11) == 1);
+        PORTO_RIO_BUF in2 = {buf, 1024, 1024};
+        EXPECT(rio.RIOReceive(rq, &in2, 1, 0, (void *)12) == 1);
+        PORTO_RIO_BUF in3 = {buf, 3072, 1024};
+        EXPECT(rio.RIOReceive(rq, &in3, 1, 0, (void *)13) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAENOBUFS); // 2 receives at most
+        EXPECT(rio.RIOResizeRequestQueue(rq, 1, 2) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAETOOMANYREFS); // 2 are out
+        EXPECT(rio.RIOResizeCompletionQueue(cq, 8) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEOPNOTSUPP);
+
+        PORTO_RIORESULT res[4];
+        EXPECT(rio.RIODequeueCompletion(cq + 1000, res, 4) == PORTO_RIO_CORRUPT_CQ);
+        EXPECT(rio.RIODequeueCompletion(cq, nullptr, 4) == PORTO_RIO_CORRUPT_CQ);
+        EXPECT(rio.RIODequeueCompletion(cq, res, 4) == 0);
+        // Closing the socket aborts both receives, once each, and frees its request queue.
+        EXPECT(porto_closesocket(r) == 0);
+        uint32_t aborted = 0;
+        for (int round = 0; round < 200 && aborted < 2; round++) {
+            uint32_t k = rio.RIODequeueCompletion(cq, res, 4);
+            for (uint32_t i = 0; i < k && k != PORTO_RIO_CORRUPT_CQ; i++)
+                aborted += res[i].Status == PORTO_WSA_OPERATION_ABORTED && res[i].SocketContext == 5 &&
+                           (res[i].RequestContext == 11 || res[i].RequestContext == 12);
+            if (aborted < 2) {
+                uint32_t nn = 0;
+                porto_GetQueuedCompletionStatusEx(iocp, e, 4, &nn, 10, 0); // a 10 ms pause
+            }
+        }
+        EXPECT(aborted == 2);
+        EXPECT(rio.RIODequeueCompletion(cq, res, 4) == 0); // nothing more
+        EXPECT(rio.RIOReceive(rq, &in, 1, 0, nullptr) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL); // the queue went with its socket
+        rio.RIOCloseCompletionQueue(cq);
+        EXPECT(rio.RIODequeueCompletion(cq, res, 4) == PORTO_RIO_CORRUPT_CQ);
+        rio.RIODeregisterBuffer(buf);
+        rio.RIODeregisterBuffer(buf);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
+    }
+
     EXPECT(porto_CloseHandle(iocp) == 1);
     EXPECT(porto_CloseHandle(iocp) == 0);
     EXPECT(porto_WSAGetLastError() == PORTO_ERROR_INVALID_HANDLE);

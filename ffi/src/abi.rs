@@ -68,7 +68,7 @@ pub struct PORTO_STARTUP {
 
 /// Runs `f` for an exported call: its error or a panic becomes the thread's last error and
 /// the call returns `fail`.
-fn guard<T>(fail: T, f: impl FnOnce() -> Result<T, Wsa>) -> T {
+pub(crate) fn guard<T>(fail: T, f: impl FnOnce() -> Result<T, Wsa>) -> T {
     match std::panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => v,
         Ok(Err(Wsa(code))) => {
@@ -91,7 +91,7 @@ fn status(f: impl FnOnce() -> Result<(), Wsa>) -> i32 {
     }
 }
 
-fn non_null<T>(p: *const T) -> Result<*const T, Wsa> {
+pub(crate) fn non_null<T>(p: *const T) -> Result<*const T, Wsa> {
     if p.is_null() {
         Err(Wsa(PORTO_WSAEFAULT))
     } else {
@@ -103,7 +103,7 @@ fn non_null<T>(p: *const T) -> Result<*const T, Wsa> {
 ///
 /// # Safety
 /// `name` is NULL or readable for `len` bytes.
-unsafe fn read_sockaddr(name: *const libc::sockaddr, len: i32) -> Result<SocketAddr, Wsa> {
+pub(crate) unsafe fn read_sockaddr(name: *const libc::sockaddr, len: i32) -> Result<SocketAddr, Wsa> {
     let name = non_null(name)?;
     let len = usize::try_from(len).map_err(|_| Wsa(PORTO_WSAEFAULT))?;
     if len < std::mem::size_of::<libc::sa_family_t>() {
@@ -138,7 +138,7 @@ unsafe fn read_sockaddr(name: *const libc::sockaddr, len: i32) -> Result<SocketA
 ///
 /// # Safety
 /// `name` is writable for `*len` bytes and `len` is a valid `i32`, or either is NULL.
-unsafe fn write_sockaddr(addr: SocketAddr, name: *mut libc::sockaddr, len: *mut i32) -> Result<(), Wsa> {
+pub(crate) unsafe fn write_sockaddr(addr: SocketAddr, name: *mut libc::sockaddr, len: *mut i32) -> Result<(), Wsa> {
     if name.is_null() || len.is_null() {
         return Err(Wsa(PORTO_WSAEFAULT));
     }
@@ -429,6 +429,53 @@ pub unsafe extern "C" fn porto_GetQueuedCompletionStatusEx(
         }
         // SAFETY: `removed` is non-NULL and valid.
         unsafe { removed.write(done.len() as u32) };
+        Ok(1)
+    })
+}
+
+/// `GetQueuedCompletionStatus`: one completion. TRUE (1) with its bytes, key and
+/// OVERLAPPED; FALSE (0) with `*ov` set and the operation's error in
+/// `porto_WSAGetLastError` when the operation failed; FALSE with `*ov` NULL and
+/// `PORTO_WAIT_TIMEOUT` when nothing came in `timeout_ms`.
+///
+/// # Safety
+/// `bytes`, `key` and `ov` are valid; as for `porto_GetQueuedCompletionStatusEx` otherwise.
+#[no_mangle]
+pub unsafe extern "C" fn porto_GetQueuedCompletionStatus(
+    port: PORTO_HANDLE,
+    bytes: *mut u32,
+    key: *mut u64,
+    ov: *mut *mut PORTO_OVERLAPPED,
+    timeout_ms: u32,
+) -> i32 {
+    guard(0, || {
+        non_null(bytes)?;
+        non_null(key)?;
+        non_null(ov)?;
+        // SAFETY: `ov` is valid: NULL until an operation comes.
+        unsafe { ov.write(std::ptr::null_mut()) };
+        let mut e = PORTO_OVERLAPPED_ENTRY {
+            lpCompletionKey: 0,
+            lpOverlapped: std::ptr::null_mut(),
+            Internal: 0,
+            dwNumberOfBytesTransferred: 0,
+        };
+        let mut n = 0u32;
+        // SAFETY: one entry and a count on this stack; the rest is the caller's contract.
+        if unsafe { porto_GetQueuedCompletionStatusEx(port, &mut e, 1, &mut n, timeout_ms, 0) } == 0 {
+            return Err(Wsa(state::last_error()));
+        }
+        // SAFETY: the three out-pointers are valid (checked non-NULL; the caller's contract).
+        unsafe {
+            bytes.write(e.dwNumberOfBytesTransferred);
+            key.write(e.lpCompletionKey);
+            ov.write(e.lpOverlapped);
+        }
+        if e.Internal != 0 {
+            // The operation failed: FALSE with its OVERLAPPED, as Windows reports it.
+            state::set_last_error(e.Internal as i32);
+            return Ok(0);
+        }
         Ok(1)
     })
 }

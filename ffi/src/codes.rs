@@ -37,7 +37,41 @@ pub const PORTO_WSAENOBUFS: i32 = 10055;
 pub const PORTO_WSAENOTCONN: i32 = 10057;
 pub const PORTO_WSAESHUTDOWN: i32 = 10058;
 pub const PORTO_WSAETIMEDOUT: i32 = 10060;
+pub const PORTO_WSAETOOMANYREFS: i32 = 10059;
 pub const PORTO_WSAECONNREFUSED: i32 = 10061;
 pub const PORTO_WSAEHOSTUNREACH: i32 = 10065;
 pub const PORTO_WSANOTINITIALISED: i32 = 10093;
 pub const PORTO_WSASYSCALLFAILURE: i32 = 10107;
+
+/// `WSASocket` flags (accepted; every porto socket is overlapped and can do RIO).
+pub const PORTO_WSA_FLAG_OVERLAPPED: u32 = 0x01;
+pub const PORTO_WSA_FLAG_REGISTERED_IO: u32 = 0x100;
+
+/// `WSAIoctl` codes: fetch extension function pointers (`WSAID_MULTIPLE_RIO` for RIO).
+pub const PORTO_SIO_GET_EXTENSION_FUNCTION_POINTER: u32 = 0xC800_0006;
+pub const PORTO_SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER: u32 = 0xC800_0024;
+
+/// A registered buffer (`RIO_BUFFERID`), completion queue (`RIO_CQ`), request queue
+/// (`RIO_RQ`): handles the library checks on every call.
+pub type PORTO_RIO_BUFFERID = u64;
+pub type PORTO_RIO_CQ = u64;
+pub type PORTO_RIO_RQ = u64;
+pub const PORTO_RIO_INVALID_BUFFERID: PORTO_RIO_BUFFERID = 0xFFFF_FFFF;
+pub const PORTO_RIO_INVALID_CQ: PORTO_RIO_CQ = 0;
+pub const PORTO_RIO_INVALID_RQ: PORTO_RIO_RQ = 0;
+/// `RIODequeueCompletion`'s answer for a handle that is no completion queue.
+pub const PORTO_RIO_CORRUPT_CQ: u32 = 0xFFFF_FFFF;
+/// Largest `RIOCreateCompletionQueue` size (each entry is preallocated).
+pub const PORTO_RIO_MAX_CQ_SIZE: u32 = 1 << 20;
+
+/// RIO request flags (a bit set, Windows' values).
+pub const PORTO_RIO_MSG_DONT_NOTIFY: u32 = 0x1;
+pub const PORTO_RIO_MSG_DEFER: u32 = 0x2;
+/// Not supported yet: a request with it fails with `PORTO_WSAEINVAL`.
+pub const PORTO_RIO_MSG_WAITALL: u32 = 0x4;
+pub const PORTO_RIO_MSG_COMMIT_ONLY: u32 = 0x8;
+
+/// `RIO_NOTIFICATION_COMPLETION_TYPE`. Event notification is not supported (use the IOCP one,
+/// or poll `RIODequeueCompletion`).
+pub const PORTO_RIO_EVENT_COMPLETION: i32 = 1;
+pub const PORTO_RIO_IOCP_COMPLETION: i32 = 2;

@@ -9,7 +9,12 @@
 //! stale or foreign one is `WSAENOTSOCK` / `ERROR_INVALID_HANDLE`, never a dangling
 //! pointer); every pointer is checked for NULL and every length against its buffer; a panic
 //! never crosses into C (caught, reported as `WSASYSCALLFAILURE`). `unsafe` lives only in
-//! `abi`, where C's pointers are read and written; `state` is safe Rust.
+//! `abi` and `abi_rio`, where C's pointers are read and written; `state` and `rio` are safe
+//! Rust.
+//!
+//! Registered I/O comes as on Windows: `porto_WSAIoctl(SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER,
+//! WSAID_MULTIPLE_RIO)` fills a `RIO_EXTENSION_FUNCTION_TABLE`; buffers are the caller's own
+//! memory, registered in place, and the kernel reads and writes them directly (zero copy).
 //!
 //! Semantics follow Winsock's: an overlapped call returns `SOCKET_ERROR` with
 //! `WSA_IO_PENDING` and completes later into the socket's completion port, its
@@ -21,5 +26,7 @@
 #![deny(unsafe_code)]
 
 pub mod abi;
+pub mod abi_rio;
 pub mod codes;
+mod rio;
 mod state;

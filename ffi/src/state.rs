@@ -77,6 +77,11 @@ enum SockState {
         port: Arc<Port>,
         shard: ShardHandle,
     },
+    /// Opened for RIO by `RIOCreateRequestQueue` without a port: RIO requests only
+    /// (overlapped calls need a port: associate before creating the request queue).
+    Rio {
+        sock: UdpSocket,
+    },
 }
 
 #[derive(Debug)]
@@ -86,9 +91,12 @@ pub(crate) struct Sock {
 }
 
 #[derive(Debug)]
-enum Obj {
+pub(crate) enum Obj {
     Port(Arc<Port>),
     Sock(Arc<Sock>),
+    Buffer(Arc<crate::rio::Registered>),
+    Cq(Arc<crate::rio::Cq>),
+    Rq(Arc<crate::rio::Rq>),
 }
 
 #[derive(Debug, Default)]
@@ -158,7 +166,7 @@ pub(crate) fn cleanup() -> Result<(), Wsa> {
     Ok(())
 }
 
-fn insert(obj: Obj) -> Result<u64, Wsa> {
+pub(crate) fn insert(obj: Obj) -> Result<u64, Wsa> {
     let mut g = write();
     if g.engine.is_none() {
         return Err(Wsa(PORTO_WSANOTINITIALISED));
@@ -167,6 +175,50 @@ fn insert(obj: Obj) -> Result<u64, Wsa> {
     g.next = g.next.checked_add(1).ok_or(Wsa(PORTO_WSASYSCALLFAILURE))?;
     g.objs.insert(h, obj);
     Ok(h)
+}
+
+/// The object behind handle `h`, if any (the engine running).
+pub(crate) fn get(h: u64) -> Result<Option<ObjRef>, Wsa> {
+    let g = read();
+    if g.engine.is_none() {
+        return Err(Wsa(PORTO_WSANOTINITIALISED));
+    }
+    Ok(g.objs.get(&h).map(|o| match o {
+        Obj::Port(_) | Obj::Sock(_) => ObjRef::Other,
+        Obj::Buffer(b) => ObjRef::Buffer(b.clone()),
+        Obj::Cq(c) => ObjRef::Cq(c.clone()),
+        Obj::Rq(r) => ObjRef::Rq(r.clone()),
+    }))
+}
+
+/// A RIO handle's object, shared out of the table (sockets and ports have their own
+/// lookups).
+pub(crate) enum ObjRef {
+    Other,
+    Buffer(Arc<crate::rio::Registered>),
+    Cq(Arc<crate::rio::Cq>),
+    Rq(Arc<crate::rio::Rq>),
+}
+
+/// Removes handle `h` if `is` accepts its object; `bad` otherwise.
+pub(crate) fn remove(h: u64, is: impl Fn(&Obj) -> bool, bad: i32) -> Result<(), Wsa> {
+    let obj = {
+        let mut g = write();
+        match g.objs.get(&h) {
+            Some(o) if is(o) => g.objs.remove(&h),
+            _ => return Err(Wsa(bad)),
+        }
+    };
+    // Dropped outside the lock (a socket's close talks to its shard).
+    drop(obj);
+    Ok(())
+}
+
+/// The engine's shard for a new RIO registration: the first (its fixed-buffer table serves
+/// the zero-copy sends of the sockets on it; sockets on other shards copy).
+pub(crate) fn first_shard() -> Result<ShardHandle, Wsa> {
+    let g = read();
+    Ok(g.engine.as_ref().ok_or(Wsa(PORTO_WSANOTINITIALISED))?.shard(0).clone())
 }
 
 fn sock(h: u64) -> Result<Arc<Sock>, Wsa> {
@@ -180,7 +232,7 @@ fn sock(h: u64) -> Result<Arc<Sock>, Wsa> {
     }
 }
 
-fn port(h: u64) -> Result<Arc<Port>, Wsa> {
+pub(crate) fn port(h: u64) -> Result<Arc<Port>, Wsa> {
     match read().objs.get(&h) {
         Some(Obj::Port(p)) => Ok(p.clone()),
         _ => Err(Wsa(PORTO_ERROR_INVALID_HANDLE)),
@@ -234,8 +286,45 @@ pub(crate) fn local_addr(h: u64) -> Result<SocketAddr, Wsa> {
     match &*st {
         SockState::Unbound => Err(Wsa(PORTO_WSAEINVAL)),
         SockState::Bound(k) => k.local_addr().map_err(|e| Wsa::from(Error::from(e))),
-        SockState::Associated { sock, .. } => sock.local_addr().map_err(Wsa::from),
+        SockState::Associated { sock, .. } | SockState::Rio { sock } => sock.local_addr().map_err(Wsa::from),
     }
+}
+
+/// The socket's engine side for a RIO request queue, opening it for RIO now if it has no
+/// port (an unbound one is bound to the unspecified address first).
+pub(crate) fn rio_core(
+    h: u64,
+    f: impl FnOnce(&porto::SocketCore) -> Result<crate::rio::Rq, Wsa>,
+) -> Result<crate::rio::Rq, Wsa> {
+    let s = sock(h)?;
+    let mut st = lock(&s);
+    let k = match std::mem::replace(&mut *st, SockState::Unbound) {
+        SockState::Bound(k) => k,
+        SockState::Unbound => {
+            let any: SocketAddr = if s.v6 { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal");
+            SocketOptions::default()
+                .bind_kernel_udp(any)
+                .map_err(|_| Wsa(PORTO_WSASYSCALLFAILURE))?
+        }
+        open @ (SockState::Associated { .. } | SockState::Rio { .. }) => {
+            *st = open;
+            return match &*st {
+                SockState::Associated { sock, .. } | SockState::Rio { sock } => f(sock.core()),
+                _ => unreachable!("just put back"),
+            };
+        }
+    };
+    // RIO results go to completion queues; the socket's own completions (none are issued
+    // on a RIO-only socket) to a port nobody reads.
+    let delivery = Delivery::Port {
+        port: CompletionPort::new(1, 1),
+        key: 0,
+    };
+    let shard = first_shard()?;
+    let sock = UdpSocket::adopt(&shard, k, delivery).map_err(|_| Wsa(PORTO_WSASYSCALLFAILURE))?;
+    let r = f(sock.core());
+    *st = SockState::Rio { sock };
+    r
 }
 
 /// `CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, concurrency)`: a new port.
@@ -271,8 +360,9 @@ pub(crate) fn associate(h: u64, port_h: u64, key: u64) -> Result<u64, Wsa> {
                 Err(_) => return Err(Wsa(PORTO_WSASYSCALLFAILURE)),
             }
         }
-        assoc @ SockState::Associated { .. } => {
-            *st = assoc;
+        open @ (SockState::Associated { .. } | SockState::Rio { .. }) => {
+            // Associated once; a RIO-only socket's completions already have their place.
+            *st = open;
             return Err(Wsa(PORTO_WSAEINVAL));
         }
     };
@@ -292,6 +382,7 @@ fn with_assoc<T>(h: u64, f: impl FnOnce(&UdpSocket, &Arc<Port>, &ShardHandle) ->
     let st = lock(&s);
     match &*st {
         SockState::Associated { sock, port, shard } => f(sock, port, shard),
+        // Not associated with a port (a RIO-only socket included): nowhere to complete.
         _ => Err(Wsa(PORTO_WSAEINVAL)),
     }
 }
@@ -349,28 +440,27 @@ pub(crate) fn cancel(h: u64, token: Option<u64>) -> Result<(), Wsa> {
 }
 
 /// `closesocket`: outstanding operations complete `WSA_OPERATION_ABORTED` into the port.
+/// A RIO socket's request queues are closed with it: their outstanding requests end
+/// aborted in their completion queues, each once.
 pub(crate) fn close_socket(h: u64) -> Result<(), Wsa> {
-    let obj = {
+    remove(h, |o| matches!(o, Obj::Sock(_)), PORTO_WSAENOTSOCK)?;
+    let queues: Vec<Obj> = {
         let mut g = write();
-        match g.objs.get(&h) {
-            Some(Obj::Sock(_)) => g.objs.remove(&h),
-            _ => return Err(Wsa(PORTO_WSAENOTSOCK)),
-        }
+        let ids: Vec<u64> = g
+            .objs
+            .iter()
+            .filter(|(_, o)| matches!(o, Obj::Rq(r) if r.sock == h))
+            .map(|(&id, _)| id)
+            .collect();
+        ids.iter().filter_map(|id| g.objs.remove(id)).collect()
     };
-    drop(obj);
+    drop(queues);
     Ok(())
 }
 
 /// `CloseHandle(port)`: sockets associated with it keep it alive until they close.
 pub(crate) fn close_handle(h: u64) -> Result<(), Wsa> {
-    let mut g = write();
-    match g.objs.get(&h) {
-        Some(Obj::Port(_)) => {
-            g.objs.remove(&h);
-            Ok(())
-        }
-        _ => Err(Wsa(PORTO_ERROR_INVALID_HANDLE)),
-    }
+    remove(h, |o| matches!(o, Obj::Port(_)), PORTO_ERROR_INVALID_HANDLE)
 }
 
 /// `PostQueuedCompletionStatus`.

@@ -1,7 +1,8 @@
 //! The C examples, built with the system C and C++ compilers against `include/porto.h` and
 //! the static library (warnings as errors, AddressSanitizer and UBSan on), then run:
-//! `boundary_check.cpp` checks the boundary from C++; `iocp_udp_echo.c` answers sockperf
-//! over IPv4 and IPv6 and, closed, sees each posted receive complete once, aborted.
+//! `boundary_check.cpp` checks the boundary from C++; `iocp_udp_echo.c` and `rio_udp_echo.c`
+//! answer sockperf over IPv4 and IPv6 and, closed, see each posted receive complete once,
+//! aborted.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -130,13 +131,35 @@ fn the_iocp_echo_in_c_answers_sockperf_and_ends_each_receive_once() {
         "examples/c/iocp_udp_echo.c",
         &["-std=c11", "-D_POSIX_C_SOURCE=200809L"],
     );
+    // The 64 receives it keeps posted end aborted when it closes its socket, each once.
+    echo_answers_then_aborts(&exe, "64 receives aborted at close");
+    let _ = std::fs::remove_file(exe);
+}
+
+/// The RIO echo (function table from WSAIoctl, its own memory registered, IOCP-notified
+/// completion queue, RIOReceiveEx/RIOSendEx): answers sockperf over IPv4 and a client of
+/// sockperf's protocol over IPv6; at close its 64 posted receives end aborted, each once.
+#[test]
+fn the_rio_echo_in_c_answers_sockperf_and_ends_each_request_once() {
+    let exe = compile(
+        "cc",
+        "examples/c/rio_udp_echo.c",
+        &["-std=c11", "-D_POSIX_C_SOURCE=200809L"],
+    );
+    echo_answers_then_aborts(&exe, "64 requests aborted at close");
+    let _ = std::fs::remove_file(exe);
+}
+
+/// Runs the echo server `exe` over IPv4 (sockperf) and IPv6 (a client of its protocol),
+/// stops it with SIGTERM, and checks its last line says `aborted` and nothing failed.
+fn echo_answers_then_aborts(exe: &Path, aborted: &str) {
     for v6 in [false, true] {
         let port = free_port();
         let mut args = vec![port.to_string(), "30".to_string()];
         if v6 {
             args.push("-6".into());
         }
-        let mut server = Command::new(&exe)
+        let mut server = Command::new(exe)
             .args(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -215,9 +238,7 @@ fn the_iocp_echo_in_c_answers_sockperf_and_ends_each_receive_once() {
             .iter()
             .find(|l| l.contains("stopped;"))
             .unwrap_or_else(|| panic!("{lines:?}\n{err}"));
-        // The 64 receives it keeps posted end aborted when it closes its socket, each once.
-        assert!(stopped.contains("64 receives aborted at close"), "{stopped}");
+        assert!(stopped.contains(aborted), "{stopped}");
         assert!(stopped.contains(" 0 failed"), "{stopped}");
     }
-    let _ = std::fs::remove_file(exe);
 }
