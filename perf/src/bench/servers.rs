@@ -32,6 +32,9 @@ pub enum Server {
     /// `examples/c/iocp_udp_echo.c` through the C ABI (`libporto_c`): beside `porto-port`,
     /// what the ABI costs. Built by `examples/c/build.sh` into `target/c/`.
     CIocp,
+    /// `examples/c/rio_udp_echo.c`: Registered I/O through the C ABI (the caller's memory,
+    /// no copy). Built by `examples/c/build.sh`.
+    CRio,
 }
 
 impl Server {
@@ -47,6 +50,7 @@ impl Server {
             Server::PortoPollEpoll => "porto poll (epoll)",
             Server::PortoPortNoStats => "porto port (stats off)",
             Server::CIocp => "C iocp (libporto_c)",
+            Server::CRio => "C rio (libporto_c)",
         }
     }
 
@@ -82,17 +86,18 @@ impl Server {
                     c.arg("--tcp");
                 }
             }
-            Server::CIocp => {
+            Server::CIocp | Server::CRio => {
                 if !udp {
-                    return Err("the C example serves UDP only".into());
+                    return Err("the C examples serve UDP only".into());
                 }
-                // target/<profile>/porto -> target/c/iocp_udp_echo
+                let name = if self == Server::CIocp { "iocp_udp_echo" } else { "rio_udp_echo" };
+                // target/<profile>/porto -> target/c/<name>
                 let c_exe = exe
                     .parent()
                     .and_then(|p| p.parent())
-                    .map(|t| t.join("c/iocp_udp_echo"))
+                    .map(|t| t.join("c").join(name))
                     .filter(|p| p.exists())
-                    .ok_or("target/c/iocp_udp_echo is not built (run examples/c/build.sh)")?;
+                    .ok_or(format!("target/c/{name} is not built (run examples/c/build.sh)"))?;
                 c = Command::new("taskset");
                 c.arg("-c").arg(&core_s).arg(c_exe).arg(&port_s);
             }
