@@ -102,6 +102,7 @@ impl Command {
             | Command::OpenXdp { sock, .. }
             | Command::SetSocketFlow { sock, .. }
             | Command::SetClass { sock, .. }
+            | Command::SetDelivery { sock, .. }
             | Command::Neighbor { sock, .. }
             | Command::XdpGroup { sock, .. }
             | Command::Op { sock, .. }
@@ -150,6 +151,12 @@ pub(crate) enum Command {
     LinkRate {
         rate_bps: Option<u64>,
         burst_bytes: u64,
+    },
+    /// Where a socket's completions go from now on (Winsock's association made after the
+    /// socket exists: an accepted socket associated after AcceptEx).
+    SetDelivery {
+        sock: SockId,
+        delivery: Delivery,
     },
     /// A socket's traffic class: its receives' inbound priority, and for AF_XDP the TOS byte
     /// it writes into its frames.

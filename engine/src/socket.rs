@@ -77,6 +77,15 @@ impl SocketOptions {
         Ok(std::net::UdpSocket::from(fd))
     }
 
+    /// A TCP socket bound to `addr` with these options, not listening yet (Winsock's `bind`
+    /// before `listen`, or before `ConnectEx`): hand it to [`TcpListener::adopt`], or to
+    /// [`TcpStream::adopt`] and then [`TcpStream::connect_to`].
+    pub fn bind_kernel_tcp(&self, addr: SocketAddr) -> Result<OwnedFd, SetupError> {
+        let fd = new_socket(&addr, net::Kind::Tcp, self)?;
+        net::bind(fd.as_raw_fd(), &addr).map_err(|e| SetupError::bind(addr, e))?;
+        Ok(fd)
+    }
+
     /// Receives one datagram on a kernel socket made by [`bind_kernel_udp`](Self::bind_kernel_udp)
     /// (blocking as the socket is), with the kernel's receive stamp when the options asked
     /// for `timestamps`: (bytes, CLOCK_REALTIME ns). For baselines and load generators that
@@ -404,6 +413,19 @@ impl SocketCore {
             .send(Command::SetSocketFlow {
                 sock: self.id,
                 flow: flow.id,
+            })
+            .map_err(|_| Error::NoBuffers)
+    }
+
+    /// Re-associates the socket: completions of operations that end from now on go to
+    /// `delivery` (CreateIoCompletionPort on a socket whose operations already ran, as an
+    /// accepted socket after an AcceptEx that read its first data). Completions already
+    /// delivered stay where they are.
+    pub fn set_delivery(&self, delivery: Delivery) -> Result<(), Error> {
+        self.shared
+            .send(Command::SetDelivery {
+                sock: self.id,
+                delivery,
             })
             .map_err(|_| Error::NoBuffers)
     }
@@ -829,8 +851,18 @@ impl TcpListener {
         opts: &SocketOptions,
         delivery: Delivery,
     ) -> Result<TcpListener, SetupError> {
-        let fd = new_socket(&addr, net::Kind::Tcp, opts)?;
-        net::bind(fd.as_raw_fd(), &addr).map_err(|e| SetupError::bind(addr, e))?;
+        let fd = opts.bind_kernel_tcp(addr)?;
+        TcpListener::adopt(shard, fd, backlog, delivery)
+    }
+
+    /// Listens on `fd`, a TCP socket already bound (by [`SocketOptions::bind_kernel_tcp`]),
+    /// and opens it on `shard` (Winsock's order: `bind`, `listen`, then the association).
+    pub fn adopt(
+        shard: &ShardHandle,
+        fd: OwnedFd,
+        backlog: i32,
+        delivery: Delivery,
+    ) -> Result<TcpListener, SetupError> {
         net::listen(fd.as_raw_fd(), backlog).map_err(|source| SetupError::Syscall { what: "listen", source })?;
         Ok(TcpListener {
             core: SocketCore::open(shard, fd, delivery)?,
@@ -912,6 +944,13 @@ impl TcpStream {
         Ok(TcpStream {
             core: SocketCore::open(shard, fd, delivery)?,
         })
+    }
+
+    /// ConnectEx on a socket already open (bound by [`SocketOptions::bind_kernel_tcp`] and
+    /// adopted, as Winsock binds before ConnectEx): the `Connect` completion says whether it
+    /// connected (`TimedOut` after `timeout`).
+    pub fn connect_to(&self, addr: SocketAddr, token: u64, timeout: Option<Duration>) -> Result<(), Rejected> {
+        self.core.submit(token, Request::Connect { addr, timeout })
     }
 
     pub fn core(&self) -> &SocketCore {

@@ -402,6 +402,98 @@ fn cq_overflow_loses_nothing() {
     }
 }
 
+/// Winsock's order for TCP: `bind`, then `listen` (TcpListener::adopt) or ConnectEx on the
+/// bound socket (TcpStream::adopt + connect_to), and an accepted socket associated with a port
+/// after its accept (set_delivery): the operations issued after it complete there, with the
+/// new key.
+#[test]
+fn tcp_in_winsocks_order_with_a_late_association() {
+    let engine = Engine::start(&small()).unwrap();
+    let h = engine.shard(0);
+    let (a, b) = (CompletionPort::new(1, 64), CompletionPort::new(1, 64));
+    let opts = SocketOptions::default();
+    let lfd = opts.bind_kernel_tcp(any(false)).unwrap();
+    let lst = TcpListener::adopt(
+        h,
+        lfd,
+        16,
+        Delivery::Port {
+            port: a.clone(),
+            key: 1,
+        },
+    )
+    .unwrap();
+    lst.accept(10).unwrap();
+    let cfd = opts.bind_kernel_tcp(any(false)).unwrap();
+    let client = TcpStream::adopt(
+        h,
+        cfd,
+        Delivery::Port {
+            port: a.clone(),
+            key: 2,
+        },
+    )
+    .unwrap();
+    let bound = client.local_addr().unwrap();
+    client
+        .connect_to(lst.local_addr().unwrap(), 20, Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut out = Vec::new();
+    let mut accepted = None;
+    let mut connected = false;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (accepted.is_none() || !connected) && Instant::now() < deadline {
+        a.dequeue(&mut out, 8, Some(Duration::from_millis(200)));
+        for c in out.drain(..) {
+            match (c.op, c.token) {
+                (OpKind::Accept, 10) => {
+                    assert_eq!(c.peer, Some(bound), "connected from the address bound first");
+                    accepted = c.accepted;
+                }
+                (OpKind::Connect, 20) => {
+                    assert_eq!((c.key, c.result), (2, Ok(0)));
+                    connected = true;
+                }
+                o => panic!("unexpected {o:?}"),
+            }
+        }
+    }
+    assert!(connected, "ConnectEx on the bound socket completed");
+    let server = TcpStream::adopt(
+        h,
+        accepted.expect("accepted"),
+        Delivery::Port {
+            port: a.clone(),
+            key: 3,
+        },
+    )
+    .unwrap();
+    // CreateIoCompletionPort(accepted, b, 4) after the fact.
+    server
+        .core()
+        .set_delivery(Delivery::Port {
+            port: b.clone(),
+            key: 4,
+        })
+        .unwrap();
+    server.recv(30, Some(Duration::from_secs(5))).unwrap();
+    client.send(h.pool().alloc_from(b"late").unwrap(), 40).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut got = None;
+    while got.is_none() && Instant::now() < deadline {
+        b.dequeue(&mut out, 8, Some(Duration::from_millis(200)));
+        got = out.drain(..).find(|c| c.token == 30);
+    }
+    let c = got.expect("the receive completed into the new port");
+    assert_eq!((c.key, c.result), (4, Ok(4)));
+    assert_eq!(c.buffer.as_deref(), Some(&b"late"[..]));
+    a.dequeue(&mut out, 8, Some(Duration::from_millis(100)));
+    assert!(
+        out.iter().all(|c| c.token == 40),
+        "only the client's send is left in the old port: {out:?}"
+    );
+}
+
 #[test]
 fn tcp_echo_round_trip_through_port() {
     let engine = Engine::start(&small()).unwrap();

@@ -64,6 +64,17 @@ impl<D: Driver> Core<D> {
                     *e = SockEntry::open(gen, Endpoint::Xdp(port), Some(delivery), desc);
                     self.xdp_socks.push(sock);
                 }
+                Command::SetDelivery {
+                    sock: SockId { index: sock, .. },
+                    delivery,
+                } => {
+                    if let Delivery::Port { port, .. } = &delivery {
+                        self.backlogs.attach(port);
+                    }
+                    if let Some(Delivery::Port { port, .. }) = self.sockets[sock as usize].delivery.replace(delivery) {
+                        self.backlogs.detach(&port);
+                    }
+                }
                 Command::Post { key, token, bytes } => {
                     self.local.push_back(Completion::new(key, token, Ok(bytes)));
                 }

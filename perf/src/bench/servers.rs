@@ -90,7 +90,11 @@ impl Server {
                 if !udp {
                     return Err("the C examples serve UDP only".into());
                 }
-                let name = if self == Server::CIocp { "iocp_udp_echo" } else { "rio_udp_echo" };
+                let name = if self == Server::CIocp {
+                    "iocp_udp_echo"
+                } else {
+                    "rio_udp_echo"
+                };
                 // target/<profile>/porto -> target/c/<name>
                 let c_exe = exe
                     .parent()
