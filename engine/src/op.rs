@@ -22,10 +22,12 @@ pub(crate) enum Request {
         multishot: bool,
         timeout: Option<Duration>,
     },
-    /// Stream receive into pool frames; multishot keeps delivering until EOF or cancel.
+    /// Stream receive into pool frames; multishot keeps delivering until EOF or cancel. A
+    /// single-shot one reads at most `max` bytes (0: a frame).
     Recv {
         multishot: bool,
         timeout: Option<Duration>,
+        max: u32,
     },
     SendTo {
         buf: Buf,
@@ -133,6 +135,8 @@ pub(crate) struct Slot {
     pub zc_copied: bool,
     /// Bytes of a stream send already accepted by the kernel.
     pub sent: u32,
+    /// A single-shot stream receive reads at most this many bytes (0: a whole frame).
+    pub recv_max: u32,
     /// Multishot stopped for want of buffers; waiting to be re-armed.
     pub starved: bool,
     /// Started by the QoS scheduler (counts against its send budget until it ends).
@@ -198,6 +202,7 @@ impl Slot {
             zerocopy: false,
             zc_copied: false,
             sent: 0,
+            recv_max: 0,
             starved: false,
             scheduled: false,
             tos: None,
@@ -237,6 +242,7 @@ impl Table {
         s.zerocopy = false;
         s.zc_copied = false;
         s.sent = 0;
+        s.recv_max = 0;
         s.starved = false;
         s.scheduled = false;
         s.tos = None;

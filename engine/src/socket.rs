@@ -1002,11 +1002,18 @@ impl TcpStream {
 
     /// WSARecv into a pool frame: `Ok(0)` means the peer closed.
     pub fn recv(&self, token: u64, timeout: Option<Duration>) -> Result<(), Rejected> {
+        self.recv_at_most(token, 0, timeout)
+    }
+
+    /// WSARecv into buffers of `max` bytes: reads at most `max` (0: a whole frame), so
+    /// nothing the caller has no room for leaves the kernel's socket buffer.
+    pub fn recv_at_most(&self, token: u64, max: u32, timeout: Option<Duration>) -> Result<(), Rejected> {
         self.core.submit(
             token,
             Request::Recv {
                 multishot: false,
                 timeout,
+                max,
             },
         )
     }
@@ -1018,6 +1025,7 @@ impl TcpStream {
             Request::Recv {
                 multishot: true,
                 timeout: None,
+                max: 0,
             },
         )
     }

@@ -834,9 +834,18 @@ impl<D: Driver> Core<D> {
         s.started = Instant::now();
         s.scheduled = scheduled;
         match req {
-            Request::RecvFrom { multishot, timeout } | Request::Recv { multishot, timeout } => {
+            Request::RecvFrom { multishot, timeout } => {
                 s.multishot = multishot;
                 s.timeout = if multishot { None } else { timeout };
+            }
+            Request::Recv {
+                multishot,
+                timeout,
+                max,
+            } => {
+                s.multishot = multishot;
+                s.timeout = if multishot { None } else { timeout };
+                s.recv_max = max;
             }
             Request::SendTo {
                 buf,

@@ -99,7 +99,12 @@ impl<D: Driver> Core<D> {
                 }
             }
             (OpKind::Recv, _) if s.multishot => Prep::RecvMulti,
-            (OpKind::Recv, _) => Prep::Recv { len: frame_size },
+            (OpKind::Recv, _) => Prep::Recv {
+                len: match s.recv_max {
+                    0 => frame_size,
+                    m => m.min(frame_size),
+                },
+            },
             (OpKind::SendTo | OpKind::Send, _) if s.gather.is_some() => {
                 let n = s.gather.as_ref().map_or(0, |g| g.fill_iovecs(&mut s.iovs));
                 s.msg = net::msghdr(&mut s.addr, s.addr_len, &mut s.iovs[0]);
