@@ -1,7 +1,8 @@
 /* porto: Windows Sockets 2 / IOCP calls over io_uring (or epoll) shards, for C and C++.
  *
  * Rename a Winsock IOCP server's calls with the porto_ prefix (WSAStartup, WSASocket, bind,
- * CreateIoCompletionPort, WSARecvFrom, WSASendTo, GetQueuedCompletionStatusEx,
+ * listen, CreateIoCompletionPort, WSARecvFrom, WSASendTo, WSARecv, WSASend, AcceptEx,
+ * GetAcceptExSockaddrs, ConnectEx, DisconnectEx, setsockopt, GetQueuedCompletionStatusEx,
  * GetQueuedCompletionStatus, PostQueuedCompletionStatus, CancelIoEx, closesocket,
  * CloseHandle, WSAGetLastError, WSACleanup, WSAIoctl) and the types and constants with PORTO_.
  * Error numbers are Windows' own.
@@ -56,6 +57,8 @@
 #define PORTO_WSAENOTSOCK 10038
 
 #define PORTO_WSAEMSGSIZE 10040
+
+#define PORTO_WSAENOPROTOOPT 10042
 
 #define PORTO_WSAESOCKTNOSUPPORT 10044
 
@@ -122,6 +125,15 @@
 #define PORTO_RIO_EVENT_COMPLETION 1
 
 #define PORTO_RIO_IOCP_COMPLETION 2
+
+// `setsockopt(SOL_SOCKET, …)` options a Winsock TCP server sets after `AcceptEx` /
+// `ConnectEx` (accepted as no-ops: the socket already has its context).
+#define PORTO_SO_UPDATE_ACCEPT_CONTEXT 28683
+
+#define PORTO_SO_UPDATE_CONNECT_CONTEXT 28688
+
+// `DisconnectEx` flag: the socket may go to `AcceptEx` again.
+#define PORTO_TF_REUSE_SOCKET 2
 
 // How `porto_WSAStartupEx` configures the engine (`porto_WSAStartup` uses 1 shard, not
 // pinned, 4096 frames, provider auto).
@@ -308,6 +320,38 @@ typedef struct {
   PORTO_LPFN_RIORESIZEREQUESTQUEUE RIOResizeRequestQueue;
 } PORTO_RIO_EXTENSION_FUNCTION_TABLE;
 
+// `LPFN_ACCEPTEX`.
+typedef int32_t (*PORTO_LPFN_ACCEPTEX)(PORTO_SOCKET,
+                                       PORTO_SOCKET,
+                                       void*,
+                                       uint32_t,
+                                       uint32_t,
+                                       uint32_t,
+                                       uint32_t*,
+                                       PORTO_OVERLAPPED*);
+
+// `LPFN_CONNECTEX`.
+typedef int32_t (*PORTO_LPFN_CONNECTEX)(PORTO_SOCKET,
+                                        const struct sockaddr*,
+                                        int32_t,
+                                        const void*,
+                                        uint32_t,
+                                        uint32_t*,
+                                        PORTO_OVERLAPPED*);
+
+// `LPFN_DISCONNECTEX`.
+typedef int32_t (*PORTO_LPFN_DISCONNECTEX)(PORTO_SOCKET, PORTO_OVERLAPPED*, uint32_t, uint32_t);
+
+// `LPFN_GETACCEPTEXSOCKADDRS`.
+typedef void (*PORTO_LPFN_GETACCEPTEXSOCKADDRS)(void*,
+                                                uint32_t,
+                                                uint32_t,
+                                                uint32_t,
+                                                struct sockaddr**,
+                                                int32_t*,
+                                                struct sockaddr**,
+                                                int32_t*);
+
 #define PORTO_INVALID_SOCKET 18446744073709551615ull
 
 #define PORTO_INVALID_HANDLE_VALUE 18446744073709551615ull
@@ -324,6 +368,16 @@ extern "C" {
 
 // `WSAID_MULTIPLE_RIO`: asks `porto_WSAIoctl` for the RIO function table.
 extern const PORTO_GUID PORTO_WSAID_MULTIPLE_RIO;
+
+// `WSAID_ACCEPTEX`, `WSAID_CONNECTEX`, `WSAID_DISCONNECTEX`, `WSAID_GETACCEPTEXSOCKADDRS`:
+// for `porto_WSAIoctl(PORTO_SIO_GET_EXTENSION_FUNCTION_POINTER)`.
+extern const PORTO_GUID PORTO_WSAID_ACCEPTEX;
+
+extern const PORTO_GUID PORTO_WSAID_CONNECTEX;
+
+extern const PORTO_GUID PORTO_WSAID_DISCONNECTEX;
+
+extern const PORTO_GUID PORTO_WSAID_GETACCEPTEXSOCKADDRS;
 
 // `WSAStartup`: starts the engine on the first call (later calls count). `data` may be
 // NULL (porto fills nothing in it). Returns 0 or a WSA error.
@@ -453,7 +507,10 @@ int32_t porto_CloseHandle(PORTO_HANDLE h);
 
 // `WSAIoctl`: `PORTO_SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER` with
 // `PORTO_WSAID_MULTIPLE_RIO` in `in_buf` fills the `PORTO_RIO_EXTENSION_FUNCTION_TABLE` at
-// `out_buf`. Other codes and GUIDs: `PORTO_WSAEINVAL`. Returns 0 or `PORTO_SOCKET_ERROR`.
+// `out_buf`; `PORTO_SIO_GET_EXTENSION_FUNCTION_POINTER` with `PORTO_WSAID_ACCEPTEX` (or
+// `CONNECTEX`, `DISCONNECTEX`, `GETACCEPTEXSOCKADDRS`) writes that function's pointer
+// (`PORTO_LPFN_ACCEPTEX`, …) at `out_buf`. Other codes and GUIDs: `PORTO_WSAEINVAL`.
+// Returns 0 or `PORTO_SOCKET_ERROR`.
 //
 // # Safety
 // `in_buf` is readable for `in_len` bytes, `out_buf` writable for `out_len`, `returned`
@@ -580,6 +637,107 @@ int32_t porto_RIOResizeCompletionQueue(PORTO_RIO_CQ cq, uint32_t size);
 // `RIOResizeRequestQueue`: new maxima; FALSE with `PORTO_WSAETOOMANYREFS` below what is
 // outstanding, `PORTO_WSAENOBUFS` when a completion queue has no room for more.
 int32_t porto_RIOResizeRequestQueue(PORTO_RIO_RQ rq, uint32_t max_recv, uint32_t max_send);
+
+// `listen`: the bound TCP socket listens. Associate it with a port, then `AcceptEx`.
+int32_t porto_listen(PORTO_SOCKET s, int32_t backlog);
+
+// `WSARecv` (overlapped only: `ov` required, `routine` NULL): `PORTO_SOCKET_ERROR` with
+// `PORTO_WSA_IO_PENDING`; reads at most what `bufs` hold (the rest stays in the kernel) and
+// copies it into them when dequeued. 0 bytes: the peer closed.
+//
+// # Safety
+// `bufs` points to `count` `PORTO_WSABUF`s each writable for `len` bytes, valid with `ov`
+// until the completion is dequeued.
+int32_t porto_WSARecv(PORTO_SOCKET s,
+                      PORTO_WSABUF *bufs,
+                      uint32_t count,
+                      uint32_t *received,
+                      uint32_t *flags,
+                      PORTO_OVERLAPPED *ov,
+                      const void *routine);
+
+// `WSASend` (overlapped only): the buffers are copied into registered frames at the call
+// (reusable at once) and sent whole, in order; `PORTO_SOCKET_ERROR` with
+// `PORTO_WSA_IO_PENDING`. At most 4 frames (8 KiB with the default 2 KiB frames) per call:
+// `PORTO_WSAENOBUFS` beyond.
+//
+// # Safety
+// `bufs` points to `count` `PORTO_WSABUF`s each readable for `len` bytes; `ov` stays valid
+// until the completion is dequeued.
+int32_t porto_WSASend(PORTO_SOCKET s,
+                      const PORTO_WSABUF *bufs,
+                      uint32_t count,
+                      uint32_t *sent,
+                      uint32_t flags,
+                      PORTO_OVERLAPPED *ov,
+                      const void *routine);
+
+// `AcceptEx`: the next connection on `listen_s` becomes `accept_s` (made by `WSASocket`,
+// not bound). `buf` receives `recvlen` bytes of first data (0: complete at once), then the
+// local and remote addresses in areas of `laddrlen` and `raddrlen` bytes (each at least 16
+// more than the address: 32 for IPv4, 44 for IPv6); read them with
+// `porto_GetAcceptExSockaddrs`. FALSE with `PORTO_WSA_IO_PENDING`; the completion's bytes
+// are the first data's. Then associate `accept_s` with a port for its own operations.
+//
+// # Safety
+// `buf` is writable for `recvlen + laddrlen + raddrlen` bytes and `ov` valid, both until
+// the completion is dequeued.
+int32_t porto_AcceptEx(PORTO_SOCKET listen_s,
+                       PORTO_SOCKET accept_s,
+                       void *buf,
+                       uint32_t recvlen,
+                       uint32_t laddrlen,
+                       uint32_t raddrlen,
+                       uint32_t *received,
+                       PORTO_OVERLAPPED *ov);
+
+// `GetAcceptExSockaddrs`: pointers to the local and remote addresses an `AcceptEx`
+// completion wrote into `buf` (same lengths as given to it), and their lengths.
+//
+// # Safety
+// `buf` is an `AcceptEx` buffer of those lengths whose completion was dequeued; the four
+// out-pointers are valid.
+void porto_GetAcceptExSockaddrs(void *buf,
+                                uint32_t recvlen,
+                                uint32_t laddrlen,
+                                uint32_t raddrlen,
+                                struct sockaddr **local,
+                                int32_t *local_len,
+                                struct sockaddr **remote,
+                                int32_t *remote_len);
+
+// `ConnectEx`: the socket (bound first, as Windows requires, and associated with a port)
+// connects to `name`, then sends `sendlen` bytes of `sendbuf` (copied at the call). FALSE
+// with `PORTO_WSA_IO_PENDING`; the completion's bytes are the data sent.
+//
+// # Safety
+// `name` is readable for `namelen` bytes, `sendbuf` for `sendlen` (or NULL with 0), `ov`
+// valid until the completion is dequeued.
+int32_t porto_ConnectEx(PORTO_SOCKET s,
+                        const struct sockaddr *name,
+                        int32_t namelen,
+                        const void *sendbuf,
+                        uint32_t sendlen,
+                        uint32_t *sent,
+                        PORTO_OVERLAPPED *ov);
+
+// `DisconnectEx`: shuts the connection down; `PORTO_TF_REUSE_SOCKET` in `flags` lets the
+// socket go to `AcceptEx` again once it completes (its association kept). FALSE with
+// `PORTO_WSA_IO_PENDING`.
+//
+// # Safety
+// `ov` is valid until the completion is dequeued.
+int32_t porto_DisconnectEx(PORTO_SOCKET s, PORTO_OVERLAPPED *ov, uint32_t flags, uint32_t reserved);
+
+// `setsockopt`: `SOL_SOCKET` with `PORTO_SO_UPDATE_ACCEPT_CONTEXT` or
+// `PORTO_SO_UPDATE_CONNECT_CONTEXT` succeeds (the accepted or connected socket already has
+// its context here); other options are `PORTO_WSAENOPROTOOPT` (set them through the Rust
+// API's `SocketOptions`).
+int32_t porto_setsockopt(PORTO_SOCKET s,
+                         int32_t level,
+                         int32_t name,
+                         const void *value,
+                         int32_t len);
 
 #ifdef __cplusplus
 }  // extern "C"

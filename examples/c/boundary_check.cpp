@@ -29,7 +29,7 @@ int main() {
 
     PORTO_SOCKET s = porto_WSASocket(AF_INET, SOCK_DGRAM, 0, nullptr, 0, 0);
     EXPECT(s != PORTO_INVALID_SOCKET);
-    EXPECT(porto_WSASocket(AF_INET, SOCK_STREAM, 0, nullptr, 0, 0) == PORTO_INVALID_SOCKET);
+    EXPECT(porto_WSASocket(AF_INET, SOCK_RAW, 0, nullptr, 0, 0) == PORTO_INVALID_SOCKET);
     EXPECT(porto_WSAGetLastError() == PORTO_WSAESOCKTNOSUPPORT);
     EXPECT(porto_bind(s, nullptr, 16) == PORTO_SOCKET_ERROR);
     EXPECT(porto_WSAGetLastError() == PORTO_WSAEFAULT);
@@ -104,6 +104,60 @@ int main() {
     EXPECT(porto_GetQueuedCompletionStatusEx(iocp, e, 4, &n, 2000, 0) == 1);
     EXPECT(n == 1 && e[0].lpOverlapped == &ov && e[0].Internal == PORTO_WSA_OPERATION_ABORTED && e[0].lpCompletionKey == 7);
     EXPECT(porto_GetQueuedCompletionStatusEx(iocp, e, 4, &n, 50, 0) == 0); // nothing more
+    // TCP: each call out of Winsock's order, with Windows' answer.
+    {
+        PORTO_SOCKET l = porto_WSASocket(AF_INET, SOCK_STREAM, IPPROTO_TCP, nullptr, 0, 0);
+        PORTO_SOCKET t = porto_WSASocket(AF_INET, SOCK_STREAM, 0, nullptr, 0, 0);
+        PORTO_SOCKET u = porto_WSASocket(AF_INET, SOCK_DGRAM, 0, nullptr, 0, 0);
+        EXPECT(l != PORTO_INVALID_SOCKET && t != PORTO_INVALID_SOCKET && u != PORTO_INVALID_SOCKET);
+        EXPECT(porto_listen(l, 16) == PORTO_SOCKET_ERROR); // not bound
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
+        EXPECT(porto_listen(u, 16) == PORTO_SOCKET_ERROR); // a datagram socket
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEOPNOTSUPP);
+        sockaddr_in la = a;
+        la.sin_port = 0;
+        EXPECT(porto_bind(l, reinterpret_cast<sockaddr *>(&la), sizeof la) == 0);
+        EXPECT(porto_listen(l, 16) == 0);
+        PORTO_LPFN_ACCEPTEX accept_ex = nullptr;
+        PORTO_GUID gid = PORTO_WSAID_ACCEPTEX;
+        uint32_t got = 0;
+        EXPECT(porto_WSAIoctl(l, PORTO_SIO_GET_EXTENSION_FUNCTION_POINTER, &gid, sizeof gid, &accept_ex,
+                              sizeof accept_ex, &got, nullptr, nullptr) == 0);
+        EXPECT(accept_ex == porto_AcceptEx && got == sizeof accept_ex);
+        static unsigned char abuf[256];
+        PORTO_OVERLAPPED aov;
+        std::memset(&aov, 0, sizeof aov);
+        EXPECT(accept_ex(l, t, abuf, 0, 32, 32, nullptr, &aov) == 0); // the listener has no port yet
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
+        EXPECT(porto_CreateIoCompletionPort(l, iocp, 11, 0) == iocp);
+        EXPECT(accept_ex(l, t, abuf, 0, 16, 32, nullptr, &aov) == 0); // address area too small
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
+        EXPECT(accept_ex(l, u, abuf, 0, 32, 32, nullptr, &aov) == 0); // not a TCP socket
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
+        unsigned char rb[16];
+        PORTO_WSABUF w = {sizeof rb, rb};
+        uint32_t fl = 0;
+        EXPECT(porto_WSARecv(t, &w, 1, nullptr, &fl, &aov, nullptr) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAENOTCONN);
+        EXPECT(porto_ConnectEx(t, reinterpret_cast<sockaddr *>(&la), sizeof la, nullptr, 0, nullptr, &aov) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL); // ConnectEx wants a bound socket
+        EXPECT(porto_DisconnectEx(t, &aov, 0, 0) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAENOTCONN);
+        EXPECT(porto_setsockopt(t, SOL_SOCKET, PORTO_SO_UPDATE_ACCEPT_CONTEXT, &l, sizeof l) == 0);
+        EXPECT(porto_setsockopt(t, SOL_SOCKET, SO_RCVBUF, &l, sizeof l) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAENOPROTOOPT);
+        // A posted AcceptEx, then closesocket on the listener: it ends aborted, once.
+        EXPECT(accept_ex(l, t, abuf, 0, 32, 32, nullptr, &aov) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSA_IO_PENDING);
+        EXPECT(porto_closesocket(l) == 0);
+        uint32_t k = 0;
+        EXPECT(porto_GetQueuedCompletionStatusEx(iocp, e, 4, &k, 2000, 0) == 1);
+        EXPECT(k == 1 && e[0].lpOverlapped == &aov && e[0].Internal == PORTO_WSA_OPERATION_ABORTED &&
+               e[0].lpCompletionKey == 11);
+        EXPECT(porto_closesocket(t) == 0);
+        EXPECT(porto_closesocket(u) == 0);
+    }
+
     // RIO: the function table, then each misuse with Windows' answer.
     {
         PORTO_SOCKET r = porto_WSASocket(AF_INET, SOCK_DGRAM, 0, nullptr, 0, PORTO_WSA_FLAG_REGISTERED_IO);

@@ -17,7 +17,7 @@ use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use crate::codes::*;
-use crate::state::{self, RecvTarget, Startup, Wsa};
+use crate::state::{self, AcceptTarget, Out, RecvTarget, Startup, Wsa};
 
 /// Winsock's `WSABUF`.
 #[repr(C)]
@@ -404,9 +404,21 @@ pub unsafe extern "C" fn porto_GetQueuedCompletionStatusEx(
         let out = unsafe { std::slice::from_raw_parts_mut(entries, count as usize) };
         for (e, d) in out.iter_mut().zip(&done) {
             let mut result = d.result;
-            if let (Ok(n), Some((target, buf, peer))) = (result, &d.recv) {
-                // SAFETY: the targets are the caller's WSABUFs, from, fromlen, still valid.
-                result = unsafe { copy_out(n, target, buf.as_deref(), *peer) };
+            if let Ok(n) = result {
+                result = match &d.out {
+                    Out::None => Ok(n),
+                    // SAFETY: the targets are the caller's WSABUFs, from, fromlen, still valid.
+                    Out::Recv(target, buf, peer) => unsafe { copy_out(n, target, buf.as_deref(), *peer) },
+                    Out::Accept {
+                        target,
+                        data,
+                        local,
+                        peer,
+                    } => {
+                        // SAFETY: AcceptEx's buffer, still valid (its contract).
+                        unsafe { accept_out(n, target, data.as_deref(), *local, *peer) }
+                    }
+                };
             }
             let ov = d.token as *mut PORTO_OVERLAPPED;
             let (status, bytes) = match result {
@@ -509,6 +521,34 @@ unsafe fn copy_out(n: usize, t: &RecvTarget, data: Option<&[u8]>, peer: Option<S
     } else {
         Ok(at)
     }
+}
+
+/// Writes an accepted connection's first data and its two addresses into `AcceptEx`'s
+/// buffer: the bytes of data.
+///
+/// # Safety
+/// `t.buf` is writable for `recvlen + laddrlen + raddrlen` bytes (AcceptEx's contract).
+unsafe fn accept_out(
+    n: usize,
+    t: &AcceptTarget,
+    data: Option<&[u8]>,
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> Result<usize, i32> {
+    let data = data.unwrap_or(&[]);
+    let k = n.min(data.len()).min(t.recvlen);
+    let base = t.buf as *mut u8;
+    // SAFETY: `k <= recvlen` bytes at the start of the buffer.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), base, k) };
+    for (addr, at, room) in [
+        (local, t.recvlen, t.laddrlen),
+        (peer, t.recvlen + t.laddrlen, t.raddrlen),
+    ] {
+        let mut len = i32::try_from(room).unwrap_or(i32::MAX);
+        // SAFETY: the address area `[at, at + room)` is inside the buffer.
+        unsafe { write_sockaddr(addr, base.add(at).cast::<libc::sockaddr>(), &mut len) }.map_err(|Wsa(e)| e)?;
+    }
+    Ok(k)
 }
 
 /// `PostQueuedCompletionStatus`: `ov` comes back as given (it is not dereferenced).

@@ -1,4 +1,5 @@
-//! Registered I/O for C (`include/porto.h`): the `RIO_EXTENSION_FUNCTION_TABLE` that
+//! Registered I/O for C (`include/porto.h`), and `porto_WSAIoctl`'s extension-function
+//! lookup (RIO's table, mswsock's AcceptEx & co.): the `RIO_EXTENSION_FUNCTION_TABLE` that
 //! `porto_WSAIoctl(SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER, WSAID_MULTIPLE_RIO)` fills,
 //! as on Windows, and the functions in it (also exported by name). Like `abi`, this is where
 //! C's pointers are read and written, each checked; the caller's registered memory is reached
@@ -18,6 +19,7 @@ use std::ffi::{c_char, c_void};
 use std::ptr::NonNull;
 
 use crate::abi::{guard, non_null, read_sockaddr, write_sockaddr, PORTO_OVERLAPPED};
+use crate::abi_tcp::{porto_AcceptEx, porto_ConnectEx, porto_DisconnectEx, porto_GetAcceptExSockaddrs};
 use crate::codes::*;
 use crate::rio::{self, Issue, Notify};
 use crate::state::{self, Wsa};
@@ -173,9 +175,84 @@ pub type PORTO_LPFN_RIORESIZECOMPLETIONQUEUE = Option<extern "C" fn(PORTO_RIO_CQ
 /// `LPFN_RIORESIZEREQUESTQUEUE`.
 pub type PORTO_LPFN_RIORESIZEREQUESTQUEUE = Option<extern "C" fn(PORTO_RIO_RQ, u32, u32) -> i32>;
 
+/// `WSAID_ACCEPTEX`, `WSAID_CONNECTEX`, `WSAID_DISCONNECTEX`, `WSAID_GETACCEPTEXSOCKADDRS`:
+/// for `porto_WSAIoctl(PORTO_SIO_GET_EXTENSION_FUNCTION_POINTER)`.
+#[no_mangle]
+pub static PORTO_WSAID_ACCEPTEX: PORTO_GUID = PORTO_GUID {
+    Data1: 0xb536_7df1,
+    Data2: 0xcbac,
+    Data3: 0x11cf,
+    Data4: [0x95, 0xca, 0x00, 0x80, 0x5f, 0x48, 0xa1, 0x92],
+};
+#[no_mangle]
+pub static PORTO_WSAID_CONNECTEX: PORTO_GUID = PORTO_GUID {
+    Data1: 0x25a2_07b9,
+    Data2: 0xddf3,
+    Data3: 0x4660,
+    Data4: [0x8e, 0xe9, 0x76, 0xe5, 0x8c, 0x74, 0x06, 0x3e],
+};
+#[no_mangle]
+pub static PORTO_WSAID_DISCONNECTEX: PORTO_GUID = PORTO_GUID {
+    Data1: 0x7fda_2e11,
+    Data2: 0x8630,
+    Data3: 0x436f,
+    Data4: [0xa0, 0x31, 0xf5, 0x36, 0xa6, 0xee, 0xc1, 0x57],
+};
+#[no_mangle]
+pub static PORTO_WSAID_GETACCEPTEXSOCKADDRS: PORTO_GUID = PORTO_GUID {
+    Data1: 0xb536_7df2,
+    Data2: 0xcbac,
+    Data3: 0x11cf,
+    Data4: [0x95, 0xca, 0x00, 0x80, 0x5f, 0x48, 0xa1, 0x92],
+};
+
+/// `LPFN_ACCEPTEX`.
+pub type PORTO_LPFN_ACCEPTEX = Option<
+    unsafe extern "C" fn(
+        PORTO_SOCKET,
+        PORTO_SOCKET,
+        *mut c_void,
+        u32,
+        u32,
+        u32,
+        *mut u32,
+        *mut PORTO_OVERLAPPED,
+    ) -> i32,
+>;
+/// `LPFN_CONNECTEX`.
+pub type PORTO_LPFN_CONNECTEX = Option<
+    unsafe extern "C" fn(
+        PORTO_SOCKET,
+        *const libc::sockaddr,
+        i32,
+        *const c_void,
+        u32,
+        *mut u32,
+        *mut PORTO_OVERLAPPED,
+    ) -> i32,
+>;
+/// `LPFN_DISCONNECTEX`.
+pub type PORTO_LPFN_DISCONNECTEX = Option<unsafe extern "C" fn(PORTO_SOCKET, *mut PORTO_OVERLAPPED, u32, u32) -> i32>;
+/// `LPFN_GETACCEPTEXSOCKADDRS`.
+pub type PORTO_LPFN_GETACCEPTEXSOCKADDRS = Option<
+    unsafe extern "C" fn(
+        *mut c_void,
+        u32,
+        u32,
+        u32,
+        *mut *mut libc::sockaddr,
+        *mut i32,
+        *mut *mut libc::sockaddr,
+        *mut i32,
+    ),
+>;
+
 /// `WSAIoctl`: `PORTO_SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER` with
 /// `PORTO_WSAID_MULTIPLE_RIO` in `in_buf` fills the `PORTO_RIO_EXTENSION_FUNCTION_TABLE` at
-/// `out_buf`. Other codes and GUIDs: `PORTO_WSAEINVAL`. Returns 0 or `PORTO_SOCKET_ERROR`.
+/// `out_buf`; `PORTO_SIO_GET_EXTENSION_FUNCTION_POINTER` with `PORTO_WSAID_ACCEPTEX` (or
+/// `CONNECTEX`, `DISCONNECTEX`, `GETACCEPTEXSOCKADDRS`) writes that function's pointer
+/// (`PORTO_LPFN_ACCEPTEX`, …) at `out_buf`. Other codes and GUIDs: `PORTO_WSAEINVAL`.
+/// Returns 0 or `PORTO_SOCKET_ERROR`.
 ///
 /// # Safety
 /// `in_buf` is readable for `in_len` bytes, `out_buf` writable for `out_len`, `returned`
@@ -201,7 +278,8 @@ pub unsafe extern "C" fn porto_WSAIoctl(
             PORTO_WSAEINVAL => Ok(()),
             e => Err(Wsa(e)),
         })?;
-        if code != PORTO_SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER {
+        if code != PORTO_SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER && code != PORTO_SIO_GET_EXTENSION_FUNCTION_POINTER
+        {
             return Err(Wsa(PORTO_WSAEINVAL));
         }
         non_null(in_buf)?;
@@ -213,6 +291,29 @@ pub unsafe extern "C" fn porto_WSAIoctl(
         // SAFETY: `in_len >= size_of::<GUID>()` readable bytes (the caller's contract);
         // read unaligned.
         let guid = unsafe { in_buf.cast::<PORTO_GUID>().read_unaligned() };
+        if code == PORTO_SIO_GET_EXTENSION_FUNCTION_POINTER {
+            let f: *const c_void = if guid == PORTO_WSAID_ACCEPTEX {
+                porto_AcceptEx as *const c_void
+            } else if guid == PORTO_WSAID_CONNECTEX {
+                porto_ConnectEx as *const c_void
+            } else if guid == PORTO_WSAID_DISCONNECTEX {
+                porto_DisconnectEx as *const c_void
+            } else if guid == PORTO_WSAID_GETACCEPTEXSOCKADDRS {
+                porto_GetAcceptExSockaddrs as *const c_void
+            } else {
+                return Err(Wsa(PORTO_WSAEINVAL));
+            };
+            let size = std::mem::size_of::<*const c_void>();
+            if (out_len as usize) < size {
+                return Err(Wsa(PORTO_WSAEFAULT));
+            }
+            // SAFETY: `out_len >= size` writable bytes; `returned` valid.
+            unsafe {
+                out_buf.cast::<*const c_void>().write_unaligned(f);
+                returned.write_unaligned(size as u32);
+            }
+            return Ok(0);
+        }
         if guid != PORTO_WSAID_MULTIPLE_RIO {
             return Err(Wsa(PORTO_WSAEINVAL));
         }

@@ -25,6 +25,7 @@ pub const PORTO_WSAEINVAL: i32 = 10022;
 pub const PORTO_WSAEWOULDBLOCK: i32 = 10035;
 pub const PORTO_WSAENOTSOCK: i32 = 10038;
 pub const PORTO_WSAEMSGSIZE: i32 = 10040;
+pub const PORTO_WSAENOPROTOOPT: i32 = 10042;
 pub const PORTO_WSAESOCKTNOSUPPORT: i32 = 10044;
 pub const PORTO_WSAEOPNOTSUPP: i32 = 10045;
 pub const PORTO_WSAEAFNOSUPPORT: i32 = 10047;
@@ -75,3 +76,11 @@ pub const PORTO_RIO_MSG_COMMIT_ONLY: u32 = 0x8;
 /// or poll `RIODequeueCompletion`).
 pub const PORTO_RIO_EVENT_COMPLETION: i32 = 1;
 pub const PORTO_RIO_IOCP_COMPLETION: i32 = 2;
+
+/// `setsockopt(SOL_SOCKET, …)` options a Winsock TCP server sets after `AcceptEx` /
+/// `ConnectEx` (accepted as no-ops: the socket already has its context).
+pub const PORTO_SO_UPDATE_ACCEPT_CONTEXT: i32 = 0x700B;
+pub const PORTO_SO_UPDATE_CONNECT_CONTEXT: i32 = 0x7010;
+
+/// `DisconnectEx` flag: the socket may go to `AcceptEx` again.
+pub const PORTO_TF_REUSE_SOCKET: u32 = 0x02;

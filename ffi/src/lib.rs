@@ -9,7 +9,7 @@
 //! stale or foreign one is `WSAENOTSOCK` / `ERROR_INVALID_HANDLE`, never a dangling
 //! pointer); every pointer is checked for NULL and every length against its buffer; a panic
 //! never crosses into C (caught, reported as `WSASYSCALLFAILURE`). `unsafe` lives only in
-//! `abi` and `abi_rio`, where C's pointers are read and written; `state` and `rio` are safe
+//! `abi`, `abi_rio` and `abi_tcp`, where C's pointers are read and written; `state`, `rio` and `tcp` are safe
 //! Rust.
 //!
 //! Registered I/O comes as on Windows: `porto_WSAIoctl(SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER,
@@ -27,6 +27,8 @@
 
 pub mod abi;
 pub mod abi_rio;
+pub mod abi_tcp;
 pub mod codes;
 mod rio;
 mod state;
+mod tcp;

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use crate::codes::*;
 use porto::{
-    Buf, CompletionPort, Config, Delivery, Engine, Error, OpKind, Provider, ShardHandle, SocketOptions, UdpSocket,
+    Buf, CompletionPort, Config, Delivery, Engine, Error, Gather, Provider, ShardHandle, SocketOptions, TcpListener,
+    TcpStream, UdpSocket,
 };
 
 thread_local! {
@@ -60,15 +61,72 @@ pub(crate) struct RecvTarget {
     pub fromlen: usize,
 }
 
-/// A completion port: the engine's, plus the receives waiting to be copied out.
+/// Where `AcceptEx` writes: its buffer (`recvlen` bytes of first data, then the local and
+/// the remote address areas) and the socket that becomes the connection.
+#[derive(Debug)]
+pub(crate) struct AcceptTarget {
+    pub buf: usize,
+    pub recvlen: usize,
+    pub laddrlen: usize,
+    pub raddrlen: usize,
+    pub accept: u64,
+}
+
+/// An operation in flight that the library finishes when its completion is dequeued (or
+/// carries into a next stage), by its OVERLAPPED.
+#[derive(Debug)]
+pub(crate) enum Pending {
+    /// `WSARecvFrom` / `WSARecv`: copy into the caller's buffers.
+    Recv(RecvTarget),
+    /// `AcceptEx`, accepting.
+    Accept(AcceptTarget),
+    /// `AcceptEx`, its first receive in flight on the new connection.
+    AcceptRecv {
+        target: AcceptTarget,
+        local: SocketAddr,
+        peer: SocketAddr,
+    },
+    /// `ConnectEx` with data: sent once connected.
+    ConnectSend { stream: u64, data: Gather },
+    /// `ConnectEx`'s data in flight.
+    ConnectSent,
+    /// `DisconnectEx(TF_REUSE_SOCKET)`: the socket becomes reusable when it ends.
+    Reuse { sock: u64 },
+}
+
+/// A completion port: the engine's, plus the operations the library finishes at dequeue.
 #[derive(Debug)]
 pub(crate) struct Port {
     pub port: CompletionPort,
-    pending: Mutex<HashMap<u64, RecvTarget>>,
+    pub(crate) pending: Mutex<HashMap<u64, Pending>>,
 }
 
+impl Port {
+    pub(crate) fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records `p` for `token`; the same OVERLAPPED twice in flight is refused (Windows'
+    /// undefined behaviour).
+    pub(crate) fn expect(&self, token: u64, p: Pending) -> Result<(), Wsa> {
+        let mut pending = self.pending();
+        if pending.contains_key(&token) {
+            return Err(Wsa(PORTO_WSAEINVAL));
+        }
+        pending.insert(token, p);
+        Ok(())
+    }
+
+    pub(crate) fn forget(&self, token: u64) {
+        self.pending().remove(&token);
+    }
+}
+
+/// A socket's association: its port and completion key.
+pub(crate) type Assoc = Option<(Arc<Port>, u64)>;
+
 #[derive(Debug)]
-enum SockState {
+pub(crate) enum SockState {
     Unbound,
     /// Bound by `bind`, not yet associated with a port (Winsock's order).
     Bound(std::net::UdpSocket),
@@ -82,12 +140,30 @@ enum SockState {
     Rio {
         sock: UdpSocket,
     },
+    /// TCP, neither listening nor connected: made, or bound (`fd`: a std `TcpStream` only as
+    /// a holder of the bound socket, for `getsockname`), perhaps associated already, or reused
+    /// after `DisconnectEx(TF_REUSE_SOCKET)`.
+    TcpIdle {
+        fd: Option<std::net::TcpStream>,
+        assoc: Assoc,
+    },
+    /// TCP after `listen` (open on a shard; its completions go nowhere until associated).
+    Listener {
+        lst: TcpListener,
+        assoc: Assoc,
+    },
+    /// A TCP connection: accepted by `AcceptEx` or connecting by `ConnectEx`.
+    Stream {
+        stream: TcpStream,
+        assoc: Assoc,
+    },
 }
 
 #[derive(Debug)]
 pub(crate) struct Sock {
-    v6: bool,
-    state: Mutex<SockState>,
+    pub(crate) v6: bool,
+    pub(crate) stream: bool,
+    pub(crate) state: Mutex<SockState>,
 }
 
 #[derive(Debug)]
@@ -221,7 +297,7 @@ pub(crate) fn first_shard() -> Result<ShardHandle, Wsa> {
     Ok(g.engine.as_ref().ok_or(Wsa(PORTO_WSANOTINITIALISED))?.shard(0).clone())
 }
 
-fn sock(h: u64) -> Result<Arc<Sock>, Wsa> {
+pub(crate) fn sock(h: u64) -> Result<Arc<Sock>, Wsa> {
     let g = read();
     if g.engine.is_none() {
         return Err(Wsa(PORTO_WSANOTINITIALISED));
@@ -239,23 +315,26 @@ pub(crate) fn port(h: u64) -> Result<Arc<Port>, Wsa> {
     }
 }
 
-/// `WSASocket`: UDP over IPv4 or IPv6 (TCP comes with the next slice of the ABI).
+/// `WSASocket`: UDP or TCP over IPv4 or IPv6.
 pub(crate) fn socket(af: i32, ty: i32, protocol: i32) -> Result<u64, Wsa> {
     let v6 = match af {
         libc::AF_INET => false,
         libc::AF_INET6 => true,
         _ => return Err(Wsa(PORTO_WSAEAFNOSUPPORT)),
     };
-    if ty != libc::SOCK_DGRAM || !matches!(protocol, 0 | libc::IPPROTO_UDP) {
-        return Err(Wsa(PORTO_WSAESOCKTNOSUPPORT));
-    }
+    let (stream, state) = match (ty, protocol) {
+        (libc::SOCK_DGRAM, 0 | libc::IPPROTO_UDP) => (false, SockState::Unbound),
+        (libc::SOCK_STREAM, 0 | libc::IPPROTO_TCP) => (true, SockState::TcpIdle { fd: None, assoc: None }),
+        _ => return Err(Wsa(PORTO_WSAESOCKTNOSUPPORT)),
+    };
     insert(Obj::Sock(Arc::new(Sock {
         v6,
-        state: Mutex::new(SockState::Unbound),
+        stream,
+        state: Mutex::new(state),
     })))
 }
 
-fn lock(s: &Sock) -> std::sync::MutexGuard<'_, SockState> {
+pub(crate) fn lock(s: &Sock) -> std::sync::MutexGuard<'_, SockState> {
     s.state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -266,17 +345,28 @@ pub(crate) fn bind(h: u64, addr: SocketAddr) -> Result<(), Wsa> {
         return Err(Wsa(PORTO_WSAEAFNOSUPPORT));
     }
     let mut st = lock(&s);
-    if !matches!(*st, SockState::Unbound) {
-        return Err(Wsa(PORTO_WSAEINVAL));
+    match &mut *st {
+        SockState::Unbound => {
+            *st = SockState::Bound(SocketOptions::default().bind_kernel_udp(addr).map_err(setup)?);
+            Ok(())
+        }
+        SockState::TcpIdle { fd: fd @ None, .. } => {
+            let bound = SocketOptions::default().bind_kernel_tcp(addr).map_err(setup)?;
+            *fd = Some(std::net::TcpStream::from(bound));
+            Ok(())
+        }
+        _ => Err(Wsa(PORTO_WSAEINVAL)),
     }
-    let k = SocketOptions::default().bind_kernel_udp(addr).map_err(|e| match e {
+}
+
+/// A set-up failure's WSA number (the OS error's where there is one).
+pub(crate) fn setup(e: porto::SetupError) -> Wsa {
+    match e {
         porto::SetupError::Bind { source, .. } | porto::SetupError::Syscall { source, .. } => {
             Wsa::from(Error::from(source))
         }
         _ => Wsa(PORTO_WSASYSCALLFAILURE),
-    })?;
-    *st = SockState::Bound(k);
-    Ok(())
+    }
 }
 
 /// `getsockname`.
@@ -284,9 +374,12 @@ pub(crate) fn local_addr(h: u64) -> Result<SocketAddr, Wsa> {
     let s = sock(h)?;
     let st = lock(&s);
     match &*st {
-        SockState::Unbound => Err(Wsa(PORTO_WSAEINVAL)),
+        SockState::Unbound | SockState::TcpIdle { fd: None, .. } => Err(Wsa(PORTO_WSAEINVAL)),
         SockState::Bound(k) => k.local_addr().map_err(|e| Wsa::from(Error::from(e))),
+        SockState::TcpIdle { fd: Some(fd), .. } => fd.local_addr().map_err(|e| Wsa::from(Error::from(e))),
         SockState::Associated { sock, .. } | SockState::Rio { sock } => sock.local_addr().map_err(Wsa::from),
+        SockState::Listener { lst, .. } => lst.local_addr().map_err(Wsa::from),
+        SockState::Stream { stream, .. } => stream.local_addr().map_err(Wsa::from),
     }
 }
 
@@ -306,11 +399,12 @@ pub(crate) fn rio_core(
                 .bind_kernel_udp(any)
                 .map_err(|_| Wsa(PORTO_WSASYSCALLFAILURE))?
         }
-        open @ (SockState::Associated { .. } | SockState::Rio { .. }) => {
-            *st = open;
+        other => {
+            *st = other;
             return match &*st {
                 SockState::Associated { sock, .. } | SockState::Rio { sock } => f(sock.core()),
-                _ => unreachable!("just put back"),
+                // RIO over TCP is not in the C ABI yet.
+                _ => Err(Wsa(PORTO_WSAEOPNOTSUPP)),
             };
         }
     };
@@ -351,6 +445,41 @@ pub(crate) fn associate(h: u64, port_h: u64, key: u64) -> Result<u64, Wsa> {
             .clone()
     };
     let mut st = lock(&s);
+    if s.stream {
+        // TCP: remembered, and applied to whatever the socket is or becomes.
+        return match &mut *st {
+            SockState::TcpIdle { assoc: a @ None, .. } => {
+                *a = Some((p, key));
+                Ok(port_h)
+            }
+            SockState::Listener { lst, assoc: a @ None } => {
+                lst.core()
+                    .set_delivery(Delivery::Port {
+                        port: p.port.clone(),
+                        key,
+                    })
+                    .map_err(Wsa::from)?;
+                *a = Some((p, key));
+                Ok(port_h)
+            }
+            SockState::Stream {
+                stream,
+                assoc: a @ None,
+            } => {
+                stream
+                    .core()
+                    .set_delivery(Delivery::Port {
+                        port: p.port.clone(),
+                        key,
+                    })
+                    .map_err(Wsa::from)?;
+                *a = Some((p, key));
+                Ok(port_h)
+            }
+            // Associated once.
+            _ => Err(Wsa(PORTO_WSAEINVAL)),
+        };
+    }
     let k = match std::mem::replace(&mut *st, SockState::Unbound) {
         SockState::Bound(k) => k,
         SockState::Unbound => {
@@ -360,9 +489,9 @@ pub(crate) fn associate(h: u64, port_h: u64, key: u64) -> Result<u64, Wsa> {
                 Err(_) => return Err(Wsa(PORTO_WSASYSCALLFAILURE)),
             }
         }
-        open @ (SockState::Associated { .. } | SockState::Rio { .. }) => {
+        other => {
             // Associated once; a RIO-only socket's completions already have their place.
-            *st = open;
+            *st = other;
             return Err(Wsa(PORTO_WSAEINVAL));
         }
     };
@@ -391,18 +520,11 @@ fn with_assoc<T>(h: u64, f: impl FnOnce(&UdpSocket, &Arc<Port>, &ShardHandle) ->
 /// are copied to `target` when dequeued.
 pub(crate) fn recv_from(h: u64, token: u64, target: RecvTarget) -> Result<(), Wsa> {
     with_assoc(h, |sock, port, _| {
-        let mut pending = port.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if pending.contains_key(&token) {
-            // The same OVERLAPPED twice before it completed: Windows' undefined behaviour,
-            // refused here.
-            return Err(Wsa(PORTO_WSAEINVAL));
-        }
-        pending.insert(token, target);
-        if let Err(r) = sock.recv_from(token, None) {
-            pending.remove(&token);
-            return Err(r.error.into());
-        }
-        Ok(())
+        port.expect(token, Pending::Recv(target))?;
+        sock.recv_from(token, None).map_err(|r| {
+            port.forget(token);
+            Wsa::from(r.error)
+        })
     })
 }
 
@@ -430,13 +552,20 @@ pub(crate) fn send_to(h: u64, token: u64, pieces: &[&[u8]], to: SocketAddr) -> R
 /// `CancelIoEx(socket, overlapped)`; `None`: every operation of the socket (NULL
 /// OVERLAPPED).
 pub(crate) fn cancel(h: u64, token: Option<u64>) -> Result<(), Wsa> {
-    with_assoc(h, |sock, _, _| {
-        match token {
-            Some(t) => sock.cancel(t),
-            None => sock.core().cancel_all(),
-        }
-        .map_err(Wsa::from)
-    })
+    let s = sock(h)?;
+    let st = lock(&s);
+    let core = match &*st {
+        SockState::Associated { sock, .. } | SockState::Rio { sock } => sock.core(),
+        SockState::Listener { lst, .. } => lst.core(),
+        SockState::Stream { stream, .. } => stream.core(),
+        // Nothing can be in flight.
+        _ => return Ok(()),
+    };
+    match token {
+        Some(t) => core.cancel(t),
+        None => core.cancel_all(),
+    }
+    .map_err(Wsa::from)
 }
 
 /// `closesocket`: outstanding operations complete `WSA_OPERATION_ABORTED` into the port.
@@ -471,37 +600,56 @@ pub(crate) fn post(port_h: u64, bytes: u32, key: u64, token: u64) -> Result<(), 
         .map_err(|_| Wsa::from(Error::NoBuffers))
 }
 
-/// One dequeued completion, with what its receive must copy out.
+/// What a dequeued completion must write into the caller's memory.
+#[derive(Debug)]
+pub(crate) enum Out {
+    None,
+    /// A receive's data (and datagram source) into its buffers.
+    Recv(RecvTarget, Option<Buf>, Option<SocketAddr>),
+    /// `AcceptEx`: the first data (if any) and both addresses into its buffer.
+    Accept {
+        target: AcceptTarget,
+        data: Option<Buf>,
+        local: SocketAddr,
+        peer: SocketAddr,
+    },
+}
+
+/// One dequeued completion, with what it must copy out.
 #[derive(Debug)]
 pub(crate) struct Done {
     pub key: u64,
     pub token: u64,
     /// Bytes, or the WSA error of a failed operation.
     pub result: Result<usize, i32>,
-    /// A receive's datagram and where it goes.
-    pub recv: Option<(RecvTarget, Option<Buf>, Option<SocketAddr>)>,
+    pub out: Out,
 }
 
 /// `GetQueuedCompletionStatusEx`: up to `max` completions, waiting up to `timeout` (None:
-/// INFINITE) for the first.
+/// INFINITE) for the first. Completions that only move an operation to its next stage
+/// (AcceptEx's accept before its first receive, ConnectEx's connect before its data) are
+/// consumed here, and the wait goes on for what is left of `timeout`.
 pub(crate) fn dequeue(port_h: u64, max: usize, timeout: Option<Duration>) -> Result<Vec<Done>, Wsa> {
     let p = port(port_h)?;
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
     let mut got = Vec::with_capacity(max);
-    p.port.dequeue(&mut got, max, timeout);
-    if got.is_empty() {
-        return Err(Wsa(PORTO_WAIT_TIMEOUT));
+    let mut done = Vec::with_capacity(max);
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        p.port.dequeue(&mut got, max, left);
+        for c in got.drain(..) {
+            // Taken out and finished without the lock (stages lock sockets, and sockets'
+            // calls lock `pending` inside theirs).
+            let stage = p.pending().remove(&c.token);
+            if let Some(d) = crate::tcp::finish(&p, c, stage) {
+                done.push(d);
+            }
+        }
+        if !done.is_empty() {
+            return Ok(done);
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Err(Wsa(PORTO_WAIT_TIMEOUT));
+        }
     }
-    let mut pending = p.pending.lock().unwrap_or_else(|e| e.into_inner());
-    Ok(got
-        .into_iter()
-        .map(|c| Done {
-            key: c.key,
-            token: c.token,
-            result: c.result.map_err(|e| e.wsa_code()),
-            recv: (c.op == OpKind::RecvFrom)
-                .then(|| pending.remove(&c.token))
-                .flatten()
-                .map(|t| (t, c.buffer, c.peer)),
-        })
-        .collect())
 }

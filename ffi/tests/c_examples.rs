@@ -131,8 +131,44 @@ fn the_iocp_echo_in_c_answers_sockperf_and_ends_each_receive_once() {
         "examples/c/iocp_udp_echo.c",
         &["-std=c11", "-D_POSIX_C_SOURCE=200809L"],
     );
-    // The 64 receives it keeps posted end aborted when it closes its socket, each once.
-    echo_answers_then_aborts(&exe, "64 receives aborted at close");
+    for stopped in echo_answers(&exe, false) {
+        // The 64 receives it keeps posted end aborted when it closes its socket, each once.
+        assert!(stopped.contains("64 receives aborted at close"), "{stopped}");
+    }
+    let _ = std::fs::remove_file(exe);
+}
+
+/// The IOCP TCP echo (listen, AcceptEx with its first receive, GetAcceptExSockaddrs,
+/// WSARecv/WSASend, DisconnectEx(TF_REUSE_SOCKET) and the socket accepted into again):
+/// answers `sockperf --tcp` over IPv4 and a client of its protocol over IPv6 (two
+/// connections, the second on a reused socket); closed, each accept it keeps posted ends
+/// aborted once.
+#[test]
+fn the_tcp_iocp_echo_in_c_answers_sockperf_and_reuses_sockets() {
+    let exe = compile(
+        "cc",
+        "examples/c/iocp_tcp_echo.c",
+        &["-std=c11", "-D_POSIX_C_SOURCE=200809L"],
+    );
+    let (mut connections, mut reused) = (0, 0);
+    for stopped in echo_answers(&exe, true) {
+        let count = |what: &str| -> u64 {
+            stopped
+                .split(what)
+                .next()
+                .and_then(|h| h.rsplit(|c: char| !c.is_ascii_digit()).find(|w| !w.is_empty()))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {what:?} in {stopped}"))
+        };
+        connections += count(" connections");
+        reused += count(" sockets reused");
+        // 8 accepts kept posted, one more for each reuse that has not connected again.
+        assert!(count(" accepts aborted at close") >= 8, "{stopped}");
+        assert_eq!(count(" requests"), count(" replies"), "{stopped}");
+    }
+    assert!(connections >= 3, "sockperf's, then two over IPv6: {connections}");
+    // At least the first IPv6 connection's socket, disconnected while the second waited.
+    assert!(reused >= 1, "a DisconnectEx'd socket accepted again");
     let _ = std::fs::remove_file(exe);
 }
 
@@ -146,13 +182,54 @@ fn the_rio_echo_in_c_answers_sockperf_and_ends_each_request_once() {
         "examples/c/rio_udp_echo.c",
         &["-std=c11", "-D_POSIX_C_SOURCE=200809L"],
     );
-    echo_answers_then_aborts(&exe, "64 requests aborted at close");
+    for stopped in echo_answers(&exe, false) {
+        assert!(stopped.contains("64 requests aborted at close"), "{stopped}");
+    }
     let _ = std::fs::remove_file(exe);
 }
 
-/// Runs the echo server `exe` over IPv4 (sockperf) and IPv6 (a client of its protocol),
-/// stops it with SIGTERM, and checks its last line says `aborted` and nothing failed.
-fn echo_answers_then_aborts(exe: &Path, aborted: &str) {
+/// A client of sockperf's protocol: `n` messages of 64 bytes, each answered (flag cleared).
+fn protocol_client(tcp: bool, port: u16, n: u64) {
+    let msg = |seq: u64| {
+        let mut m = [0u8; 64];
+        m[..8].copy_from_slice(&seq.to_be_bytes());
+        m[8..10].copy_from_slice(&3u16.to_be_bytes()); // from a client, pong requested
+        m[10..14].copy_from_slice(&64u32.to_be_bytes());
+        m
+    };
+    let check = |r: &[u8], seq: u64| {
+        assert_eq!(u64::from_be_bytes(r[..8].try_into().unwrap()), seq);
+        assert_eq!(u16::from_be_bytes([r[8], r[9]]), 2, "the client flag cleared");
+    };
+    if tcp {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("::1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.set_nodelay(true).unwrap();
+        for seq in 0..n {
+            c.write_all(&msg(seq)).unwrap();
+            let mut r = [0u8; 64];
+            c.read_exact(&mut r).expect("a reply over IPv6");
+            check(&r, seq);
+        }
+        return;
+    }
+    let c = std::net::UdpSocket::bind("[::1]:0").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    for seq in 0..n {
+        c.send_to(&msg(seq), ("::1", port)).unwrap();
+        let mut r = [0u8; 128];
+        let k = c.recv(&mut r).expect("a reply over IPv6");
+        assert_eq!(k, 64);
+        check(&r, seq);
+    }
+}
+
+/// Runs the echo server `exe` over IPv4 (sockperf) and IPv6 (a client of its protocol;
+/// over TCP two connections one after the other), stops it with SIGTERM, checks it exited
+/// cleanly with nothing failed, and returns its last line of each run.
+fn echo_answers(exe: &Path, tcp: bool) -> Vec<String> {
+    let mut stops = Vec::new();
     for v6 in [false, true] {
         let port = free_port();
         let mut args = vec![port.to_string(), "30".to_string()];
@@ -178,26 +255,21 @@ fn echo_answers_then_aborts(exe: &Path, aborted: &str) {
         assert!(banner.contains("listening"), "{banner}");
         if v6 {
             // sockperf 3.7 takes no IPv6 address: a client of its protocol here.
-            let c = std::net::UdpSocket::bind("[::1]:0").unwrap();
-            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            for seq in 0..200u64 {
-                let mut m = [0u8; 64];
-                m[..8].copy_from_slice(&seq.to_be_bytes());
-                m[8..10].copy_from_slice(&3u16.to_be_bytes()); // from a client, pong requested
-                m[10..14].copy_from_slice(&64u32.to_be_bytes());
-                c.send_to(&m, ("::1", port)).unwrap();
-                let mut r = [0u8; 128];
-                let n = c.recv(&mut r).expect("a reply over IPv6");
-                assert_eq!(n, 64);
-                assert_eq!(u64::from_be_bytes(r[..8].try_into().unwrap()), seq);
-                assert_eq!(u16::from_be_bytes([r[8], r[9]]), 2, "the client flag cleared");
+            protocol_client(tcp, port, 200);
+            if tcp {
+                // A second connection: the first one's socket, disconnected, accepts again.
+                std::thread::sleep(Duration::from_millis(100));
+                protocol_client(tcp, port, 50);
             }
         } else if have_sockperf() {
             let ip = "127.0.0.1";
-            let o = Command::new("sockperf")
-                .args(["ping-pong", "-i", ip, "-p", &port.to_string(), "-m", "64", "-t", "1"])
-                .output()
-                .unwrap();
+            let mut args = vec!["ping-pong", "-i", ip, "-m", "64", "-t", "1"];
+            if tcp {
+                args.push("--tcp");
+            }
+            let port_s = port.to_string();
+            args.extend(["-p", &port_s]);
+            let o = Command::new("sockperf").args(&args).output().unwrap();
             let text = output_text(&o);
             assert!(o.status.success() && !text.contains("ERROR"), "v6 {v6}: {text}");
             assert!(text.contains("# dropped messages = 0"), "v6 {v6}: {text}");
@@ -238,7 +310,8 @@ fn echo_answers_then_aborts(exe: &Path, aborted: &str) {
             .iter()
             .find(|l| l.contains("stopped;"))
             .unwrap_or_else(|| panic!("{lines:?}\n{err}"));
-        assert!(stopped.contains(aborted), "{stopped}");
         assert!(stopped.contains(" 0 failed"), "{stopped}");
+        stops.push(stopped.clone());
     }
+    stops
 }

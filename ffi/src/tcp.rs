@@ -1,0 +1,393 @@
+//! TCP for C, in safe Rust: `listen`, `AcceptEx` (with its first receive and both addresses),
+//! `ConnectEx` (with data), `WSARecv`, `WSASend`, `DisconnectEx` (`PORTO_TF_REUSE_SOCKET`), over
+//! the engine's `TcpListener` / `TcpStream`. Operations Windows completes in one packet but
+//! the engine runs in two steps carry their next step in the port's pending table and are
+//! finished by [`finish`] when their completion is dequeued. Every TCP socket lives on the
+//! engine's first shard.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::codes::*;
+use crate::state::{self, lock, sock, AcceptTarget, Assoc, Done, Out, Pending, Port, RecvTarget, SockState, Wsa};
+use porto::{Completion, Delivery, Error, Gather, OpKind, ShardHandle, TcpListener, TcpStream};
+
+fn shard() -> Result<ShardHandle, Wsa> {
+    state::first_shard()
+}
+
+fn delivery(a: &Assoc) -> Option<Delivery> {
+    a.as_ref().map(|(p, key)| Delivery::Port {
+        port: p.port.clone(),
+        key: *key,
+    })
+}
+
+/// Where completions go before the application associates the socket: a port nobody reads
+/// (no operation can be issued before then: every overlapped call needs the association).
+fn nowhere() -> Delivery {
+    Delivery::Port {
+        port: porto::CompletionPort::new(1, 1),
+        key: 0,
+    }
+}
+
+/// `listen`: the bound socket listens (open on a shard now, as Windows accepts connections
+/// into the backlog from here on).
+pub(crate) fn listen(h: u64, backlog: i32) -> Result<(), Wsa> {
+    let s = sock(h)?;
+    let mut st = lock(&s);
+    match std::mem::replace(&mut *st, SockState::Unbound) {
+        SockState::TcpIdle { fd: Some(fd), assoc } => {
+            let to = delivery(&assoc).unwrap_or_else(nowhere);
+            match TcpListener::adopt(&shard()?, fd.into(), backlog.max(1), to) {
+                Ok(lst) => {
+                    *st = SockState::Listener { lst, assoc };
+                    Ok(())
+                }
+                Err(e) => {
+                    // The socket is consumed by the failed listen: it stays made, unbound.
+                    *st = SockState::TcpIdle { fd: None, assoc };
+                    Err(state::setup(e))
+                }
+            }
+        }
+        other => {
+            let listening = matches!(other, SockState::Listener { .. });
+            *st = other;
+            // Listening twice is allowed (Windows changes the backlog); unbound or not TCP
+            // is WSAEINVAL.
+            if listening {
+                Ok(())
+            } else if s.stream {
+                Err(Wsa(PORTO_WSAEINVAL))
+            } else {
+                Err(Wsa(PORTO_WSAEOPNOTSUPP))
+            }
+        }
+    }
+}
+
+/// `AcceptEx(listener, accept, …)`: the next connection becomes `target.accept`.
+pub(crate) fn accept_ex(h: u64, token: u64, target: AcceptTarget) -> Result<(), Wsa> {
+    let a = sock(target.accept)?;
+    if !a.stream || !matches!(*lock(&a), SockState::TcpIdle { fd: None, .. }) {
+        // Windows wants a fresh (or reused) socket, neither bound nor connected.
+        return Err(Wsa(PORTO_WSAEINVAL));
+    }
+    let need = if a.v6 { 28 } else { 16 } + 16;
+    if target.laddrlen < need || target.raddrlen < need {
+        return Err(Wsa(PORTO_WSAEINVAL));
+    }
+    let s = sock(h)?;
+    let st = lock(&s);
+    let SockState::Listener {
+        lst,
+        assoc: Some((port, _)),
+    } = &*st
+    else {
+        return Err(Wsa(PORTO_WSAEINVAL));
+    };
+    port.expect(token, Pending::Accept(target))?;
+    lst.accept(token).map_err(|r| {
+        port.forget(token);
+        Wsa::from(r.error)
+    })
+}
+
+/// The stream of an associated connection, or `WSAENOTCONN` / `WSAEINVAL`.
+fn with_stream<T>(h: u64, f: impl FnOnce(&TcpStream, &Arc<Port>) -> Result<T, Wsa>) -> Result<T, Wsa> {
+    let s = sock(h)?;
+    let st = lock(&s);
+    match &*st {
+        SockState::Stream {
+            stream,
+            assoc: Some((port, _)),
+        } => f(stream, port),
+        SockState::Stream { assoc: None, .. } => Err(Wsa(PORTO_WSAEINVAL)),
+        _ if s.stream => Err(Wsa(PORTO_WSAENOTCONN)),
+        _ => Err(Wsa(PORTO_WSAEOPNOTSUPP)),
+    }
+}
+
+/// `WSARecv`: reads at most what `target`'s buffers hold; copied into them at dequeue.
+pub(crate) fn recv(h: u64, token: u64, target: RecvTarget) -> Result<(), Wsa> {
+    let room: usize = target.bufs.iter().map(|b| b.1).sum();
+    let max = u32::try_from(room).unwrap_or(u32::MAX);
+    if max == 0 {
+        return Err(Wsa(PORTO_WSAEINVAL));
+    }
+    with_stream(h, |stream, port| {
+        port.expect(token, Pending::Recv(target))?;
+        stream.recv_at_most(token, max, None).map_err(|r| {
+            port.forget(token);
+            Wsa::from(r.error)
+        })
+    })
+}
+
+/// The caller's pieces copied into pool frames: one, or a gather of up to `GATHER_MAX`
+/// (`WSAENOBUFS` beyond: the pool's frames bound one send).
+pub(crate) fn gather(shard: &ShardHandle, pieces: &[&[u8]]) -> Result<Gather, Wsa> {
+    let mut g = Gather::new();
+    let mut frame = None::<porto::Buf>;
+    for p in pieces {
+        let mut rest: &[u8] = p;
+        while !rest.is_empty() {
+            let b = match frame.as_mut() {
+                Some(b) if b.len() < b.capacity() => b,
+                _ => {
+                    if let Some(full) = frame.take() {
+                        g.push(full).map_err(|_| Wsa(PORTO_WSAENOBUFS))?;
+                    }
+                    frame.insert(shard.pool().alloc().map_err(Wsa::from)?)
+                }
+            };
+            let at = b.len();
+            let n = rest.len().min(b.capacity() - at);
+            b.set_len(at + n);
+            b[at..at + n].copy_from_slice(&rest[..n]);
+            rest = &rest[n..];
+        }
+    }
+    if let Some(last) = frame {
+        g.push(last).map_err(|_| Wsa(PORTO_WSAENOBUFS))?;
+    }
+    Ok(g)
+}
+
+/// `WSASend`: the pieces are copied at the call (the caller's buffers are free at once) and
+/// sent whole, in order with the connection's other sends.
+pub(crate) fn send(h: u64, token: u64, pieces: &[&[u8]]) -> Result<usize, Wsa> {
+    let total: usize = pieces.iter().map(|p| p.len()).sum();
+    // Every TCP socket of the C ABI lives on the first shard: its pool's frames.
+    let g = gather(&shard()?, pieces)?;
+    with_stream(h, |stream, _| {
+        stream.send_gather(g, token).map_err(|r| Wsa::from(r.error))?;
+        Ok(total)
+    })
+}
+
+/// `ConnectEx`: the bound, associated socket connects to `to`, then sends `data` (if any);
+/// one completion reports the bytes sent.
+pub(crate) fn connect_ex(h: u64, token: u64, to: SocketAddr, data: &[&[u8]]) -> Result<(), Wsa> {
+    let shard = shard()?;
+    let payload = if data.iter().any(|d| !d.is_empty()) {
+        Some(gather(&shard, data)?)
+    } else {
+        None
+    };
+    let s = sock(h)?;
+    let mut st = lock(&s);
+    match std::mem::replace(&mut *st, SockState::Unbound) {
+        SockState::TcpIdle {
+            fd: Some(fd),
+            assoc: Some((port, key)),
+        } => {
+            let to_port = Delivery::Port {
+                port: port.port.clone(),
+                key,
+            };
+            let stream = match TcpStream::adopt(&shard, fd.into(), to_port) {
+                Ok(s) => s,
+                Err(e) => {
+                    *st = SockState::TcpIdle {
+                        fd: None,
+                        assoc: Some((port, key)),
+                    };
+                    return Err(state::setup(e));
+                }
+            };
+            let r = (|| {
+                if let Some(data) = payload {
+                    port.expect(token, Pending::ConnectSend { stream: h, data })?;
+                }
+                stream.connect_to(to, token, None).map_err(|r| {
+                    port.forget(token);
+                    Wsa::from(r.error)
+                })
+            })();
+            *st = SockState::Stream {
+                stream,
+                assoc: Some((port, key)),
+            };
+            r
+        }
+        other => {
+            let unbound = matches!(other, SockState::TcpIdle { fd: None, .. });
+            *st = other;
+            // Windows: ConnectEx needs a bound socket (WSAEINVAL), associated here.
+            Err(Wsa(if unbound || s.stream {
+                PORTO_WSAEINVAL
+            } else {
+                PORTO_WSAEOPNOTSUPP
+            }))
+        }
+    }
+}
+
+/// `DisconnectEx`: shuts the connection down; with `PORTO_TF_REUSE_SOCKET` the socket may then
+/// go to `AcceptEx` again (its association kept).
+pub(crate) fn disconnect_ex(h: u64, token: u64, flags: u32) -> Result<(), Wsa> {
+    if flags & !PORTO_TF_REUSE_SOCKET != 0 {
+        return Err(Wsa(PORTO_WSAEINVAL));
+    }
+    with_stream(h, |stream, port| {
+        if flags & PORTO_TF_REUSE_SOCKET != 0 {
+            port.expect(token, Pending::Reuse { sock: h })?;
+        }
+        stream.disconnect(token).map_err(|r| {
+            port.forget(token);
+            Wsa::from(r.error)
+        })
+    })
+}
+
+/// Finishes the dequeued completion `c` of port `p` whose pending stage was `stage`: the
+/// completion the application sees, or `None` when it only moved the operation on.
+pub(crate) fn finish(p: &Arc<Port>, c: Completion, stage: Option<Pending>) -> Option<Done> {
+    let done = |result: Result<usize, Error>, out: Out| Done {
+        key: c.key,
+        token: c.token,
+        result: result.map_err(|e| e.wsa_code()),
+        out,
+    };
+    match stage {
+        None => Some(done(c.result, Out::None)),
+        Some(Pending::Recv(t)) => Some(done(c.result, Out::Recv(t, c.buffer, c.peer))),
+        Some(Pending::Accept(target)) => {
+            let (Ok(_), Some(fd)) = (c.result, c.accepted) else {
+                return Some(done(c.result.and(Err(Error::Aborted)), Out::None));
+            };
+            match accepted(p, c.key, c.token, target, fd, c.peer) {
+                Ok(Some(out)) => Some(done(Ok(0), out)),
+                Ok(None) => None,
+                Err(Wsa(code)) => Some(Done {
+                    key: c.key,
+                    token: c.token,
+                    result: Err(code),
+                    out: Out::None,
+                }),
+            }
+        }
+        Some(Pending::AcceptRecv { target, local, peer }) => {
+            let accept = target.accept;
+            let d = done(
+                c.result,
+                Out::Accept {
+                    target,
+                    data: c.buffer,
+                    local,
+                    peer,
+                },
+            );
+            // The first data is in: the accepted socket's own association, if it has one,
+            // takes over.
+            apply_assoc(accept);
+            Some(d)
+        }
+        Some(Pending::ConnectSend { stream, data }) => {
+            if c.result.is_err() {
+                return Some(done(c.result, Out::None));
+            }
+            let sent = with_stream(stream, |s, port| {
+                port.expect(c.token, Pending::ConnectSent)?;
+                s.send_gather(data, c.token).map_err(|r| {
+                    port.forget(c.token);
+                    Wsa::from(r.error)
+                })
+            });
+            match sent {
+                Ok(()) => None,
+                Err(Wsa(code)) => Some(Done {
+                    key: c.key,
+                    token: c.token,
+                    result: Err(code),
+                    out: Out::None,
+                }),
+            }
+        }
+        Some(Pending::ConnectSent) => Some(done(c.result, Out::None)),
+        Some(Pending::Reuse { sock: h }) => {
+            if c.result.is_ok() && c.op == OpKind::Disconnect {
+                if let Ok(s) = sock(h) {
+                    let mut st = lock(&s);
+                    if let SockState::Stream { assoc, .. } = std::mem::replace(&mut *st, SockState::Unbound) {
+                        // The connection closes here; the handle and its association stay.
+                        *st = SockState::TcpIdle { fd: None, assoc };
+                    }
+                }
+            }
+            Some(done(c.result, Out::None))
+        }
+    }
+}
+
+/// AcceptEx's connection arrived: it becomes the accept socket's stream. With room for first
+/// data, that receive is issued (its completion finishes the AcceptEx: `Ok(None)`); else the
+/// AcceptEx is done now.
+fn accepted(
+    p: &Arc<Port>,
+    key: u64,
+    token: u64,
+    target: AcceptTarget,
+    fd: std::os::fd::OwnedFd,
+    peer: Option<SocketAddr>,
+) -> Result<Option<Out>, Wsa> {
+    let a = sock(target.accept)?;
+    let mut st = lock(&a);
+    let SockState::TcpIdle { fd: None, assoc } = std::mem::replace(&mut *st, SockState::Unbound) else {
+        return Err(Wsa(PORTO_WSAEINVAL));
+    };
+    // Until its own association (or its first data), the connection completes where the
+    // listener does.
+    let first = target.recvlen > 0;
+    let to = if first {
+        Delivery::Port {
+            port: p.port.clone(),
+            key,
+        }
+    } else {
+        delivery(&assoc).unwrap_or_else(nowhere)
+    };
+    let stream = TcpStream::adopt(&shard()?, fd, to).map_err(state::setup)?;
+    let local = stream.local_addr().map_err(Wsa::from)?;
+    let peer = peer.ok_or(Wsa(PORTO_WSAECONNABORTED))?;
+    if !first {
+        *st = SockState::Stream { stream, assoc };
+        return Ok(Some(Out::Accept {
+            target,
+            data: None,
+            local,
+            peer,
+        }));
+    }
+    let max = u32::try_from(target.recvlen).unwrap_or(u32::MAX);
+    // Recorded before it is issued: another thread may dequeue its completion at once.
+    let issued = p
+        .expect(token, Pending::AcceptRecv { target, local, peer })
+        .and_then(|()| {
+            stream.recv_at_most(token, max, None).map_err(|r| {
+                p.forget(token);
+                Wsa::from(r.error)
+            })
+        });
+    *st = SockState::Stream { stream, assoc };
+    issued.map(|()| None)
+}
+
+/// Points a connection's completions at its own association, once it has one.
+fn apply_assoc(h: u64) {
+    let Ok(s) = sock(h) else { return };
+    let st = lock(&s);
+    if let SockState::Stream {
+        stream,
+        assoc: Some((port, key)),
+    } = &*st
+    {
+        let _ = stream.core().set_delivery(Delivery::Port {
+            port: port.port.clone(),
+            key: *key,
+        });
+    }
+}
