@@ -147,12 +147,25 @@ pub(crate) struct Slot {
     pub control: [u64; 4],
     /// The connection a single accept returned, until its completion carries it.
     pub accepted: Option<std::os::fd::OwnedFd>,
-    /// A stream write waiting for its socket's write lane (not in the kernel).
+    /// Waiting in its socket's lane (not in the kernel).
     pub queued: bool,
-    /// A stream write holding its socket's write lane.
-    pub ordered: bool,
+    /// The lane it holds or waits in.
+    pub lane: Option<Lane>,
     /// The next op in its FIFO.
     pub next: u32,
+}
+
+/// A socket's per-direction queue: ops that must reach the kernel one at a time, in the
+/// order issued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// Stream writes (sends, disconnect): two in flight may interleave their bytes.
+    Write = 0,
+    /// Single-shot receives without a deadline (WSARecvFrom, WSARecv, RIOReceive posted
+    /// ahead): several armed at once all wake for each datagram (all but one end EAGAIN and
+    /// re-arm: a thundering herd per datagram), and on a stream could take bytes out of
+    /// order.
+    Read = 1,
 }
 
 /// A FIFO of op slots threaded through `Slot::next` (no allocation).
@@ -209,7 +222,7 @@ impl Slot {
             control: [0; 4],
             accepted: None,
             queued: false,
-            ordered: false,
+            lane: None,
             next: NIL,
         }
     }
@@ -249,7 +262,7 @@ impl Table {
         s.multishot = false;
         s.timeout = None;
         s.queued = false;
-        s.ordered = false;
+        s.lane = None;
         s.next = NIL;
         Some(idx)
     }

@@ -748,10 +748,10 @@ fn rio_on_the_callers_memory_with_separate_completion_queues() {
     let sock = rio_udp(h);
     let mut memory = vec![0u8; 8192].into_boxed_slice();
     let base = std::ptr::NonNull::new(memory.as_mut_ptr()).unwrap();
+    let reg = ExternalBuffer::register(h, base, memory.len()).unwrap();
     // SAFETY: `memory` outlives the buffer and every slice (dropped before it below), and the
-    // test touches only bytes no request holds.
-    let reg = unsafe { ExternalBuffer::register(h, base, memory.len()) }.unwrap();
-    // SAFETY: as above; out of range is refused before anything is made.
+    // test touches only bytes no request holds; out of range is refused before anything is
+    // made.
     unsafe {
         assert_eq!(reg.slice(8000, 500).unwrap_err(), Error::InvalidArgument);
         assert_eq!(reg.slice(usize::MAX, 2).unwrap_err(), Error::InvalidArgument);
@@ -801,6 +801,12 @@ fn rio_on_the_callers_memory_with_separate_completion_queues() {
     }
     assert_eq!(res.pop().map(|r| (r.token, r.result)), Some((2, Ok(4))));
     assert!(recv_cq.is_empty(), "a send's result goes to the send queue only");
+    let c = h.stats().counters.snapshot();
+    assert_eq!(
+        c.zc_sends + c.zc_copied,
+        0,
+        "4 bytes are below rio_zc_min_bytes: copied, not SEND_ZC"
+    );
     drop(rq);
     drop(reg);
     drop(memory);
@@ -1150,8 +1156,13 @@ fn closing_a_socket_aborts_its_held_and_queued_sends() {
 /// table and then named by the owner, whose slot of that number held other memory).
 #[test]
 fn rio_buffer_used_on_another_shard_stays_in_its_owners_table() {
-    let mut a = Shard::new(&small(), None).unwrap();
-    let mut b = Shard::new(&small(), None).unwrap();
+    // Every RIO send zero-copy where it can (the default copies small ones).
+    let cfg = Config {
+        rio_zc_min_bytes: 0,
+        ..small()
+    };
+    let mut a = Shard::new(&cfg, None).unwrap();
+    let mut b = Shard::new(&cfg, None).unwrap();
     let (ha, hb) = (a.handle(), b.handle());
     let rx = StdUdp::bind(any(false)).unwrap();
     rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -1207,6 +1218,8 @@ fn rio_buffer_used_on_another_shard_stays_in_its_owners_table() {
 fn dropping_a_registered_region_on_the_shard_thread_never_waits() {
     let cfg = Config {
         commands_max: 2,
+        // The 3-byte send registers the region (the default copies small sends).
+        rio_zc_min_bytes: 0,
         ..small()
     };
     let mut shard = Shard::new(&cfg, None).unwrap();

@@ -359,8 +359,8 @@ pub unsafe extern "C" fn porto_RIORegisterBuffer(data: *mut c_char, len: u32) ->
     guard(PORTO_RIO_INVALID_BUFFERID, || {
         let ptr = NonNull::new(data.cast::<u8>()).ok_or(Wsa(PORTO_WSAEFAULT))?;
         let shard = state::first_shard()?;
-        // SAFETY: the caller's contract above is ExternalBuffer::register's.
-        let buf = unsafe { ExternalBuffer::register(&shard, ptr, len as usize) }.map_err(Wsa::from)?;
+        // The caller's contract above is what `ExternalBuffer::slice` asks (in `data_buf`).
+        let buf = ExternalBuffer::register(&shard, ptr, len as usize).map_err(Wsa::from)?;
         rio::register(buf, data as usize)
     })
 }

@@ -118,7 +118,8 @@ pub(crate) fn segments(memory: Vec<u8>, segment_len: usize, shard: Weak<RioSlots
 /// calls it: the application's own memory, any `RIO_BUF` within it per request). The safe
 /// [`RegisteredBuffer::register`](crate::rio::RegisteredBuffer::register) takes a `Vec` and
 /// hands out disjoint owned segments; this one cannot know who else touches the memory, so
-/// making it and slicing it are `unsafe`, with Windows' rules as the contract.
+/// slicing it — the only way to its bytes — is `unsafe`, with Windows' rules as the
+/// contract. Made by [`ExternalBuffer::register`](crate::rio::ExternalBuffer::register).
 #[derive(Debug)]
 pub struct ExternalBuffer {
     region: Arc<RioRegion>,
@@ -131,18 +132,9 @@ impl fmt::Debug for RioRegion {
 }
 
 impl ExternalBuffer {
-    /// Registers `len` bytes at `ptr` for requests on `shard`'s sockets (zero-copy sends use
-    /// the kernel registration there; other shards' sockets copy).
-    ///
-    /// # Safety
-    /// `ptr` is valid for reads and writes of `len` bytes until this value and every
-    /// [`RioBuf`] sliced from it have been dropped (every request's result dequeued and
-    /// dropped), and nothing frees or moves that memory before.
-    pub unsafe fn register(
-        shard: &crate::proto::ShardHandle,
-        ptr: std::ptr::NonNull<u8>,
-        len: usize,
-    ) -> Result<ExternalBuffer, Error> {
+    /// `len` bytes at `ptr` for the shard whose slots are `shard` (nothing is read or
+    /// written here: only `slice` reaches the bytes).
+    pub(crate) fn new(ptr: std::ptr::NonNull<u8>, len: usize, shard: Weak<RioSlots>) -> Result<ExternalBuffer, Error> {
         if len == 0 || len > u32::MAX as usize {
             return Err(Error::InvalidArgument);
         }
@@ -152,7 +144,7 @@ impl ExternalBuffer {
                 len,
                 owned: false,
                 slot: AtomicU32::new(UNREGISTERED),
-                shard: Arc::downgrade(&shard.shared.rio_slots),
+                shard,
             }),
         })
     }
@@ -172,9 +164,12 @@ impl ExternalBuffer {
     /// if the range leaves the buffer or is empty.
     ///
     /// # Safety
-    /// Until the returned `RioBuf` is dropped, no other live `RioBuf` of this buffer that a
-    /// receive writes overlaps the range, nothing writes the range while a send holds it,
-    /// and the caller does not touch bytes a receive holds (Windows' rules for RIO_BUFs).
+    /// The registered memory is valid for reads and writes of its whole length until this
+    /// value and every `RioBuf` sliced from it have been dropped (every request's result
+    /// dequeued and dropped), and nothing frees or moves it before. Until the returned
+    /// `RioBuf` is dropped, no other live `RioBuf` of this buffer that a receive writes
+    /// overlaps the range, nothing writes the range while a send holds it, and the caller
+    /// does not touch bytes a receive holds (Windows' rules for RIO_BUFs).
     pub unsafe fn slice(&self, off: usize, len: usize) -> Result<RioBuf, Error> {
         let end = off.checked_add(len).ok_or(Error::InvalidArgument)?;
         if len == 0 || end > self.region.len {

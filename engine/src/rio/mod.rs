@@ -60,6 +60,17 @@ impl RegisteredBuffer {
     }
 }
 
+impl ExternalBuffer {
+    /// RIORegisterBuffer over `len` bytes at `ptr` that the caller owns and keeps, for
+    /// requests on `shard`'s sockets (zero-copy sends use the kernel registration there;
+    /// other shards' sockets copy). Nothing is read or written until a request holds a
+    /// [`slice`](ExternalBuffer::slice) of it — whose contract says how long the memory must
+    /// stay valid.
+    pub fn register(shard: &ShardHandle, ptr: std::ptr::NonNull<u8>, len: usize) -> Result<ExternalBuffer, Error> {
+        ExternalBuffer::new(ptr, len, Arc::downgrade(&shard.shared.rio_slots))
+    }
+}
+
 impl Drop for RequestQueue {
     /// Requests still deferred (never committed) end here, `Aborted`, each once, with their
     /// segment: a dropped queue leaves nothing unanswered.

@@ -128,12 +128,11 @@ struct SockEntry {
     delivery: Option<Delivery>,
     live_ops: u32,
     closing: bool,
-    /// Stream writes (sends, disconnect) leave in the order issued, one in the kernel at a
-    /// time: two sends in flight on one stream may interleave their bytes when the socket
-    /// buffer fills (io_uring retries each on its own). The one in the kernel holds the lane;
-    /// the rest wait in this FIFO (threaded through their op slots).
-    writing: bool,
-    writes: op::Fifo,
+    /// Ops that reach the kernel one at a time, in the order issued (`op::Lane`: stream
+    /// writes, which could interleave their bytes when the socket buffer fills; receives
+    /// posted ahead, which would all wake for each datagram). The one in the kernel holds
+    /// the lane; the rest wait in its FIFO (threaded through their op slots).
+    lanes: [LaneState; 2],
     /// The QoS flow its sends go through.
     flow: Option<u16>,
     /// Its received datagrams fan out to subscribers instead of completing.
@@ -145,6 +144,20 @@ struct SockEntry {
     counters: SockCounters,
 }
 
+/// A socket's lane: whether an op holds it (is in the kernel), and who waits.
+#[derive(Clone, Copy, Debug)]
+struct LaneState {
+    busy: bool,
+    fifo: op::Fifo,
+}
+
+impl LaneState {
+    const FREE: LaneState = LaneState {
+        busy: false,
+        fifo: op::Fifo::EMPTY,
+    };
+}
+
 impl SockEntry {
     fn open(gen: u32, ep: Endpoint, delivery: Option<Delivery>, desc: SockDesc) -> SockEntry {
         SockEntry {
@@ -153,8 +166,7 @@ impl SockEntry {
             delivery,
             live_ops: 0,
             closing: false,
-            writing: false,
-            writes: op::Fifo::EMPTY,
+            lanes: [LaneState::FREE; 2],
             flow: None,
             fanout: None,
             class: None,
@@ -285,6 +297,8 @@ pub(crate) struct Core<D: Driver> {
     /// Room for the published counters (allocated at start).
     publish_scratch: Vec<u64>,
     idle_spin: Duration,
+    /// `Config::rio_zc_min_bytes`.
+    rio_zc_min: u32,
     /// Sockets that are AF_XDP ports (turned every loop).
     xdp_socks: Vec<u32>,
     /// Completions gathered from an AF_XDP port before delivery (reused, never shrinks).
@@ -520,6 +534,7 @@ impl<D: Driver> Core<D> {
             },
             publish_scratch: vec![0; shared.telemetry.as_ref().map_or(0, |t| t.counters())],
             idle_spin: Duration::from_micros(u64::from(cfg.idle_spin_us)),
+            rio_zc_min: cfg.rio_zc_min_bytes,
             xdp_socks: Vec::with_capacity(8),
             local_scratch: Vec::with_capacity(256),
             qos: QosState {
@@ -892,24 +907,31 @@ impl<D: Driver> Core<D> {
                     s.addr_len = 0;
                 }
                 s.zerocopy = r.kind == RioKind::Send
+                    && r.buf.len() >= self.rio_zc_min as usize
                     && r.buf
                         .fixed_slot(&self.shared.rio_slots, &mut self.rio_slots, &mut self.driver)
                         .is_some();
                 s.rio = Some(r);
             }
         }
-        if matches!(kind, OpKind::Send | OpKind::Disconnect) && self.ops.slot(idx).rio.is_none() {
-            let e = &mut self.sockets[sock as usize];
-            if e.writing {
-                // Behind the write in the kernel: it starts when that one ends.
+        let s = self.ops.slot(idx);
+        let lane = match kind {
+            OpKind::Send | OpKind::Disconnect if s.rio.is_none() => Some(op::Lane::Write),
+            OpKind::RecvFrom | OpKind::Recv if !s.multishot && s.timeout.is_none() => Some(op::Lane::Read),
+            _ => None,
+        };
+        if let Some(lane) = lane {
+            s.lane = Some(lane);
+            let l = &mut self.sockets[sock as usize].lanes[lane as usize];
+            if l.busy {
+                // Behind the one in the kernel: it starts when that one ends.
+                let mut fifo = l.fifo;
                 self.ops.slot(idx).queued = true;
-                let mut fifo = e.writes;
                 self.ops.push_back(&mut fifo, idx);
-                self.sockets[sock as usize].writes = fifo;
+                self.sockets[sock as usize].lanes[lane as usize].fifo = fifo;
                 return;
             }
-            e.writing = true;
-            self.ops.slot(idx).ordered = true;
+            l.busy = true;
         }
         if let Err(e) = self.submit_slot(idx) {
             tracing::error!(error = %e, "submitting an operation failed");
@@ -917,20 +939,19 @@ impl<D: Driver> Core<D> {
         }
     }
 
-    /// A stream write of `sock` ended: the next one waiting takes the lane.
-    fn next_write(&mut self, sock: u32) {
-        let mut fifo = self.sockets[sock as usize].writes;
+    /// The op holding `sock`'s `lane` ended: the next one waiting takes the lane.
+    fn next_in_lane(&mut self, sock: u32, lane: op::Lane) {
+        let mut fifo = self.sockets[sock as usize].lanes[lane as usize].fifo;
         let next = self.ops.pop_front(&mut fifo);
-        self.sockets[sock as usize].writes = fifo;
+        let l = &mut self.sockets[sock as usize].lanes[lane as usize];
+        l.fifo = fifo;
         let Some(idx) = next else {
-            self.sockets[sock as usize].writing = false;
+            l.busy = false;
             return;
         };
-        let s = self.ops.slot(idx);
-        s.queued = false;
-        s.ordered = true;
+        self.ops.slot(idx).queued = false;
         if let Err(e) = self.submit_slot(idx) {
-            tracing::error!(error = %e, "submitting a queued stream write failed");
+            tracing::error!(error = %e, "submitting a queued operation failed");
             self.fail_slot(idx, &e);
         }
     }
@@ -959,14 +980,15 @@ impl<D: Driver> Core<D> {
             let s = self.ops.slot(idx);
             s.cancelled = true;
             if s.queued {
-                // Waiting behind another write, not in the kernel: it ends here.
-                let sock = s.sock;
+                // Waiting in its socket's lane, not in the kernel: it ends here (leaving the
+                // lane, which it never held).
+                let (sock, lane) = (s.sock, s.lane.take().expect("a queued op is in a lane"));
                 s.queued = false;
                 s.pending = 0;
                 s.result = Some(-libc::ECANCELED);
-                let mut fifo = self.sockets[sock as usize].writes;
+                let mut fifo = self.sockets[sock as usize].lanes[lane as usize].fifo;
                 self.ops.unlink(&mut fifo, idx);
-                self.sockets[sock as usize].writes = fifo;
+                self.sockets[sock as usize].lanes[lane as usize].fifo = fifo;
                 self.finish(idx);
                 continue;
             }

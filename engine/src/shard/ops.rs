@@ -578,7 +578,7 @@ impl<D: Driver> Core<D> {
             .then(|| net::from_raw(&s.addr, s.addr_len))
             .flatten();
         let accepted = s.accepted.take();
-        let ordered = std::mem::take(&mut s.ordered);
+        let lane = s.lane.take();
         self.ops.release(idx);
         let result = match res {
             None => Ok(0),
@@ -634,8 +634,8 @@ impl<D: Driver> Core<D> {
             }
             self.deliver_sock(sock, c);
         }
-        if ordered {
-            self.next_write(sock);
+        if let Some(lane) = lane {
+            self.next_in_lane(sock, lane);
         }
         self.maybe_close(sock);
     }

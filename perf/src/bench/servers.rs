@@ -29,8 +29,9 @@ pub enum Server {
     /// porto in completion-port mode without publishing statistics (`--no-stats`): beside
     /// `porto-port`, what `porto stats` costs.
     PortoPortNoStats,
-    /// `examples/c/iocp_udp_echo.c` through the C ABI (`libporto_c`): beside `porto-port`,
-    /// what the ABI costs. Built by `examples/c/build.sh` into `target/c/`.
+    /// `examples/c/iocp_udp_echo.c` (TCP: `iocp_tcp_echo.c`) through the C ABI
+    /// (`libporto_c`): beside `porto-port`, what the ABI costs. Built by
+    /// `examples/c/build.sh` into `target/c/`.
     CIocp,
     /// `examples/c/rio_udp_echo.c`: Registered I/O through the C ABI (the caller's memory,
     /// no copy). Built by `examples/c/build.sh`.
@@ -87,13 +88,11 @@ impl Server {
                 }
             }
             Server::CIocp | Server::CRio => {
-                if !udp {
-                    return Err("the C examples serve UDP only".into());
-                }
-                let name = if self == Server::CIocp {
-                    "iocp_udp_echo"
-                } else {
-                    "rio_udp_echo"
+                let name = match (self, udp) {
+                    (Server::CIocp, true) => "iocp_udp_echo",
+                    (Server::CIocp, false) => "iocp_tcp_echo",
+                    (_, true) => "rio_udp_echo",
+                    (_, false) => return Err("the RIO example serves UDP only".into()),
                 };
                 // target/<profile>/porto -> target/c/<name>
                 let c_exe = exe
