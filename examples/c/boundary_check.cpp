@@ -158,6 +158,110 @@ int main() {
         EXPECT(porto_closesocket(u) == 0);
     }
 
+    // A connection made by AcceptEx (with first data) and ConnectEx (with data), then a
+    // 100 KB WSASend (many frames, one completion) read back whole with WSARecv, then
+    // DisconnectEx.
+    {
+        PORTO_SOCKET l = porto_WSASocket(AF_INET6, SOCK_STREAM, 0, nullptr, 0, 0);
+        PORTO_SOCKET acc = porto_WSASocket(AF_INET6, SOCK_STREAM, 0, nullptr, 0, 0);
+        PORTO_SOCKET c = porto_WSASocket(AF_INET6, SOCK_STREAM, 0, nullptr, 0, 0);
+        sockaddr_in6 la;
+        std::memset(&la, 0, sizeof la);
+        la.sin6_family = AF_INET6;
+        la.sin6_addr = in6addr_loopback;
+        EXPECT(porto_bind(l, reinterpret_cast<sockaddr *>(&la), sizeof la) == 0);
+        EXPECT(porto_listen(l, 4) == 0);
+        int32_t lalen = sizeof la;
+        EXPECT(porto_getsockname(l, reinterpret_cast<sockaddr *>(&la), &lalen) == 0);
+        EXPECT(porto_CreateIoCompletionPort(l, iocp, 21, 0) == iocp);
+        static unsigned char abuf[16 + 2 * 44];
+        PORTO_OVERLAPPED aov, cov, sov, rov, dov;
+        std::memset(&aov, 0, sizeof aov);
+        std::memset(&cov, 0, sizeof cov);
+        std::memset(&sov, 0, sizeof sov);
+        std::memset(&rov, 0, sizeof rov);
+        std::memset(&dov, 0, sizeof dov);
+        EXPECT(porto_AcceptEx(l, acc, abuf, 16, 44, 44, nullptr, &aov) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSA_IO_PENDING);
+        sockaddr_in6 any6;
+        std::memset(&any6, 0, sizeof any6);
+        any6.sin6_family = AF_INET6;
+        any6.sin6_addr = in6addr_loopback;
+        EXPECT(porto_bind(c, reinterpret_cast<sockaddr *>(&any6), sizeof any6) == 0);
+        EXPECT(porto_CreateIoCompletionPort(c, iocp, 22, 0) == iocp);
+        const char hello[] = "hello, AcceptEx"; // 15 bytes + NUL = 16: exactly AcceptEx's room
+        EXPECT(porto_ConnectEx(c, reinterpret_cast<sockaddr *>(&la), sizeof la, hello, sizeof hello, nullptr, &cov) ==
+               0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSA_IO_PENDING);
+        int accepted = 0, connected = 0;
+        for (int round = 0; round < 50 && !(accepted && connected); round++) {
+            uint32_t k = 0;
+            if (!porto_GetQueuedCompletionStatusEx(iocp, e, 4, &k, 100, 0))
+                continue;
+            for (uint32_t i = 0; i < k; i++) {
+                if (e[i].lpOverlapped == &aov) {
+                    EXPECT(e[i].Internal == 0 && e[i].lpCompletionKey == 21 && e[i].dwNumberOfBytesTransferred == 16);
+                    accepted = 1;
+                } else if (e[i].lpOverlapped == &cov) {
+                    EXPECT(e[i].Internal == 0 && e[i].lpCompletionKey == 22 && e[i].dwNumberOfBytesTransferred == 16);
+                    connected = 1;
+                }
+            }
+        }
+        EXPECT(accepted && connected);
+        EXPECT(std::memcmp(abuf, hello, sizeof hello) == 0);
+        sockaddr *local = nullptr, *remote = nullptr;
+        int32_t llen = 0, rlen = 0;
+        porto_GetAcceptExSockaddrs(abuf, 16, 44, 44, &local, &llen, &remote, &rlen);
+        EXPECT(local && remote && local->sa_family == AF_INET6 && remote->sa_family == AF_INET6 &&
+               llen == (int32_t)sizeof(sockaddr_in6) && rlen == (int32_t)sizeof(sockaddr_in6));
+        sockaddr_in6 cl;
+        int32_t cllen = sizeof cl;
+        EXPECT(porto_getsockname(c, reinterpret_cast<sockaddr *>(&cl), &cllen) == 0);
+        EXPECT(remote && reinterpret_cast<sockaddr_in6 *>(remote)->sin6_port == cl.sin6_port);
+        EXPECT(porto_setsockopt(acc, SOL_SOCKET, PORTO_SO_UPDATE_ACCEPT_CONTEXT, &l, sizeof l) == 0);
+        EXPECT(porto_CreateIoCompletionPort(acc, iocp, 23, 0) == iocp);
+
+        static unsigned char big[100000], got[100000];
+        for (size_t i = 0; i < sizeof big; i++)
+            big[i] = (unsigned char)(i * 7 + 3);
+        PORTO_WSABUF sb[2] = {{60000, big}, {40000, big + 60000}};
+        EXPECT(porto_WSASend(c, sb, 2, nullptr, 0, &sov, nullptr) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSA_IO_PENDING);
+        size_t have = 0;
+        int sends_done = 0, recv_posted = 0;
+        for (int round = 0; round < 400 && (have < sizeof got || !sends_done); round++) {
+            if (!recv_posted && have < sizeof got) {
+                PORTO_WSABUF rb = {(uint32_t)(sizeof got - have), got + have};
+                uint32_t rfl = 0;
+                std::memset(&rov, 0, sizeof rov);
+                EXPECT(porto_WSARecv(acc, &rb, 1, nullptr, &rfl, &rov, nullptr) == PORTO_SOCKET_ERROR);
+                recv_posted = 1;
+            }
+            uint32_t k = 0;
+            if (!porto_GetQueuedCompletionStatusEx(iocp, e, 4, &k, 100, 0))
+                continue;
+            for (uint32_t i = 0; i < k; i++) {
+                if (e[i].lpOverlapped == &sov) {
+                    EXPECT(e[i].Internal == 0 && e[i].dwNumberOfBytesTransferred == sizeof big);
+                    sends_done++;
+                } else if (e[i].lpOverlapped == &rov) {
+                    EXPECT(e[i].Internal == 0 && e[i].lpCompletionKey == 23 && e[i].dwNumberOfBytesTransferred > 0);
+                    have += e[i].dwNumberOfBytesTransferred;
+                    recv_posted = 0;
+                }
+            }
+        }
+        EXPECT(sends_done == 1); // one completion for the whole send
+        EXPECT(have == sizeof got && std::memcmp(big, got, sizeof got) == 0);
+        EXPECT(porto_DisconnectEx(c, &dov, 0, 0) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSA_IO_PENDING);
+        uint32_t k = 0;
+        EXPECT(porto_GetQueuedCompletionStatusEx(iocp, e, 4, &k, 2000, 0) == 1);
+        EXPECT(k == 1 && e[0].lpOverlapped == &dov && e[0].Internal == 0);
+        EXPECT(porto_closesocket(c) == 0 && porto_closesocket(acc) == 0 && porto_closesocket(l) == 0);
+    }
+
     // RIO: the function table, then each misuse with Windows' answer.
     {
         PORTO_SOCKET r = porto_WSASocket(AF_INET, SOCK_DGRAM, 0, nullptr, 0, PORTO_WSA_FLAG_REGISTERED_IO);

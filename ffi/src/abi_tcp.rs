@@ -93,9 +93,9 @@ unsafe fn pieces<'a>(bufs: *const PORTO_WSABUF, count: u32) -> Result<Vec<&'a [u
 }
 
 /// `WSASend` (overlapped only): the buffers are copied into registered frames at the call
-/// (reusable at once) and sent whole, in order; `PORTO_SOCKET_ERROR` with
-/// `PORTO_WSA_IO_PENDING`. At most 4 frames (8 KiB with the default 2 KiB frames) per call:
-/// `PORTO_WSAENOBUFS` beyond.
+/// (reusable at once) and sent whole, in order, in one completion whatever the length;
+/// `PORTO_SOCKET_ERROR` with `PORTO_WSA_IO_PENDING` (`PORTO_WSAENOBUFS` when the pool has
+/// too few frames free: backpressure).
 ///
 /// # Safety
 /// `bufs` points to `count` `PORTO_WSABUF`s each readable for `len` bytes; `ov` stays valid

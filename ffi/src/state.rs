@@ -87,9 +87,14 @@ pub(crate) enum Pending {
         peer: SocketAddr,
     },
     /// `ConnectEx` with data: sent once connected.
-    ConnectSend { stream: u64, data: Gather },
-    /// `ConnectEx`'s data in flight.
-    ConnectSent,
+    ConnectSend { stream: u64, data: Vec<Gather> },
+    /// A send in `left` parts (`WSASend` beyond one gather, `ConnectEx`'s data): one
+    /// completion when the last has ended, with the bytes of all or the first error.
+    SendParts {
+        left: usize,
+        sent: usize,
+        error: Option<i32>,
+    },
     /// `DisconnectEx(TF_REUSE_SOCKET)`: the socket becomes reusable when it ends.
     Reuse { sock: u64 },
 }
@@ -639,8 +644,24 @@ pub(crate) fn dequeue(port_h: u64, max: usize, timeout: Option<Duration>) -> Res
         p.port.dequeue(&mut got, max, left);
         for c in got.drain(..) {
             // Taken out and finished without the lock (stages lock sockets, and sockets'
-            // calls lock `pending` inside theirs).
-            let stage = p.pending().remove(&c.token);
+            // calls lock `pending` inside theirs). A part of a send that is not its last only
+            // counts, in place (another thread may be dequeuing the next part).
+            let stage = {
+                let mut pending = p.pending();
+                match pending.get_mut(&c.token) {
+                    Some(Pending::SendParts { left, sent, error }) if *left > 1 => {
+                        *left -= 1;
+                        match c.result {
+                            Ok(n) => *sent += n,
+                            Err(e) => {
+                                error.get_or_insert(e.wsa_code());
+                            }
+                        }
+                        continue;
+                    }
+                    _ => pending.remove(&c.token),
+                }
+            };
             if let Some(d) = crate::tcp::finish(&p, c, stage) {
                 done.push(d);
             }

@@ -126,11 +126,19 @@ pub(crate) fn recv(h: u64, token: u64, target: RecvTarget) -> Result<(), Wsa> {
     })
 }
 
-/// The caller's pieces copied into pool frames: one, or a gather of up to `GATHER_MAX`
-/// (`WSAENOBUFS` beyond: the pool's frames bound one send).
-pub(crate) fn gather(shard: &ShardHandle, pieces: &[&[u8]]) -> Result<Gather, Wsa> {
-    let mut g = Gather::new();
+/// The caller's pieces copied into pool frames, grouped into gathers of up to `GATHER_MAX`
+/// frames (one engine send each). `WSAENOBUFS` when the pool has not enough frames free.
+pub(crate) fn gather(shard: &ShardHandle, pieces: &[&[u8]]) -> Result<Vec<Gather>, Wsa> {
+    let mut parts = vec![Gather::new()];
     let mut frame = None::<porto::Buf>;
+    let push = |parts: &mut Vec<Gather>, b: porto::Buf| {
+        if let Err(b) = parts.last_mut().expect("one at least").push(b) {
+            let mut g = Gather::new();
+            // A fresh gather has room for one.
+            let _ = g.push(b);
+            parts.push(g);
+        }
+    };
     for p in pieces {
         let mut rest: &[u8] = p;
         while !rest.is_empty() {
@@ -138,7 +146,7 @@ pub(crate) fn gather(shard: &ShardHandle, pieces: &[&[u8]]) -> Result<Gather, Ws
                 Some(b) if b.len() < b.capacity() => b,
                 _ => {
                     if let Some(full) = frame.take() {
-                        g.push(full).map_err(|_| Wsa(PORTO_WSAENOBUFS))?;
+                        push(&mut parts, full);
                     }
                     frame.insert(shard.pool().alloc().map_err(Wsa::from)?)
                 }
@@ -151,21 +159,49 @@ pub(crate) fn gather(shard: &ShardHandle, pieces: &[&[u8]]) -> Result<Gather, Ws
         }
     }
     if let Some(last) = frame {
-        g.push(last).map_err(|_| Wsa(PORTO_WSAENOBUFS))?;
+        push(&mut parts, last);
     }
-    Ok(g)
+    Ok(parts)
+}
+
+/// Sends `parts` on `stream` with `token`, in order (the stream's write lane keeps them so):
+/// one part as it is; more under a `SendParts` record, so one completion reports them all.
+fn send_parts(stream: &TcpStream, port: &Port, token: u64, parts: Vec<Gather>) -> Result<(), Wsa> {
+    let n = parts.len();
+    if n > 1 {
+        port.expect(
+            token,
+            Pending::SendParts {
+                left: n,
+                sent: 0,
+                error: None,
+            },
+        )?;
+    }
+    for (i, g) in parts.into_iter().enumerate() {
+        if let Err(r) = stream.send_gather(g, token) {
+            if i == 0 {
+                port.forget(token);
+                return Err(Wsa::from(r.error));
+            }
+            // Some parts are out: they complete; the send reports this failure after them.
+            if let Some(Pending::SendParts { left, error, .. }) = port.pending().get_mut(&token) {
+                *left -= n - i;
+                error.get_or_insert(r.error.wsa_code());
+            }
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 /// `WSASend`: the pieces are copied at the call (the caller's buffers are free at once) and
-/// sent whole, in order with the connection's other sends.
+/// sent whole, in order with the connection's other sends; any length the pool can hold.
 pub(crate) fn send(h: u64, token: u64, pieces: &[&[u8]]) -> Result<usize, Wsa> {
     let total: usize = pieces.iter().map(|p| p.len()).sum();
     // Every TCP socket of the C ABI lives on the first shard: its pool's frames.
-    let g = gather(&shard()?, pieces)?;
-    with_stream(h, |stream, _| {
-        stream.send_gather(g, token).map_err(|r| Wsa::from(r.error))?;
-        Ok(total)
-    })
+    let parts = gather(&shard()?, pieces)?;
+    with_stream(h, |stream, port| send_parts(stream, port, token, parts).map(|()| total))
 }
 
 /// `ConnectEx`: the bound, associated socket connects to `to`, then sends `data` (if any);
@@ -290,13 +326,7 @@ pub(crate) fn finish(p: &Arc<Port>, c: Completion, stage: Option<Pending>) -> Op
             if c.result.is_err() {
                 return Some(done(c.result, Out::None));
             }
-            let sent = with_stream(stream, |s, port| {
-                port.expect(c.token, Pending::ConnectSent)?;
-                s.send_gather(data, c.token).map_err(|r| {
-                    port.forget(c.token);
-                    Wsa::from(r.error)
-                })
-            });
+            let sent = with_stream(stream, |s, port| send_parts(s, port, c.token, data));
             match sent {
                 Ok(()) => None,
                 Err(Wsa(code)) => Some(Done {
@@ -307,7 +337,20 @@ pub(crate) fn finish(p: &Arc<Port>, c: Completion, stage: Option<Pending>) -> Op
                 }),
             }
         }
-        Some(Pending::ConnectSent) => Some(done(c.result, Out::None)),
+        Some(Pending::SendParts { sent, error, .. }) => {
+            // The last part: the send's one completion.
+            let result = match (error, c.result) {
+                (Some(code), _) => Err(code),
+                (None, Ok(n)) => Ok(sent + n),
+                (None, Err(e)) => Err(e.wsa_code()),
+            };
+            Some(Done {
+                key: c.key,
+                token: c.token,
+                result,
+                out: Out::None,
+            })
+        }
         Some(Pending::Reuse { sock: h }) => {
             if c.result.is_ok() && c.op == OpKind::Disconnect {
                 if let Ok(s) = sock(h) {
