@@ -731,13 +731,30 @@ int32_t porto_DisconnectEx(PORTO_SOCKET s, PORTO_OVERLAPPED *ov, uint32_t flags,
 
 // `setsockopt`: `SOL_SOCKET` with `PORTO_SO_UPDATE_ACCEPT_CONTEXT` or
 // `PORTO_SO_UPDATE_CONNECT_CONTEXT` succeeds (the accepted or connected socket already has
-// its context here); other options are `PORTO_WSAENOPROTOOPT` (set them through the Rust
-// API's `SocketOptions`).
+// its context here). These go to the kernel socket as given (Linux's numbers, from the
+// system headers): `SO_RCVBUF`, `SO_SNDBUF`, `SO_KEEPALIVE`, `SO_LINGER`, `SO_BROADCAST`,
+// `SO_PRIORITY`, `SO_REUSEADDR`; `IP_TOS`, `IP_TTL`, `IPV6_TCLASS`, `IPV6_UNICAST_HOPS`;
+// multicast: `IP_ADD/DROP_MEMBERSHIP`, `IP_ADD/DROP_SOURCE_MEMBERSHIP`,
+// `IP_BLOCK/UNBLOCK_SOURCE` (exclude mode), `IPV6_ADD/DROP_MEMBERSHIP`, RFC 3678's
+// `MCAST_JOIN/LEAVE_GROUP`, `MCAST_JOIN/LEAVE_SOURCE_GROUP`, `MCAST_BLOCK/UNBLOCK_SOURCE`,
+// `IP(V6)_MULTICAST_IF/TTL/HOPS/LOOP`; `TCP_NODELAY`, `TCP_KEEPIDLE/KEEPINTVL/KEEPCNT`.
+// Others would change what the engine relies on and are `PORTO_WSAENOPROTOOPT`. The socket
+// needs its kernel socket (bound, listening or connected): `PORTO_WSAEINVAL` before.
+//
+// # Safety
+// `value` is readable for `len` bytes.
 int32_t porto_setsockopt(PORTO_SOCKET s,
                          int32_t level,
                          int32_t name,
                          const void *value,
                          int32_t len);
+
+// `getsockopt`: the options `porto_setsockopt` passes through, and `SO_ERROR` and
+// `SO_TYPE`, read from the kernel socket; `*len` is the room at `value` in, the length out.
+//
+// # Safety
+// `value` is writable for `*len` bytes; `len` is valid.
+int32_t porto_getsockopt(PORTO_SOCKET s, int32_t level, int32_t name, void *value, int32_t *len);
 
 #ifdef __cplusplus
 }  // extern "C"

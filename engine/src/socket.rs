@@ -471,6 +471,14 @@ impl SocketCore {
     }
 }
 
+/// The kernel socket's descriptor (an AF_XDP socket's: its companion kernel socket), for
+/// options porto has no call for. It stays open while this value lives.
+impl AsRawFd for SocketCore {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd
+    }
+}
+
 impl Drop for SocketCore {
     fn drop(&mut self) {
         if self.owner {

@@ -6,7 +6,9 @@
 // and closesocket aborting a request queue's receives once each.
 #include "porto.h"
 
+#include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <cstdio>
 #include <cstring>
 
@@ -144,8 +146,11 @@ int main() {
         EXPECT(porto_DisconnectEx(t, &aov, 0, 0) == 0);
         EXPECT(porto_WSAGetLastError() == PORTO_WSAENOTCONN);
         EXPECT(porto_setsockopt(t, SOL_SOCKET, PORTO_SO_UPDATE_ACCEPT_CONTEXT, &l, sizeof l) == 0);
-        EXPECT(porto_setsockopt(t, SOL_SOCKET, SO_RCVBUF, &l, sizeof l) == PORTO_SOCKET_ERROR);
-        EXPECT(porto_WSAGetLastError() == PORTO_WSAENOPROTOOPT);
+        int one = 1;
+        EXPECT(porto_setsockopt(t, SOL_SOCKET, SO_RCVTIMEO, &one, sizeof one) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAENOPROTOOPT); // not passed to the kernel
+        EXPECT(porto_setsockopt(t, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL); // no kernel socket before bind
         // A posted AcceptEx, then closesocket on the listener: it ends aborted, once.
         EXPECT(accept_ex(l, t, abuf, 0, 32, 32, nullptr, &aov) == 0);
         EXPECT(porto_WSAGetLastError() == PORTO_WSA_IO_PENDING);
@@ -260,6 +265,84 @@ int main() {
         EXPECT(porto_GetQueuedCompletionStatusEx(iocp, e, 4, &k, 2000, 0) == 1);
         EXPECT(k == 1 && e[0].lpOverlapped == &dov && e[0].Internal == 0);
         EXPECT(porto_closesocket(c) == 0 && porto_closesocket(acc) == 0 && porto_closesocket(l) == 0);
+    }
+
+    // Multicast through setsockopt: join on loopback, exclude a source, include it again.
+    {
+        PORTO_SOCKET rx = porto_WSASocket(AF_INET, SOCK_DGRAM, 0, nullptr, 0, 0);
+        PORTO_SOCKET tx = porto_WSASocket(AF_INET, SOCK_DGRAM, 0, nullptr, 0, 0);
+        sockaddr_in any4, txa;
+        std::memset(&any4, 0, sizeof any4);
+        any4.sin_family = AF_INET;
+        any4.sin_addr.s_addr = htonl(INADDR_ANY);
+        EXPECT(porto_bind(rx, reinterpret_cast<sockaddr *>(&any4), sizeof any4) == 0);
+        int32_t alen = sizeof any4;
+        EXPECT(porto_getsockname(rx, reinterpret_cast<sockaddr *>(&any4), &alen) == 0);
+        txa = a;
+        txa.sin_port = 0;
+        EXPECT(porto_bind(tx, reinterpret_cast<sockaddr *>(&txa), sizeof txa) == 0);
+        ip_mreq m;
+        m.imr_multiaddr.s_addr = inet_addr("239.77.9.9");
+        m.imr_interface.s_addr = htonl(INADDR_LOOPBACK);
+        EXPECT(porto_setsockopt(rx, IPPROTO_IP, IP_ADD_MEMBERSHIP, &m, sizeof m) == 0);
+        in_addr lo;
+        lo.s_addr = htonl(INADDR_LOOPBACK);
+        EXPECT(porto_setsockopt(tx, IPPROTO_IP, IP_MULTICAST_IF, &lo, sizeof lo) == 0);
+        unsigned char ttl = 0;
+        int32_t tlen = sizeof ttl;
+        EXPECT(porto_getsockopt(tx, IPPROTO_IP, IP_MULTICAST_TTL, &ttl, &tlen) == 0 && ttl == 1 && tlen == 1);
+        EXPECT(porto_CreateIoCompletionPort(rx, iocp, 31, 0) == iocp);
+        EXPECT(porto_CreateIoCompletionPort(tx, iocp, 32, 0) == iocp);
+        sockaddr_in group;
+        std::memset(&group, 0, sizeof group);
+        group.sin_family = AF_INET;
+        group.sin_port = any4.sin_port;
+        group.sin_addr = m.imr_multiaddr;
+        // Sends one datagram to the group; true if rx received it within 300 ms.
+        auto round_trip = [&](const char *text) {
+            static unsigned char rbuf[64];
+            PORTO_WSABUF rb = {sizeof rbuf, rbuf};
+            PORTO_OVERLAPPED rov, sov;
+            std::memset(&rov, 0, sizeof rov);
+            std::memset(&sov, 0, sizeof sov);
+            uint32_t fl = 0;
+            porto_WSARecvFrom(rx, &rb, 1, nullptr, &fl, nullptr, nullptr, &rov, nullptr);
+            PORTO_WSABUF sb = {(uint32_t)std::strlen(text), (unsigned char *)text};
+            porto_WSASendTo(tx, &sb, 1, nullptr, 0, reinterpret_cast<sockaddr *>(&group), sizeof group, &sov,
+                            nullptr);
+            int got = 0, sent = 0;
+            for (int i = 0; i < 30 && !(got && sent); i++) {
+                uint32_t k = 0;
+                if (porto_GetQueuedCompletionStatusEx(iocp, e, 4, &k, 10, 0))
+                    for (uint32_t j = 0; j < k; j++) {
+                        got |= e[j].lpOverlapped == &rov && e[j].Internal == 0 &&
+                               std::memcmp(rbuf, text, std::strlen(text)) == 0;
+                        sent |= e[j].lpOverlapped == &sov;
+                    }
+            }
+            if (!got) { // take the receive back before `rov` goes out of scope
+                porto_CancelIoEx(rx, &rov);
+                uint32_t k = 0;
+                for (int i = 0; i < 100; i++) {
+                    if (porto_GetQueuedCompletionStatusEx(iocp, e, 4, &k, 10, 0) && e[0].lpOverlapped == &rov)
+                        break;
+                }
+            }
+            return got != 0;
+        };
+        EXPECT(round_trip("joined"));
+        ip_mreq_source src;
+        src.imr_multiaddr = m.imr_multiaddr;
+        src.imr_interface = m.imr_interface;
+        src.imr_sourceaddr.s_addr = htonl(INADDR_LOOPBACK);
+        EXPECT(porto_setsockopt(rx, IPPROTO_IP, IP_BLOCK_SOURCE, &src, sizeof src) == 0);
+        EXPECT(!round_trip("blocked"));
+        EXPECT(porto_setsockopt(rx, IPPROTO_IP, IP_UNBLOCK_SOURCE, &src, sizeof src) == 0);
+        EXPECT(round_trip("unblocked"));
+        EXPECT(porto_setsockopt(rx, IPPROTO_IP, IP_DROP_MEMBERSHIP, &m, sizeof m) == 0);
+        EXPECT(porto_setsockopt(rx, IPPROTO_IP, IP_DROP_MEMBERSHIP, &m, sizeof m) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEADDRNOTAVAIL); // the kernel's EADDRNOTAVAIL
+        EXPECT(porto_closesocket(rx) == 0 && porto_closesocket(tx) == 0);
     }
 
     // RIO: the function table, then each misuse with Windows' answer.

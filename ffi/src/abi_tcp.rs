@@ -268,23 +268,144 @@ pub unsafe extern "C" fn porto_DisconnectEx(
     })
 }
 
+/// Options `porto_setsockopt` / `porto_getsockopt` pass to the kernel socket (Linux's
+/// numbers, from the system headers): buffer sizes, keep-alive, linger, broadcast, priority,
+/// TOS / traffic class, TTL / hops, TCP_NODELAY and keep-alive timing, and multicast —
+/// membership (any-source and source-specific, RFC 3678's `MCAST_*` too), exclude mode
+/// (block / unblock a source), interface, TTL, loopback. Others would change what the engine
+/// relies on (receive control data, error queues, blocking) and are `PORTO_WSAENOPROTOOPT`.
+fn passed_through(level: i32, name: i32) -> bool {
+    use libc::*;
+    match level {
+        SOL_SOCKET => matches!(
+            name,
+            SO_RCVBUF | SO_SNDBUF | SO_KEEPALIVE | SO_LINGER | SO_BROADCAST | SO_PRIORITY | SO_REUSEADDR
+        ),
+        IPPROTO_IP => matches!(
+            name,
+            IP_TOS
+                | IP_TTL
+                | IP_MULTICAST_IF
+                | IP_MULTICAST_TTL
+                | IP_MULTICAST_LOOP
+                | IP_ADD_MEMBERSHIP
+                | IP_DROP_MEMBERSHIP
+                | IP_ADD_SOURCE_MEMBERSHIP
+                | IP_DROP_SOURCE_MEMBERSHIP
+                | IP_BLOCK_SOURCE
+                | IP_UNBLOCK_SOURCE
+                | MCAST_JOIN_GROUP
+                | MCAST_LEAVE_GROUP
+                | MCAST_JOIN_SOURCE_GROUP
+                | MCAST_LEAVE_SOURCE_GROUP
+                | MCAST_BLOCK_SOURCE
+                | MCAST_UNBLOCK_SOURCE
+        ),
+        IPPROTO_IPV6 => matches!(
+            name,
+            IPV6_TCLASS
+                | IPV6_UNICAST_HOPS
+                | IPV6_MULTICAST_IF
+                | IPV6_MULTICAST_HOPS
+                | IPV6_MULTICAST_LOOP
+                | IPV6_ADD_MEMBERSHIP
+                | IPV6_DROP_MEMBERSHIP
+                | MCAST_JOIN_GROUP
+                | MCAST_LEAVE_GROUP
+                | MCAST_JOIN_SOURCE_GROUP
+                | MCAST_LEAVE_SOURCE_GROUP
+                | MCAST_BLOCK_SOURCE
+                | MCAST_UNBLOCK_SOURCE
+        ),
+        IPPROTO_TCP => matches!(name, TCP_NODELAY | TCP_KEEPIDLE | TCP_KEEPINTVL | TCP_KEEPCNT),
+        _ => false,
+    }
+}
+
+/// The WSA number of the calling thread's errno (after a failed libc call).
+fn last_os_error() -> Wsa {
+    Wsa::from(porto::Error::from(std::io::Error::last_os_error()))
+}
+
 /// `setsockopt`: `SOL_SOCKET` with `PORTO_SO_UPDATE_ACCEPT_CONTEXT` or
 /// `PORTO_SO_UPDATE_CONNECT_CONTEXT` succeeds (the accepted or connected socket already has
-/// its context here); other options are `PORTO_WSAENOPROTOOPT` (set them through the Rust
-/// API's `SocketOptions`).
+/// its context here). These go to the kernel socket as given (Linux's numbers, from the
+/// system headers): `SO_RCVBUF`, `SO_SNDBUF`, `SO_KEEPALIVE`, `SO_LINGER`, `SO_BROADCAST`,
+/// `SO_PRIORITY`, `SO_REUSEADDR`; `IP_TOS`, `IP_TTL`, `IPV6_TCLASS`, `IPV6_UNICAST_HOPS`;
+/// multicast: `IP_ADD/DROP_MEMBERSHIP`, `IP_ADD/DROP_SOURCE_MEMBERSHIP`,
+/// `IP_BLOCK/UNBLOCK_SOURCE` (exclude mode), `IPV6_ADD/DROP_MEMBERSHIP`, RFC 3678's
+/// `MCAST_JOIN/LEAVE_GROUP`, `MCAST_JOIN/LEAVE_SOURCE_GROUP`, `MCAST_BLOCK/UNBLOCK_SOURCE`,
+/// `IP(V6)_MULTICAST_IF/TTL/HOPS/LOOP`; `TCP_NODELAY`, `TCP_KEEPIDLE/KEEPINTVL/KEEPCNT`.
+/// Others would change what the engine relies on and are `PORTO_WSAENOPROTOOPT`. The socket
+/// needs its kernel socket (bound, listening or connected): `PORTO_WSAEINVAL` before.
+///
+/// # Safety
+/// `value` is readable for `len` bytes.
 #[no_mangle]
-pub extern "C" fn porto_setsockopt(s: PORTO_SOCKET, level: i32, name: i32, value: *const c_void, len: i32) -> i32 {
-    let _ = (value, len);
+pub unsafe extern "C" fn porto_setsockopt(
+    s: PORTO_SOCKET,
+    level: i32,
+    name: i32,
+    value: *const c_void,
+    len: i32,
+) -> i32 {
     guard(PORTO_SOCKET_ERROR, || {
-        crate::state::local_addr(s).map(|_| ()).or_else(|Wsa(e)| match e {
-            PORTO_WSAEINVAL => Ok(()),
-            e => Err(Wsa(e)),
-        })?;
         if level == libc::SOL_SOCKET && matches!(name, PORTO_SO_UPDATE_ACCEPT_CONTEXT | PORTO_SO_UPDATE_CONNECT_CONTEXT)
         {
-            Ok(0)
-        } else {
-            Err(Wsa(PORTO_WSAENOPROTOOPT))
+            return crate::state::local_addr(s).map(|_| 0).or_else(|Wsa(e)| match e {
+                PORTO_WSAEINVAL => Ok(0),
+                e => Err(Wsa(e)),
+            });
         }
+        if !passed_through(level, name) {
+            return Err(Wsa(PORTO_WSAENOPROTOOPT));
+        }
+        non_null(value)?;
+        let len = libc::socklen_t::try_from(len).map_err(|_| Wsa(PORTO_WSAEFAULT))?;
+        crate::state::with_fd(s, |fd| {
+            // SAFETY: `len` readable bytes at `value` (the caller's contract); `fd` is the
+            // socket's, held open by the lock `with_fd` keeps.
+            if unsafe { libc::setsockopt(fd, level, name, value, len) } == 0 {
+                Ok(0)
+            } else {
+                Err(last_os_error())
+            }
+        })
+    })
+}
+
+/// `getsockopt`: the options `porto_setsockopt` passes through, and `SO_ERROR` and
+/// `SO_TYPE`, read from the kernel socket; `*len` is the room at `value` in, the length out.
+///
+/// # Safety
+/// `value` is writable for `*len` bytes; `len` is valid.
+#[no_mangle]
+pub unsafe extern "C" fn porto_getsockopt(
+    s: PORTO_SOCKET,
+    level: i32,
+    name: i32,
+    value: *mut c_void,
+    len: *mut i32,
+) -> i32 {
+    guard(PORTO_SOCKET_ERROR, || {
+        let known = passed_through(level, name)
+            || (level == libc::SOL_SOCKET && matches!(name, libc::SO_ERROR | libc::SO_TYPE));
+        if !known {
+            return Err(Wsa(PORTO_WSAENOPROTOOPT));
+        }
+        non_null(value)?;
+        non_null(len)?;
+        // SAFETY: `len` is valid (the caller's contract).
+        let room = unsafe { len.read() };
+        let mut n = libc::socklen_t::try_from(room).map_err(|_| Wsa(PORTO_WSAEFAULT))?;
+        crate::state::with_fd(s, |fd| {
+            // SAFETY: `n` writable bytes at `value`; the lock keeps `fd` the socket's.
+            if unsafe { libc::getsockopt(fd, level, name, value, &mut n) } != 0 {
+                return Err(last_os_error());
+            }
+            // SAFETY: `len` is valid; `n <= room` fits an i32.
+            unsafe { len.write(n as i32) };
+            Ok(0)
+        })
     })
 }

@@ -426,6 +426,24 @@ pub(crate) fn rio_core(
     r
 }
 
+/// Runs `f` with socket `h`'s kernel descriptor, the socket locked meanwhile (so it cannot
+/// close and its number be reused under `f`). `WSAEINVAL` for a socket with no kernel
+/// socket yet (made, not bound).
+pub(crate) fn with_fd<T>(h: u64, f: impl FnOnce(std::os::fd::RawFd) -> Result<T, Wsa>) -> Result<T, Wsa> {
+    use std::os::fd::AsRawFd;
+    let s = sock(h)?;
+    let st = lock(&s);
+    let fd = match &*st {
+        SockState::Unbound | SockState::TcpIdle { fd: None, .. } => return Err(Wsa(PORTO_WSAEINVAL)),
+        SockState::Bound(k) => k.as_raw_fd(),
+        SockState::TcpIdle { fd: Some(k), .. } => k.as_raw_fd(),
+        SockState::Associated { sock, .. } | SockState::Rio { sock } => sock.core().as_raw_fd(),
+        SockState::Listener { lst, .. } => lst.core().as_raw_fd(),
+        SockState::Stream { stream, .. } => stream.core().as_raw_fd(),
+    };
+    f(fd)
+}
+
 /// `CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, concurrency)`: a new port.
 pub(crate) fn create_port(concurrency: u32) -> Result<u64, Wsa> {
     const CAPACITY: usize = 65536;
