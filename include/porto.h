@@ -135,6 +135,11 @@
 // `DisconnectEx` flag: the socket may go to `AcceptEx` again.
 #define PORTO_TF_REUSE_SOCKET 2
 
+// `SetFileCompletionNotificationModes` flags.
+#define PORTO_FILE_SKIP_COMPLETION_PORT_ON_SUCCESS 1
+
+#define PORTO_FILE_SKIP_SET_EVENT_ON_HANDLE 2
+
 // How `porto_WSAStartupEx` configures the engine (`porto_WSAStartup` uses 1 shard, not
 // pinned, 4096 frames, provider auto).
 typedef struct {
@@ -460,6 +465,16 @@ int32_t porto_WSASendTo(PORTO_SOCKET s,
                         int32_t tolen,
                         PORTO_OVERLAPPED *ov,
                         const void *routine);
+
+// `SetFileCompletionNotificationModes`: `PORTO_FILE_SKIP_COMPLETION_PORT_ON_SUCCESS` makes
+// a receive (`WSARecvFrom`, `WSARecv`) that finds data waiting, and a datagram send
+// (`WSASendTo`) the socket buffer takes at once, complete inline — 0 returned, the bytes in
+// `*received` / `*sent`, **no completion queued** — when no operation of its kind is in
+// flight ahead of it; otherwise it pends as usual. A receive too small for the datagram
+// fails inline with `PORTO_WSAEMSGSIZE` (its buffers filled). Stream sends always pend.
+// `PORTO_FILE_SKIP_SET_EVENT_ON_HANDLE` is accepted (porto signals no event objects).
+// TRUE (1), or FALSE with `PORTO_WSAEINVAL` for unknown bits.
+int32_t porto_SetFileCompletionNotificationModes(PORTO_SOCKET s, uint8_t flags);
 
 // `GetQueuedCompletionStatusEx`: up to `count` completions into `entries`, waiting up to
 // `timeout_ms` (`PORTO_INFINITE`: no limit) for the first; a receive's datagram is copied

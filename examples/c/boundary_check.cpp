@@ -345,6 +345,86 @@ int main() {
         EXPECT(porto_closesocket(rx) == 0 && porto_closesocket(tx) == 0);
     }
 
+    // FILE_SKIP_COMPLETION_PORT_ON_SUCCESS: what completes at once returns its result and
+    // queues nothing; what must wait pends as usual; nothing overtakes what is in flight.
+    {
+        PORTO_SOCKET k = porto_WSASocket(AF_INET, SOCK_DGRAM, 0, nullptr, 0, 0);
+        PORTO_SOCKET q = porto_WSASocket(AF_INET, SOCK_DGRAM, 0, nullptr, 0, 0);
+        sockaddr_in ka = a, qa = a;
+        ka.sin_port = 0;
+        qa.sin_port = 0;
+        EXPECT(porto_bind(k, reinterpret_cast<sockaddr *>(&ka), sizeof ka) == 0);
+        EXPECT(porto_bind(q, reinterpret_cast<sockaddr *>(&qa), sizeof qa) == 0);
+        int32_t kl = sizeof ka, ql = sizeof qa;
+        EXPECT(porto_getsockname(k, reinterpret_cast<sockaddr *>(&ka), &kl) == 0);
+        EXPECT(porto_getsockname(q, reinterpret_cast<sockaddr *>(&qa), &ql) == 0);
+        EXPECT(porto_CreateIoCompletionPort(k, iocp, 41, 0) == iocp);
+        EXPECT(porto_CreateIoCompletionPort(q, iocp, 42, 0) == iocp);
+        EXPECT(porto_SetFileCompletionNotificationModes(k, 0x80) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
+        EXPECT(porto_SetFileCompletionNotificationModes(k, PORTO_FILE_SKIP_COMPLETION_PORT_ON_SUCCESS) == 1);
+        EXPECT(porto_SetFileCompletionNotificationModes(q, PORTO_FILE_SKIP_COMPLETION_PORT_ON_SUCCESS |
+                                                               PORTO_FILE_SKIP_SET_EVENT_ON_HANDLE) == 1);
+        unsigned char hi[] = {'h', 'e', 'l', 'l', 'o'};
+        PORTO_WSABUF sb = {sizeof hi, hi};
+        PORTO_OVERLAPPED sov, rov, rov2;
+        std::memset(&sov, 0, sizeof sov);
+        std::memset(&rov, 0, sizeof rov);
+        std::memset(&rov2, 0, sizeof rov2);
+        auto settle = [&]() { // lets a loopback datagram reach the receiver
+            uint32_t z = 0;
+            porto_GetQueuedCompletionStatusEx(iocp, e, 4, &z, 20, 0);
+            return z;
+        };
+        uint32_t sentb = 0;
+        EXPECT(porto_WSASendTo(q, &sb, 1, &sentb, 0, reinterpret_cast<sockaddr *>(&ka), sizeof ka, &sov, nullptr) == 0);
+        EXPECT(sentb == sizeof hi); // at once, nothing queued
+        EXPECT(settle() == 0);
+        unsigned char rbuf[16];
+        PORTO_WSABUF rb = {sizeof rbuf, rbuf};
+        sockaddr_in from;
+        int32_t fromlen = sizeof from;
+        uint32_t got = 0, fl = 0;
+        EXPECT(porto_WSARecvFrom(k, &rb, 1, &got, &fl, reinterpret_cast<sockaddr *>(&from), &fromlen, &rov,
+                                 nullptr) == 0);
+        EXPECT(got == sizeof hi && std::memcmp(rbuf, hi, sizeof hi) == 0 && from.sin_port == qa.sin_port);
+        uint32_t n0 = 0;
+        EXPECT(porto_GetQueuedCompletionStatusEx(iocp, e, 4, &n0, 50, 0) == 0); // nothing queued
+        EXPECT(porto_WSAGetLastError() == PORTO_WAIT_TIMEOUT);
+        // Nothing waiting: it pends. A second receive, with data waiting by then, may not
+        // overtake it: it pends too, and they complete in order through the port.
+        EXPECT(porto_WSARecvFrom(k, &rb, 1, &got, &fl, nullptr, nullptr, &rov, nullptr) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSA_IO_PENDING);
+        unsigned char r2[16];
+        PORTO_WSABUF rb2 = {sizeof r2, r2};
+        EXPECT(porto_WSASendTo(q, &sb, 1, &sentb, 0, reinterpret_cast<sockaddr *>(&ka), sizeof ka, &sov, nullptr) == 0);
+        EXPECT(porto_WSASendTo(q, &sb, 1, &sentb, 0, reinterpret_cast<sockaddr *>(&ka), sizeof ka, &sov, nullptr) == 0);
+        EXPECT(porto_WSARecvFrom(k, &rb2, 1, &got, &fl, nullptr, nullptr, &rov2, nullptr) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSA_IO_PENDING);
+        int first = 0, second = 0;
+        for (int round = 0; round < 50 && !(first && second); round++) {
+            uint32_t z = 0;
+            if (porto_GetQueuedCompletionStatusEx(iocp, e, 4, &z, 50, 0))
+                for (uint32_t i = 0; i < z; i++) {
+                    if (e[i].lpOverlapped == &rov) {
+                        EXPECT(!second); // in the order posted
+                        first = e[i].Internal == 0 && e[i].dwNumberOfBytesTransferred == sizeof hi;
+                    } else if (e[i].lpOverlapped == &rov2) {
+                        second = e[i].Internal == 0 && e[i].dwNumberOfBytesTransferred == sizeof hi;
+                    }
+                }
+        }
+        EXPECT(first && second);
+        // A datagram bigger than the receive's buffers: WSAEMSGSIZE at once.
+        EXPECT(porto_WSASendTo(q, &sb, 1, &sentb, 0, reinterpret_cast<sockaddr *>(&ka), sizeof ka, &sov, nullptr) == 0);
+        settle();
+        PORTO_WSABUF tiny = {2, rbuf};
+        EXPECT(porto_WSARecvFrom(k, &tiny, 1, &got, &fl, nullptr, nullptr, &rov, nullptr) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEMSGSIZE && rbuf[0] == 'h' && rbuf[1] == 'e');
+        EXPECT(settle() == 0);
+        EXPECT(porto_closesocket(k) == 0 && porto_closesocket(q) == 0);
+    }
+
     // RIO: the function table, then each misuse with Windows' answer.
     {
         PORTO_SOCKET r = porto_WSASocket(AF_INET, SOCK_DGRAM, 0, nullptr, 0, PORTO_WSA_FLAG_REGISTERED_IO);

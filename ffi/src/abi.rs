@@ -304,7 +304,7 @@ pub unsafe extern "C" fn porto_WSARecvFrom(
     ov: *mut PORTO_OVERLAPPED,
     routine: *const c_void,
 ) -> i32 {
-    let _ = (received, flags);
+    let _ = flags;
     guard(PORTO_SOCKET_ERROR, || {
         if !routine.is_null() {
             return Err(Wsa(PORTO_WSAEOPNOTSUPP));
@@ -321,10 +321,19 @@ pub unsafe extern "C" fn porto_WSARecvFrom(
             non_null(b.buf)?;
             targets.push((b.buf as usize, b.len as usize));
         }
+        // SAFETY: forwarded contract (the WSABUFs, from, fromlen).
+        if let Some(n) = unsafe { recv_inline(s, &targets, from, fromlen, true) }? {
+            if !received.is_null() {
+                // SAFETY: non-NULL: the caller's `lpNumberOfBytesRecvd`.
+                unsafe { received.write(n as u32) };
+            }
+            return Ok(0);
+        }
         let target = RecvTarget {
             bufs: targets,
             from: from as usize,
             fromlen: fromlen as usize,
+            counted: None,
         };
         state::recv_from(s, ov as u64, target)?;
         Err(Wsa(PORTO_WSA_IO_PENDING))
@@ -350,7 +359,7 @@ pub unsafe extern "C" fn porto_WSASendTo(
     ov: *mut PORTO_OVERLAPPED,
     routine: *const c_void,
 ) -> i32 {
-    let _ = (sent, flags);
+    let _ = flags;
     guard(PORTO_SOCKET_ERROR, || {
         if !routine.is_null() {
             return Err(Wsa(PORTO_WSAEOPNOTSUPP));
@@ -369,8 +378,132 @@ pub unsafe extern "C" fn porto_WSASendTo(
                 pieces.push(unsafe { std::slice::from_raw_parts(b.buf.cast_const(), b.len as usize) });
             }
         }
+        // SAFETY: the pieces are the caller's readable WSABUFs.
+        if let Some(n) = unsafe { send_inline(s, &pieces, to) }? {
+            if !sent.is_null() {
+                // SAFETY: non-NULL: the caller's `lpNumberOfBytesSent`.
+                unsafe { sent.write(n as u32) };
+            }
+            return Ok(0);
+        }
         state::send_to(s, ov as u64, &pieces, to)?;
         Err(Wsa(PORTO_WSA_IO_PENDING))
+    })
+}
+
+/// `SetFileCompletionNotificationModes`: `PORTO_FILE_SKIP_COMPLETION_PORT_ON_SUCCESS` makes
+/// a receive (`WSARecvFrom`, `WSARecv`) that finds data waiting, and a datagram send
+/// (`WSASendTo`) the socket buffer takes at once, complete inline — 0 returned, the bytes in
+/// `*received` / `*sent`, **no completion queued** — when no operation of its kind is in
+/// flight ahead of it; otherwise it pends as usual. A receive too small for the datagram
+/// fails inline with `PORTO_WSAEMSGSIZE` (its buffers filled). Stream sends always pend.
+/// `PORTO_FILE_SKIP_SET_EVENT_ON_HANDLE` is accepted (porto signals no event objects).
+/// TRUE (1), or FALSE with `PORTO_WSAEINVAL` for unknown bits.
+#[no_mangle]
+pub extern "C" fn porto_SetFileCompletionNotificationModes(s: PORTO_SOCKET, flags: u8) -> i32 {
+    guard(0, || {
+        if flags & !(PORTO_FILE_SKIP_COMPLETION_PORT_ON_SUCCESS | PORTO_FILE_SKIP_SET_EVENT_ON_HANDLE) != 0 {
+            return Err(Wsa(PORTO_WSAEINVAL));
+        }
+        state::set_skip(s, flags & PORTO_FILE_SKIP_COMPLETION_PORT_ON_SUCCESS != 0).map(|()| 1)
+    })
+}
+
+/// A receive tried at once (`FILE_SKIP_COMPLETION_PORT_ON_SUCCESS`): `Some(bytes)` when data
+/// was waiting (copied into `bufs`, the source into `from`), `None` when it must pend.
+///
+/// # Safety
+/// `bufs` are the caller's writable buffers; `from`/`fromlen` NULL or valid.
+pub(crate) unsafe fn recv_inline(
+    s: PORTO_SOCKET,
+    bufs: &[(usize, usize)],
+    from: *mut libc::sockaddr,
+    fromlen: *mut i32,
+    datagram: bool,
+) -> Result<Option<usize>, Wsa> {
+    if !state::may_complete_inline(s, true)? {
+        return Ok(None);
+    }
+    state::with_fd(s, |fd| {
+        let mut iov: Vec<libc::iovec> = bufs
+            .iter()
+            .map(|&(p, l)| libc::iovec {
+                iov_base: p as *mut c_void,
+                iov_len: l,
+            })
+            .collect();
+        // SAFETY: plain C structs; all zeroes is a valid value of each.
+        let (mut name, mut msg): (libc::sockaddr_storage, libc::msghdr) = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len();
+        let flags = libc::MSG_DONTWAIT | if datagram { libc::MSG_TRUNC } else { 0 };
+        // SAFETY: the iovecs are the caller's writable buffers, the name our local; `fd` is
+        // the socket's, held open by `with_fd`'s lock.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, flags) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
+            return Err(Wsa::from(porto::Error::from(e)));
+        }
+        let n = n as usize;
+        if datagram && !from.is_null() && !fromlen.is_null() {
+            let name = (&name as *const libc::sockaddr_storage).cast::<libc::sockaddr>();
+            // SAFETY: the kernel wrote `msg_namelen` bytes of our local `name`.
+            let peer = unsafe { read_sockaddr(name, msg.msg_namelen as i32) };
+            if let Ok(peer) = peer {
+                // SAFETY: from/fromlen as given (the caller's contract).
+                let _ = unsafe { write_sockaddr(peer, from, fromlen) };
+            }
+        }
+        let room: usize = bufs.iter().map(|b| b.1).sum();
+        if datagram && n > room {
+            return Err(Wsa(PORTO_WSAEMSGSIZE));
+        }
+        Ok(Some(n))
+    })
+}
+
+/// A datagram send tried at once (`FILE_SKIP_COMPLETION_PORT_ON_SUCCESS`): `Some(bytes)` when
+/// the socket buffer took it, `None` when it must pend.
+///
+/// # Safety
+/// The pieces are readable (they are slices).
+unsafe fn send_inline(s: PORTO_SOCKET, pieces: &[&[u8]], to: SocketAddr) -> Result<Option<usize>, Wsa> {
+    if !state::may_complete_inline(s, false)? {
+        return Ok(None);
+    }
+    state::with_fd(s, |fd| {
+        let mut iov: Vec<libc::iovec> = pieces
+            .iter()
+            .map(|p| libc::iovec {
+                iov_base: p.as_ptr() as *mut c_void,
+                iov_len: p.len(),
+            })
+            .collect();
+        // SAFETY: plain C structs; all zeroes is a valid value of each.
+        let (mut name, mut msg): (libc::sockaddr_storage, libc::msghdr) = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as i32;
+        // SAFETY: our local storage, `len` bytes.
+        unsafe { write_sockaddr(to, (&mut name as *mut libc::sockaddr_storage).cast(), &mut len) }?;
+        msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = len as libc::socklen_t;
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len();
+        // SAFETY: the iovecs point at the caller's readable pieces (the kernel only reads);
+        // `fd` is the socket's, held open by `with_fd`'s lock.
+        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
+            return Err(Wsa::from(porto::Error::from(e)));
+        }
+        Ok(Some(n as usize))
     })
 }
 

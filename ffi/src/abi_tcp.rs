@@ -55,7 +55,7 @@ pub unsafe extern "C" fn porto_WSARecv(
     ov: *mut PORTO_OVERLAPPED,
     routine: *const c_void,
 ) -> i32 {
-    let _ = (received, flags);
+    let _ = flags;
     guard(PORTO_SOCKET_ERROR, || {
         if !routine.is_null() {
             return Err(Wsa(PORTO_WSAEOPNOTSUPP));
@@ -63,10 +63,21 @@ pub unsafe extern "C" fn porto_WSARecv(
         non_null(ov)?;
         // SAFETY: forwarded contract.
         let bufs = unsafe { wsabufs(bufs, count) }?;
+        let nowhere = std::ptr::null_mut();
+        // SAFETY: the caller's writable WSABUFs; no source address on a stream.
+        let inline = unsafe { crate::abi::recv_inline(s, &bufs, nowhere, std::ptr::null_mut(), false) }?;
+        if let Some(n) = inline {
+            if !received.is_null() {
+                // SAFETY: non-NULL: the caller's `lpNumberOfBytesRecvd`.
+                unsafe { received.write(n as u32) };
+            }
+            return Ok(0);
+        }
         let target = RecvTarget {
             bufs,
             from: 0,
             fromlen: 0,
+            counted: None,
         };
         tcp::recv(s, ov as u64, target)?;
         Err(Wsa(PORTO_WSA_IO_PENDING))

@@ -84,3 +84,7 @@ pub const PORTO_SO_UPDATE_CONNECT_CONTEXT: i32 = 0x7010;
 
 /// `DisconnectEx` flag: the socket may go to `AcceptEx` again.
 pub const PORTO_TF_REUSE_SOCKET: u32 = 0x02;
+
+/// `SetFileCompletionNotificationModes` flags.
+pub const PORTO_FILE_SKIP_COMPLETION_PORT_ON_SUCCESS: u8 = 0x1;
+pub const PORTO_FILE_SKIP_SET_EVENT_ON_HANDLE: u8 = 0x2;

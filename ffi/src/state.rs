@@ -9,6 +9,7 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::time::Duration;
 
@@ -59,6 +60,35 @@ pub(crate) struct RecvTarget {
     /// `lpFrom` / `lpFromlen` (0 if NULL).
     pub from: usize,
     pub fromlen: usize,
+    /// Counts the receive among its socket's receives in flight until the record drops.
+    pub counted: Option<Counted>,
+}
+
+/// A socket's operations of one kind in flight (posted, completion not yet dequeued): an
+/// operation completes inline under `FILE_SKIP_COMPLETION_PORT_ON_SUCCESS` only when none of
+/// its kind is ahead of it.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight(Arc<AtomicU32>);
+
+impl InFlight {
+    pub(crate) fn count(&self) -> Counted {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        Counted(self.0.clone())
+    }
+
+    pub(crate) fn now(&self) -> u32 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// One operation counted in an [`InFlight`]; dropping it (with its pending record) uncounts.
+#[derive(Debug)]
+pub(crate) struct Counted(Arc<AtomicU32>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Where `AcceptEx` writes: its buffer (`recvlen` bytes of first data, then the local and
@@ -97,6 +127,8 @@ pub(crate) enum Pending {
     },
     /// `DisconnectEx(TF_REUSE_SOCKET)`: the socket becomes reusable when it ends.
     Reuse { sock: u64 },
+    /// A send of a socket in `FILE_SKIP_COMPLETION_PORT_ON_SUCCESS` mode, counted in flight.
+    Sent(Counted),
 }
 
 /// A completion port: the engine's, plus the operations the library finishes at dequeue.
@@ -169,6 +201,10 @@ pub(crate) struct Sock {
     pub(crate) v6: bool,
     pub(crate) stream: bool,
     pub(crate) state: Mutex<SockState>,
+    /// `SetFileCompletionNotificationModes(FILE_SKIP_COMPLETION_PORT_ON_SUCCESS)`.
+    pub(crate) skip: AtomicBool,
+    pub(crate) recvs: InFlight,
+    pub(crate) sends: InFlight,
 }
 
 #[derive(Debug)]
@@ -336,6 +372,9 @@ pub(crate) fn socket(af: i32, ty: i32, protocol: i32) -> Result<u64, Wsa> {
         v6,
         stream,
         state: Mutex::new(state),
+        skip: AtomicBool::new(false),
+        recvs: InFlight::default(),
+        sends: InFlight::default(),
     })))
 }
 
@@ -541,7 +580,8 @@ fn with_assoc<T>(h: u64, f: impl FnOnce(&UdpSocket, &Arc<Port>, &ShardHandle) ->
 
 /// `WSARecvFrom` (overlapped): the datagram completes into the socket's port; its bytes
 /// are copied to `target` when dequeued.
-pub(crate) fn recv_from(h: u64, token: u64, target: RecvTarget) -> Result<(), Wsa> {
+pub(crate) fn recv_from(h: u64, token: u64, mut target: RecvTarget) -> Result<(), Wsa> {
+    target.counted = Some(sock(h)?.recvs.count());
     with_assoc(h, |sock, port, _| {
         port.expect(token, Pending::Recv(target))?;
         sock.recv_from(token, None).map_err(|r| {
@@ -555,7 +595,9 @@ pub(crate) fn recv_from(h: u64, token: u64, target: RecvTarget) -> Result<(), Ws
 /// buffers are free at once; Windows lets go of them at completion) and sent as one
 /// datagram.
 pub(crate) fn send_to(h: u64, token: u64, pieces: &[&[u8]], to: SocketAddr) -> Result<usize, Wsa> {
-    with_assoc(h, |sock, _, shard| {
+    let s = sock(h)?;
+    let counted = s.skip.load(Ordering::Acquire).then(|| s.sends.count());
+    with_assoc(h, |sock, port, shard| {
         let total: usize = pieces.iter().map(|p| p.len()).sum();
         let mut buf: Buf = shard.pool().alloc().map_err(Wsa::from)?;
         if total > buf.capacity() {
@@ -567,9 +609,34 @@ pub(crate) fn send_to(h: u64, token: u64, pieces: &[&[u8]], to: SocketAddr) -> R
             buf[at..at + p.len()].copy_from_slice(p);
             at += p.len();
         }
-        sock.send_to(buf, to, token).map_err(|r| Wsa::from(r.error))?;
+        if let Some(c) = counted {
+            port.expect(token, Pending::Sent(c))?;
+        }
+        sock.send_to(buf, to, token).map_err(|r| {
+            port.forget(token);
+            Wsa::from(r.error)
+        })?;
         Ok(total)
     })
+}
+
+/// `SetFileCompletionNotificationModes`: `skip` is `FILE_SKIP_COMPLETION_PORT_ON_SUCCESS`.
+pub(crate) fn set_skip(h: u64, skip: bool) -> Result<(), Wsa> {
+    sock(h)?.skip.store(skip, Ordering::Release);
+    Ok(())
+}
+
+/// Whether a receive (or a datagram send) on `h` may complete inline now: the socket is in
+/// `FILE_SKIP_COMPLETION_PORT_ON_SUCCESS` mode and nothing of that kind is in flight ahead
+/// of it (it would be overtaken). Sends inline only on datagram sockets.
+pub(crate) fn may_complete_inline(h: u64, receive: bool) -> Result<bool, Wsa> {
+    let s = sock(h)?;
+    Ok(s.skip.load(Ordering::Acquire)
+        && if receive {
+            s.recvs.now() == 0
+        } else {
+            !s.stream && s.sends.now() == 0
+        })
 }
 
 /// `CancelIoEx(socket, overlapped)`; `None`: every operation of the socket (NULL

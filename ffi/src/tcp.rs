@@ -111,7 +111,8 @@ fn with_stream<T>(h: u64, f: impl FnOnce(&TcpStream, &Arc<Port>) -> Result<T, Ws
 }
 
 /// `WSARecv`: reads at most what `target`'s buffers hold; copied into them at dequeue.
-pub(crate) fn recv(h: u64, token: u64, target: RecvTarget) -> Result<(), Wsa> {
+pub(crate) fn recv(h: u64, token: u64, mut target: RecvTarget) -> Result<(), Wsa> {
+    target.counted = Some(sock(h)?.recvs.count());
     let room: usize = target.bufs.iter().map(|b| b.1).sum();
     let max = u32::try_from(room).unwrap_or(u32::MAX);
     if max == 0 {
@@ -351,6 +352,7 @@ pub(crate) fn finish(p: &Arc<Port>, c: Completion, stage: Option<Pending>) -> Op
                 out: Out::None,
             })
         }
+        Some(Pending::Sent(_counted)) => Some(done(c.result, Out::None)),
         Some(Pending::Reuse { sock: h }) => {
             if c.result.is_ok() && c.op == OpKind::Disconnect {
                 if let Ok(s) = sock(h) {
