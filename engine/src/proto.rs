@@ -140,7 +140,7 @@ pub(crate) enum Command {
     /// Sends on this socket go through flow `flow` and the scheduler.
     SetSocketFlow {
         sock: SockId,
-        flow: u16,
+        flow: Option<u16>,
     },
     /// QOSSetFlow: a new rate for a shaped flow.
     FlowSetRate {

@@ -412,7 +412,19 @@ impl SocketCore {
         self.shared
             .send(Command::SetSocketFlow {
                 sock: self.id,
-                flow: flow.id,
+                flow: Some(flow.id),
+            })
+            .map_err(|_| Error::NoBuffers)
+    }
+
+    /// QOSRemoveSocketFromFlow: the socket's sends leave its flow (unshaped, unscheduled from
+    /// now on; those already queued in it go out) and lose its marking (TOS 0, priority 0).
+    pub fn clear_flow(&self) -> Result<(), Error> {
+        self.mark(TrafficType::BestEffort, 0)?;
+        self.shared
+            .send(Command::SetSocketFlow {
+                sock: self.id,
+                flow: None,
             })
             .map_err(|_| Error::NoBuffers)
     }

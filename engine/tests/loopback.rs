@@ -1908,6 +1908,34 @@ fn drop_net_caps_in_this_thread() {
 /// (its TOS byte, its 802.1p priority) on IPv4 and IPv6; a thread without CAP_NET_ADMIN gets
 /// priority 6 for Voice and Control (the highest it may set: reported, not an error) with the
 /// DSCP unchanged.
+/// QOSRemoveSocketFromFlow: a socket in a flow is marked with its class (read back from
+/// the kernel); cleared, it is unmarked, and its sends still go.
+#[test]
+fn a_socket_leaves_its_flow_and_its_marking() {
+    use porto_engine::qos::TrafficType;
+    let mut shard = Shard::new(&small(), None).unwrap();
+    let h = shard.handle();
+    let sock = UdpSocket::bind(&h, any(false), &SocketOptions::default(), Delivery::Poll { key: 0 }).unwrap();
+    let flow = h.create_flow(TrafficType::AudioVideo, None).unwrap();
+    sock.set_flow(&flow).unwrap();
+    let (tos, prio) = sock.core().marking().unwrap();
+    assert_eq!(
+        (tos, prio),
+        (TrafficType::AudioVideo.tos(), TrafficType::AudioVideo.so_priority())
+    );
+    sock.core().clear_flow().unwrap();
+    assert_eq!(sock.core().marking().unwrap(), (0, 0));
+    let rx = StdUdp::bind(any(false)).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.send_to(h.pool().alloc_from(b"free").unwrap(), rx.local_addr().unwrap(), 1)
+        .unwrap();
+    let done = poll_n(&mut shard, 1);
+    assert_eq!(done[0].result, Ok(4));
+    let mut b = [0u8; 8];
+    assert_eq!(rx.recv(&mut b).unwrap(), 4);
+    assert_eq!(flow.counters().sent, 0, "the send left outside the flow");
+}
+
 #[test]
 fn traffic_classes_read_back_from_the_kernel_and_priority_7_falls_back_unprivileged() {
     use porto_engine::qos::TrafficType;

@@ -86,7 +86,7 @@ impl<D: Driver> Core<D> {
                 Command::SetSocketFlow {
                     sock: SockId { index: sock, .. },
                     flow,
-                } => self.sockets[sock as usize].flow = Some(flow),
+                } => self.sockets[sock as usize].flow = flow,
                 Command::FlowSetRate { id, rate_bps } => {
                     let now = self.now_ns();
                     if let Some(f) = self.qos.flows[usize::from(id)].as_mut() {
