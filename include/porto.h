@@ -4,7 +4,9 @@
  * listen, CreateIoCompletionPort, WSARecvFrom, WSASendTo, WSARecv, WSASend, AcceptEx,
  * GetAcceptExSockaddrs, ConnectEx, DisconnectEx, setsockopt, GetQueuedCompletionStatusEx,
  * GetQueuedCompletionStatus, PostQueuedCompletionStatus, CancelIoEx, closesocket,
- * CloseHandle, WSAGetLastError, WSACleanup, WSAIoctl) and the types and constants with PORTO_.
+ * CloseHandle, WSAGetLastError, WSACleanup, WSAIoctl, SetFileCompletionNotificationModes,
+ * getsockopt; qos2.h's QOSCreateHandle, QOSAddSocketToFlow, QOSSetFlow, QOSQueryFlow,
+ * QOSRemoveSocketFromFlow, QOSCloseHandle) and the types and constants with PORTO_.
  * Error numbers are Windows' own.
  *
  * Registered I/O as on Windows: porto_WSAIoctl(s, PORTO_SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER,
@@ -140,6 +142,48 @@
 
 #define PORTO_FILE_SKIP_SET_EVENT_ON_HANDLE 2
 
+// QOS2 (qos2.h): `QOS_TRAFFIC_TYPE`.
+#define PORTO_QOSTrafficTypeBestEffort 0
+
+#define PORTO_QOSTrafficTypeBackground 1
+
+#define PORTO_QOSTrafficTypeExcellentEffort 2
+
+#define PORTO_QOSTrafficTypeAudioVideo 3
+
+#define PORTO_QOSTrafficTypeVoice 4
+
+#define PORTO_QOSTrafficTypeControl 5
+
+// `QOSAddSocketToFlow` flag (accepted: porto's flows never adapt on their own).
+#define PORTO_QOS_NON_ADAPTIVE_FLOW 2
+
+// `QOS_SET_FLOW`.
+#define PORTO_QOSSetTrafficType 0
+
+#define PORTO_QOSSetOutgoingRate 1
+
+#define PORTO_QOSSetOutgoingDSCPValue 2
+
+// `QOS_QUERY_FLOW`, and porto's flow counters.
+#define PORTO_QOSQueryFlowFundamentals 0
+
+#define PORTO_QOSQueryPacketPriority 1
+
+#define PORTO_QOSQueryOutgoingRate 2
+
+#define PORTO_QOSQueryFlowCounters 100
+
+// `QOS_SHAPING`.
+#define PORTO_QOSShapeOnly 0
+
+#define PORTO_QOSShapeAndMark 1
+
+#define PORTO_QOSUseNonConformantMarkings 2
+
+// `QOS_FLOWRATE_REASON`: what porto reports.
+#define PORTO_QOSFlowRateNotApplicable 0
+
 // How `porto_WSAStartupEx` configures the engine (`porto_WSAStartup` uses 1 shard, not
 // pinned, 4096 frames, provider auto).
 typedef struct {
@@ -184,6 +228,15 @@ typedef struct {
   uint64_t Internal;
   uint32_t dwNumberOfBytesTransferred;
 } PORTO_OVERLAPPED_ENTRY;
+
+// `QOS_VERSION`: 1.0.
+typedef struct {
+  uint16_t MajorVersion;
+  uint16_t MinorVersion;
+} PORTO_QOS_VERSION;
+
+// `QOS_FLOWID`.
+typedef uint32_t PORTO_QOS_FLOWID;
 
 // A registered buffer (`RIO_BUFFERID`), completion queue (`RIO_CQ`), request queue
 // (`RIO_RQ`): handles the library checks on every call.
@@ -357,6 +410,33 @@ typedef void (*PORTO_LPFN_GETACCEPTEXSOCKADDRS)(void*,
                                                 struct sockaddr**,
                                                 int32_t*);
 
+// `QOS_FLOWRATE_OUTGOING`: bits per second and a `PORTO_QOSShape…` behaviour (`Reason` is
+// ignored when set, `PORTO_QOSFlowRateNotApplicable` when queried).
+typedef struct {
+  uint64_t Bandwidth;
+  int32_t ShapingBehavior;
+  int32_t Reason;
+} PORTO_QOS_FLOWRATE_OUTGOING;
+
+// `QOS_PACKET_PRIORITY`: the DSCP and 802.1p values the flow's packets carry within and
+// beyond its rate.
+typedef struct {
+  uint32_t ConformantDSCPValue;
+  uint32_t NonConformantDSCPValue;
+  uint32_t ConformantL2Value;
+  uint32_t NonConformantL2Value;
+} PORTO_QOS_PACKET_PRIORITY;
+
+// porto's `QOSQueryFlow(PORTO_QOSQueryFlowCounters)`: what the flow's shaping and the
+// class scheduler did with its sends.
+typedef struct {
+  uint64_t Sent;
+  uint64_t SentBytes;
+  uint64_t Delayed;
+  uint64_t NonConformant;
+  uint64_t Dropped;
+} PORTO_QOS_FLOW_COUNTERS;
+
 #define PORTO_INVALID_SOCKET 18446744073709551615ull
 
 #define PORTO_INVALID_HANDLE_VALUE 18446744073709551615ull
@@ -519,6 +599,70 @@ int32_t porto_closesocket(PORTO_SOCKET s);
 
 // `CloseHandle` of a completion port.
 int32_t porto_CloseHandle(PORTO_HANDLE h);
+
+// `QOSCreateHandle`: version 1.0 only. TRUE (1), or FALSE with the error in
+// `porto_WSAGetLastError`.
+//
+// # Safety
+// `version` and `handle` are valid (NULL: `PORTO_WSAEFAULT`).
+int32_t porto_QOSCreateHandle(const PORTO_QOS_VERSION *version, PORTO_HANDLE *handle);
+
+// `QOSCloseHandle`: its flows' sockets leave them (unmarked, unshaped).
+int32_t porto_QOSCloseHandle(PORTO_HANDLE handle);
+
+// `QOSAddSocketToFlow`: with `*flow == 0` a new flow of `traffic` (`PORTO_QOSTrafficType…`),
+// its id written back; else the socket joins that flow. The socket must be associated (or
+// listening, or connected): its sends are marked with the class's DSCP and SO_PRIORITY and
+// go through the flow's shaping and its shard's class scheduler. `dest` may be NULL: a
+// porto flow covers every send of the socket, whatever its destination.
+//
+// # Safety
+// `flow` is valid; `dest` is not read.
+int32_t porto_QOSAddSocketToFlow(PORTO_HANDLE handle,
+                                 PORTO_SOCKET s,
+                                 const struct sockaddr *dest,
+                                 int32_t traffic,
+                                 uint32_t flags,
+                                 PORTO_QOS_FLOWID *flow);
+
+// `QOSRemoveSocketFromFlow` (`flow` 0: whichever of this handle's flows holds it): the
+// socket's sends leave the flow and lose its marking.
+int32_t porto_QOSRemoveSocketFromFlow(PORTO_HANDLE handle,
+                                      PORTO_SOCKET s,
+                                      PORTO_QOS_FLOWID flow,
+                                      uint32_t flags);
+
+// `QOSSetFlow`: `PORTO_QOSSetTrafficType` (a `u32`/`i32` traffic type in `buffer`) or
+// `PORTO_QOSSetOutgoingRate` (a `PORTO_QOS_FLOWRATE_OUTGOING`; bandwidth 0 stops shaping).
+// `PORTO_QOSSetOutgoingDSCPValue` is `PORTO_WSAEOPNOTSUPP` (a class's DSCP is its table's).
+// Synchronous: `ov` must be NULL.
+//
+// # Safety
+// `buffer` is readable for `size` bytes.
+int32_t porto_QOSSetFlow(PORTO_HANDLE handle,
+                         PORTO_QOS_FLOWID flow,
+                         int32_t op,
+                         uint32_t size,
+                         const void *buffer,
+                         uint32_t flags,
+                         PORTO_OVERLAPPED *ov);
+
+// `QOSQueryFlow`: `PORTO_QOSQueryPacketPriority` (`PORTO_QOS_PACKET_PRIORITY`),
+// `PORTO_QOSQueryOutgoingRate` (`PORTO_QOS_FLOWRATE_OUTGOING`), or porto's
+// `PORTO_QOSQueryFlowCounters` (`PORTO_QOS_FLOW_COUNTERS`); `*size` is the room in, the
+// length out (too little room: `PORTO_WSAEFAULT`, `*size` the length needed).
+// `PORTO_QOSQueryFlowFundamentals` (the network's bandwidth and RTT estimates) is
+// `PORTO_WSAEOPNOTSUPP`: porto does not probe the path.
+//
+// # Safety
+// `size` is valid; `buffer` writable for `*size` bytes.
+int32_t porto_QOSQueryFlow(PORTO_HANDLE handle,
+                           PORTO_QOS_FLOWID flow,
+                           int32_t op,
+                           uint32_t *size,
+                           void *buffer,
+                           uint32_t flags,
+                           PORTO_OVERLAPPED *ov);
 
 // `WSAIoctl`: `PORTO_SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER` with
 // `PORTO_WSAID_MULTIPLE_RIO` in `in_buf` fills the `PORTO_RIO_EXTENSION_FUNCTION_TABLE` at

@@ -73,7 +73,9 @@ pub mod netns {
 
 /// QOS2 traffic types, flows with shaping, and the send scheduler.
 pub mod qos {
-    pub use porto_engine::qos::{Admission, Flow, FlowCounters, Scheduler, Shaping, TokenBucket, TrafficType};
+    pub use porto_engine::qos::{
+        Admission, Flow, FlowCounters, Scheduler, Shaping, TokenBucket, TrafficType, BURST_BYTES_MAX,
+    };
 }
 
 /// Multicast fan-out: one received datagram to N subscribers through shared frames.

@@ -425,6 +425,88 @@ int main() {
         EXPECT(porto_closesocket(k) == 0 && porto_closesocket(q) == 0);
     }
 
+    // QOS2: a flow marks its socket (read back from the kernel), reports its priority and
+    // rate, shapes at the rate set, counts what it sent; removed, the socket is unmarked.
+    {
+        PORTO_QOS_VERSION bad = {2, 0}, v1 = {1, 0};
+        PORTO_HANDLE qh = 0;
+        EXPECT(porto_QOSCreateHandle(&bad, &qh) == 0 && porto_WSAGetLastError() == PORTO_WSAEINVAL);
+        EXPECT(porto_QOSCreateHandle(&v1, &qh) == 1 && qh != 0);
+        PORTO_SOCKET u = porto_WSASocket(AF_INET, SOCK_DGRAM, 0, nullptr, 0, 0);
+        PORTO_SOCKET sink = porto_WSASocket(AF_INET, SOCK_DGRAM, 0, nullptr, 0, 0);
+        sockaddr_in ua = a, sa = a;
+        ua.sin_port = 0;
+        sa.sin_port = 0;
+        EXPECT(porto_bind(u, reinterpret_cast<sockaddr *>(&ua), sizeof ua) == 0);
+        EXPECT(porto_bind(sink, reinterpret_cast<sockaddr *>(&sa), sizeof sa) == 0);
+        int32_t sl = sizeof sa;
+        EXPECT(porto_getsockname(sink, reinterpret_cast<sockaddr *>(&sa), &sl) == 0);
+        PORTO_QOS_FLOWID fid = 0;
+        EXPECT(porto_QOSAddSocketToFlow(qh, u, nullptr, PORTO_QOSTrafficTypeAudioVideo, 0, &fid) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL); // not associated yet: no engine socket
+        EXPECT(porto_CreateIoCompletionPort(u, iocp, 51, 0) == iocp);
+        EXPECT(porto_QOSAddSocketToFlow(qh, u, nullptr, 9, 0, &fid) == 0); // no such traffic type
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
+        EXPECT(porto_QOSAddSocketToFlow(qh, u, reinterpret_cast<sockaddr *>(&sa), PORTO_QOSTrafficTypeAudioVideo,
+                                        PORTO_QOS_NON_ADAPTIVE_FLOW, &fid) == 1 &&
+               fid != 0);
+        int tos = -1;
+        int32_t tl = sizeof tos;
+        EXPECT(porto_getsockopt(u, IPPROTO_IP, IP_TOS, &tos, &tl) == 0 && tos == (40 << 2)); // AudioVideo: DSCP 40
+        PORTO_QOS_PACKET_PRIORITY pp;
+        uint32_t psz = sizeof pp;
+        EXPECT(porto_QOSQueryFlow(qh, fid, PORTO_QOSQueryPacketPriority, &psz, &pp, 0, nullptr) == 1);
+        EXPECT(psz == sizeof pp && pp.ConformantDSCPValue == 40 && pp.ConformantL2Value == 5);
+        uint32_t small = 2;
+        EXPECT(porto_QOSQueryFlow(qh, fid, PORTO_QOSQueryPacketPriority, &small, &pp, 0, nullptr) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEFAULT && small == sizeof pp); // the room it needs
+        EXPECT(porto_QOSQueryFlow(qh, fid, PORTO_QOSQueryFlowFundamentals, &psz, &pp, 0, nullptr) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEOPNOTSUPP);
+        PORTO_QOS_FLOWRATE_OUTGOING rate = {2000000, PORTO_QOSShapeAndMark, 0}; // 2 Mbit/s
+        EXPECT(porto_QOSSetFlow(qh, fid, PORTO_QOSSetOutgoingRate, sizeof rate, &rate, 0, nullptr) == 1);
+        PORTO_QOS_FLOWRATE_OUTGOING got_rate;
+        uint32_t rsz = sizeof got_rate;
+        EXPECT(porto_QOSQueryFlow(qh, fid, PORTO_QOSQueryOutgoingRate, &rsz, &got_rate, 0, nullptr) == 1);
+        EXPECT(got_rate.Bandwidth == 2000000 && got_rate.ShapingBehavior == PORTO_QOSShapeAndMark);
+        // 40 datagrams of 1000 B at 2 Mbit/s: 160 ms of traffic past the 10 ms bucket, so the
+        // shaping holds some back; each still completes, and the flow counts them.
+        static unsigned char payload[1000];
+        static PORTO_OVERLAPPED sends[40];
+        for (int i = 0; i < 40; i++) {
+            std::memset(&sends[i], 0, sizeof sends[i]);
+            PORTO_WSABUF pb = {sizeof payload, payload};
+            EXPECT(porto_WSASendTo(u, &pb, 1, nullptr, 0, reinterpret_cast<sockaddr *>(&sa), sizeof sa, &sends[i],
+                                   nullptr) == PORTO_SOCKET_ERROR);
+        }
+        int done = 0;
+        for (int round = 0; round < 300 && done < 40; round++) {
+            uint32_t z = 0;
+            if (porto_GetQueuedCompletionStatusEx(iocp, e, 4, &z, 20, 0))
+                for (uint32_t i = 0; i < z; i++)
+                    done += e[i].lpCompletionKey == 51 && e[i].Internal == 0 && e[i].dwNumberOfBytesTransferred == 1000;
+        }
+        EXPECT(done == 40);
+        PORTO_QOS_FLOW_COUNTERS fc;
+        uint32_t csz = sizeof fc;
+        for (int round = 0; round < 50; round++) { // published by the shard as it goes
+            EXPECT(porto_QOSQueryFlow(qh, fid, PORTO_QOSQueryFlowCounters, &csz, &fc, 0, nullptr) == 1);
+            if (fc.Sent == 40)
+                break;
+            uint32_t z = 0;
+            porto_GetQueuedCompletionStatusEx(iocp, e, 4, &z, 20, 0);
+        }
+        EXPECT(fc.Sent == 40 && fc.SentBytes == 40000 && fc.Delayed > 0 && fc.Dropped == 0);
+        int32_t ty = PORTO_QOSTrafficTypeVoice;
+        EXPECT(porto_QOSSetFlow(qh, fid, PORTO_QOSSetTrafficType, sizeof ty, &ty, 0, nullptr) == 1);
+        EXPECT(porto_getsockopt(u, IPPROTO_IP, IP_TOS, &tos, &tl) == 0 && tos == (56 << 2)); // Voice: DSCP 56
+        EXPECT(porto_QOSRemoveSocketFromFlow(qh, u, fid, 0) == 1);
+        EXPECT(porto_getsockopt(u, IPPROTO_IP, IP_TOS, &tos, &tl) == 0 && tos == 0);
+        EXPECT(porto_QOSRemoveSocketFromFlow(qh, u, fid, 0) == 0 && porto_WSAGetLastError() == PORTO_WSAEINVAL);
+        EXPECT(porto_QOSCloseHandle(qh) == 1);
+        EXPECT(porto_QOSCloseHandle(qh) == 0 && porto_WSAGetLastError() == PORTO_ERROR_INVALID_HANDLE);
+        EXPECT(porto_closesocket(u) == 0 && porto_closesocket(sink) == 0);
+    }
+
     // RIO: the function table, then each misuse with Windows' answer.
     {
         PORTO_SOCKET r = porto_WSASocket(AF_INET, SOCK_DGRAM, 0, nullptr, 0, PORTO_WSA_FLAG_REGISTERED_IO);

@@ -2,7 +2,7 @@
 //! numbers, so code that compares `WSAGetLastError()` against them ports by renaming.
 
 // Winsock's names.
-#![allow(non_camel_case_types)]
+#![allow(non_camel_case_types, non_upper_case_globals)]
 
 /// A socket handle (Winsock's `SOCKET`).
 pub type PORTO_SOCKET = u64;
@@ -88,3 +88,28 @@ pub const PORTO_TF_REUSE_SOCKET: u32 = 0x02;
 /// `SetFileCompletionNotificationModes` flags.
 pub const PORTO_FILE_SKIP_COMPLETION_PORT_ON_SUCCESS: u8 = 0x1;
 pub const PORTO_FILE_SKIP_SET_EVENT_ON_HANDLE: u8 = 0x2;
+
+/// QOS2 (qos2.h): `QOS_TRAFFIC_TYPE`.
+pub const PORTO_QOSTrafficTypeBestEffort: i32 = 0;
+pub const PORTO_QOSTrafficTypeBackground: i32 = 1;
+pub const PORTO_QOSTrafficTypeExcellentEffort: i32 = 2;
+pub const PORTO_QOSTrafficTypeAudioVideo: i32 = 3;
+pub const PORTO_QOSTrafficTypeVoice: i32 = 4;
+pub const PORTO_QOSTrafficTypeControl: i32 = 5;
+/// `QOSAddSocketToFlow` flag (accepted: porto's flows never adapt on their own).
+pub const PORTO_QOS_NON_ADAPTIVE_FLOW: u32 = 0x2;
+/// `QOS_SET_FLOW`.
+pub const PORTO_QOSSetTrafficType: i32 = 0;
+pub const PORTO_QOSSetOutgoingRate: i32 = 1;
+pub const PORTO_QOSSetOutgoingDSCPValue: i32 = 2;
+/// `QOS_QUERY_FLOW`, and porto's flow counters.
+pub const PORTO_QOSQueryFlowFundamentals: i32 = 0;
+pub const PORTO_QOSQueryPacketPriority: i32 = 1;
+pub const PORTO_QOSQueryOutgoingRate: i32 = 2;
+pub const PORTO_QOSQueryFlowCounters: i32 = 100;
+/// `QOS_SHAPING`.
+pub const PORTO_QOSShapeOnly: i32 = 0;
+pub const PORTO_QOSShapeAndMark: i32 = 1;
+pub const PORTO_QOSUseNonConformantMarkings: i32 = 2;
+/// `QOS_FLOWRATE_REASON`: what porto reports.
+pub const PORTO_QOSFlowRateNotApplicable: i32 = 0;

@@ -9,7 +9,7 @@
 //! stale or foreign one is `WSAENOTSOCK` / `ERROR_INVALID_HANDLE`, never a dangling
 //! pointer); every pointer is checked for NULL and every length against its buffer; a panic
 //! never crosses into C (caught, reported as `WSASYSCALLFAILURE`). `unsafe` lives only in
-//! `abi`, `abi_rio` and `abi_tcp`, where C's pointers are read and written; `state`, `rio` and `tcp` are safe
+//! `abi`, `abi_rio`, `abi_tcp` and `abi_qos`, where C's pointers are read and written; `state`, `rio`, `tcp` and `qos` are safe
 //! Rust.
 //!
 //! Registered I/O comes as on Windows: `porto_WSAIoctl(SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER,
@@ -26,9 +26,11 @@
 #![deny(unsafe_code)]
 
 pub mod abi;
+pub mod abi_qos;
 pub mod abi_rio;
 pub mod abi_tcp;
 pub mod codes;
+mod qos;
 mod rio;
 mod state;
 mod tcp;

@@ -214,6 +214,7 @@ pub(crate) enum Obj {
     Buffer(Arc<crate::rio::Registered>),
     Cq(Arc<crate::rio::Cq>),
     Rq(Arc<crate::rio::Rq>),
+    Qos(Arc<crate::qos::Qos>),
 }
 
 #[derive(Debug, Default)]
@@ -302,6 +303,7 @@ pub(crate) fn get(h: u64) -> Result<Option<ObjRef>, Wsa> {
     }
     Ok(g.objs.get(&h).map(|o| match o {
         Obj::Port(_) | Obj::Sock(_) => ObjRef::Other,
+        Obj::Qos(q) => ObjRef::Qos(q.clone()),
         Obj::Buffer(b) => ObjRef::Buffer(b.clone()),
         Obj::Cq(c) => ObjRef::Cq(c.clone()),
         Obj::Rq(r) => ObjRef::Rq(r.clone()),
@@ -312,6 +314,7 @@ pub(crate) fn get(h: u64) -> Result<Option<ObjRef>, Wsa> {
 /// lookups).
 pub(crate) enum ObjRef {
     Other,
+    Qos(Arc<crate::qos::Qos>),
     Buffer(Arc<crate::rio::Registered>),
     Cq(Arc<crate::rio::Cq>),
     Rq(Arc<crate::rio::Rq>),
@@ -481,6 +484,26 @@ pub(crate) fn with_fd<T>(h: u64, f: impl FnOnce(std::os::fd::RawFd) -> Result<T,
         SockState::Stream { stream, .. } => stream.core().as_raw_fd(),
     };
     f(fd)
+}
+
+/// Runs `f` with socket `h`'s engine side (associated, listening, connected, or opened for
+/// RIO); `WSAEINVAL` before that.
+pub(crate) fn with_core<T>(h: u64, f: impl FnOnce(&porto::SocketCore) -> Result<T, Wsa>) -> Result<T, Wsa> {
+    let s = sock(h)?;
+    let st = lock(&s);
+    match &*st {
+        SockState::Associated { sock, .. } | SockState::Rio { sock } => f(sock.core()),
+        SockState::Listener { lst, .. } => f(lst.core()),
+        SockState::Stream { stream, .. } => f(stream.core()),
+        _ => Err(Wsa(PORTO_WSAEINVAL)),
+    }
+}
+
+/// The engine's shard `i`.
+pub(crate) fn shard(i: usize) -> Result<ShardHandle, Wsa> {
+    let g = read();
+    let e = g.engine.as_ref().ok_or(Wsa(PORTO_WSANOTINITIALISED))?;
+    e.shards().get(i).cloned().ok_or(Wsa(PORTO_WSAEINVAL))
 }
 
 /// `CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, concurrency)`: a new port.
