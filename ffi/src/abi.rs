@@ -172,6 +172,63 @@ pub(crate) unsafe fn write_sockaddr(addr: SocketAddr, name: *mut libc::sockaddr,
     Ok(())
 }
 
+/// Reads `count` WSABUFs as (address, length) pairs, each non-NULL.
+///
+/// # Safety
+/// `bufs` points to `count` valid `PORTO_WSABUF`s.
+pub(crate) unsafe fn wsabufs(bufs: *const PORTO_WSABUF, count: u32) -> Result<Vec<(usize, usize)>, Wsa> {
+    non_null(bufs)?;
+    if count == 0 {
+        return Err(Wsa(PORTO_WSAEINVAL));
+    }
+    // SAFETY: `count` valid WSABUFs (the caller's contract).
+    let list = unsafe { std::slice::from_raw_parts(bufs, count as usize) };
+    list.iter()
+        .map(|b| non_null(b.buf).map(|p| (p as usize, b.len as usize)))
+        .collect()
+}
+
+/// Reads `count` WSABUFs as byte slices (empty ones skipped).
+///
+/// # Safety
+/// `bufs` points to `count` `PORTO_WSABUF`s each readable for `len` bytes, for `'a`.
+pub(crate) unsafe fn pieces<'a>(bufs: *const PORTO_WSABUF, count: u32) -> Result<Vec<&'a [u8]>, Wsa> {
+    non_null(bufs)?;
+    // SAFETY: `count` valid WSABUFs.
+    let list = unsafe { std::slice::from_raw_parts(bufs, count as usize) };
+    let mut out = Vec::with_capacity(list.len());
+    for b in list {
+        if b.len > 0 {
+            non_null(b.buf)?;
+            // SAFETY: `len` readable bytes at `buf` (the caller's contract).
+            out.push(unsafe { std::slice::from_raw_parts(b.buf.cast_const(), b.len as usize) });
+        }
+    }
+    Ok(out)
+}
+
+/// Winsock's overlapped-only rule here: no completion routine (`WSAEOPNOTSUPP`), an
+/// `OVERLAPPED` (`WSAEFAULT` if NULL).
+pub(crate) fn overlapped_only(ov: *const PORTO_OVERLAPPED, routine: *const c_void) -> Result<(), Wsa> {
+    if !routine.is_null() {
+        return Err(Wsa(PORTO_WSAEOPNOTSUPP));
+    }
+    non_null(ov).map(|_| ())
+}
+
+/// An operation that completed inline: its bytes into the caller's count (if given), and
+/// the call's 0.
+///
+/// # Safety
+/// `out` is NULL or valid.
+pub(crate) unsafe fn report(out: *mut u32, n: usize) -> Result<i32, Wsa> {
+    if !out.is_null() {
+        // SAFETY: non-NULL: the caller's `lpNumberOfBytes…` (its contract).
+        unsafe { out.write(n as u32) };
+    }
+    Ok(0)
+}
+
 /// `WSAStartup`: starts the engine on the first call (later calls count). `data` may be
 /// NULL (porto fills nothing in it). Returns 0 or a WSA error.
 #[no_mangle]
@@ -306,28 +363,13 @@ pub unsafe extern "C" fn porto_WSARecvFrom(
 ) -> i32 {
     let _ = flags;
     guard(PORTO_SOCKET_ERROR, || {
-        if !routine.is_null() {
-            return Err(Wsa(PORTO_WSAEOPNOTSUPP));
-        }
-        non_null(ov)?;
-        non_null(bufs)?;
-        if count == 0 {
-            return Err(Wsa(PORTO_WSAEINVAL));
-        }
-        // SAFETY: `count` valid WSABUFs at `bufs` (the caller's contract).
-        let list = unsafe { std::slice::from_raw_parts(bufs, count as usize) };
-        let mut targets = Vec::with_capacity(list.len());
-        for b in list {
-            non_null(b.buf)?;
-            targets.push((b.buf as usize, b.len as usize));
-        }
+        overlapped_only(ov, routine)?;
+        // SAFETY: forwarded contract.
+        let targets = unsafe { wsabufs(bufs, count) }?;
         // SAFETY: forwarded contract (the WSABUFs, from, fromlen).
         if let Some(n) = unsafe { recv_inline(s, &targets, from, fromlen, true) }? {
-            if !received.is_null() {
-                // SAFETY: non-NULL: the caller's `lpNumberOfBytesRecvd`.
-                unsafe { received.write(n as u32) };
-            }
-            return Ok(0);
+            // SAFETY: the caller's `received`.
+            return unsafe { report(received, n) };
         }
         let target = RecvTarget {
             bufs: targets,
@@ -361,30 +403,15 @@ pub unsafe extern "C" fn porto_WSASendTo(
 ) -> i32 {
     let _ = flags;
     guard(PORTO_SOCKET_ERROR, || {
-        if !routine.is_null() {
-            return Err(Wsa(PORTO_WSAEOPNOTSUPP));
-        }
-        non_null(ov)?;
-        non_null(bufs)?;
+        overlapped_only(ov, routine)?;
         // SAFETY: forwarded contract.
         let to = unsafe { read_sockaddr(to, tolen) }?;
-        // SAFETY: `count` valid WSABUFs at `bufs`.
-        let list = unsafe { std::slice::from_raw_parts(bufs, count as usize) };
-        let mut pieces = Vec::with_capacity(list.len());
-        for b in list {
-            if b.len > 0 {
-                non_null(b.buf)?;
-                // SAFETY: `len` readable bytes at `buf` (the caller's contract).
-                pieces.push(unsafe { std::slice::from_raw_parts(b.buf.cast_const(), b.len as usize) });
-            }
-        }
+        // SAFETY: forwarded contract.
+        let pieces = unsafe { pieces(bufs, count) }?;
         // SAFETY: the pieces are the caller's readable WSABUFs.
         if let Some(n) = unsafe { send_inline(s, &pieces, to) }? {
-            if !sent.is_null() {
-                // SAFETY: non-NULL: the caller's `lpNumberOfBytesSent`.
-                unsafe { sent.write(n as u32) };
-            }
-            return Ok(0);
+            // SAFETY: the caller's `sent`.
+            return unsafe { report(sent, n) };
         }
         state::send_to(s, ov as u64, &pieces, to)?;
         Err(Wsa(PORTO_WSA_IO_PENDING))

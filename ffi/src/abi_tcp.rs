@@ -11,7 +11,9 @@
 
 use std::ffi::c_void;
 
-use crate::abi::{guard, non_null, read_sockaddr, PORTO_OVERLAPPED, PORTO_WSABUF};
+use crate::abi::{
+    guard, non_null, overlapped_only, pieces, read_sockaddr, report, wsabufs, PORTO_OVERLAPPED, PORTO_WSABUF,
+};
 use crate::codes::*;
 use crate::state::{AcceptTarget, RecvTarget, Wsa};
 use crate::tcp;
@@ -20,22 +22,6 @@ use crate::tcp;
 #[no_mangle]
 pub extern "C" fn porto_listen(s: PORTO_SOCKET, backlog: i32) -> i32 {
     guard(PORTO_SOCKET_ERROR, || tcp::listen(s, backlog).map(|()| 0))
-}
-
-/// Reads `count` WSABUFs as (address, length) pairs, each non-NULL.
-///
-/// # Safety
-/// `bufs` points to `count` valid `PORTO_WSABUF`s.
-unsafe fn wsabufs(bufs: *const PORTO_WSABUF, count: u32) -> Result<Vec<(usize, usize)>, Wsa> {
-    non_null(bufs)?;
-    if count == 0 {
-        return Err(Wsa(PORTO_WSAEINVAL));
-    }
-    // SAFETY: `count` valid WSABUFs (the caller's contract).
-    let list = unsafe { std::slice::from_raw_parts(bufs, count as usize) };
-    list.iter()
-        .map(|b| non_null(b.buf).map(|p| (p as usize, b.len as usize)))
-        .collect()
 }
 
 /// `WSARecv` (overlapped only: `ov` required, `routine` NULL): `PORTO_SOCKET_ERROR` with
@@ -57,21 +43,15 @@ pub unsafe extern "C" fn porto_WSARecv(
 ) -> i32 {
     let _ = flags;
     guard(PORTO_SOCKET_ERROR, || {
-        if !routine.is_null() {
-            return Err(Wsa(PORTO_WSAEOPNOTSUPP));
-        }
-        non_null(ov)?;
+        overlapped_only(ov, routine)?;
         // SAFETY: forwarded contract.
         let bufs = unsafe { wsabufs(bufs, count) }?;
         let nowhere = std::ptr::null_mut();
         // SAFETY: the caller's writable WSABUFs; no source address on a stream.
         let inline = unsafe { crate::abi::recv_inline(s, &bufs, nowhere, std::ptr::null_mut(), false) }?;
         if let Some(n) = inline {
-            if !received.is_null() {
-                // SAFETY: non-NULL: the caller's `lpNumberOfBytesRecvd`.
-                unsafe { received.write(n as u32) };
-            }
-            return Ok(0);
+            // SAFETY: the caller's `received`.
+            return unsafe { report(received, n) };
         }
         let target = RecvTarget {
             bufs,
@@ -82,25 +62,6 @@ pub unsafe extern "C" fn porto_WSARecv(
         tcp::recv(s, ov as u64, target)?;
         Err(Wsa(PORTO_WSA_IO_PENDING))
     })
-}
-
-/// Reads `count` WSABUFs as byte slices (empty ones skipped).
-///
-/// # Safety
-/// `bufs` points to `count` `PORTO_WSABUF`s each readable for `len` bytes, for `'a`.
-unsafe fn pieces<'a>(bufs: *const PORTO_WSABUF, count: u32) -> Result<Vec<&'a [u8]>, Wsa> {
-    non_null(bufs)?;
-    // SAFETY: `count` valid WSABUFs.
-    let list = unsafe { std::slice::from_raw_parts(bufs, count as usize) };
-    let mut out = Vec::with_capacity(list.len());
-    for b in list {
-        if b.len > 0 {
-            non_null(b.buf)?;
-            // SAFETY: `len` readable bytes at `buf` (the caller's contract).
-            out.push(unsafe { std::slice::from_raw_parts(b.buf.cast_const(), b.len as usize) });
-        }
-    }
-    Ok(out)
 }
 
 /// `WSASend` (overlapped only): the buffers are copied into registered frames at the call
@@ -123,10 +84,7 @@ pub unsafe extern "C" fn porto_WSASend(
 ) -> i32 {
     let _ = (sent, flags);
     guard(PORTO_SOCKET_ERROR, || {
-        if !routine.is_null() {
-            return Err(Wsa(PORTO_WSAEOPNOTSUPP));
-        }
-        non_null(ov)?;
+        overlapped_only(ov, routine)?;
         // SAFETY: forwarded contract.
         let p = unsafe { pieces(bufs, count) }?;
         tcp::send(s, ov as u64, &p)?;
