@@ -503,6 +503,33 @@ fn tcp_in_winsocks_order_with_a_late_association() {
     );
 }
 
+/// A multishot accept: each connection comes with its peer's address (asked of the
+/// connection: the op's one address buffer cannot serve them all).
+#[test]
+fn multishot_accept_carries_each_peer() {
+    let mut shard = Shard::new(&small(), None).unwrap();
+    let h = shard.handle();
+    let lst = TcpListener::bind(&h, any(false), 16, &SocketOptions::default(), Delivery::Poll { key: 1 }).unwrap();
+    lst.accept_multishot(7).unwrap();
+    let to = lst.local_addr().unwrap();
+    let clients: Vec<std::net::TcpStream> = (0..3).map(|_| std::net::TcpStream::connect(to).unwrap()).collect();
+    let mut want: Vec<SocketAddr> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
+    let got = poll_n(&mut shard, 3);
+    let mut peers: Vec<SocketAddr> = got
+        .iter()
+        .map(|c| {
+            assert!(c.op == OpKind::Accept && c.more && c.accepted.is_some(), "{c:?}");
+            c.peer.expect("each accepted connection names its peer")
+        })
+        .collect();
+    peers.sort();
+    want.sort();
+    assert_eq!(peers, want);
+    lst.cancel(7).unwrap();
+    let end = poll_n(&mut shard, 1);
+    assert!(end[0].result == Err(Error::Aborted) && !end[0].more, "{end:?}");
+}
+
 #[test]
 fn tcp_echo_round_trip_through_port() {
     let engine = Engine::start(&small()).unwrap();

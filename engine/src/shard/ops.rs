@@ -441,6 +441,9 @@ impl<D: Driver> Core<D> {
             c.more = true;
             match kind {
                 OpKind::Accept => {
+                    // A multishot accept shares one address buffer among its connections: the
+                    // peer is asked of each connection instead (one getpeername).
+                    c.peer = accepted.as_ref().and_then(|fd| net::peer_addr(fd.as_raw_fd()).ok());
                     c.accepted = accepted;
                     c.result = Ok(0);
                 }
