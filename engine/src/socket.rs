@@ -481,6 +481,11 @@ impl SocketCore {
     fn raw(&self) -> RawFd {
         self.fd
     }
+
+    /// A stream (TCP) socket.
+    pub(crate) fn is_stream(&self) -> bool {
+        !self.xdp && net::get_int(self.fd, libc::SOL_SOCKET, libc::SO_TYPE).is_ok_and(|t| t == libc::SOCK_STREAM)
+    }
 }
 
 /// The kernel socket's descriptor (an AF_XDP socket's: its companion kernel socket), for

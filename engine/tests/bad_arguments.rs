@@ -111,6 +111,22 @@ fn flow_ids_do_not_wrap_onto_live_flows() {
     assert_eq!(flows.len(), FLOWS_MAX);
 }
 
+/// RIO over TCP is not built yet: a request queue on a stream is refused (its sends would
+/// not take the stream's write lane and could interleave bytes), not half-working.
+#[test]
+fn a_rio_queue_on_a_stream_is_refused() {
+    let shard = Shard::new(&cfg(), None).unwrap();
+    let h = shard.handle();
+    let lst =
+        porto_engine::socket::TcpListener::bind(&h, lo(), 4, &SocketOptions::default(), Delivery::Poll { key: 1 })
+            .unwrap();
+    let cq = CompletionQueue::new(8, RioNotify::None);
+    assert_eq!(
+        RequestQueue::new(lst.core(), &cq, 1, 1, 0).unwrap_err(),
+        Error::InvalidArgument
+    );
+}
+
 #[test]
 fn rio_queue_sizes_that_overflow_are_refused() {
     let mut shard = Shard::new(&cfg(), None).unwrap();

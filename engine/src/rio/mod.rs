@@ -127,6 +127,8 @@ impl RequestQueue {
     /// RIOCreateRequestQueue with its receives' results in `recv_cq` and its sends' in
     /// `send_cq` (they may be the same queue). Reserves `max_recv` entries in the first and
     /// `max_send` in the second; `NoBuffers` (and nothing reserved) if either has no room.
+    /// Datagram sockets only for now: on a stream, RIO sends would need the stream's write
+    /// lane and whole-send continuation that its overlapped sends have (`InvalidArgument`).
     pub fn with_queues(
         socket: &SocketCore,
         recv_cq: &CompletionQueue,
@@ -135,6 +137,9 @@ impl RequestQueue {
         max_send: u32,
         key: u64,
     ) -> Result<RequestQueue, Error> {
+        if socket.is_stream() {
+            return Err(Error::InvalidArgument);
+        }
         let (rcq, scq) = (&recv_cq.shared, &send_cq.shared);
         reserve(rcq, max_recv as usize)?;
         if let Err(e) = reserve(scq, max_send as usize) {
