@@ -117,7 +117,8 @@
 
 #define PORTO_RIO_MSG_DEFER 2
 
-// Not supported yet: a request with it fails with `PORTO_WSAEINVAL`.
+// A receive on a TCP connection completes only with its buffer full (or at EOF); on a
+// datagram socket or a send: `PORTO_WSAEINVAL`.
 #define PORTO_RIO_MSG_WAITALL 4
 
 #define PORTO_RIO_MSG_COMMIT_ONLY 8

@@ -111,20 +111,21 @@ fn flow_ids_do_not_wrap_onto_live_flows() {
     assert_eq!(flows.len(), FLOWS_MAX);
 }
 
-/// RIO over TCP is not built yet: a request queue on a stream is refused (its sends would
-/// not take the stream's write lane and could interleave bytes), not half-working.
+/// RIO_MSG_WAITALL is for stream receives: on a datagram socket it is refused, the
+/// segment handed back.
 #[test]
-fn a_rio_queue_on_a_stream_is_refused() {
+fn rio_waitall_on_a_datagram_socket_is_refused() {
     let shard = Shard::new(&cfg(), None).unwrap();
     let h = shard.handle();
-    let lst =
-        porto_engine::socket::TcpListener::bind(&h, lo(), 4, &SocketOptions::default(), Delivery::Poll { key: 1 })
-            .unwrap();
+    let sock = UdpSocket::bind(&h, lo(), &SocketOptions::default(), Delivery::Poll { key: 1 }).unwrap();
     let cq = CompletionQueue::new(8, RioNotify::None);
-    assert_eq!(
-        RequestQueue::new(lst.core(), &cq, 1, 1, 0).unwrap_err(),
-        Error::InvalidArgument
-    );
+    let mut rq = RequestQueue::new(sock.core(), &cq, 1, 1, 0).unwrap();
+    let seg = porto_engine::rio::RegisteredBuffer::register(&h, vec![0u8; 64], 64)
+        .unwrap()
+        .pop()
+        .unwrap();
+    let (e, seg) = rq.receive(seg, 1, porto_engine::rio::RioFlags::WAITALL).unwrap_err();
+    assert_eq!((e, seg.capacity()), (Error::InvalidArgument, 64));
 }
 
 #[test]

@@ -839,6 +839,112 @@ fn rio_on_the_callers_memory_with_separate_completion_queues() {
     drop(memory);
 }
 
+/// RIO over TCP: sends posted together on a stream whose socket buffer fills complete whole
+/// and in order (the stream's write lane, each continued until whole), and a receive with
+/// RIO_MSG_WAITALL completes only with its buffer full while the peer trickles bytes in.
+#[test]
+fn rio_over_tcp_sends_whole_in_order_and_waitall_fills() {
+    use std::io::{Read, Write};
+    const SEG: usize = 100_000;
+    let engine = Engine::start(&small()).unwrap();
+    let h = engine.shard(0);
+    let lst = std::net::TcpListener::bind(any(false)).unwrap();
+    let port = CompletionPort::new(1, 64);
+    let opts = SocketOptions {
+        send_buffer: Some(4096),
+        ..SocketOptions::default()
+    };
+    let stream = TcpStream::connect(
+        h,
+        lst.local_addr().unwrap(),
+        1,
+        Some(Duration::from_secs(5)),
+        &opts,
+        Delivery::Port {
+            port: port.clone(),
+            key: 9,
+        },
+    )
+    .unwrap();
+    let (mut peer, _) = lst.accept().unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = Vec::new();
+    port.dequeue(&mut out, 1, Some(Duration::from_secs(5)));
+    assert_eq!(out.pop().map(|c| (c.op, c.result)), Some((OpKind::Connect, Ok(0))));
+    let cq = CompletionQueue::new(8, RioNotify::None);
+    let mut rq = RequestQueue::new(stream.core(), &cq, 2, 3, 1).unwrap();
+    let pattern = |i: usize| (i * 31 % 251) as u8;
+    let segs = RegisteredBuffer::register(h, vec![0u8; 3 * SEG], SEG).unwrap();
+    for (k, mut seg) in segs.into_iter().enumerate() {
+        seg.set_len(SEG);
+        for (j, b) in seg.iter_mut().enumerate() {
+            *b = pattern(k * SEG + j);
+        }
+        rq.send(seg, k as u64, RioFlags::NONE).unwrap();
+    }
+    // The peer reads late: the 4 KB send buffer fills and every send goes out in parts.
+    std::thread::sleep(Duration::from_millis(50));
+    let mut got = vec![0u8; 3 * SEG];
+    peer.read_exact(&mut got).unwrap();
+    assert!(
+        got.iter().enumerate().all(|(i, &b)| b == pattern(i)),
+        "the three sends arrived whole and in order"
+    );
+    let mut res = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while res.len() < 3 && Instant::now() < deadline {
+        cq.dequeue(&mut res, 8);
+    }
+    let mut done: Vec<_> = res.drain(..).map(|r| (r.token, r.result)).collect();
+    done.sort_by_key(|d| d.0);
+    assert_eq!(done, [(0, Ok(SEG)), (1, Ok(SEG)), (2, Ok(SEG))]);
+    // WAITALL: 1000 bytes, while the peer writes them 100 at a time.
+    let seg = RegisteredBuffer::register(h, vec![0u8; 1000], 1000)
+        .unwrap()
+        .pop()
+        .unwrap();
+    rq.receive(seg, 10, RioFlags::WAITALL).unwrap();
+    for k in 0..10u8 {
+        peer.write_all(&[k; 100]).unwrap();
+        std::thread::sleep(Duration::from_millis(3));
+        assert!(k == 9 || cq.is_empty(), "completed before its buffer was full");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while res.is_empty() && Instant::now() < deadline {
+        cq.dequeue(&mut res, 8);
+    }
+    let r = res.pop().expect("the WAITALL receive completed");
+    assert_eq!((r.token, r.result), (10, Ok(1000)));
+    assert!(r
+        .buf
+        .chunks(100)
+        .enumerate()
+        .all(|(k, c)| c.iter().all(|&b| b == k as u8)));
+    // Without WAITALL a receive takes what is there.
+    let mut seg = r.buf;
+    seg.set_len(0);
+    rq.receive(seg, 11, RioFlags::NONE).unwrap();
+    peer.write_all(b"ten bytes!").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while res.is_empty() && Instant::now() < deadline {
+        cq.dequeue(&mut res, 8);
+    }
+    assert_eq!(res.pop().map(|r| (r.token, r.result)), Some((11, Ok(10))));
+    assert_eq!(
+        RequestQueue::new(stream.core(), &cq, 0, 0, 2)
+            .unwrap()
+            .send(
+                RegisteredBuffer::register(h, vec![0u8; 8], 8).unwrap().pop().unwrap(),
+                12,
+                RioFlags::WAITALL
+            )
+            .unwrap_err()
+            .0,
+        Error::InvalidArgument,
+        "WAITALL is for receives"
+    );
+}
+
 #[test]
 fn zero_copy_send_reports_copy_on_loopback() {
     let mut shard = Shard::new(&small(), None).unwrap();

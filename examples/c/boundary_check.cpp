@@ -259,6 +259,49 @@ int main() {
         }
         EXPECT(sends_done == 1); // one completion for the whole send
         EXPECT(have == sizeof got && std::memcmp(big, got, sizeof got) == 0);
+
+        // RIO over the same connection: a 64 KB RIOSend from registered memory, received whole
+        // by one RIOReceive with RIO_MSG_WAITALL on the other side.
+        {
+            PORTO_RIO_EXTENSION_FUNCTION_TABLE rio;
+            PORTO_GUID id = PORTO_WSAID_MULTIPLE_RIO;
+            uint32_t gotb = 0;
+            EXPECT(porto_WSAIoctl(c, PORTO_SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER, &id, sizeof id, &rio,
+                                  sizeof rio, &gotb, nullptr, nullptr) == 0);
+            static char rmem[2 * 65536];
+            for (size_t i = 0; i < 65536; i++)
+                rmem[i] = (char)(i * 13 + 1);
+            PORTO_RIO_BUFFERID rb = rio.RIORegisterBuffer(rmem, sizeof rmem);
+            PORTO_RIO_CQ rcq = rio.RIOCreateCompletionQueue(8, nullptr);
+            PORTO_RIO_RQ tx = rio.RIOCreateRequestQueue(c, 1, 1, 1, 1, rcq, rcq, (void *)61);
+            PORTO_RIO_RQ rx = rio.RIOCreateRequestQueue(acc, 1, 1, 1, 1, rcq, rcq, (void *)62);
+            EXPECT(rb != PORTO_RIO_INVALID_BUFFERID && rcq != PORTO_RIO_INVALID_CQ && tx != PORTO_RIO_INVALID_RQ &&
+                   rx != PORTO_RIO_INVALID_RQ);
+            PORTO_RIO_BUF out = {rb, 0, 65536}, in = {rb, 65536, 65536};
+            EXPECT(rio.RIOSend(tx, &out, 1, PORTO_RIO_MSG_WAITALL, nullptr) == 0); // receives only
+            EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
+            EXPECT(rio.RIOReceive(rx, &in, 1, PORTO_RIO_MSG_WAITALL, (void *)2) == 1);
+            EXPECT(rio.RIOSend(tx, &out, 1, 0, (void *)1) == 1);
+            PORTO_RIORESULT rr[4];
+            int sent_ok = 0, recv_ok = 0;
+            for (int round = 0; round < 500 && !(sent_ok && recv_ok); round++) {
+                uint32_t k = rio.RIODequeueCompletion(rcq, rr, 4);
+                for (uint32_t i = 0; i < k && k != PORTO_RIO_CORRUPT_CQ; i++) {
+                    sent_ok |= rr[i].RequestContext == 1 && rr[i].Status == 0 && rr[i].BytesTransferred == 65536 &&
+                               rr[i].SocketContext == 61;
+                    recv_ok |= rr[i].RequestContext == 2 && rr[i].Status == 0 && rr[i].BytesTransferred == 65536 &&
+                               rr[i].SocketContext == 62;
+                }
+                if (!(sent_ok && recv_ok)) {
+                    uint32_t z = 0;
+                    porto_GetQueuedCompletionStatusEx(iocp, e, 4, &z, 5, 0); // a 5 ms pause
+                }
+            }
+            EXPECT(sent_ok && recv_ok);
+            EXPECT(std::memcmp(rmem, rmem + 65536, 65536) == 0);
+            rio.RIOCloseCompletionQueue(rcq);
+            rio.RIODeregisterBuffer(rb);
+        }
         EXPECT(porto_DisconnectEx(c, &dov, 0, 0) == 0);
         EXPECT(porto_WSAGetLastError() == PORTO_WSA_IO_PENDING);
         uint32_t k = 0;

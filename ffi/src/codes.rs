@@ -68,7 +68,8 @@ pub const PORTO_RIO_MAX_CQ_SIZE: u32 = 1 << 20;
 /// RIO request flags (a bit set, Windows' values).
 pub const PORTO_RIO_MSG_DONT_NOTIFY: u32 = 0x1;
 pub const PORTO_RIO_MSG_DEFER: u32 = 0x2;
-/// Not supported yet: a request with it fails with `PORTO_WSAEINVAL`.
+/// A receive on a TCP connection completes only with its buffer full (or at EOF); on a
+/// datagram socket or a send: `PORTO_WSAEINVAL`.
 pub const PORTO_RIO_MSG_WAITALL: u32 = 0x4;
 pub const PORTO_RIO_MSG_COMMIT_ONLY: u32 = 0x8;
 

@@ -450,8 +450,10 @@ pub(crate) fn rio_core(
             *st = other;
             return match &*st {
                 SockState::Associated { sock, .. } | SockState::Rio { sock } => f(sock.core()),
-                // RIO over TCP is not in the C ABI yet.
-                _ => Err(Wsa(PORTO_WSAEOPNOTSUPP)),
+                // RIO over TCP: a connection (accepted or connected).
+                SockState::Stream { stream, .. } => f(stream.core()),
+                // Not yet a connection (bind, then ConnectEx or AcceptEx first).
+                _ => Err(Wsa(PORTO_WSAEINVAL)),
             };
         }
     };

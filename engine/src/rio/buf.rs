@@ -304,8 +304,8 @@ impl RioFlags {
     pub const DONT_NOTIFY: RioFlags = RioFlags(0x1);
     /// RIO_MSG_DEFER: queue the request but do not hand it to the shard yet.
     pub const DEFER: RioFlags = RioFlags(0x2);
-    /// RIO_MSG_WAITALL: a receive completes only with its buffer full (stream sockets). Not
-    /// supported yet: a request with it is refused with `InvalidArgument`.
+    /// RIO_MSG_WAITALL: a receive on a stream completes only with its buffer full (or at EOF,
+    /// with what came); refused with `InvalidArgument` on a send or a datagram socket.
     pub const WAITALL: RioFlags = RioFlags(0x4);
     /// RIO_MSG_COMMIT_ONLY: commit the deferred requests and issue nothing — Windows wants no
     /// buffer with it, so here it is [`RequestQueue::commit`](crate::rio::RequestQueue::commit);
@@ -577,6 +577,10 @@ pub(crate) struct RioOp {
     pub addr: Option<SocketAddr>,
     /// RIO_MSG_DONT_NOTIFY: completing does not fire the queue's notification.
     pub quiet: bool,
+    /// On a stream socket: a send goes on until whole, in the stream's write lane.
+    pub stream: bool,
+    /// RIO_MSG_WAITALL (stream receives): it goes on until the buffer is full (or EOF).
+    pub waitall: bool,
 }
 
 impl fmt::Debug for RioOp {

@@ -104,6 +104,8 @@ fn reserve(cqs: &CqShared, n: usize) -> Result<(), Error> {
 #[derive(Debug)]
 pub struct RequestQueue {
     socket: SocketCore,
+    /// On a stream socket (sends whole and ordered; WAITALL allowed).
+    stream: bool,
     rq: Arc<RqShared>,
     max_recv: u32,
     max_send: u32,
@@ -127,8 +129,8 @@ impl RequestQueue {
     /// RIOCreateRequestQueue with its receives' results in `recv_cq` and its sends' in
     /// `send_cq` (they may be the same queue). Reserves `max_recv` entries in the first and
     /// `max_send` in the second; `NoBuffers` (and nothing reserved) if either has no room.
-    /// Datagram sockets only for now: on a stream, RIO sends would need the stream's write
-    /// lane and whole-send continuation that its overlapped sends have (`InvalidArgument`).
+    /// On a stream (TCP) socket a send completes whole, in order with the stream's other
+    /// writes, and a receive may ask for `RioFlags::WAITALL`.
     pub fn with_queues(
         socket: &SocketCore,
         recv_cq: &CompletionQueue,
@@ -137,9 +139,6 @@ impl RequestQueue {
         max_send: u32,
         key: u64,
     ) -> Result<RequestQueue, Error> {
-        if socket.is_stream() {
-            return Err(Error::InvalidArgument);
-        }
         let (rcq, scq) = (&recv_cq.shared, &send_cq.shared);
         reserve(rcq, max_recv as usize)?;
         if let Err(e) = reserve(scq, max_send as usize) {
@@ -149,6 +148,7 @@ impl RequestQueue {
         // u32 + u32 cannot wrap a 64-bit usize.
         let need = max_recv as usize + max_send as usize;
         Ok(RequestQueue {
+            stream: socket.is_stream(),
             socket: socket.clone_handle(),
             rq: Arc::new(RqShared {
                 recv_cq: rcq.clone(),
@@ -229,8 +229,9 @@ impl RequestQueue {
         token: u64,
         flags: RioFlags,
     ) -> Result<(), (Error, RioBuf)> {
-        if flags.contains(RioFlags::COMMIT_ONLY) || flags.contains(RioFlags::WAITALL) {
-            // COMMIT_ONLY carries no request (use `commit`); WAITALL is not supported yet.
+        let waitall = flags.contains(RioFlags::WAITALL);
+        if flags.contains(RioFlags::COMMIT_ONLY) || (waitall && (kind != RioKind::Receive || !self.stream)) {
+            // COMMIT_ONLY carries no request (use `commit`); WAITALL is for stream receives.
             return Err((Error::InvalidArgument, buf));
         }
         let (out, max) = match kind {
@@ -254,6 +255,8 @@ impl RequestQueue {
                 rq: self.rq.clone(),
                 addr,
                 quiet: flags.contains(RioFlags::DONT_NOTIFY),
+                stream: self.stream,
+                waitall,
             },
         ));
         if flags.contains(RioFlags::DEFER) {

@@ -906,7 +906,9 @@ impl<D: Driver> Core<D> {
                 } else {
                     s.addr_len = 0;
                 }
+                // Zero-copy for datagrams only: a stream send continued in parts copies.
                 s.zerocopy = r.kind == RioKind::Send
+                    && !r.stream
                     && r.buf.len() >= self.rio_zc_min as usize
                     && r.buf
                         .fixed_slot(&self.shared.rio_slots, &mut self.rio_slots, &mut self.driver)
@@ -916,7 +918,7 @@ impl<D: Driver> Core<D> {
         }
         let s = self.ops.slot(idx);
         let lane = match kind {
-            OpKind::Send | OpKind::Disconnect if s.rio.is_none() => Some(op::Lane::Write),
+            OpKind::Send | OpKind::Disconnect if s.rio.as_ref().is_none_or(|r| r.stream) => Some(op::Lane::Write),
             OpKind::RecvFrom | OpKind::Recv if !s.multishot && s.timeout.is_none() => Some(op::Lane::Read),
             _ => None,
         };

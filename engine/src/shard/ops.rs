@@ -34,7 +34,11 @@ impl<D: Driver> Core<D> {
         let ud = op_ud(s.kind, idx, s.gen);
         let prep = match (s.kind, &s.rio) {
             (_, Some(r)) => {
+                // A stream send continued, or a WAITALL receive filling on: from where it is.
                 let (ptr, len) = r.buf.raw(r.kind);
+                let done = s.sent.min(len);
+                // SAFETY: `done <= len`: inside the segment.
+                let (ptr, len) = (unsafe { ptr.add(done as usize) }, len - done);
                 s.iov = libc::iovec {
                     iov_base: ptr.cast(),
                     iov_len: len as usize,
@@ -392,6 +396,25 @@ impl<D: Driver> Core<D> {
                 }
             }
         }
+        // A RIO request on a stream goes on until whole: a short send (the socket buffer was
+        // full), or a WAITALL receive not yet full (until EOF, an error, or a cancel).
+        let s = self.ops.slot(idx);
+        if let Some(r) = s.rio.as_ref() {
+            let more_wanted = match r.kind {
+                RioKind::Send => r.stream,
+                RioKind::Receive => r.waitall,
+            };
+            if more_wanted && res > 0 && !s.cancelled && !(s.zerocopy && more) {
+                let total = r.buf.raw(r.kind).1;
+                s.sent = s.sent.saturating_add(res as u32).min(total);
+                if s.sent < total {
+                    match self.submit_slot(idx) {
+                        Ok(()) => return,
+                        Err(e) => tracing::error!(error = %e, "continuing a RIO request failed"),
+                    }
+                }
+            }
+        }
         let s = self.ops.slot(idx);
         if let Some(frame) = picked {
             // A failed receive's CQE can still carry the frame it had picked: back to the pool.
@@ -403,8 +426,15 @@ impl<D: Driver> Core<D> {
         if accepted.is_some() {
             s.accepted = accepted;
         }
-        let stream_send = s.kind == OpKind::Send && s.rio.is_none();
-        s.result = Some(if stream_send && res > 0 { s.sent as i32 } else { res });
+        // What a request continued in parts did in all (its last part's error, if it
+        // failed; EOF under WAITALL reports the bytes that came).
+        let parts =
+            (s.kind == OpKind::Send && s.rio.is_none()) || s.rio.as_ref().is_some_and(|r| r.stream || r.waitall);
+        s.result = Some(if parts && s.sent > 0 && res >= 0 {
+            s.sent.max(res.max(0) as u32) as i32
+        } else {
+            res
+        });
         s.pending -= 1;
         if s.pending == 0 {
             self.finish(idx);
