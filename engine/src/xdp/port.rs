@@ -410,7 +410,7 @@ impl XdpPort {
         }
         let mut total = 0;
         if self.timestamps {
-            self.mono_to_real_ns = clock::realtime_ns().saturating_sub(clock::monotonic_ns());
+            self.mono_to_real_ns = clock::realtime_minus_monotonic_ns();
         }
         for qi in 0..self.queues.len() {
             let n = self.queues[qi].xsk.rx.available(BATCH);
