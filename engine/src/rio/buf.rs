@@ -352,6 +352,11 @@ pub struct RioResult {
     pub buf: RioBuf,
     /// Sender of a received datagram.
     pub peer: Option<SocketAddr>,
+    /// A send's zero-copy: `None` — sent by copy (below `Config::rio_zc_min_bytes`, on a
+    /// stream, from a buffer registered with another shard, or on the epoll provider);
+    /// `Some(true)` — the kernel sent from the registered pages; `Some(false)` — asked
+    /// zero-copy, but the kernel copied (loopback, or a device without scatter-gather).
+    pub zero_copy: Option<bool>,
 }
 
 /// A manual-reset event for [`RioNotify::Event`].
@@ -581,6 +586,8 @@ pub(crate) struct RioOp {
     pub stream: bool,
     /// RIO_MSG_WAITALL (stream receives): it goes on until the buffer is full (or EOF).
     pub waitall: bool,
+    /// Set as it ends: what `RioResult::zero_copy` reports.
+    pub zc: Option<bool>,
 }
 
 impl fmt::Debug for RioOp {
@@ -607,6 +614,7 @@ impl RioOp {
             mut buf,
             rq,
             quiet,
+            zc,
             ..
         } = self;
         if kind == RioKind::Receive {
@@ -622,6 +630,7 @@ impl RioOp {
             result,
             buf,
             peer,
+            zero_copy: zc,
         };
         let cq = rq.cq(kind);
         if cq.queue.push(r).is_err() {

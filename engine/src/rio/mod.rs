@@ -257,6 +257,7 @@ impl RequestQueue {
                 quiet: flags.contains(RioFlags::DONT_NOTIFY),
                 stream: self.stream,
                 waitall,
+                zc: None,
             },
         ));
         if flags.contains(RioFlags::DEFER) {

@@ -652,7 +652,8 @@ impl<D: Driver> Core<D> {
         }
         let entry = &mut self.sockets[sock as usize];
         entry.live_ops -= 1;
-        if let Some(r) = rio {
+        if let Some(mut r) = rio {
+            r.zc = zerocopy.then_some(!zc_copied);
             r.complete(token, result, peer);
         } else {
             let key = entry.delivery.as_ref().expect("open socket").key();
