@@ -813,22 +813,34 @@ fn text_of(words: &[AtomicU64]) -> String {
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
-/// Copies a block consistently (retrying while its writer is inside); `None` if it never
-/// settled (a writer that died mid-write).
+/// How long a reader waits for a block's writer to leave it: a writer preempted mid-write
+/// (its sequence odd) holds it for as long as the scheduler keeps it off its CPU — a count
+/// of spins (tens of µs) gave up on a live writer under load.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Copies a block consistently (retrying while its writer is inside: spinning briefly, then
+/// yielding the CPU — the writer may need it); `None` if it did not settle within
+/// `SETTLE_WAIT` (a writer that died mid-write).
 fn read_block(block: &[AtomicU64]) -> Option<Vec<u64>> {
-    for _ in 0..1000 {
-        let s1 = block[0].load(Ordering::Acquire);
-        if s1 & 1 == 1 {
-            std::hint::spin_loop();
-            continue;
+    let deadline = std::time::Instant::now() + SETTLE_WAIT;
+    loop {
+        for _ in 0..100 {
+            let s1 = block[0].load(Ordering::Acquire);
+            if s1 & 1 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let copy: Vec<u64> = block.iter().map(|w| w.load(Ordering::Relaxed)).collect();
+            fence(Ordering::Acquire);
+            if block[0].load(Ordering::Relaxed) == s1 {
+                return Some(copy);
+            }
         }
-        let copy: Vec<u64> = block.iter().map(|w| w.load(Ordering::Relaxed)).collect();
-        fence(Ordering::Acquire);
-        if block[0].load(Ordering::Relaxed) == s1 {
-            return Some(copy);
+        if std::time::Instant::now() >= deadline {
+            return None;
         }
+        std::thread::yield_now();
     }
-    None
 }
 
 /// Reads one segment.
