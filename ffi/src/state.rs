@@ -196,6 +196,28 @@ pub(crate) enum SockState {
     },
 }
 
+impl SockState {
+    /// The engine side of the socket, once it has one (associated, opened for RIO, listening,
+    /// or connected).
+    fn core(&self) -> Option<&porto::SocketCore> {
+        match self {
+            SockState::Associated { sock, .. } | SockState::Rio { sock } => Some(sock.core()),
+            SockState::Listener { lst, .. } => Some(lst.core()),
+            SockState::Stream { stream, .. } => Some(stream.core()),
+            SockState::Unbound | SockState::Bound(_) | SockState::TcpIdle { .. } => None,
+        }
+    }
+}
+
+/// A UDP socket bound to the unspecified address of its family (Windows binds an unbound
+/// socket implicitly when it is first used).
+fn bind_any_udp(v6: bool) -> Result<std::net::UdpSocket, Wsa> {
+    let any: SocketAddr = if v6 { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal");
+    SocketOptions::default()
+        .bind_kernel_udp(any)
+        .map_err(|_| Wsa(PORTO_WSASYSCALLFAILURE))
+}
+
 #[derive(Debug)]
 pub(crate) struct Sock {
     pub(crate) v6: bool,
@@ -420,13 +442,13 @@ pub(crate) fn setup(e: porto::SetupError) -> Wsa {
 pub(crate) fn local_addr(h: u64) -> Result<SocketAddr, Wsa> {
     let s = sock(h)?;
     let st = lock(&s);
+    if let Some(core) = st.core() {
+        return core.local_addr().map_err(Wsa::from);
+    }
     match &*st {
-        SockState::Unbound | SockState::TcpIdle { fd: None, .. } => Err(Wsa(PORTO_WSAEINVAL)),
         SockState::Bound(k) => k.local_addr().map_err(|e| Wsa::from(Error::from(e))),
         SockState::TcpIdle { fd: Some(fd), .. } => fd.local_addr().map_err(|e| Wsa::from(Error::from(e))),
-        SockState::Associated { sock, .. } | SockState::Rio { sock } => sock.local_addr().map_err(Wsa::from),
-        SockState::Listener { lst, .. } => lst.local_addr().map_err(Wsa::from),
-        SockState::Stream { stream, .. } => stream.local_addr().map_err(Wsa::from),
+        _ => Err(Wsa(PORTO_WSAEINVAL)),
     }
 }
 
@@ -440,20 +462,15 @@ pub(crate) fn rio_core(
     let mut st = lock(&s);
     let k = match std::mem::replace(&mut *st, SockState::Unbound) {
         SockState::Bound(k) => k,
-        SockState::Unbound => {
-            let any: SocketAddr = if s.v6 { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal");
-            SocketOptions::default()
-                .bind_kernel_udp(any)
-                .map_err(|_| Wsa(PORTO_WSASYSCALLFAILURE))?
-        }
+        SockState::Unbound => bind_any_udp(s.v6)?,
         other => {
             *st = other;
-            return match &*st {
-                SockState::Associated { sock, .. } | SockState::Rio { sock } => f(sock.core()),
-                // RIO over TCP: a connection (accepted or connected).
-                SockState::Stream { stream, .. } => f(stream.core()),
-                // Not yet a connection (bind, then ConnectEx or AcceptEx first).
-                _ => Err(Wsa(PORTO_WSAEINVAL)),
+            return match (&*st, st.core()) {
+                // A listener carries no data; a TCP socket not yet a connection neither (bind,
+                // then ConnectEx or AcceptEx first).
+                (SockState::Listener { .. }, _) | (_, None) => Err(Wsa(PORTO_WSAEINVAL)),
+                // Associated, opened for RIO, or a connection (RIO over TCP).
+                (_, Some(core)) => f(core),
             };
         }
     };
@@ -477,13 +494,11 @@ pub(crate) fn with_fd<T>(h: u64, f: impl FnOnce(std::os::fd::RawFd) -> Result<T,
     use std::os::fd::AsRawFd;
     let s = sock(h)?;
     let st = lock(&s);
-    let fd = match &*st {
-        SockState::Unbound | SockState::TcpIdle { fd: None, .. } => return Err(Wsa(PORTO_WSAEINVAL)),
-        SockState::Bound(k) => k.as_raw_fd(),
-        SockState::TcpIdle { fd: Some(k), .. } => k.as_raw_fd(),
-        SockState::Associated { sock, .. } | SockState::Rio { sock } => sock.core().as_raw_fd(),
-        SockState::Listener { lst, .. } => lst.core().as_raw_fd(),
-        SockState::Stream { stream, .. } => stream.core().as_raw_fd(),
+    let fd = match (&*st, st.core()) {
+        (_, Some(core)) => core.as_raw_fd(),
+        (SockState::Bound(k), None) => k.as_raw_fd(),
+        (SockState::TcpIdle { fd: Some(k), .. }, None) => k.as_raw_fd(),
+        _ => return Err(Wsa(PORTO_WSAEINVAL)),
     };
     f(fd)
 }
@@ -493,12 +508,7 @@ pub(crate) fn with_fd<T>(h: u64, f: impl FnOnce(std::os::fd::RawFd) -> Result<T,
 pub(crate) fn with_core<T>(h: u64, f: impl FnOnce(&porto::SocketCore) -> Result<T, Wsa>) -> Result<T, Wsa> {
     let s = sock(h)?;
     let st = lock(&s);
-    match &*st {
-        SockState::Associated { sock, .. } | SockState::Rio { sock } => f(sock.core()),
-        SockState::Listener { lst, .. } => f(lst.core()),
-        SockState::Stream { stream, .. } => f(stream.core()),
-        _ => Err(Wsa(PORTO_WSAEINVAL)),
-    }
+    st.core().map_or(Err(Wsa(PORTO_WSAEINVAL)), f)
 }
 
 /// The engine's shard `i`.
@@ -569,13 +579,7 @@ pub(crate) fn associate(h: u64, port_h: u64, key: u64) -> Result<u64, Wsa> {
     }
     let k = match std::mem::replace(&mut *st, SockState::Unbound) {
         SockState::Bound(k) => k,
-        SockState::Unbound => {
-            let any: SocketAddr = if s.v6 { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal");
-            match SocketOptions::default().bind_kernel_udp(any) {
-                Ok(k) => k,
-                Err(_) => return Err(Wsa(PORTO_WSASYSCALLFAILURE)),
-            }
-        }
+        SockState::Unbound => bind_any_udp(s.v6)?,
         other => {
             // Associated once; a RIO-only socket's completions already have their place.
             *st = other;
@@ -669,13 +673,8 @@ pub(crate) fn may_complete_inline(h: u64, receive: bool) -> Result<bool, Wsa> {
 pub(crate) fn cancel(h: u64, token: Option<u64>) -> Result<(), Wsa> {
     let s = sock(h)?;
     let st = lock(&s);
-    let core = match &*st {
-        SockState::Associated { sock, .. } | SockState::Rio { sock } => sock.core(),
-        SockState::Listener { lst, .. } => lst.core(),
-        SockState::Stream { stream, .. } => stream.core(),
-        // Nothing can be in flight.
-        _ => return Ok(()),
-    };
+    // Without an engine side nothing can be in flight.
+    let Some(core) = st.core() else { return Ok(()) };
     match token {
         Some(t) => core.cancel(t),
         None => core.cancel_all(),
