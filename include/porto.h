@@ -44,6 +44,28 @@
 
 #define PORTO_WAIT_TIMEOUT 258
 
+// `ERROR_INVALID_PARAMETER` (`WSA_INVALID_PARAMETER`).
+#define PORTO_WSA_INVALID_PARAMETER 87
+
+// `WSA_INVALID_HANDLE`: not an event handle.
+#define PORTO_WSA_INVALID_HANDLE 6
+
+// `WSAWaitForMultipleEvents`' results: `WSA_WAIT_EVENT_0 + i`, `WSA_WAIT_TIMEOUT`,
+// `WSA_WAIT_FAILED` (the reason in `porto_WSAGetLastError`).
+#define PORTO_WSA_WAIT_EVENT_0 0
+
+#define PORTO_WSA_WAIT_TIMEOUT 258
+
+#define PORTO_WSA_WAIT_FAILED 4294967295
+
+// Most events one `WSAWaitForMultipleEvents` takes.
+#define PORTO_WSA_MAXIMUM_WAIT_EVENTS 64
+
+// `WaitForSingleObject`'s results.
+#define PORTO_WAIT_OBJECT_0 0
+
+#define PORTO_WAIT_FAILED 4294967295
+
 #define PORTO_WSA_OPERATION_ABORTED 995
 
 #define PORTO_WSA_IO_PENDING 997
@@ -123,8 +145,7 @@
 
 #define PORTO_RIO_MSG_COMMIT_ONLY 8
 
-// `RIO_NOTIFICATION_COMPLETION_TYPE`. Event notification is not supported (use the IOCP one,
-// or poll `RIODequeueCompletion`).
+// `RIO_NOTIFICATION_COMPLETION_TYPE`.
 #define PORTO_RIO_EVENT_COMPLETION 1
 
 #define PORTO_RIO_IOCP_COMPLETION 2
@@ -230,6 +251,9 @@ typedef struct {
   uint32_t dwNumberOfBytesTransferred;
 } PORTO_OVERLAPPED_ENTRY;
 
+// `WSAEVENT`: a handle from `porto_WSACreateEvent`.
+typedef uint64_t PORTO_WSAEVENT;
+
 // `QOS_VERSION`: 1.0.
 typedef struct {
   uint16_t MajorVersion;
@@ -245,7 +269,9 @@ typedef uint64_t PORTO_RIO_BUFFERID;
 
 typedef uint64_t PORTO_RIO_CQ;
 
-// The `Event` member of `RIO_NOTIFICATION_COMPLETION` (not supported: use `Iocp`).
+// The `Event` member of `RIO_NOTIFICATION_COMPLETION`: after `RIONotify`, `EventHandle`
+// (from `porto_WSACreateEvent`) is set when a result is there; `NotifyReset` non-zero:
+// `RIONotify` resets it first.
 typedef struct {
   PORTO_HANDLE EventHandle;
   int32_t NotifyReset;
@@ -262,7 +288,8 @@ typedef struct {
 // `RIO_NOTIFICATION_COMPLETION`. Windows' `Event` and `Iocp` share an anonymous union;
 // here they are two members of a struct, so `n.Iocp.IocpHandle = port;` compiles as is.
 typedef struct {
-  // `PORTO_RIO_IOCP_COMPLETION` (`PORTO_RIO_EVENT_COMPLETION` is refused).
+  // `PORTO_RIO_EVENT_COMPLETION` (reads `Event`) or `PORTO_RIO_IOCP_COMPLETION` (reads
+  // `Iocp`).
   int32_t Type;
   PORTO_RIO_NOTIFICATION_EVENT Event;
   PORTO_RIO_NOTIFICATION_IOCP Iocp;
@@ -442,6 +469,9 @@ typedef struct {
 
 #define PORTO_INVALID_HANDLE_VALUE 18446744073709551615ull
 
+// `WSA_INVALID_EVENT`: what `porto_WSACreateEvent` returns on failure.
+#define PORTO_WSA_INVALID_EVENT 0
+
 #define PORTO_RIO_INVALID_BUFFERID 4294967295
 
 #define PORTO_RIO_INVALID_CQ 0
@@ -601,6 +631,45 @@ int32_t porto_closesocket(PORTO_SOCKET s);
 // `CloseHandle` of a completion port.
 int32_t porto_CloseHandle(PORTO_HANDLE h);
 
+// `WSACreateEvent`: a manual-reset event, not set; `PORTO_WSA_INVALID_EVENT` on failure.
+// Any thread.
+PORTO_WSAEVENT porto_WSACreateEvent(void);
+
+// `WSASetEvent`: TRUE, or FALSE (`PORTO_WSA_INVALID_HANDLE`). Any thread.
+int32_t porto_WSASetEvent(PORTO_WSAEVENT h);
+
+// `WSAResetEvent`: TRUE, or FALSE (`PORTO_WSA_INVALID_HANDLE`). Any thread.
+int32_t porto_WSAResetEvent(PORTO_WSAEVENT h);
+
+// `WSACloseEvent` (`porto_CloseHandle` also closes one). A completion queue notifying it
+// keeps it. Any thread.
+int32_t porto_WSACloseEvent(PORTO_WSAEVENT h);
+
+// `WSAWaitForMultipleEvents(n, events, wait_all, timeout_ms, alertable)`:
+// `PORTO_WSA_WAIT_EVENT_0 + i` (the lowest set one; with `wait_all`, `PORTO_WSA_WAIT_EVENT_0`
+// once all are set), `PORTO_WSA_WAIT_TIMEOUT`, or `PORTO_WSA_WAIT_FAILED` (too many or no
+// events: `PORTO_WSA_INVALID_PARAMETER`; a bad handle: `PORTO_WSA_INVALID_HANDLE`). Events
+// are manual-reset: nothing is reset. `alertable` is accepted; porto queues no APCs, so
+// `WSA_WAIT_IO_COMPLETION` never comes. Any thread.
+//
+// # Safety
+// `events` points to `n` handles.
+uint32_t porto_WSAWaitForMultipleEvents(uint32_t n,
+                                        const PORTO_WSAEVENT *events,
+                                        int32_t wait_all,
+                                        uint32_t timeout_ms,
+                                        int32_t _alertable);
+
+// `WaitForSingleObject` on an event: `PORTO_WAIT_OBJECT_0`, `PORTO_WAIT_TIMEOUT`
+// (`PORTO_WSA_WAIT_TIMEOUT`'s value), or `PORTO_WAIT_FAILED` (not an event:
+// `PORTO_WSA_INVALID_HANDLE`). Any thread.
+uint32_t porto_WaitForSingleObject(PORTO_HANDLE h, uint32_t timeout_ms);
+
+// porto's own: the eventfd behind event `h` (readable while it is set), to wait on with
+// poll/epoll beside other descriptors; -1 if `h` is not an event. Reset it with
+// `porto_WSAResetEvent`, not by reading it; it stays the library's (do not close it).
+int32_t porto_WSAEventFd(PORTO_WSAEVENT h);
+
 // `QOSCreateHandle`: version 1.0 only. TRUE (1), or FALSE with the error in
 // `porto_WSAGetLastError`.
 //
@@ -697,8 +766,8 @@ PORTO_RIO_BUFFERID porto_RIORegisterBuffer(char *data, uint32_t len);
 void porto_RIODeregisterBuffer(PORTO_RIO_BUFFERID id);
 
 // `RIOCreateCompletionQueue`: `size` entries (at most `PORTO_RIO_MAX_CQ_SIZE`); `n` NULL
-// (poll with `RIODequeueCompletion`) or an IOCP notification. `PORTO_RIO_INVALID_CQ` on
-// failure.
+// (poll with `RIODequeueCompletion`), an event or an IOCP notification (an unknown event
+// or port handle: `WSAEINVAL`). `PORTO_RIO_INVALID_CQ` on failure.
 //
 // # Safety
 // `n` is NULL or valid.
@@ -790,8 +859,10 @@ uint32_t porto_RIODequeueCompletion(PORTO_RIO_CQ cq, PORTO_RIORESULT *results, u
 // already does). 0, or the WSA error (`PORTO_WSAEINVAL`: no notification configured).
 int32_t porto_RIONotify(PORTO_RIO_CQ cq);
 
-// `RIOResizeCompletionQueue`: not supported yet — FALSE with `PORTO_WSAEOPNOTSUPP` (create
-// the queue at its largest size).
+// `RIOResizeCompletionQueue`: TRUE, the results waiting moved over; FALSE with
+// `PORTO_WSAETOOMANYREFS` below what its request queues may have outstanding or what is in
+// use (nothing changes), `PORTO_WSAEINVAL` for 0, above `PORTO_RIO_MAX_CQ_SIZE` or not a
+// queue. Any thread; completions into the queue wait for the move.
 int32_t porto_RIOResizeCompletionQueue(PORTO_RIO_CQ cq, uint32_t size);
 
 // `RIOResizeRequestQueue`: new maxima; FALSE with `PORTO_WSAETOOMANYREFS` below what is

@@ -707,7 +707,7 @@ fn rio_receive_send_and_notify() {
         },
     )
     .unwrap();
-    let ev = RioEvent::new();
+    let ev = RioEvent::new().unwrap();
     let cq = CompletionQueue::new(8, RioNotify::Event(ev.clone()));
     assert!(
         RequestQueue::new(sock.core(), &cq, 8, 8, 5).is_err(),
@@ -762,6 +762,69 @@ fn rio_receive_send_and_notify() {
         Some((other, Err(Error::Aborted)))
     );
     assert!(port.is_empty(), "RIO results never go to the socket's port");
+}
+
+/// RIOResizeCompletionQueue: growing makes room for bigger request queues; results waiting
+/// in the queue move over whole; shrinking below what its request queues may have
+/// outstanding, or below what is in use, is WSAETOOMANYREFS and changes nothing.
+#[test]
+fn rio_completion_queue_resizes_with_its_results_in_it() {
+    let engine = Engine::start(&small()).unwrap();
+    let h = engine.shard(0);
+    let sock = rio_udp(h);
+    let cq = CompletionQueue::new(4, RioNotify::None);
+    let mut rq = RequestQueue::new(sock.core(), &cq, 2, 2, 1).unwrap();
+    assert_eq!(
+        cq.resize(3),
+        Err(Error::TooManyRefs),
+        "its request queue may have 4 out"
+    );
+    assert_eq!(cq.resize(0), Err(Error::InvalidArgument));
+    assert_eq!(rq.resize(6, 2), Err(Error::NoBuffers), "8 do not fit 4 entries");
+    cq.resize(16).unwrap();
+    assert_eq!(cq.capacity(), 16);
+    rq.resize(6, 2).unwrap();
+    let segs = RegisteredBuffer::register(h, vec![0u8; 6 * 256], 256).unwrap();
+    for (t, seg) in segs.into_iter().enumerate() {
+        rq.receive(seg, t as u64, RioFlags::NONE).unwrap();
+    }
+    let client = StdUdp::bind(any(false)).unwrap();
+    let to = sock.local_addr().unwrap();
+    for i in 0..6u8 {
+        client.send_to(&[i; 10], to).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cq.len() < 6 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(cq.len(), 6, "six results wait in the queue");
+    rq.resize(2, 2).unwrap();
+    assert_eq!(cq.resize(5), Err(Error::TooManyRefs), "six results are waiting");
+    assert_eq!(cq.capacity(), 16, "a refused resize changes nothing");
+    cq.resize(6).unwrap();
+    let mut res = Vec::new();
+    assert_eq!(cq.dequeue(&mut res, 16), 6);
+    let mut got: Vec<(u64, u8)> = res.iter().map(|r| (r.token, r.buf[0])).collect();
+    got.sort_unstable();
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5]);
+    let mut firsts: Vec<u8> = got.iter().map(|g| g.1).collect();
+    firsts.sort_unstable();
+    assert_eq!(firsts, [0, 1, 2, 3, 4, 5], "each datagram in one result");
+    assert!(res.iter().all(|r| r.result == Ok(10)));
+    cq.resize(4).unwrap();
+    assert_eq!(cq.resize(3), Err(Error::TooManyRefs));
+    // The resized queue takes requests up to its new size.
+    let mut segs = RegisteredBuffer::register(h, vec![0u8; 512], 256).unwrap();
+    rq.receive(segs.pop().unwrap(), 10, RioFlags::NONE).unwrap();
+    rq.receive(segs.pop().unwrap(), 11, RioFlags::NONE).unwrap();
+    drop(rq);
+    drop(sock);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut ended = Vec::new();
+    while ended.len() < 2 && Instant::now() < deadline {
+        cq.dequeue(&mut ended, 4);
+    }
+    assert!(ended.iter().all(|r| r.result == Err(Error::Aborted)) && ended.len() == 2);
 }
 
 /// RIO as C code uses it: the application's own memory registered (`ExternalBuffer`), any
@@ -1834,7 +1897,7 @@ fn rio_dont_notify_completes_quietly_and_flags_combine() {
     let engine = Engine::start(&small()).unwrap();
     let h = engine.shard(0);
     let sock = rio_udp(h);
-    let ev = RioEvent::new();
+    let ev = RioEvent::new().unwrap();
     let cq = CompletionQueue::new(8, RioNotify::Event(ev.clone()));
     let mut rq = RequestQueue::new(sock.core(), &cq, 2, 2, 5).unwrap();
     let mut segs = RegisteredBuffer::register(h, vec![0u8; 4096], 1024).unwrap();

@@ -9,6 +9,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <cstdio>
 #include <cstring>
 
@@ -610,27 +611,37 @@ int main() {
         EXPECT(porto_WSAGetLastError() == PORTO_WSAENOBUFS); // 2 receives at most
         EXPECT(rio.RIOResizeRequestQueue(rq, 1, 2) == 0);
         EXPECT(porto_WSAGetLastError() == PORTO_WSAETOOMANYREFS); // 2 are out
-        EXPECT(rio.RIOResizeCompletionQueue(cq, 8) == 0);
-        EXPECT(porto_WSAGetLastError() == PORTO_WSAEOPNOTSUPP);
+        EXPECT(rio.RIOResizeCompletionQueue(cq, 3) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAETOOMANYREFS); // its request queue may have 4 out
+        EXPECT(rio.RIOResizeCompletionQueue(cq, PORTO_RIO_MAX_CQ_SIZE + 1) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
+        EXPECT(rio.RIOResizeRequestQueue(rq, 4, 4) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAENOBUFS); // 8 do not fit 4 entries
+        EXPECT(rio.RIOResizeCompletionQueue(cq, 8) == 1);
+        EXPECT(rio.RIOResizeRequestQueue(rq, 4, 4) == 1); // now they do
+        EXPECT(rio.RIOReceive(rq, &in3, 1, 0, (void *)13) == 1); // a third receive
+        EXPECT(rio.RIOResizeCompletionQueue(cq, 7) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAETOOMANYREFS);
 
         PORTO_RIORESULT res[4];
         EXPECT(rio.RIODequeueCompletion(cq + 1000, res, 4) == PORTO_RIO_CORRUPT_CQ);
         EXPECT(rio.RIODequeueCompletion(cq, nullptr, 4) == PORTO_RIO_CORRUPT_CQ);
         EXPECT(rio.RIODequeueCompletion(cq, res, 4) == 0);
-        // Closing the socket aborts both receives, once each, and frees its request queue.
+        // Closing the socket aborts the three receives, once each, and frees its request queue.
         EXPECT(porto_closesocket(r) == 0);
         uint32_t aborted = 0;
-        for (int round = 0; round < 200 && aborted < 2; round++) {
+        for (int round = 0; round < 200 && aborted < 3; round++) {
             uint32_t k = rio.RIODequeueCompletion(cq, res, 4);
             for (uint32_t i = 0; i < k && k != PORTO_RIO_CORRUPT_CQ; i++)
                 aborted += res[i].Status == PORTO_WSA_OPERATION_ABORTED && res[i].SocketContext == 5 &&
-                           (res[i].RequestContext == 11 || res[i].RequestContext == 12);
-            if (aborted < 2) {
+                           (res[i].RequestContext == 11 || res[i].RequestContext == 12 ||
+                            res[i].RequestContext == 13);
+            if (aborted < 3) {
                 uint32_t nn = 0;
                 porto_GetQueuedCompletionStatusEx(iocp, e, 4, &nn, 10, 0); // a 10 ms pause
             }
         }
-        EXPECT(aborted == 2);
+        EXPECT(aborted == 3);
         EXPECT(rio.RIODequeueCompletion(cq, res, 4) == 0); // nothing more
         EXPECT(rio.RIOReceive(rq, &in, 1, 0, nullptr) == 0);
         EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL); // the queue went with its socket
@@ -639,6 +650,86 @@ int main() {
         rio.RIODeregisterBuffer(buf);
         rio.RIODeregisterBuffer(buf);
         EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
+    }
+
+    // Event objects, and a RIO completion queue notifying one (RIO_EVENT_COMPLETION).
+    {
+        PORTO_WSAEVENT ev = porto_WSACreateEvent(), other = porto_WSACreateEvent();
+        EXPECT(ev != PORTO_WSA_INVALID_EVENT && other != PORTO_WSA_INVALID_EVENT);
+        PORTO_WSAEVENT both[2] = {ev, other};
+        EXPECT(porto_WSAWaitForMultipleEvents(2, both, 0, 0, 0) == PORTO_WSA_WAIT_TIMEOUT);
+        EXPECT(porto_WSASetEvent(other) == 1);
+        EXPECT(porto_WSAWaitForMultipleEvents(2, both, 0, 0, 0) == PORTO_WSA_WAIT_EVENT_0 + 1);
+        EXPECT(porto_WSAWaitForMultipleEvents(2, both, 1, 10, 0) == PORTO_WSA_WAIT_TIMEOUT); // ev is not set
+        EXPECT(porto_WSAWaitForMultipleEvents(0, both, 0, 0, 0) == PORTO_WSA_WAIT_FAILED);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSA_INVALID_PARAMETER);
+        PORTO_WSAEVENT bad[1] = {iocp};
+        EXPECT(porto_WSAWaitForMultipleEvents(1, bad, 0, 0, 0) == PORTO_WSA_WAIT_FAILED);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSA_INVALID_HANDLE); // a port is no event
+        EXPECT(porto_WSAWaitForMultipleEvents(1, nullptr, 0, 0, 0) == PORTO_WSA_WAIT_FAILED);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEFAULT);
+        EXPECT(porto_WSAResetEvent(other) == 1);
+        EXPECT(porto_WaitForSingleObject(other, 0) == (uint32_t)PORTO_WAIT_TIMEOUT);
+        int fd = porto_WSAEventFd(ev);
+        EXPECT(fd >= 0 && porto_WSAEventFd(iocp) == -1);
+
+        PORTO_SOCKET r = porto_WSASocket(AF_INET6, SOCK_DGRAM, 0, nullptr, 0, PORTO_WSA_FLAG_REGISTERED_IO);
+        sockaddr_in6 a6;
+        std::memset(&a6, 0, sizeof a6);
+        a6.sin6_family = AF_INET6;
+        a6.sin6_addr = in6addr_loopback;
+        EXPECT(porto_bind(r, reinterpret_cast<sockaddr *>(&a6), sizeof a6) == 0);
+        int alen = sizeof a6;
+        EXPECT(porto_getsockname(r, reinterpret_cast<sockaddr *>(&a6), &alen) == 0);
+        PORTO_RIO_EXTENSION_FUNCTION_TABLE rio;
+        PORTO_GUID id = PORTO_WSAID_MULTIPLE_RIO;
+        uint32_t got = 0;
+        EXPECT(porto_WSAIoctl(r, PORTO_SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER, &id, sizeof id, &rio, sizeof rio,
+                              &got, nullptr, nullptr) == 0);
+        static char mem[2048];
+        PORTO_RIO_BUFFERID buf = rio.RIORegisterBuffer(mem, sizeof mem);
+        PORTO_RIO_NOTIFICATION_COMPLETION n;
+        std::memset(&n, 0, sizeof n);
+        n.Type = PORTO_RIO_EVENT_COMPLETION;
+        n.Event.EventHandle = iocp; // not an event
+        EXPECT(rio.RIOCreateCompletionQueue(8, &n) == PORTO_RIO_INVALID_CQ);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
+        n.Event.EventHandle = ev;
+        n.Event.NotifyReset = 1;
+        PORTO_RIO_CQ cq = rio.RIOCreateCompletionQueue(8, &n);
+        EXPECT(cq != PORTO_RIO_INVALID_CQ);
+        PORTO_RIO_RQ rq = rio.RIOCreateRequestQueue(r, 2, 1, 2, 1, cq, cq, (void *)9);
+        PORTO_RIO_BUF in = {buf, 0, 1024};
+        EXPECT(rio.RIOReceive(rq, &in, 1, 0, (void *)21) == 1);
+        EXPECT(porto_WSASetEvent(ev) == 1);
+        EXPECT(rio.RIONotify(cq) == 0); // NotifyReset: the event is reset here
+        EXPECT(porto_WaitForSingleObject(ev, 0) == (uint32_t)PORTO_WAIT_TIMEOUT);
+        // A datagram from a plain kernel socket sets the event; its fd turns readable too.
+        PORTO_SOCKET tx = porto_WSASocket(AF_INET6, SOCK_DGRAM, 0, nullptr, 0, 0);
+        PORTO_HANDLE txp = porto_CreateIoCompletionPort(PORTO_INVALID_HANDLE_VALUE, 0, 0, 1);
+        EXPECT(porto_CreateIoCompletionPort(tx, txp, 1, 0) == txp);
+        unsigned char hello[] = "event";
+        PORTO_WSABUF hb = {5, hello};
+        PORTO_OVERLAPPED sov;
+        std::memset(&sov, 0, sizeof sov);
+        uint32_t sent = 0;
+        int rc = porto_WSASendTo(tx, &hb, 1, &sent, 0, reinterpret_cast<sockaddr *>(&a6), sizeof a6, &sov, nullptr);
+        EXPECT(rc == 0 || porto_WSAGetLastError() == PORTO_WSA_IO_PENDING);
+        EXPECT(porto_WSAWaitForMultipleEvents(1, &ev, 0, 5000, 0) == PORTO_WSA_WAIT_EVENT_0);
+        pollfd pf = {fd, POLLIN, 0};
+        EXPECT(poll(&pf, 1, 0) == 1);
+        PORTO_RIORESULT res[2];
+        EXPECT(rio.RIODequeueCompletion(cq, res, 2) == 1);
+        EXPECT(res[0].Status == 0 && res[0].BytesTransferred == 5 && res[0].RequestContext == 21 &&
+               res[0].SocketContext == 9 && std::memcmp(mem, "event", 5) == 0);
+        EXPECT(rio.RIONotify(cq) == 0); // resets it again; nothing is queued
+        EXPECT(porto_WaitForSingleObject(ev, 20) == (uint32_t)PORTO_WAIT_TIMEOUT);
+        EXPECT(porto_closesocket(tx) == 0 && porto_CloseHandle(txp) == 1);
+        EXPECT(porto_closesocket(r) == 0);
+        rio.RIOCloseCompletionQueue(cq);
+        rio.RIODeregisterBuffer(buf);
+        EXPECT(porto_WSACloseEvent(ev) == 1 && porto_CloseHandle(other) == 1);
+        EXPECT(porto_WSACloseEvent(ev) == 0 && porto_WSAGetLastError() == PORTO_WSA_INVALID_HANDLE);
     }
 
     EXPECT(porto_CloseHandle(iocp) == 1);

@@ -63,7 +63,9 @@ pub struct PORTO_RIORESULT {
     pub RequestContext: u64,
 }
 
-/// The `Event` member of `RIO_NOTIFICATION_COMPLETION` (not supported: use `Iocp`).
+/// The `Event` member of `RIO_NOTIFICATION_COMPLETION`: after `RIONotify`, `EventHandle`
+/// (from `porto_WSACreateEvent`) is set when a result is there; `NotifyReset` non-zero:
+/// `RIONotify` resets it first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PORTO_RIO_NOTIFICATION_EVENT {
@@ -86,7 +88,8 @@ pub struct PORTO_RIO_NOTIFICATION_IOCP {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PORTO_RIO_NOTIFICATION_COMPLETION {
-    /// `PORTO_RIO_IOCP_COMPLETION` (`PORTO_RIO_EVENT_COMPLETION` is refused).
+    /// `PORTO_RIO_EVENT_COMPLETION` (reads `Event`) or `PORTO_RIO_IOCP_COMPLETION` (reads
+    /// `Iocp`).
     pub Type: i32,
     pub Event: PORTO_RIO_NOTIFICATION_EVENT,
     pub Iocp: PORTO_RIO_NOTIFICATION_IOCP,
@@ -372,8 +375,8 @@ pub extern "C" fn porto_RIODeregisterBuffer(id: PORTO_RIO_BUFFERID) {
 }
 
 /// `RIOCreateCompletionQueue`: `size` entries (at most `PORTO_RIO_MAX_CQ_SIZE`); `n` NULL
-/// (poll with `RIODequeueCompletion`) or an IOCP notification. `PORTO_RIO_INVALID_CQ` on
-/// failure.
+/// (poll with `RIODequeueCompletion`), an event or an IOCP notification (an unknown event
+/// or port handle: `WSAEINVAL`). `PORTO_RIO_INVALID_CQ` on failure.
 ///
 /// # Safety
 /// `n` is NULL or valid.
@@ -389,6 +392,10 @@ pub unsafe extern "C" fn porto_RIOCreateCompletionQueue(
             // SAFETY: non-NULL and valid (the caller's contract).
             let n = unsafe { &*n };
             match n.Type {
+                PORTO_RIO_EVENT_COMPLETION => Notify::Event {
+                    event: n.Event.EventHandle,
+                    reset: n.Event.NotifyReset != 0,
+                },
                 PORTO_RIO_IOCP_COMPLETION => Notify::Iocp {
                     port: n.Iocp.IocpHandle,
                     key: n.Iocp.CompletionKey as u64,
@@ -668,12 +675,13 @@ pub extern "C" fn porto_RIONotify(cq: PORTO_RIO_CQ) -> i32 {
     }
 }
 
-/// `RIOResizeCompletionQueue`: not supported yet — FALSE with `PORTO_WSAEOPNOTSUPP` (create
-/// the queue at its largest size).
+/// `RIOResizeCompletionQueue`: TRUE, the results waiting moved over; FALSE with
+/// `PORTO_WSAETOOMANYREFS` below what its request queues may have outstanding or what is in
+/// use (nothing changes), `PORTO_WSAEINVAL` for 0, above `PORTO_RIO_MAX_CQ_SIZE` or not a
+/// queue. Any thread; completions into the queue wait for the move.
 #[no_mangle]
 pub extern "C" fn porto_RIOResizeCompletionQueue(cq: PORTO_RIO_CQ, size: u32) -> i32 {
-    let _ = (cq, size);
-    guard(0, || Err(Wsa(PORTO_WSAEOPNOTSUPP)))
+    guard(0, || rio::resize_cq(cq, size).map(|()| 1))
 }
 
 /// `RIOResizeRequestQueue`: new maxima; FALSE with `PORTO_WSAETOOMANYREFS` below what is

@@ -17,6 +17,25 @@ pub const PORTO_INFINITE: u32 = 0xFFFF_FFFF;
 
 pub const PORTO_ERROR_INVALID_HANDLE: i32 = 6;
 pub const PORTO_WAIT_TIMEOUT: i32 = 258;
+/// `ERROR_INVALID_PARAMETER` (`WSA_INVALID_PARAMETER`).
+pub const PORTO_WSA_INVALID_PARAMETER: i32 = 87;
+/// `WSA_INVALID_HANDLE`: not an event handle.
+pub const PORTO_WSA_INVALID_HANDLE: i32 = 6;
+
+/// `WSAEVENT`: a handle from `porto_WSACreateEvent`.
+pub type PORTO_WSAEVENT = u64;
+/// `WSA_INVALID_EVENT`: what `porto_WSACreateEvent` returns on failure.
+pub const PORTO_WSA_INVALID_EVENT: PORTO_WSAEVENT = 0;
+/// `WSAWaitForMultipleEvents`' results: `WSA_WAIT_EVENT_0 + i`, `WSA_WAIT_TIMEOUT`,
+/// `WSA_WAIT_FAILED` (the reason in `porto_WSAGetLastError`).
+pub const PORTO_WSA_WAIT_EVENT_0: u32 = 0;
+pub const PORTO_WSA_WAIT_TIMEOUT: u32 = 258;
+pub const PORTO_WSA_WAIT_FAILED: u32 = 0xFFFF_FFFF;
+/// Most events one `WSAWaitForMultipleEvents` takes.
+pub const PORTO_WSA_MAXIMUM_WAIT_EVENTS: u32 = 64;
+/// `WaitForSingleObject`'s results.
+pub const PORTO_WAIT_OBJECT_0: u32 = 0;
+pub const PORTO_WAIT_FAILED: u32 = 0xFFFF_FFFF;
 pub const PORTO_WSA_OPERATION_ABORTED: i32 = 995;
 pub const PORTO_WSA_IO_PENDING: i32 = 997;
 pub const PORTO_WSAEACCES: i32 = 10013;
@@ -73,8 +92,7 @@ pub const PORTO_RIO_MSG_DEFER: u32 = 0x2;
 pub const PORTO_RIO_MSG_WAITALL: u32 = 0x4;
 pub const PORTO_RIO_MSG_COMMIT_ONLY: u32 = 0x8;
 
-/// `RIO_NOTIFICATION_COMPLETION_TYPE`. Event notification is not supported (use the IOCP one,
-/// or poll `RIODequeueCompletion`).
+/// `RIO_NOTIFICATION_COMPLETION_TYPE`.
 pub const PORTO_RIO_EVENT_COMPLETION: i32 = 1;
 pub const PORTO_RIO_IOCP_COMPLETION: i32 = 2;
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::codes::*;
 use crate::state::{self, Obj, ObjRef, Wsa};
-use porto::rio::{CompletionQueue, ExternalBuffer, RequestQueue, RioBuf, RioFlags, RioNotify, RioResult};
+use porto::rio::{CompletionQueue, ExternalBuffer, RequestQueue, RioBuf, RioEvent, RioFlags, RioNotify, RioResult};
 
 /// Entries a completion queue may hold (Windows allows more; each entry is preallocated).
 pub(crate) const CQ_MAX: u32 = 1 << 20;
@@ -55,6 +55,8 @@ pub(crate) struct Cq {
     slab: Mutex<Slab>,
     /// Created with a notification (else `RIONotify` is `WSAEINVAL`, as on Windows).
     notifies: bool,
+    /// `RIO_EVENT_COMPLETION` with `NotifyReset`: `RIONotify` resets this event first.
+    reset_on_notify: Option<RioEvent>,
 }
 
 impl Cq {
@@ -103,6 +105,11 @@ pub(crate) enum Notify {
         key: u64,
         token: u64,
     },
+    /// `RIO_EVENT_COMPLETION`: sets event `event`; `reset`: `RIONotify` resets it first.
+    Event {
+        event: u64,
+        reset: bool,
+    },
 }
 
 /// `RIOCreateCompletionQueue`.
@@ -114,8 +121,14 @@ pub(crate) fn create_cq(size: u32, notify: Notify) -> Result<u64, Wsa> {
         return Err(Wsa(PORTO_WSAENOBUFS));
     }
     let notifies = !matches!(notify, Notify::None);
+    let mut reset_on_notify = None;
     let notify = match notify {
         Notify::None => RioNotify::None,
+        Notify::Event { event, reset } => {
+            let e = crate::event::event(event).map_err(|_| Wsa(PORTO_WSAEINVAL))?;
+            reset_on_notify = reset.then(|| e.clone());
+            RioNotify::Event(e)
+        }
         Notify::Iocp { port, key, token } => RioNotify::Port {
             port: state::port(port).map_err(|_| Wsa(PORTO_WSAEINVAL))?.port.clone(),
             key,
@@ -129,6 +142,7 @@ pub(crate) fn create_cq(size: u32, notify: Notify) -> Result<u64, Wsa> {
             free: (0..size).rev().collect(),
         }),
         notifies,
+        reset_on_notify,
     })))
 }
 
@@ -166,6 +180,27 @@ pub(crate) fn create_rq(sock: u64, recv: (u32, u64), send: (u32, u64), ctx: u64)
         })
     })?;
     state::insert(Obj::Rq(Arc::new(made)))
+}
+
+/// `RIOResizeCompletionQueue`: above `PORTO_RIO_MAX_CQ_SIZE` or 0 `WSAEINVAL`, below what
+/// its request queues may have outstanding or what is in use `WSAETOOMANYREFS`.
+pub(crate) fn resize_cq(h: u64, size: u32) -> Result<(), Wsa> {
+    let c = cq(h)?;
+    if size == 0 || size > CQ_MAX {
+        return Err(Wsa(PORTO_WSAEINVAL));
+    }
+    {
+        // The per-request records grow first (a request may claim the new room at once);
+        // they never shrink (those in use may sit anywhere in the slab).
+        let mut slab = c.slab();
+        let had = slab.entries.len();
+        if (size as usize) > had {
+            slab.entries.resize(size as usize, None);
+            // `had` < size <= CQ_MAX: both fit a u32.
+            slab.free.extend((had as u32..size).rev());
+        }
+    }
+    c.cq.resize(size as usize).map_err(Wsa::from)
 }
 
 /// `RIOResizeRequestQueue`.
@@ -273,6 +308,9 @@ pub(crate) fn notify(h: u64) -> Result<(), Wsa> {
     let c = cq(h)?;
     if !c.notifies {
         return Err(Wsa(PORTO_WSAEINVAL));
+    }
+    if let Some(e) = &c.reset_on_notify {
+        e.reset();
     }
     c.cq.notify();
     Ok(())

@@ -237,6 +237,8 @@ pub(crate) enum Obj {
     Cq(Arc<crate::rio::Cq>),
     Rq(Arc<crate::rio::Rq>),
     Qos(Arc<crate::qos::Qos>),
+    /// `WSACreateEvent`.
+    Event(porto::rio::RioEvent),
 }
 
 #[derive(Debug, Default)]
@@ -329,6 +331,7 @@ pub(crate) fn get(h: u64) -> Result<Option<ObjRef>, Wsa> {
         Obj::Buffer(b) => ObjRef::Buffer(b.clone()),
         Obj::Cq(c) => ObjRef::Cq(c.clone()),
         Obj::Rq(r) => ObjRef::Rq(r.clone()),
+        Obj::Event(e) => ObjRef::Event(e.clone()),
     }))
 }
 
@@ -340,6 +343,7 @@ pub(crate) enum ObjRef {
     Buffer(Arc<crate::rio::Registered>),
     Cq(Arc<crate::rio::Cq>),
     Rq(Arc<crate::rio::Rq>),
+    Event(porto::rio::RioEvent),
 }
 
 /// Removes handle `h` if `is` accepts its object; `bad` otherwise.
@@ -703,7 +707,11 @@ pub(crate) fn close_socket(h: u64) -> Result<(), Wsa> {
 
 /// `CloseHandle(port)`: sockets associated with it keep it alive until they close.
 pub(crate) fn close_handle(h: u64) -> Result<(), Wsa> {
-    remove(h, |o| matches!(o, Obj::Port(_)), PORTO_ERROR_INVALID_HANDLE)
+    remove(
+        h,
+        |o| matches!(o, Obj::Port(_) | Obj::Event(_)),
+        PORTO_ERROR_INVALID_HANDLE,
+    )
 }
 
 /// `PostQueuedCompletionStatus`.

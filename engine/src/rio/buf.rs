@@ -9,9 +9,10 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
-use std::time::Duration;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, Weak};
+use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
@@ -20,6 +21,7 @@ use crate::driver::Driver;
 use crate::error::Error;
 use crate::port::CompletionPort;
 use crate::sync::{ShardWaker, WakeFlag};
+use crate::sys::net;
 
 const UNREGISTERED: u32 = u32::MAX;
 
@@ -359,33 +361,100 @@ pub struct RioResult {
     pub zero_copy: Option<bool>,
 }
 
-/// A manual-reset event for [`RioNotify::Event`].
-#[derive(Clone, Debug, Default)]
-pub struct RioEvent(Arc<(Mutex<bool>, Condvar)>);
+/// A manual-reset event (WSAEVENT) for [`RioNotify::Event`]: an eventfd, readable while
+/// set, so besides [`wait`](RioEvent::wait) it can be put in poll/epoll with the
+/// application's other descriptors ([`AsRawFd`]). Clones share the event.
+#[derive(Clone, Debug)]
+pub struct RioEvent(Arc<OwnedFd>);
 
 impl RioEvent {
-    pub fn new() -> RioEvent {
-        RioEvent::default()
+    /// WSACreateEvent: a new event, not set. Fails only when no descriptor can be had
+    /// (EMFILE/ENFILE: raise `ulimit -n`).
+    pub fn new() -> Result<RioEvent, Error> {
+        Ok(RioEvent(Arc::new(net::eventfd_nonblocking()?)))
     }
 
-    fn set(&self) {
-        *self.0 .0.lock().expect("event lock poisoned") = true;
-        self.0 .1.notify_all();
+    /// WSASetEvent: set until reset; wakes every waiter.
+    pub fn set(&self) {
+        net::eventfd_signal(self.0.as_raw_fd());
+    }
+
+    /// WSAResetEvent.
+    pub fn reset(&self) {
+        net::eventfd_drain(self.0.as_raw_fd());
+    }
+
+    /// Whether it is set now.
+    pub fn is_set(&self) -> bool {
+        net::poll_one(self.0.as_raw_fd(), libc::POLLIN, 0).unwrap_or(false)
     }
 
     /// Waits until set (true) or `timeout` passes (false). Does not reset.
     pub fn wait(&self, timeout: Duration) -> bool {
-        let g = self.0 .0.lock().expect("event lock poisoned");
-        let (g, _) = self
-            .0
-             .1
-            .wait_timeout_while(g, timeout, |set| !*set)
-            .expect("event lock poisoned");
-        *g
+        matches!(RioEvent::wait_many(&[self], false, Some(timeout)), Ok(Some(0)))
     }
 
-    pub fn reset(&self) {
-        *self.0 .0.lock().expect("event lock poisoned") = false;
+    /// WSAWaitForMultipleEvents: waits up to `timeout` (None: for ever) until one of `events`
+    /// is set (`all` false: the lowest index set), or all are (`all` true: `Some(0)`, each
+    /// seen set and then all set together in one last look); `None` on timeout. Resets
+    /// nothing (manual-reset events).
+    pub fn wait_many(events: &[&RioEvent], all: bool, timeout: Option<Duration>) -> Result<Option<usize>, Error> {
+        if events.is_empty() {
+            return Err(Error::InvalidArgument);
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut fds: Vec<libc::pollfd> = events
+            .iter()
+            .map(|e| libc::pollfd {
+                fd: e.0.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        loop {
+            let ms = match deadline {
+                None => -1,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    // Rounded up, so a wait never ends early; capped at i32::MAX ms.
+                    i32::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX)
+                }
+            };
+            let ready = net::poll_many(&mut fds, ms)?;
+            if !all {
+                if ready > 0 {
+                    return Ok(fds.iter().position(|p| p.revents & libc::POLLIN != 0));
+                }
+            } else {
+                // Those seen set leave the wait (their fd negated: poll skips it); when none
+                // is left, one look at all of them together decides.
+                for p in fds.iter_mut().filter(|p| p.revents & libc::POLLIN != 0) {
+                    p.fd = !p.fd;
+                }
+                if fds.iter().all(|p| p.fd < 0) {
+                    for (p, e) in fds.iter_mut().zip(events) {
+                        p.fd = e.0.as_raw_fd();
+                    }
+                    if net::poll_many(&mut fds, 0)? == fds.len() {
+                        return Ok(Some(0));
+                    }
+                    for p in fds.iter_mut().filter(|p| p.revents & libc::POLLIN != 0) {
+                        p.fd = !p.fd;
+                    }
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+impl AsRawFd for RioEvent {
+    /// The eventfd: readable while the event is set. Read it only through
+    /// [`reset`](RioEvent::reset).
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
     }
 }
 
@@ -450,27 +519,62 @@ impl Notifier {
 }
 
 pub(crate) struct CqShared {
-    pub(crate) queue: ArrayQueue<RioResult>,
-    pub(crate) reserved: AtomicUsize,
-    /// Requests issued on this queue's request queues and not yet dequeued (in flight,
-    /// deferred, or waiting in `queue`): at most the capacity, so a result always has room.
-    pub(crate) in_use: AtomicUsize,
+    /// The results. Pushes (shard threads) and pops (the application) take the read side;
+    /// only [`CompletionQueue::resize`] takes the write side, to move them into a new ring.
+    pub(crate) queue: RwLock<ArrayQueue<RioResult>>,
+    /// The capacity (high 32 bits) and the entries in use (low 32 bits: requests issued on
+    /// this queue's request queues and not yet dequeued — in flight, deferred, or waiting in
+    /// `queue`). One word, so a claim and a resize can never cross: in use never exceeds the
+    /// capacity, so a result always has room.
+    room: AtomicU64,
+    /// The sum of its request queues' maxima (at most the capacity). Changed only under this
+    /// lock — creating, resizing or dropping a request queue, resizing this queue — so a
+    /// reservation and a shrink can never cross either.
+    pub(crate) reserved: Mutex<usize>,
     pub(crate) notifier: Notifier,
 }
 
+const USED: u64 = u32::MAX as u64;
+
 impl CqShared {
+    fn read(&self) -> RwLockReadGuard<'_, ArrayQueue<RioResult>> {
+        self.queue.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn reserved(&self) -> MutexGuard<'_, usize> {
+        self.reserved.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Entries it holds.
+    pub(crate) fn capacity(&self) -> usize {
+        (self.room.load(Ordering::Acquire) >> 32) as usize
+    }
+
+    /// Results waiting to be dequeued.
+    pub(crate) fn len(&self) -> usize {
+        self.read().len()
+    }
+
     /// Claims room for one more request's result; false when every entry is spoken for
     /// (results the application has not dequeued yet hold theirs).
     pub(crate) fn claim(&self) -> bool {
-        let cap = self.queue.capacity();
-        self.in_use
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1))
+        self.room
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                ((w & USED) < (w >> 32)).then_some(w + 1)
+            })
             .is_ok()
     }
 
-    /// Gives back a claim whose request never went out.
-    pub(crate) fn unclaim(&self) {
-        self.in_use.fetch_sub(1, Ordering::AcqRel);
+    /// Gives back `n` claims (results dequeued, or requests that never went out).
+    pub(crate) fn unclaim(&self, n: usize) {
+        self.room.fetch_sub(n as u64, Ordering::AcqRel);
+    }
+
+    /// Queues a result whose room was claimed.
+    pub(crate) fn push(&self, r: RioResult) {
+        if self.read().push(r).is_err() {
+            unreachable!("RIO completion queue overflow despite the claim made at issue");
+        }
     }
 }
 
@@ -483,22 +587,28 @@ pub struct CompletionQueue {
 impl fmt::Debug for CompletionQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CompletionQueue")
-            .field("queued", &self.shared.queue.len())
+            .field("queued", &self.shared.len())
+            .field("capacity", &self.shared.capacity())
             .finish()
     }
 }
 
 impl CompletionQueue {
+    /// RIOCreateCompletionQueue: `capacity` entries, preallocated.
     ///
     /// # Panics
-    /// If `capacity` is 0 (a programmer error: such a queue could never hold a result).
+    /// If `capacity` is 0 or above `u32::MAX` (a programmer error: the first could never
+    /// hold a result; RIO's own limit, `RIO_CQ_MAX_SIZE`, is far below the second).
     pub fn new(capacity: usize, notify: RioNotify) -> CompletionQueue {
-        assert!(capacity > 0, "completion queue capacity must be positive");
+        assert!(
+            capacity > 0 && capacity <= u32::MAX as usize,
+            "completion queue capacity must be in 1..=u32::MAX"
+        );
         CompletionQueue {
             shared: Arc::new(CqShared {
-                queue: ArrayQueue::new(capacity),
-                reserved: AtomicUsize::new(0),
-                in_use: AtomicUsize::new(0),
+                queue: RwLock::new(ArrayQueue::new(capacity)),
+                room: AtomicU64::new((capacity as u64) << 32),
+                reserved: Mutex::new(0),
                 notifier: Notifier::new(notify, OpKind::RioNotify),
             }),
         }
@@ -507,28 +617,69 @@ impl CompletionQueue {
     /// RIODequeueCompletion: appends up to `max` results to `out`; never blocks.
     pub fn dequeue(&self, out: &mut Vec<RioResult>, max: usize) -> usize {
         let mut n = 0;
-        while n < max {
-            let Some(r) = self.shared.queue.pop() else { break };
-            out.push(r);
-            n += 1;
+        {
+            let q = self.shared.read();
+            while n < max {
+                let Some(r) = q.pop() else { break };
+                out.push(r);
+                n += 1;
+            }
         }
         if n > 0 {
-            self.shared.in_use.fetch_sub(n, Ordering::AcqRel);
+            self.shared.unclaim(n);
         }
         n
     }
 
+    /// RIOResizeCompletionQueue: `capacity` entries from now on, the results waiting moved
+    /// over in order. Smaller than what its request queues may have outstanding (the sum of
+    /// their maxima) or than what is in use now: `TooManyRefs` (WSAETOOMANYREFS), and nothing
+    /// changes; 0 or above `u32::MAX`: `InvalidArgument`. Shard threads completing into the
+    /// queue wait for the move (it is not a fast-path call).
+    pub fn resize(&self, capacity: usize) -> Result<(), Error> {
+        if capacity == 0 || capacity > u32::MAX as usize {
+            return Err(Error::InvalidArgument);
+        }
+        let sh = &self.shared;
+        let reserved = sh.reserved();
+        if capacity < *reserved {
+            return Err(Error::TooManyRefs);
+        }
+        let mut q = sh.queue.write().unwrap_or_else(|e| e.into_inner());
+        sh.room
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                ((w & USED) as usize <= capacity).then_some(((capacity as u64) << 32) | (w & USED))
+            })
+            .map_err(|_| Error::TooManyRefs)?;
+        if q.capacity() != capacity {
+            let fresh = ArrayQueue::new(capacity);
+            while let Some(r) = q.pop() {
+                // What is queued is in use, and in use fits the new capacity.
+                if fresh.push(r).is_err() {
+                    unreachable!("resized completion queue smaller than its results");
+                }
+            }
+            *q = fresh;
+        }
+        Ok(())
+    }
+
+    /// Entries it holds (RIOCreateCompletionQueue's size, or the last resize's).
+    pub fn capacity(&self) -> usize {
+        self.shared.capacity()
+    }
+
     /// RIONotify: signal once when a completion is (or already is) queued.
     pub fn notify(&self) {
-        self.shared.notifier.arm(|| self.shared.queue.len());
+        self.shared.notifier.arm(|| self.shared.len());
     }
 
     pub fn len(&self) -> usize {
-        self.shared.queue.len()
+        self.shared.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.shared.queue.is_empty()
+        self.shared.len() == 0
     }
 }
 
@@ -562,7 +713,7 @@ impl Drop for RqShared {
     fn drop(&mut self) {
         for kind in [RioKind::Receive, RioKind::Send] {
             let n = self.reserved(kind).load(Ordering::Acquire);
-            self.cq(kind).reserved.fetch_sub(n, Ordering::AcqRel);
+            *self.cq(kind).reserved() -= n;
         }
     }
 }
@@ -633,12 +784,10 @@ impl RioOp {
             zero_copy: zc,
         };
         let cq = rq.cq(kind);
-        if cq.queue.push(r).is_err() {
-            unreachable!("RIO completion queue overflow despite the claim made at issue");
-        }
+        cq.push(r);
         out.fetch_sub(1, Ordering::AcqRel);
         if !quiet {
-            cq.notifier.pushed(|| cq.queue.len());
+            cq.notifier.pushed(|| cq.len());
         }
     }
 }
@@ -646,5 +795,51 @@ impl RioOp {
 impl fmt::Debug for RqShared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RqShared").field("key", &self.key).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RioEvent;
+    use std::time::Duration;
+
+    #[test]
+    fn an_event_is_manual_reset_and_waits_for_any_or_all() {
+        let (a, b) = (RioEvent::new().unwrap(), RioEvent::new().unwrap());
+        assert!(!a.is_set());
+        let short = Some(Duration::from_millis(20));
+        assert_eq!(
+            RioEvent::wait_many(&[&a, &b], false, short).unwrap(),
+            None,
+            "neither set"
+        );
+        b.set();
+        b.set();
+        assert!(b.is_set() && b.is_set(), "a wait does not reset it");
+        assert_eq!(RioEvent::wait_many(&[&a, &b], false, short).unwrap(), Some(1));
+        assert_eq!(
+            RioEvent::wait_many(&[&a, &b], true, short).unwrap(),
+            None,
+            "a is not set"
+        );
+        // `all` ends when the last one is set, from another thread.
+        let a2 = a.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            a2.set();
+        });
+        assert_eq!(
+            RioEvent::wait_many(&[&a, &b], true, Some(Duration::from_secs(10))).unwrap(),
+            Some(0)
+        );
+        t.join().unwrap();
+        b.reset();
+        assert!(
+            !b.is_set() && a.is_set(),
+            "reset clears one event, however often it was set"
+        );
+        assert!(!b.wait(Duration::from_millis(10)));
+        assert!(a.wait(Duration::from_millis(10)));
+        assert!(RioEvent::wait_many(&[], false, short).is_err());
     }
 }

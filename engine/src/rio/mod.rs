@@ -84,20 +84,17 @@ impl Drop for RequestQueue {
 /// Reserves `n` more entries of the completion queue `cqs` (its capacity bounds the sum of
 /// its request queues' maxima, so results can never overflow it).
 fn reserve(cqs: &CqShared, n: usize) -> Result<(), Error> {
-    let mut cur = cqs.reserved.load(Ordering::Acquire);
-    loop {
-        let next = cur
-            .checked_add(n)
-            .filter(|&t| t <= cqs.queue.capacity())
-            .ok_or(Error::NoBuffers)?;
-        match cqs
-            .reserved
-            .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => return Ok(()),
-            Err(c) => cur = c,
-        }
-    }
+    let mut reserved = cqs.reserved();
+    *reserved = reserved
+        .checked_add(n)
+        .filter(|&t| t <= cqs.capacity())
+        .ok_or(Error::NoBuffers)?;
+    Ok(())
+}
+
+/// Gives back `n` entries reserved in `cqs`.
+fn release(cqs: &CqShared, n: usize) {
+    *cqs.reserved() -= n;
 }
 
 /// A RIO request queue on one socket, with fixed maximum outstanding receives and sends.
@@ -142,7 +139,7 @@ impl RequestQueue {
         let (rcq, scq) = (&recv_cq.shared, &send_cq.shared);
         reserve(rcq, max_recv as usize)?;
         if let Err(e) = reserve(scq, max_send as usize) {
-            rcq.reserved.fetch_sub(max_recv as usize, Ordering::AcqRel);
+            release(rcq, max_recv as usize);
             return Err(e);
         }
         // u32 + u32 cannot wrap a 64-bit usize.
@@ -183,7 +180,7 @@ impl RequestQueue {
             if need > had {
                 if let Err(e) = reserve(self.rq.cq(kind), need - had) {
                     if let Some((k, n)) = grown {
-                        self.rq.cq(k).reserved.fetch_sub(n, Ordering::AcqRel);
+                        release(self.rq.cq(k), n);
                     }
                     return Err(e);
                 }
@@ -193,7 +190,7 @@ impl RequestQueue {
         for (kind, need) in kinds {
             let had = self.rq.reserved(kind).swap(need, Ordering::AcqRel);
             if need < had {
-                self.rq.cq(kind).reserved.fetch_sub(had - need, Ordering::AcqRel);
+                release(self.rq.cq(kind), had - need);
             }
         }
         (self.max_recv, self.max_send) = (max_recv, max_send);
@@ -271,7 +268,7 @@ impl RequestQueue {
                 RioKind::Send => &self.rq.send_out,
             };
             out.fetch_sub(1, Ordering::AcqRel);
-            self.rq.cq(op.kind).unclaim();
+            self.rq.cq(op.kind).unclaim(1);
             (e, op.buf)
         })
     }

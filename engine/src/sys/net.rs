@@ -282,7 +282,6 @@ pub(crate) fn connect_wait(fd: RawFd, addr: &SocketAddr, timeout_ms: i32) -> io:
     }
 }
 
-/// Waits for `events` on `fd`; `Ok(false)` on timeout.
 /// poll(2) over `fds` (retried on EINTR): how many have events.
 pub(crate) fn poll_many(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
     loop {
@@ -316,6 +315,7 @@ pub(crate) fn accept(fd: RawFd) -> io::Result<(OwnedFd, Option<SocketAddr>)> {
     Ok((owned, from_raw(&storage, len)))
 }
 
+/// Waits for `events` on `fd`; `Ok(false)` on timeout.
 pub(crate) fn poll_one(fd: RawFd, events: libc::c_short, timeout_ms: i32) -> io::Result<bool> {
     let mut p = libc::pollfd { fd, events, revents: 0 };
     loop {
@@ -606,7 +606,6 @@ pub(crate) fn parse_cmsgs(mut b: &[u8]) -> Cmsgs {
     out
 }
 
-/// An eventfd used to wake a sleeping shard.
 /// The soft RLIMIT_MEMLOCK in bytes, `None` if unlimited (or unreadable).
 pub(crate) fn memlock_limit() -> Option<u64> {
     let mut r = libc::rlimit {
@@ -628,6 +627,22 @@ pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })?;
     // SAFETY: fresh fd, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A non-blocking eventfd for an event object (WSAEVENT): readable while set, so it can be
+/// waited on with poll/epoll; [`eventfd_drain`] resets it without blocking.
+pub(crate) fn eventfd_nonblocking() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd(2) takes no pointers.
+    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    // SAFETY: fresh fd, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Resets a non-blocking eventfd: one read takes the whole counter (EAGAIN: it was not set).
+pub(crate) fn eventfd_drain(fd: RawFd) {
+    let mut v: u64 = 0;
+    // SAFETY: reads at most 8 bytes into a live u64.
+    unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
 }
 
 pub(crate) fn eventfd_signal(fd: RawFd) {
