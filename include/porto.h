@@ -703,8 +703,10 @@ int32_t porto_QOSRemoveSocketFromFlow(PORTO_HANDLE handle,
                                       uint32_t flags);
 
 // `QOSSetFlow`: `PORTO_QOSSetTrafficType` (a `u32`/`i32` traffic type in `buffer`) or
-// `PORTO_QOSSetOutgoingRate` (a `PORTO_QOS_FLOWRATE_OUTGOING`; bandwidth 0 stops shaping).
-// `PORTO_QOSSetOutgoingDSCPValue` is `PORTO_WSAEOPNOTSUPP` (a class's DSCP is its table's).
+// `PORTO_QOSSetOutgoingRate` (a `PORTO_QOS_FLOWRATE_OUTGOING`; bandwidth 0 stops shaping)
+// or `PORTO_QOSSetOutgoingDSCPValue` (a `u32` DSCP, 0..=63, marking the flow's sockets
+// instead of the class's DSCP; their class and scheduling stay; Windows asks for
+// administrator rights here, Linux needs none to set IP_TOS).
 // Synchronous: `ov` must be NULL.
 //
 // # Safety

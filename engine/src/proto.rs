@@ -330,6 +330,21 @@ pub struct QosFlow {
 }
 
 impl QosFlow {
+    /// QOSSetFlow(QOSSetOutgoingDSCPValue): the same flow, but a socket joining it through
+    /// the handle returned is marked with `dscp` (0..=63; ECN bits 0) instead of its class's
+    /// DSCP — even under ShapeOnly, since it was asked for. The class (its 802.1p priority
+    /// and its place in the scheduler) stays. `InvalidArgument` above 63. Sockets already in
+    /// the flow keep their marking until they join again.
+    pub fn with_dscp(&self, dscp: u8) -> Result<QosFlow, Error> {
+        if dscp > 63 {
+            return Err(Error::InvalidArgument);
+        }
+        Ok(QosFlow {
+            tos: dscp << 2,
+            ..self.clone()
+        })
+    }
+
     /// QOSSetFlow(QOSSetOutgoingRate) while running.
     pub fn set_rate(&self, rate_bps: u64) -> Result<(), Error> {
         self.shard

@@ -543,6 +543,16 @@ int main() {
         int32_t ty = PORTO_QOSTrafficTypeVoice;
         EXPECT(porto_QOSSetFlow(qh, fid, PORTO_QOSSetTrafficType, sizeof ty, &ty, 0, nullptr) == 1);
         EXPECT(porto_getsockopt(u, IPPROTO_IP, IP_TOS, &tos, &tl) == 0 && tos == (56 << 2)); // Voice: DSCP 56
+        uint32_t dscp = 10; // QOSSetOutgoingDSCPValue: AF11 instead of the class's
+        EXPECT(porto_QOSSetFlow(qh, fid, PORTO_QOSSetOutgoingDSCPValue, sizeof dscp, &dscp, 0, nullptr) == 1);
+        EXPECT(porto_getsockopt(u, IPPROTO_IP, IP_TOS, &tos, &tl) == 0 && tos == (10 << 2));
+        psz = sizeof pp;
+        EXPECT(porto_QOSQueryFlow(qh, fid, PORTO_QOSQueryPacketPriority, &psz, &pp, 0, nullptr) == 1);
+        EXPECT(pp.ConformantDSCPValue == 10 && pp.ConformantL2Value == 7); // Voice's 802.1p stays
+        dscp = 64;
+        EXPECT(porto_QOSSetFlow(qh, fid, PORTO_QOSSetOutgoingDSCPValue, sizeof dscp, &dscp, 0, nullptr) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
+        EXPECT(porto_getsockopt(u, IPPROTO_IP, IP_TOS, &tos, &tl) == 0 && tos == (10 << 2));
         EXPECT(porto_QOSRemoveSocketFromFlow(qh, u, fid, 0) == 1);
         EXPECT(porto_getsockopt(u, IPPROTO_IP, IP_TOS, &tos, &tl) == 0 && tos == 0);
         EXPECT(porto_QOSRemoveSocketFromFlow(qh, u, fid, 0) == 0 && porto_WSAGetLastError() == PORTO_WSAEINVAL);

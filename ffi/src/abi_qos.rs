@@ -153,8 +153,10 @@ pub extern "C" fn porto_QOSRemoveSocketFromFlow(
 }
 
 /// `QOSSetFlow`: `PORTO_QOSSetTrafficType` (a `u32`/`i32` traffic type in `buffer`) or
-/// `PORTO_QOSSetOutgoingRate` (a `PORTO_QOS_FLOWRATE_OUTGOING`; bandwidth 0 stops shaping).
-/// `PORTO_QOSSetOutgoingDSCPValue` is `PORTO_WSAEOPNOTSUPP` (a class's DSCP is its table's).
+/// `PORTO_QOSSetOutgoingRate` (a `PORTO_QOS_FLOWRATE_OUTGOING`; bandwidth 0 stops shaping)
+/// or `PORTO_QOSSetOutgoingDSCPValue` (a `u32` DSCP, 0..=63, marking the flow's sockets
+/// instead of the class's DSCP; their class and scheduling stay; Windows asks for
+/// administrator rights here, Linux needs none to set IP_TOS).
 /// Synchronous: `ov` must be NULL.
 ///
 /// # Safety
@@ -192,7 +194,13 @@ pub unsafe extern "C" fn porto_QOSSetFlow(
                 let r = unsafe { buffer.cast::<PORTO_QOS_FLOWRATE_OUTGOING>().read_unaligned() };
                 qos::set_rate(handle, flow, r.Bandwidth, shaping_of(r.ShapingBehavior)?)?;
             }
-            PORTO_QOSSetOutgoingDSCPValue => return Err(Wsa(PORTO_WSAEOPNOTSUPP)),
+            PORTO_QOSSetOutgoingDSCPValue => {
+                if (size as usize) < std::mem::size_of::<u32>() {
+                    return Err(Wsa(PORTO_WSAEFAULT));
+                }
+                // SAFETY: `size >= 4` readable bytes (the caller's contract).
+                qos::set_dscp(handle, flow, unsafe { buffer.cast::<u32>().read_unaligned() })?;
+            }
             _ => return Err(Wsa(PORTO_WSAEINVAL)),
         }
         Ok(1)
@@ -227,7 +235,11 @@ pub unsafe extern "C" fn porto_QOSQueryFlow(
         let info = qos::query(handle, flow)?;
         let non_conformant_unmarked = matches!(info.shape, Some((_, Shaping::UseNonConformantMarkings)));
         let marks = !matches!(info.shape, Some((_, Shaping::ShapeOnly)));
-        let dscp = if marks { u32::from(info.traffic.dscp()) } else { 0 };
+        let dscp = match info.dscp {
+            Some(d) => u32::from(d),
+            None if marks => u32::from(info.traffic.dscp()),
+            None => 0,
+        };
         let l2 = if marks {
             u32::from(info.traffic.ieee_8021p().unwrap_or(0))
         } else {

@@ -23,6 +23,8 @@ struct CFlow {
     engine: HashMap<usize, QosFlow>,
     /// (socket, its shard).
     sockets: Vec<(u64, usize)>,
+    /// `QOSSetOutgoingDSCPValue`: the DSCP its sockets are marked with instead of the class's.
+    dscp: Option<u8>,
 }
 
 /// A QoS handle (`QOSCreateHandle`).
@@ -52,12 +54,24 @@ impl CFlow {
         Ok(&self.engine[&shard])
     }
 
-    /// New engine flows with the current type and shaping; every socket moves to them.
-    fn rebuild(&mut self) -> Result<(), Wsa> {
-        self.engine.clear();
+    /// Puts `sock` (on `shard`) into the flow, marked with its DSCP.
+    fn join(&mut self, sock: u64, shard: usize) -> Result<(), Wsa> {
+        let dscp = self.dscp;
+        let ef = self.on_shard(shard)?;
+        let ef = match dscp {
+            Some(d) => ef.with_dscp(d).map_err(Wsa::from)?,
+            None => ef.clone(),
+        };
+        state::with_core(sock, |core| core.set_flow(&ef).map_err(Wsa::from))
+    }
+
+    /// Every socket joins again (new engine flows after `fresh`: a new type or shaping).
+    fn rejoin(&mut self, fresh: bool) -> Result<(), Wsa> {
+        if fresh {
+            self.engine.clear();
+        }
         for (s, shard) in self.sockets.clone() {
-            let f = self.on_shard(shard)?.clone();
-            state::with_core(s, |core| core.set_flow(&f).map_err(Wsa::from))?;
+            self.join(s, shard)?;
         }
         Ok(())
     }
@@ -123,6 +137,7 @@ pub(crate) fn add_socket(h: u64, sock: u64, traffic: TrafficType, flow: u32) -> 
                     shape: None,
                     engine: HashMap::new(),
                     sockets: Vec::new(),
+                    dscp: None,
                 },
             );
             id
@@ -130,11 +145,7 @@ pub(crate) fn add_socket(h: u64, sock: u64, traffic: TrafficType, flow: u32) -> 
             flow
         };
         let f = flows.get_mut(&id).ok_or(Wsa(PORTO_WSAEINVAL))?;
-        let joined = f.on_shard(shard).and_then(|ef| {
-            let ef = ef.clone();
-            state::with_core(sock, |core| core.set_flow(&ef).map_err(Wsa::from))
-        });
-        if let Err(e) = joined {
+        if let Err(e) = f.join(sock, shard) {
             if flow == 0 {
                 flows.remove(&id);
             }
@@ -182,7 +193,7 @@ pub(crate) fn set_rate(h: u64, flow: u32, rate: u64, how: Shaping) -> Result<(),
             }
             _ => {
                 f.shape = want;
-                f.rebuild()
+                f.rejoin(true)
             }
         }
     })
@@ -193,7 +204,21 @@ pub(crate) fn set_traffic(h: u64, flow: u32, traffic: TrafficType) -> Result<(),
     with_flows(h, |(_, flows)| {
         let f = flows.get_mut(&flow).ok_or(Wsa(PORTO_WSAEINVAL))?;
         f.traffic = traffic;
-        f.rebuild()
+        f.rejoin(true)
+    })
+}
+
+/// `QOSSetFlow(QOSSetOutgoingDSCPValue)`: the flow's sockets, and those joining later, are
+/// marked with `dscp` (0..=63, else `WSAEINVAL`) instead of the class's.
+pub(crate) fn set_dscp(h: u64, flow: u32, dscp: u32) -> Result<(), Wsa> {
+    let dscp = u8::try_from(dscp)
+        .ok()
+        .filter(|&d| d <= 63)
+        .ok_or(Wsa(PORTO_WSAEINVAL))?;
+    with_flows(h, |(_, flows)| {
+        let f = flows.get_mut(&flow).ok_or(Wsa(PORTO_WSAEINVAL))?;
+        f.dscp = Some(dscp);
+        f.rejoin(false)
     })
 }
 
@@ -202,6 +227,7 @@ pub(crate) fn set_traffic(h: u64, flow: u32, traffic: TrafficType) -> Result<(),
 pub(crate) struct FlowInfo {
     pub traffic: TrafficType,
     pub shape: Option<(u64, Shaping)>,
+    pub dscp: Option<u8>,
     pub counters: FlowCounters,
 }
 
@@ -212,6 +238,7 @@ pub(crate) fn query(h: u64, flow: u32) -> Result<FlowInfo, Wsa> {
         Ok(FlowInfo {
             traffic: f.traffic,
             shape: f.shape,
+            dscp: f.dscp,
             counters: f.counters(),
         })
     })
