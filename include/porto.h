@@ -145,6 +145,13 @@
 
 #define PORTO_RIO_MSG_COMMIT_ONLY 8
 
+// `RIOReceiveEx`'s `pFlags` bits (Windows' values).
+#define PORTO_MSG_CTRUNC 512
+
+#define PORTO_MSG_BCAST 1024
+
+#define PORTO_MSG_MCAST 2048
+
 // `RIO_NOTIFICATION_COMPLETION_TYPE`.
 #define PORTO_RIO_EVENT_COMPLETION 1
 
@@ -804,9 +811,15 @@ int32_t porto_RIOReceive(PORTO_RIO_RQ rq,
                          uint32_t flags,
                          void *ctx);
 
-// `RIOReceiveEx`: as `RIOReceive`; the sender's `SOCKADDR_INET` is written into `remote`
-// (registered memory) when the result is dequeued. `local`, `control` and `flags_buf` must
-// be NULL (not supported yet: `PORTO_WSAEOPNOTSUPP`).
+// `RIOReceiveEx`: as `RIOReceive`, on a datagram socket; when the result is dequeued the
+// sender's `SOCKADDR_INET` is in `remote`, the address the datagram was sent to (the local
+// one it arrived on, or its group, with the socket's port) in `local`, and Windows'
+// `MSG_CTRUNC`/`MSG_BCAST`/`MSG_MCAST` bits in the `ULONG` at `flags_buf`; `control` holds
+// the kernel's control messages — Linux's `cmsghdr` layout and numbers (walk them with
+// `CMSG_FIRSTHDR`/`CMSG_NXTHDR`), the rest of the buffer zeroed so a walk over its whole
+// length stops after them. Asking for `local` or flags turns IP_PKTINFO /
+// IPV6_RECVPKTINFO on for the socket. Any of them on a TCP socket: `PORTO_WSAEINVAL`; an
+// address or flags buffer too small: `PORTO_WSAEFAULT`. All four live in registered memory.
 //
 // # Safety
 // Each pointer is NULL or a valid `RIO_BUF` (`data`: `count` of them); the bytes they name
@@ -832,8 +845,12 @@ int32_t porto_RIOSend(PORTO_RIO_RQ rq,
                       uint32_t flags,
                       void *ctx);
 
-// `RIOSendEx`: as `RIOSend`, to the `SOCKADDR_INET` in `remote` (registered memory, read
-// now). `local`, `control` and `flags_buf` must be NULL.
+// `RIOSendEx`: as `RIOSend`, to the `SOCKADDR_INET` in `remote`, from the source address
+// in `local` (its port ignored; an IP_PKTINFO / IPV6_PKTINFO message), with the control
+// messages in `control` (Linux's `cmsghdr` layout and numbers; `control`'s `Length` is
+// their length) — `local` and `control` not both (`PORTO_WSAEINVAL`: put the pktinfo
+// message in `control`). Addresses are read now, from registered memory; a send with
+// `local` or `control` copies (no zero-copy). `flags_buf` must be NULL or hold 0.
 //
 // # Safety
 // Each pointer is NULL or a valid `RIO_BUF`; the data's bytes are not written until the

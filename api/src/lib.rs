@@ -94,7 +94,7 @@ pub mod wire {
 /// Registered I/O: registered buffers, request queues, completion queues.
 pub mod rio {
     pub use porto_engine::rio::{
-        CompletionQueue, ExternalBuffer, RegisteredBuffer, RequestQueue, RioBuf, RioEvent, RioFlags, RioNotify,
+        CompletionQueue, ExternalBuffer, RegisteredBuffer, RequestQueue, RioBuf, RioEvent, RioEx, RioFlags, RioNotify,
         RioResult,
     };
 }

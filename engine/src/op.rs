@@ -144,7 +144,7 @@ pub(crate) struct Slot {
     /// A per-datagram TOS: the send goes as SENDMSG with an IP_TOS / IPV6_TCLASS message.
     pub tos: Option<u8>,
     /// Room for that control message (cmsghdr-aligned).
-    pub control: [u64; 4],
+    pub control: crate::sys::net::ControlRoom,
     /// The connection a single accept returned, until its completion carries it.
     pub accepted: Option<std::os::fd::OwnedFd>,
     /// Waiting in its socket's lane (not in the kernel).
@@ -219,7 +219,7 @@ impl Slot {
             starved: false,
             scheduled: false,
             tos: None,
-            control: [0; 4],
+            control: [0; 8],
             accepted: None,
             queued: false,
             lane: None,

@@ -386,6 +386,23 @@ impl SocketCore {
             .map_err(|_| Error::NoBuffers)
     }
 
+    /// Asks the kernel for each datagram's destination address (IP_PKTINFO, and
+    /// IPV6_RECVPKTINFO on an IPv6 socket, whose IPv4-mapped traffic reports through the
+    /// first): what RIOReceiveEx's pLocalAddress needs. AF_XDP sockets: `InvalidArgument`.
+    pub fn recv_local_addresses(&self) -> Result<(), Error> {
+        if self.xdp {
+            return Err(Error::InvalidArgument);
+        }
+        if self.local_addr()?.is_ipv6() {
+            net::set_int(self.fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
+            // A V6ONLY socket gets no IPv4 traffic: nothing to report there.
+            let _ = net::set_int(self.fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1);
+        } else {
+            net::set_int(self.fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+        }
+        Ok(())
+    }
+
     /// What the kernel socket marks its packets with now: (the IP_TOS / IPV6_TCLASS byte,
     /// SO_PRIORITY) — read back from the kernel, so a fallback shows (see
     /// [`set_traffic`](Self::set_traffic)). AF_XDP sockets: `InvalidArgument`.

@@ -12,7 +12,7 @@ use porto_engine::error::Error;
 use porto_engine::pool::Gather;
 use porto_engine::port::CompletionPort;
 use porto_engine::rio::{
-    CompletionQueue, ExternalBuffer, RegisteredBuffer, RequestQueue, RioEvent, RioFlags, RioNotify,
+    CompletionQueue, ExternalBuffer, RegisteredBuffer, RequestQueue, RioEvent, RioEx, RioFlags, RioNotify,
 };
 use porto_engine::shard::{Delivery, Shard};
 use porto_engine::socket::{SocketOptions, TcpListener, TcpStream, UdpSocket};
@@ -825,6 +825,152 @@ fn rio_completion_queue_resizes_with_its_results_in_it() {
         cq.dequeue(&mut ended, 4);
     }
     assert!(ended.iter().all(|r| r.result == Err(Error::Aborted)) && ended.len() == 2);
+}
+
+/// Waits up to 5 s for `n` results of `cq`.
+fn rio_results(cq: &CompletionQueue, n: usize) -> Vec<porto_engine::rio::RioResult> {
+    let mut res = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while res.len() < n && Instant::now() < deadline {
+        let want = n - res.len();
+        if cq.dequeue(&mut res, want) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert_eq!(res.len(), n, "results in 5 s");
+    res
+}
+
+/// RIOReceiveEx / RIOSendEx on a socket bound to the unspecified address, as a multi-homed
+/// UDP server uses them: each datagram reports the address it was sent to (127.0.0.3 or ::1,
+/// not the wildcard), with the kernel's control messages in a registered segment; a reply
+/// leaves from a chosen source (pLocalAddress) or with the caller's own IP_PKTINFO
+/// message (pControlContext); a datagram longer than its segment is WSAEMSGSIZE, not a
+/// silent truncation.
+#[test]
+fn rio_ex_reports_local_addresses_and_sends_from_a_chosen_one() {
+    let engine = Engine::start(&small()).unwrap();
+    let h = engine.shard(0);
+    for v6 in [false, true] {
+        let unspec: SocketAddr = if v6 { "[::]:0" } else { "0.0.0.0:0" }.parse().unwrap();
+        let port = CompletionPort::new(1, 64);
+        let sock = UdpSocket::bind(h, unspec, &SocketOptions::default(), Delivery::Port { port, key: 0 }).unwrap();
+        let cq = CompletionQueue::new(8, RioNotify::None);
+        let mut rq = RequestQueue::new(sock.core(), &cq, 4, 4, 3).unwrap();
+        let mut segs = RegisteredBuffer::register(h, vec![0u8; 8 * 256], 256).unwrap();
+        let (to_ip, from_ip): (IpAddr, IpAddr) = if v6 {
+            ("::1".parse().unwrap(), "::1".parse().unwrap())
+        } else {
+            ("127.0.0.3".parse().unwrap(), "127.0.0.2".parse().unwrap())
+        };
+        let to = SocketAddr::new(to_ip, sock.local_addr().unwrap().port());
+        let client = StdUdp::bind(SocketAddr::new(to_ip, 0)).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+
+        // pControlContext + pLocalAddress, then pLocalAddress alone.
+        let ex = RioEx {
+            control: Some(segs.pop().unwrap()),
+            want_local: true,
+            source: None,
+        };
+        rq.receive_ex(segs.pop().unwrap(), ex, 1, RioFlags::NONE).unwrap();
+        client.send_to(b"first", to).unwrap();
+        let r = rio_results(&cq, 1).pop().unwrap();
+        assert_eq!((r.token, r.result), (1, Ok(5)));
+        assert_eq!(
+            r.local,
+            Some(to_ip),
+            "v6={v6}: the address it was sent to, not the wildcard"
+        );
+        let ctl = r.control.expect("the control segment comes back");
+        assert!(
+            ctl.len() >= 28,
+            "v6={v6}: the kernel's pktinfo message is in it ({} bytes)",
+            ctl.len()
+        );
+        assert!(!r.control_truncated);
+        let ex = RioEx {
+            want_local: true,
+            ..RioEx::default()
+        };
+        rq.receive_ex(r.buf, ex, 2, RioFlags::NONE).unwrap();
+        client.send_to(b"second", to).unwrap();
+        let r = rio_results(&cq, 1).pop().unwrap();
+        assert_eq!((r.token, r.result, r.local), (2, Ok(6), Some(to_ip)));
+        assert!(r.control.is_none());
+
+        // RIOSendEx from a chosen source address.
+        let mut out = r.buf;
+        out.set_len(4);
+        out.copy_from_slice(b"pong");
+        let ex = RioEx {
+            source: Some(from_ip),
+            ..RioEx::default()
+        };
+        let back = client.local_addr().unwrap();
+        rq.send_ex(out, Some(back), ex, 3, RioFlags::NONE).unwrap();
+        let mut got = [0u8; 16];
+        let (n, src) = client.recv_from(&mut got).unwrap();
+        assert_eq!(
+            (&got[..n], src.ip()),
+            (&b"pong"[..], from_ip),
+            "v6={v6}: sent from the source asked"
+        );
+        let r = rio_results(&cq, 1).pop().unwrap();
+        assert_eq!((r.token, r.result, r.zero_copy), (3, Ok(4), None));
+
+        // The same through the caller's own control message (IPv4: IP_PKTINFO by hand).
+        if !v6 {
+            let mut ctl = ctl;
+            ctl.set_len(32);
+            ctl.fill(0);
+            ctl[..8].copy_from_slice(&28u64.to_ne_bytes()); // CMSG_LEN(sizeof in_pktinfo)
+            ctl[8..12].copy_from_slice(&0i32.to_ne_bytes()); // IPPROTO_IP
+            ctl[12..16].copy_from_slice(&8i32.to_ne_bytes()); // IP_PKTINFO
+            ctl[20..24].copy_from_slice(&[127, 0, 0, 4]); // ipi_spec_dst
+            let ex = RioEx {
+                control: Some(ctl),
+                ..RioEx::default()
+            };
+            let mut out = r.buf;
+            out.set_len(3);
+            out.copy_from_slice(b"ctl");
+            rq.send_ex(out, Some(back), ex, 4, RioFlags::NONE).unwrap();
+            let (n, src) = client.recv_from(&mut got).unwrap();
+            assert_eq!(
+                (&got[..n], src.ip()),
+                (&b"ctl"[..], "127.0.0.4".parse::<IpAddr>().unwrap())
+            );
+            let r = rio_results(&cq, 1).pop().unwrap();
+            assert_eq!((r.token, r.result), (4, Ok(3)));
+            assert!(r.control.is_some(), "a send's control segment comes back too");
+            // Misuse: both ways of choosing the source, or a local address asked of a send.
+            let ex = RioEx {
+                control: r.control,
+                source: Some(from_ip),
+                want_local: false,
+            };
+            let (e, buf, ex) = rq.send_ex(r.buf, Some(back), ex, 5, RioFlags::NONE).unwrap_err();
+            assert_eq!(e, Error::InvalidArgument);
+            assert!(ex.control.is_some(), "a refused request hands its control segment back");
+            let ex = RioEx {
+                want_local: true,
+                ..RioEx::default()
+            };
+            let (e, buf, _) = rq.send_ex(buf, Some(back), ex, 5, RioFlags::NONE).unwrap_err();
+            assert_eq!(e, Error::InvalidArgument);
+            segs.push(buf);
+        }
+
+        // A datagram longer than its segment: WSAEMSGSIZE, counted.
+        let before = h.stats().counters.snapshot().recv_truncated;
+        let small_seg = RegisteredBuffer::register(h, vec![0u8; 4], 4).unwrap().pop().unwrap();
+        rq.receive(small_seg, 6, RioFlags::NONE).unwrap();
+        client.send_to(b"longer than four", to).unwrap();
+        let r = rio_results(&cq, 1).pop().unwrap();
+        assert_eq!((r.token, r.result), (6, Err(Error::MessageTooLong)), "v6={v6}");
+        assert_eq!(h.stats().counters.snapshot().recv_truncated, before + 1);
+    }
 }
 
 /// RIO as C code uses it: the application's own memory registered (`ExternalBuffer`), any

@@ -10,6 +10,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <cstdio>
 #include <cstring>
 
@@ -740,6 +742,114 @@ int main() {
         rio.RIODeregisterBuffer(buf);
         EXPECT(porto_WSACloseEvent(ev) == 1 && porto_CloseHandle(other) == 1);
         EXPECT(porto_WSACloseEvent(ev) == 0 && porto_WSAGetLastError() == PORTO_WSA_INVALID_HANDLE);
+    }
+
+    // RIOReceiveEx / RIOSendEx with every buffer, on a socket bound to 0.0.0.0 as a
+    // multi-homed server is: the address each datagram was sent to, the kernel's control
+    // messages, the flags; a reply from a chosen source address.
+    {
+        PORTO_SOCKET r = porto_WSASocket(AF_INET, SOCK_DGRAM, 0, nullptr, 0, PORTO_WSA_FLAG_REGISTERED_IO);
+        sockaddr_in any4;
+        std::memset(&any4, 0, sizeof any4);
+        any4.sin_family = AF_INET;
+        EXPECT(porto_bind(r, reinterpret_cast<sockaddr *>(&any4), sizeof any4) == 0);
+        int alen = sizeof any4;
+        EXPECT(porto_getsockname(r, reinterpret_cast<sockaddr *>(&any4), &alen) == 0);
+        PORTO_RIO_EXTENSION_FUNCTION_TABLE rio;
+        PORTO_GUID id = PORTO_WSAID_MULTIPLE_RIO;
+        uint32_t got = 0;
+        EXPECT(porto_WSAIoctl(r, PORTO_SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER, &id, sizeof id, &rio, sizeof rio,
+                              &got, nullptr, nullptr) == 0);
+        // One registered block: data, control, local, remote, flags.
+        static char mem[4096];
+        std::memset(mem, 0x55, sizeof mem); // stale bytes the control area must not show
+        PORTO_RIO_BUFFERID buf = rio.RIORegisterBuffer(mem, sizeof mem);
+        PORTO_RIO_CQ cq = rio.RIOCreateCompletionQueue(8, nullptr);
+        PORTO_RIO_RQ rq = rio.RIOCreateRequestQueue(r, 2, 1, 2, 1, cq, cq, (void *)4);
+        PORTO_RIO_BUF data = {buf, 0, 1024}, ctl = {buf, 1024, 512}, loc = {buf, 2048, sizeof(PORTO_SOCKADDR_INET)},
+                      rem = {buf, 2304, sizeof(PORTO_SOCKADDR_INET)}, fl = {buf, 2560, 4};
+        EXPECT(rio.RIOReceiveEx(rq, &data, 1, &loc, &rem, &ctl, &fl, 0, (void *)31) == 1);
+        int peer = socket(AF_INET, SOCK_DGRAM, 0);
+        sockaddr_in pa;
+        std::memset(&pa, 0, sizeof pa);
+        pa.sin_family = AF_INET;
+        pa.sin_addr.s_addr = htonl(0x7F000001); // 127.0.0.1
+        EXPECT(bind(peer, reinterpret_cast<sockaddr *>(&pa), sizeof pa) == 0);
+        socklen_t pl = sizeof pa;
+        getsockname(peer, reinterpret_cast<sockaddr *>(&pa), &pl);
+        sockaddr_in to = any4;
+        to.sin_addr.s_addr = htonl(0x7F000003); // sent to 127.0.0.3
+        EXPECT(sendto(peer, "multi", 5, 0, reinterpret_cast<sockaddr *>(&to), sizeof to) == 5);
+        PORTO_RIORESULT res[2];
+        uint32_t k = 0;
+        for (int round = 0; round < 500 && k == 0; round++) {
+            k = rio.RIODequeueCompletion(cq, res, 2);
+            if (k == 0)
+                poll(nullptr, 0, 10);
+        }
+        EXPECT(k == 1 && res[0].Status == 0 && res[0].BytesTransferred == 5 && res[0].RequestContext == 31);
+        PORTO_SOCKADDR_INET lsa, rsa;
+        std::memcpy(&lsa, mem + 2048, sizeof lsa);
+        std::memcpy(&rsa, mem + 2304, sizeof rsa);
+        EXPECT(lsa.Ipv4.sin_family == AF_INET && lsa.Ipv4.sin_addr.s_addr == htonl(0x7F000003) &&
+               lsa.Ipv4.sin_port == any4.sin_port); // the address it was sent to, with our port
+        EXPECT(rsa.Ipv4.sin_addr.s_addr == pa.sin_addr.s_addr && rsa.Ipv4.sin_port == pa.sin_port);
+        uint32_t fbits = 0xFFFF;
+        std::memcpy(&fbits, mem + 2560, 4);
+        EXPECT(fbits == 0); // unicast, control whole
+        msghdr mh;
+        std::memset(&mh, 0, sizeof mh);
+        mh.msg_control = mem + 1024;
+        mh.msg_controllen = 512;
+        int pktinfos = 0, headers = 0;
+        for (cmsghdr *c = CMSG_FIRSTHDR(&mh); c != nullptr && c->cmsg_len != 0; c = CMSG_NXTHDR(&mh, c)) {
+            headers++;
+            if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
+                in_pktinfo pi;
+                std::memcpy(&pi, CMSG_DATA(c), sizeof pi);
+                pktinfos += pi.ipi_addr.s_addr == htonl(0x7F000003);
+            }
+        }
+        EXPECT(pktinfos == 1 && headers == 1); // the walk stops after the kernel's message
+
+        // A reply from 127.0.0.2 (pLocalAddress).
+        PORTO_SOCKADDR_INET src;
+        std::memset(&src, 0, sizeof src);
+        src.Ipv4.sin_family = AF_INET;
+        src.Ipv4.sin_addr.s_addr = htonl(0x7F000002);
+        std::memcpy(mem + 2048, &src, sizeof src);
+        std::memcpy(mem + 2304, &rsa, sizeof rsa);
+        std::memcpy(mem, "reply", 5);
+        PORTO_RIO_BUF out = {buf, 0, 5};
+        EXPECT(rio.RIOSendEx(rq, &out, 1, &loc, &rem, &ctl, nullptr, 0, nullptr) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL); // source both ways
+        uint32_t one = 1;
+        std::memcpy(mem + 2560, &one, 4);
+        EXPECT(rio.RIOSendEx(rq, &out, 1, &loc, &rem, nullptr, &fl, 0, nullptr) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEOPNOTSUPP); // no send flags
+        EXPECT(rio.RIOSendEx(rq, &out, 1, &loc, &rem, nullptr, nullptr, 0, (void *)32) == 1);
+        char back[16];
+        sockaddr_in from;
+        socklen_t fromlen = sizeof from;
+        timeval tv = {5, 0};
+        setsockopt(peer, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        ssize_t n = recvfrom(peer, back, sizeof back, 0, reinterpret_cast<sockaddr *>(&from), &fromlen);
+        EXPECT(n == 5 && std::memcmp(back, "reply", 5) == 0 && from.sin_addr.s_addr == htonl(0x7F000002) &&
+               from.sin_port == any4.sin_port);
+        k = 0;
+        for (int round = 0; round < 500 && k == 0; round++) {
+            k = rio.RIODequeueCompletion(cq, res, 2);
+            if (k == 0)
+                poll(nullptr, 0, 10);
+        }
+        EXPECT(k == 1 && res[0].Status == 0 && res[0].RequestContext == 32);
+        PORTO_RIO_BUF tiny_flags = {buf, 2560, 2};
+        EXPECT(rio.RIOReceiveEx(rq, &data, 1, nullptr, nullptr, nullptr, &tiny_flags, 0, nullptr) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEFAULT);
+        close(peer);
+        EXPECT(porto_closesocket(r) == 0);
+        rio.RIOCloseCompletionQueue(cq);
+        rio.RIODeregisterBuffer(buf);
     }
 
     EXPECT(porto_CloseHandle(iocp) == 1);

@@ -16,6 +16,7 @@
 #![allow(non_snake_case, non_camel_case_types, non_upper_case_globals)]
 
 use std::ffi::{c_char, c_void};
+use std::net::SocketAddr;
 use std::ptr::NonNull;
 
 use crate::abi::{guard, non_null, read_sockaddr, write_sockaddr, PORTO_OVERLAPPED};
@@ -479,18 +480,32 @@ unsafe fn addr_buf(b: *const PORTO_RIO_BUF) -> Result<Option<(usize, usize)>, Ws
     Ok(Some((at, b.Length as usize)))
 }
 
-/// The `Ex` calls' buffers not supported yet — local address, control data, flags — must be
-/// NULL (else `PORTO_WSAEOPNOTSUPP`).
-fn no_extras(
-    local: *const PORTO_RIO_BUF,
-    control: *const PORTO_RIO_BUF,
-    flags: *const PORTO_RIO_BUF,
-) -> Result<(), Wsa> {
-    if local.is_null() && control.is_null() && flags.is_null() {
-        Ok(())
-    } else {
-        Err(Wsa(PORTO_WSAEOPNOTSUPP))
+/// A control-messages `RIO_BUF`'s slice of registered memory (`pControlContext`).
+///
+/// # Safety
+/// `b` is NULL or valid; its bytes follow Windows' rules for RIO_BUFs in flight.
+unsafe fn control_buf(b: *const PORTO_RIO_BUF) -> Result<Option<porto::rio::RioBuf>, Wsa> {
+    if b.is_null() {
+        return Ok(None);
     }
+    // SAFETY: forwarded contract: one valid RIO_BUF.
+    unsafe { data_buf(b, 1) }
+}
+
+/// A `pFlags` `RIO_BUF`'s place (a `ULONG` in registered memory).
+///
+/// # Safety
+/// `b` is NULL or valid.
+unsafe fn flags_place(b: *const PORTO_RIO_BUF) -> Result<Option<usize>, Wsa> {
+    if b.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: non-NULL and valid (the caller's contract).
+    let b = unsafe { b.read_unaligned() };
+    if (b.Length as usize) < std::mem::size_of::<u32>() {
+        return Err(Wsa(PORTO_WSAEFAULT));
+    }
+    Ok(Some(rio::buffer(b.BufferId)?.at(b.Offset, b.Length)?))
 }
 
 /// `RIOReceive`: receive into `data` (one `RIO_BUF`). TRUE (1) or FALSE (0) with the error
@@ -522,9 +537,15 @@ pub unsafe extern "C" fn porto_RIOReceive(
     }
 }
 
-/// `RIOReceiveEx`: as `RIOReceive`; the sender's `SOCKADDR_INET` is written into `remote`
-/// (registered memory) when the result is dequeued. `local`, `control` and `flags_buf` must
-/// be NULL (not supported yet: `PORTO_WSAEOPNOTSUPP`).
+/// `RIOReceiveEx`: as `RIOReceive`, on a datagram socket; when the result is dequeued the
+/// sender's `SOCKADDR_INET` is in `remote`, the address the datagram was sent to (the local
+/// one it arrived on, or its group, with the socket's port) in `local`, and Windows'
+/// `MSG_CTRUNC`/`MSG_BCAST`/`MSG_MCAST` bits in the `ULONG` at `flags_buf`; `control` holds
+/// the kernel's control messages — Linux's `cmsghdr` layout and numbers (walk them with
+/// `CMSG_FIRSTHDR`/`CMSG_NXTHDR`), the rest of the buffer zeroed so a walk over its whole
+/// length stops after them. Asking for `local` or flags turns IP_PKTINFO /
+/// IPV6_RECVPKTINFO on for the socket. Any of them on a TCP socket: `PORTO_WSAEINVAL`; an
+/// address or flags buffer too small: `PORTO_WSAEFAULT`. All four live in registered memory.
 ///
 /// # Safety
 /// Each pointer is NULL or a valid `RIO_BUF` (`data`: `count` of them); the bytes they name
@@ -542,9 +563,16 @@ pub unsafe extern "C" fn porto_RIOReceiveEx(
     ctx: *mut c_void,
 ) -> i32 {
     guard(0, || {
-        no_extras(local, control, flags_buf)?;
         // SAFETY: forwarded contracts.
-        let (buf, remote) = unsafe { (data_buf(data, count)?, addr_buf(remote)?) };
+        let (buf, remote, local, control, flags_out) = unsafe {
+            (
+                data_buf(data, count)?,
+                addr_buf(remote)?,
+                addr_buf(local)?,
+                control_buf(control)?,
+                flags_place(flags_buf)?,
+            )
+        };
         rio::issue(
             rq,
             Issue {
@@ -552,6 +580,10 @@ pub unsafe extern "C" fn porto_RIOReceiveEx(
                 buf,
                 to: None,
                 remote,
+                local,
+                source: None,
+                control,
+                flags_out,
                 flags,
                 ctx: ctx as u64,
             },
@@ -589,8 +621,12 @@ pub unsafe extern "C" fn porto_RIOSend(
     }
 }
 
-/// `RIOSendEx`: as `RIOSend`, to the `SOCKADDR_INET` in `remote` (registered memory, read
-/// now). `local`, `control` and `flags_buf` must be NULL.
+/// `RIOSendEx`: as `RIOSend`, to the `SOCKADDR_INET` in `remote`, from the source address
+/// in `local` (its port ignored; an IP_PKTINFO / IPV6_PKTINFO message), with the control
+/// messages in `control` (Linux's `cmsghdr` layout and numbers; `control`'s `Length` is
+/// their length) — `local` and `control` not both (`PORTO_WSAEINVAL`: put the pktinfo
+/// message in `control`). Addresses are read now, from registered memory; a send with
+/// `local` or `control` copies (no zero-copy). `flags_buf` must be NULL or hold 0.
 ///
 /// # Safety
 /// Each pointer is NULL or a valid `RIO_BUF`; the data's bytes are not written until the
@@ -608,15 +644,26 @@ pub unsafe extern "C" fn porto_RIOSendEx(
     ctx: *mut c_void,
 ) -> i32 {
     guard(0, || {
-        no_extras(local, control, flags_buf)?;
         // SAFETY: forwarded contract.
-        let to = match unsafe { addr_buf(remote)? } {
-            // SAFETY: `len` bytes of registered memory at `at` (checked in range).
-            Some((at, len)) => Some(unsafe { read_sockaddr(at as *const libc::sockaddr, len as i32) }?),
-            None => None,
+        if let Some(at) = unsafe { flags_place(flags_buf)? } {
+            // SAFETY: 4 bytes of registered memory at `at` (checked in range).
+            if unsafe { (at as *const u32).read_unaligned() } != 0 {
+                return Err(Wsa(PORTO_WSAEOPNOTSUPP));
+            }
+        }
+        // Reads an address RIO_BUF now.
+        let addr_of = |b: *const PORTO_RIO_BUF| -> Result<Option<SocketAddr>, Wsa> {
+            // SAFETY: forwarded contract.
+            match unsafe { addr_buf(b)? } {
+                // SAFETY: `len` bytes of registered memory at `at` (checked in range).
+                Some((at, len)) => Ok(Some(unsafe { read_sockaddr(at as *const libc::sockaddr, len as i32) }?)),
+                None => Ok(None),
+            }
         };
+        let to = addr_of(remote)?;
+        let source = addr_of(local)?.map(|a| a.ip());
         // SAFETY: forwarded contract.
-        let buf = unsafe { data_buf(data, count)? };
+        let (buf, control) = unsafe { (data_buf(data, count)?, control_buf(control)?) };
         rio::issue(
             rq,
             Issue {
@@ -624,6 +671,10 @@ pub unsafe extern "C" fn porto_RIOSendEx(
                 buf,
                 to,
                 remote: None,
+                local: None,
+                source,
+                control,
+                flags_out: None,
                 flags,
                 ctx: ctx as u64,
             },
@@ -648,10 +699,14 @@ pub unsafe extern "C" fn porto_RIODequeueCompletion(cq: PORTO_RIO_CQ, results: *
         // SAFETY: `size` writable entries; `done.len() <= size`.
         let out = unsafe { std::slice::from_raw_parts_mut(results, size as usize) };
         for (o, d) in out.iter_mut().zip(&done) {
-            if let Some((at, room, peer)) = d.remote {
+            for (at, room, addr) in [d.remote, d.local].into_iter().flatten() {
                 let mut len = i32::try_from(room).unwrap_or(i32::MAX);
                 // SAFETY: `room` bytes of registered memory at `at`, checked at issue.
-                let _ = unsafe { write_sockaddr(peer, at as *mut libc::sockaddr, &mut len) };
+                let _ = unsafe { write_sockaddr(addr, at as *mut libc::sockaddr, &mut len) };
+            }
+            if let Some((at, bits)) = d.flags {
+                // SAFETY: 4 bytes of registered memory at `at`, checked at issue.
+                unsafe { (at as *mut u32).write_unaligned(bits) };
             }
             *o = PORTO_RIORESULT {
                 Status: d.status,

@@ -92,6 +92,11 @@ pub const PORTO_RIO_MSG_DEFER: u32 = 0x2;
 pub const PORTO_RIO_MSG_WAITALL: u32 = 0x4;
 pub const PORTO_RIO_MSG_COMMIT_ONLY: u32 = 0x8;
 
+/// `RIOReceiveEx`'s `pFlags` bits (Windows' values).
+pub const PORTO_MSG_CTRUNC: u32 = 0x0200;
+pub const PORTO_MSG_BCAST: u32 = 0x0400;
+pub const PORTO_MSG_MCAST: u32 = 0x0800;
+
 /// `RIO_NOTIFICATION_COMPLETION_TYPE`.
 pub const PORTO_RIO_EVENT_COMPLETION: i32 = 1;
 pub const PORTO_RIO_IOCP_COMPLETION: i32 = 2;

@@ -4,12 +4,14 @@
 //! the tables and the bookkeeping Windows' RIO keeps per request — its `RequestContext`, and
 //! where `RIOReceiveEx` wants the sender's address written.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use crate::codes::*;
 use crate::state::{self, Obj, ObjRef, Wsa};
-use porto::rio::{CompletionQueue, ExternalBuffer, RequestQueue, RioBuf, RioEvent, RioFlags, RioNotify, RioResult};
+use porto::rio::{
+    CompletionQueue, ExternalBuffer, RequestQueue, RioBuf, RioEvent, RioEx, RioFlags, RioNotify, RioResult,
+};
 
 /// Entries a completion queue may hold (Windows allows more; each entry is preallocated).
 pub(crate) const CQ_MAX: u32 = 1 << 20;
@@ -32,12 +34,16 @@ impl Registered {
     }
 }
 
-/// What a request needs at its dequeue: its `RequestContext`, and for `RIOReceiveEx` the
-/// `SOCKADDR_INET` to write the sender into (address, room).
+/// What a request needs at its dequeue: its `RequestContext`, and for `RIOReceiveEx` where
+/// to write the sender's and the local `SOCKADDR_INET` (address, room) and the flags (a
+/// `ULONG`'s address).
 #[derive(Clone, Copy, Debug)]
 struct Pending {
     ctx: u64,
     remote: Option<(usize, usize)>,
+    /// (address, room, the socket's port).
+    local: Option<(usize, usize, u16)>,
+    flags: Option<usize>,
 }
 
 /// Per-request records, as many as the queue has entries (a request holds an entry from
@@ -74,6 +80,8 @@ pub(crate) struct Rq {
     rq: Mutex<RequestQueue>,
     recv: Arc<Cq>,
     send: Arc<Cq>,
+    /// Its socket's port: `RIOReceiveEx`'s local address carries it.
+    port: u16,
 }
 
 /// `RIORegisterBuffer`: `buf` over the caller's memory at `addr`.
@@ -177,6 +185,7 @@ pub(crate) fn create_rq(sock: u64, recv: (u32, u64), send: (u32, u64), ctx: u64)
             rq: Mutex::new(q),
             recv: recv.clone(),
             send: send.clone(),
+            port: core.local_addr().map_err(Wsa::from)?.port(),
         })
     })?;
     state::insert(Obj::Rq(Arc::new(made)))
@@ -220,6 +229,14 @@ pub(crate) struct Issue {
     pub to: Option<SocketAddr>,
     /// `RIOReceiveEx`'s sender address buffer (address, room).
     pub remote: Option<(usize, usize)>,
+    /// `RIOReceiveEx`'s local address buffer (address, room).
+    pub local: Option<(usize, usize)>,
+    /// `RIOSendEx`'s source address.
+    pub source: Option<IpAddr>,
+    /// `pControlContext`: the control messages' segment.
+    pub control: Option<RioBuf>,
+    /// `RIOReceiveEx`'s `pFlags`: where the result's `MSG_*` flags go.
+    pub flags_out: Option<usize>,
     pub flags: u32,
     pub ctx: u64,
 }
@@ -246,13 +263,27 @@ pub(crate) fn issue(h: u64, req: Issue) -> Result<(), Wsa> {
         slab.entries[t as usize] = Some(Pending {
             ctx: req.ctx,
             remote: req.remote,
+            local: req.local.map(|(a, n)| (a, n, r.port)),
+            flags: req.flags_out,
         });
         t
     };
-    let issued = match (req.receive, req.to) {
-        (true, _) => q.receive(buf, u64::from(token), flags),
-        (false, None) => q.send(buf, u64::from(token), flags),
-        (false, Some(to)) => q.send_to(buf, to, u64::from(token), flags),
+    // The flags tell broadcast and multicast apart by the address the datagram was sent to.
+    let want_local = req.local.is_some() || req.flags_out.is_some();
+    let ex = (want_local || req.control.is_some() || req.source.is_some()).then_some(RioEx {
+        control: req.control,
+        want_local,
+        source: req.source,
+    });
+    let t = u64::from(token);
+    let issued = match (req.receive, ex) {
+        (true, None) => q.receive(buf, t, flags),
+        (true, Some(ex)) => q.receive_ex(buf, ex, t, flags).map_err(|(e, b, _)| (e, b)),
+        (false, None) => match req.to {
+            None => q.send(buf, t, flags),
+            Some(to) => q.send_to(buf, to, t, flags),
+        },
+        (false, Some(ex)) => q.send_ex(buf, req.to, ex, t, flags).map_err(|(e, b, _)| (e, b)),
     };
     issued.map_err(|(e, _buf)| {
         let mut slab = cq.slab();
@@ -271,6 +302,9 @@ pub(crate) struct Done {
     pub socket_ctx: u64,
     pub request_ctx: u64,
     pub remote: Option<(usize, usize, SocketAddr)>,
+    pub local: Option<(usize, usize, SocketAddr)>,
+    /// Where to write `RIOReceiveEx`'s flags, and Windows' `MSG_*` bits.
+    pub flags: Option<(usize, u32)>,
 }
 
 /// `RIODequeueCompletion`: up to `max` results (never waits). A receive's bytes are already
@@ -298,9 +332,30 @@ pub(crate) fn dequeue(h: u64, max: usize, out: &mut Vec<Done>) -> Result<(), Wsa
             socket_ctx: r.key,
             request_ctx: p.ctx,
             remote: p.remote.zip(r.peer).map(|((a, n), peer)| (a, n, peer)),
+            local: p
+                .local
+                .zip(r.local)
+                .map(|((a, n, port), ip)| (a, n, SocketAddr::new(ip, port))),
+            flags: p.flags.map(|a| (a, msg_flags(&r))),
         });
     }
     Ok(())
+}
+
+/// `RIOReceiveEx`'s `pFlags`: Windows' `MSG_CTRUNC` (control messages cut short), `MSG_BCAST`
+/// (sent to 255.255.255.255) or `MSG_MCAST` (sent to a group). (A datagram cut short fails
+/// `WSAEMSGSIZE` instead of setting `MSG_TRUNC`.)
+fn msg_flags(r: &RioResult) -> u32 {
+    let mut f = 0;
+    if r.control_truncated {
+        f |= PORTO_MSG_CTRUNC;
+    }
+    match r.local {
+        Some(IpAddr::V4(a)) if a.is_broadcast() => f |= PORTO_MSG_BCAST,
+        Some(ip) if ip.is_multicast() => f |= PORTO_MSG_MCAST,
+        _ => {}
+    }
+    f
 }
 
 /// `RIONotify`.

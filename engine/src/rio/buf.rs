@@ -7,7 +7,7 @@
 #![allow(unsafe_code)]
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -359,6 +359,28 @@ pub struct RioResult {
     /// `Some(true)` — the kernel sent from the registered pages; `Some(false)` — asked
     /// zero-copy, but the kernel copied (loopback, or a device without scatter-gather).
     pub zero_copy: Option<bool>,
+    /// RIOReceiveEx's pLocalAddress (asked with [`RioEx::want_local`]): the address the
+    /// datagram was sent to — the local address it arrived on, or its multicast group.
+    pub local: Option<IpAddr>,
+    /// RIOReceiveEx / RIOSendEx's pControlContext segment, handed back; after a receive its
+    /// length is the control messages the kernel wrote (Linux's `cmsghdr` layout and numbers).
+    pub control: Option<RioBuf>,
+    /// The kernel had more control messages than `control` holds (MSG_CTRUNC).
+    pub control_truncated: bool,
+}
+
+/// RIOReceiveEx / RIOSendEx's extra buffers, for datagram sockets.
+#[derive(Debug, Default)]
+pub struct RioEx {
+    /// pControlContext: a segment for control messages. A receive's are written into it
+    /// (handed back in [`RioResult::control`]); a send's are sent with its datagram.
+    pub control: Option<RioBuf>,
+    /// Receives, pLocalAddress: report in [`RioResult::local`] the address each datagram was
+    /// sent to (turns IP_PKTINFO / IPV6_RECVPKTINFO on for the socket).
+    pub want_local: bool,
+    /// Sends, pLocalAddress: the source address to send from (an IP_PKTINFO /
+    /// IPV6_PKTINFO message); not together with `control` (put the message in it instead).
+    pub source: Option<IpAddr>,
 }
 
 /// A manual-reset event (WSAEVENT) for [`RioNotify::Event`]: an eventfd, readable while
@@ -739,6 +761,26 @@ pub(crate) struct RioOp {
     pub waitall: bool,
     /// Set as it ends: what `RioResult::zero_copy` reports.
     pub zc: Option<bool>,
+    /// RIOReceiveEx / RIOSendEx's pControlContext segment (boxed: the rare extra, so the
+    /// common request stays small on its way through the command queue).
+    pub control: Option<Box<RioBuf>>,
+    /// A receive asked for the local address (`RioEx::want_local`).
+    pub want_local: bool,
+    /// A send's source address (`RioEx::source`); a receive's local address as it ends.
+    pub ip: Option<IpAddr>,
+    /// Set as a receive ends (MSG_CTRUNC).
+    pub control_truncated: bool,
+}
+
+impl RioOp {
+    /// A request's extras, as the application gave them (a refused request hands them back).
+    pub(crate) fn take_ex(&mut self) -> RioEx {
+        RioEx {
+            control: self.control.take().map(|b| *b),
+            want_local: self.want_local,
+            source: if self.kind == RioKind::Send { self.ip } else { None },
+        }
+    }
 }
 
 impl fmt::Debug for RioOp {
@@ -766,6 +808,9 @@ impl RioOp {
             rq,
             quiet,
             zc,
+            control,
+            ip,
+            control_truncated,
             ..
         } = self;
         if kind == RioKind::Receive {
@@ -782,6 +827,9 @@ impl RioOp {
             buf,
             peer,
             zero_copy: zc,
+            local: ip.filter(|_| kind == RioKind::Receive),
+            control: control.map(|b| *b),
+            control_truncated,
         };
         let cq = rq.cq(kind);
         cq.push(r);

@@ -33,7 +33,7 @@ use crate::socket::SocketCore;
 pub(crate) mod buf;
 
 use buf::CqShared;
-pub use buf::{CompletionQueue, ExternalBuffer, RioBuf, RioEvent, RioFlags, RioNotify, RioResult};
+pub use buf::{CompletionQueue, ExternalBuffer, RioBuf, RioEvent, RioEx, RioFlags, RioNotify, RioResult};
 pub(crate) use buf::{RioKind, RioOp, RqShared};
 
 /// A registered buffer (RIO_BUFFERID): made by [`RegisteredBuffer::register`], which hands the
@@ -107,6 +107,9 @@ pub struct RequestQueue {
     max_recv: u32,
     max_send: u32,
     deferred: VecDeque<(u64, RioOp)>,
+    /// IP_PKTINFO / IPV6_RECVPKTINFO turned on for the socket (by a `receive_ex` asking for
+    /// local addresses).
+    local_on: bool,
 }
 
 impl RequestQueue {
@@ -158,6 +161,7 @@ impl RequestQueue {
             max_recv,
             max_send,
             deferred: VecDeque::with_capacity(need),
+            local_on: false,
         })
     }
 
@@ -197,14 +201,40 @@ impl RequestQueue {
         Ok(())
     }
 
-    /// RIOReceive(Ex): receive into `buf`. A full queue hands the segment back with NoBuffers.
+    /// RIOReceive: receive into `buf`. A full queue hands the segment back with NoBuffers.
+    /// A datagram longer than `buf` ends `MessageTooLong` (WSAEMSGSIZE), counted as
+    /// `recv_truncated`.
     pub fn receive(&mut self, buf: RioBuf, token: u64, flags: RioFlags) -> Result<(), (Error, RioBuf)> {
-        self.issue(RioKind::Receive, buf, None, token, flags)
+        self.issue(RioKind::Receive, buf, None, RioEx::default(), token, flags)
+            .map_err(|(e, b, _)| (e, b))
+    }
+
+    /// RIOReceiveEx on a datagram socket: as [`receive`](Self::receive), with a control
+    /// segment and/or the local address asked for in `ex` (`source` is for sends:
+    /// `InvalidArgument`, as is any extra on a stream). Refused requests hand both back.
+    pub fn receive_ex(
+        &mut self,
+        buf: RioBuf,
+        ex: RioEx,
+        token: u64,
+        flags: RioFlags,
+    ) -> Result<(), (Error, RioBuf, RioEx)> {
+        if ex.source.is_some() || self.stream {
+            return Err((Error::InvalidArgument, buf, ex));
+        }
+        if ex.want_local && !self.local_on {
+            if let Err(e) = self.socket.recv_local_addresses() {
+                return Err((e, buf, ex));
+            }
+            self.local_on = true;
+        }
+        self.issue(RioKind::Receive, buf, None, ex, token, flags)
     }
 
     /// RIOSend: send `buf` on a connected socket.
     pub fn send(&mut self, buf: RioBuf, token: u64, flags: RioFlags) -> Result<(), (Error, RioBuf)> {
-        self.issue(RioKind::Send, buf, None, token, flags)
+        self.issue(RioKind::Send, buf, None, RioEx::default(), token, flags)
+            .map_err(|(e, b, _)| (e, b))
     }
 
     /// RIOSendEx: send `buf` to `addr`.
@@ -215,7 +245,25 @@ impl RequestQueue {
         token: u64,
         flags: RioFlags,
     ) -> Result<(), (Error, RioBuf)> {
-        self.issue(RioKind::Send, buf, Some(addr), token, flags)
+        self.issue(RioKind::Send, buf, Some(addr), RioEx::default(), token, flags)
+            .map_err(|(e, b, _)| (e, b))
+    }
+
+    /// RIOSendEx on a datagram socket with its extras: to `addr` (or the connected peer),
+    /// from `ex.source` and/or with `ex.control`'s messages (not both: `InvalidArgument`, as
+    /// are `want_local` and any extra on a stream). Sent by copy (SENDMSG), not zero-copy.
+    pub fn send_ex(
+        &mut self,
+        buf: RioBuf,
+        addr: Option<SocketAddr>,
+        ex: RioEx,
+        token: u64,
+        flags: RioFlags,
+    ) -> Result<(), (Error, RioBuf, RioEx)> {
+        if ex.want_local || (ex.source.is_some() && ex.control.is_some()) || self.stream {
+            return Err((Error::InvalidArgument, buf, ex));
+        }
+        self.issue(RioKind::Send, buf, addr, ex, token, flags)
     }
 
     fn issue(
@@ -223,25 +271,26 @@ impl RequestQueue {
         kind: RioKind,
         buf: RioBuf,
         addr: Option<SocketAddr>,
+        ex: RioEx,
         token: u64,
         flags: RioFlags,
-    ) -> Result<(), (Error, RioBuf)> {
+    ) -> Result<(), (Error, RioBuf, RioEx)> {
         let waitall = flags.contains(RioFlags::WAITALL);
         if flags.contains(RioFlags::COMMIT_ONLY) || (waitall && (kind != RioKind::Receive || !self.stream)) {
             // COMMIT_ONLY carries no request (use `commit`); WAITALL is for stream receives.
-            return Err((Error::InvalidArgument, buf));
+            return Err((Error::InvalidArgument, buf, ex));
         }
         let (out, max) = match kind {
             RioKind::Receive => (&self.rq.recv_out, self.max_recv),
             RioKind::Send => (&self.rq.send_out, self.max_send),
         };
         if out.load(Ordering::Acquire) >= max {
-            return Err((Error::NoBuffers, buf));
+            return Err((Error::NoBuffers, buf, ex));
         }
         // Room for its result: results not yet dequeued keep theirs, so a CQ the application
         // does not drain refuses new requests (backpressure) instead of overflowing.
         if !self.rq.cq(kind).claim() {
-            return Err((Error::NoBuffers, buf));
+            return Err((Error::NoBuffers, buf, ex));
         }
         out.fetch_add(1, Ordering::AcqRel);
         self.deferred.push_back((
@@ -255,6 +304,10 @@ impl RequestQueue {
                 stream: self.stream,
                 waitall,
                 zc: None,
+                control: ex.control.map(Box::new),
+                want_local: ex.want_local,
+                ip: ex.source,
+                control_truncated: false,
             },
         ));
         if flags.contains(RioFlags::DEFER) {
@@ -262,14 +315,15 @@ impl RequestQueue {
         }
         self.commit().map_err(|e| {
             // The request that could not be handed over is the last one: give it back.
-            let (_, op) = self.deferred.pop_back().expect("commit keeps what it could not send");
+            let (_, mut op) = self.deferred.pop_back().expect("commit keeps what it could not send");
             let out = match op.kind {
                 RioKind::Receive => &self.rq.recv_out,
                 RioKind::Send => &self.rq.send_out,
             };
             out.fetch_sub(1, Ordering::AcqRel);
             self.rq.cq(op.kind).unclaim(1);
-            (e, op.buf)
+            let ex = op.take_ex();
+            (e, op.buf, ex)
         })
     }
 

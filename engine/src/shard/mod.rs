@@ -907,8 +907,11 @@ impl<D: Driver> Core<D> {
                     s.addr_len = 0;
                 }
                 // Zero-copy for datagrams only: a stream send continued in parts copies.
+                // RIOSendEx's control messages and source address need SENDMSG.
                 s.zerocopy = r.kind == RioKind::Send
                     && !r.stream
+                    && r.control.is_none()
+                    && r.ip.is_none()
                     && r.buf.len() >= self.rio_zc_min as usize
                     && r.buf
                         .fixed_slot(&self.shared.rio_slots, &mut self.rio_slots, &mut self.driver)

@@ -52,6 +52,20 @@ impl<D: Driver> Core<D> {
                 if s.msg.msg_namelen == 0 {
                     s.msg.msg_name = std::ptr::null_mut();
                 }
+                // RIOReceiveEx / RIOSendEx: control messages in the caller's segment, or (a
+                // local address alone) in the slot's own room.
+                if let Some(c) = &r.control {
+                    let (p, n) = c.raw(r.kind);
+                    s.msg.msg_control = p.cast();
+                    s.msg.msg_controllen = n as usize;
+                } else if r.kind == RioKind::Receive && r.want_local {
+                    s.control.fill(0);
+                    s.msg.msg_control = s.control.as_mut_ptr().cast();
+                    s.msg.msg_controllen = size_of::<net::ControlRoom>();
+                } else if let Some(ip) = r.ip.filter(|_| r.kind == RioKind::Send) {
+                    s.msg.msg_controllen = net::pktinfo_cmsg(&mut s.control, ip);
+                    s.msg.msg_control = s.control.as_mut_ptr().cast();
+                }
                 match r.kind {
                     RioKind::Receive => Prep::RecvMsg {
                         msg: &mut s.msg,
@@ -591,7 +605,7 @@ impl<D: Driver> Core<D> {
         let gather = s.gather.take();
         // A shared send's destination identifies its completion; the frame handle is released.
         let shared_dest = s.shared.take().and_then(|_| net::from_raw(&s.addr, s.addr_len));
-        let rio = s.rio.take();
+        let mut rio = s.rio.take();
         let multishot = s.multishot;
         let started = s.started;
         if s.scheduled {
@@ -607,6 +621,34 @@ impl<D: Driver> Core<D> {
         } else {
             None
         };
+        // A RIO datagram receive: what RIOReceiveEx reports, and a datagram longer than its
+        // segment (MSG_TRUNC) fails as WSAEMSGSIZE instead of passing for whole.
+        let mut rio_truncated = false;
+        if let Some(r) = rio.as_mut().filter(|r| r.kind == RioKind::Receive && !r.stream) {
+            let written = if ok { s.msg.msg_controllen } else { 0 };
+            rio_truncated = ok && s.msg.msg_flags & libc::MSG_TRUNC != 0;
+            r.control_truncated = ok && s.msg.msg_flags & libc::MSG_CTRUNC != 0;
+            let found = match r.control.as_deref_mut() {
+                Some(c) => {
+                    // The rest of the segment zeroed: a walk over all of it stops after the
+                    // kernel's messages (C callers see only the RIO_BUF, not the length).
+                    let n = written.min(c.capacity());
+                    c.set_len(c.capacity());
+                    c[n..].fill(0);
+                    c.set_len(n);
+                    net::parse_cmsgs(c).local
+                }
+                None if r.want_local => {
+                    let mut room = [0u8; size_of::<net::ControlRoom>()];
+                    for (d, w) in room.chunks_exact_mut(8).zip(&s.control) {
+                        d.copy_from_slice(&w.to_ne_bytes());
+                    }
+                    net::parse_cmsgs(&room[..written.min(room.len())]).local
+                }
+                None => None,
+            };
+            r.ip = found.filter(|_| r.want_local);
+        }
         let accepted_peer = (kind == OpKind::Accept && !multishot && ok)
             .then(|| net::from_raw(&s.addr, s.addr_len))
             .flatten();
@@ -621,6 +663,13 @@ impl<D: Driver> Core<D> {
             // cancelled ends as what it is: aborted, not "would block".
             Some(r) if cancelled && r == -libc::EAGAIN => Err(Error::Aborted),
             Some(r) => Err(Error::from_errno(-r)),
+        };
+        let result = if rio_truncated {
+            let st = &self.shared.stats;
+            st.add(&st.counters.recv_truncated, 1);
+            Err(Error::MessageTooLong)
+        } else {
+            result
         };
         let st = &self.shared.stats;
         st.add(&st.counters.ops_completed, 1);

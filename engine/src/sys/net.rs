@@ -177,23 +177,21 @@ pub(crate) fn mcast_membership(
     }
 }
 
-/// Writes one IP_TOS (or, `v6`, IPV6_TCLASS) control message carrying `tos` into `buf` for
-/// a sendmsg; returns its length (msg_controllen).
-pub(crate) fn tos_cmsg(buf: &mut [u64; 4], v6: bool, tos: u8) -> usize {
-    let (level, kind) = if v6 {
-        (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
-    } else {
-        (libc::IPPROTO_IP, libc::IP_TOS)
-    };
-    let value = libc::c_int::from(tos);
+/// Room for the control messages one op sends or reads itself (cmsghdr-aligned): one
+/// IP_TOS / IPV6_TCLASS int, or one in_pktinfo / in6_pktinfo.
+pub(crate) type ControlRoom = [u64; 8];
+
+/// Writes one control message (`level`, `kind`, `data`) at the start of `buf`; its
+/// CMSG_SPACE, the length to send.
+fn put_cmsg(buf: &mut ControlRoom, level: i32, kind: i32, data: &[u8]) -> usize {
     // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
     let (space, len) = unsafe {
         (
-            libc::CMSG_SPACE(size_of::<libc::c_int>() as u32) as usize,
-            libc::CMSG_LEN(size_of::<libc::c_int>() as u32) as usize,
+            libc::CMSG_SPACE(data.len() as u32) as usize,
+            libc::CMSG_LEN(data.len() as u32) as usize,
         )
     };
-    assert!(space <= size_of::<[u64; 4]>(), "one int control message fits");
+    assert!(space <= size_of::<ControlRoom>(), "one small control message fits");
     buf.fill(0);
     let hdr = libc::cmsghdr {
         cmsg_len: len,
@@ -201,13 +199,44 @@ pub(crate) fn tos_cmsg(buf: &mut [u64; 4], v6: bool, tos: u8) -> usize {
         cmsg_type: kind,
     };
     // SAFETY: `buf` is 8-byte aligned (cmsghdr's alignment) and holds `space` bytes: the
-    // header, then the int at CMSG_DATA's offset (the header's aligned size).
+    // header, then `data` at CMSG_DATA's offset (the header's aligned size).
     unsafe {
         std::ptr::write(buf.as_mut_ptr().cast::<libc::cmsghdr>(), hdr);
-        let data = buf.as_mut_ptr().cast::<u8>().add(size_of::<libc::cmsghdr>());
-        std::ptr::write_unaligned(data.cast::<libc::c_int>(), value);
+        let at = buf.as_mut_ptr().cast::<u8>().add(size_of::<libc::cmsghdr>());
+        std::ptr::copy_nonoverlapping(data.as_ptr(), at, data.len());
     }
     space
+}
+
+/// Writes an IP_TOS (IPv4) or IPV6_TCLASS (IPv6) control message carrying `tos` into
+/// `buf`; returns its length (CMSG_SPACE of an int).
+pub(crate) fn tos_cmsg(buf: &mut ControlRoom, v6: bool, tos: u8) -> usize {
+    let (level, kind) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_TOS)
+    };
+    put_cmsg(buf, level, kind, &libc::c_int::from(tos).to_ne_bytes())
+}
+
+/// Writes the control message choosing a datagram's source address (RIOSendEx's
+/// pLocalAddress): IP_PKTINFO's `ipi_spec_dst` for IPv4, IPV6_PKTINFO's address for IPv6;
+/// returns its length.
+pub(crate) fn pktinfo_cmsg(buf: &mut ControlRoom, src: IpAddr) -> usize {
+    match src {
+        IpAddr::V4(a) => {
+            // struct in_pktinfo { int ipi_ifindex; in_addr ipi_spec_dst; in_addr ipi_addr; }
+            let mut d = [0u8; 12];
+            d[4..8].copy_from_slice(&a.octets());
+            put_cmsg(buf, libc::IPPROTO_IP, libc::IP_PKTINFO, &d)
+        }
+        IpAddr::V6(a) => {
+            // struct in6_pktinfo { in6_addr ipi6_addr; int ipi6_ifindex; }
+            let mut d = [0u8; 20];
+            d[..16].copy_from_slice(&a.octets());
+            put_cmsg(buf, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &d)
+        }
+    }
 }
 
 /// The index of interface `name`.
@@ -536,6 +565,9 @@ pub(crate) struct Cmsgs {
     /// `sock_extended_err`. A TX timestamp has origin SO_EE_ORIGIN_TIMESTAMPING, info the
     /// stamp's kind (SCM_TSTAMP_SND, ...) and data the send's OPT_ID key.
     pub ext_err: Option<(u8, u32, u32)>,
+    /// IP_PKTINFO / IPV6_PKTINFO: the address a datagram was sent to (its header's
+    /// destination: the local address it arrived on, or the group).
+    pub local: Option<IpAddr>,
 }
 
 /// `sock_extended_err.ee_origin` of a timestamp (linux/errqueue.h).
@@ -575,6 +607,17 @@ pub(crate) fn parse_cmsgs(mut b: &[u8]) -> Cmsgs {
                 out.tos = data
                     .get(..4)
                     .map(|v| i32::from_ne_bytes([v[0], v[1], v[2], v[3]]) as u8)
+            }
+            (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                out.local = data
+                    .get(8..12)
+                    .map(|d| IpAddr::V4(Ipv4Addr::new(d[0], d[1], d[2], d[3])));
+            }
+            (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                out.local = data
+                    .get(..16)
+                    .and_then(|d| <[u8; 16]>::try_from(d).ok())
+                    .map(|d| IpAddr::V6(Ipv6Addr::from(d)));
             }
             (libc::SOL_SOCKET, libc::SCM_TIMESTAMPING) => {
                 // struct scm_timestamping { struct timespec ts[3]; }: [0] software, [2] raw
