@@ -76,6 +76,11 @@ counters! {
     cq_overflows,
     /// Cancellations issued.
     cancels,
+    /// Posts this polling shard sent into another shard's ring by io_uring MSG_RING.
+    posts_ring,
+    /// Posts this polling shard sent through another shard's command queue (a provider
+    /// without MSG_RING on either side, a full mailbox, or a MSG_RING that failed).
+    posts_queued,
     /// Frames currently in the provided-buffer ring (a gauge).
     bufring_frames,
     /// Free frames in the pool at the last update (a gauge).

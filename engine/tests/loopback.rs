@@ -2227,6 +2227,123 @@ fn a_post_from_another_thread_wakes_a_polling_shard() {
     );
 }
 
+/// Cross-shard messages between polling-mode shards (thread per core): `post_to` goes by
+/// io_uring MSG_RING straight into the target's completion queue when both shards run on
+/// io_uring (counted `posts_ring`), through the target's command queue otherwise
+/// (`posts_queued`) — each post arriving once with its key, token and bytes, in order on one
+/// path; a post from a shard on another thread wakes the target asleep in `wait`; a byte
+/// count MSG_RING cannot carry takes the queue; a stopped target is `Shutdown`.
+#[test]
+fn posts_between_polling_shards_go_ring_to_ring() {
+    let mut a = Shard::new(&small(), None).unwrap();
+    let mut b = Shard::new(&small(), None).unwrap();
+    let bh = b.handle();
+    let ring = on_uring(Some(a.info())) && on_uring(Some(b.info()));
+    const N: u64 = 2000;
+    let (mut got, mut scratch) = (Vec::new(), Vec::new());
+    for i in 0..N {
+        a.post_to(&bh, 7, i, i as usize * 3).unwrap();
+        if i % 100 == 99 {
+            // 100 posts go into the kernel with a's next turn; b (a busy-polling consumer)
+            // turns until it has them.
+            a.poll(&mut scratch, 64);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while (got.len() as u64) <= i && Instant::now() < deadline {
+                b.poll(&mut got, 4096);
+            }
+        }
+    }
+    assert!(scratch.is_empty(), "a itself gets nothing: {scratch:?}");
+    assert_eq!(got.len() as u64, N, "each post arrives");
+    for (i, c) in got.iter().enumerate() {
+        assert_eq!(
+            (c.op, c.key, c.token, c.result),
+            (OpKind::Post, 7, i as u64, Ok(i * 3)),
+            "in order"
+        );
+    }
+    // Every MSG_RING's own CQE is in by now (b saw each post after a submitted it).
+    a.poll(&mut scratch, 64);
+    let s = a.stats().counters.snapshot();
+    if ring {
+        assert_eq!((s.posts_ring, s.posts_queued), (N, 0), "ring to ring");
+    } else {
+        assert_eq!((s.posts_ring, s.posts_queued), (0, N), "epoll: the command queue");
+    }
+    assert_eq!(s.stray_cqes, 0);
+    assert_eq!(b.stats().counters.snapshot().stray_cqes, 0);
+
+    // A count as large as a DWORD goes by ring; a larger one by the queue.
+    got.clear();
+    a.post_to(&bh, 1, 2, u32::MAX as usize).unwrap();
+    a.post_to(&bh, 1, 3, usize::MAX).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got.len() < 2 && Instant::now() < deadline {
+        a.poll(&mut scratch, 64);
+        b.poll(&mut got, 8);
+    }
+    got.sort_by_key(|c| c.token);
+    let counts: Vec<_> = got.iter().map(|c| (c.token, c.result)).collect();
+    assert_eq!(counts, [(2, Ok(u32::MAX as usize)), (3, Ok(usize::MAX))]);
+    assert_eq!(
+        a.stats().counters.snapshot().posts_queued,
+        s.posts_queued + 1 + u64::from(!ring)
+    );
+
+    // Backpressure: a consumer that does not turn leaves the ring path full after 256 posts.
+    let mut refused = 0;
+    for i in 0..300 {
+        match a.post_to(&bh, 2, i, 0) {
+            Ok(()) => {}
+            Err(e) => {
+                assert_eq!(e, Error::NoBuffers);
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(
+        refused,
+        if ring { 300 - 256 } else { 0 },
+        "256 in flight at most, then NoBuffers"
+    );
+    got.clear();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got.len() < 300 - refused && Instant::now() < deadline {
+        a.poll(&mut scratch, 64);
+        b.poll(&mut got, 512);
+    }
+    assert_eq!(got.len(), 300 - refused);
+    assert!(got.windows(2).all(|w| w[0].token < w[1].token), "in order");
+
+    // A shard on another thread wakes b asleep in the kernel.
+    let bh2 = b.handle();
+    let cfg = small();
+    let poster = std::thread::spawn(move || {
+        let mut c = Shard::new(&cfg, None).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        c.post_to(&bh2, 9, 99, 5).unwrap();
+        let mut out = Vec::new();
+        c.poll(&mut out, 8); // submits the MSG_RING
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let on = |c: &Shard| c.stats().counters.snapshot();
+        while on(&c).posts_ring + on(&c).posts_queued == 0 && Instant::now() < deadline {
+            c.poll(&mut out, 8);
+        }
+        (on(&c).posts_ring, on(&c).posts_queued)
+    });
+    got.clear();
+    let t0 = Instant::now();
+    b.wait(&mut got, 8, Duration::from_secs(10));
+    let took = t0.elapsed();
+    let (by_ring, by_queue) = poster.join().unwrap();
+    assert_eq!((got.len(), got[0].key, got[0].token, got[0].result), (1, 9, 99, Ok(5)));
+    assert!(took < Duration::from_secs(5), "woken by the post: {took:?}");
+    assert_eq!((by_ring, by_queue), if ring { (1, 0) } else { (0, 1) });
+
+    drop(b);
+    assert_eq!(a.post_to(&bh, 1, 1, 1), Err(Error::Shutdown));
+}
+
 /// Drops CAP_NET_ADMIN and CAP_NET_RAW from the calling thread's effective set (capabilities
 /// are per thread), as an unprivileged process has them.
 fn drop_net_caps_in_this_thread() {

@@ -874,6 +874,14 @@ impl Driver for EpollDriver {
         Ok(())
     }
 
+    fn ring_fd(&self) -> Option<io::Result<OwnedFd>> {
+        None
+    }
+
+    fn msg_ring(&mut self, _target: RawFd, _ud: u64, _res: i32, _sent_ud: u64) -> io::Result<bool> {
+        Ok(false)
+    }
+
     fn arm_wake(&mut self, ud: u64) -> io::Result<()> {
         self.wake_ud = Some(ud);
         Ok(())

@@ -45,6 +45,11 @@ pub(crate) const TAG_WAKE: u64 = 3;
 pub(crate) const TAG_XSK_POLL: u64 = 4;
 /// An accept: its successful events carry the new connection, adopted by the driver.
 pub(crate) const TAG_ACCEPT: u64 = 5;
+/// A post another shard sent into this ring (MSG_RING): idx is its mailbox slot, res its
+/// byte count.
+pub(crate) const TAG_POST: u64 = 6;
+/// This shard's MSG_RING of a post: idx is its record (res 0 delivered, < 0 failed).
+pub(crate) const TAG_POST_SENT: u64 = 7;
 
 const IDX_BITS: u32 = 24;
 const GEN_BITS: u32 = 32;
@@ -295,6 +300,16 @@ pub(crate) trait Driver {
 
     /// Arms the wake-up read of the shard's eventfd: event `ud` when it is written.
     fn arm_wake(&mut self, ud: u64) -> io::Result<()>;
+
+    /// A duplicate of this provider's ring fd, for other shards to post into with
+    /// [`msg_ring`](Self::msg_ring); `None` for a provider without a ring.
+    fn ring_fd(&self) -> Option<io::Result<OwnedFd>>;
+
+    /// Queues a message into ring `target` (io_uring MSG_RING): event `ud` with result `res`
+    /// appears there, and this ring's own event `sent_ud` says whether it did (0, or
+    /// `-errno`: then nothing appeared). `Ok(false)`: this provider has no way to (the
+    /// caller uses the target's command queue instead).
+    fn msg_ring(&mut self, target: RawFd, ud: u64, res: i32, sent_ud: u64) -> io::Result<bool>;
 
     /// Hands a pool frame to the kernel for receives that pick one.
     ///

@@ -421,6 +421,14 @@ impl Driver for SimDriver {
         Ok(())
     }
 
+    fn ring_fd(&self) -> Option<io::Result<std::os::fd::OwnedFd>> {
+        None
+    }
+
+    fn msg_ring(&mut self, _target: RawFd, _ud: u64, _res: i32, _sent_ud: u64) -> io::Result<bool> {
+        Ok(false)
+    }
+
     fn arm_wake(&mut self, ud: u64) -> io::Result<()> {
         self.wake = Some(ud);
         Ok(())

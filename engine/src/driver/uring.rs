@@ -195,6 +195,20 @@ impl Driver for UringDriver {
         unsafe { self.ring.push(&e) }
     }
 
+    fn ring_fd(&self) -> Option<io::Result<OwnedFd>> {
+        Some(self.ring.dup_fd())
+    }
+
+    fn msg_ring(&mut self, target: RawFd, ud: u64, res: i32, sent_ud: u64) -> io::Result<bool> {
+        let e = opcode::MsgRingData::new(types::Fd(target), res, ud, None)
+            .build()
+            .user_data(sent_ud);
+        // SAFETY: a MSG_RING data SQE points at no memory (the target fd is a ring the
+        // caller keeps open: a duplicate held by the target's shared state).
+        unsafe { self.ring.push(&e) }?;
+        Ok(true)
+    }
+
     unsafe fn provide(&mut self, frame: u32, addr: u64, len: u32) {
         // SAFETY: the caller gives the frame to the kernel; frames provided never exceed the
         // ring's entries (the core's target is recv_frames, the ring's size).

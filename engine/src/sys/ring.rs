@@ -144,6 +144,14 @@ impl Ring {
         }
     }
 
+    /// A duplicate of the ring's fd (MSG_RING's target; it keeps the ring alive).
+    pub(crate) fn dup_fd(&self) -> io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the ring's fd is open while `self` lives; it is only borrowed to be
+        // duplicated.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.ring.as_raw_fd()) }.try_clone_to_owned()
+    }
+
     pub(crate) fn info(&self) -> &RingInfo {
         &self.info
     }
