@@ -101,7 +101,7 @@ impl Request {
 }
 
 pub(crate) use crate::driver::{
-    decode, user_data, TAG_ACCEPT, TAG_CANCEL, TAG_LINK_TIMEOUT, TAG_OP, TAG_POST, TAG_POST_SENT, TAG_WAKE,
+    decode, user_data, TAG_ACCEPT, TAG_CANCEL, TAG_DOORBELL, TAG_DOORBELL_SENT, TAG_LINK_TIMEOUT, TAG_OP, TAG_WAKE,
     TAG_XSK_POLL,
 };
 

@@ -241,59 +241,12 @@ pub(crate) struct ShardShared {
     pub(crate) class_drops: [AtomicU64; 6],
     /// Where this shard publishes its statistics for other processes (its engine's segment).
     pub(crate) telemetry: Option<Arc<Publisher>>,
-    /// A duplicate of the shard's io_uring fd, set when it starts on io_uring: other
-    /// polling-mode shards post into it with MSG_RING ([`Shard::post_to`](crate::shard::Shard::post_to)).
-    /// Held here, it keeps the ring open (a message to a stopped shard lands in a ring nobody
-    /// reads, never in a file that took its number).
+    /// A duplicate of the shard's io_uring fd, set when it starts on io_uring: a polling
+    /// shard posting to this one wakes it with a MSG_RING into it
+    /// ([`Shard::post_to`](crate::shard::Shard::post_to)). Held here, it keeps the ring
+    /// open: a message to a stopped shard lands in a ring nobody reads, never in a file that
+    /// took its number.
     pub(crate) ring: OnceLock<OwnedFd>,
-    /// The (key, token) of posts sent into that ring.
-    pub(crate) mailbox: Mailbox,
-}
-
-/// Slots for posts sent into a shard's ring by MSG_RING, which carries only a 64-bit id and a
-/// 32-bit result: the sender writes (key, token) into a free slot, the message carries the
-/// slot and the byte count, the receiver takes them out and frees the slot. Full: the sender
-/// uses the command queue.
-#[derive(Debug)]
-pub(crate) struct Mailbox {
-    slots: Box<[[AtomicU64; 2]]>,
-    free: ArrayQueue<u32>,
-}
-
-/// Posts one shard may have in flight into another's ring at once.
-pub(crate) const MAILBOX_SLOTS: u32 = 256;
-
-impl Mailbox {
-    fn new() -> Mailbox {
-        let free = ArrayQueue::new(MAILBOX_SLOTS as usize);
-        for i in 0..MAILBOX_SLOTS {
-            free.push(i).expect("sized to the slots");
-        }
-        Mailbox {
-            slots: (0..MAILBOX_SLOTS).map(|_| Default::default()).collect(),
-            free,
-        }
-    }
-
-    /// Stores (key, token) in a free slot; its index, or `None` if all are taken.
-    pub(crate) fn put(&self, key: u64, token: u64) -> Option<u32> {
-        let i = self.free.pop()?;
-        let s = &self.slots[i as usize];
-        // Release: the receiver reads them after the ring's CQE, which the kernel posts
-        // after this thread submitted the message.
-        s[0].store(key, Ordering::Release);
-        s[1].store(token, Ordering::Release);
-        Some(i)
-    }
-
-    /// Takes slot `i`'s (key, token) and frees it; `None` for an index out of range.
-    pub(crate) fn take(&self, i: u32) -> Option<(u64, u64)> {
-        let s = self.slots.get(i as usize)?;
-        let v = (s[0].load(Ordering::Acquire), s[1].load(Ordering::Acquire));
-        // Every slot taken was put once: the queue has room for it.
-        let _ = self.free.push(i);
-        Some(v)
-    }
 }
 
 impl ShardShared {
@@ -555,6 +508,5 @@ pub(crate) fn new_shared(
         class_drops: Default::default(),
         telemetry,
         ring: OnceLock::new(),
-        mailbox: Mailbox::new(),
     }))
 }

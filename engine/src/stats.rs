@@ -76,11 +76,14 @@ counters! {
     cq_overflows,
     /// Cancellations issued.
     cancels,
-    /// Posts this polling shard sent into another shard's ring by io_uring MSG_RING.
-    posts_ring,
-    /// Posts this polling shard sent through another shard's command queue (a provider
-    /// without MSG_RING on either side, a full mailbox, or a MSG_RING that failed).
-    posts_queued,
+    /// Posts this polling shard sent to another (`Shard::post_to`).
+    posts_sent,
+    /// Of those, posts that found their target asleep and woke it by an io_uring MSG_RING
+    /// into its ring (no syscall of their own).
+    post_wakes_ring,
+    /// Posts that woke their target through its eventfd (epoll on either side, or a
+    /// MSG_RING that failed or had no record free).
+    post_wakes_eventfd,
     /// Frames currently in the provided-buffer ring (a gauge).
     bufring_frames,
     /// Free frames in the pool at the last update (a gauge).

@@ -141,6 +141,12 @@ impl ShardWaker {
         }
     }
 
+    /// Claims the wake-up of a shard that sleeps (or is about to): true if it does, and the
+    /// caller must then wake it — [`signal`](Self::signal), or a MSG_RING into its ring.
+    pub(crate) fn take(&self) -> bool {
+        self.sleeping.take()
+    }
+
     /// Writes the eventfd whatever the flag says (a stop request).
     pub(crate) fn signal(&self) {
         crate::sys::net::eventfd_signal(std::os::fd::AsRawFd::as_raw_fd(&self.fd));

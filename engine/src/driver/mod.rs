@@ -45,11 +45,10 @@ pub(crate) const TAG_WAKE: u64 = 3;
 pub(crate) const TAG_XSK_POLL: u64 = 4;
 /// An accept: its successful events carry the new connection, adopted by the driver.
 pub(crate) const TAG_ACCEPT: u64 = 5;
-/// A post another shard sent into this ring (MSG_RING): idx is its mailbox slot, res its
-/// byte count.
-pub(crate) const TAG_POST: u64 = 6;
-/// This shard's MSG_RING of a post: idx is its record (res 0 delivered, < 0 failed).
-pub(crate) const TAG_POST_SENT: u64 = 7;
+/// A wake-up another shard sent into this ring (MSG_RING) after queueing a post for it.
+pub(crate) const TAG_DOORBELL: u64 = 6;
+/// This shard's MSG_RING wake-up of another: idx is its record (res 0 delivered, < 0 failed).
+pub(crate) const TAG_DOORBELL_SENT: u64 = 7;
 
 const IDX_BITS: u32 = 24;
 const GEN_BITS: u32 = 32;

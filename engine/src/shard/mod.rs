@@ -55,7 +55,7 @@ use crate::op::{self, Request, Table};
 use crate::pool::Pool;
 use crate::port::CompletionPort;
 pub(crate) use crate::proto::new_shared;
-use crate::proto::{Command, ShardShared, MAILBOX_SLOTS};
+use crate::proto::{Command, ShardShared};
 pub use crate::proto::{Delivery, QosFlow, ShardHandle, ShardInfo, FLOWS_MAX};
 use crate::qos::{Scheduler, TrafficType};
 use crate::rio::buf::RioKind;
@@ -271,10 +271,11 @@ pub(crate) struct Core<D: Driver> {
     // provided frames and the pool's pages before they are unmapped.
     driver: D,
     shared: Arc<ShardShared>,
-    /// This shard's posts in flight into other shards' rings (MSG_RING), by record, until
-    /// its own CQE says whether each arrived; and the free records.
-    ring_posts: Vec<Option<RingPost>>,
-    ring_posts_free: Vec<u32>,
+    /// This shard's MSG_RING wake-ups of other shards in flight, by record (the target, in
+    /// case it must be woken by its eventfd after all), until their own CQE; and the free
+    /// records.
+    doorbells: Vec<Option<Arc<ShardShared>>>,
+    doorbells_free: Vec<u32>,
     pool: Pool,
     ops: Table,
     sockets: Box<[SockEntry]>,
@@ -325,13 +326,8 @@ pub(crate) struct Core<D: Driver> {
     epoch: Instant,
 }
 
-/// A post this shard sent into another's ring, until its own CQE.
-struct RingPost {
-    target: Arc<ShardShared>,
-    /// Its (key, token) in the target's mailbox.
-    slot: u32,
-    bytes: u32,
-}
+/// MSG_RING wake-ups one polling shard may have in flight (more fall back to eventfds).
+const DOORBELLS: u32 = 64;
 
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -453,20 +449,16 @@ impl Shard {
     /// PostQueuedCompletionStatus from this polling-mode shard to another one (messages
     /// between the threads of a thread-per-core application): `target`'s
     /// [`poll`](Self::poll)/[`wait`](Self::wait) returns a `Post` completion with `key`,
-    /// `token` and `Ok(bytes)`.
+    /// `token` and `Ok(bytes)`, in the order sent.
     ///
-    /// Between two io_uring shards it travels as an io_uring MSG_RING from this ring into
-    /// the target's completion queue: no syscall of its own (it is submitted with this
-    /// shard's next `poll`/`wait`, batched with its other work), no eventfd, and it wakes the
-    /// target if it sleeps in the kernel (the kernel hands a busy target at most 20 such
-    /// messages per turn). Otherwise — epoll on either side — through the target's command
-    /// queue, as [`ShardHandle::post`]; also a post whose `bytes` exceed `u32::MAX` (more
-    /// than Windows' DWORD carries), and one whose MSG_RING the kernel refused (resent: it
-    /// may overtake posts sent after it). `stats().counters` `posts_ring` / `posts_queued`
-    /// say which (counted as each is known to have gone). Posts from one shard to another
-    /// arrive in the order sent. `NoBuffers` (backpressure: poll, then retry) while 256 of
-    /// them are in flight unread, or the target's command queue is full; `Shutdown` if the
-    /// target is stopping.
+    /// The post goes through the target's command queue (user space: a busy-polling target
+    /// takes it on its next turn, with no syscall on either side). A target asleep in the
+    /// kernel is woken, where both shards run io_uring, by an io_uring MSG_RING from this
+    /// ring into the target's — no syscall of its own: it is submitted with this shard's next
+    /// `poll`/`wait`, batched with its other work — and otherwise by the target's eventfd.
+    /// `stats().counters`: `posts_sent`, `post_wakes_ring`, `post_wakes_eventfd`.
+    /// `NoBuffers` (backpressure: poll, then retry) while the target's command queue is
+    /// full; `Shutdown` if the target is stopping.
     pub fn post_to(&mut self, target: &ShardHandle, key: u64, token: u64, bytes: usize) -> Result<(), Error> {
         on_core!(&mut self.core, c => c.post_to(&target.shared, key, token, bytes))
     }
@@ -586,8 +578,8 @@ impl<D: Driver> Core<D> {
             turns: 0,
             cqe_order: Vec::with_capacity(cfg.cq_entries as usize),
             epoch: Instant::now(),
-            ring_posts: (0..MAILBOX_SLOTS).map(|_| None).collect(),
-            ring_posts_free: (0..MAILBOX_SLOTS).rev().collect(),
+            doorbells: (0..DOORBELLS).map(|_| None).collect(),
+            doorbells_free: (0..DOORBELLS).rev().collect(),
             shared,
         };
         // Other shards' posts come into this ring (io_uring only).
@@ -639,75 +631,57 @@ impl<D: Driver> Core<D> {
             self.local.push_back(Completion::new(key, token, Ok(bytes)));
             return Ok(());
         }
-        // The ring path, where both ends have one: MSG_RING's 32-bit result carries the count
-        // (read back as a u32: Windows' DWORD).
-        if let (Some(ring), Ok(res)) = (target.ring.get(), u32::try_from(bytes)) {
-            let rec = self.ring_posts_free.pop().ok_or(Error::NoBuffers)?;
-            let Some(slot) = target.mailbox.put(key, token) else {
-                self.ring_posts_free.push(rec);
-                return Err(Error::NoBuffers);
-            };
-            let ud = op::user_data(op::TAG_POST, slot, 0);
-            let sent = op::user_data(op::TAG_POST_SENT, rec, 0);
-            match self.driver.msg_ring(ring.as_raw_fd(), ud, res as i32, sent) {
-                Ok(true) => {
-                    self.ring_posts[rec as usize] = Some(RingPost {
-                        target: target.clone(),
-                        slot,
-                        bytes: res,
-                    });
-                    return Ok(());
-                }
-                Ok(false) => {}
-                Err(e) => tracing::debug!(error = %e, "queueing a MSG_RING post failed; it takes the command queue"),
-            }
-            let _ = target.mailbox.take(slot);
-            self.ring_posts_free.push(rec);
-        }
         target
-            .send(Command::Post { key, token, bytes })
+            .push(Command::Post { key, token, bytes })
             .map_err(|_| Error::NoBuffers)?;
         let st = &self.shared.stats;
-        st.add(&st.counters.posts_queued, 1);
+        st.add(&st.counters.posts_sent, 1);
+        if target.waker.take() {
+            self.ring_doorbell(target);
+        }
         Ok(())
     }
 
-    /// The CQE of this shard's MSG_RING post `rec`: counted if it arrived, else resent
-    /// through the target's command queue (nothing reached the target's ring).
-    pub(super) fn on_post_sent(&mut self, rec: u32, res: i32) {
-        let Some(p) = self.ring_posts.get_mut(rec as usize).and_then(Option::take) else {
+    /// Wakes `target`, asleep, whose wake-up this shard has claimed: a MSG_RING into its
+    /// ring, submitted with this shard's next turn, where both run io_uring; its eventfd
+    /// otherwise.
+    fn ring_doorbell(&mut self, target: &Arc<ShardShared>) {
+        if let (Some(ring), Some(rec)) = (target.ring.get(), self.doorbells_free.pop()) {
+            let ud = op::user_data(op::TAG_DOORBELL, 0, 0);
+            let sent = op::user_data(op::TAG_DOORBELL_SENT, rec, 0);
+            match self.driver.msg_ring(ring.as_raw_fd(), ud, 0, sent) {
+                Ok(true) => {
+                    self.doorbells[rec as usize] = Some(target.clone());
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "queueing a MSG_RING wake-up failed; the eventfd wakes the shard")
+                }
+            }
+            self.doorbells_free.push(rec);
+        }
+        target.waker.signal();
+        let st = &self.shared.stats;
+        st.add(&st.counters.post_wakes_eventfd, 1);
+    }
+
+    /// The CQE of this shard's MSG_RING wake-up `rec`: counted if it arrived, else the
+    /// target's eventfd wakes it.
+    pub(super) fn on_doorbell_sent(&mut self, rec: u32, res: i32) {
+        let Some(target) = self.doorbells.get_mut(rec as usize).and_then(Option::take) else {
             let st = &self.shared.stats;
             st.add(&st.counters.stray_cqes, 1);
             return;
         };
-        self.ring_posts_free.push(rec);
+        self.doorbells_free.push(rec);
         let st = &self.shared.stats;
         if res >= 0 {
-            st.add(&st.counters.posts_ring, 1);
-            return;
-        }
-        tracing::warn!(res, "a MSG_RING post failed; resent through the target's command queue");
-        if let Some((key, token)) = p.target.mailbox.take(p.slot) {
-            p.target.send_reliably(Command::Post {
-                key,
-                token,
-                bytes: p.bytes as usize,
-            });
-            st.add(&st.counters.posts_queued, 1);
-        }
-    }
-
-    /// A post another shard sent into this ring (MSG_RING).
-    pub(super) fn on_post(&mut self, slot: u32, res: i32) {
-        match self.shared.mailbox.take(slot) {
-            // The count travelled as a u32 in the CQE's result.
-            Some((key, token)) => self
-                .local
-                .push_back(Completion::new(key, token, Ok(res as u32 as usize))),
-            None => {
-                let st = &self.shared.stats;
-                st.add(&st.counters.stray_cqes, 1);
-            }
+            st.add(&st.counters.post_wakes_ring, 1);
+        } else {
+            tracing::warn!(res, "a MSG_RING wake-up failed; the target's eventfd wakes it");
+            target.waker.signal();
+            st.add(&st.counters.post_wakes_eventfd, 1);
         }
     }
 

@@ -307,8 +307,9 @@ impl<D: Driver> Core<D> {
                 return;
             }
             op::TAG_CANCEL => return,
-            op::TAG_POST => return self.on_post(idx, res),
-            op::TAG_POST_SENT => return self.on_post_sent(idx, res),
+            // The CQE has woken the shard; the post waits in its command queue.
+            op::TAG_DOORBELL => return,
+            op::TAG_DOORBELL_SENT => return self.on_doorbell_sent(idx, res),
             op::TAG_XSK_POLL => {
                 // The poll only wakes the shard; the rings are read every turn.
                 // A poll of a closed socket whose index was reused carries the old generation:
