@@ -42,6 +42,11 @@ pub(crate) struct Faults {
     /// EAGAIN, carrying the provided frame it had picked (as io_uring does), and the core
     /// must re-arm it — or, cancelled or timed out meanwhile, end it as that.
     pub raced: u32,
+    /// Of those raced receives with a deadline, the machine stalls (a real sleep) past the
+    /// deadline before the EAGAIN comes, while the linked timeout has not fired yet (time
+    /// here is counted in turns): the core must end the receive timed out, not re-arm it for
+    /// no time, nor pass the EAGAIN on.
+    pub stall: u32,
     /// Events one reap takes (the rest wait: a small CQ, counted as overflows).
     pub cq_max: usize,
 }
@@ -57,6 +62,7 @@ impl Faults {
             eintr: 0,
             end: 0,
             raced: 0,
+            stall: 0,
             cq_max: usize::MAX,
         }
     }
@@ -72,6 +78,7 @@ impl Faults {
             eintr: 100,
             end: 100,
             raced: 150,
+            stall: 100,
             cq_max: 3,
         }
     }
@@ -112,6 +119,7 @@ pub(crate) struct Fired {
     pub eintr: u64,
     pub ended: u64,
     pub raced: u64,
+    pub stalled: u64,
     pub overflows: u64,
 }
 
@@ -237,6 +245,10 @@ impl SimDriver {
                 }
                 if self.chance(self.faults.raced) {
                     self.fired.raced += 1;
+                    if let Some(t) = sub.timeout.filter(|_| self.chance(self.faults.stall)) {
+                        self.fired.stalled += 1;
+                        std::thread::sleep(t.after);
+                    }
                     let mut ev = Event::of(ud, -libc::EAGAIN);
                     ev.frame = provided.then(|| self.provided.pop()).flatten().map(|f| f.0);
                     self.events.push_back(ev);

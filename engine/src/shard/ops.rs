@@ -286,7 +286,7 @@ impl<D: Driver> Core<D> {
     pub(super) fn on_event(&mut self, ev: Event) {
         let Event {
             ud,
-            res,
+            mut res,
             more,
             notif_copied,
             frame,
@@ -381,7 +381,11 @@ impl<D: Driver> Core<D> {
             && !s.timed_out
         {
             let left = s.timeout.map(|t| t.saturating_sub(s.started.elapsed()));
-            if left.is_none_or(|l| !l.is_zero()) {
+            if left.is_some_and(|l| l.is_zero()) {
+                // Its time ran out before its linked timeout's CQE came (a loaded machine):
+                // it ends as what it is, timed out — never "would block".
+                s.timed_out = true;
+            } else {
                 s.timeout = left;
                 match self.submit_slot(idx) {
                     Ok(()) => {
@@ -392,7 +396,11 @@ impl<D: Driver> Core<D> {
                         st.add(&st.counters.recv_rearmed, 1);
                         return;
                     }
-                    Err(e) => tracing::error!(error = %e, "re-arming a receive failed"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "re-arming a receive failed");
+                        // It ends with the re-arm's error, not the race's EAGAIN.
+                        res = -e.raw_os_error().unwrap_or(libc::EIO);
+                    }
                 }
             }
         }

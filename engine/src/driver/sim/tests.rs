@@ -295,6 +295,7 @@ fn each_seed(faults: Faults, name: &str) -> Fired {
                 all.eintr += f.eintr;
                 all.ended += f.ended;
                 all.raced += f.raced;
+                all.stalled += f.stalled;
                 all.overflows += f.overflows;
             }
             Err(p) => {
@@ -328,6 +329,7 @@ fn sim_every_op_ends_once_under_every_fault() {
             ("eintr", fired.eintr),
             ("ended", fired.ended),
             ("raced", fired.raced),
+            ("stalled", fired.stalled),
             ("overflows", fired.overflows),
         ] {
             assert!(n > 0, "the {what} fault never fired");
