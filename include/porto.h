@@ -70,6 +70,8 @@
 
 #define PORTO_WSA_IO_PENDING 997
 
+#define PORTO_WSAEINTR 10004
+
 #define PORTO_WSAEACCES 10013
 
 #define PORTO_WSAEFAULT 10014
@@ -101,6 +103,8 @@
 #define PORTO_WSAECONNRESET 10054
 
 #define PORTO_WSAENOBUFS 10055
+
+#define PORTO_WSAEISCONN 10056
 
 #define PORTO_WSAENOTCONN 10057
 
@@ -213,6 +217,33 @@
 // `QOS_FLOWRATE_REASON`: what porto reports.
 #define PORTO_QOSFlowRateNotApplicable 0
 
+// `ioctlsocket` commands (Windows' values).
+#define PORTO_FIONBIO 2147772030
+
+#define PORTO_FIONREAD 1074030207
+
+// `WSAPoll` events (Windows' values; Linux's `POLLIN` and friends differ).
+#define PORTO_POLLERR 1
+
+#define PORTO_POLLHUP 2
+
+#define PORTO_POLLNVAL 4
+
+#define PORTO_POLLWRNORM 16
+
+#define PORTO_POLLWRBAND 32
+
+#define PORTO_POLLRDNORM 256
+
+#define PORTO_POLLRDBAND 512
+
+#define PORTO_POLLIN (PORTO_POLLRDNORM | PORTO_POLLRDBAND)
+
+#define PORTO_POLLOUT PORTO_POLLWRNORM
+
+// Sockets one `PORTO_FD_SET` holds (Windows' `FD_SETSIZE`).
+#define PORTO_FD_SETSIZE 64
+
 // How `porto_WSAStartupEx` configures the engine (`porto_WSAStartup` uses 1 shard, not
 // pinned, 4096 frames, provider auto).
 typedef struct {
@@ -257,6 +288,27 @@ typedef struct {
   uint64_t Internal;
   uint32_t dwNumberOfBytesTransferred;
 } PORTO_OVERLAPPED_ENTRY;
+
+// `WSAPOLLFD`: a socket, the events asked (`PORTO_POLLRDNORM`, `PORTO_POLLWRNORM`, …) and
+// those that came.
+typedef struct {
+  PORTO_SOCKET fd;
+  int16_t events;
+  int16_t revents;
+} PORTO_WSAPOLLFD;
+
+// `fd_set` as Windows has it: a count and an array of sockets (not a bit mask). Use
+// `PORTO_FD_ZERO`, `PORTO_FD_SET`, `PORTO_FD_CLR`, `PORTO_FD_ISSET`.
+typedef struct {
+  uint32_t fd_count;
+  PORTO_SOCKET fd_array[PORTO_FD_SETSIZE];
+} PORTO_FD_SET;
+
+// `timeval` as Windows has it (32-bit fields).
+typedef struct {
+  int32_t tv_sec;
+  int32_t tv_usec;
+} PORTO_TIMEVAL;
 
 // `WSAEVENT`: a handle from `porto_WSACreateEvent`.
 typedef uint64_t PORTO_WSAEVENT;
@@ -638,6 +690,123 @@ int32_t porto_closesocket(PORTO_SOCKET s);
 // `CloseHandle` of a completion port.
 int32_t porto_CloseHandle(PORTO_HANDLE h);
 
+// `sendto`, blocking (within `SO_SNDTIMEO`; in non-blocking mode `PORTO_WSAEWOULDBLOCK`
+// instead of waiting): the bytes sent, or `PORTO_SOCKET_ERROR`. UDP: one datagram to `to`
+// (an unbound socket is bound first, as Windows does); TCP: all of `buf` on the connection
+// (`to` ignored). `flags` must be 0. A `closesocket` from another thread ends the wait with
+// `PORTO_WSAEINTR`. Any thread.
+//
+// # Safety
+// `buf` readable for `len` bytes; `to` NULL or readable for `tolen`.
+int32_t porto_sendto(PORTO_SOCKET s,
+                     const char *buf,
+                     int32_t len,
+                     int32_t flags,
+                     const struct sockaddr *to,
+                     int32_t tolen);
+
+// `send`: `porto_sendto` without a destination (a connected TCP socket). Any thread.
+//
+// # Safety
+// `buf` readable for `len` bytes.
+int32_t porto_send(PORTO_SOCKET s, const char *buf, int32_t len, int32_t flags);
+
+// `recvfrom`, blocking (within `SO_RCVTIMEO`; non-blocking: `PORTO_WSAEWOULDBLOCK`): the
+// bytes received (0 on TCP: the peer closed), the sender into `from`/`fromlen` if given.
+// A datagram longer than `len` fills `buf` and fails `PORTO_WSAEMSGSIZE` (the rest is
+// discarded, as on Windows); an unbound UDP socket `PORTO_WSAEINVAL`; an unconnected TCP
+// one `PORTO_WSAENOTCONN`. `flags` must be 0. Do not mix with overlapped receives on the
+// same socket (each datagram goes to one of them). Any thread.
+//
+// # Safety
+// `buf` writable for `len` bytes; `from`/`fromlen` NULL or valid.
+int32_t porto_recvfrom(PORTO_SOCKET s,
+                       char *buf,
+                       int32_t len,
+                       int32_t flags,
+                       struct sockaddr *from,
+                       int32_t *fromlen);
+
+// `recv`: `porto_recvfrom` without the sender. Any thread.
+//
+// # Safety
+// `buf` writable for `len` bytes.
+int32_t porto_recv(PORTO_SOCKET s, char *buf, int32_t len, int32_t flags);
+
+// `connect` on a TCP socket (bound or not), blocking (within `SO_SNDTIMEO` if set, else
+// the kernel's own retries): 0 or `PORTO_SOCKET_ERROR` (`PORTO_WSAECONNREFUSED`,
+// `PORTO_WSAETIMEDOUT`, `PORTO_WSAEISCONN`, …; after a failure close the socket, as on
+// Windows). In non-blocking mode, and on UDP, `PORTO_WSAEOPNOTSUPP`: `ConnectEx` is the
+// asynchronous connect. Holds the socket while it connects. Any thread.
+//
+// # Safety
+// `name` readable for `namelen` bytes.
+int32_t porto_connect(PORTO_SOCKET s, const struct sockaddr *name, int32_t namelen);
+
+// `accept` on a listening socket, blocking (within `SO_RCVTIMEO`; non-blocking:
+// `PORTO_WSAEWOULDBLOCK`): a new connected socket (associate it with a port to use
+// overlapped calls on it) and the peer into `addr`/`addrlen` if given;
+// `PORTO_INVALID_SOCKET` on failure. Any thread.
+//
+// # Safety
+// `addr`/`addrlen` NULL or valid.
+PORTO_SOCKET porto_accept(PORTO_SOCKET s, struct sockaddr *addr, int32_t *addrlen);
+
+// `ioctlsocket`: `PORTO_FIONBIO` (`*argp` non-zero: non-blocking mode for the blocking
+// calls, which then fail `PORTO_WSAEWOULDBLOCK` instead of waiting; overlapped calls are
+// unaffected) or `PORTO_FIONREAD` (`*argp` = bytes waiting; UDP: the next datagram's
+// length). Other commands `PORTO_WSAEINVAL`. 0 or `PORTO_SOCKET_ERROR`. Any thread.
+//
+// # Safety
+// `argp` valid.
+int32_t porto_ioctlsocket(PORTO_SOCKET s, uint32_t cmd, uint32_t *argp);
+
+// `WSAPoll`: waits up to `timeout_ms` (negative: for ever; 0: not at all) until one of the
+// `n` sockets is ready as asked (`PORTO_POLLRDNORM`/`PORTO_POLLIN`, `PORTO_POLLWRNORM`/
+// `PORTO_POLLOUT`); `revents` gets `PORTO_POLLRDNORM`, `PORTO_POLLWRNORM`, `PORTO_POLLERR`,
+// `PORTO_POLLHUP`, or `PORTO_POLLNVAL` (no such socket, or closed meanwhile); a socket with
+// nothing to wait on yet (UDP unbound, TCP neither listening nor connected) is never ready.
+// Returns how many have `revents`, 0 on
+// timeout, `PORTO_SOCKET_ERROR`. Readiness is the kernel socket's: an overlapped receive may
+// take the data first. Any thread.
+//
+// # Safety
+// `fds` points to `n` writable entries.
+int32_t porto_WSAPoll(PORTO_WSAPOLLFD *fds, uint32_t n, int32_t timeout_ms);
+
+// `select` over Windows-style sets (`nfds` ignored, as on Windows): waits up to `timeout`
+// (NULL: for ever) until a socket of `read` is readable (or, listening, has a connection),
+// of `write` writable, or of `except` in error; each set is left holding its ready sockets.
+// Returns their total, 0 on timeout, `PORTO_SOCKET_ERROR` (`PORTO_WSAEINVAL`: all sets empty
+// or a count above `PORTO_FD_SETSIZE`; `PORTO_WSAENOTSOCK`: a handle that is no socket, or
+// was closed meanwhile). Any thread.
+//
+// # Safety
+// Each set NULL or valid; `timeout` NULL or valid.
+int32_t porto_select(int32_t _nfds,
+                     PORTO_FD_SET *read,
+                     PORTO_FD_SET *write,
+                     PORTO_FD_SET *except,
+                     const PORTO_TIMEVAL *timeout);
+
+// `__WSAFDIsSet` (what `PORTO_FD_ISSET` calls): non-zero if `s` is in `set`.
+//
+// # Safety
+// `set` valid.
+int32_t porto___WSAFDIsSet(PORTO_SOCKET s, const PORTO_FD_SET *set);
+
+// `FD_SET` (what `PORTO_FD_SET` calls): adds `s` if absent and there is room.
+//
+// # Safety
+// `set` valid.
+void porto_FD_SET(PORTO_SOCKET s, PORTO_FD_SET *set);
+
+// `FD_CLR` (what `PORTO_FD_CLR` calls): removes `s`, keeping the others in order.
+//
+// # Safety
+// `set` valid.
+void porto_FD_CLR(PORTO_SOCKET s, PORTO_FD_SET *set);
+
 // `WSACreateEvent`: a manual-reset event, not set; `PORTO_WSA_INVALID_EVENT` on failure.
 // Any thread.
 PORTO_WSAEVENT porto_WSACreateEvent(void);
@@ -981,7 +1150,9 @@ int32_t porto_DisconnectEx(PORTO_SOCKET s, PORTO_OVERLAPPED *ov, uint32_t flags,
 
 // `setsockopt`: `SOL_SOCKET` with `PORTO_SO_UPDATE_ACCEPT_CONTEXT` or
 // `PORTO_SO_UPDATE_CONNECT_CONTEXT` succeeds (the accepted or connected socket already has
-// its context here). These go to the kernel socket as given (Linux's numbers, from the
+// its context here). `SO_RCVTIMEO` / `SO_SNDTIMEO` (Linux's numbers) take Windows' DWORD of
+// milliseconds (or a `struct timeval`) and bound the blocking calls (`porto_recv`,
+// `porto_accept` / `porto_send`, `porto_connect`; 0: no limit); any socket. These go to the kernel socket as given (Linux's numbers, from the
 // system headers): `SO_RCVBUF`, `SO_SNDBUF`, `SO_KEEPALIVE`, `SO_LINGER`, `SO_BROADCAST`,
 // `SO_PRIORITY`, `SO_REUSEADDR`; `IP_TOS`, `IP_TTL`, `IPV6_TCLASS`, `IPV6_UNICAST_HOPS`;
 // multicast: `IP_ADD/DROP_MEMBERSHIP`, `IP_ADD/DROP_SOURCE_MEMBERSHIP`,
@@ -999,7 +1170,8 @@ int32_t porto_setsockopt(PORTO_SOCKET s,
                          const void *value,
                          int32_t len);
 
-// `getsockopt`: the options `porto_setsockopt` passes through, and `SO_ERROR` and
+// `getsockopt`: `SO_RCVTIMEO` / `SO_SNDTIMEO` (a DWORD of ms), the options
+// `porto_setsockopt` passes through, and `SO_ERROR` and
 // `SO_TYPE`, read from the kernel socket; `*len` is the room at `value` in, the length out.
 //
 // # Safety
@@ -1011,3 +1183,9 @@ int32_t porto_getsockopt(PORTO_SOCKET s, int32_t level, int32_t name, void *valu
 #endif  // __cplusplus
 
 #endif  /* PORTO_H */
+
+/* Windows' fd_set macros over PORTO_FD_SET (a count and an array of sockets). */
+#define PORTO_FD_ZERO(set) ((set)->fd_count = 0)
+#define PORTO_FD_SET(s, set) porto_FD_SET((s), (set))
+#define PORTO_FD_CLR(s, set) porto_FD_CLR((s), (set))
+#define PORTO_FD_ISSET(s, set) porto___WSAFDIsSet((s), (set))

@@ -503,6 +503,95 @@ impl SocketCore {
     pub(crate) fn is_stream(&self) -> bool {
         !self.xdp && net::get_int(self.fd, libc::SOL_SOCKET, libc::SO_TYPE).is_ok_and(|t| t == libc::SOCK_STREAM)
     }
+
+    /// A handle to the same socket that never closes it: the owner closes it, and the kernel
+    /// socket stays open until this handle drops too. For a blocking call made without
+    /// holding the owner (a C socket's lock); once the owner has closed the socket, this
+    /// handle's overlapped calls fail `NotSocket`.
+    pub fn share(&self) -> SocketCore {
+        self.clone_handle()
+    }
+
+    /// Waits up to `timeout` for `events` on the kernel socket: `TimedOut` if none came.
+    fn wait_for(&self, events: libc::c_short, timeout: Option<Duration>) -> Result<(), Error> {
+        if net::poll_one(self.fd, events, blocking_timeout_ms(timeout))? {
+            Ok(())
+        } else {
+            Err(Error::TimedOut)
+        }
+    }
+
+    /// Blocking `sendto` (one datagram to `addr`) or `send` (`None`: on a connected socket; a
+    /// stream sends all of `data`), waiting up to `timeout` (`Some(ZERO)`: not at all) for
+    /// room; the bytes sent. AF_XDP sockets: `InvalidArgument`. Beside overlapped sends, as
+    /// Winsock allows.
+    pub fn send_blocking(
+        &self,
+        data: &[u8],
+        addr: Option<SocketAddr>,
+        timeout: Option<Duration>,
+    ) -> Result<usize, Error> {
+        if self.xdp {
+            return Err(Error::InvalidArgument);
+        }
+        let stream = addr.is_none() && self.is_stream();
+        let mut sent = 0;
+        loop {
+            match net::send_to(self.fd, &data[sent..], addr.as_ref()) {
+                Ok(n) if stream && sent + n < data.len() => sent += n,
+                Ok(n) => return Ok(sent + n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.wait_for(libc::POLLOUT, timeout)?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Blocking `recvfrom` / `recv`, waiting up to `timeout` (`Some(ZERO)`: not at all): one
+    /// datagram and its sender — one longer than `buf` fills it and ends `MessageTooLong`
+    /// (WSAEMSGSIZE; the rest is gone, as on Windows) — or what a stream has (0: the peer
+    /// closed). AF_XDP sockets: `InvalidArgument`. Do not mix with overlapped receives on
+    /// the same socket: each datagram goes to one of them.
+    pub fn recv_blocking(
+        &self,
+        buf: &mut [u8],
+        timeout: Option<Duration>,
+    ) -> Result<(usize, Option<SocketAddr>), Error> {
+        if self.xdp {
+            return Err(Error::InvalidArgument);
+        }
+        // MSG_TRUNC on a datagram socket reports the datagram's length; on a stream it would
+        // discard the bytes.
+        let flags = if self.is_stream() { 0 } else { libc::MSG_TRUNC };
+        loop {
+            match net::recv_from(self.fd, buf, flags) {
+                Ok((n, _)) if n > buf.len() => return Err(Error::MessageTooLong),
+                Ok(r) => return Ok(r),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.wait_for(libc::POLLIN, timeout)?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Blocking `accept` on a listening socket, waiting up to `timeout`: the connection and
+    /// its peer (make it a stream with [`TcpStream::adopt`]). Do not mix with overlapped
+    /// accepts on the same listener: each connection goes to one of them.
+    pub fn accept_blocking(&self, timeout: Option<Duration>) -> Result<(OwnedFd, Option<SocketAddr>), Error> {
+        loop {
+            match net::accept(self.fd) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.wait_for(libc::POLLIN, timeout)?,
+                r => return Ok(r?),
+            }
+        }
+    }
+
+    /// `ioctlsocket(FIONREAD)`: the bytes waiting (a datagram socket: the next datagram's
+    /// length).
+    pub fn readable_bytes(&self) -> Result<usize, Error> {
+        if self.xdp {
+            return Err(Error::InvalidArgument);
+        }
+        Ok(net::readable_bytes(self.fd)?)
+    }
 }
 
 /// The kernel socket's descriptor (an AF_XDP socket's: its companion kernel socket), for
@@ -767,37 +856,19 @@ impl UdpSocket {
         self.core.set_traffic(traffic)
     }
 
-    /// Blocking sendto.
+    /// Blocking sendto ([`SocketCore::send_blocking`]).
     pub fn send_to_blocking(&self, data: &[u8], addr: SocketAddr, timeout: Option<Duration>) -> Result<usize, Error> {
-        loop {
-            match net::send_to(self.core.raw(), data, Some(&addr)) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if !net::poll_one(self.core.raw(), libc::POLLOUT, blocking_timeout_ms(timeout))? {
-                        return Err(Error::TimedOut);
-                    }
-                }
-                r => return Ok(r?),
-            }
-        }
+        self.core.send_blocking(data, Some(addr), timeout)
     }
 
-    /// Blocking recvfrom. Do not mix with overlapped receives on the same socket: each
-    /// datagram goes to exactly one of them.
+    /// Blocking recvfrom ([`SocketCore::recv_blocking`]). Do not mix with overlapped
+    /// receives on the same socket: each datagram goes to exactly one of them.
     pub fn recv_from_blocking(
         &self,
         buf: &mut [u8],
         timeout: Option<Duration>,
     ) -> Result<(usize, Option<SocketAddr>), Error> {
-        loop {
-            match net::recv_from(self.core.raw(), buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if !net::poll_one(self.core.raw(), libc::POLLIN, blocking_timeout_ms(timeout))? {
-                        return Err(Error::TimedOut);
-                    }
-                }
-                r => return Ok(r?),
-            }
-        }
+        self.core.recv_blocking(buf, timeout)
     }
 }
 
@@ -870,20 +941,9 @@ pub struct TcpListener {
 }
 
 impl TcpListener {
-    /// Blocking accept (BSD `accept` beside `AcceptEx`): the next connection and its peer,
-    /// waiting up to `timeout`; turn it into a stream with [`TcpStream::adopt`]. Do not mix
-    /// with overlapped accepts on the same listener: each connection goes to one of them.
+    /// Blocking accept (BSD `accept` beside `AcceptEx`; [`SocketCore::accept_blocking`]).
     pub fn accept_blocking(&self, timeout: Option<Duration>) -> Result<(OwnedFd, Option<SocketAddr>), Error> {
-        loop {
-            match net::accept(self.core.raw()) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if !net::poll_one(self.core.raw(), libc::POLLIN, blocking_timeout_ms(timeout))? {
-                        return Err(Error::TimedOut);
-                    }
-                }
-                r => return Ok(r?),
-            }
-        }
+        self.core.accept_blocking(timeout)
     }
 
     pub fn bind(
@@ -972,6 +1032,20 @@ impl TcpStream {
         delivery: Delivery,
     ) -> Result<TcpStream, SetupError> {
         let fd = new_socket(&addr, net::Kind::Tcp, &SocketOptions::default())?;
+        TcpStream::connect_fd_blocking(shard, fd, addr, timeout, delivery)
+    }
+
+    /// A plain blocking connect of `fd`, a TCP socket already bound (by
+    /// [`SocketOptions::bind_kernel_tcp`]: Winsock's `bind`, then `connect`), up to
+    /// `timeout`; then the stream joins `shard`. The connect's own failure is
+    /// `SetupError::Syscall` with its errno (ETIMEDOUT after `timeout`).
+    pub fn connect_fd_blocking(
+        shard: &ShardHandle,
+        fd: OwnedFd,
+        addr: SocketAddr,
+        timeout: Option<Duration>,
+        delivery: Delivery,
+    ) -> Result<TcpStream, SetupError> {
         net::connect_wait(fd.as_raw_fd(), &addr, blocking_timeout_ms(timeout)).map_err(|source| {
             SetupError::Syscall {
                 what: "connect",
@@ -1081,35 +1155,14 @@ impl TcpStream {
         self.core.cancel(token)
     }
 
-    /// Blocking send of all of `data`.
-    pub fn send_blocking(&self, mut data: &[u8], timeout: Option<Duration>) -> Result<(), Error> {
-        while !data.is_empty() {
-            match net::send_to(self.core.raw(), data, None) {
-                Ok(n) => data = &data[n..],
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if !net::poll_one(self.core.raw(), libc::POLLOUT, blocking_timeout_ms(timeout))? {
-                        return Err(Error::TimedOut);
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+    /// Blocking send of all of `data` ([`SocketCore::send_blocking`]).
+    pub fn send_blocking(&self, data: &[u8], timeout: Option<Duration>) -> Result<(), Error> {
+        self.core.send_blocking(data, None, timeout).map(|_| ())
     }
 
     /// Blocking receive of whatever is available (0: the peer closed).
     pub fn recv_blocking(&self, buf: &mut [u8], timeout: Option<Duration>) -> Result<usize, Error> {
-        loop {
-            match net::recv_from(self.core.raw(), buf) {
-                Ok((n, _)) => return Ok(n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if !net::poll_one(self.core.raw(), libc::POLLIN, blocking_timeout_ms(timeout))? {
-                        return Err(Error::TimedOut);
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        self.core.recv_blocking(buf, timeout).map(|(n, _)| n)
     }
 
     /// Shuts down the sending side now (blocking call).

@@ -2227,6 +2227,57 @@ fn a_post_from_another_thread_wakes_a_polling_shard() {
     );
 }
 
+/// BSD-style blocking calls through a shared handle (what a blocked C call holds while
+/// another thread may close the socket): a zero timeout is `TimedOut` at once, FIONREAD
+/// reads the next datagram's length, a datagram longer than the buffer is `MessageTooLong`
+/// with the buffer filled (not a silent truncation), a reply goes out, and once the owner
+/// closes the socket the shared handle's fd stays valid (no EBADF, no reused number).
+#[test]
+fn blocking_calls_through_a_shared_handle() {
+    let shard = Shard::new(&small(), None).unwrap();
+    let sock = UdpSocket::bind(
+        &shard.handle(),
+        any(false),
+        &SocketOptions::default(),
+        Delivery::Poll { key: 0 },
+    )
+    .unwrap();
+    let shared = sock.core().share();
+    let mut b = [0u8; 4];
+    assert_eq!(
+        shared.recv_blocking(&mut b, Some(Duration::ZERO)).unwrap_err(),
+        Error::TimedOut
+    );
+    let client = StdUdp::bind(any(false)).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    client.send_to(b"0123456789", sock.local_addr().unwrap()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while shared.readable_bytes().unwrap() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(shared.readable_bytes().unwrap(), 10);
+    assert_eq!(
+        shared.recv_blocking(&mut b, Some(Duration::from_secs(5))).unwrap_err(),
+        Error::MessageTooLong
+    );
+    assert_eq!(&b, b"0123");
+    let to = client.local_addr().unwrap();
+    assert_eq!(
+        shared
+            .send_blocking(b"back", Some(to), Some(Duration::from_secs(5)))
+            .unwrap(),
+        4
+    );
+    let mut got = [0u8; 8];
+    assert_eq!(client.recv(&mut got).unwrap(), 4);
+    drop(sock);
+    assert_eq!(
+        shared.recv_blocking(&mut b, Some(Duration::ZERO)).unwrap_err(),
+        Error::TimedOut,
+        "the kernel socket is still this handle's"
+    );
+}
+
 /// Cross-shard messages between polling-mode shards (thread per core): each post arrives
 /// once, in order, with its key, token and bytes; a busy-polling target needs no wake-up; a
 /// target asleep in the kernel is woken by an io_uring MSG_RING from the sender's ring when

@@ -12,8 +12,10 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <thread>
 
 static int failures = 0;
 
@@ -150,7 +152,7 @@ int main() {
         EXPECT(porto_WSAGetLastError() == PORTO_WSAENOTCONN);
         EXPECT(porto_setsockopt(t, SOL_SOCKET, PORTO_SO_UPDATE_ACCEPT_CONTEXT, &l, sizeof l) == 0);
         int one = 1;
-        EXPECT(porto_setsockopt(t, SOL_SOCKET, SO_RCVTIMEO, &one, sizeof one) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_setsockopt(t, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof one) == PORTO_SOCKET_ERROR);
         EXPECT(porto_WSAGetLastError() == PORTO_WSAENOPROTOOPT); // not passed to the kernel
         EXPECT(porto_setsockopt(t, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == PORTO_SOCKET_ERROR);
         EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL); // no kernel socket before bind
@@ -850,6 +852,124 @@ int main() {
         EXPECT(porto_closesocket(r) == 0);
         rio.RIOCloseCompletionQueue(cq);
         rio.RIODeregisterBuffer(buf);
+    }
+
+    // BSD-style blocking calls beside the overlapped ones: timeouts, non-blocking mode,
+    // FIONREAD, WSAEMSGSIZE, WSAPoll, select, a TCP connect/accept/send/recv, and a blocked
+    // recvfrom ended by closesocket on another thread.
+    {
+        PORTO_SOCKET u1 = porto_WSASocket(AF_INET, SOCK_DGRAM, 0, nullptr, 0, 0);
+        PORTO_SOCKET u2 = porto_WSASocket(AF_INET, SOCK_DGRAM, 0, nullptr, 0, 0);
+        char buf[64];
+        EXPECT(porto_recvfrom(u1, buf, sizeof buf, 0, nullptr, nullptr) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL); // not bound
+        sockaddr_in a1;
+        std::memset(&a1, 0, sizeof a1);
+        a1.sin_family = AF_INET;
+        a1.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        EXPECT(porto_bind(u1, reinterpret_cast<sockaddr *>(&a1), sizeof a1) == 0);
+        int al = sizeof a1;
+        EXPECT(porto_getsockname(u1, reinterpret_cast<sockaddr *>(&a1), &al) == 0);
+        uint32_t ms = 100;
+        EXPECT(porto_setsockopt(u1, SOL_SOCKET, SO_RCVTIMEO, &ms, sizeof ms) == 0);
+        uint32_t got_ms = 0;
+        int gl = sizeof got_ms;
+        EXPECT(porto_getsockopt(u1, SOL_SOCKET, SO_RCVTIMEO, &got_ms, &gl) == 0 && got_ms == 100);
+        EXPECT(porto_recvfrom(u1, buf, sizeof buf, 0, nullptr, nullptr) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAETIMEDOUT);
+        uint32_t on = 1, off = 0, avail = 99;
+        EXPECT(porto_ioctlsocket(u1, PORTO_FIONBIO, &on) == 0);
+        EXPECT(porto_recvfrom(u1, buf, sizeof buf, 0, nullptr, nullptr) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEWOULDBLOCK);
+        EXPECT(porto_ioctlsocket(u1, PORTO_FIONBIO, &off) == 0);
+        EXPECT(porto_ioctlsocket(u1, PORTO_FIONREAD, &avail) == 0 && avail == 0);
+        PORTO_WSAPOLLFD pf[2] = {{u1, PORTO_POLLRDNORM, 0}, {u1 + 5000, PORTO_POLLRDNORM, 0}};
+        EXPECT(porto_WSAPoll(pf, 1, 0) == 0 && pf[0].revents == 0);
+        EXPECT(porto_sendto(u2, "blocking", 8, 0, reinterpret_cast<sockaddr *>(&a1), sizeof a1) == 8); // binds u2
+        EXPECT(porto_WSAPoll(pf, 1, 5000) == 1 && (pf[0].revents & PORTO_POLLRDNORM));
+        EXPECT(porto_WSAPoll(pf, 2, 0) == 2 && pf[1].revents == PORTO_POLLNVAL);
+        PORTO_FD_SET rs;
+        PORTO_FD_ZERO(&rs);
+        PORTO_FD_SET(u1, &rs);
+        PORTO_FD_SET(u1, &rs); // once only
+        PORTO_TIMEVAL tv = {5, 0};
+        EXPECT(rs.fd_count == 1 && porto_select(0, &rs, nullptr, nullptr, &tv) == 1 && PORTO_FD_ISSET(u1, &rs));
+        EXPECT(porto_ioctlsocket(u1, PORTO_FIONREAD, &avail) == 0 && avail == 8);
+        sockaddr_in from;
+        int fl = sizeof from;
+        EXPECT(porto_recvfrom(u1, buf, sizeof buf, 0, reinterpret_cast<sockaddr *>(&from), &fl) == 8 &&
+               std::memcmp(buf, "blocking", 8) == 0);
+        sockaddr_in a2;
+        int a2l = sizeof a2;
+        EXPECT(porto_getsockname(u2, reinterpret_cast<sockaddr *>(&a2), &a2l) == 0 && from.sin_port == a2.sin_port);
+        PORTO_TIMEVAL quick = {0, 20000};
+        PORTO_FD_ZERO(&rs);
+        PORTO_FD_SET(u1, &rs);
+        EXPECT(porto_select(0, &rs, nullptr, nullptr, &quick) == 0 && rs.fd_count == 0); // nothing waits
+        EXPECT(porto_sendto(u2, "0123456789", 10, 0, reinterpret_cast<sockaddr *>(&a1), sizeof a1) == 10);
+        EXPECT(porto_recvfrom(u1, buf, 4, 0, nullptr, nullptr) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEMSGSIZE && std::memcmp(buf, "0123", 4) == 0);
+        EXPECT(porto_recv(u1, buf, sizeof buf, MSG_PEEK) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEOPNOTSUPP);
+        // closesocket on another thread ends a blocked recvfrom (no timeout) with WSAEINTR.
+        ms = 0;
+        EXPECT(porto_setsockopt(u1, SOL_SOCKET, SO_RCVTIMEO, &ms, sizeof ms) == 0);
+        std::thread closer([u1] {
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            porto_closesocket(u1);
+        });
+        EXPECT(porto_recvfrom(u1, buf, sizeof buf, 0, nullptr, nullptr) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINTR);
+        closer.join();
+        EXPECT(porto_closesocket(u2) == 0);
+
+        // TCP: listen, connect, accept, send, recv, the peer's close.
+        PORTO_SOCKET l = porto_WSASocket(AF_INET6, SOCK_STREAM, 0, nullptr, 0, 0);
+        sockaddr_in6 la;
+        std::memset(&la, 0, sizeof la);
+        la.sin6_family = AF_INET6;
+        la.sin6_addr = in6addr_loopback;
+        EXPECT(porto_bind(l, reinterpret_cast<sockaddr *>(&la), sizeof la) == 0);
+        int lal = sizeof la;
+        EXPECT(porto_getsockname(l, reinterpret_cast<sockaddr *>(&la), &lal) == 0);
+        EXPECT(porto_listen(l, 8) == 0);
+        PORTO_SOCKET c = porto_WSASocket(AF_INET6, SOCK_STREAM, 0, nullptr, 0, 0);
+        EXPECT(porto_send(c, "x", 1, 0) == PORTO_SOCKET_ERROR && porto_WSAGetLastError() == PORTO_WSAENOTCONN);
+        EXPECT(porto_connect(c, reinterpret_cast<sockaddr *>(&la), sizeof la) == 0);
+        EXPECT(porto_connect(c, reinterpret_cast<sockaddr *>(&la), sizeof la) == PORTO_SOCKET_ERROR &&
+               porto_WSAGetLastError() == PORTO_WSAEISCONN);
+        PORTO_WSAPOLLFD lp = {l, PORTO_POLLRDNORM, 0};
+        EXPECT(porto_WSAPoll(&lp, 1, 5000) == 1 && (lp.revents & PORTO_POLLRDNORM)); // a connection waits
+        sockaddr_in6 peer;
+        int pl = sizeof peer;
+        PORTO_SOCKET a = porto_accept(l, reinterpret_cast<sockaddr *>(&peer), &pl);
+        EXPECT(a != PORTO_INVALID_SOCKET && pl == sizeof peer && peer.sin6_family == AF_INET6);
+        EXPECT(porto_send(c, "hello tcp", 9, 0) == 9);
+        int n = 0;
+        while (n < 9) {
+            int k = porto_recv(a, buf + n, sizeof buf - n, 0);
+            if (k <= 0)
+                break;
+            n += k;
+        }
+        EXPECT(n == 9 && std::memcmp(buf, "hello tcp", 9) == 0);
+        EXPECT(porto_closesocket(c) == 0);
+        EXPECT(porto_recv(a, buf, sizeof buf, 0) == 0); // the peer closed
+        ms = 50;
+        EXPECT(porto_setsockopt(l, SOL_SOCKET, SO_RCVTIMEO, &ms, sizeof ms) == 0);
+        EXPECT(porto_accept(l, nullptr, nullptr) == PORTO_INVALID_SOCKET && porto_WSAGetLastError() == PORTO_WSAETIMEDOUT);
+        EXPECT(porto_closesocket(a) == 0 && porto_closesocket(l) == 0);
+        // A port bound but not listening refuses.
+        PORTO_SOCKET idle = porto_WSASocket(AF_INET6, SOCK_STREAM, 0, nullptr, 0, 0);
+        sockaddr_in6 ia = la;
+        ia.sin6_port = 0;
+        EXPECT(porto_bind(idle, reinterpret_cast<sockaddr *>(&ia), sizeof ia) == 0);
+        int ial = sizeof ia;
+        EXPECT(porto_getsockname(idle, reinterpret_cast<sockaddr *>(&ia), &ial) == 0);
+        PORTO_SOCKET r = porto_WSASocket(AF_INET6, SOCK_STREAM, 0, nullptr, 0, 0);
+        EXPECT(porto_connect(r, reinterpret_cast<sockaddr *>(&ia), sizeof ia) == PORTO_SOCKET_ERROR &&
+               porto_WSAGetLastError() == PORTO_WSAECONNREFUSED);
+        EXPECT(porto_closesocket(r) == 0 && porto_closesocket(idle) == 0);
     }
 
     EXPECT(porto_CloseHandle(iocp) == 1);

@@ -298,7 +298,9 @@ fn last_os_error() -> Wsa {
 
 /// `setsockopt`: `SOL_SOCKET` with `PORTO_SO_UPDATE_ACCEPT_CONTEXT` or
 /// `PORTO_SO_UPDATE_CONNECT_CONTEXT` succeeds (the accepted or connected socket already has
-/// its context here). These go to the kernel socket as given (Linux's numbers, from the
+/// its context here). `SO_RCVTIMEO` / `SO_SNDTIMEO` (Linux's numbers) take Windows' DWORD of
+/// milliseconds (or a `struct timeval`) and bound the blocking calls (`porto_recv`,
+/// `porto_accept` / `porto_send`, `porto_connect`; 0: no limit); any socket. These go to the kernel socket as given (Linux's numbers, from the
 /// system headers): `SO_RCVBUF`, `SO_SNDBUF`, `SO_KEEPALIVE`, `SO_LINGER`, `SO_BROADCAST`,
 /// `SO_PRIORITY`, `SO_REUSEADDR`; `IP_TOS`, `IP_TTL`, `IPV6_TCLASS`, `IPV6_UNICAST_HOPS`;
 /// multicast: `IP_ADD/DROP_MEMBERSHIP`, `IP_ADD/DROP_SOURCE_MEMBERSHIP`,
@@ -326,6 +328,24 @@ pub unsafe extern "C" fn porto_setsockopt(
                 e => Err(Wsa(e)),
             });
         }
+        if level == libc::SOL_SOCKET && matches!(name, libc::SO_RCVTIMEO | libc::SO_SNDTIMEO) {
+            // Windows' DWORD of milliseconds (0: no limit), or Linux's struct timeval: the
+            // blocking calls' own timeouts, kept by the library.
+            let ms = match len {
+                4 => {
+                    // SAFETY: 4 readable bytes (the caller's contract).
+                    unsafe { non_null(value)?.cast::<u32>().read_unaligned() }
+                }
+                16 => {
+                    // SAFETY: a timeval's 16 readable bytes (the caller's contract).
+                    let tv = unsafe { non_null(value)?.cast::<libc::timeval>().read_unaligned() };
+                    let ms = tv.tv_sec.saturating_mul(1000).saturating_add(tv.tv_usec / 1000);
+                    u32::try_from(ms).map_err(|_| Wsa(PORTO_WSAEINVAL))?
+                }
+                _ => return Err(Wsa(PORTO_WSAEFAULT)),
+            };
+            return crate::bsd::set_timeout(s, name == libc::SO_RCVTIMEO, ms).map(|()| 0);
+        }
         if !passed_through(level, name) {
             return Err(Wsa(PORTO_WSAENOPROTOOPT));
         }
@@ -343,7 +363,8 @@ pub unsafe extern "C" fn porto_setsockopt(
     })
 }
 
-/// `getsockopt`: the options `porto_setsockopt` passes through, and `SO_ERROR` and
+/// `getsockopt`: `SO_RCVTIMEO` / `SO_SNDTIMEO` (a DWORD of ms), the options
+/// `porto_setsockopt` passes through, and `SO_ERROR` and
 /// `SO_TYPE`, read from the kernel socket; `*len` is the room at `value` in, the length out.
 ///
 /// # Safety
@@ -357,6 +378,20 @@ pub unsafe extern "C" fn porto_getsockopt(
     len: *mut i32,
 ) -> i32 {
     guard(PORTO_SOCKET_ERROR, || {
+        if level == libc::SOL_SOCKET && matches!(name, libc::SO_RCVTIMEO | libc::SO_SNDTIMEO) {
+            let ms = crate::bsd::timeout(s, name == libc::SO_RCVTIMEO)?;
+            let len = non_null(len)?.cast_mut();
+            // SAFETY: `len` valid (the caller's contract).
+            if unsafe { len.read_unaligned() } < 4 {
+                return Err(Wsa(PORTO_WSAEFAULT));
+            }
+            // SAFETY: `*len >= 4` writable bytes at `value` (the caller's contract).
+            unsafe {
+                non_null(value)?.cast_mut().cast::<u32>().write_unaligned(ms);
+                len.write_unaligned(4);
+            }
+            return Ok(0);
+        }
         let known = passed_through(level, name)
             || (level == libc::SOL_SOCKET && matches!(name, libc::SO_ERROR | libc::SO_TYPE));
         if !known {

@@ -38,6 +38,7 @@ pub const PORTO_WAIT_OBJECT_0: u32 = 0;
 pub const PORTO_WAIT_FAILED: u32 = 0xFFFF_FFFF;
 pub const PORTO_WSA_OPERATION_ABORTED: i32 = 995;
 pub const PORTO_WSA_IO_PENDING: i32 = 997;
+pub const PORTO_WSAEINTR: i32 = 10004;
 pub const PORTO_WSAEACCES: i32 = 10013;
 pub const PORTO_WSAEFAULT: i32 = 10014;
 pub const PORTO_WSAEINVAL: i32 = 10022;
@@ -54,6 +55,7 @@ pub const PORTO_WSAENETUNREACH: i32 = 10051;
 pub const PORTO_WSAECONNABORTED: i32 = 10053;
 pub const PORTO_WSAECONNRESET: i32 = 10054;
 pub const PORTO_WSAENOBUFS: i32 = 10055;
+pub const PORTO_WSAEISCONN: i32 = 10056;
 pub const PORTO_WSAENOTCONN: i32 = 10057;
 pub const PORTO_WSAESHUTDOWN: i32 = 10058;
 pub const PORTO_WSAETIMEDOUT: i32 = 10060;
@@ -137,3 +139,21 @@ pub const PORTO_QOSShapeAndMark: i32 = 1;
 pub const PORTO_QOSUseNonConformantMarkings: i32 = 2;
 /// `QOS_FLOWRATE_REASON`: what porto reports.
 pub const PORTO_QOSFlowRateNotApplicable: i32 = 0;
+
+/// `ioctlsocket` commands (Windows' values).
+pub const PORTO_FIONBIO: u32 = 0x8004_667E;
+pub const PORTO_FIONREAD: u32 = 0x4004_667F;
+
+/// `WSAPoll` events (Windows' values; Linux's `POLLIN` and friends differ).
+pub const PORTO_POLLERR: i16 = 0x0001;
+pub const PORTO_POLLHUP: i16 = 0x0002;
+pub const PORTO_POLLNVAL: i16 = 0x0004;
+pub const PORTO_POLLWRNORM: i16 = 0x0010;
+pub const PORTO_POLLWRBAND: i16 = 0x0020;
+pub const PORTO_POLLRDNORM: i16 = 0x0100;
+pub const PORTO_POLLRDBAND: i16 = 0x0200;
+pub const PORTO_POLLIN: i16 = PORTO_POLLRDNORM | PORTO_POLLRDBAND;
+pub const PORTO_POLLOUT: i16 = PORTO_POLLWRNORM;
+
+/// Sockets one `PORTO_FD_SET` holds (Windows' `FD_SETSIZE`).
+pub const PORTO_FD_SETSIZE: u32 = 64;

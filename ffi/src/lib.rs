@@ -9,8 +9,8 @@
 //! stale or foreign one is `WSAENOTSOCK` / `ERROR_INVALID_HANDLE`, never a dangling
 //! pointer); every pointer is checked for NULL and every length against its buffer; a panic
 //! never crosses into C (caught, reported as `WSASYSCALLFAILURE`). `unsafe` lives only in
-//! `abi`, `abi_event`, `abi_rio`, `abi_tcp` and `abi_qos`, where C's pointers are read and
-//! written; `state`, `event`, `rio`, `tcp` and `qos` are safe Rust.
+//! `abi`, `abi_bsd`, `abi_event`, `abi_rio`, `abi_tcp` and `abi_qos`, where C's pointers are
+//! read and written; `state`, `bsd`, `event`, `rio`, `tcp` and `qos` are safe Rust.
 //!
 //! Registered I/O comes as on Windows: `porto_WSAIoctl(SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER,
 //! WSAID_MULTIPLE_RIO)` fills a `RIO_EXTENSION_FUNCTION_TABLE`; buffers are the caller's own
@@ -26,10 +26,12 @@
 #![deny(unsafe_code)]
 
 pub mod abi;
+pub mod abi_bsd;
 pub mod abi_event;
 pub mod abi_qos;
 pub mod abi_rio;
 pub mod abi_tcp;
+mod bsd;
 pub mod codes;
 mod event;
 mod qos;

@@ -178,7 +178,7 @@ pub(crate) fn close_cq(h: u64) -> Result<(), Wsa> {
 pub(crate) fn create_rq(sock: u64, recv: (u32, u64), send: (u32, u64), ctx: u64) -> Result<u64, Wsa> {
     let ((max_recv, recv_cq), (max_send, send_cq)) = (recv, send);
     let (recv, send) = (cq(recv_cq)?, cq(send_cq)?);
-    let made = state::rio_core(sock, |core| {
+    let made = state::open_core(sock, true, false, |core| {
         let q = RequestQueue::with_queues(core, &recv.cq, &send.cq, max_recv, max_send, ctx).map_err(Wsa::from)?;
         Ok(Rq {
             sock,

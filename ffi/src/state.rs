@@ -172,8 +172,8 @@ pub(crate) enum SockState {
         port: Arc<Port>,
         shard: ShardHandle,
     },
-    /// Opened for RIO by `RIOCreateRequestQueue` without a port: RIO requests only
-    /// (overlapped calls need a port: associate before creating the request queue).
+    /// Opened without a port (by `RIOCreateRequestQueue` or a blocking call): RIO requests
+    /// and blocking calls (overlapped calls need a port: associate first).
     Rio {
         sock: UdpSocket,
     },
@@ -227,6 +227,22 @@ pub(crate) struct Sock {
     pub(crate) skip: AtomicBool,
     pub(crate) recvs: InFlight,
     pub(crate) sends: InFlight,
+    /// Timeouts and non-blocking mode of its blocking calls.
+    pub(crate) bsd: crate::bsd::Blocking,
+}
+
+impl Sock {
+    pub(crate) fn new(v6: bool, stream: bool, state: SockState) -> Sock {
+        Sock {
+            v6,
+            stream,
+            state: Mutex::new(state),
+            skip: AtomicBool::new(false),
+            recvs: InFlight::default(),
+            sends: InFlight::default(),
+            bsd: crate::bsd::Blocking::default(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -397,14 +413,7 @@ pub(crate) fn socket(af: i32, ty: i32, protocol: i32) -> Result<u64, Wsa> {
         (libc::SOCK_STREAM, 0 | libc::IPPROTO_TCP) => (true, SockState::TcpIdle { fd: None, assoc: None }),
         _ => return Err(Wsa(PORTO_WSAESOCKTNOSUPPORT)),
     };
-    insert(Obj::Sock(Arc::new(Sock {
-        v6,
-        stream,
-        state: Mutex::new(state),
-        skip: AtomicBool::new(false),
-        recvs: InFlight::default(),
-        sends: InFlight::default(),
-    })))
+    insert(Obj::Sock(Arc::new(Sock::new(v6, stream, state))))
 }
 
 pub(crate) fn lock(s: &Sock) -> std::sync::MutexGuard<'_, SockState> {
@@ -456,30 +465,36 @@ pub(crate) fn local_addr(h: u64) -> Result<SocketAddr, Wsa> {
     }
 }
 
-/// The socket's engine side for a RIO request queue, opening it for RIO now if it has no
-/// port (an unbound one is bound to the unspecified address first).
-pub(crate) fn rio_core(
+/// Runs `f` with the socket's engine side, opening it now if it has none — a bound UDP socket
+/// (and an unbound one if `bind_unbound`, bound to the unspecified address first, as Windows
+/// binds implicitly) is opened without a port, for RIO request queues and blocking calls;
+/// associate it first to use overlapped calls too. A listener or a TCP socket not yet
+/// connected: `WSAEINVAL` (unless `listener`, for a listener).
+pub(crate) fn open_core<T>(
     h: u64,
-    f: impl FnOnce(&porto::SocketCore) -> Result<crate::rio::Rq, Wsa>,
-) -> Result<crate::rio::Rq, Wsa> {
+    bind_unbound: bool,
+    listener: bool,
+    f: impl FnOnce(&porto::SocketCore) -> Result<T, Wsa>,
+) -> Result<T, Wsa> {
     let s = sock(h)?;
     let mut st = lock(&s);
     let k = match std::mem::replace(&mut *st, SockState::Unbound) {
         SockState::Bound(k) => k,
-        SockState::Unbound => bind_any_udp(s.v6)?,
+        SockState::Unbound if bind_unbound => bind_any_udp(s.v6)?,
         other => {
             *st = other;
             return match (&*st, st.core()) {
+                (SockState::Listener { .. }, Some(core)) if listener => f(core),
                 // A listener carries no data; a TCP socket not yet a connection neither (bind,
                 // then ConnectEx or AcceptEx first).
                 (SockState::Listener { .. }, _) | (_, None) => Err(Wsa(PORTO_WSAEINVAL)),
-                // Associated, opened for RIO, or a connection (RIO over TCP).
+                // Associated, opened already, or a connection (RIO over TCP).
                 (_, Some(core)) => f(core),
             };
         }
     };
-    // RIO results go to completion queues; the socket's own completions (none are issued
-    // on a RIO-only socket) to a port nobody reads.
+    // Its own completions (none are issued on a socket opened this way) go to a port nobody
+    // reads.
     let delivery = Delivery::Port {
         port: CompletionPort::new(1, 1),
         key: 0,

@@ -16,7 +16,7 @@ fn shard() -> Result<ShardHandle, Wsa> {
     state::first_shard()
 }
 
-fn delivery(a: &Assoc) -> Option<Delivery> {
+pub(crate) fn delivery(a: &Assoc) -> Option<Delivery> {
     a.as_ref().map(|(p, key)| Delivery::Port {
         port: p.port.clone(),
         key: *key,
@@ -25,7 +25,7 @@ fn delivery(a: &Assoc) -> Option<Delivery> {
 
 /// Where completions go before the application associates the socket: a port nobody reads
 /// (no operation can be issued before then: every overlapped call needs the association).
-fn nowhere() -> Delivery {
+pub(crate) fn nowhere() -> Delivery {
     Delivery::Port {
         port: porto::CompletionPort::new(1, 1),
         key: 0,

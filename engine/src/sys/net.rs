@@ -376,8 +376,9 @@ pub(crate) fn send_to(fd: RawFd, data: &[u8], addr: Option<&SocketAddr>) -> io::
     }
 }
 
-/// recvfrom(2) without blocking.
-pub(crate) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<SocketAddr>)> {
+/// recvfrom(2) without blocking, with `flags` (MSG_TRUNC on a datagram socket: the result
+/// is the datagram's whole length, however much of it `buf` took).
+pub(crate) fn recv_from(fd: RawFd, buf: &mut [u8], flags: i32) -> io::Result<(usize, Option<SocketAddr>)> {
     let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: buf is a live mutable slice; storage/len describe a live sockaddr_storage.
@@ -386,7 +387,7 @@ pub(crate) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<
             fd,
             buf.as_mut_ptr().cast(),
             buf.len(),
-            0,
+            flags,
             storage.as_mut_ptr().cast(),
             &mut len,
         )
@@ -397,6 +398,14 @@ pub(crate) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<
     // SAFETY: zero-initialised and possibly filled in by the kernel: valid either way.
     let storage = unsafe { storage.assume_init() };
     Ok((n as usize, from_raw(&storage, len)))
+}
+
+/// FIONREAD: bytes waiting to be read (a datagram socket: the next datagram's length).
+pub(crate) fn readable_bytes(fd: RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int we own.
+    cvt(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) })?;
+    Ok(n.max(0) as usize)
 }
 
 /// One recv(2)-like receive (blocking as the socket is) that also reads the control messages:
