@@ -247,6 +247,17 @@ impl CompletionPort {
         });
     }
 
+    /// Ends the calling thread's hold on whatever port it holds: what Windows does when a
+    /// thread that dequeued blocks elsewhere (another wait, blocking I/O), so another thread
+    /// may take completions under the concurrency limit. Linux tells no one when a thread
+    /// blocks, so porto does it where it knows — its own blocking calls (the C ABI's
+    /// blocking socket calls, event waits) call this first — and an application blocking
+    /// elsewhere calls it itself. Unlike Windows, the thread is not counted again when it
+    /// wakes, only at its next `dequeue`.
+    pub fn release_current_thread() {
+        HELD.with(|h| drop(std::mem::replace(&mut *h.borrow_mut(), Held(None))));
+    }
+
     pub(crate) fn ptr_eq(&self, other: &CompletionPort) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
     }
@@ -350,6 +361,47 @@ mod tests {
             waited >= Duration::from_millis(90),
             "released only after the holder let go: {waited:?}"
         );
+    }
+
+    /// A thread holding the port that blocks in one of porto's own waits (here an event
+    /// wait) lets it go, as Windows does when a holder blocks: another thread takes the
+    /// waiting completion meanwhile, under a concurrency of 1.
+    #[test]
+    fn a_holder_blocking_in_a_porto_wait_lets_another_thread_in() {
+        let port = CompletionPort::new(1, 8);
+        port.post(Completion::new(0, 1, Ok(0))).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(
+            port.dequeue(&mut out, 1, Some(Duration::ZERO)),
+            1,
+            "this thread holds the slot"
+        );
+        port.post(Completion::new(0, 2, Ok(0))).unwrap();
+        let p = port.clone();
+        let other = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            p.dequeue(&mut out, 1, Some(Duration::from_secs(5)))
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(port.len(), 1, "held back while this thread holds the port");
+        // A blocking wait of porto's: the hold ends as it starts.
+        let ev = crate::rio::RioEvent::new().unwrap();
+        assert!(!ev.wait(Duration::from_millis(300)));
+        assert_eq!(other.join().unwrap(), 1, "the other thread got in during the wait");
+        // A zero-timeout poll is no wait: the hold stays.
+        port.post(Completion::new(0, 3, Ok(0))).unwrap();
+        assert_eq!(port.dequeue(&mut out, 1, Some(Duration::ZERO)), 1);
+        assert_eq!(
+            crate::rio::RioEvent::wait_many(&[&ev], false, Some(Duration::ZERO)).unwrap(),
+            None
+        );
+        port.post(Completion::new(0, 4, Ok(0))).unwrap();
+        let p = port.clone();
+        let held_back = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            p.dequeue(&mut out, 1, Some(Duration::from_millis(100)))
+        });
+        assert_eq!(held_back.join().unwrap(), 0, "still held");
     }
 
     #[test]

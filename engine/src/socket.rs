@@ -14,6 +14,7 @@ use crate::error::{Error, SetupError};
 use crate::fanout::FanOut;
 use crate::op::Request;
 use crate::pool::{Buf, Gather};
+use crate::port::CompletionPort;
 use crate::proto::{Command, Delivery, QosFlow, ShardHandle, ShardShared, SockId, Transport};
 use crate::qos::TrafficType;
 use crate::sys::net::{self, SourceOp};
@@ -514,6 +515,10 @@ impl SocketCore {
 
     /// Waits up to `timeout` for `events` on the kernel socket: `TimedOut` if none came.
     fn wait_for(&self, events: libc::c_short, timeout: Option<Duration>) -> Result<(), Error> {
+        if timeout != Some(Duration::ZERO) {
+            // A blocking wait: the thread's completion-port hold ends, as on Windows.
+            CompletionPort::release_current_thread();
+        }
         if net::poll_one(self.fd, events, blocking_timeout_ms(timeout))? {
             Ok(())
         } else {
@@ -924,6 +929,9 @@ pub fn poll(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> Result<usize, 
             revents: 0,
         });
     }
+    if timeout != Some(Duration::ZERO) {
+        CompletionPort::release_current_thread();
+    }
     let n = net::poll_many(&mut raw, blocking_timeout_ms(timeout))?;
     for (f, p) in fds.iter_mut().zip(&raw) {
         f.readable = p.revents & libc::POLLIN != 0;
@@ -1046,6 +1054,7 @@ impl TcpStream {
         timeout: Option<Duration>,
         delivery: Delivery,
     ) -> Result<TcpStream, SetupError> {
+        CompletionPort::release_current_thread();
         net::connect_wait(fd.as_raw_fd(), &addr, blocking_timeout_ms(timeout)).map_err(|source| {
             SetupError::Syscall {
                 what: "connect",

@@ -424,6 +424,10 @@ impl RioEvent {
         if events.is_empty() {
             return Err(Error::InvalidArgument);
         }
+        if timeout != Some(Duration::ZERO) {
+            // A blocking wait: the thread's completion-port hold ends, as on Windows.
+            CompletionPort::release_current_thread();
+        }
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut fds: Vec<libc::pollfd> = events
             .iter()
