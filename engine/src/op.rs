@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use io_uring::types::Timespec;
 
 use crate::completion::OpKind;
-use crate::pool::{Buf, Gather, SharedBuf, GATHER_MAX};
+use crate::pool::{Buf, Gather, SharedBuf};
 use crate::rio::buf::RioOp;
 
 /// What an application asks a shard to do on one of its sockets.
@@ -51,6 +51,13 @@ pub(crate) enum Request {
         buf: SharedBuf,
         addr: SocketAddr,
     },
+    /// One receive scattered over the gather's buffers (each a whole frame, in order): a
+    /// datagram with its sender (`from`), or what a stream has.
+    RecvScatter {
+        gather: Gather,
+        from: bool,
+        timeout: Option<Duration>,
+    },
     /// One message gathered from several buffers, to `addr` (datagram) or the peer (stream).
     SendGather {
         gather: Gather,
@@ -76,7 +83,8 @@ impl Request {
     pub(crate) fn kind(&self) -> OpKind {
         match self {
             Request::RecvFrom { .. } => OpKind::RecvFrom,
-            Request::Recv { .. } => OpKind::Recv,
+            Request::Recv { .. } | Request::RecvScatter { from: false, .. } => OpKind::Recv,
+            Request::RecvScatter { from: true, .. } => OpKind::RecvFrom,
             Request::SendTo { .. } | Request::SendToMany { .. } | Request::SendShared { .. } => OpKind::SendTo,
             Request::Send { .. } | Request::SendGather { addr: None, .. } => OpKind::Send,
             Request::SendGather { addr: Some(_), .. } => OpKind::SendTo,
@@ -94,7 +102,7 @@ impl Request {
             Request::SendTo { buf, .. } | Request::Send { buf, .. } | Request::TxTimestamps { buf } => {
                 (Some(buf), None)
             }
-            Request::SendGather { gather, .. } => (None, Some(gather)),
+            Request::SendGather { gather, .. } | Request::RecvScatter { gather, .. } => (None, Some(gather)),
             _ => (None, None),
         }
     }
@@ -117,7 +125,6 @@ pub(crate) struct Slot {
     pub gather: Option<Gather>,
     /// The frame of a `SendShared` (released, not handed back, when it completes).
     pub shared: Option<SharedBuf>,
-    pub iovs: [libc::iovec; GATHER_MAX],
     pub rio: Option<RioOp>,
     pub addr: libc::sockaddr_storage,
     pub addr_len: libc::socklen_t,
@@ -194,10 +201,6 @@ impl Slot {
             buf: None,
             gather: None,
             shared: None,
-            iovs: [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; GATHER_MAX],
             rio: None,
             addr: crate::sys::net::zeroed_storage(),
             addr_len: 0,

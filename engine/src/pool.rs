@@ -508,46 +508,91 @@ impl Drop for Shares<'_> {
     }
 }
 
-/// Most buffers one gathered send may carry.
-pub const GATHER_MAX: usize = 4;
+/// Most buffers one [`Gather`] may carry: IOV_MAX, the kernel's limit for one
+/// `sendmsg`/`recvmsg` (Winsock has no smaller one).
+pub const GATHER_MAX: usize = 1024;
 
-/// Up to [`GATHER_MAX`] buffers sent as one message (scatter-gather, e.g. a header frame and
-/// a payload frame). Moved into the send and handed back in the completion's `gather`.
+/// Buffers a [`Gather::new`] holds (more with [`Gather::with_capacity`]).
+const GATHER_DEFAULT: usize = 4;
+
+/// One `struct iovec`, kept as plain integers so a [`Gather`] stays `Send`; its layout is
+/// the kernel's (checked at compile time).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct IoVec {
+    base: usize,
+    len: usize,
+}
+
+const _: () = assert!(
+    std::mem::size_of::<IoVec>() == std::mem::size_of::<libc::iovec>()
+        && std::mem::align_of::<IoVec>() == std::mem::align_of::<libc::iovec>()
+);
+
+/// Pool buffers sent as one message (gather: e.g. a header frame and a payload frame), or
+/// received into as one (scatter: a datagram larger than a frame, spread over several).
+/// Moved into the operation and handed back in the completion's `gather`.
 ///
-/// The list lives in one small heap block made by [`Gather::new`]; the engine only moves it,
-/// so reusing a returned `Gather` (after [`clear`](Self::clear)) keeps sends allocation-free.
-#[derive(Debug, Default)]
-pub struct Gather {
-    bufs: Box<[Option<Buf>; GATHER_MAX]>,
+/// Its room — the buffer list and the kernel's iovec array, [`with_capacity`](Self::with_capacity)
+/// entries each, up to [`GATHER_MAX`] — is allocated when it is made, on the caller's thread;
+/// the engine only moves it and fills the iovecs in place, so reusing a returned `Gather`
+/// (after [`clear`](Self::clear)) keeps operations allocation-free.
+#[derive(Debug)]
+pub struct Gather(Box<GatherRoom>);
+
+/// A gather's room, behind one pointer (completions and requests carry a `Gather` by value).
+#[derive(Debug)]
+struct GatherRoom {
+    bufs: Vec<Buf>,
+    iovs: Box<[IoVec]>,
+}
+
+impl Default for Gather {
+    fn default() -> Gather {
+        Gather::with_capacity(GATHER_DEFAULT)
+    }
 }
 
 impl Gather {
+    /// Room for 4 buffers.
     pub fn new() -> Gather {
         Gather::default()
     }
 
-    /// Appends a buffer; a full gather hands it back.
-    pub fn push(&mut self, b: Buf) -> Result<(), Buf> {
-        match self.bufs.iter_mut().find(|s| s.is_none()) {
-            Some(slot) => {
-                *slot = Some(b);
-                Ok(())
-            }
-            None => Err(b),
-        }
+    /// Room for `n` buffers (at least 1, at most [`GATHER_MAX`]).
+    pub fn with_capacity(n: usize) -> Gather {
+        let n = n.clamp(1, GATHER_MAX);
+        Gather(Box::new(GatherRoom {
+            bufs: Vec::with_capacity(n),
+            iovs: vec![IoVec::default(); n].into_boxed_slice(),
+        }))
     }
 
-    /// Drops every buffer (their frames return to the pool), keeping the list for reuse.
+    /// Buffers it has room for.
+    pub fn capacity(&self) -> usize {
+        self.0.iovs.len()
+    }
+
+    /// Appends a buffer; a full gather hands it back.
+    pub fn push(&mut self, b: Buf) -> Result<(), Buf> {
+        if self.0.bufs.len() >= self.0.iovs.len() {
+            return Err(b);
+        }
+        self.0.bufs.push(b);
+        Ok(())
+    }
+
+    /// Drops every buffer (their frames return to the pool), keeping the room for reuse.
     pub fn clear(&mut self) {
-        self.bufs.iter_mut().for_each(|b| *b = None);
+        self.0.bufs.clear();
     }
 
     pub fn len(&self) -> usize {
-        self.bufs.iter().filter(|b| b.is_some()).count()
+        self.0.bufs.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bufs.iter().all(Option::is_none)
+        self.0.bufs.is_empty()
     }
 
     /// Bytes in all buffers.
@@ -556,26 +601,41 @@ impl Gather {
     }
 
     pub fn bufs(&self) -> impl Iterator<Item = &Buf> {
-        self.bufs.iter().flatten()
+        self.0.bufs.iter()
     }
 
-    /// Takes the buffers out, in order, leaving the list empty for reuse.
+    /// Takes the buffers out, in order, leaving the room empty for reuse.
     pub fn take_bufs(&mut self) -> impl Iterator<Item = Buf> + '_ {
-        self.bufs.iter_mut().filter_map(Option::take)
+        self.0.bufs.drain(..)
     }
 
-    /// Describes the buffers for sendmsg; returns how many iovecs were filled.
-    pub(crate) fn fill_iovecs(&self, iovs: &mut [libc::iovec; GATHER_MAX]) -> usize {
-        let mut n = 0;
-        for b in self.bufs() {
+    /// Describes the buffers for sendmsg (their windows) or, `receive`, for recvmsg (each
+    /// whole frame, from its start); the iovec array (in this gather, stable while it sits
+    /// in an op slot) and how many it holds.
+    pub(crate) fn iovecs(&mut self, receive: bool) -> (*mut libc::iovec, usize) {
+        let room = &mut *self.0;
+        for (v, b) in room.iovs.iter_mut().zip(room.bufs.iter_mut()) {
+            if receive {
+                let whole = b.pool.frame_size as usize;
+                b.set_window(0, whole);
+            }
             let (ptr, len) = b.raw();
-            iovs[n] = libc::iovec {
-                iov_base: ptr.cast(),
-                iov_len: len as usize,
+            *v = IoVec {
+                base: ptr as usize,
+                len: len as usize,
             };
-            n += 1;
         }
-        n
+        (room.iovs.as_mut_ptr().cast(), room.bufs.len())
+    }
+
+    /// After a scatter receive of `n` bytes: each buffer's length is what landed in it, in
+    /// order (the last ones may be empty).
+    pub(crate) fn received(&mut self, mut n: usize) {
+        for b in &mut self.0.bufs {
+            let here = n.min(b.capacity());
+            b.set_len(here);
+            n -= here;
+        }
     }
 }
 
@@ -644,17 +704,20 @@ mod tests {
     }
 
     #[test]
-    fn gather_holds_at_most_its_max_in_order() {
+    fn gather_holds_at_most_its_capacity_in_order() {
         let pool = Pool::new(8, 512, false).unwrap();
         let mut g = Gather::new();
         assert!(g.is_empty());
-        for i in 0..GATHER_MAX as u8 {
+        assert_eq!(g.capacity(), 4);
+        for i in 0..4u8 {
             g.push(pool.alloc_from(&[i; 3]).unwrap()).unwrap();
         }
         assert!(g.push(pool.alloc().unwrap()).is_err());
-        assert_eq!((g.len(), g.total_len()), (GATHER_MAX, 3 * GATHER_MAX));
+        assert_eq!((g.len(), g.total_len()), (4, 12));
         let firsts: Vec<u8> = g.take_bufs().map(|b| b[0]).collect();
-        assert_eq!(firsts, (0..GATHER_MAX as u8).collect::<Vec<_>>());
+        assert_eq!(firsts, [0, 1, 2, 3]);
+        assert_eq!(Gather::with_capacity(0).capacity(), 1);
+        assert_eq!(Gather::with_capacity(usize::MAX).capacity(), GATHER_MAX);
         assert!(g.is_empty());
         assert_eq!(pool.free_frames(), 8);
         g.push(pool.alloc().unwrap()).unwrap();

@@ -363,47 +363,6 @@ mod tests {
         );
     }
 
-    /// A thread holding the port that blocks in one of porto's own waits (here an event
-    /// wait) lets it go, as Windows does when a holder blocks: another thread takes the
-    /// waiting completion meanwhile, under a concurrency of 1.
-    #[test]
-    fn a_holder_blocking_in_a_porto_wait_lets_another_thread_in() {
-        let port = CompletionPort::new(1, 8);
-        port.post(Completion::new(0, 1, Ok(0))).unwrap();
-        let mut out = Vec::new();
-        assert_eq!(
-            port.dequeue(&mut out, 1, Some(Duration::ZERO)),
-            1,
-            "this thread holds the slot"
-        );
-        port.post(Completion::new(0, 2, Ok(0))).unwrap();
-        let p = port.clone();
-        let other = std::thread::spawn(move || {
-            let mut out = Vec::new();
-            p.dequeue(&mut out, 1, Some(Duration::from_secs(5)))
-        });
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(port.len(), 1, "held back while this thread holds the port");
-        // A blocking wait of porto's: the hold ends as it starts.
-        let ev = crate::rio::RioEvent::new().unwrap();
-        assert!(!ev.wait(Duration::from_millis(300)));
-        assert_eq!(other.join().unwrap(), 1, "the other thread got in during the wait");
-        // A zero-timeout poll is no wait: the hold stays.
-        port.post(Completion::new(0, 3, Ok(0))).unwrap();
-        assert_eq!(port.dequeue(&mut out, 1, Some(Duration::ZERO)), 1);
-        assert_eq!(
-            crate::rio::RioEvent::wait_many(&[&ev], false, Some(Duration::ZERO)).unwrap(),
-            None
-        );
-        port.post(Completion::new(0, 4, Ok(0))).unwrap();
-        let p = port.clone();
-        let held_back = std::thread::spawn(move || {
-            let mut out = Vec::new();
-            p.dequeue(&mut out, 1, Some(Duration::from_millis(100)))
-        });
-        assert_eq!(held_back.join().unwrap(), 0, "still held");
-    }
-
     #[test]
     fn every_completion_is_delivered_exactly_once_across_threads() {
         const N: u64 = 20_000;

@@ -689,6 +689,21 @@ impl UdpSocket {
         self.core.recv_from(token, false, timeout)
     }
 
+    /// WSARecvFrom with several WSABUFs: one datagram scattered over `gather`'s buffers (each
+    /// a whole pool frame from its start, in order — a datagram larger than a frame), handed
+    /// back in the completion's `gather` with each buffer's length what landed in it. One
+    /// longer than all of them together: `MessageTooLong` (counted `recv_truncated`).
+    pub fn recv_from_scatter(&self, gather: Gather, token: u64, timeout: Option<Duration>) -> Result<(), Rejected> {
+        self.core.submit(
+            token,
+            Request::RecvScatter {
+                gather,
+                from: true,
+                timeout,
+            },
+        )
+    }
+
     /// Multishot WSARecvFrom: every datagram becomes a completion (`more == true`) until
     /// cancelled; an empty buffer ring pauses it (counted) instead of failing it.
     pub fn recv_from_multishot(&self, token: u64) -> Result<(), Rejected> {
@@ -1139,6 +1154,20 @@ impl TcpStream {
                 multishot: false,
                 timeout,
                 max,
+            },
+        )
+    }
+
+    /// WSARecv with several WSABUFs: what the stream has, filling `gather`'s buffers (each a
+    /// whole pool frame from its start) in order, handed back in the completion's `gather`
+    /// with each buffer's length what landed in it; `Ok(0)`: the peer closed.
+    pub fn recv_scatter(&self, gather: Gather, token: u64, timeout: Option<Duration>) -> Result<(), Rejected> {
+        self.core.submit(
+            token,
+            Request::RecvScatter {
+                gather,
+                from: false,
+                timeout,
             },
         )
     }

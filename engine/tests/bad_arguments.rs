@@ -30,7 +30,7 @@ fn a_port_of_capacity_zero_is_a_documented_panic() {
 }
 
 #[test]
-#[should_panic(expected = "completion queue capacity must be positive")]
+#[should_panic(expected = "completion queue capacity must be in 1..=u32::MAX")]
 fn a_rio_queue_of_capacity_zero_is_a_documented_panic() {
     let _ = CompletionQueue::new(0, RioNotify::None);
 }

@@ -2227,6 +2227,123 @@ fn a_post_from_another_thread_wakes_a_polling_shard() {
     );
 }
 
+/// Gather beyond 4 buffers and scatter receives (WSASendTo/WSARecvFrom/WSARecv with several
+/// WSABUFs): 10 frames go out as one datagram; a datagram larger than a frame lands across
+/// a scatter's frames in order, with its sender; one larger than all of them is
+/// `MessageTooLong` (counted); a stream fills a scatter's frames in order.
+#[test]
+fn gathers_beyond_four_and_scatter_receives() {
+    let mut shard = Shard::new(&small(), None).unwrap();
+    let h = shard.handle();
+    let fs = h.pool().frame_size() as usize;
+    let sock = UdpSocket::bind(&h, any(false), &SocketOptions::default(), Delivery::Poll { key: 0 }).unwrap();
+    let rx = StdUdp::bind(any(false)).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut g = porto_engine::pool::Gather::with_capacity(10);
+    assert_eq!(g.capacity(), 10);
+    for i in 0..10u8 {
+        g.push(h.pool().alloc_from(&[b'0' + i; 100]).unwrap()).unwrap();
+    }
+    sock.send_to_gather(g, rx.local_addr().unwrap(), 1).unwrap();
+    let c = poll_n(&mut shard, 1).pop().unwrap();
+    assert_eq!((c.token, c.result), (1, Ok(1000)));
+    let mut got = vec![0u8; 2000];
+    let n = rx.recv(&mut got).unwrap();
+    let want: Vec<u8> = (0..10u8).flat_map(|i| [b'0' + i; 100]).collect();
+    assert_eq!(&got[..n], &want[..], "ten buffers, one datagram, in order");
+
+    // A datagram of two and a half frames, scattered over three.
+    let scatter = |k: usize| {
+        let mut g = porto_engine::pool::Gather::with_capacity(k);
+        for _ in 0..k {
+            g.push(h.pool().alloc().unwrap()).unwrap();
+        }
+        g
+    };
+    let big: Vec<u8> = (0..fs * 5 / 2).map(|i| (i % 251) as u8).collect();
+    sock.recv_from_scatter(scatter(3), 2, Some(Duration::from_secs(5)))
+        .unwrap();
+    rx.send_to(&big, sock.local_addr().unwrap()).unwrap();
+    let c = poll_n(&mut shard, 1).pop().unwrap();
+    assert_eq!((c.token, c.result), (2, Ok(big.len())));
+    assert_eq!(c.peer, Some(rx.local_addr().unwrap()));
+    let g = c.gather.expect("the frames come back");
+    let lens: Vec<usize> = g.bufs().map(|b| b.len()).collect();
+    assert_eq!(lens, [fs, fs, fs / 2]);
+    let joined: Vec<u8> = g.bufs().flat_map(|b| b.iter().copied()).collect();
+    assert_eq!(joined, big, "in order");
+
+    // Larger than all of them: WSAEMSGSIZE.
+    let before = h.stats().counters.snapshot().recv_truncated;
+    sock.recv_from_scatter(scatter(2), 3, Some(Duration::from_secs(5)))
+        .unwrap();
+    rx.send_to(&big, sock.local_addr().unwrap()).unwrap();
+    let c = poll_n(&mut shard, 1).pop().unwrap();
+    assert_eq!((c.token, c.result), (3, Err(Error::MessageTooLong)));
+    assert_eq!(h.stats().counters.snapshot().recv_truncated, before + 1);
+
+    // A stream fills the frames in order.
+    let lst = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let s = TcpStream::connect_blocking(
+        &h,
+        lst.local_addr().unwrap(),
+        Some(Duration::from_secs(5)),
+        Delivery::Poll { key: 1 },
+    )
+    .unwrap();
+    let (mut peer, _) = lst.accept().unwrap();
+    std::io::Write::write_all(&mut peer, &big).unwrap();
+    let mut stream_got = Vec::new();
+    while stream_got.len() < big.len() {
+        s.recv_scatter(scatter(2), 4, Some(Duration::from_secs(5))).unwrap();
+        let c = poll_n(&mut shard, 1).pop().unwrap();
+        let n = c.result.unwrap();
+        assert!(n > 0);
+        let g = c.gather.unwrap();
+        assert_eq!(g.total_len(), n);
+        stream_got.extend(g.bufs().flat_map(|b| b.iter().copied()));
+    }
+    assert_eq!(stream_got, big);
+}
+
+/// A thread holding the port that blocks in one of porto's own waits (here an event
+/// wait) lets it go, as Windows does when a holder blocks: another thread takes the
+/// waiting completion meanwhile, under a concurrency of 1.
+#[test]
+fn a_holder_blocking_in_a_porto_wait_lets_another_thread_in() {
+    let port = CompletionPort::new(1, 8);
+    port.post(Completion::new(0, 1, Ok(0))).unwrap();
+    let mut out = Vec::new();
+    assert_eq!(
+        port.dequeue(&mut out, 1, Some(Duration::ZERO)),
+        1,
+        "this thread holds the slot"
+    );
+    port.post(Completion::new(0, 2, Ok(0))).unwrap();
+    let p = port.clone();
+    let other = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        p.dequeue(&mut out, 1, Some(Duration::from_secs(5)))
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(port.len(), 1, "held back while this thread holds the port");
+    // A blocking wait of porto's: the hold ends as it starts.
+    let ev = RioEvent::new().unwrap();
+    assert!(!ev.wait(Duration::from_millis(300)));
+    assert_eq!(other.join().unwrap(), 1, "the other thread got in during the wait");
+    // A zero-timeout poll is no wait: the hold stays.
+    port.post(Completion::new(0, 3, Ok(0))).unwrap();
+    assert_eq!(port.dequeue(&mut out, 1, Some(Duration::ZERO)), 1);
+    assert_eq!(RioEvent::wait_many(&[&ev], false, Some(Duration::ZERO)).unwrap(), None);
+    port.post(Completion::new(0, 4, Ok(0))).unwrap();
+    let p = port.clone();
+    let held_back = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        p.dequeue(&mut out, 1, Some(Duration::from_millis(100)))
+    });
+    assert_eq!(held_back.join().unwrap(), 0, "still held");
+}
+
 /// BSD-style blocking calls through a shared handle (what a blocked C call holds while
 /// another thread may close the socket): a zero timeout is `TimedOut` at once, FIONREAD
 /// reads the next datagram's length, a datagram longer than the buffer is `MessageTooLong`

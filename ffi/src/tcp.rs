@@ -130,11 +130,14 @@ pub(crate) fn recv(h: u64, token: u64, mut target: RecvTarget) -> Result<(), Wsa
 /// The caller's pieces copied into pool frames, grouped into gathers of up to `GATHER_MAX`
 /// frames (one engine send each). `WSAENOBUFS` when the pool has not enough frames free.
 pub(crate) fn gather(shard: &ShardHandle, pieces: &[&[u8]]) -> Result<Vec<Gather>, Wsa> {
-    let mut parts = vec![Gather::new()];
+    // Room for the frames the bytes need (a gather takes up to GATHER_MAX; more go in more).
+    let total: usize = pieces.iter().map(|p| p.len()).sum();
+    let frames = total.div_ceil(shard.pool().frame_size() as usize).max(1);
+    let mut parts = vec![Gather::with_capacity(frames)];
     let mut frame = None::<porto::Buf>;
     let push = |parts: &mut Vec<Gather>, b: porto::Buf| {
         if let Err(b) = parts.last_mut().expect("one at least").push(b) {
-            let mut g = Gather::new();
+            let mut g = Gather::with_capacity(frames);
             // A fresh gather has room for one.
             let _ = g.push(b);
             parts.push(g);

@@ -959,6 +959,10 @@ impl<D: Driver> Core<D> {
                 s.multishot = multishot;
                 s.timeout = if multishot { None } else { timeout };
             }
+            Request::RecvScatter { gather, timeout, .. } => {
+                s.timeout = timeout;
+                s.gather = Some(gather);
+            }
             Request::Recv {
                 multishot,
                 timeout,

@@ -93,6 +93,26 @@ impl<D: Driver> Core<D> {
                     },
                 }
             }
+            (OpKind::RecvFrom | OpKind::Recv, _) if s.gather.is_some() => {
+                // A scatter receive: into the gather's frames, in order (WSARecv(From) with
+                // several WSABUFs).
+                let (iov, n) = s.gather.as_mut().map_or((std::ptr::null_mut(), 0), |g| g.iovecs(true));
+                let namelen = if s.kind == OpKind::RecvFrom {
+                    net::storage_len()
+                } else {
+                    0
+                };
+                s.msg = net::msghdr(&mut s.addr, namelen, &mut s.iov);
+                if namelen == 0 {
+                    s.msg.msg_name = std::ptr::null_mut();
+                }
+                s.msg.msg_iov = iov;
+                s.msg.msg_iovlen = n;
+                Prep::RecvMsg {
+                    msg: &mut s.msg,
+                    provided: false,
+                }
+            }
             (OpKind::RecvFrom, _) if s.multishot => {
                 // The kernel lays out [recvmsg_out | name (NAME_LEN) | payload] in each buffer;
                 // an iov of length 0 means "the whole selected buffer".
@@ -124,8 +144,9 @@ impl<D: Driver> Core<D> {
                 },
             },
             (OpKind::SendTo | OpKind::Send, _) if s.gather.is_some() => {
-                let n = s.gather.as_ref().map_or(0, |g| g.fill_iovecs(&mut s.iovs));
-                s.msg = net::msghdr(&mut s.addr, s.addr_len, &mut s.iovs[0]);
+                let (iov, n) = s.gather.as_mut().map_or((std::ptr::null_mut(), 0), |g| g.iovecs(false));
+                s.msg = net::msghdr(&mut s.addr, s.addr_len, &mut s.iov);
+                s.msg.msg_iov = iov;
                 s.msg.msg_iovlen = n;
                 if s.addr_len == 0 {
                     s.msg.msg_name = std::ptr::null_mut();
@@ -613,7 +634,7 @@ impl<D: Driver> Core<D> {
         let zc_copied = s.zc_copied;
         let zerocopy = s.zerocopy;
         let buf = s.buf.take();
-        let gather = s.gather.take();
+        let mut gather = s.gather.take();
         // A shared send's destination identifies its completion; the frame handle is released.
         let shared_dest = s.shared.take().and_then(|_| net::from_raw(&s.addr, s.addr_len));
         let mut rio = s.rio.take();
@@ -627,6 +648,7 @@ impl<D: Driver> Core<D> {
             .map_or(kind == OpKind::RecvFrom && !multishot, |r| r.kind == RioKind::Receive);
         // Addresses only on success: a failed op's address fields are stale.
         let ok = res.is_none_or(|r| r >= 0);
+        let msg_flags = s.msg.msg_flags;
         let peer = if receive && ok {
             net::from_raw(&s.addr, s.msg.msg_namelen)
         } else {
@@ -637,8 +659,8 @@ impl<D: Driver> Core<D> {
         let mut rio_truncated = false;
         if let Some(r) = rio.as_mut().filter(|r| r.kind == RioKind::Receive && !r.stream) {
             let written = if ok { s.msg.msg_controllen } else { 0 };
-            rio_truncated = ok && s.msg.msg_flags & libc::MSG_TRUNC != 0;
-            r.control_truncated = ok && s.msg.msg_flags & libc::MSG_CTRUNC != 0;
+            rio_truncated = ok && msg_flags & libc::MSG_TRUNC != 0;
+            r.control_truncated = ok && msg_flags & libc::MSG_CTRUNC != 0;
             let found = match r.control.as_deref_mut() {
                 Some(c) => {
                     // The rest of the segment zeroed: a walk over all of it stops after the
@@ -675,7 +697,17 @@ impl<D: Driver> Core<D> {
             Some(r) if cancelled && r == -libc::EAGAIN => Err(Error::Aborted),
             Some(r) => Err(Error::from_errno(-r)),
         };
-        let result = if rio_truncated {
+        // A scatter receive: each frame's length is what landed in it; a datagram longer
+        // than all of them together fails as WSAEMSGSIZE.
+        let mut scattered_truncated = false;
+        if let Some(g) = gather
+            .as_mut()
+            .filter(|_| matches!(kind, OpKind::RecvFrom | OpKind::Recv))
+        {
+            g.received(*result.as_ref().unwrap_or(&0));
+            scattered_truncated = kind == OpKind::RecvFrom && ok && msg_flags & libc::MSG_TRUNC != 0;
+        }
+        let result = if rio_truncated || scattered_truncated {
             let st = &self.shared.stats;
             st.add(&st.counters.recv_truncated, 1);
             Err(Error::MessageTooLong)
