@@ -19,6 +19,9 @@
 //           source-specific join only from an included source; other multicast goes to
 //           the kernel (which drops what no socket joined).
 //   groups6: the same for IPv6: {group, source} (16 bytes each), source :: = any source.
+//   blocked / blocked6: {group, source} -> 1: sources blocked from an any-source membership
+//           (exclude mode: IP_BLOCK_SOURCE / MCAST_BLOCK_SOURCE). Their datagrams go to the
+//           kernel (whose membership blocks them too) and count as filtered.
 //   stats : per-CPU counters, see enum stat
 //
 // A steered frame carries its receive time (bpf_ktime_get_ns) in the metadata area in
@@ -42,7 +45,8 @@
 enum stat {
     STAT_STEERED = 0, // matched a porto port: redirected to the XSK (if one is bound)
     STAT_PASSED = 1,  // handed to the kernel
-    STAT_FILTERED = 2, // multicast for a group (or from a source) porto has not joined: passed
+    STAT_FILTERED = 2, // multicast for a group (or from a source) porto has not joined, or from
+                       // a blocked source: passed
     STAT_MAX = 3,
 };
 
@@ -89,6 +93,20 @@ struct {
     __type(key, struct group6_key);
     __type(value, __u8);
 } groups6 SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 256);
+    __type(key, struct group_key);
+    __type(value, __u8);
+} blocked SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 256);
+    __type(key, struct group6_key);
+    __type(value, __u8);
+} blocked6 SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -158,10 +176,13 @@ static __always_inline int porto_xdp6(struct xdp_md *ctx, struct ipv6hdr *ip, vo
     if (!bound(&b))
         return count(STAT_PASSED, XDP_PASS);
 
-    // ff00::/8: only joined groups, only included sources.
+    // ff00::/8: only joined groups, only included sources; an any-source membership takes
+    // every source but those blocked.
     if (ip->daddr.in6_u.u6_addr8[0] == 0xff) {
         struct group6_key k = { .group = ip->daddr, .source = ip->saddr };
         if (!bpf_map_lookup_elem(&groups6, &k)) {
+            if (bpf_map_lookup_elem(&blocked6, &k))
+                return count(STAT_FILTERED, XDP_PASS);
             __builtin_memset(&k.source, 0, sizeof(k.source));
             if (!bpf_map_lookup_elem(&groups6, &k))
                 return count(STAT_FILTERED, XDP_PASS);
@@ -209,10 +230,13 @@ int porto_xdp(struct xdp_md *ctx)
     if (!bound(&b))
         return count(STAT_PASSED, XDP_PASS);
 
-    // 224.0.0.0/4: only joined groups, only included sources.
+    // 224.0.0.0/4: only joined groups, only included sources; an any-source membership
+    // takes every source but those blocked.
     if ((ip->daddr & bpf_htonl(0xf0000000)) == bpf_htonl(0xe0000000)) {
         struct group_key k = { .group = ip->daddr, .source = ip->saddr };
         if (!bpf_map_lookup_elem(&groups, &k)) {
+            if (bpf_map_lookup_elem(&blocked, &k))
+                return count(STAT_FILTERED, XDP_PASS);
             k.source = 0;
             if (!bpf_map_lookup_elem(&groups, &k))
                 return count(STAT_FILTERED, XDP_PASS);

@@ -105,6 +105,7 @@ impl Command {
             | Command::SetDelivery { sock, .. }
             | Command::Neighbor { sock, .. }
             | Command::XdpGroup { sock, .. }
+            | Command::XdpBlock { sock, .. }
             | Command::Op { sock, .. }
             | Command::Cancel { sock, .. }
             | Command::Close { sock }
@@ -178,6 +179,13 @@ pub(crate) enum Command {
         group: std::net::IpAddr,
         source: Option<std::net::IpAddr>,
         join: bool,
+    },
+    /// A source blocked (or unblocked) from an AF_XDP socket's any-source membership.
+    XdpBlock {
+        sock: SockId,
+        group: std::net::IpAddr,
+        source: std::net::IpAddr,
+        block: bool,
     },
     Op {
         sock: SockId,

@@ -1387,6 +1387,8 @@ pub struct XdpUdpSocket {
     membership: Option<OwnedFd>,
     /// Joined (group, source) pairs.
     groups: Vec<(IpAddr, Option<IpAddr>)>,
+    /// Sources blocked from any-source memberships: (group, source).
+    blocked: Vec<(IpAddr, IpAddr)>,
     /// The AF_XDP sockets' fds (owned by the shard's port, which closes them only after
     /// this handle's Close): for their kernel statistics.
     xsk_fds: Vec<RawFd>,
@@ -1397,6 +1399,11 @@ impl Drop for XdpUdpSocket {
     /// program itself goes with the last socket on the interface); the socket's AF_XDP
     /// sockets leave the XSKMAP when the shard closes them.
     fn drop(&mut self) {
+        for (group, source) in std::mem::take(&mut self.blocked) {
+            if let Err(e) = self.program.set_block(group, source, false) {
+                tracing::warn!(error = %e, %group, %source, "unblocking a source in the XDP program failed");
+            }
+        }
         for (group, source) in std::mem::take(&mut self.groups) {
             if let Err(e) = self.steer_group(group, source, false) {
                 tracing::warn!(error = %e, %group, "removing a membership from the XDP program failed");
@@ -1512,6 +1519,7 @@ impl XdpUdpSocket {
             program,
             membership: None,
             groups: Vec::new(),
+            blocked: Vec::new(),
             xsk_fds,
         })
     }
@@ -1615,16 +1623,80 @@ impl XdpUdpSocket {
         self.set_group(group, source, true)
     }
 
-    /// Leaves a membership made with [`join`](Self::join).
+    /// Leaves a membership made with [`join`](Self::join) (an any-source one takes its
+    /// blocked sources with it, as the kernel's does).
     pub fn leave(&mut self, group: IpAddr, source: Option<IpAddr>) -> Result<(), Error> {
         let Some(i) = self.groups.iter().position(|g| *g == (group, source)) else {
             return Err(Error::InvalidArgument);
         };
+        if source.is_none() {
+            let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.blocked)
+                .into_iter()
+                .partition(|b| b.0 == group);
+            self.blocked = kept;
+            for (g, src) in gone {
+                if let Err(e) = self.program.set_block(g, src, false) {
+                    tracing::warn!(error = %e, "unblocking a source in the XDP program failed");
+                }
+            }
+        }
         self.groups.swap_remove(i);
         self.set_group(group, source, false)?;
         let fd = self.membership.as_ref().expect("a join made it").as_raw_fd();
         let ifindex = net::ifindex(&self.info.iface)?;
         Ok(net::mcast_membership(fd, group, source, ifindex, false)?)
+    }
+
+    /// IP_BLOCK_SOURCE / MCAST_BLOCK_SOURCE (exclude mode): stops taking `source`'s datagrams
+    /// to `group`, joined from any source ([`join`](Self::join) with `None`; else
+    /// `InvalidArgument`, the kernel's EINVAL for a source-specific membership). The kernel
+    /// membership blocks it too (IGMPv3/MLDv2 report it upstream); the XDP program passes the
+    /// source's datagrams to the kernel (counted filtered) while every socket on the
+    /// interface with an any-source membership of the group blocks it, and this socket's
+    /// port drops any that still reach it. More than 64 blocked: `NoBuffers`.
+    pub fn block_source(&mut self, group: IpAddr, source: IpAddr) -> Result<(), Error> {
+        self.source_filter(group, source, true)
+    }
+
+    /// Takes `source`'s datagrams to `group` again.
+    pub fn unblock_source(&mut self, group: IpAddr, source: IpAddr) -> Result<(), Error> {
+        self.source_filter(group, source, false)
+    }
+
+    fn source_filter(&mut self, group: IpAddr, source: IpAddr, block: bool) -> Result<(), Error> {
+        if !self.groups.contains(&(group, None)) || source.is_ipv4() != group.is_ipv4() {
+            return Err(Error::InvalidArgument);
+        }
+        let at = self.blocked.iter().position(|b| *b == (group, source));
+        match (at, block) {
+            (Some(_), true) => return Ok(()),
+            (None, false) => return Err(Error::InvalidArgument),
+            (None, true) if self.blocked.len() >= crate::xdp::port::GROUPS_MAX => return Err(Error::NoBuffers),
+            _ => {}
+        }
+        let fd = self.membership.as_ref().expect("a join made it").as_raw_fd();
+        let ifindex = net::ifindex(&self.info.iface)?;
+        let op = if block { SourceOp::Block } else { SourceOp::Unblock };
+        net::mcast_source(fd, group, source, ifindex, op)?;
+        match at {
+            Some(i) => {
+                self.blocked.swap_remove(i);
+            }
+            None => self.blocked.push((group, source)),
+        }
+        if let Err(e) = self.program.set_block(group, source, block) {
+            tracing::error!(error = %e, "updating the XDP blocked table failed");
+            return Err(Error::InvalidArgument);
+        }
+        self.core
+            .shared
+            .send(Command::XdpBlock {
+                sock: self.core.id,
+                group,
+                source,
+                block,
+            })
+            .map_err(|_| Error::NoBuffers)
     }
 
     /// The program's tables and the engine's own check, in step. Each membership also binds

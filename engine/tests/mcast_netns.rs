@@ -111,6 +111,14 @@ fn af_xdp_fan_out(v6: bool) {
                             from_a2.send_to(&tag(4, i), to(ssm)).unwrap(); // source not included
                             from_a.send_to(&tag(5, i), to(other)).unwrap(); // group not joined
                         }
+                        2 => {
+                            from_a.send_to(&tag(7, i), to(asm)).unwrap();
+                            from_a2.send_to(&tag(8, i), to(asm)).unwrap(); // blocked
+                        }
+                        3 => {
+                            from_a.send_to(&tag(9, i), to(asm)).unwrap();
+                            from_a2.send_to(&tag(10, i), to(asm)).unwrap(); // unblocked
+                        }
                         _ => {
                             from_a.send_to(&tag(6, i), to(asm)).unwrap(); // after leave
                         }
@@ -153,6 +161,44 @@ fn af_xdp_fan_out(v6: bool) {
         let c1 = sock.xdp_counters().unwrap();
         assert_eq!(c1.filtered - c0.filtered, u64::from(N), "the excluded source");
         assert!(c1.passed - c0.passed >= u64::from(N), "the unjoined group");
+        // Exclude mode: a2 blocked from the any-source membership — filtered by the program
+        // (the kernel membership blocks it too); a2 only from an SSM join cannot be blocked.
+        assert_eq!(
+            sock.block_source(ssm, a2).unwrap_err(),
+            porto_engine::error::Error::InvalidArgument
+        );
+        sock.block_source(asm, a2).unwrap();
+        let received = fan.counters().received;
+        go_tx.send(2).unwrap();
+        run_until(&mut shard, || {
+            ack_rx.try_recv().is_ok() && fan.counters().received >= received + u64::from(N)
+        });
+        for sub in &mut subs {
+            assert_eq!(drain(sub), (0..N).map(|i| (7, i)).collect::<Vec<_>>(), "a only");
+        }
+        let c2 = sock.xdp_counters().unwrap();
+        assert_eq!(
+            c2.filtered - c1.filtered,
+            u64::from(N),
+            "the blocked source, in the program"
+        );
+        // Unblocked: both again.
+        sock.unblock_source(asm, a2).unwrap();
+        assert_eq!(
+            sock.unblock_source(asm, a2).unwrap_err(),
+            porto_engine::error::Error::InvalidArgument
+        );
+        let received = fan.counters().received;
+        go_tx.send(3).unwrap();
+        run_until(&mut shard, || {
+            ack_rx.try_recv().is_ok() && fan.counters().received >= received + 2 * u64::from(N)
+        });
+        let want: Vec<(u8, u32)> = (0..N).flat_map(|i| [(9, i), (10, i)]).collect();
+        for sub in &mut subs {
+            assert_eq!(drain(sub), want, "both sources again");
+        }
+        assert_eq!(sock.xdp_counters().unwrap().filtered, c2.filtered);
+        let received = fan.counters().received;
         // Leave: the program stops steering the group.
         sock.leave(asm, None).unwrap();
         go_tx.send(1).unwrap();
@@ -160,7 +206,7 @@ fn af_xdp_fan_out(v6: bool) {
         for sub in &mut subs {
             assert_eq!(drain(sub), Vec::new(), "nothing after leave");
         }
-        assert_eq!(fan.counters().received, 3 * u64::from(N));
+        assert_eq!(fan.counters().received, received);
         drop(go_tx);
         // Frames come home once the subscribers and the socket let go.
         drop(subs);

@@ -132,6 +132,17 @@ impl<D: Driver> Core<D> {
                         debug_assert!(fits, "XdpUdpSocket::join bounds the table");
                     }
                 }
+                Command::XdpBlock {
+                    sock: SockId { index: sock, .. },
+                    group,
+                    source,
+                    block,
+                } => {
+                    if let Some(p) = self.sockets[sock as usize].ep.xdp_mut() {
+                        let fits = p.set_block(group, source, block);
+                        debug_assert!(fits, "XdpUdpSocket::block_source bounds the table");
+                    }
+                }
                 Command::Op {
                     sock: SockId { index: sock, .. },
                     token,

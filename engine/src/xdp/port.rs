@@ -30,6 +30,65 @@ const BATCH: u32 = RX_BATCH_MAX;
 /// Multicast memberships (group, source) per port.
 pub(crate) const GROUPS_MAX: usize = 64;
 
+/// A fixed table of up to [`GROUPS_MAX`] address pairs (memberships, blocked sources):
+/// unordered, no allocation after it is made.
+#[derive(Debug)]
+struct Pairs {
+    at: [(IpAddr, IpAddr); GROUPS_MAX],
+    len: usize,
+}
+
+impl Pairs {
+    fn new() -> Pairs {
+        let none = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        Pairs {
+            at: [(none, none); GROUPS_MAX],
+            len: 0,
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (IpAddr, IpAddr)> + '_ {
+        self.at[..self.len].iter().copied()
+    }
+
+    fn contains(&self, e: (IpAddr, IpAddr)) -> bool {
+        self.iter().any(|x| x == e)
+    }
+
+    /// Adds (`on`) or removes `e`; false only when adding to a full table.
+    fn set(&mut self, e: (IpAddr, IpAddr), on: bool) -> bool {
+        let at = self.iter().position(|x| x == e);
+        match (at, on) {
+            (Some(_), true) => true,
+            (None, true) if self.len < GROUPS_MAX => {
+                self.at[self.len] = e;
+                self.len += 1;
+                true
+            }
+            (None, true) => false,
+            (Some(i), false) => {
+                self.len -= 1;
+                self.at[i] = self.at[self.len];
+                true
+            }
+            (None, false) => true,
+        }
+    }
+
+    /// Keeps only the pairs `keep` accepts.
+    fn retain(&mut self, keep: impl Fn(&(IpAddr, IpAddr)) -> bool) {
+        let mut i = 0;
+        while i < self.len {
+            if keep(&self.at[i]) {
+                i += 1;
+            } else {
+                self.len -= 1;
+                self.at[i] = self.at[self.len];
+            }
+        }
+    }
+}
+
 /// A send whose frame the kernel holds: (token, payload offset, payload length, buffer).
 /// A send in the TX/COMPLETION rings, by its (first) frame.
 struct PendingSend {
@@ -138,8 +197,9 @@ pub(crate) struct XdpPort {
     /// Bad ring indices already added to the shard's counter.
     bad_indices_counted: u64,
     /// Joined (group, source) pairs of the port's family; source unspecified = any source.
-    groups: [(IpAddr, IpAddr); GROUPS_MAX],
-    groups_len: usize,
+    groups: Pairs,
+    /// Sources blocked from an any-source membership (exclude mode): (group, source).
+    blocked: Pairs,
     /// Frames were queued on TX since the last kick.
     tx_unkicked: bool,
     /// Receive coalescing: (frames, longest wait); see `XdpOptions::rx_coalesce`.
@@ -194,8 +254,8 @@ impl XdpPort {
             neighbors: Neighbors::new(),
             warned_set_up_drop: false,
             bad_indices_counted: 0,
-            groups: [(IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V4(Ipv4Addr::UNSPECIFIED)); GROUPS_MAX],
-            groups_len: 0,
+            groups: Pairs::new(),
+            blocked: Pairs::new(),
             tx_unkicked: false,
             rx_coalesce: None,
             rx_waiting_since: None,
@@ -329,36 +389,32 @@ impl XdpPort {
 
     /// Adds or removes a membership (`source` None: any source). False if the table is full.
     pub(crate) fn set_group(&mut self, group: IpAddr, source: Option<IpAddr>, join: bool) -> bool {
-        let e = (group, source.unwrap_or(wire::unspecified(group)));
-        let at = self.groups[..self.groups_len].iter().position(|g| *g == e);
-        match (at, join) {
-            (Some(_), true) => true,
-            (None, true) if self.groups_len < GROUPS_MAX => {
-                self.groups[self.groups_len] = e;
-                self.groups_len += 1;
-                true
-            }
-            (None, true) => false,
-            (Some(i), false) => {
-                self.groups_len -= 1;
-                self.groups[i] = self.groups[self.groups_len];
-                true
-            }
-            (None, false) => true,
+        if source.is_none() && !join {
+            // Leaving an any-source membership ends its blocks, as the kernel's does.
+            self.blocked.retain(|&(g, _)| g != group);
         }
+        self.groups
+            .set((group, source.unwrap_or(wire::unspecified(group))), join)
+    }
+
+    /// Blocks (`on`) or unblocks `source` of the any-source membership of `group`. False if
+    /// the table is full.
+    pub(crate) fn set_block(&mut self, group: IpAddr, source: IpAddr, on: bool) -> bool {
+        self.blocked.set((group, source), on)
     }
 
     /// A datagram to `dst` from `src` is this port's: of its family, to its own address (or
     /// any, if bound to the unspecified address) for unicast; a joined group, from an
-    /// included source, for multicast.
+    /// included source (or any source not blocked), for multicast.
     fn accepts(&self, dst: IpAddr, src: IpAddr) -> bool {
         if dst.is_ipv4() != self.local.is_ipv4() {
             return false;
         }
         if dst.is_multicast() {
-            return self.groups[..self.groups_len]
+            return self
+                .groups
                 .iter()
-                .any(|&(g, s)| g == dst && (s.is_unspecified() || s == src));
+                .any(|(g, s)| g == dst && (s == src || (s.is_unspecified() && !self.blocked.contains((dst, src)))));
         }
         self.local.ip().is_unspecified() || dst == self.local.ip()
     }

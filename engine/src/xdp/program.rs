@@ -228,7 +228,8 @@ impl XdpProgram {
             .map_err(|e| map_error("binds", e))
     }
 
-    /// One of the program's hash maps with `u8` values (`binds`, `groups`, `groups6`).
+    /// One of the program's hash maps with `u8` values (`binds`, `groups`, `groups6`,
+    /// `blocked`, `blocked6`).
     fn group_map<K: aya::Pod>(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, K, u8>, XdpError> {
         let map = self
             .ebpf
@@ -237,9 +238,17 @@ impl XdpProgram {
         HashMap::try_from(map).map_err(|e| map_error(name, e))
     }
 
-    /// Steers (`steer`) or stops steering multicast `group`, from `source` only or from any
-    /// source, in the group table of its family. `source` must be of the group's family.
-    fn set_group(&mut self, group: IpAddr, source: Option<IpAddr>, steer: bool) -> Result<(), XdpError> {
+    /// Sets (`on`) or clears `group`'s entry for `source` (None: any source, the zero key)
+    /// in the table of its family: `groups`/`groups6` (steered memberships) or
+    /// `blocked`/`blocked6` (sources blocked from an any-source one). `source` must be of the
+    /// group's family.
+    fn set_entry(
+        &mut self,
+        tables: [&'static str; 2],
+        group: IpAddr,
+        source: Option<IpAddr>,
+        on: bool,
+    ) -> Result<(), XdpError> {
         match (group, source) {
             (IpAddr::V4(g), None | Some(IpAddr::V4(_))) => {
                 let k = GroupKey {
@@ -249,8 +258,8 @@ impl XdpProgram {
                         _ => 0,
                     },
                 };
-                let mut m = self.group_map::<GroupKey>("groups")?;
-                if steer { m.insert(k, 1, 0) } else { m.remove(&k) }.map_err(|e| map_error("groups", e))
+                let mut m = self.group_map::<GroupKey>(tables[0])?;
+                if on { m.insert(k, 1, 0) } else { m.remove(&k) }.map_err(|e| map_error(tables[0], e))
             }
             (IpAddr::V6(g), None | Some(IpAddr::V6(_))) => {
                 let k = Group6Key {
@@ -260,22 +269,28 @@ impl XdpProgram {
                         _ => [0; 16],
                     },
                 };
-                let mut m = self.group_map::<Group6Key>("groups6")?;
-                if steer { m.insert(k, 1, 0) } else { m.remove(&k) }.map_err(|e| map_error("groups6", e))
+                let mut m = self.group_map::<Group6Key>(tables[1])?;
+                if on { m.insert(k, 1, 0) } else { m.remove(&k) }.map_err(|e| map_error(tables[1], e))
             }
-            _ => Err(map_error("groups", "the source is not of the group's family")),
+            _ => Err(map_error(tables[0], "the source is not of the group's family")),
         }
     }
 
     /// Steers multicast `group` (IPv4 or IPv6; from `source` only, or from any source) to
     /// AF_XDP.
     pub fn add_group(&mut self, group: IpAddr, source: Option<IpAddr>) -> Result<(), XdpError> {
-        self.set_group(group, source, true)
+        self.set_entry(["groups", "groups6"], group, source, true)
     }
 
     /// Stops steering a group (or one source of it).
     pub fn remove_group(&mut self, group: IpAddr, source: Option<IpAddr>) -> Result<(), XdpError> {
-        self.set_group(group, source, false)
+        self.set_entry(["groups", "groups6"], group, source, false)
+    }
+
+    /// Blocks (`on`) or unblocks `source` of a group steered from any source (exclude mode):
+    /// its datagrams go to the kernel, counted filtered.
+    pub fn set_blocked(&mut self, group: IpAddr, source: IpAddr, on: bool) -> Result<(), XdpError> {
+        self.set_entry(["blocked", "blocked6"], group, Some(source), on)
     }
 
     /// Puts an AF_XDP socket in the slot of receive queue `queue`.

@@ -24,6 +24,41 @@ struct Tables {
     program: XdpProgram,
     binds: HashMap<SocketAddr, u32>,
     groups: HashMap<(IpAddr, Option<IpAddr>), u32>,
+    /// Sockets blocking each (group, source) from their any-source membership.
+    blocks: HashMap<(IpAddr, IpAddr), u32>,
+    /// What the program's blocked tables hold now.
+    blocked: std::collections::HashSet<(IpAddr, IpAddr)>,
+}
+
+impl Tables {
+    /// The program blocks `source` of `group` only while every socket with an any-source
+    /// membership of the group blocks it (one that does not still wants its datagrams; the
+    /// engine checks each socket's own filter on every frame).
+    fn sync_block(&mut self, group: IpAddr, source: IpAddr) -> Result<(), XdpError> {
+        let members = self.groups.get(&(group, None)).copied().unwrap_or(0);
+        let blocking = self.blocks.get(&(group, source)).copied().unwrap_or(0);
+        let want = members > 0 && blocking >= members;
+        if want != self.blocked.contains(&(group, source)) {
+            self.program.set_blocked(group, source, want)?;
+            if want {
+                self.blocked.insert((group, source));
+            } else {
+                self.blocked.remove(&(group, source));
+            }
+        }
+        Ok(())
+    }
+
+    /// `sync_block` for every blocked source of `group`.
+    fn sync_blocks_of(&mut self, group: IpAddr) -> Result<(), XdpError> {
+        let sources: Vec<IpAddr> = self
+            .blocks
+            .keys()
+            .filter(|(g, _)| *g == group)
+            .map(|&(_, s)| s)
+            .collect();
+        sources.into_iter().try_for_each(|s| self.sync_block(group, s))
+    }
 }
 
 /// The program attached to one interface, and who uses what in its tables.
@@ -69,6 +104,8 @@ impl SharedProgram {
                 program: XdpProgram::attach(iface, only)?,
                 binds: HashMap::new(),
                 groups: HashMap::new(),
+                blocks: HashMap::new(),
+                blocked: Default::default(),
             }),
         });
         all.push((key, Arc::downgrade(&p)));
@@ -122,6 +159,10 @@ impl SharedProgram {
             t.program.add_group(group, source)?;
         }
         *t.groups.entry((group, source)).or_insert(0) += 1;
+        if source.is_none() {
+            // One more any-source member that blocks nothing yet.
+            t.sync_blocks_of(group)?;
+        }
         Ok(())
     }
 
@@ -136,7 +177,26 @@ impl SharedProgram {
             t.groups.remove(&(group, source));
             t.program.remove_group(group, source)?;
         }
+        if source.is_none() {
+            t.sync_blocks_of(group)?;
+        }
         Ok(())
+    }
+
+    /// One socket blocks (`on`) or unblocks `source` of its any-source membership of `group`.
+    pub(crate) fn set_block(&self, group: IpAddr, source: IpAddr, on: bool) -> Result<(), XdpError> {
+        let mut t = self.tables();
+        let n = t.blocks.entry((group, source)).or_insert(0);
+        if on {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+        }
+        let r = t.sync_block(group, source);
+        if t.blocks.get(&(group, source)) == Some(&0) {
+            t.blocks.remove(&(group, source));
+        }
+        r
     }
 
     /// The program's counters (every socket on the interface together).
