@@ -279,6 +279,12 @@ impl SocketCore {
         }
     }
 
+    /// The pool of the socket's shard: where its send buffers come from (a buffer of
+    /// another shard's pool is copied).
+    pub fn pool(&self) -> &crate::pool::Pool {
+        &self.shared.pool
+    }
+
     pub(crate) fn shard(&self) -> &ShardShared {
         &self.shared
     }

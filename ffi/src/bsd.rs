@@ -129,7 +129,7 @@ pub(crate) fn connect(h: u64, to: SocketAddr) -> Result<(), Wsa> {
     }
     let ms = s.bsd.send_ms.load(Ordering::Relaxed);
     let timeout = (ms > 0).then(|| Duration::from_millis(u64::from(ms)));
-    let shard = state::first_shard()?;
+    let shard = state::next_shard()?;
     let mut st = state::lock(&s);
     match std::mem::replace(&mut *st, SockState::Unbound) {
         SockState::TcpIdle { fd, assoc } => {
@@ -163,7 +163,7 @@ pub(crate) fn accept(h: u64) -> Result<(u64, Option<SocketAddr>), Wsa> {
     let s = state::sock(h)?;
     let core = state::open_core(h, false, true, |c| Ok(c.share()))?;
     let (fd, peer) = wait(h, &s, Dir::Recv, &core, |c, t| c.accept_blocking(t))?;
-    let stream = TcpStream::adopt(&state::first_shard()?, fd, crate::tcp::nowhere()).map_err(state::setup)?;
+    let stream = TcpStream::adopt(&state::next_shard()?, fd, crate::tcp::nowhere()).map_err(state::setup)?;
     let new = state::insert(Obj::Sock(Arc::new(Sock::new(
         s.v6,
         true,

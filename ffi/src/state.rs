@@ -383,6 +383,17 @@ pub(crate) fn first_shard() -> Result<ShardHandle, Wsa> {
     Ok(g.engine.as_ref().ok_or(Wsa(PORTO_WSANOTINITIALISED))?.shard(0).clone())
 }
 
+/// The engine's next shard, round robin: where a new association, listener or TCP
+/// connection goes, so a server's sockets spread over every core.
+pub(crate) fn next_shard() -> Result<ShardHandle, Wsa> {
+    let g = read();
+    Ok(g.engine
+        .as_ref()
+        .ok_or(Wsa(PORTO_WSANOTINITIALISED))?
+        .next_shard()
+        .clone())
+}
+
 pub(crate) fn sock(h: u64) -> Result<Arc<Sock>, Wsa> {
     let g = read();
     if g.engine.is_none() {
@@ -552,14 +563,7 @@ pub(crate) fn create_port(concurrency: u32) -> Result<u64, Wsa> {
 pub(crate) fn associate(h: u64, port_h: u64, key: u64) -> Result<u64, Wsa> {
     let s = sock(h)?;
     let p = port(port_h)?;
-    let shard = {
-        let g = read();
-        g.engine
-            .as_ref()
-            .ok_or(Wsa(PORTO_WSANOTINITIALISED))?
-            .next_shard()
-            .clone()
-    };
+    let shard = next_shard()?;
     let mut st = lock(&s);
     if s.stream {
         // TCP: remembered, and applied to whatever the socket is or becomes.

@@ -2,8 +2,9 @@
 //! `ConnectEx` (with data), `WSARecv`, `WSASend`, `DisconnectEx` (`PORTO_TF_REUSE_SOCKET`), over
 //! the engine's `TcpListener` / `TcpStream`. Operations Windows completes in one packet but
 //! the engine runs in two steps carry their next step in the port's pending table and are
-//! finished by [`finish`] when their completion is dequeued. Every TCP socket lives on the
-//! engine's first shard.
+//! finished by [`finish`] when their completion is dequeued. Listeners and connections go on
+//! the engine's shards round robin (a listener's accepted connections spread too); a send's
+//! frames come from its connection's own shard's pool.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,8 +13,10 @@ use crate::codes::*;
 use crate::state::{self, lock, sock, AcceptTarget, Assoc, Done, Out, Pending, Port, RecvTarget, SockState, Wsa};
 use porto::{Completion, Delivery, Error, Gather, OpKind, ShardHandle, TcpListener, TcpStream};
 
+/// The shard a new listener or connection goes on: the next, round robin (a listener's
+/// connections spread over the shards too).
 fn shard() -> Result<ShardHandle, Wsa> {
-    state::first_shard()
+    state::next_shard()
 }
 
 pub(crate) fn delivery(a: &Assoc) -> Option<Delivery> {
@@ -129,10 +132,10 @@ pub(crate) fn recv(h: u64, token: u64, mut target: RecvTarget) -> Result<(), Wsa
 
 /// The caller's pieces copied into pool frames, grouped into gathers of up to `GATHER_MAX`
 /// frames (one engine send each). `WSAENOBUFS` when the pool has not enough frames free.
-pub(crate) fn gather(shard: &ShardHandle, pieces: &[&[u8]]) -> Result<Vec<Gather>, Wsa> {
+pub(crate) fn gather(pool: &porto::Pool, pieces: &[&[u8]]) -> Result<Vec<Gather>, Wsa> {
     // Room for the frames the bytes need (a gather takes up to GATHER_MAX; more go in more).
     let total: usize = pieces.iter().map(|p| p.len()).sum();
-    let frames = total.div_ceil(shard.pool().frame_size() as usize).max(1);
+    let frames = total.div_ceil(pool.frame_size() as usize).max(1);
     let mut parts = vec![Gather::with_capacity(frames)];
     let mut frame = None::<porto::Buf>;
     let push = |parts: &mut Vec<Gather>, b: porto::Buf| {
@@ -152,7 +155,7 @@ pub(crate) fn gather(shard: &ShardHandle, pieces: &[&[u8]]) -> Result<Vec<Gather
                     if let Some(full) = frame.take() {
                         push(&mut parts, full);
                     }
-                    frame.insert(shard.pool().alloc().map_err(Wsa::from)?)
+                    frame.insert(pool.alloc().map_err(Wsa::from)?)
                 }
             };
             let at = b.len();
@@ -203,9 +206,11 @@ fn send_parts(stream: &TcpStream, port: &Port, token: u64, parts: Vec<Gather>) -
 /// sent whole, in order with the connection's other sends; any length the pool can hold.
 pub(crate) fn send(h: u64, token: u64, pieces: &[&[u8]]) -> Result<usize, Wsa> {
     let total: usize = pieces.iter().map(|p| p.len()).sum();
-    // Every TCP socket of the C ABI lives on the first shard: its pool's frames.
-    let parts = gather(&shard()?, pieces)?;
-    with_stream(h, |stream, port| send_parts(stream, port, token, parts).map(|()| total))
+    with_stream(h, |stream, port| {
+        // Frames of the pool of the connection's own shard.
+        let parts = gather(stream.core().pool(), pieces)?;
+        send_parts(stream, port, token, parts).map(|()| total)
+    })
 }
 
 /// `ConnectEx`: the bound, associated socket connects to `to`, then sends `data` (if any);
@@ -213,7 +218,7 @@ pub(crate) fn send(h: u64, token: u64, pieces: &[&[u8]]) -> Result<usize, Wsa> {
 pub(crate) fn connect_ex(h: u64, token: u64, to: SocketAddr, data: &[&[u8]]) -> Result<(), Wsa> {
     let shard = shard()?;
     let payload = if data.iter().any(|d| !d.is_empty()) {
-        Some(gather(&shard, data)?)
+        Some(gather(shard.pool(), data)?)
     } else {
         None
     };
