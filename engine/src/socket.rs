@@ -906,11 +906,23 @@ pub struct PollFd<'a> {
     pub read: bool,
     /// Wait for room to write.
     pub write: bool,
-    /// Found: readable, writable, an error pending, the peer hung up.
+    pub found: Readiness,
+}
+
+/// What [`poll`] found on a socket: readable, writable, an error pending, the peer hung up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Readiness {
     pub readable: bool,
     pub writable: bool,
     pub error: bool,
     pub hangup: bool,
+}
+
+impl Readiness {
+    /// Anything at all.
+    pub fn any(&self) -> bool {
+        self.readable || self.writable || self.error || self.hangup
+    }
 }
 
 impl<'a> PollFd<'a> {
@@ -919,10 +931,7 @@ impl<'a> PollFd<'a> {
             socket,
             read,
             write,
-            readable: false,
-            writable: false,
-            error: false,
-            hangup: false,
+            found: Readiness::default(),
         }
     }
 }
@@ -955,10 +964,12 @@ pub fn poll(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> Result<usize, 
     }
     let n = net::poll_many(&mut raw, blocking_timeout_ms(timeout))?;
     for (f, p) in fds.iter_mut().zip(&raw) {
-        f.readable = p.revents & libc::POLLIN != 0;
-        f.writable = p.revents & libc::POLLOUT != 0;
-        f.error = p.revents & libc::POLLERR != 0;
-        f.hangup = p.revents & libc::POLLHUP != 0;
+        f.found = Readiness {
+            readable: p.revents & libc::POLLIN != 0,
+            writable: p.revents & libc::POLLOUT != 0,
+            error: p.revents & libc::POLLERR != 0,
+            hangup: p.revents & libc::POLLHUP != 0,
+        };
     }
     Ok(n)
 }

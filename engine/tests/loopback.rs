@@ -2012,7 +2012,7 @@ fn blocking_accept_and_wsapoll_over_porto_sockets() {
         Ok(0),
         "nothing to read yet"
     );
-    assert!(!fds[0].readable);
+    assert!(!fds[0].found.readable);
     StdUdp::bind(any(false))
         .unwrap()
         .send_to(b"ready", udp.local_addr().unwrap())
@@ -2022,7 +2022,7 @@ fn blocking_accept_and_wsapoll_over_porto_sockets() {
         PollFd::new(stream.core(), false, true),
     ];
     assert_eq!(poll(&mut fds, Some(Duration::from_secs(5))), Ok(2));
-    assert!(fds[0].readable && !fds[0].writable && fds[1].writable && !fds[1].error);
+    assert!(fds[0].found.readable && !fds[0].found.writable && fds[1].found.writable && !fds[1].found.error);
     drop(client);
     let mut fds = [PollFd::new(stream.core(), true, false)];
     assert_eq!(
@@ -2030,7 +2030,7 @@ fn blocking_accept_and_wsapoll_over_porto_sockets() {
         Ok(1),
         "the peer closed: readable (EOF)"
     );
-    assert!(fds[0].readable);
+    assert!(fds[0].found.readable);
 }
 
 /// RIO flags are a bit set with Windows' values: a DONT_NOTIFY receive completes into the CQ

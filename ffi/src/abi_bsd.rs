@@ -251,10 +251,10 @@ pub unsafe extern "C" fn porto_WSAPoll(fds: *mut PORTO_WSAPOLLFD, n: u32, timeou
         for (f, a) in fds.iter_mut().zip(&asks) {
             let mut r = 0;
             for (on, bit) in [
-                (a.readable && a.read, PORTO_POLLRDNORM),
-                (a.writable && a.write, PORTO_POLLWRNORM),
-                (a.error, PORTO_POLLERR),
-                (a.hangup, PORTO_POLLHUP),
+                (a.found.readable && a.read, PORTO_POLLRDNORM),
+                (a.found.writable && a.write, PORTO_POLLWRNORM),
+                (a.found.error, PORTO_POLLERR),
+                (a.found.hangup, PORTO_POLLHUP),
                 (a.invalid, PORTO_POLLNVAL),
             ] {
                 if on {
@@ -328,9 +328,9 @@ pub unsafe extern "C" fn porto_select(
         }
         for ((k, _), a) in asks.iter().zip(&plain) {
             let ready = match k {
-                0 => a.readable || a.hangup || a.error,
-                1 => a.writable,
-                _ => a.error,
+                0 => a.found.readable || a.found.hangup || a.found.error,
+                1 => a.found.writable,
+                _ => a.found.error,
             };
             if let (true, Some(set)) = (ready, sets[*k].as_mut()) {
                 let i = set.fd_count as usize;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::codes::*;
 use crate::state::{self, Obj, Sock, SockState, Wsa};
-use porto::{Error, PollFd, SocketCore, TcpStream};
+use porto::{Error, PollFd, Readiness, SocketCore, TcpStream};
 
 /// How long a blocking call waits before looking whether its socket was closed.
 const SLICE: Duration = Duration::from_millis(50);
@@ -188,18 +188,14 @@ pub(crate) fn readable(h: u64) -> Result<u32, Wsa> {
     }
 }
 
-/// One socket of a `WSAPoll` / `select`: what is asked, and what came.
+/// One socket of a `WSAPoll` / `select`: what is asked, and what came — readiness, or
+/// no such socket (`POLLNVAL`).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Ask {
     pub h: u64,
     pub read: bool,
     pub write: bool,
-    /// Out: readable, writable, an error (`POLLERR` / select's except set), hung up, no such
-    /// socket or nothing to wait on (`POLLNVAL`).
-    pub readable: bool,
-    pub writable: bool,
-    pub error: bool,
-    pub hangup: bool,
+    pub found: Readiness,
     pub invalid: bool,
 }
 
@@ -248,14 +244,10 @@ pub(crate) fn poll(asks: &mut [Ask], timeout: Option<Duration>) -> Result<usize,
             porto::poll(&mut fds, Some(wait)).map_err(Wsa::from)?
         };
         for (f, &(i, _)) in fds.iter().zip(&live) {
-            let a = &mut asks[i];
-            (a.readable, a.writable, a.error, a.hangup) = (f.readable, f.writable, f.error, f.hangup);
+            asks[i].found = f.found;
         }
         if ready + invalid > 0 {
-            return Ok(asks
-                .iter()
-                .filter(|a| a.readable || a.writable || a.error || a.hangup || a.invalid)
-                .count());
+            return Ok(asks.iter().filter(|a| a.found.any() || a.invalid).count());
         }
         // A socket closed while we waited.
         for (a, c) in asks.iter_mut().zip(cores.iter_mut()) {
