@@ -5,8 +5,12 @@
  * GetAcceptExSockaddrs, ConnectEx, DisconnectEx, setsockopt, GetQueuedCompletionStatusEx,
  * GetQueuedCompletionStatus, PostQueuedCompletionStatus, CancelIoEx, closesocket,
  * CloseHandle, WSAGetLastError, WSACleanup, WSAIoctl, SetFileCompletionNotificationModes,
- * getsockopt; qos2.h's QOSCreateHandle, QOSAddSocketToFlow, QOSSetFlow, QOSQueryFlow,
- * QOSRemoveSocketFromFlow, QOSCloseHandle) and the types and constants with PORTO_.
+ * getsockopt; the blocking BSD-style calls sendto, send, recvfrom, recv, connect, accept,
+ * ioctlsocket, WSAPoll, select; event objects WSACreateEvent, WSASetEvent, WSAResetEvent,
+ * WSACloseEvent, WSAWaitForMultipleEvents, WaitForSingleObject; qos2.h's QOSCreateHandle,
+ * QOSAddSocketToFlow, QOSSetFlow, QOSQueryFlow, QOSRemoveSocketFromFlow, QOSCloseHandle) and
+ * the types and constants with PORTO_. A blocking call ends with WSAEINTR when another
+ * thread closes its socket, and lets go of the calling thread's completion-port hold.
  * Error numbers are Windows' own.
  *
  * Registered I/O as on Windows: porto_WSAIoctl(s, PORTO_SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER,
