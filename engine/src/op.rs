@@ -50,6 +50,8 @@ pub(crate) enum Request {
     SendShared {
         buf: SharedBuf,
         addr: SocketAddr,
+        /// A TOS instead of the socket's (a non-conformant packet re-marked by its flow).
+        tos: Option<u8>,
     },
     /// One receive scattered over the gather's buffers (each a whole frame, in order): a
     /// datagram with its sender (`from`), or what a stream has.
@@ -62,6 +64,8 @@ pub(crate) enum Request {
     SendGather {
         gather: Gather,
         addr: Option<SocketAddr>,
+        /// A datagram's TOS instead of the socket's (a non-conformant packet re-marked).
+        tos: Option<u8>,
     },
     Accept {
         multishot: bool,

@@ -763,6 +763,7 @@ impl UdpSocket {
             Request::SendGather {
                 gather,
                 addr: Some(addr),
+                tos: None,
             },
         )
     }
@@ -1149,7 +1150,14 @@ impl TcpStream {
 
     /// WSASend with several buffers (WSABUF array), sent whole and in order.
     pub fn send_gather(&self, gather: Gather, token: u64) -> Result<(), Rejected> {
-        self.core.submit(token, Request::SendGather { gather, addr: None })
+        self.core.submit(
+            token,
+            Request::SendGather {
+                gather,
+                addr: None,
+                tos: None,
+            },
+        )
     }
 
     /// WSASend with SEND_ZC from the registered pool.

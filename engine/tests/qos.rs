@@ -202,6 +202,63 @@ fn a_control_socket_is_served_before_bulk_when_both_are_ready() {
     assert!(at < 5, "the Control datagram was delivered {at}th of 101");
 }
 
+/// QOSUseNonConformantMarkings re-marks the excess of every kind of datagram send, not only
+/// `send_to`: one `send_to_many` payload to five destinations, and five gathered datagrams —
+/// the first conforms (Voice's DSCP), the other four go out best effort (TOS 0), read back
+/// with IP_RECVTOS.
+#[test]
+fn non_conformant_shared_and_gathered_sends_are_re_marked() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut shard = Shard::new(&cfg(), None).unwrap();
+    let h = shard.handle();
+    let opts = SocketOptions {
+        recv_tos: true,
+        ..SocketOptions::default()
+    };
+    let rx = UdpSocket::bind(&h, lo(), &opts, Delivery::Poll { key: 9 }).unwrap();
+    rx.recv_from_multishot(9).unwrap();
+    let to = rx.local_addr().unwrap();
+    let voice = TrafficType::Voice.tos();
+    for gathered in [false, true] {
+        let tx = UdpSocket::bind(&h, lo(), &SocketOptions::default(), Delivery::Poll { key: 1 }).unwrap();
+        let flow = h
+            .create_flow(
+                TrafficType::Voice,
+                Some((1_600, 100, Shaping::UseNonConformantMarkings)),
+            )
+            .unwrap();
+        tx.set_flow(&flow).unwrap();
+        let mut out = Vec::new();
+        shard.poll(&mut out, 16);
+        if gathered {
+            for i in 0..5u8 {
+                let mut g = porto_engine::pool::Gather::new();
+                g.push(h.pool().alloc_from(&[i; 60]).unwrap()).unwrap();
+                g.push(h.pool().alloc_from(&[i; 40]).unwrap()).unwrap();
+                tx.send_to_gather(g, to, 0).unwrap();
+            }
+        } else {
+            let dests: std::sync::Arc<[std::net::SocketAddr]> = vec![to; 5].into();
+            tx.send_to_many(h.pool().alloc_from(&[7u8; 100]).unwrap(), &dests, 0)
+                .unwrap();
+        }
+        let mut tos = Vec::new();
+        let deadline = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < deadline {
+            shard.poll(&mut out, 64);
+            tos.extend(
+                out.drain(..)
+                    .filter(|c| c.key == 9 && c.op == OpKind::RecvFrom)
+                    .map(|c| c.tos.expect("recv_tos reports it")),
+            );
+        }
+        assert_eq!(tos, [voice, 0, 0, 0, 0], "gathered={gathered}");
+        assert_eq!(flow.counters().non_conformant, 4);
+        drop(tx);
+        shard.poll(&mut out, 64);
+    }
+}
+
 /// What each QOS2 shaping behaviour puts on the wire, read back with IP_RECVTOS: ShapeOnly
 /// sends no mark; ShapeAndMark marks everything; UseNonConformantMarkings marks what
 /// conforms and re-marks the excess best effort (per datagram).

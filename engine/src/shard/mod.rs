@@ -900,13 +900,16 @@ impl<D: Driver> Core<D> {
         if let Request::SendToMany { buf, dests } = req {
             // One send per destination, each its own completion; all read the one frame.
             for (&addr, buf) in dests.iter().zip(buf.shares(dests.len() as u32)) {
-                self.start_op(sock, token, Request::SendShared { buf, addr });
+                self.start_op(sock, token, Request::SendShared { buf, addr, tos: None });
             }
             return;
         }
         let send_len = match &req {
             Request::SendTo { buf, .. } | Request::Send { buf, .. } => Some(buf.len()),
             Request::SendShared { buf, .. } => Some(buf.len()),
+            // Gathered sends are shaped and scheduled like the others (they used to go round
+            // the flow).
+            Request::SendGather { gather, .. } => Some(gather.total_len()),
             _ => None,
         };
         if let (Some(flow), Some(len)) = (self.sockets[sock as usize].flow, send_len) {
@@ -988,12 +991,14 @@ impl<D: Driver> Core<D> {
                 s.zerocopy = zerocopy && self.pool.same(&buf);
                 s.buf = Some(buf);
             }
-            Request::SendShared { buf, addr } => {
+            Request::SendShared { buf, addr, tos } => {
                 (s.addr, s.addr_len) = net::to_raw(&addr);
                 s.shared = Some(buf);
+                s.tos = tos;
             }
             Request::SendToMany { .. } => unreachable!("expanded by start_op"),
-            Request::SendGather { gather, addr } => {
+            Request::SendGather { gather, addr, tos } => {
+                s.tos = tos;
                 match addr {
                     Some(a) => (s.addr, s.addr_len) = net::to_raw(&a),
                     None => s.addr_len = 0,

@@ -76,7 +76,11 @@ impl<D: Driver> Core<D> {
             Admission::Send { .. } => f.traffic,
             Admission::SendNonConformant => {
                 // QOSUseNonConformantMarkings: the excess goes out as best effort, marked so.
-                if let Request::SendTo { tos, .. } = &mut d.req {
+                // Datagrams only: a stream has no per-segment marking.
+                if let Request::SendTo { tos, .. }
+                | Request::SendShared { tos, .. }
+                | Request::SendGather { addr: Some(_), tos, .. } = &mut d.req
+                {
                     *tos = Some(TrafficType::BestEffort.tos());
                 }
                 TrafficType::BestEffort
