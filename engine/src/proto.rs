@@ -113,6 +113,7 @@ impl Command {
             | Command::Subscribe { sock, .. }
             | Command::Unsubscribe { sock, .. } => Some(*sock),
             Command::FlowCreate { .. }
+            | Command::FlowRelease { .. }
             | Command::FlowSetRate { .. }
             | Command::LinkRate { .. }
             | Command::Post { .. } => None,
@@ -144,6 +145,10 @@ pub(crate) enum Command {
         flow: Option<u16>,
     },
     /// QOSSetFlow: a new rate for a shaped flow.
+    /// The last handle of flow `id` dropped: its id is free once nothing is left in it.
+    FlowRelease {
+        id: u16,
+    },
     FlowSetRate {
         id: u16,
         rate_bps: u64,
@@ -243,6 +248,9 @@ pub(crate) struct ShardShared {
     pub pool: Pool,
     pub info: OnceLock<ShardInfo>,
     next_flow: std::sync::atomic::AtomicU16,
+    /// Flow ids given back (their last handle dropped, no socket or held send left in them),
+    /// handed out again before new ones.
+    pub(crate) free_flows: ArrayQueue<u16>,
     /// Per flow: sent, sent bytes, delayed, non-conformant, dropped (QOSQueryFlow).
     pub(crate) flow_counters: Box<[[AtomicU64; 5]]>,
     /// Per class: sends refused by a full scheduler queue.
@@ -292,6 +300,9 @@ impl ShardShared {
     }
 
     pub(crate) fn alloc_flow(&self) -> Result<u16, SetupError> {
+        if let Some(id) = self.free_flows.pop() {
+            return Ok(id);
+        }
         // Never past FLOWS_MAX: a counter that kept counting would wrap after 65 536 calls
         // and hand out the id of a live flow.
         self.next_flow
@@ -331,8 +342,12 @@ impl ShardShared {
 
 /// Flows per shard.
 pub const FLOWS_MAX: usize = 64;
+// The shard tracks flows in 64-bit sets (`qos_purge`).
+const _: () = assert!(FLOWS_MAX <= 64);
 
-/// A QoS flow on one shard (see [`ShardHandle::create_flow`]).
+/// A QoS flow on one shard (see [`ShardHandle::create_flow`]). Clones share it; when the
+/// last handle drops, the shard reuses its id once no socket and no held send is left in it
+/// (a socket still in it stays shaped until it leaves or closes).
 #[derive(Clone, Debug)]
 pub struct QosFlow {
     pub(crate) id: u16,
@@ -341,6 +356,20 @@ pub struct QosFlow {
     /// QOSShapeOnly sends no DSCP mark).
     pub tos: u8,
     pub(crate) shard: Arc<ShardShared>,
+    _lease: Arc<FlowLease>,
+}
+
+/// What the last [`QosFlow`] handle gives back when it drops.
+#[derive(Debug)]
+struct FlowLease {
+    id: u16,
+    shard: Arc<ShardShared>,
+}
+
+impl Drop for FlowLease {
+    fn drop(&mut self) {
+        self.shard.send_reliably(Command::FlowRelease { id: self.id });
+    }
 }
 
 impl QosFlow {
@@ -415,6 +444,10 @@ impl ShardHandle {
             traffic,
             tos,
             shard: self.shared.clone(),
+            _lease: Arc::new(FlowLease {
+                id,
+                shard: self.shared.clone(),
+            }),
         })
     }
 
@@ -512,6 +545,7 @@ pub(crate) fn new_shared(
         pool,
         info: OnceLock::new(),
         next_flow: std::sync::atomic::AtomicU16::new(0),
+        free_flows: ArrayQueue::new(FLOWS_MAX),
         flow_counters: (0..FLOWS_MAX).map(|_| Default::default()).collect(),
         class_drops: Default::default(),
         telemetry,

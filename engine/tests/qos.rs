@@ -202,6 +202,42 @@ fn a_control_socket_is_served_before_bulk_when_both_are_ready() {
     assert!(at < 5, "the Control datagram was delivered {at}th of 101");
 }
 
+/// Flow ids are reused: a flow whose last handle dropped, with no socket left in it, gives
+/// its id back (200 create-and-drop rounds on a 64-flow shard); one a socket is still in keeps
+/// shaping it and its id until the socket leaves.
+#[test]
+fn flows_are_reused_once_nothing_is_left_in_them() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut shard = Shard::new(&cfg(), None).unwrap();
+    let h = shard.handle();
+    let mut out = Vec::new();
+    for round in 0..200 {
+        let f = h
+            .create_flow(TrafficType::Voice, None)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        drop(f);
+        shard.poll(&mut out, 16);
+    }
+    let tx = UdpSocket::bind(&h, lo(), &SocketOptions::default(), Delivery::Poll { key: 1 }).unwrap();
+    let kept = h.create_flow(TrafficType::Voice, None).unwrap();
+    tx.set_flow(&kept).unwrap();
+    drop(kept);
+    let others: Vec<_> = (0..63)
+        .map(|_| h.create_flow(TrafficType::Background, None).unwrap())
+        .collect();
+    shard.poll(&mut out, 16);
+    assert!(
+        h.create_flow(TrafficType::Voice, None).is_err(),
+        "the dropped flow's id stays taken while a socket is in it"
+    );
+    tx.core().clear_flow().unwrap();
+    shard.poll(&mut out, 16);
+    let again = h
+        .create_flow(TrafficType::Voice, None)
+        .expect("freed when the socket left");
+    drop((again, others));
+}
+
 /// QOSUseNonConformantMarkings re-marks the excess of every kind of datagram send, not only
 /// `send_to`: one `send_to_many` payload to five destinations, and five gathered datagrams —
 /// the first conforms (Voice's DSCP), the other four go out best effort (TOS 0), read back

@@ -1,9 +1,9 @@
 //! qWAVE's QOS2 for C, in safe Rust: a QoS handle's flows (`QOS_FLOWID`), each a traffic
 //! type and an optional outgoing rate with its shaping, over the engine's `QosFlow`s — one
 //! per shard the flow's sockets live on, made when the first of them joins. Changing a
-//! flow's type or shaping mode moves its sockets to new engine flows (a shard has
-//! `FLOWS_MAX` of them, never reused: such changes are for set-up, not per packet); changing
-//! only its rate is a command to the existing ones.
+//! flow's type or shaping mode moves its sockets to new engine flows (the old ones' ids come
+//! back to their shard once nothing is left in them); changing only its rate is a command to
+//! the existing ones.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -86,7 +86,16 @@ impl<D: Driver> Core<D> {
                 Command::SetSocketFlow {
                     sock: SockId { index: sock, .. },
                     flow,
-                } => self.sockets[sock as usize].flow = flow,
+                } => {
+                    let old = std::mem::replace(&mut self.sockets[sock as usize].flow, flow);
+                    if let Some(old) = old.filter(|&o| Some(o) != flow) {
+                        self.flow_maybe_free(old);
+                    }
+                }
+                Command::FlowRelease { id } => {
+                    self.qos.released[usize::from(id)] = true;
+                    self.flow_maybe_free(id);
+                }
                 Command::FlowSetRate { id, rate_bps } => {
                     let now = self.now_ns();
                     if let Some(f) = self.qos.flows[usize::from(id)].as_mut() {

@@ -564,6 +564,7 @@ impl<D: Driver> Core<D> {
             local_scratch: Vec::with_capacity(256),
             qos: QosState {
                 flows: (0..FLOWS_MAX).map(|_| None).collect(),
+                released: vec![false; FLOWS_MAX].into_boxed_slice(),
                 sched: Scheduler::new(QOS_QUEUE_MAX, 1500),
                 held: VecDeque::with_capacity(QOS_QUEUE_MAX),
                 in_flight: 0,
@@ -1175,8 +1176,12 @@ impl<D: Driver> Core<D> {
             }
             let e = &mut self.sockets[sock as usize];
             e.closing = false;
+            let flow = e.flow.take();
             if let Some(Delivery::Port { port, .. }) = e.delivery.take() {
                 self.backlogs.detach(&port);
+            }
+            if let Some(f) = flow {
+                self.flow_maybe_free(f);
             }
             self.shared.free_socket_id(sock);
         }

@@ -9,6 +9,7 @@ use super::Core;
 use crate::driver::Driver;
 use crate::error::Error;
 use crate::op::Request;
+use crate::proto::FLOWS_MAX;
 use crate::qos::{Admission, Flow, Scheduler, TokenBucket, TrafficType};
 
 #[derive(Debug)]
@@ -22,6 +23,8 @@ pub(super) struct Deferred {
 /// Flows, the send scheduler, and sends held by shaping.
 pub(super) struct QosState {
     pub(super) flows: Box<[Option<Flow>]>,
+    /// Flows whose last handle dropped: freed once no socket and no held send is in them.
+    pub(super) released: Box<[bool]>,
     pub(super) sched: Scheduler<Deferred>,
     /// (ready at ns, flow, send): held by ShapeOnly/ShapeAndMark until they conform.
     pub(super) held: VecDeque<(u64, u16, Deferred)>,
@@ -66,6 +69,24 @@ impl<D: Driver> Core<D> {
                 a.store(v, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Frees flow `id` for reuse if its last handle has dropped and nothing is left in it:
+    /// no socket on it (a closed one leaves its flow) and no send held by it (the scheduler's
+    /// queues know no flow).
+    pub(super) fn flow_maybe_free(&mut self, id: u16) {
+        let i = usize::from(id);
+        let in_use = self.sockets.iter().any(|e| e.flow == Some(id)) || self.qos.held.iter().any(|&(_, f, _)| f == id);
+        if !self.qos.released[i] || in_use {
+            return;
+        }
+        self.qos.released[i] = false;
+        self.qos.flows[i] = None;
+        for c in &self.shared.flow_counters[i] {
+            c.store(0, Ordering::Relaxed);
+        }
+        // Sized to every flow: the id was handed out once, so it fits.
+        let _ = self.shared.free_flows.push(id);
     }
 
     pub(super) fn qos_place_inner(&mut self, flow: u16, decision: Admission, mut d: Deferred) {
@@ -125,9 +146,13 @@ impl<D: Driver> Core<D> {
             gone.extend(self.qos.staged.take());
         }
         let mut i = 0;
+        // The flows the removed held sends were in (a bit each: FLOWS_MAX is 64).
+        let mut held_by = 0u64;
         while i < self.qos.held.len() {
             if hit(&self.qos.held[i].2) {
-                gone.push(self.qos.held.remove(i).expect("index in range").2);
+                let (_, flow, d) = self.qos.held.remove(i).expect("index in range");
+                held_by |= 1 << flow;
+                gone.push(d);
             } else {
                 i += 1;
             }
@@ -136,6 +161,11 @@ impl<D: Driver> Core<D> {
             self.reject(sock, d.req.kind(), d.token, d.req, Error::Aborted);
         }
         self.qos_scratch = gone;
+        for f in (0..FLOWS_MAX as u16).filter(|&f| held_by & (1 << f) != 0) {
+            if self.qos.released[usize::from(f)] {
+                self.flow_maybe_free(f);
+            }
+        }
     }
 
     /// Every socket's sends still in the QoS queues end `Aborted` (shutdown).
@@ -171,6 +201,9 @@ impl<D: Driver> Core<D> {
                 i += 1;
             } else {
                 self.qos_place(flow, decision, d);
+                if self.qos.released[usize::from(flow)] {
+                    self.flow_maybe_free(flow);
+                }
             }
         }
         let mut link_due = None;

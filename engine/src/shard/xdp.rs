@@ -234,6 +234,9 @@ impl<D: Driver> Core<D> {
         if let Delivery::Port { port, .. } = &delivery {
             self.backlogs.detach(port);
         }
+        if let Some(f) = self.sockets[sock as usize].flow.take() {
+            self.flow_maybe_free(f);
+        }
         self.shared.free_socket_id(sock);
     }
 }
