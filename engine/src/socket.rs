@@ -532,10 +532,12 @@ impl SocketCore {
         }
     }
 
-    /// Blocking `sendto` (one datagram to `addr`) or `send` (`None`: on a connected socket; a
-    /// stream sends all of `data`), waiting up to `timeout` (`Some(ZERO)`: not at all) for
-    /// room; the bytes sent. AF_XDP sockets: `InvalidArgument`. Beside overlapped sends, as
-    /// Winsock allows.
+    /// Blocking `sendto` (one datagram to `addr`) or `send` (`None`: on a connected socket),
+    /// waiting up to `timeout` (`Some(ZERO)`: not at all) for room; the bytes sent. A stream
+    /// sends all of `data` — or, the wait for room timing out after part of it went, that
+    /// part (the count says; `TimedOut` only if none went), so a caller can go on from there
+    /// without sending bytes twice. AF_XDP sockets: `InvalidArgument`. Beside overlapped
+    /// sends, as Winsock allows.
     pub fn send_blocking(
         &self,
         data: &[u8],
@@ -551,7 +553,10 @@ impl SocketCore {
             match net::send_to(self.fd, &data[sent..], addr.as_ref()) {
                 Ok(n) if stream && sent + n < data.len() => sent += n,
                 Ok(n) => return Ok(sent + n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.wait_for(libc::POLLOUT, timeout)?,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => match self.wait_for(libc::POLLOUT, timeout) {
+                    Err(Error::TimedOut) if sent > 0 => return Ok(sent),
+                    r => r?,
+                },
                 Err(e) => return Err(e.into()),
             }
         }
@@ -1220,7 +1225,11 @@ impl TcpStream {
 
     /// Blocking send of all of `data` ([`SocketCore::send_blocking`]).
     pub fn send_blocking(&self, data: &[u8], timeout: Option<Duration>) -> Result<(), Error> {
-        self.core.send_blocking(data, None, timeout).map(|_| ())
+        match self.core.send_blocking(data, None, timeout)? {
+            n if n == data.len() => Ok(()),
+            // Part went before the time ran out.
+            _ => Err(Error::TimedOut),
+        }
     }
 
     /// Blocking receive of whatever is available (0: the peer closed).

@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstring>
 #include <thread>
+#include <vector>
 
 static int failures = 0;
 
@@ -955,6 +956,27 @@ int main() {
             n += k;
         }
         EXPECT(n == 9 && std::memcmp(buf, "hello tcp", 9) == 0);
+        // A blocking send far larger than the socket buffers, read late: it waits (in
+        // slices) and every byte arrives once, in order.
+        static std::vector<unsigned char> big(32u << 20);
+        for (size_t i = 0; i < big.size(); i++)
+            big[i] = (unsigned char)(i * 7 + i / 251);
+        bool same = true;
+        size_t read_total = 0;
+        std::thread reader([a, &same, &read_total] {
+            std::this_thread::sleep_for(std::chrono::milliseconds(200));
+            static char chunk[65536];
+            while (read_total < big.size()) {
+                int k = porto_recv(a, chunk, sizeof chunk, 0);
+                if (k <= 0)
+                    break;
+                same = same && std::memcmp(chunk, &big[read_total], (size_t)k) == 0;
+                read_total += (size_t)k;
+            }
+        });
+        EXPECT(porto_send(c, reinterpret_cast<const char *>(big.data()), (int)big.size(), 0) == (int)big.size());
+        reader.join();
+        EXPECT(read_total == big.size() && same);
         EXPECT(porto_closesocket(c) == 0);
         EXPECT(porto_recv(a, buf, sizeof buf, 0) == 0); // the peer closed
         ms = 50;

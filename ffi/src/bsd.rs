@@ -96,7 +96,17 @@ pub(crate) fn send_to(h: u64, data: &[u8], to: Option<SocketAddr>) -> Result<usi
     let s = state::sock(h)?;
     let core = state::open_core(h, true, false, |c| Ok(c.share())).map_err(not_conn(&s))?;
     let to = if s.stream { None } else { to };
-    wait(h, &s, Dir::Send, &core, |c, t| c.send_blocking(data, to, t))
+    // A stream send goes on from where the last slice left it (never a byte twice); in
+    // non-blocking mode what went at once is the result, as on Windows.
+    let mut sent = 0;
+    wait(h, &s, Dir::Send, &core, |c, t| {
+        sent += c.send_blocking(&data[sent..], to, t)?;
+        if s.stream && sent < data.len() && t != Some(Duration::ZERO) {
+            Err(Error::TimedOut)
+        } else {
+            Ok(sent)
+        }
+    })
 }
 
 /// `recvfrom` / `recv`: one datagram and its sender (one longer than `buf`: `WSAEMSGSIZE`,
