@@ -285,8 +285,13 @@ pub unsafe extern "C" fn porto_select(
     timeout: *const PORTO_TIMEVAL,
 ) -> i32 {
     guard(PORTO_SOCKET_ERROR, || {
-        // SAFETY: each set NULL or valid (the caller's contract).
-        let mut sets = unsafe { [read.as_mut(), write.as_mut(), except.as_mut()] };
+        // Each set is read into a copy and written back at the end: C may pass one set twice,
+        // which two live references could not be.
+        let ptrs = [read, write, except];
+        let mut sets: [Option<PORTO_FD_SET>; 3] = ptrs.map(|p| {
+            // SAFETY: each set NULL or valid (the caller's contract).
+            (!p.is_null()).then(|| unsafe { p.read_unaligned() })
+        });
         let mut asks: Vec<(usize, Ask)> = Vec::new();
         for (k, set) in sets.iter().enumerate() {
             let Some(set) = set else { continue };
@@ -337,6 +342,12 @@ pub unsafe extern "C" fn porto_select(
                 set.fd_array[i] = a.h;
                 set.fd_count += 1;
                 total += 1;
+            }
+        }
+        for (p, set) in ptrs.iter().zip(&sets) {
+            if let Some(set) = set {
+                // SAFETY: non-NULL and valid (read above; the caller's contract).
+                unsafe { p.write_unaligned(*set) };
             }
         }
         Ok(total)
