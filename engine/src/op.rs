@@ -194,6 +194,28 @@ impl Fifo {
 }
 
 impl Slot {
+    /// A send's bytes: its own buffer's window, or its shared frame's.
+    pub(crate) fn send_bytes(&self) -> (*const u8, u32) {
+        match (&self.buf, &self.shared) {
+            (Some(b), _) => {
+                let (p, l) = b.raw();
+                (p.cast_const(), l)
+            }
+            (None, Some(b)) => b.raw(),
+            (None, None) => unreachable!("a send slot holds its buffer"),
+        }
+    }
+
+    /// A re-marked datagram (`tos` set): its TOS / traffic class as the message's control
+    /// data, in the slot's own room.
+    pub(crate) fn attach_tos(&mut self) {
+        if let Some(tos) = self.tos {
+            let v6 = i32::from(self.addr.ss_family) == libc::AF_INET6;
+            self.msg.msg_controllen = crate::sys::net::tos_cmsg(&mut self.control, v6, tos);
+            self.msg.msg_control = self.control.as_mut_ptr().cast();
+        }
+    }
+
     fn empty() -> Slot {
         Slot {
             gen: 0,

@@ -151,12 +151,7 @@ impl<D: Driver> Core<D> {
                 if s.addr_len == 0 {
                     s.msg.msg_name = std::ptr::null_mut();
                 }
-                if let Some(tos) = s.tos {
-                    // A re-marked datagram: its TOS as a control message.
-                    let v6 = i32::from(s.addr.ss_family) == libc::AF_INET6;
-                    s.msg.msg_controllen = net::tos_cmsg(&mut s.control, v6, tos);
-                    s.msg.msg_control = s.control.as_mut_ptr().cast();
-                }
+                s.attach_tos();
                 let wait_all = if s.kind == OpKind::Send { libc::MSG_WAITALL } else { 0 };
                 Prep::SendMsg {
                     msg: &s.msg,
@@ -164,38 +159,21 @@ impl<D: Driver> Core<D> {
                 }
             }
             (OpKind::SendTo, _) if s.tos.is_some() => {
-                let (ptr, len) = match (&s.buf, &s.shared) {
-                    (Some(b), _) => {
-                        let (p, l) = b.raw();
-                        (p.cast_const(), l)
-                    }
-                    (None, Some(b)) => b.raw(),
-                    (None, None) => unreachable!("a re-marked send holds its buffer"),
-                };
+                let (ptr, len) = s.send_bytes();
                 s.iov = libc::iovec {
                     // The kernel only reads a send's bytes.
                     iov_base: ptr.cast_mut().cast(),
                     iov_len: len as usize,
                 };
                 s.msg = net::msghdr(&mut s.addr, s.addr_len, &mut s.iov);
-                let v6 = i32::from(s.addr.ss_family) == libc::AF_INET6;
-                let n = net::tos_cmsg(&mut s.control, v6, s.tos.unwrap_or(0));
-                s.msg.msg_control = s.control.as_mut_ptr().cast();
-                s.msg.msg_controllen = n;
+                s.attach_tos();
                 Prep::SendMsg {
                     msg: &s.msg,
                     flags: libc::MSG_NOSIGNAL,
                 }
             }
             (OpKind::SendTo | OpKind::Send, _) => {
-                let (ptr, len) = match (&s.buf, &s.shared) {
-                    (Some(b), _) => {
-                        let (p, l) = b.raw();
-                        (p.cast_const(), l)
-                    }
-                    (None, Some(b)) => b.raw(),
-                    (None, None) => unreachable!("send slot holds its buffer"),
-                };
+                let (ptr, len) = s.send_bytes();
                 // `sent <= len`: the pointer stays inside the buffer.
                 let (ptr, len) = (ptr.wrapping_add(s.sent as usize), len - s.sent);
                 let (dest, dest_len) = if s.kind == OpKind::SendTo {
