@@ -25,7 +25,9 @@
 //   stats : per-CPU counters, see enum stat
 //
 // A steered frame carries its receive time (bpf_ktime_get_ns) in the metadata area in
-// front of it, see struct porto_meta.
+// front of it, see struct porto_meta — where the kernel lets XDP programs call
+// bpf_xdp_adjust_meta: the loader probes that and sets porto_stamp_meta (below) before the
+// load, so on a kernel that refuses the helper the verifier never reaches the call.
 //
 // Frames that are malformed beyond the UDP header (bad lengths, checksums, options,
 // fragments) but carry a porto port are steered too: the engine validates every frame and
@@ -134,8 +136,16 @@ struct porto_meta {
     __u64 rx_ns;
 };
 
+// Set by the loader (a global in .rodata, frozen before the program loads, so the verifier
+// knows its value and prunes the call when it is 0). Some kernels refuse
+// bpf_xdp_adjust_meta to every XDP program ("program of this type cannot use helper"); there
+// the engine stamps frames when it reads the RX ring instead, and says so.
+const volatile __u32 porto_stamp_meta = 0;
+
 static __always_inline void stamp(struct xdp_md *ctx)
 {
+    if (!porto_stamp_meta)
+        return;
     if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct porto_meta)))
         return;
     struct porto_meta *m = (void *)(long)ctx->data_meta;

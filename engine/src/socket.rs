@@ -21,7 +21,7 @@ use crate::sys::net::{self, SourceOp};
 use crate::sys::xsk::{Xsk, XskMode, XskStatistics};
 use crate::wire::MacAddr;
 use crate::xdp::port::{XdpPort, RX_BATCH_MAX};
-use crate::xdp::{AttachMode, ProgramCounters, SharedProgram};
+use crate::xdp::{AttachMode, ProgramCounters, SharedProgram, StampSource, Stamping};
 
 /// An operation the shard could not accept; the buffer it carried comes back.
 #[derive(Debug)]
@@ -1312,10 +1312,12 @@ pub struct XdpOptions {
     /// DSCP 46 or above (EF, CS6, CS7; QOS2 Voice and Control) before the others, each group
     /// in arrival order. Off by default: it reorders a socket's datagrams across classes.
     pub dscp_priority: bool,
-    /// Each received datagram's completion carries `timestamp_ns`: the time porto's XDP
-    /// program ran for it (`bpf_ktime_get_ns`, written into the frame's metadata area, moved
-    /// to CLOCK_REALTIME like the kernel sockets' stamps), read without a syscall. Off by
-    /// default.
+    /// Each received datagram's completion carries `timestamp_ns`, in CLOCK_REALTIME like
+    /// the kernel sockets' stamps: the time porto's XDP program ran for it
+    /// (`bpf_ktime_get_ns`, written into the frame's metadata area, read without a syscall)
+    /// where the kernel lets XDP programs call `bpf_xdp_adjust_meta`, else the time the shard
+    /// read it from the RX ring (one clock read per batch). [`XdpInfo::stamps`] says which.
+    /// Off by default.
     pub timestamps: bool,
 }
 
@@ -1387,6 +1389,8 @@ pub struct XdpInfo {
     pub attach_mode: AttachMode,
     /// Why driver XDP was not obtained, if it was not.
     pub attach_fallback: Option<String>,
+    /// Where the receive stamps come from (`XdpOptions::timestamps`; `None` without).
+    pub stamps: Option<StampSource>,
 }
 
 impl std::fmt::Display for XdpInfo {
@@ -1402,6 +1406,9 @@ impl std::fmt::Display for XdpInfo {
         )?;
         for why in [&self.socket_fallback, &self.attach_fallback].into_iter().flatten() {
             write!(f, " ({why})")?;
+        }
+        if let Some(s) = &self.stamps {
+            write!(f, "; {s}")?;
         }
         Ok(())
     }
@@ -1512,7 +1519,9 @@ impl XdpUdpSocket {
         program.add_bind(local)?;
         let mac = net::hw_addr(&opts.iface).map_err(|e| SetupError::xsk(&opts.iface, first_queue, e))?;
         let (attach_mode, attach_fallback) = program.mode();
+        let stamps = program.stamps();
         let info = XdpInfo {
+            stamps: opts.timestamps.then(|| stamps.clone()),
             iface: opts.iface.clone(),
             mac: MacAddr(mac),
             queues: xsks.iter().map(|x| x.queue).collect(),
@@ -1529,7 +1538,11 @@ impl XdpUdpSocket {
         let mut port = XdpPort::new(xsks, local, MacAddr(mac), pool.total_frames(), fill_target);
         port.rx_coalesce = opts.rx_coalesce.map(|(n, wait)| (n.clamp(1, RX_BATCH_MAX), wait));
         port.dscp_priority = opts.dscp_priority;
-        port.timestamps = opts.timestamps;
+        port.timestamps = match (&stamps, opts.timestamps) {
+            (_, false) => Stamping::Off,
+            (StampSource::Program, true) => Stamping::Metadata,
+            (StampSource::RingReap { .. }, true) => Stamping::Reap,
+        };
         port.program = Some(program.clone());
         port.hold_on_close = opts.hold_frames_on_close;
         // Fill the FILL rings now, not at the shard's first turn: a frame that arrives before

@@ -39,7 +39,7 @@ use crate::sys::ring::TaskRunMode;
 use crate::sys::shm::Segment;
 use crate::sys::xsk::XskStatistics;
 use crate::wire::DropReason;
-use crate::xdp::program::ProgramCounters;
+use crate::xdp::program::{ProgramCounters, Stamping};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"PORTOST1");
 const VERSION: u64 = 2;
@@ -182,6 +182,8 @@ pub struct SocketStats {
     pub flow: Option<(u16, FlowCounters)>,
     /// Its fan-out group, if it has one.
     pub fanout: Option<GroupCounters>,
+    /// Where its receive stamps come from (AF_XDP sockets that asked for them; `Off` else).
+    pub stamping: Stamping,
 }
 
 impl SocketStats {
@@ -193,6 +195,7 @@ impl SocketStats {
             | code_of(&class_order(), self.class) << 16
             | u64::from(self.flow.is_some()) << 24
             | u64::from(self.fanout.is_some()) << 25
+            | code_of(&Stamping::ALL, Some(self.stamping)) << 26
             | self.flow.map_or(0, |f| u64::from(f.0)) << 32;
         put_addr(&mut w[2..5], self.local);
         put_addr(&mut w[5..8], self.peer);
@@ -241,6 +244,7 @@ impl SocketStats {
                     },
                 )
             }),
+            stamping: of_code(&Stamping::ALL, flags >> 26 & 0x3).unwrap_or(Stamping::Off),
             fanout: (flags >> 25 & 1 == 1).then(|| GroupCounters {
                 received: w[19],
                 stalls: w[20],
@@ -695,6 +699,7 @@ impl PublishBench {
                 class: None,
                 flow: None,
                 fanout: None,
+                stamping: Stamping::Off,
             });
         }
     }
@@ -991,6 +996,7 @@ mod tests {
                     overflow: 14,
                     subscribers: 15,
                 }),
+                stamping: Stamping::ALL[i % Stamping::ALL.len()],
             };
             assert_eq!(SocketStats::decode(&s.encode()), Some(s));
         }

@@ -833,12 +833,21 @@ fn af_xdp_two_shards_share_the_interface_each_with_its_queues() {
     assert!(served.iter().all(|&n| n > 0), "both shards served flows: {served:?}");
 }
 
-/// With `XdpOptions::timestamps`, every datagram's completion carries the time porto's XDP
-/// program ran for it, in CLOCK_REALTIME like the kernel sockets' stamps: after the peer
-/// sent it (the peer writes its send time into the payload), before the completion, never
-/// backwards; without the option, none — and the program's metadata is never misread later.
+/// With `XdpOptions::timestamps`, every datagram's completion carries its receive time, in
+/// CLOCK_REALTIME like the kernel sockets' stamps: after the peer sent it (the peer writes
+/// its send time into the payload), before the completion, never backwards; without the
+/// option, none — and the program's metadata is never misread later. The source is the XDP
+/// program where the kernel lets it call `bpf_xdp_adjust_meta`, else the RX ring's reading;
+/// the socket's info and `porto stats` name the one this kernel gave, and it is the probe's.
 #[test]
-fn af_xdp_receive_timestamps_come_from_the_xdp_program() {
+fn af_xdp_receive_timestamps_name_their_source() {
+    let expected = match porto_engine::xdp::XdpProgram::load() {
+        Ok(p) => p.stamps().clone(),
+        Err(e) => {
+            assert!(std::env::var("PORTO_REQUIRE_NETNS").as_deref() != Ok("1"), "{e}");
+            return eprintln!("skipping: {e}");
+        }
+    };
     let Some(t) = common::topology("porto-ts", 1) else {
         return;
     };
@@ -857,13 +866,14 @@ fn af_xdp_receive_timestamps_come_from_the_xdp_program() {
                 }
             });
             t.enter(Side::B).unwrap();
-            let (mut shard, _sock) = receiver_on_b_with(
+            let (mut shard, sock) = receiver_on_b_with(
                 t,
                 XdpOptions {
                     timestamps: on,
                     ..XdpOptions::new(t.iface(Side::B))
                 },
             );
+            assert_eq!(sock.info().stamps, on.then(|| expected.clone()), "{}", sock.info());
             let mut out = Vec::new();
             let mut prev = 0;
             for i in 0..VALID {
@@ -912,6 +922,11 @@ fn af_xdp_receive_timestamps_come_from_the_xdp_program() {
                 };
                 let k = s.sockets.first().expect("the socket's record");
                 assert_eq!(k.kind, porto_engine::telemetry::SocketKind::XdpUdp);
+                let stamping = match expected {
+                    porto_engine::xdp::StampSource::Program => porto_engine::xdp::Stamping::Metadata,
+                    porto_engine::xdp::StampSource::RingReap { .. } => porto_engine::xdp::Stamping::Reap,
+                };
+                assert_eq!(k.stamping, stamping, "porto stats names the stamp source");
                 assert_eq!(k.transport, Some(porto_engine::engine::Transport::AfXdpCopy));
                 assert_eq!(k.receives, u64::from(VALID));
                 assert_eq!(s.queues.len(), 1, "{:?}", s.queues);

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use porto_engine::wire::{arp, emit_udp, ethernet, EtherType, MacAddr, UdpHeaders, UDP6_HEADERS_LEN, UDP_HEADERS_LEN};
-use porto_engine::xdp::XdpProgram;
+use porto_engine::xdp::{StampSource, XdpProgram};
 
 const XDP_PASS: u32 = 2;
 const PORT: u16 = 7000;
@@ -90,6 +90,34 @@ fn filtered(p: &mut XdpProgram, frame: &[u8]) -> ((u32, u64, u64), u64) {
     let before = p.counters().unwrap().filtered;
     let r = run(p, frame);
     (r, p.counters().unwrap().filtered - before)
+}
+
+/// The receive stamp is gated on what this kernel allows: the loader's probe picks the
+/// source and says why; forcing the stamp where the kernel refuses `bpf_xdp_adjust_meta`
+/// fails with the verifier's own words (no privilege hint: privileges are not the cause);
+/// the program without its stamp loads on every kernel.
+#[test]
+fn the_receive_stamp_is_gated_on_what_the_kernel_allows() {
+    let Some(p) = load() else {
+        return;
+    };
+    let off = XdpProgram::load_with(StampSource::RingReap { why: "forced".into() }).unwrap();
+    assert_eq!(off.stamps(), &StampSource::RingReap { why: "forced".into() });
+    match p.stamps() {
+        StampSource::Program => {
+            XdpProgram::load_with(StampSource::Program).unwrap();
+        }
+        StampSource::RingReap { why } => {
+            assert!(why.contains("bpf_xdp_adjust_meta"), "the probe names the helper: {why}");
+            let e = XdpProgram::load_with(StampSource::Program).unwrap_err().to_string();
+            assert!(
+                e.contains("cannot use helper bpf_xdp_adjust_meta") && e.contains("Invalid argument"),
+                "the verifier's own words: {e}"
+            );
+            assert!(!e.contains("CAP_BPF"), "no privilege hint for a verifier refusal: {e}");
+            assert!(p.stamps().to_string().contains("taken when the RX ring is read"));
+        }
+    }
 }
 
 #[test]

@@ -295,11 +295,12 @@ fn print_sections(e: &EngineStats, before: Option<(Duration, &EngineStats)>, all
         .collect();
     if !sockets.is_empty() {
         println!(
-            "{:<5} {:>4} {:<12} {:<16} {:<24} {:<24} {:>10} {:>12} {:>10} {:>12} {:>7} {:>6} {:>9} {:>9}",
+            "{:<5} {:>4} {:<12} {:<16} {:<12} {:<24} {:<24} {:>10} {:>12} {:>10} {:>12} {:>7} {:>6} {:>9} {:>9}",
             "shard",
             "sock",
             "kind",
             "transport",
+            "rx stamps",
             "local",
             "peer",
             "receives",
@@ -314,11 +315,12 @@ fn print_sections(e: &EngineStats, before: Option<(Duration, &EngineStats)>, all
         for (shard, k) in &sockets {
             let p = prev_sock(*shard, k.id);
             println!(
-                "{:<5} {:>4} {:<12} {:<16} {:<24} {:<24} {:>10} {:>12} {:>10} {:>12} {:>7} {:>6} {:>9} {:>9}",
+                "{:<5} {:>4} {:<12} {:<16} {:<12} {:<24} {:<24} {:>10} {:>12} {:>10} {:>12} {:>7} {:>6} {:>9} {:>9}",
                 shard,
                 k.id,
                 k.kind.name(),
                 k.transport.map_or("-".into(), |t| t.to_string()),
+                k.stamping.name(),
                 addr(k.local),
                 addr(k.peer),
                 k.receives,
@@ -541,6 +543,7 @@ fn socket_json(k: &SocketStats) -> serde_json::Value {
         "id": k.id,
         "kind": k.kind.name(),
         "transport": k.transport.map(|t| t.to_string()),
+        "rx_stamps": k.stamping.name(),
         "local": k.local.map(|a| a.to_string()),
         "peer": k.peer.map(|a| a.to_string()),
         "receives": k.receives,

@@ -64,6 +64,7 @@ use crate::sys::net;
 use crate::sys::ring::RingConfig;
 use crate::telemetry::{self, ClassStats, ShardHead, SocketKind, SocketStats, SubscriberStats};
 use crate::xdp::port::{Quarantine, XdpPort};
+use crate::xdp::program::Stamping;
 use qos::{Deferred, QosState, QOS_QUEUE_MAX};
 use xdp::QUARANTINE_PROBE;
 
@@ -872,6 +873,7 @@ impl<D: Driver> Core<D> {
                         .flow
                         .and_then(|f| Some((f, self.qos.flows.get(usize::from(f))?.as_ref()?.counters))),
                     fanout: e.fanout.as_ref().map(|g| g.counters()),
+                    stamping: e.ep.xdp().map_or(Stamping::Off, |p| p.timestamps),
                 });
                 if let Some(p) = e.ep.xdp() {
                     p.queue_stats(id, |q| w.queue(&q));

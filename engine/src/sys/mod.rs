@@ -11,6 +11,7 @@
 //! | module      | what it wraps                                   | unsafe surface            |
 //! |-------------|-------------------------------------------------|---------------------------|
 //! | [`region`]  | one anonymous mmap (huge pages when available)  | raw frame pointers        |
+//! | [`bpf`]     | bpf(2) probes of what XDP programs may call     | none                      |
 //! | [`bufring`] | an io_uring provided-buffer ring                | `push` of kernel addresses |
 //! | [`ring`]    | the io_uring instance, its SQ/CQ, registrations | `push` of an SQE          |
 //! | [`net`]     | socket(2), bind, listen, setsockopt, sockaddr   | none                      |
@@ -18,6 +19,7 @@
 // Kernel-facing: syscalls, mmaps and the rings shared with the kernel (every block with a SAFETY comment).
 #![allow(unsafe_code)]
 
+pub(crate) mod bpf;
 pub(crate) mod bufring;
 pub(crate) mod clock;
 pub(crate) mod genl;

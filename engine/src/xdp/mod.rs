@@ -7,5 +7,5 @@ pub(crate) mod port;
 pub mod program;
 pub mod shared;
 
-pub use program::{AttachMode, ProgramCounters, XdpError, XdpProgram};
+pub use program::{AttachMode, ProgramCounters, StampSource, Stamping, XdpError, XdpProgram};
 pub use shared::SharedProgram;

@@ -21,6 +21,7 @@ use crate::sys::xsk::{Xsk, XskMode};
 use crate::telemetry::QueueStats;
 use crate::wire::{self, MacAddr, UdpHeaders};
 use crate::xdp::neighbors::{Learned, Neighbors};
+use crate::xdp::program::Stamping;
 use crate::xdp::shared::SharedProgram;
 
 /// Frames handled per ring per turn.
@@ -208,10 +209,11 @@ pub(crate) struct XdpPort {
     pub dscp_priority: bool,
     /// Quarantine the frames at close even in copy mode (`XdpOptions::hold_frames_on_close`).
     pub hold_on_close: bool,
-    /// Read each frame's receive stamp from its XDP metadata (`XdpOptions::timestamps`).
-    pub timestamps: bool,
-    /// CLOCK_REALTIME − CLOCK_MONOTONIC, sampled once per receive call while `timestamps`.
-    mono_to_real_ns: u64,
+    /// Each frame's receive stamp (`XdpOptions::timestamps`), and where it comes from.
+    pub timestamps: Stamping,
+    /// `Stamping::Metadata`: CLOCK_REALTIME − CLOCK_MONOTONIC, sampled once per receive call;
+    /// `Stamping::Reap`: CLOCK_REALTIME read once per receive call, every frame's stamp.
+    stamp_base_ns: u64,
     /// The interface's program, for its counters in `porto stats`.
     pub program: Option<Arc<SharedProgram>>,
     /// When the RX rings were first seen holding too few frames to read.
@@ -261,8 +263,8 @@ impl XdpPort {
             rx_waiting_since: None,
             dscp_priority: false,
             hold_on_close: false,
-            timestamps: false,
-            mono_to_real_ns: 0,
+            timestamps: Stamping::Off,
+            stamp_base_ns: 0,
             program: None,
         }
     }
@@ -465,11 +467,16 @@ impl XdpPort {
             return 0;
         }
         let mut total = 0;
-        if self.timestamps {
-            self.mono_to_real_ns = clock::realtime_minus_monotonic_ns();
+        if self.timestamps == Stamping::Metadata {
+            self.stamp_base_ns = clock::realtime_minus_monotonic_ns();
         }
         for qi in 0..self.queues.len() {
             let n = self.queues[qi].xsk.rx.available(BATCH);
+            if n > 0 && self.timestamps == Stamping::Reap {
+                // After the ring's producer index was read: every frame of the batch was in
+                // the ring before this instant.
+                self.stamp_base_ns = clock::realtime_ns();
+            }
             if self.dscp_priority {
                 // Claim the batch, then deliver expedited frames (DSCP >= 46: EF, CS6, CS7,
                 // QOS2 Voice/Control) first, each group in arrival order.
@@ -559,10 +566,10 @@ impl XdpPort {
                     stats.add(&stats.counters.xdp_no_receiver, 1);
                     return;
                 };
-                let stamp = if self.timestamps {
-                    take_stamp(buf.frame_mut(), off, self.mono_to_real_ns)
-                } else {
-                    None
+                let stamp = match self.timestamps {
+                    Stamping::Off => None,
+                    Stamping::Metadata => take_stamp(buf.frame_mut(), off, self.stamp_base_ns),
+                    Stamping::Reap => std::num::NonZeroU64::new(self.stamp_base_ns),
                 };
                 buf.set_window(off + u.payload_offset, u.payload_len);
                 let mut c = Completion::of(OpKind::RecvFrom, key, token, Ok(u.payload_len));

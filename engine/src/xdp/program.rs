@@ -3,6 +3,14 @@
 //! Attach ladder, never silent: native (driver) mode first, then generic (skb) mode; the
 //! mode obtained and the reason for any fallback are reported. The program is detached and
 //! unloaded when the [`XdpProgram`] drops (aya owns the link).
+//!
+//! Helpers, probed and gated: before loading, the loader asks the kernel whether XDP
+//! programs may call `bpf_xdp_adjust_meta` (a four-instruction test load). Where they may,
+//! the program stamps every steered frame's receive time into the metadata area; where the
+//! kernel refuses it (some kernels refuse it to every XDP program), the loader sets the
+//! program's `porto_stamp_meta` global to 0 so the verifier prunes the call, and AF_XDP
+//! sockets that want timestamps take them when the shard reads the RX ring —
+//! [`XdpProgram::stamps`] says which, and why.
 
 // aya::Pod for the BPF map key types (plain integers, no padding).
 #![allow(unsafe_code)]
@@ -12,7 +20,9 @@ use std::os::fd::AsRawFd;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, XskMap};
 use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
-use aya::Ebpf;
+use aya::{Ebpf, EbpfLoader};
+
+use crate::sys::bpf;
 
 /// The compiled program (`make -C xdp-programs`), embedded so `cargo build` needs no clang.
 static OBJECT: &[u8] =
@@ -105,12 +115,72 @@ impl std::fmt::Display for AttachMode {
     }
 }
 
+/// Where an AF_XDP socket's receive timestamps come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StampSource {
+    /// porto's XDP program, as it steers the frame (`bpf_ktime_get_ns` into the frame's
+    /// metadata area): the time the driver handed the frame to XDP.
+    Program,
+    /// The shard, when it reads the frame from the RX ring (one clock read per batch): later
+    /// than `Program` by the frame's wait in the ring. Used where the kernel refuses the
+    /// program's stamp; `why` is the kernel's refusal.
+    RingReap { why: String },
+}
+
+impl StampSource {
+    /// A short name for tables (`porto stats`, `porto info`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            StampSource::Program => "xdp-program",
+            StampSource::RingReap { .. } => "rx-ring-reap",
+        }
+    }
+}
+
+impl std::fmt::Display for StampSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StampSource::Program => f.write_str("receive stamps from the XDP program (bpf_xdp_adjust_meta)"),
+            StampSource::RingReap { why } => write!(
+                f,
+                "receive stamps taken when the RX ring is read, not by the XDP program: the kernel refuses bpf_xdp_adjust_meta to XDP programs ({why})"
+            ),
+        }
+    }
+}
+
+/// How an AF_XDP socket stamps its received datagrams (as `porto stats` shows it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stamping {
+    /// No stamps (the socket did not ask, or is not an AF_XDP socket).
+    Off,
+    /// From the XDP program's metadata in front of each frame.
+    Metadata,
+    /// When the RX ring is read (the kernel refused the program's stamp).
+    Reap,
+}
+
+impl Stamping {
+    pub const ALL: [Stamping; 3] = [Stamping::Off, Stamping::Metadata, Stamping::Reap];
+
+    /// A short name for tables: "-", "xdp-program", "rx-ring-reap".
+    pub fn name(self) -> &'static str {
+        match self {
+            Stamping::Off => "-",
+            Stamping::Metadata => "xdp-program",
+            Stamping::Reap => "rx-ring-reap",
+        }
+    }
+}
+
 /// Errors of the XDP control path, with the likely fix.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum XdpError {
-    #[error("loading the XDP object failed: {0}; loading BPF needs root or CAP_BPF+CAP_NET_ADMIN")]
-    Load(String),
+    /// The object or its program did not load: `why` holds the errno and the verifier's own
+    /// last lines; `fix` the likely remedy for that errno.
+    #[error("loading the XDP object failed: {why}{fix}")]
+    Load { why: String, fix: &'static str },
     #[error("attaching XDP to {iface} failed in every mode: {why}")]
     Attach { iface: String, why: String },
     #[error("XDP map {map}: {why}")]
@@ -132,6 +202,39 @@ pub struct XdpProgram {
     iface: Option<String>,
     mode: Option<AttachMode>,
     fallback: Option<String>,
+    stamps: StampSource,
+}
+
+/// A load error with the real cause: the errno of the failing syscall (found along the
+/// error's sources), the verifier's last lines when it was the verifier, and the privilege
+/// hint only when the kernel said EPERM/EACCES.
+fn load_error(e: &(dyn std::error::Error + 'static)) -> XdpError {
+    let mut errno = None;
+    let mut verifier = None;
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(aya::programs::ProgramError::LoadError { io_error, verifier_log }) = err.downcast_ref() {
+            errno = io_error.raw_os_error();
+            verifier = Some(bpf::last_lines(&verifier_log.to_string(), 3));
+            break;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            errno = errno.or(io.raw_os_error());
+        }
+        cur = err.source();
+    }
+    let why = match (errno, verifier) {
+        (Some(n), Some(v)) if !v.is_empty() => format!("{} (verifier: {v})", std::io::Error::from_raw_os_error(n)),
+        (Some(n), _) => format!("{e}: {}", std::io::Error::from_raw_os_error(n)),
+        (None, _) => e.to_string(),
+    };
+    let fix = match errno {
+        Some(libc::EPERM | libc::EACCES) => "; loading BPF needs root or CAP_BPF+CAP_NET_ADMIN (and kernel.unprivileged_bpf_disabled does not help here)",
+        Some(libc::ENOSYS) => "; this kernel has no bpf(2): AF_XDP is unavailable, use kernel sockets",
+        Some(libc::EINVAL) => "; the kernel's verifier refused the program: `porto doctor` lists what this kernel allows XDP programs",
+        _ => "",
+    };
+    XdpError::Load { why, fix }
 }
 
 impl std::fmt::Debug for XdpProgram {
@@ -144,21 +247,48 @@ impl std::fmt::Debug for XdpProgram {
 }
 
 impl XdpProgram {
-    /// Loads the program into the kernel without attaching it (for `test_run`).
+    /// Loads the program into the kernel without attaching it (for `test_run`), stamping
+    /// frames if the kernel lets XDP programs call `bpf_xdp_adjust_meta` (probed first).
     pub fn load() -> Result<XdpProgram, XdpError> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| XdpError::Load(e.to_string()))?;
+        let stamps = match bpf::probe_xdp_helper(bpf::HELPER_XDP_ADJUST_META) {
+            Ok(()) => StampSource::Program,
+            Err(r) => StampSource::RingReap { why: r.to_string() },
+        };
+        XdpProgram::load_with(stamps)
+    }
+
+    /// Loads the program with its stamp on (`StampSource::Program`) or pruned (any other),
+    /// without probing: [`load`](Self::load) is what the engine uses.
+    pub fn load_with(stamps: StampSource) -> Result<XdpProgram, XdpError> {
+        let on = u32::from(stamps == StampSource::Program);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("porto_stamp_meta", &on, true)
+            .load(OBJECT)
+            .map_err(|e| load_error(&e))?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROGRAM)
-            .ok_or_else(|| XdpError::Load(format!("no program {PROGRAM} in the object")))?
+            .ok_or_else(|| XdpError::Load {
+                why: format!("no program {PROGRAM} in the object"),
+                fix: "",
+            })?
             .try_into()
-            .map_err(|e: aya::programs::ProgramError| XdpError::Load(e.to_string()))?;
-        prog.load().map_err(|e| XdpError::Load(e.to_string()))?;
+            .map_err(|e: aya::programs::ProgramError| load_error(&e))?;
+        prog.load().map_err(|e| load_error(&e))?;
+        if let StampSource::RingReap { why } = &stamps {
+            tracing::warn!(why = %why, "XDP program loaded without its receive stamp; AF_XDP stamps are taken at RX ring reap");
+        }
         Ok(XdpProgram {
             ebpf,
             iface: None,
             mode: None,
             fallback: None,
+            stamps,
         })
+    }
+
+    /// Where the receive stamps of AF_XDP sockets on this program come from.
+    pub fn stamps(&self) -> &StampSource {
+        &self.stamps
     }
 
     /// Loads and attaches to `iface`: driver mode, else generic mode (the reason is kept).

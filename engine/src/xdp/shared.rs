@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use super::program::{AttachMode, ProgramCounters, XdpError, XdpProgram};
+use super::program::{AttachMode, ProgramCounters, StampSource, XdpError, XdpProgram};
 
 /// (network namespace inode, interface index).
 type IfaceKey = (u64, u32);
@@ -121,6 +121,11 @@ impl SharedProgram {
         let t = self.tables();
         let (m, why) = t.program.mode().expect("an attached program has a mode");
         (m, why.map(String::from))
+    }
+
+    /// Where receive stamps come from on this interface (the program's, or the RX ring's).
+    pub fn stamps(&self) -> StampSource {
+        self.tables().program.stamps().clone()
     }
 
     /// Puts an AF_XDP socket in the XSKMAP slot of receive queue `queue`.
