@@ -115,6 +115,7 @@ fn unsafe_lives_only_in_the_named_modules() {
     // memory, the core's hand-over of an op to its driver (`Driver::push`), and BPF map key
     // types. Anything else is safe code over these.
     let allowed = [
+        "sys::bpf",
         "sys::bufring",
         "sys::clock",
         "sys::genl",
