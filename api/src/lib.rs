@@ -63,7 +63,7 @@ pub use porto_engine::{PageKind, Provider, ProviderInfo, RingInfo, TaskRunMode, 
 
 /// The preflight checks behind `porto doctor`.
 pub mod doctor {
-    pub use porto_engine::doctor::{check, Finding, Level};
+    pub use porto_engine::doctor::{check, kernel, Finding, Level};
 }
 
 /// Test and demo network topologies (two namespaces joined by a veth pair).

@@ -35,20 +35,19 @@ impl Engine {
             threads: Vec::new(),
             next: AtomicUsize::new(0),
         };
-        let telemetry = Publisher::for_config(cfg, cfg.shards);
+        let (telemetry, stats_lost) = Publisher::for_config(cfg, cfg.shards);
         for i in 0..cfg.shards {
             let shared = shard::new_shared(cfg, i, telemetry.clone())?;
             let core = cfg.pin.then(|| cfg.core_of(i));
             let (tx, rx) = mpsc::sync_channel(1);
             let c = cfg.clone();
             let sh = shared.clone();
+            let mut lost: Vec<crate::driver::Degraded> = stats_lost.iter().cloned().collect();
             let t = std::thread::Builder::new()
                 .name(format!("porto-shard-{i}"))
                 .spawn(move || {
-                    if let Some(core) = core {
-                        shard::pin(core);
-                    }
-                    let mut shard = match Shard::start(&c, sh.clone(), core) {
+                    let core = core.and_then(|core| shard::pin(core).map(|()| core).map_err(|d| lost.push(d)).ok());
+                    let mut shard = match Shard::start(&c, sh.clone(), core, lost) {
                         Ok(s) => {
                             let _ = tx.send(Ok(()));
                             s

@@ -168,14 +168,11 @@ pub enum SetupError {
     Ring { source: io::Error, fix: &'static str },
     #[error("mapping the {bytes}-byte buffer pool failed: {source}; lower the pool size (frames_per_shard)")]
     Map { bytes: usize, source: io::Error },
-    #[error(
-        "registering the {bytes}-byte buffer pool with io_uring failed: {source}; RLIMIT_MEMLOCK is \
-         {memlock}: raise it (`ulimit -l unlimited`, or LimitMEMLOCK= in a systemd unit), run with \
-         CAP_IPC_LOCK, or lower frames_per_shard"
-    )]
+    /// `hint`: the likely cause for that errno (RLIMIT_MEMLOCK only where it can be).
+    #[error("registering the {bytes}-byte buffer pool with io_uring failed: {source}{hint}")]
     Register {
         bytes: usize,
-        memlock: String,
+        hint: String,
         source: io::Error,
     },
     #[error("{what} failed: {source}")]

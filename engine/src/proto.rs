@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use crossbeam_queue::ArrayQueue;
 
 use crate::config::Config;
-pub use crate::driver::{ProviderInfo, Transport};
+pub use crate::driver::{Degraded, ProviderInfo, Transport};
 use crate::error::{Error, SetupError};
 use crate::fanout::group::{GroupState, SubShared, SubSlot};
 use crate::op::Request;
@@ -60,6 +60,9 @@ pub struct ShardInfo {
     /// Sockets are registered in the ring's file table (fixed files).
     pub registered_files: bool,
     pub bufring_entries: u16,
+    /// Kernel features asked for and refused, each with what the shard does instead (also
+    /// in the log at start, and by name in `porto stats`).
+    pub degraded: Vec<Degraded>,
 }
 
 impl std::fmt::Display for ShardInfo {
@@ -80,7 +83,11 @@ impl std::fmt::Display for ShardInfo {
             },
             if self.registered_files { "registered" } else { "off" },
             self.bufring_entries,
-        )
+        )?;
+        for d in &self.degraded {
+            write!(f, "; {d}")?;
+        }
+        Ok(())
     }
 }
 
@@ -128,6 +135,8 @@ pub(crate) enum Command {
         sock: SockId,
         fd: Arc<OwnedFd>,
         delivery: Delivery,
+        /// The kernel refused the socket's receive stamps: the shard stamps its datagrams.
+        reap_stamps: bool,
     },
     OpenXdp {
         sock: SockId,
@@ -170,6 +179,9 @@ pub(crate) enum Command {
         sock: SockId,
         traffic: TrafficType,
         tos: u8,
+        /// The kernel refused the TOS socket option: mark each datagram sent with a control
+        /// message instead.
+        tos_cmsg: bool,
     },
     /// A static neighbour entry for an AF_XDP socket.
     Neighbor {

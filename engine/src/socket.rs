@@ -73,7 +73,7 @@ impl SocketOptions {
     /// baselines, and for code that wants the kernel's own socket beside porto's). It is
     /// non-blocking, as porto's sockets are: `set_nonblocking(false)` for blocking calls.
     pub fn bind_kernel_udp(&self, addr: SocketAddr) -> Result<std::net::UdpSocket, SetupError> {
-        let fd = new_socket(&addr, net::Kind::Udp, self)?;
+        let (fd, _) = new_socket(&addr, net::Kind::Udp, self)?;
         net::bind(fd.as_raw_fd(), &addr).map_err(|e| SetupError::bind(addr, e))?;
         Ok(std::net::UdpSocket::from(fd))
     }
@@ -82,7 +82,7 @@ impl SocketOptions {
     /// before `listen`, or before `ConnectEx`): hand it to [`TcpListener::adopt`], or to
     /// [`TcpStream::adopt`] and then [`TcpStream::connect_to`].
     pub fn bind_kernel_tcp(&self, addr: SocketAddr) -> Result<OwnedFd, SetupError> {
-        let fd = new_socket(&addr, net::Kind::Tcp, self)?;
+        let (fd, _) = new_socket(&addr, net::Kind::Tcp, self)?;
         net::bind(fd.as_raw_fd(), &addr).map_err(|e| SetupError::bind(addr, e))?;
         Ok(fd)
     }
@@ -99,7 +99,8 @@ impl SocketOptions {
         Ok((n, c.rx_ns))
     }
 
-    fn apply(&self, fd: RawFd, v6: bool) -> Result<(), SetupError> {
+    /// Sets the options on `fd`; returns where its receive stamps will come from.
+    fn apply(&self, fd: RawFd, v6: bool) -> Result<Stamping, SetupError> {
         let sys = |what, r: std::io::Result<()>| r.map_err(|source| SetupError::Syscall { what, source });
         sys(
             "setsockopt(SO_REUSEADDR)",
@@ -131,6 +132,7 @@ impl SocketOptions {
             };
             sys("setsockopt(IP_RECVTOS)", net::set_int(fd, level, name, 1))?;
         }
+        let mut stamping = Stamping::Off;
         if self.timestamps || self.tx_timestamps {
             let mut flags = libc::SOF_TIMESTAMPING_SOFTWARE;
             if self.timestamps {
@@ -141,10 +143,24 @@ impl SocketOptions {
                     | libc::SOF_TIMESTAMPING_OPT_ID
                     | libc::SOF_TIMESTAMPING_OPT_TSONLY;
             }
-            sys(
-                "setsockopt(SO_TIMESTAMPING)",
-                net::set_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPING, flags as i32),
-            )?;
+            match net::set_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPING, flags as i32) {
+                Ok(()) => stamping = if self.timestamps { Stamping::Kernel } else { Stamping::Off },
+                // Receive stamps have a fallback: the shard's clock when it reads the
+                // datagram's completion. Send stamps do not.
+                Err(e) if !self.tx_timestamps => {
+                    tracing::warn!(
+                        error = %e,
+                        "the kernel refused SO_TIMESTAMPING: receive stamps are taken by the shard when it reads each completion (later than the kernel's, by the completion's wait)"
+                    );
+                    stamping = Stamping::Reap;
+                }
+                Err(source) => {
+                    return Err(SetupError::Syscall {
+                        what: "setsockopt(SO_TIMESTAMPING) for TX timestamps (no fallback: open the socket without SocketOptions::tx_timestamps)",
+                        source,
+                    })
+                }
+            }
         }
         if let (true, Some(only)) = (v6, self.v6_only) {
             sys(
@@ -152,7 +168,15 @@ impl SocketOptions {
                 net::set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, i32::from(only)),
             )?;
         }
-        Ok(())
+        Ok(stamping)
+    }
+}
+
+/// Where a kernel socket's receive stamps come from, as the kernel says (SO_TIMESTAMPING).
+pub(crate) fn kernel_stamping(fd: RawFd) -> Stamping {
+    match net::get_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPING) {
+        Ok(f) if f as u32 & libc::SOF_TIMESTAMPING_RX_SOFTWARE != 0 => Stamping::Kernel,
+        _ => Stamping::Off,
     }
 }
 
@@ -203,7 +227,9 @@ impl SocketCore {
         self.id.index
     }
 
-    fn open(shard: &ShardHandle, fd: OwnedFd, delivery: Delivery) -> Result<SocketCore, SetupError> {
+    /// Hands a kernel socket to its shard; `reap_stamps`: the kernel refused its receive
+    /// stamps, so the shard stamps its completions.
+    fn open(shard: &ShardHandle, fd: OwnedFd, delivery: Delivery, reap_stamps: bool) -> Result<SocketCore, SetupError> {
         let shared = shard.shared.clone();
         let id = shared.alloc_socket()?;
         let raw = fd.as_raw_fd();
@@ -212,6 +238,7 @@ impl SocketCore {
             sock: id,
             fd: file.clone(),
             delivery,
+            reap_stamps,
         }) {
             drop(cmd);
             shared.free_socket_id(id.index);
@@ -374,21 +401,40 @@ impl SocketCore {
     }
 
     /// `traffic`'s class (SO_PRIORITY, inbound priority) with TOS byte `tos` on the wire.
+    ///
+    /// Where the kernel refuses the socket option (IP_TOS / IPV6_TCLASS), an unconnected
+    /// datagram socket marks each datagram with a control message instead (its sends then
+    /// go by sendmsg, so not zero-copy); a stream or a connected socket has no such path
+    /// and the refusal is the error. A refused SO_PRIORITY costs the local queueing priority
+    /// only: the DSCP mark stands, a warning names it, and [`marking`](Self::marking) reads
+    /// back what the kernel holds.
     fn mark(&self, traffic: TrafficType, tos: u8) -> Result<(), Error> {
+        let mut tos_cmsg = false;
         if !self.xdp {
             let fd = self.fd;
-            if self.local_addr()?.is_ipv6() {
-                net::set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_TCLASS, i32::from(tos))?;
+            let set = if self.local_addr()?.is_ipv6() {
+                net::set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_TCLASS, i32::from(tos))
             } else {
-                net::set_int(fd, libc::IPPROTO_IP, libc::IP_TOS, i32::from(tos))?;
+                net::set_int(fd, libc::IPPROTO_IP, libc::IP_TOS, i32::from(tos))
+            };
+            if let Err(e) = set {
+                let datagram = matches!(net::get_int(fd, libc::SOL_SOCKET, libc::SO_TYPE), Ok(libc::SOCK_DGRAM));
+                if !datagram || net::peer_addr(fd).is_ok() {
+                    return Err(e.into());
+                }
+                tracing::warn!(error = %e, tos, "the kernel refused IP_TOS/IPV6_TCLASS: each datagram carries its mark as a control message");
+                tos_cmsg = true;
             }
-            set_priority(fd, traffic)?;
+            if let Err(e) = set_priority(fd, traffic) {
+                tracing::warn!(error = %e, ?traffic, "the kernel refused SO_PRIORITY: the DSCP mark stands, the local queueing priority does not");
+            }
         }
         self.shared
             .send(Command::SetClass {
                 sock: self.id,
                 traffic,
                 tos,
+                tos_cmsg,
             })
             .map_err(|_| Error::NoBuffers)
     }
@@ -626,10 +672,11 @@ impl Drop for SocketCore {
     }
 }
 
-fn new_socket(addr: &SocketAddr, kind: net::Kind, opts: &SocketOptions) -> Result<OwnedFd, SetupError> {
+/// A socket with `opts` set, and where its receive stamps come from.
+fn new_socket(addr: &SocketAddr, kind: net::Kind, opts: &SocketOptions) -> Result<(OwnedFd, Stamping), SetupError> {
     let fd = net::socket(addr, kind).map_err(|source| SetupError::Syscall { what: "socket", source })?;
-    opts.apply(fd.as_raw_fd(), addr.is_ipv6())?;
-    Ok(fd)
+    let stamping = opts.apply(fd.as_raw_fd(), addr.is_ipv6())?;
+    Ok((fd, stamping))
 }
 
 fn blocking_timeout_ms(t: Option<Duration>) -> i32 {
@@ -657,6 +704,7 @@ pub fn recv_batch(
 #[derive(Debug)]
 pub struct UdpSocket {
     core: SocketCore,
+    stamping: Stamping,
 }
 
 impl UdpSocket {
@@ -667,11 +715,19 @@ impl UdpSocket {
         opts: &SocketOptions,
         delivery: Delivery,
     ) -> Result<UdpSocket, SetupError> {
-        let fd = new_socket(&addr, net::Kind::Udp, opts)?;
+        let (fd, stamping) = new_socket(&addr, net::Kind::Udp, opts)?;
         net::bind(fd.as_raw_fd(), &addr).map_err(|e| SetupError::bind(addr, e))?;
         Ok(UdpSocket {
-            core: SocketCore::open(shard, fd, delivery)?,
+            core: SocketCore::open(shard, fd, delivery, stamping == Stamping::Reap)?,
+            stamping,
         })
+    }
+
+    /// Where this socket's receive stamps come from (`SocketOptions::timestamps`): the
+    /// kernel's, or — where the kernel refused SO_TIMESTAMPING — the shard's clock when it
+    /// reads each completion; `Off` without the option.
+    pub fn stamping(&self) -> Stamping {
+        self.stamping
     }
 
     /// Takes over a bound kernel UDP socket (e.g. from [`SocketOptions::bind_kernel_udp`]:
@@ -682,8 +738,10 @@ impl UdpSocket {
             what: "fcntl(O_NONBLOCK)",
             source,
         })?;
+        let stamping = kernel_stamping(sock.as_raw_fd());
         Ok(UdpSocket {
-            core: SocketCore::open(shard, sock.into(), delivery)?,
+            core: SocketCore::open(shard, sock.into(), delivery, false)?,
+            stamping,
         })
     }
 
@@ -1013,7 +1071,7 @@ impl TcpListener {
     ) -> Result<TcpListener, SetupError> {
         net::listen(fd.as_raw_fd(), backlog).map_err(|source| SetupError::Syscall { what: "listen", source })?;
         Ok(TcpListener {
-            core: SocketCore::open(shard, fd, delivery)?,
+            core: SocketCore::open(shard, fd, delivery, false)?,
         })
     }
 
@@ -1057,9 +1115,9 @@ impl TcpStream {
         opts: &SocketOptions,
         delivery: Delivery,
     ) -> Result<TcpStream, SetupError> {
-        let fd = new_socket(&addr, net::Kind::Tcp, opts)?;
+        let (fd, _) = new_socket(&addr, net::Kind::Tcp, opts)?;
         let s = TcpStream {
-            core: SocketCore::open(shard, fd, delivery)?,
+            core: SocketCore::open(shard, fd, delivery, false)?,
         };
         s.core
             .submit(token, Request::Connect { addr, timeout })
@@ -1077,7 +1135,7 @@ impl TcpStream {
         timeout: Option<Duration>,
         delivery: Delivery,
     ) -> Result<TcpStream, SetupError> {
-        let fd = new_socket(&addr, net::Kind::Tcp, &SocketOptions::default())?;
+        let (fd, _) = new_socket(&addr, net::Kind::Tcp, &SocketOptions::default())?;
         TcpStream::connect_fd_blocking(shard, fd, addr, timeout, delivery)
     }
 
@@ -1105,7 +1163,7 @@ impl TcpStream {
     /// Takes over an accepted connection (from `Completion::accepted`).
     pub fn adopt(shard: &ShardHandle, fd: OwnedFd, delivery: Delivery) -> Result<TcpStream, SetupError> {
         Ok(TcpStream {
-            core: SocketCore::open(shard, fd, delivery)?,
+            core: SocketCore::open(shard, fd, delivery, false)?,
         })
     }
 

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
-use crate::driver::Transport;
+use crate::driver::{Degraded, Transport, DEGRADABLE};
 use crate::fanout::group::GroupCounters;
 use crate::qos::{FlowCounters, TrafficType};
 use crate::stats::{Counters, Stats};
@@ -244,7 +244,7 @@ impl SocketStats {
                     },
                 )
             }),
-            stamping: of_code(&Stamping::ALL, flags >> 26 & 0x3).unwrap_or(Stamping::Off),
+            stamping: of_code(&Stamping::ALL, flags >> 26 & 0x7).unwrap_or(Stamping::Off),
             fanout: (flags >> 25 & 1 == 1).then(|| GroupCounters {
                 received: w[19],
                 stalls: w[20],
@@ -402,6 +402,8 @@ pub(crate) struct ShardHead {
     pub task_run: Option<TaskRunMode>,
     pub fell_back: bool,
     pub core: Option<usize>,
+    /// Features the kernel refused (bit i: `DEGRADABLE[i]`).
+    pub degraded: u64,
 }
 
 const TASK_RUN: [TaskRunMode; 4] = [
@@ -462,14 +464,14 @@ impl Publisher {
     /// The segment of an engine of `shards` shards, if `cfg.stats_publish`; a failure to
     /// create it is reported and the engine runs without (its statistics stay readable
     /// in-process).
-    pub(crate) fn for_config(cfg: &Config, shards: usize) -> Option<Arc<Publisher>> {
+    pub(crate) fn for_config(cfg: &Config, shards: usize) -> (Option<Arc<Publisher>>, Option<Degraded>) {
         if !cfg.stats_publish {
-            return None;
+            return (None, None);
         }
         match Publisher::create(shards, cfg.stats_period_ms) {
             Ok(p) => {
                 tracing::debug!(path = %p.path().display(), "statistics published for porto stats");
-                Some(Arc::new(p))
+                (Some(Arc::new(p)), None)
             }
             Err(e) => {
                 tracing::warn!(
@@ -477,7 +479,15 @@ impl Publisher {
                     error = %e,
                     "cannot publish statistics for `porto stats` (set PORTO_STATS_DIR to a writable directory, or Config::stats_publish = false)"
                 );
-                None
+                let why = format!("creating a file in {}: {e}", dir().display());
+                (
+                    None,
+                    Some(Degraded::new(
+                        "stats publishing",
+                        why,
+                        "`porto stats` cannot see this engine (set PORTO_STATS_DIR to a writable directory); in-process statistics are kept",
+                    )),
+                )
             }
         }
     }
@@ -562,7 +572,7 @@ impl Publisher {
         let fixed = [
             unix_ms(),
             code_of(&TRANSPORTS, Some(head.transport)) | code_of(&TASK_RUN, head.task_run) << 8,
-            u64::from(head.fell_back),
+            u64::from(head.fell_back) | head.degraded << 8,
             head.core.map_or(0, |c| c as u64 + 1),
         ];
         for (i, v) in fixed.into_iter().enumerate() {
@@ -673,6 +683,7 @@ impl PublishBench {
             task_run: Some(TaskRunMode::Deferred),
             fell_back: false,
             core: Some(0),
+            degraded: 0,
         };
         let mut w = self.p.begin(0, head, &self.stats, &mut self.scratch);
         for class in class_order() {
@@ -725,6 +736,9 @@ pub struct ShardStats {
     pub task_run: Option<TaskRunMode>,
     /// `Auto` stepped down to this provider.
     pub fell_back: bool,
+    /// Kernel features the shard asked for and was refused (names from
+    /// [`DEGRADABLE`](crate::driver::DEGRADABLE)); `porto info` has the reasons.
+    pub degraded: Vec<&'static str>,
     pub core: Option<usize>,
     pub updated_unix_ms: u64,
     pub latency: LatencySummary,
@@ -891,7 +905,13 @@ pub fn read(path: &Path) -> io::Result<EngineStats> {
             index: i,
             provider: of_code(&TRANSPORTS, b[2] & 0xff),
             task_run: of_code(&TASK_RUN, b[2] >> 8 & 0xff),
-            fell_back: b[3] != 0,
+            fell_back: b[3] & 0xff != 0,
+            degraded: DEGRADABLE
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| b[3] >> 8 >> i & 1 == 1)
+                .map(|(_, &name)| name)
+                .collect(),
             core: b[4].checked_sub(1).map(|c| c as usize),
             updated_unix_ms: b[1],
             latency: LatencySummary {

@@ -283,6 +283,7 @@ fn main() -> ExitCode {
 
 fn doctor(a: &EngineArgs, xdp: Option<&str>, json: bool) -> Result<(), Box<dyn std::error::Error>> {
     let findings = porto::doctor::check(&a.config(), xdp);
+    let kernel = porto::doctor::kernel::features();
     if json {
         let list: Vec<serde_json::Value> = findings
             .iter()
@@ -295,13 +296,35 @@ fn doctor(a: &EngineArgs, xdp: Option<&str>, json: bool) -> Result<(), Box<dyn s
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        let features: Vec<serde_json::Value> = kernel
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "feature": k.name,
+                    "state": k.state.to_string().to_lowercase(),
+                    "detail": k.detail,
+                    "without": k.without,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "findings": list, "kernel": features }))?
+        );
     } else {
         println!("{:<16} {:<5} finding", "check", "");
         for f in &findings {
             println!("{:<16} {:<5} {}", f.check, f.level.to_string(), f.detail);
             if let Some(fix) = &f.fix {
                 println!("{:<16} {:<5}   fix: {fix}", "", "");
+            }
+        }
+        println!();
+        println!("{:<54} {:<8} without it, porto ...", "kernel feature", "state");
+        for k in &kernel {
+            println!("{:<54} {:<8} {}", k.name, k.state.to_string(), k.without);
+            if !k.detail.is_empty() {
+                println!("{:<54} {:<8}   ({})", "", "", k.detail);
             }
         }
     }
@@ -323,6 +346,9 @@ fn info(a: &EngineArgs) -> Result<(), Box<dyn std::error::Error>> {
     println!("provider: {}", i.provider.transport);
     if let Some(why) = &i.provider.fallback {
         println!("fell back: {why}");
+    }
+    for d in &i.degraded {
+        println!("degraded: {d}");
     }
     println!("{i}");
     Ok(())

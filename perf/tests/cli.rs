@@ -4,117 +4,12 @@
 //! these tests say so and pass, unless `PORTO_REQUIRE_NETNS=1` (set by CI) demands every
 //! environment-dependent test run.
 
-use std::net::{TcpListener, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::net::UdpSocket;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn porto() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_porto"))
-}
-
-#[path = "../../engine/tests/common/packages.rs"]
-mod packages;
-use packages::strict;
-
-fn have_sockperf() -> bool {
-    packages::require_packages(&["sockperf"], "the external client")
-}
-
-/// `porto` failed the way a user's error should: exit status 1 (porto's error) or 2 (clap's
-/// usage error), with a message; never a panic (101) or a signal.
-fn assert_user_error(out: &std::process::Output) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        matches!(out.status.code(), Some(1 | 2)),
-        "expected a user error (exit 1 or 2), got {:?}:\n{err}",
-        out.status
-    );
-    assert!(!err.contains("panicked"), "{err}");
-}
-
-/// A port free for both UDP and TCP right now.
-fn free_port() -> u16 {
-    loop {
-        let t = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = t.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SIGTERM first: a server stopped that way removes its statistics file (SIGKILL
-        // would leave one in /dev/shm per test run).
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_echo(args: &[&str], port: u16) -> Server {
-    let child = porto()
-        .args(["echo", "--port", &port.to_string(), "--no-pin", "--seconds", "30"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("porto binary runs");
-    // Wait until the port answers: bound means the server printed its banner.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if UdpSocket::bind(("127.0.0.1", port)).is_err() || TcpListener::bind(("127.0.0.1", port)).is_err() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Server(child)
-}
-
-fn sockperf_ping_pong(port: u16, tcp: bool) -> String {
-    let mut c = Command::new("sockperf");
-    c.args([
-        "ping-pong",
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-m",
-        "64",
-        "-t",
-        "1",
-    ]);
-    if tcp {
-        c.arg("--tcp");
-    }
-    let out = c.output().expect("sockperf runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "sockperf failed:\n{text}");
-    text
-}
-
-fn received_messages(text: &str) -> u64 {
-    let line = text
-        .lines()
-        .find(|l| l.contains("[Valid Duration]"))
-        .unwrap_or_else(|| panic!("no summary in:\n{text}"));
-    let v = line.split("ReceivedMessages=").nth(1).expect("ReceivedMessages field");
-    v.trim().parse().expect("a count")
-}
+mod common;
+use common::*;
 
 fn check_sockperf(args: &[&str], tcp: bool) {
     if !have_sockperf() {
@@ -126,33 +21,6 @@ fn check_sockperf(args: &[&str], tcp: bool) {
     drop(server);
     assert!(!text.contains("ERROR"), "sockperf reported an error:\n{text}");
     assert_answered(&text, "");
-}
-
-/// sockperf's ping-pong was answered: nothing dropped, every request answered (one may be in
-/// flight when its timer ends), and a real exchange took place. How many fit in the second is
-/// the machine's speed, not porto's property (a busy 2-core CI box once managed 1023 at 2.7 ms
-/// each), so only a floor.
-fn assert_answered(text: &str, what: &str) {
-    assert!(text.contains("# dropped messages = 0"), "{what}:\n{text}");
-    let (sent, got) = total_run(text);
-    assert!(got + 1 >= sent && sent >= 20, "{what}: unanswered requests:\n{text}");
-    assert!(received_messages(text) >= 10, "{what}: too few replies:\n{text}");
-}
-
-/// `[Total Run]`'s (SentMessages, ReceivedMessages), warm-up included.
-fn total_run(text: &str) -> (u64, u64) {
-    let line = text
-        .lines()
-        .find(|l| l.contains("[Total Run]"))
-        .unwrap_or_else(|| panic!("no total in:\n{text}"));
-    let field = |name: &str| -> u64 {
-        line.split(name)
-            .nth(1)
-            .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} in {line}"))
-    };
-    (field("SentMessages="), field("ReceivedMessages="))
 }
 
 #[test]
@@ -427,19 +295,6 @@ fn privileged_port_names_the_fix() {
     assert!(err.contains("CAP_NET_BIND_SERVICE"), "{err}");
 }
 
-/// A veth pair between two fresh namespaces (deleted on drop); `None` (skip) without root,
-/// a failure under PORTO_REQUIRE_NETNS=1.
-fn topology(prefix: &str, queues: u32) -> Option<porto::netns::Topology> {
-    match porto::netns::Topology::create(prefix, queues) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            assert!(!strict(), "PORTO_REQUIRE_NETNS=1 but: {e}");
-            eprintln!("skipping: {e}");
-            None
-        }
-    }
-}
-
 /// `porto echo --udp --xdp` inside namespace B of a fresh veth pair, answering
 /// `sockperf ping-pong` run in namespace A.
 fn xdp_echo_answers_sockperf(poll: bool, shards: u32) {
@@ -501,48 +356,6 @@ fn sockperf_udp_through_af_xdp_on_two_shards() {
 #[test]
 fn sockperf_udp_through_af_xdp_polling_mode() {
     xdp_echo_answers_sockperf(true, 1);
-}
-
-/// Reads the server's stdout until it printed `shards` AF_XDP lines; the rest of stdout keeps
-/// draining in a thread.
-fn server_banner(server: &mut Server, shards: usize) -> Vec<String> {
-    let mut lines = Vec::new();
-    let rx = stdout_lines(server);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while lines.iter().filter(|l: &&String| l.contains("AF_XDP on")).count() < shards && Instant::now() < deadline {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-            lines.push(l);
-        }
-    }
-    lines
-}
-
-/// Reads the server's stdout until a line contains `needle` (or 20 s passed).
-fn server_banner_until(server: &mut Server, needle: &str) -> Vec<String> {
-    let mut lines: Vec<String> = Vec::new();
-    let rx = stdout_lines(server);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !lines.iter().any(|l| l.contains(needle)) && Instant::now() < deadline {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-            lines.push(l);
-        }
-    }
-    lines
-}
-
-/// The server's stdout, line by line, from a thread that keeps draining it.
-fn stdout_lines(server: &mut Server) -> std::sync::mpsc::Receiver<String> {
-    use std::io::BufRead;
-    let stdout = server.0.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 #[test]
@@ -652,9 +465,6 @@ fn xdp_echo_names_the_checksum_offload_fix_when_it_stops() {
     );
 }
 
-#[path = "../../engine/tests/common/seccomp.rs"]
-mod seccomp;
-
 /// Where a seccomp filter refuses io_uring (Docker's default profile) and io_uring is asked
 /// for by name, porto says so and how to fix it, and exits with an error: it does not crash,
 /// hang or blame something else.
@@ -732,16 +542,6 @@ fn io_uring_refused_falls_back_to_epoll_and_says_why() {
             l.contains("epoll (fell back from io_uring: io_uring_setup failed") && l.contains("seccomp")
         });
     }
-}
-
-/// Starts `echo` (serving `port`), waits for the banner line containing `needle`, asserts
-/// some banner line satisfies `says`, then checks sockperf's ping-pong is answered.
-fn serve_says_and_answers(mut echo: Command, port: u16, tcp: bool, needle: &str, says: impl Fn(&str) -> bool) {
-    let mut server = Server(echo.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
-    let banner = server_banner_until(&mut server, needle);
-    assert!(banner.iter().any(|l| says(l)), "{banner:?}");
-    let text = sockperf_ping_pong(port, tcp);
-    assert_answered(&text, &format!("tcp {tcp}"));
 }
 
 /// `porto echo --xdp IFACE --fallback`: where AF_XDP cannot be had (here: no such interface)
@@ -867,7 +667,7 @@ fn doctor_names_each_problem_and_its_fix() {
         .unwrap();
     assert_user_error(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON findings");
-    let fail = v
+    let fail = v["findings"]
         .as_array()
         .unwrap()
         .iter()

@@ -791,6 +791,7 @@ impl Driver for EpollDriver {
             transport: Transport::Epoll,
             ring: None,
             fallback: self.fallback.clone(),
+            degraded: Vec::new(),
         }
     }
 

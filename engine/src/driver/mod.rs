@@ -25,6 +25,7 @@
 #![allow(unsafe_code)]
 
 pub(crate) mod epoll;
+pub(crate) mod lent;
 #[cfg(test)]
 pub(crate) mod sim;
 pub(crate) mod uring;
@@ -105,6 +106,45 @@ impl From<crate::sys::xsk::XskMode> for Transport {
     }
 }
 
+/// Every feature a [`Degraded`] can name, in the order `porto stats` encodes them.
+pub const DEGRADABLE: [&str; 6] = [
+    "fixed buffers",
+    "provided-buffer ring",
+    "registered files",
+    "cpu pinning",
+    "huge pages",
+    "stats publishing",
+];
+
+/// A kernel feature a shard asked for and did not get: what the kernel said, and what the
+/// shard does without it. A refusal costs that feature only, never silently.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Degraded {
+    /// The feature, as `porto doctor` names it ("provided-buffer ring", "fixed buffers", …).
+    pub feature: &'static str,
+    /// The kernel's answer: the call and its error.
+    pub why: String,
+    /// What the shard does instead.
+    pub instead: &'static str,
+}
+
+impl Degraded {
+    pub(crate) fn new(feature: &'static str, why: impl fmt::Display, instead: &'static str) -> Degraded {
+        debug_assert!(DEGRADABLE.contains(&feature), "{feature} is not in DEGRADABLE");
+        Degraded {
+            feature,
+            why: why.to_string(),
+            instead,
+        }
+    }
+}
+
+impl fmt::Display for Degraded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "without {} ({}): {}", self.feature, self.why, self.instead)
+    }
+}
+
 /// What a shard's provider really is, and why it is not a better one.
 #[derive(Clone, Debug)]
 pub struct ProviderInfo {
@@ -114,6 +154,8 @@ pub struct ProviderInfo {
     pub ring: Option<RingInfo>,
     /// Why `Auto` stepped down to this provider, if it did.
     pub fallback: Option<String>,
+    /// Features of this provider the kernel refused, each with what the shard does instead.
+    pub degraded: Vec<Degraded>,
 }
 
 impl fmt::Display for ProviderInfo {
@@ -342,6 +384,11 @@ pub(crate) trait Driver {
 
     /// Sockets are addressed by registered-file slot.
     fn fixed_files(&self) -> bool;
+
+    /// The pool is registered as fixed buffer 0 (io_uring, where the kernel allowed it).
+    fn fixed_buffers(&self) -> bool {
+        false
+    }
 
     /// Shutdown gave up waiting for the kernel: memory it may still write (the wake-up
     /// read's buffer) is leaked rather than freed under it.

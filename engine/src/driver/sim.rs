@@ -381,6 +381,7 @@ impl Driver for SimDriver {
             transport: Transport::Epoll,
             ring: None,
             fallback: Some("simulated provider (tests)".into()),
+            degraded: Vec::new(),
         }
     }
 

@@ -1,6 +1,13 @@
 //! The io_uring provider: a [`Submit`] becomes one SQE (two with a linked timeout), a CQE
 //! becomes an [`Event`]. Receives pick frames from the provided-buffer ring; sockets are
 //! registered files where the kernel has sparse file tables; the pool is fixed buffer 0.
+//!
+//! Each registration is a feature, not a requirement: where the kernel refuses one (a
+//! seccomp profile, a distribution kernel's bug, a memlock limit) the driver goes on without
+//! it and reports it ([`Degraded`] in [`ProviderInfo`]): no provided-buffer ring — frames are
+//! lent to each receive ([`lent`](super::lent)); no fixed buffers — sends name plain memory
+//! (SEND_ZC pins the pages per send) and RIO buffers are copied; no sparse file table —
+//! every operation names its socket's fd.
 
 // Pushing SQEs whose pointers the caller vouches for, and adopting accepted fds.
 #![allow(unsafe_code)]
@@ -11,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types};
 
-use super::{Driver, Enter, Event, Prep, ProviderInfo, Submit, Transport};
+use super::lent::Lent;
+use super::{Degraded, Driver, Enter, Event, Prep, ProviderInfo, Submit, Transport};
 use crate::error::SetupError;
 use crate::sys::bufring::BufRing;
 use crate::sys::region::Region;
@@ -30,14 +38,26 @@ pub(crate) struct UringSetup<'a> {
     pub sockets_max: u32,
     pub wake_fd: RawFd,
     pub cq_entries: u32,
+    pub ops_max: u32,
+}
+
+/// Where receives find their frames.
+enum Frames {
+    /// The kernel picks them from the provided-buffer ring.
+    Ring(BufRing),
+    /// The driver lends one to each receive (the kernel refused the ring).
+    Lent(Box<Lent>),
 }
 
 pub(crate) struct UringDriver {
     // Field order is drop order: the ring goes first, so the kernel lets go of the buffer
     // ring before it is unmapped.
     ring: Ring,
-    bufring: BufRing,
+    frames: Frames,
     files: bool,
+    /// The pool (and RIO buffers) are registered fixed buffers.
+    fixed_buffers: bool,
+    degraded: Vec<Degraded>,
     wake_fd: RawFd,
     wake_buf: Box<u64>,
     cqes: Vec<cqueue::Entry>,
@@ -54,27 +74,56 @@ impl UringDriver {
             },
             source,
         })?;
-        register_with_retry(&mut ring, s.region, s.rio_buffers_max)?;
+        let mut degraded = Vec::new();
+        let fixed_buffers = match register_with_retry(&mut ring, s.region, s.rio_buffers_max) {
+            Ok(()) => true,
+            Err(e) => {
+                degraded.push(Degraded::new(
+                    "fixed buffers",
+                    e,
+                    "sends name the pool's memory directly (SEND_ZC pins its pages per send); RIO sends copy",
+                ));
+                false
+            }
+        };
         let bufring = BufRing::new(s.recv_frames as u16).map_err(|source| SetupError::Syscall {
             what: "mmap of the provided-buffer ring",
             source,
         })?;
-        ring.register_buf_ring(&bufring, BGID)
-            .map_err(|source| SetupError::Syscall {
-                what: "IORING_REGISTER_PBUF_RING (Linux 5.19+)",
-                source,
-            })?;
+        let frames = match ring.register_buf_ring(&bufring, BGID) {
+            Ok(()) => Frames::Ring(bufring),
+            Err(e) => {
+                degraded.push(Degraded::new(
+                    "provided-buffer ring",
+                    format_args!("IORING_REGISTER_PBUF_RING: {e}"),
+                    "each receive is lent a pool frame by the driver; multishot receives are re-armed per datagram",
+                ));
+                Frames::Lent(Box::new(Lent::new(s.recv_frames, s.ops_max)))
+            }
+        };
         // Fixed files are an optimisation: without them (a kernel before 5.19's sparse
         // tables) every operation names its socket's fd, and that is reported.
         let files = s.registered_files
-            && ring
-                .register_file_table(s.sockets_max)
-                .inspect_err(|e| tracing::warn!(error = %e, "no registered-file table; sockets go by fd"))
-                .is_ok();
+            && match ring.register_file_table(s.sockets_max) {
+                Ok(()) => true,
+                Err(e) => {
+                    degraded.push(Degraded::new(
+                        "registered files",
+                        format_args!("IORING_REGISTER_FILES2 (sparse table): {e}"),
+                        "every operation names its socket's fd",
+                    ));
+                    false
+                }
+            };
+        for d in &degraded {
+            tracing::warn!("io_uring {d}");
+        }
         Ok(UringDriver {
             ring,
-            bufring,
+            frames,
             files,
+            fixed_buffers,
+            degraded,
             wake_fd: s.wake_fd,
             wake_buf: Box::new(0),
             cqes: Vec::with_capacity(s.cq_entries as usize),
@@ -107,7 +156,7 @@ impl UringDriver {
                 flags,
                 zc: Some(index),
             } => opcode::SendZc::new(fd, ptr, len)
-                .buf_index(Some(index))
+                .buf_index(self.fixed_buffers.then_some(index))
                 .dest_addr(dest)
                 .dest_addr_len(dest_len)
                 .flags(flags & !libc::MSG_WAITALL)
@@ -149,10 +198,19 @@ impl Driver for UringDriver {
             transport: Transport::IoUring,
             ring: Some(self.ring.info().clone()),
             fallback: None,
+            degraded: self.degraded.clone(),
         }
     }
 
     unsafe fn push(&mut self, op: &Submit) -> io::Result<()> {
+        if let Frames::Lent(lent) = &mut self.frames {
+            if Lent::takes(&op.prep) {
+                let ring = &mut self.ring;
+                // SAFETY: the entries point into the op's slot and into frames lent to it
+                // (the caller's contract, and the frames are the driver's until their event).
+                return unsafe { lent.push(op, &mut |e| ring.push_all(e)) };
+            }
+        }
         let entry = self.entry(op);
         let Some(t) = op.timeout else {
             // SAFETY: forwarded to the caller's contract.
@@ -165,6 +223,9 @@ impl Driver for UringDriver {
     }
 
     fn cancel(&mut self, target: u64) -> io::Result<()> {
+        if let Frames::Lent(lent) = &mut self.frames {
+            lent.cancel(target);
+        }
         let e = opcode::AsyncCancel::new(target)
             .build()
             .user_data(crate::driver::CANCEL_UD);
@@ -210,13 +271,18 @@ impl Driver for UringDriver {
     }
 
     unsafe fn provide(&mut self, frame: u32, addr: u64, len: u32) {
-        // SAFETY: the caller gives the frame to the kernel; frames provided never exceed the
-        // ring's entries (the core's target is recv_frames, the ring's size).
-        unsafe { self.bufring.push(addr, len, frame as u16) };
+        match &mut self.frames {
+            // SAFETY: the caller gives the frame to the kernel; frames provided never exceed
+            // the ring's entries (the core's target is recv_frames, the ring's size).
+            Frames::Ring(r) => unsafe { r.push(addr, len, frame as u16) },
+            Frames::Lent(l) => l.provide(frame, addr, len),
+        }
     }
 
     fn publish(&mut self) {
-        self.bufring.publish();
+        if let Frames::Ring(r) = &mut self.frames {
+            r.publish();
+        }
     }
 
     fn open(&mut self, sock: u32, fd: RawFd) -> bool {
@@ -240,11 +306,20 @@ impl Driver for UringDriver {
     }
 
     unsafe fn register_buffer(&mut self, slot: u32, ptr: *mut u8, len: usize) -> io::Result<()> {
+        if !self.fixed_buffers {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the kernel refused fixed buffers: Registered I/O sends copy",
+            ));
+        }
         // SAFETY: forwarded to the caller's contract.
         unsafe { self.ring.register_slot(slot, ptr, len) }
     }
 
     fn unregister_buffer(&mut self, slot: u32) -> io::Result<()> {
+        if !self.fixed_buffers {
+            return Ok(());
+        }
         self.ring.unregister_slot(slot)
     }
 
@@ -257,17 +332,27 @@ impl Driver for UringDriver {
     }
 
     fn has_events(&mut self) -> bool {
-        self.ring.has_completions()
+        matches!(&self.frames, Frames::Lent(l) if l.has_pending()) || self.ring.has_completions()
     }
 
     fn reap(&mut self, out: &mut Vec<Event>) {
         out.clear();
+        if let Frames::Lent(l) = &mut self.frames {
+            l.drain_pending(out);
+        }
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.reserve_exact(out.capacity().saturating_sub(cqes.capacity()));
         self.ring.reap(&mut cqes);
         for c in cqes.drain(..) {
             let (ud, res, flags) = (c.user_data(), c.result(), c.flags());
             let notif = cqueue::notif(flags);
+            if let Frames::Lent(l) = &mut self.frames {
+                let ring = &mut self.ring;
+                // SAFETY: a re-armed receive points into its lent frame and slot (as push).
+                if !notif && l.complete(ud, res, out, &mut |e| unsafe { ring.push_all(e) }).is_some() {
+                    continue;
+                }
+            }
             let accepted = (!notif && res >= 0 && crate::driver::is_accept(ud))
                 // SAFETY: a successful accept CQE's result is a new fd nobody owns yet.
                 .then(|| unsafe { OwnedFd::from_raw_fd(res) });
@@ -291,6 +376,10 @@ impl Driver for UringDriver {
         self.files
     }
 
+    fn fixed_buffers(&self) -> bool {
+        self.fixed_buffers
+    }
+
     fn abandon(&mut self) {
         std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
     }
@@ -312,10 +401,24 @@ fn register_with_retry(ring: &mut Ring, region: &Region, extra: u32) -> Result<(
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(source) => {
+                const CAP_IPC_LOCK: u32 = 14;
+                let locked_ok = crate::sys::net::effective_caps() & (1 << CAP_IPC_LOCK) != 0;
+                let hint = match (source.raw_os_error(), crate::sys::net::memlock_limit()) {
+                    (Some(libc::ENOMEM), Some(b)) if !locked_ok => format!(
+                        "; RLIMIT_MEMLOCK is {} KiB: raise it (`ulimit -l unlimited`, or LimitMEMLOCK= in a systemd unit), run with CAP_IPC_LOCK, or lower frames_per_shard",
+                        b / 1024
+                    ),
+                    (Some(libc::ENOMEM), _) => {
+                        "; memory locking is not limited for this process (CAP_IPC_LOCK or an unlimited RLIMIT_MEMLOCK): the kernel is out of memory it can pin, or a seccomp profile refuses io_uring_register".into()
+                    }
+                    (Some(libc::EPERM | libc::EACCES | libc::EINVAL), _) => {
+                        "; the kernel (or a seccomp profile) refuses io_uring_register's IORING_REGISTER_BUFFERS_UPDATE".into()
+                    }
+                    _ => String::new(),
+                };
                 return Err(SetupError::Register {
                     bytes: region.len(),
-                    memlock: crate::sys::net::memlock_limit()
-                        .map_or("unlimited".into(), |b| format!("{} KiB", b / 1024)),
+                    hint,
                     source,
                 });
             }

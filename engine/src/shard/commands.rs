@@ -11,6 +11,7 @@ use crate::op::Request;
 use crate::proto::{Command, Delivery, SockId};
 use crate::qos::{TokenBucket, TrafficType};
 use crate::telemetry::SocketKind;
+use crate::xdp::program::Stamping;
 
 impl<D: Driver> Core<D> {
     pub(super) fn take_commands(&mut self) -> usize {
@@ -35,6 +36,7 @@ impl<D: Driver> Core<D> {
                     sock: SockId { index: sock, gen },
                     fd,
                     delivery,
+                    reap_stamps,
                 } => {
                     let fixed = self.driver.open(sock, fd.as_raw_fd());
                     let e = &mut self.sockets[sock as usize];
@@ -42,7 +44,10 @@ impl<D: Driver> Core<D> {
                     if let Delivery::Port { port, .. } = &delivery {
                         self.backlogs.attach(port);
                     }
-                    let desc = SockDesc::of_fd(fd.as_raw_fd(), self.head.transport);
+                    let mut desc = SockDesc::of_fd(fd.as_raw_fd(), self.head.transport);
+                    if reap_stamps {
+                        desc.stamping = Stamping::Reap;
+                    }
                     *e = SockEntry::open(gen, Endpoint::Kernel { fd, fixed }, Some(delivery), desc);
                 }
                 Command::OpenXdp {
@@ -60,6 +65,7 @@ impl<D: Driver> Core<D> {
                         transport: port.transport(),
                         local: Some(port.local),
                         peer: None,
+                        stamping: port.timestamps,
                     };
                     *e = SockEntry::open(gen, Endpoint::Xdp(port), Some(delivery), desc);
                     self.xdp_socks.push(sock);
@@ -106,9 +112,11 @@ impl<D: Driver> Core<D> {
                     sock: SockId { index: sock, .. },
                     traffic,
                     tos,
+                    tos_cmsg,
                 } => {
                     let e = &mut self.sockets[sock as usize];
                     e.class = Some(traffic);
+                    e.tos_cmsg = tos_cmsg.then_some(tos);
                     if let Some(p) = e.ep.xdp_mut() {
                         p.tos = tos;
                     }

@@ -48,7 +48,7 @@ use crate::completion::{Completion, OpKind};
 use crate::config::{Config, Provider};
 use crate::driver::epoll::{EpollDriver, EpollSetup};
 use crate::driver::uring::{UringDriver, UringSetup};
-use crate::driver::{Driver, Enter, Event, Transport};
+use crate::driver::{Degraded, Driver, Enter, Event, Transport};
 use crate::error::{Error, SetupError};
 use crate::fanout::group::GroupState;
 use crate::op::{self, Request, Table};
@@ -140,6 +140,9 @@ struct SockEntry {
     fanout: Option<Box<GroupState>>,
     /// Its traffic class (set_traffic / set_flow): inbound priority.
     class: Option<TrafficType>,
+    /// The TOS every datagram it sends carries as a control message (the kernel refused
+    /// the socket option).
+    tos_cmsg: Option<u8>,
     /// What `porto stats` shows of it.
     desc: SockDesc,
     counters: SockCounters,
@@ -171,6 +174,7 @@ impl SockEntry {
             flow: None,
             fanout: None,
             class: None,
+            tos_cmsg: None,
             desc,
             counters: SockCounters::default(),
         }
@@ -184,6 +188,8 @@ struct SockDesc {
     transport: Transport,
     local: Option<SocketAddr>,
     peer: Option<SocketAddr>,
+    /// Where its receive stamps come from.
+    stamping: Stamping,
 }
 
 impl SockDesc {
@@ -192,6 +198,7 @@ impl SockDesc {
         transport: Transport::IoUring,
         local: None,
         peer: None,
+        stamping: Stamping::Off,
     };
 
     /// A kernel socket, as the kernel describes it (control path: three syscalls).
@@ -209,6 +216,7 @@ impl SockDesc {
             transport,
             local: net::local_addr(fd).ok(),
             peer: net::peer_addr(fd).ok(),
+            stamping: crate::socket::kernel_stamping(fd),
         }
     }
 }
@@ -346,17 +354,24 @@ impl Shard {
     /// through its handle with [`Delivery::Poll`] complete into [`poll`](Self::poll).
     pub fn new(cfg: &Config, core: Option<usize>) -> Result<Shard, SetupError> {
         cfg.validate()?;
-        let shared = new_shared(cfg, 0, crate::telemetry::Publisher::for_config(cfg, 1))?;
-        if let Some(c) = core {
-            pin(c);
-        }
-        Shard::start(cfg, shared, core)
+        let (telemetry, stats_lost) = crate::telemetry::Publisher::for_config(cfg, 1);
+        let shared = new_shared(cfg, 0, telemetry)?;
+        let mut lost: Vec<Degraded> = stats_lost.into_iter().collect();
+        let core = core.and_then(|c| pin(c).map(|()| c).map_err(|d| lost.push(d)).ok());
+        Shard::start(cfg, shared, core, lost)
     }
 
     /// Builds the shard on the calling thread, which becomes its only submitter, on the
     /// provider `cfg.provider` asks for: `Auto` takes io_uring if the kernel gives it and
     /// falls back to epoll otherwise, with the reason in [`ShardInfo`] and the log.
-    pub(crate) fn start(cfg: &Config, shared: Arc<ShardShared>, core: Option<usize>) -> Result<Shard, SetupError> {
+    /// `lost`: what the kernel already refused on the way (pinning, statistics), reported
+    /// with what the provider reports.
+    pub(crate) fn start(
+        cfg: &Config,
+        shared: Arc<ShardShared>,
+        core: Option<usize>,
+        lost: Vec<Degraded>,
+    ) -> Result<Shard, SetupError> {
         let wake_fd = shared.waker.fd();
         let pool = shared.pool.clone();
         let epoll = |fallback: Option<String>| {
@@ -388,17 +403,18 @@ impl Shard {
                 sockets_max: cfg.sockets_max,
                 wake_fd,
                 cq_entries: cfg.cq_entries,
+                ops_max: cfg.ops_max,
             })
         };
         let provided = match cfg.provider {
-            Provider::IoUring => Provided::Uring(Core::start(cfg, shared, core, uring()?)?),
-            Provider::Epoll => Provided::Epoll(Core::start(cfg, shared, core, epoll(None)?)?),
+            Provider::IoUring => Provided::Uring(Core::start(cfg, shared, core, uring()?, lost)?),
+            Provider::Epoll => Provided::Epoll(Core::start(cfg, shared, core, epoll(None)?, lost)?),
             Provider::Auto => match uring() {
-                Ok(d) => Provided::Uring(Core::start(cfg, shared, core, d)?),
+                Ok(d) => Provided::Uring(Core::start(cfg, shared, core, d, lost)?),
                 Err(e) => {
                     let why = e.to_string();
                     tracing::warn!(why = %why, "io_uring is not available; the shard runs on epoll");
-                    Provided::Epoll(Core::start(cfg, shared, core, epoll(Some(why))?)?)
+                    Provided::Epoll(Core::start(cfg, shared, core, epoll(Some(why))?, lost)?)
                 }
             },
         };
@@ -516,10 +532,18 @@ impl<D: Driver> Core<D> {
         shared: Arc<ShardShared>,
         core: Option<usize>,
         driver: D,
+        mut degraded: Vec<Degraded>,
     ) -> Result<Core<D>, SetupError> {
         let pool = shared.pool.clone();
         let provider = driver.info();
-        let uring = provider.ring.is_some();
+        if let Some(e) = pool.region().huge_refused() {
+            degraded.push(Degraded::new(
+                "huge pages",
+                format_args!("mmap(MAP_HUGETLB): {e}"),
+                "the pool is on 4 KiB pages with transparent huge pages advised (reserve some: sysctl vm.nr_hugepages)",
+            ));
+        }
+        degraded.extend(provider.degraded.iter().cloned());
         let info = ShardInfo {
             index: shared.index,
             core,
@@ -527,9 +551,10 @@ impl<D: Driver> Core<D> {
             pages: pool.page_kind(),
             frames: pool.total_frames(),
             frame_size: pool.frame_size(),
-            registered_buffers: uring,
+            registered_buffers: driver.fixed_buffers(),
             registered_files: false,
             bufring_entries: cfg.recv_frames as u16,
+            degraded,
         };
         let mut shard = Core {
             driver,
@@ -557,6 +582,11 @@ impl<D: Driver> Core<D> {
                 task_run: info.provider.ring.as_ref().map(|r| r.task_run),
                 fell_back: info.provider.fallback.is_some(),
                 core,
+                degraded: info
+                    .degraded
+                    .iter()
+                    .filter_map(|d| crate::driver::DEGRADABLE.iter().position(|&n| n == d.feature))
+                    .fold(0, |m, i| m | 1 << i),
             },
             publish_scratch: vec![0; shared.telemetry.as_ref().map_or(0, |t| t.counters())],
             idle_spin: Duration::from_micros(u64::from(cfg.idle_spin_us)),
@@ -873,7 +903,7 @@ impl<D: Driver> Core<D> {
                         .flow
                         .and_then(|f| Some((f, self.qos.flows.get(usize::from(f))?.as_ref()?.counters))),
                     fanout: e.fanout.as_ref().map(|g| g.counters()),
-                    stamping: e.ep.xdp().map_or(Stamping::Off, |p| p.timestamps),
+                    stamping: e.desc.stamping,
                 });
                 if let Some(p) = e.ep.xdp() {
                     p.queue_stats(id, |q| w.queue(&q));
@@ -952,6 +982,8 @@ impl<D: Driver> Core<D> {
             return;
         };
         self.sockets[sock as usize].live_ops += 1;
+        // A socket whose TOS option the kernel refused marks each datagram instead.
+        let sock_tos = self.sockets[sock as usize].tos_cmsg;
         let st = &self.shared.stats;
         st.add(&st.counters.ops_submitted, 1);
         let s = self.ops.slot(idx);
@@ -985,6 +1017,7 @@ impl<D: Driver> Core<D> {
                 tos,
             } => {
                 (s.addr, s.addr_len) = net::to_raw(&addr);
+                let tos = tos.or(sock_tos);
                 // A per-datagram TOS needs SENDMSG and its control message: not zero-copy.
                 s.zerocopy = zerocopy && tos.is_none() && self.pool.same(&buf);
                 s.tos = tos;
@@ -997,11 +1030,11 @@ impl<D: Driver> Core<D> {
             Request::SendShared { buf, addr, tos } => {
                 (s.addr, s.addr_len) = net::to_raw(&addr);
                 s.shared = Some(buf);
-                s.tos = tos;
+                s.tos = tos.or(sock_tos);
             }
             Request::SendToMany { .. } => unreachable!("expanded by start_op"),
             Request::SendGather { gather, addr, tos } => {
-                s.tos = tos;
+                s.tos = tos.or(sock_tos);
                 match addr {
                     Some(a) => (s.addr, s.addr_len) = net::to_raw(&a),
                     None => s.addr_len = 0,
@@ -1360,8 +1393,17 @@ fn op_ud(kind: OpKind, idx: u32, gen: u32) -> u64 {
     op::user_data(tag, idx, gen)
 }
 
-pub(crate) fn pin(core: usize) {
-    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-        tracing::warn!(core, "could not pin the thread to its core; it runs unpinned");
+/// Pins the calling thread to `core`; where the kernel refuses (a cpuset without that core,
+/// a seccomp profile), the thread runs unpinned and the refusal is returned for the report.
+pub(crate) fn pin(core: usize) -> Result<(), Degraded> {
+    if core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+        return Ok(());
     }
+    let e = std::io::Error::last_os_error();
+    tracing::warn!(core, error = %e, "could not pin the thread to its core; it runs unpinned");
+    Err(Degraded::new(
+        "cpu pinning",
+        format_args!("sched_setaffinity(core {core}): {e}"),
+        "the shard thread runs unpinned (the scheduler may move it, and its caches with it)",
+    ))
 }

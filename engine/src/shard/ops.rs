@@ -18,7 +18,8 @@ use crate::error::Error;
 use crate::op;
 use crate::qos::TrafficType;
 use crate::rio::buf::RioKind;
-use crate::sys::net;
+use crate::sys::{clock, net};
+use crate::xdp::program::Stamping;
 
 impl<D: Driver> Core<D> {
     /// Describes slot `idx`'s operation to the driver and queues it (also used to re-arm and
@@ -527,7 +528,12 @@ impl<D: Driver> Core<D> {
                         Some(out) => {
                             c.peer = out.peer;
                             c.tos = out.tos;
-                            c.timestamp_ns = out.rx_ns;
+                            c.timestamp_ns = out.rx_ns.or_else(|| {
+                                // The kernel refused SO_TIMESTAMPING: the shard's clock now.
+                                (self.sockets[sock as usize].desc.stamping == Stamping::Reap)
+                                    .then(|| std::num::NonZeroU64::new(clock::realtime_ns()))
+                                    .flatten()
+                            });
                             if out.truncated {
                                 c.result = Err(Error::MessageTooLong);
                                 let st = &self.shared.stats;

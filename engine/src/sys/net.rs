@@ -658,6 +658,34 @@ pub(crate) fn parse_cmsgs(mut b: &[u8]) -> Cmsgs {
     out
 }
 
+/// The process's effective capabilities (`CapEff` of /proc/self/status; 0 if unreadable).
+pub(crate) fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Whether this thread may set its own CPU affinity (to the mask it has: nothing changes).
+pub(crate) fn pin_probe() -> io::Result<bool> {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set; the calls fill or read it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: `set` is a live cpu_set_t of `size` bytes.
+    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above; setting the mask it already has.
+    if unsafe { libc::sched_setaffinity(0, size, &set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(true)
+}
+
 /// The soft RLIMIT_MEMLOCK in bytes, `None` if unlimited (or unreadable).
 pub(crate) fn memlock_limit() -> Option<u64> {
     let mut r = libc::rlimit {

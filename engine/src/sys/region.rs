@@ -32,6 +32,8 @@ pub(crate) struct Region {
     ptr: NonNull<u8>,
     len: usize,
     kind: PageKind,
+    /// Why explicit huge pages were asked for and not obtained (the mmap's errno).
+    huge_refused: Option<io::Error>,
 }
 
 // SAFETY: the region is plain memory; who may touch which bytes is decided by the pool's
@@ -44,14 +46,19 @@ impl Region {
     /// Maps `len` bytes, trying huge pages first when `try_huge` is set.
     pub(crate) fn new(len: usize, try_huge: bool) -> io::Result<Region> {
         assert!(len > 0, "region length must be positive");
+        let mut huge_refused = None;
         if try_huge {
             let huge_len = len.div_ceil(HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES;
-            if let Ok(ptr) = map(huge_len, libc::MAP_HUGETLB) {
-                return Ok(Region {
-                    ptr,
-                    len: huge_len,
-                    kind: PageKind::HugeTlb,
-                });
+            match map(huge_len, libc::MAP_HUGETLB) {
+                Ok(ptr) => {
+                    return Ok(Region {
+                        ptr,
+                        len: huge_len,
+                        kind: PageKind::HugeTlb,
+                        huge_refused: None,
+                    })
+                }
+                Err(e) => huge_refused = Some(e),
             }
         }
         let ptr = map(len, 0)?;
@@ -62,11 +69,17 @@ impl Region {
             ptr,
             len,
             kind: PageKind::Small,
+            huge_refused,
         })
     }
 
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
+    }
+
+    /// Why explicit huge pages were asked for and not obtained, if they were not.
+    pub(crate) fn huge_refused(&self) -> Option<&io::Error> {
+        self.huge_refused.as_ref()
     }
 
     pub(crate) fn len(&self) -> usize {

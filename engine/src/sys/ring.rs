@@ -367,6 +367,143 @@ impl Ring {
     }
 }
 
+/// One kernel feature as a probe found it: `Ok(true)` present, `Ok(false)` absent (the
+/// kernel does not have it), `Err` refused or failed (the errno says which).
+#[derive(Debug)]
+pub(crate) struct Probed {
+    pub name: &'static str,
+    pub got: io::Result<bool>,
+}
+
+fn probed(name: &'static str, got: io::Result<bool>) -> Probed {
+    Probed { name, got }
+}
+
+/// EINVAL from a set-up flag or a registration opcode means this kernel does not know it.
+fn known(r: io::Result<()>) -> io::Result<bool> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every io_uring feature porto uses, tried on throwaway rings: set-up and its modes, the
+/// feature bits, the opcodes (IORING_REGISTER_PROBE) and each registration a shard makes.
+/// A seccomp filter or a hardened kernel shows here as `Err`. (EINVAL is read as absent:
+/// a filter that answers EINVAL looks like an older kernel, which is what porto must treat
+/// it as anyway.)
+pub(crate) fn probe() -> Vec<Probed> {
+    let mut out = Vec::new();
+    let ring: IoUring = match IoUring::builder().setup_cqsize(8).build(4) {
+        Ok(r) => r,
+        Err(e) => {
+            out.push(probed("io_uring_setup", Err(e)));
+            return out;
+        }
+    };
+    out.push(probed("io_uring_setup", Ok(true)));
+    let mode = |apply: ApplyFlags| {
+        let mut b = IoUring::builder();
+        apply(&mut b);
+        known(b.build(4).map(|r: IoUring| drop(r)))
+    };
+    out.push(probed(
+        "setup: single-issuer + defer-taskrun",
+        mode(|b| {
+            b.setup_single_issuer().setup_defer_taskrun();
+        }),
+    ));
+    out.push(probed(
+        "setup: coop-taskrun",
+        mode(|b| {
+            b.setup_coop_taskrun();
+        }),
+    ));
+    out.push(probed(
+        "setup: sqpoll",
+        mode(|b| {
+            b.setup_sqpoll(10);
+        }),
+    ));
+    let p = ring.params();
+    out.push(probed(
+        "feature: nodrop (no lost completions)",
+        Ok(p.is_feature_nodrop()),
+    ));
+    out.push(probed("feature: ext_arg (timed waits)", Ok(p.is_feature_ext_arg())));
+    out.push(probed("feature: recvsend_bundle", Ok(p.is_feature_recvsend_bundle())));
+    out.push(probed("feature: min_timeout", Ok(p.is_feature_min_timeout())));
+    let mut opcodes = io_uring::Probe::new();
+    match ring.submitter().register_probe(&mut opcodes) {
+        Ok(()) => {
+            out.push(probed("IORING_REGISTER_PROBE", Ok(true)));
+            use io_uring::opcode as op;
+            for (name, code) in [
+                ("op: recvmsg (multishot)", op::RecvMsgMulti::CODE),
+                ("op: recv", op::Recv::CODE),
+                ("op: sendmsg", op::SendMsg::CODE),
+                ("op: send", op::Send::CODE),
+                ("op: send_zc", op::SendZc::CODE),
+                ("op: accept", op::Accept::CODE),
+                ("op: connect", op::Connect::CODE),
+                ("op: shutdown", op::Shutdown::CODE),
+                ("op: async_cancel", op::AsyncCancel::CODE),
+                ("op: link_timeout", op::LinkTimeout::CODE),
+                ("op: poll_add", op::PollAdd::CODE),
+                ("op: read", op::Read::CODE),
+                ("op: msg_ring", op::MsgRingData::CODE),
+            ] {
+                out.push(probed(name, Ok(opcodes.is_supported(code))));
+            }
+        }
+        Err(e) => out.push(probed("IORING_REGISTER_PROBE", Err(e))),
+    }
+    let sub = ring.submitter();
+    out.push(probed(
+        "fixed buffers (IORING_REGISTER_BUFFERS2)",
+        known(sub.register_buffers_sparse(2)),
+    ));
+    let fixed = match Region::new(4096, false) {
+        Ok(r) => {
+            let iov = libc::iovec {
+                iov_base: r.as_ptr().cast(),
+                iov_len: r.len(),
+            };
+            // SAFETY: the slot is cleared below, before `r` (the region) is unmapped at the
+            // end of this arm; nothing is submitted that could use it meanwhile.
+            let got = unsafe { sub.register_buffers_update(0, std::slice::from_ref(&iov), None) }.map(drop);
+            let clear = libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            };
+            // SAFETY: a null iovec clears the slot before the region is unmapped.
+            let _ = unsafe { sub.register_buffers_update(0, std::slice::from_ref(&clear), None) };
+            known(got)
+        }
+        Err(e) => Err(e),
+    };
+    out.push(probed("fixed buffer update (IORING_REGISTER_BUFFERS_UPDATE)", fixed));
+    out.push(probed(
+        "registered files (IORING_REGISTER_FILES2)",
+        known(sub.register_files_sparse(4)),
+    ));
+    let bufring = BufRing::new(8).and_then(|br| {
+        // SAFETY: the ring is unregistered before `br` is unmapped (or `br` is leaked if the
+        // kernel will not let go); no receive is submitted that could pick from it.
+        let r = unsafe { sub.register_buf_ring_with_flags(br.addr(), br.entries(), 7, 0) };
+        if r.is_ok() && sub.unregister_buf_ring(7).is_err() {
+            std::mem::forget(br);
+        }
+        r
+    });
+    out.push(probed(
+        "provided-buffer ring (IORING_REGISTER_PBUF_RING)",
+        known(bufring),
+    ));
+    out
+}
+
 /// Why `io_uring_setup` said EPERM, and the fix: `kernel.io_uring_disabled` (Linux 6.6+) if
 /// set, else a seccomp filter — Docker's default profile refuses io_uring.
 pub(crate) fn refused_fix() -> &'static str {

@@ -477,6 +477,33 @@ fn anon_mapping(len: usize) -> io::Result<Mapping> {
 }
 
 /// Has the kernel let go of interface queue `queue`? A zero-copy socket's buffer pool stays
+/// What this kernel lets a process do with AF_XDP, without an interface: open an AF_XDP
+/// socket (`.0`), and register a small UMEM on it (`.1`, tried only if `.0` succeeded).
+pub(crate) fn probe() -> (io::Result<()>, Option<io::Result<()>>) {
+    const CHUNK: u32 = 2048;
+    const LEN: usize = 2 * CHUNK as usize;
+    // SAFETY: socket(2) takes no pointers.
+    let raw = match cvt(unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) }) {
+        Ok(r) => r,
+        Err(e) => return (Err(e), None),
+    };
+    // SAFETY: a fresh fd owned by nobody else.
+    let _fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let umem = match anon_mapping(LEN) {
+        Ok(m) => m,
+        Err(e) => return (Ok(()), Some(Err(e))),
+    };
+    let reg = libc::xdp_umem_reg {
+        addr: umem.ptr.as_ptr() as u64,
+        len: LEN as u64,
+        chunk_size: CHUNK,
+        headroom: 0,
+        flags: 0,
+        tx_metadata_len: 0,
+    };
+    (Ok(()), Some(setsockopt(raw, libc::XDP_UMEM_REG, &reg)))
+}
+
 /// attached to the driver's queue after `close(2)` until deferred work runs
 /// (`xsk_destruct` -> `xp_put_pool` -> `xp_release_deferred` -> `xp_clear_dev`, which tells
 /// the driver to stop using the pool, in Linux's `net/xdp/xsk_buff_pool.c`): until then the

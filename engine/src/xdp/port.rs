@@ -567,7 +567,7 @@ impl XdpPort {
                     return;
                 };
                 let stamp = match self.timestamps {
-                    Stamping::Off => None,
+                    Stamping::Off | Stamping::Kernel => None,
                     Stamping::Metadata => take_stamp(buf.frame_mut(), off, self.stamp_base_ns),
                     Stamping::Reap => std::num::NonZeroU64::new(self.stamp_base_ns),
                 };

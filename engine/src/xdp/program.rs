@@ -149,26 +149,31 @@ impl std::fmt::Display for StampSource {
     }
 }
 
-/// How an AF_XDP socket stamps its received datagrams (as `porto stats` shows it).
+/// Where a socket's receive stamps come from (as `porto stats` shows it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stamping {
-    /// No stamps (the socket did not ask, or is not an AF_XDP socket).
+    /// No stamps (the socket did not ask for them).
     Off,
-    /// From the XDP program's metadata in front of each frame.
+    /// AF_XDP: from the XDP program's metadata in front of each frame.
     Metadata,
-    /// When the RX ring is read (the kernel refused the program's stamp).
+    /// The shard, when it reads the datagram (AF_XDP: the RX ring; a kernel socket: its
+    /// completion): where the kernel refused its own stamp (`bpf_xdp_adjust_meta`,
+    /// `SO_TIMESTAMPING`).
     Reap,
+    /// A kernel socket: the kernel's software receive stamp (SO_TIMESTAMPING).
+    Kernel,
 }
 
 impl Stamping {
-    pub const ALL: [Stamping; 3] = [Stamping::Off, Stamping::Metadata, Stamping::Reap];
+    pub const ALL: [Stamping; 4] = [Stamping::Off, Stamping::Metadata, Stamping::Reap, Stamping::Kernel];
 
-    /// A short name for tables: "-", "xdp-program", "rx-ring-reap".
+    /// A short name for tables: "-", "xdp-program", "reap", "kernel".
     pub fn name(self) -> &'static str {
         match self {
             Stamping::Off => "-",
             Stamping::Metadata => "xdp-program",
-            Stamping::Reap => "rx-ring-reap",
+            Stamping::Reap => "reap",
+            Stamping::Kernel => "kernel",
         }
     }
 }

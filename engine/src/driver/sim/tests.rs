@@ -92,7 +92,14 @@ fn run(seed: u64, faults: Faults) -> (Vec<Step>, Fired) {
     let cfg = cfg();
     let shared = new_shared(&cfg, 0, None).unwrap();
     let h = ShardHandle { shared: shared.clone() };
-    let mut core = Core::start(&cfg, shared, None, SimDriver::new(seed, faults, cfg.sockets_max)).unwrap();
+    let mut core = Core::start(
+        &cfg,
+        shared,
+        None,
+        SimDriver::new(seed, faults, cfg.sockets_max),
+        Vec::new(),
+    )
+    .unwrap();
     let total = h.pool().total_frames();
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();

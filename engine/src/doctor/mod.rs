@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+pub mod kernel;
+
 use crate::config::{Config, Provider};
 use crate::sys::ring::{refused_fix, Ring, RingConfig};
 use crate::sys::{genl, net};
@@ -171,18 +173,6 @@ const CAP_IPC_LOCK: u32 = 14;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_BPF: u32 = 39;
 
-/// The process's effective capabilities (`CapEff` of /proc/self/status).
-fn effective_caps() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0)
-}
-
 fn has(caps: u64, cap: u32) -> bool {
     caps & (1 << cap) != 0
 }
@@ -190,7 +180,7 @@ fn has(caps: u64, cap: u32) -> bool {
 /// AF_XDP needs to load and attach BPF (CAP_BPF or CAP_SYS_ADMIN, and CAP_NET_ADMIN) and
 /// open AF_XDP sockets (CAP_NET_RAW).
 fn xdp_capabilities() -> Finding {
-    let caps = effective_caps();
+    let caps = net::effective_caps();
     let mut missing = Vec::new();
     if !has(caps, CAP_NET_ADMIN) {
         missing.push("CAP_NET_ADMIN");
@@ -293,7 +283,7 @@ fn io_uring(provider: Provider) -> Finding {
 fn memlock(cfg: &Config) -> Finding {
     let need = cfg.pool_bytes() as u64 * cfg.shards as u64;
     // With CAP_IPC_LOCK registered memory is not charged to the limit.
-    let ipc_lock = has(effective_caps(), CAP_IPC_LOCK);
+    let ipc_lock = has(net::effective_caps(), CAP_IPC_LOCK);
     match net::memlock_limit() {
         None => finding("memlock", Level::Ok, "RLIMIT_MEMLOCK unlimited", None),
         Some(_) if ipc_lock => finding("memlock", Level::Ok, "CAP_IPC_LOCK: not limited", None),
