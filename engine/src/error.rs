@@ -205,7 +205,12 @@ impl SetupError {
             Some(libc::ENODEV) => ": no such interface in this network namespace",
             Some(libc::EINVAL) => ": the queue does not exist on this interface (see ethtool -l)",
             Some(libc::EBUSY) => ": another AF_XDP socket holds this queue",
-            Some(libc::ENOMEM) | Some(libc::ENOBUFS) => ": raise RLIMIT_MEMLOCK for the UMEM",
+            Some(libc::ENOMEM) | Some(libc::ENOBUFS) => {
+                ": the kernel refused to pin the UMEM (XDP_UMEM_REG) or its rings: raise RLIMIT_MEMLOCK, or grant CAP_IPC_LOCK (with it, the kernel itself is out of memory it can pin)"
+            }
+            Some(libc::EAFNOSUPPORT) => {
+                ": this kernel has no AF_XDP sockets (CONFIG_XDP_SOCKETS) or a seccomp profile refuses them: use kernel sockets (porto echo --fallback)"
+            }
             _ => "",
         };
         SetupError::Xsk {

@@ -127,6 +127,7 @@ fn unsafe_lives_only_in_the_named_modules() {
         "sys::xsk",
         "driver",
         "driver::uring",
+        "driver::lent",
         "driver::epoll",
         "driver::sim",
         "pool",

@@ -312,7 +312,16 @@ impl XdpProgram {
                 AttachMode::Generic => XdpMode::Skb,
             };
             match p.prog().attach(iface, xdp_mode) {
-                Ok(_) => {
+                Ok(link) => {
+                    // aya attaches through bpf_link_create and, where the kernel answers
+                    // EINVAL (before 5.9, or a filter), through netlink instead, without
+                    // saying so; its link id's Debug form is the only place that tells.
+                    if format!("{link:?}").contains("NlLinkId") {
+                        why.push(
+                            "bpf_link_create refused (EINVAL): attached through netlink instead (the program is not detached automatically if porto is killed)"
+                                .to_string(),
+                        );
+                    }
                     p.iface = Some(iface.to_string());
                     p.mode = Some(mode);
                     p.fallback = (!why.is_empty()).then(|| why.join("; "));
