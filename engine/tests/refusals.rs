@@ -119,7 +119,11 @@ fn udp_echo(shard: &mut Shard, opts: &SocketOptions, n: u32, burst: u32) -> UdpS
     assert_eq!(got, (0..burst).collect::<Vec<_>>(), "the whole burst, in order");
     sock.cancel(1).unwrap();
     let end = poll_one(shard, "the receive's end");
-    assert_eq!((end.token, end.result, end.more), (1, Err(Error::Aborted), false), "{end:?}");
+    assert_eq!(
+        (end.token, end.result, end.more),
+        (1, Err(Error::Aborted), false),
+        "{end:?}"
+    );
     let deadline = Instant::now() + Duration::from_millis(200);
     while Instant::now() < deadline {
         shard.poll(&mut out, 64);
@@ -182,7 +186,11 @@ fn a_refused_buffer_ring_costs_only_the_buffer_ring() {
     refused(vec![register(reg::PBUF_RING, libc::EINVAL)], || {
         let mut shard = Shard::new(&uring(), None).unwrap();
         assert_eq!(shard.info().provider.transport, porto_engine::Transport::IoUring);
-        assert_degraded(&shard, "provided-buffer ring", "IORING_REGISTER_PBUF_RING: Invalid argument");
+        assert_degraded(
+            &shard,
+            "provided-buffer ring",
+            "IORING_REGISTER_PBUF_RING: Invalid argument",
+        );
         udp_echo(&mut shard, &SocketOptions::default(), 100, 80);
         tcp_receive(&mut shard);
     });
@@ -230,7 +238,10 @@ fn a_refused_opcode_probe_is_named_by_the_doctor() {
         let row = rows.iter().find(|r| r.name == "IORING_REGISTER_PROBE").unwrap();
         assert_eq!(row.state, State::Refused, "{row:?}");
         assert!(row.detail.contains("Invalid argument"), "{row:?}");
-        assert!(!rows.iter().any(|r| r.name.starts_with("op: ")), "no opcode rows without the probe");
+        assert!(
+            !rows.iter().any(|r| r.name.starts_with("op: ")),
+            "no opcode rows without the probe"
+        );
         let mut shard = Shard::new(&uring(), None).unwrap();
         assert!(shard.info().degraded.iter().all(|d| d.feature == "huge pages"));
         udp_echo(&mut shard, &SocketOptions::default(), 10, 10);
@@ -245,7 +256,10 @@ fn a_refused_pin_runs_unpinned_and_says_so() {
         let shard = Shard::new(&uring(), Some(0)).unwrap();
         assert_eq!(shard.info().core, None);
         assert_degraded(&shard, "cpu pinning", "sched_setaffinity(core 0): Invalid argument");
-        let row = kernel::features().into_iter().find(|r| r.name == "sched_setaffinity").unwrap();
+        let row = kernel::features()
+            .into_iter()
+            .find(|r| r.name == "sched_setaffinity")
+            .unwrap();
         assert_eq!(row.state, State::Refused);
     });
 }
@@ -280,7 +294,10 @@ fn refused_huge_pages_are_named() {
             )
             .unwrap();
             assert_degraded(&shard, "huge pages", "mmap(MAP_HUGETLB): Cannot allocate memory");
-            let row = kernel::features().into_iter().find(|r| r.name.starts_with("huge pages")).unwrap();
+            let row = kernel::features()
+                .into_iter()
+                .find(|r| r.name.starts_with("huge pages"))
+                .unwrap();
             assert_ne!(row.state, State::Present);
         },
     );
@@ -524,11 +541,17 @@ fn refused_af_xdp_sockets_name_the_way_out() {
         return;
     };
     let e = r.unwrap_err();
-    assert!(e.contains("Address family not supported") && e.contains("kernel sockets"), "{e}");
+    assert!(
+        e.contains("Address family not supported") && e.contains("kernel sockets"),
+        "{e}"
+    );
     refused(
         vec![Rule::syscall(nr::SOCKET, libc::EAFNOSUPPORT).arg(0, libc::AF_XDP as u32)],
         || {
-            let row = kernel::features().into_iter().find(|r| r.name == "AF_XDP socket").unwrap();
+            let row = kernel::features()
+                .into_iter()
+                .find(|r| r.name == "AF_XDP socket")
+                .unwrap();
             assert_eq!(row.state, State::Absent, "{row:?}");
         },
     );
@@ -538,14 +561,14 @@ fn refused_af_xdp_sockets_name_the_way_out() {
 #[test]
 fn a_refused_umem_names_memlock() {
     const SOL_XDP: i32 = 283;
-    let Some(r) = xdp_under(
-        "porto-rx2",
-        vec![setsockopt(SOL_XDP, libc::XDP_UMEM_REG, libc::ENOMEM)],
-    ) else {
+    let Some(r) = xdp_under("porto-rx2", vec![setsockopt(SOL_XDP, libc::XDP_UMEM_REG, libc::ENOMEM)]) else {
         return;
     };
     let e = r.unwrap_err();
-    assert!(e.contains("Cannot allocate memory") && e.contains("XDP_UMEM_REG"), "{e}");
+    assert!(
+        e.contains("Cannot allocate memory") && e.contains("XDP_UMEM_REG"),
+        "{e}"
+    );
 }
 
 /// bpf_link_create refused with EINVAL (kernels before 5.9): the program attaches through

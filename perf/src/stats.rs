@@ -125,10 +125,15 @@ fn read_all(paths: &[PathBuf]) -> Result<Vec<EngineStats>, Box<dyn std::error::E
 
 fn provider(e: &telemetry::ShardStats) -> String {
     let mode = e.task_run.map_or(String::new(), |m| format!(" {m}"));
+    let lost = if e.degraded.is_empty() {
+        String::new()
+    } else {
+        format!("; without {}", e.degraded.join(", "))
+    };
     match e.provider {
         None => "starting".into(),
-        Some(t) if e.fell_back => format!("{t}{mode} (fell back)"),
-        Some(t) => format!("{t}{mode}"),
+        Some(t) if e.fell_back => format!("{t}{mode} (fell back){lost}"),
+        Some(t) => format!("{t}{mode}{lost}"),
     }
 }
 
@@ -487,6 +492,7 @@ fn json(engines: &[EngineStats]) -> serde_json::Value {
                         "provider": s.provider.map(|p| p.to_string()),
                         "task_run": s.task_run.map(|m| m.to_string()),
                         "fell_back": s.fell_back,
+                        "degraded": s.degraded,
                         "core": s.core,
                         "updated_unix_ms": s.updated_unix_ms,
                         "latency_ns": {

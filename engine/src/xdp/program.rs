@@ -257,6 +257,15 @@ impl XdpProgram {
     pub fn load() -> Result<XdpProgram, XdpError> {
         let stamps = match bpf::probe_xdp_helper(bpf::HELPER_XDP_ADJUST_META) {
             Ok(()) => StampSource::Program,
+            // BPF itself is refused (no CAP_BPF, a seccomp profile, a sysctl): say so now.
+            // aya's own feature probes would fail the same way and end in an error that has
+            // lost the errno ("error relocating function").
+            Err(r) if matches!(r.errno, libc::EPERM | libc::EACCES) => {
+                return Err(XdpError::Load {
+                    why: format!("the kernel refuses to load XDP programs: {r}"),
+                    fix: "; loading BPF needs root or CAP_BPF+CAP_NET_ADMIN (and no seccomp profile refusing bpf(BPF_PROG_LOAD))",
+                });
+            }
             Err(r) => StampSource::RingReap { why: r.to_string() },
         };
         XdpProgram::load_with(stamps)
