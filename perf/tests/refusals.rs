@@ -35,7 +35,7 @@ fn echo_under(rules: &[Rule], args: &[&str], says: &str, feature: &str) {
     let text = sockperf_ping_pong(port, tcp);
     assert_answered(&text, says);
     // porto stats, from another process, names what this engine lost.
-    let pid = server.0.id().to_string();
+    let pid = u64::from(server.0.id());
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let out = porto().args(["stats", "--json"]).output().unwrap();
@@ -44,7 +44,7 @@ fn echo_under(rules: &[Rule], args: &[&str], says: &str, feature: &str) {
             .as_array()
             .unwrap()
             .iter()
-            .find(|e| e["pid"].to_string() == pid)
+            .find(|e| e["pid"].as_u64() == Some(pid))
             .and_then(|e| e["shards"][0]["degraded"].as_array().cloned());
         if lost.as_ref().is_some_and(|l| l.iter().any(|f| f == feature)) {
             break;
