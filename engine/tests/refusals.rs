@@ -511,7 +511,7 @@ fn xdp_under(prefix: &str, rules: Vec<Rule>) -> Option<Result<String, String>> {
             };
             sock.recv_from_multishot(1).unwrap();
             let info = sock.info().to_string();
-            let peer = std::thread::scope(|p| {
+            std::thread::scope(|p| {
                 p.spawn(|| {
                     t.enter(Side::A).unwrap();
                     let c = StdUdp::bind(SocketAddr::from((t.addr(Side::A), 0))).unwrap();
@@ -523,7 +523,6 @@ fn xdp_under(prefix: &str, rules: Vec<Rule>) -> Option<Result<String, String>> {
                 let c = poll_one(&mut shard, "a datagram through AF_XDP");
                 assert_eq!((c.op, c.result), (OpKind::RecvFrom, Ok(3)), "{c:?}");
             });
-            let _ = peer;
             *outcome = Some(Ok(info));
         });
     });
