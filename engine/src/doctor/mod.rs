@@ -54,7 +54,7 @@ pub fn check(cfg: &Config, xdp: Option<&str>) -> Vec<Finding> {
     let mut out = vec![
         kernel(),
         io_uring(cfg.provider),
-        memlock(cfg),
+        memlock(cfg, xdp.is_some()),
         huge_pages(cfg),
         cpu_placement(cfg),
         busy_poll(xdp),
@@ -280,7 +280,9 @@ fn io_uring(provider: Provider) -> Finding {
     }
 }
 
-fn memlock(cfg: &Config) -> Finding {
+/// Pinned memory for the pools: io_uring's fixed buffers (without them it sends from plain
+/// memory: a warning) and AF_XDP's UMEM (without it no AF_XDP: a failure when asked for).
+fn memlock(cfg: &Config, xdp: bool) -> Finding {
     let need = cfg.pool_bytes() as u64 * cfg.shards as u64;
     // With CAP_IPC_LOCK registered memory is not charged to the limit.
     let ipc_lock = has(net::effective_caps(), CAP_IPC_LOCK);
@@ -295,14 +297,19 @@ fn memlock(cfg: &Config) -> Finding {
         ),
         Some(limit) => finding(
             "memlock",
-            Level::Fail,
+            if xdp { Level::Fail } else { Level::Warn },
             format!(
-                "RLIMIT_MEMLOCK is {} KiB; the pools need {} KiB ({} shard(s) x {} frames x {} B)",
+                "RLIMIT_MEMLOCK is {} KiB; the pools need {} KiB ({} shard(s) x {} frames x {} B): {}",
                 limit / 1024,
                 need / 1024,
                 cfg.shards,
                 cfg.frames_per_shard,
-                cfg.frame_size
+                cfg.frame_size,
+                if xdp {
+                    "the AF_XDP UMEM cannot be registered"
+                } else {
+                    "io_uring runs without fixed buffers (sends from plain memory, RIO copies)"
+                }
             ),
             Some("raise it (`ulimit -l unlimited`, LimitMEMLOCK= in a systemd unit), run with CAP_IPC_LOCK, or lower --frames"),
         ),
