@@ -87,6 +87,7 @@ fn xdp_rows(
             zerocopy: false,
             xdp: Some(XdpOptions::new(t.iface(Side::B))),
             xdp_fallback: false,
+            timestamps: false,
             engine: Config {
                 frames_per_shard: 8192,
                 ..engine.clone()
@@ -185,6 +186,7 @@ pub fn run(cfg: &DemoConfig) -> Result<(), Box<dyn std::error::Error>> {
                 zerocopy: false,
                 xdp: None,
                 xdp_fallback: false,
+                timestamps: false,
                 engine: engine.clone(),
             };
             let server = EchoServer::start(&ec, Arc::new(AtomicBool::new(false)))?;

@@ -41,6 +41,10 @@ pub struct EchoConfig {
     /// If AF_XDP cannot be had (no such interface, no privilege, no XDP), serve UDP through
     /// kernel sockets instead and say why; without it that failure is the server's error.
     pub xdp_fallback: bool,
+    /// Stamp every received datagram (kernel sockets: SO_TIMESTAMPING; AF_XDP: the XDP
+    /// program, or the RX ring where the kernel refuses the program's stamp): the banner
+    /// says which source this kernel gave.
+    pub timestamps: bool,
     pub engine: Config,
 }
 
@@ -116,6 +120,7 @@ impl EchoApp {
             // Several shards share the interface: each takes its own queues (q mod N),
             // serving the same address like an SO_REUSEPORT group.
             let xdp = cfg.xdp.clone().map(|mut x| {
+                x.timestamps = cfg.timestamps;
                 if x.queues == XdpQueues::All && cfg.engine.shards > 1 {
                     x.queues = XdpQueues::Shard {
                         index: index as u32,
@@ -125,7 +130,10 @@ impl EchoApp {
                 x
             });
             let d = DatagramOptions {
-                socket: opts.clone(),
+                socket: SocketOptions {
+                    timestamps: cfg.timestamps,
+                    ..opts.clone()
+                },
                 xdp,
                 fallback: cfg.xdp_fallback,
             };

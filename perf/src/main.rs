@@ -140,6 +140,10 @@ struct EchoArgs {
     /// Reply with IORING_OP_SEND_ZC from the registered pool.
     #[arg(long)]
     zerocopy: bool,
+    /// Stamp every received datagram; the banner says where the stamps come from (AF_XDP:
+    /// the XDP program, or the RX ring where this kernel refuses the program's stamp).
+    #[arg(long)]
+    timestamps: bool,
     /// Stop after this many seconds (default: until SIGINT/SIGTERM).
     #[arg(long, value_parser = positive_arg)]
     seconds: Option<f64>,
@@ -426,6 +430,7 @@ fn run_echo(a: EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
         poll: a.poll,
         zerocopy: a.zerocopy,
         xdp_fallback: a.fallback,
+        timestamps: a.timestamps,
         xdp: a.xdp.as_ref().map(|iface| porto::XdpOptions {
             queues: a.queue.map_or(porto::XdpQueues::All, porto::XdpQueues::One),
             force_copy: a.force_copy,

@@ -316,7 +316,14 @@ fn xdp_echo_answers_sockperf(poll: bool, shards: u32) {
         "--port",
         "9000",
     ]);
-    echo.args(["--no-pin", "--seconds", "30", "--shards", &shards.to_string()]);
+    echo.args([
+        "--no-pin",
+        "--seconds",
+        "30",
+        "--shards",
+        &shards.to_string(),
+        "--timestamps",
+    ]);
     if poll {
         echo.arg("--poll");
     }
@@ -325,6 +332,23 @@ fn xdp_echo_answers_sockperf(poll: bool, shards: u32) {
     // One AF_XDP socket per shard, each on its own queues of the interface.
     let xdp_lines: Vec<&String> = banner.iter().filter(|l| l.contains("AF_XDP on")).collect();
     assert_eq!(xdp_lines.len(), shards as usize, "{banner:?}");
+    // Each says where its receive stamps come from: the source `porto doctor` finds this
+    // kernel allows (the program's stamp needs bpf_xdp_adjust_meta).
+    let doctor = porto().args(["doctor", "--no-pin", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&doctor.stdout).expect("JSON");
+    let meta = v["kernel"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["feature"] == "XDP helper bpf_xdp_adjust_meta")
+        .expect("the helper's row")["state"]
+        .clone();
+    let source = if meta == "present" {
+        "receive stamps from the XDP program"
+    } else {
+        "receive stamps taken when the RX ring is read"
+    };
+    assert!(xdp_lines.iter().all(|l| l.contains(source)), "{source}: {xdp_lines:?}");
     let out = t
         .command(porto::netns::Side::A, "sockperf")
         .args(["ping-pong", "-i", &ip_b, "-p", "9000", "-m", "64", "-t", "1"])
