@@ -59,11 +59,17 @@ pub use porto_engine::stats::{Snapshot as StatsSnapshot, Stats};
 pub use porto_engine::telemetry;
 pub use porto_engine::wire::DropReason;
 pub use porto_engine::xdp::AttachMode;
+pub use porto_engine::{Degraded, DEGRADABLE};
 pub use porto_engine::{PageKind, Provider, ProviderInfo, RingInfo, TaskRunMode, XskMode, XskStatistics};
 
 /// The preflight checks behind `porto doctor`.
 pub mod doctor {
     pub use porto_engine::doctor::{check, kernel, Finding, Level};
+}
+
+/// The XDP program and where AF_XDP receive stamps come from on this kernel.
+pub mod xdp {
+    pub use porto_engine::xdp::{StampSource, Stamping, XdpProgram};
 }
 
 /// Test and demo network topologies (two namespaces joined by a veth pair).

@@ -77,7 +77,7 @@ pub mod wire;
 pub mod xdp;
 
 pub use config::Provider;
-pub use driver::{ProviderInfo, Transport};
+pub use driver::{Degraded, ProviderInfo, Transport, DEGRADABLE};
 pub use sys::region::PageKind;
 pub use sys::ring::{RingInfo, TaskRunMode};
 pub use sys::xsk::{XskMode, XskStatistics};

@@ -90,6 +90,9 @@ counters! {
     pool_free,
     /// Completions with an unknown or stale user_data (must stay 0).
     stray_cqes,
+    /// Sockets the kernel refused a registered-file slot (IORING_REGISTER_FILES_UPDATE):
+    /// their operations name the fd instead.
+    sockets_by_fd,
     /// AF_XDP: valid UDP frames delivered.
     xdp_rx,
     /// AF_XDP: frames handed to the TX ring.

@@ -229,6 +229,18 @@ fn a_refused_file_table_goes_by_fd() {
     });
 }
 
+/// One socket's file slot refused (IORING_REGISTER_FILES_UPDATE): that socket goes by fd,
+/// counted (`sockets_by_fd`, in `porto stats`); the table stays for the others.
+#[test]
+fn a_refused_file_slot_sends_that_socket_by_fd() {
+    refused(vec![register(reg::FILES_UPDATE, libc::EBADF)], || {
+        let mut shard = Shard::new(&uring(), None).unwrap();
+        assert!(shard.info().registered_files, "the table itself was given");
+        udp_echo(&mut shard, &SocketOptions::default(), 10, 10);
+        assert!(shard.stats().counters.snapshot().sockets_by_fd >= 1);
+    });
+}
+
 /// porto registers no opcode probe at run time: refusing it changes nothing there, and
 /// `porto doctor` says it was refused.
 #[test]

@@ -354,6 +354,10 @@ fn info(a: &EngineArgs) -> Result<(), Box<dyn std::error::Error>> {
     for d in &i.degraded {
         println!("degraded: {d}");
     }
+    match porto::xdp::XdpProgram::stamp_source() {
+        Ok(s) => println!("AF_XDP: {s}"),
+        Err(e) => println!("AF_XDP: unavailable: {e}"),
+    }
     println!("{i}");
     Ok(())
 }

@@ -39,6 +39,10 @@ impl<D: Driver> Core<D> {
                     reap_stamps,
                 } => {
                     let fixed = self.driver.open(sock, fd.as_raw_fd());
+                    if self.driver.fixed_files() && !fixed {
+                        let st = &self.shared.stats;
+                        st.add(&st.counters.sockets_by_fd, 1);
+                    }
                     let e = &mut self.sockets[sock as usize];
                     debug_assert!(matches!(e.ep, Endpoint::Closed) && e.live_ops == 0);
                     if let Delivery::Port { port, .. } = &delivery {

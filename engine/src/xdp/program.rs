@@ -255,20 +255,23 @@ impl XdpProgram {
     /// Loads the program into the kernel without attaching it (for `test_run`), stamping
     /// frames if the kernel lets XDP programs call `bpf_xdp_adjust_meta` (probed first).
     pub fn load() -> Result<XdpProgram, XdpError> {
-        let stamps = match bpf::probe_xdp_helper(bpf::HELPER_XDP_ADJUST_META) {
-            Ok(()) => StampSource::Program,
-            // BPF itself is refused (no CAP_BPF, a seccomp profile, a sysctl): say so now.
-            // aya's own feature probes would fail the same way and end in an error that has
-            // lost the errno ("error relocating function").
-            Err(r) if matches!(r.errno, libc::EPERM | libc::EACCES) => {
-                return Err(XdpError::Load {
-                    why: format!("the kernel refuses to load XDP programs: {r}"),
-                    fix: "; loading BPF needs root or CAP_BPF+CAP_NET_ADMIN (and no seccomp profile refusing bpf(BPF_PROG_LOAD))",
-                });
-            }
-            Err(r) => StampSource::RingReap { why: r.to_string() },
-        };
-        XdpProgram::load_with(stamps)
+        XdpProgram::load_with(XdpProgram::stamp_source()?)
+    }
+
+    /// Where AF_XDP receive stamps come from on this kernel: the program, if XDP programs
+    /// may call `bpf_xdp_adjust_meta` (asked with a four-instruction test load), else the RX
+    /// ring's reading. `Err` where the kernel refuses to load BPF at all (no CAP_BPF, a
+    /// seccomp profile): aya's own feature probes would fail the same way and end in an
+    /// error that has lost the errno ("error relocating function"), so it is said here.
+    pub fn stamp_source() -> Result<StampSource, XdpError> {
+        match bpf::probe_xdp_helper(bpf::HELPER_XDP_ADJUST_META) {
+            Ok(()) => Ok(StampSource::Program),
+            Err(r) if matches!(r.errno, libc::EPERM | libc::EACCES) => Err(XdpError::Load {
+                why: format!("the kernel refuses to load XDP programs: {r}"),
+                fix: "; loading BPF needs root or CAP_BPF+CAP_NET_ADMIN (and no seccomp profile refusing bpf(BPF_PROG_LOAD))",
+            }),
+            Err(r) => Ok(StampSource::RingReap { why: r.to_string() }),
+        }
     }
 
     /// Loads the program with its stamp on (`StampSource::Program`) or pruned (any other),
