@@ -737,7 +737,7 @@ pub struct ShardStats {
     /// `Auto` stepped down to this provider.
     pub fell_back: bool,
     /// Kernel features the shard asked for and was refused (names from
-    /// [`DEGRADABLE`](crate::driver::DEGRADABLE)); `porto info` has the reasons.
+    /// [`DEGRADABLE`]); `porto info` has the reasons.
     pub degraded: Vec<&'static str>,
     pub core: Option<usize>,
     pub updated_unix_ms: u64,

@@ -1,7 +1,7 @@
 //! Every kernel feature porto uses, each probed on this machine — present, absent (this
 //! kernel does not have it) or refused (it has it and said no: a seccomp profile, a sysctl,
 //! missing privileges) — with what porto does without it (`porto doctor`'s second table).
-//! The same refusals at run time are the [`Degraded`](crate::driver::Degraded) entries a
+//! The same refusals at run time are the [`Degraded`](crate::Degraded) entries a
 //! shard reports; `docs/refusals.md` lists them with their tests.
 
 use std::fmt;
