@@ -836,8 +836,13 @@ impl RioOp {
             control_truncated,
         };
         let cq = rq.cq(kind);
-        cq.push(r);
+        // The request ends in its request queue before its result can be seen: an
+        // application that re-posts as soon as it dequeues the result (every RIO server) must
+        // find the room. The push below releases this, so whoever pops the result sees it.
+        // (The CQ entry stays claimed until the result is dequeued, so a request posted in
+        // between cannot take this result's room.)
         out.fetch_sub(1, Ordering::AcqRel);
+        cq.push(r);
         if !quiet {
             cq.notifier.pushed(|| cq.len());
         }
