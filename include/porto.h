@@ -48,6 +48,13 @@
 
 #define PORTO_WAIT_TIMEOUT 258
 
+// `STATUS_PENDING`: an `OVERLAPPED`'s `Internal` while its operation is in flight
+// (`PORTO_HasOverlappedIoCompleted` tests it).
+#define PORTO_STATUS_PENDING 259
+
+// `ERROR_ABANDONED_WAIT_0`: the completion port was closed while the call waited on it.
+#define PORTO_ERROR_ABANDONED_WAIT_0 735
+
 // `ERROR_INVALID_PARAMETER` (`WSA_INVALID_PARAMETER`).
 #define PORTO_WSA_INVALID_PARAMETER 87
 
@@ -1193,3 +1200,7 @@ int32_t porto_getsockopt(PORTO_SOCKET s, int32_t level, int32_t name, void *valu
 #define PORTO_FD_SET(s, set) porto_FD_SET((s), (set))
 #define PORTO_FD_CLR(s, set) porto_FD_CLR((s), (set))
 #define PORTO_FD_ISSET(s, set) porto___WSAFDIsSet((s), (set))
+
+/* Win32's OVERLAPPED test: Internal is PORTO_STATUS_PENDING from the call that starts the
+ * operation until its completion is dequeued (which writes the status and InternalHigh). */
+#define PORTO_HasOverlappedIoCompleted(lpOverlapped) ((lpOverlapped)->Internal != PORTO_STATUS_PENDING)

@@ -47,6 +47,9 @@ impl Engine {
                 .name(format!("porto-shard-{i}"))
                 .spawn(move || {
                     let core = core.and_then(|core| shard::pin(core).map(|()| core).map_err(|d| lost.push(d)).ok());
+                    if core.is_none() {
+                        shard::unpin();
+                    }
                     let mut shard = match Shard::start(&c, sh.clone(), core, lost) {
                         Ok(s) => {
                             let _ = tx.send(Ok(()));

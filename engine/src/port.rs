@@ -10,6 +10,8 @@
 //!   port from the `dequeue` that gave it completions until its next `dequeue` on any port
 //!   (or its exit) — the rule Windows applies to IOCP threads. Threads beyond the limit wait
 //!   even while completions are queued.
+//! - [`close`](CompletionPort::close) (CloseHandle) ends every wait on the port at once, as
+//!   Windows ends them with ERROR_ABANDONED_WAIT_0; later dequeues return at once.
 //! - Wake-ups cost no syscall when nobody sleeps, and a burst posted with `post_batch` wakes
 //!   one sleeper, which wakes the next only if work is left: one futex wake per batch, not
 //!   per completion.
@@ -43,6 +45,8 @@ pub(crate) struct PortShared {
     overflow: Mutex<std::collections::VecDeque<Completion>>,
     /// Entries in `overflow`.
     overflowed: AtomicUsize,
+    /// `close` was called: waits end, dequeues return at once.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// An I/O completion port. Clones share the same port.
@@ -100,6 +104,7 @@ impl CompletionPort {
                 wakeups: AtomicU64::new(0),
                 overflow: Mutex::new(std::collections::VecDeque::new()),
                 overflowed: AtomicUsize::new(0),
+                closed: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -173,6 +178,9 @@ impl CompletionPort {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let s = &*self.shared;
         loop {
+            if s.closed.load(Ordering::Acquire) {
+                return 0;
+            }
             if let Some(n) = self.try_take(out, max) {
                 return n;
             }
@@ -183,7 +191,7 @@ impl CompletionPort {
                 None => None,
             };
             s.sleepers.sleep_unless(
-                || s.has_work() && s.active.load(Ordering::Acquire) < s.concurrency,
+                || s.closed.load(Ordering::Acquire) || s.has_work() && s.active.load(Ordering::Acquire) < s.concurrency,
                 left,
             );
         }
@@ -235,6 +243,21 @@ impl CompletionPort {
             self.wake();
         }
         Some(n)
+    }
+
+    /// CloseHandle: every thread waiting in [`dequeue`](Self::dequeue) returns 0 at once, and
+    /// later dequeues return 0 without waiting ([`is_closed`](Self::is_closed) tells this
+    /// from a timeout: Windows' ERROR_ABANDONED_WAIT_0). Completions still queued are left
+    /// to be dropped with the port.
+    pub fn close(&self) {
+        // Release: pairs with the Acquire loads in `dequeue` and its sleep check.
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.sleepers.wake_all();
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
     }
 
     /// Ends the calling thread's hold on this port now, without dequeuing.

@@ -104,6 +104,14 @@ impl Sleepers {
         self.count.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// After a change every sleeper must see (a port closing): wakes them all.
+    pub(crate) fn wake_all(&self) {
+        // SeqCst fence: pairs with `sleep_unless`'s, as in `wake_one`.
+        fence(Ordering::SeqCst);
+        let _g = self.lock.lock().expect("sleepers lock poisoned");
+        self.cv.notify_all();
+    }
+
     /// After publishing work: wakes one sleeper if any. True if a notify was issued.
     pub(crate) fn wake_one(&self) -> bool {
         // SeqCst fence: pairs with `sleep_unless`'s.

@@ -118,6 +118,7 @@ fn unsafe_lives_only_in_the_named_modules() {
         "sys::bpf",
         "sys::bufring",
         "sys::clock",
+        "sys::cpu",
         "sys::genl",
         "sys::net",
         "sys::netns",

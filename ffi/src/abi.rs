@@ -216,17 +216,47 @@ pub(crate) fn overlapped_only(ov: *const PORTO_OVERLAPPED, routine: *const c_voi
     non_null(ov).map(|_| ())
 }
 
-/// An operation that completed inline: its bytes into the caller's count (if given), and
+/// An operation that completed inline: its bytes into the caller's count (if given) and
+/// into its OVERLAPPED (`Internal` 0, `InternalHigh` the bytes, as Windows leaves them), and
 /// the call's 0.
 ///
 /// # Safety
-/// `out` is NULL or valid.
-pub(crate) unsafe fn report(out: *mut u32, n: usize) -> Result<i32, Wsa> {
+/// `out` is NULL or valid; `ov` is valid.
+pub(crate) unsafe fn report(out: *mut u32, ov: *mut PORTO_OVERLAPPED, n: usize) -> Result<i32, Wsa> {
     if !out.is_null() {
         // SAFETY: non-NULL: the caller's `lpNumberOfBytes…` (its contract).
         unsafe { out.write(n as u32) };
     }
+    // SAFETY: the caller's OVERLAPPED (checked non-NULL by `overlapped_only`).
+    unsafe {
+        (*ov).Internal = 0;
+        (*ov).InternalHigh = n as u64;
+    }
     Ok(0)
+}
+
+/// Starts an overlapped operation as Windows does: its OVERLAPPED says
+/// `PORTO_STATUS_PENDING` (so `PORTO_HasOverlappedIoCompleted` is false) from before the
+/// operation is handed over until its completion is dequeued, which writes the status and
+/// the byte count. `start` hands it over; if it cannot, the OVERLAPPED holds the error and
+/// the call fails with it; else the call's answer is `WSA_IO_PENDING`.
+///
+/// # Safety
+/// `ov` is valid (checked non-NULL) and stays so until the completion is dequeued.
+pub(crate) unsafe fn pend(ov: *mut PORTO_OVERLAPPED, start: impl FnOnce() -> Result<(), Wsa>) -> Result<i32, Wsa> {
+    // SAFETY: the caller's OVERLAPPED; nothing else writes it before the operation starts.
+    unsafe {
+        (*ov).Internal = PORTO_STATUS_PENDING;
+        (*ov).InternalHigh = 0;
+    }
+    match start() {
+        Ok(()) => Err(Wsa(PORTO_WSA_IO_PENDING)),
+        Err(e) => {
+            // SAFETY: as above: the operation never started, so no completion will write it.
+            unsafe { (*ov).Internal = e.0 as u64 };
+            Err(e)
+        }
+    }
 }
 
 /// `WSAStartup`: starts the engine on the first call (later calls count). `data` may be
@@ -368,8 +398,8 @@ pub unsafe extern "C" fn porto_WSARecvFrom(
         let targets = unsafe { wsabufs(bufs, count) }?;
         // SAFETY: forwarded contract (the WSABUFs, from, fromlen).
         if let Some(n) = unsafe { recv_inline(s, &targets, from, fromlen, true) }? {
-            // SAFETY: the caller's `received`.
-            return unsafe { report(received, n) };
+            // SAFETY: the caller's `received` and OVERLAPPED.
+            return unsafe { report(received, ov, n) };
         }
         let target = RecvTarget {
             bufs: targets,
@@ -377,8 +407,8 @@ pub unsafe extern "C" fn porto_WSARecvFrom(
             fromlen: fromlen as usize,
             counted: None,
         };
-        state::recv_from(s, ov as u64, target)?;
-        Err(Wsa(PORTO_WSA_IO_PENDING))
+        // SAFETY: the caller's OVERLAPPED, valid until the completion is dequeued.
+        unsafe { pend(ov, || state::recv_from(s, ov as u64, target)) }
     })
 }
 
@@ -410,11 +440,11 @@ pub unsafe extern "C" fn porto_WSASendTo(
         let pieces = unsafe { pieces(bufs, count) }?;
         // SAFETY: the pieces are the caller's readable WSABUFs.
         if let Some(n) = unsafe { send_inline(s, &pieces, to) }? {
-            // SAFETY: the caller's `sent`.
-            return unsafe { report(sent, n) };
+            // SAFETY: the caller's `sent` and OVERLAPPED.
+            return unsafe { report(sent, ov, n) };
         }
-        state::send_to(s, ov as u64, &pieces, to)?;
-        Err(Wsa(PORTO_WSA_IO_PENDING))
+        // SAFETY: the caller's OVERLAPPED, valid until the completion is dequeued.
+        unsafe { pend(ov, || state::send_to(s, ov as u64, &pieces, to).map(drop)) }
     })
 }
 

@@ -12,7 +12,7 @@
 use std::ffi::c_void;
 
 use crate::abi::{
-    guard, non_null, overlapped_only, pieces, read_sockaddr, report, wsabufs, PORTO_OVERLAPPED, PORTO_WSABUF,
+    guard, non_null, overlapped_only, pend, pieces, read_sockaddr, report, wsabufs, PORTO_OVERLAPPED, PORTO_WSABUF,
 };
 use crate::codes::*;
 use crate::state::{AcceptTarget, RecvTarget, Wsa};
@@ -50,8 +50,8 @@ pub unsafe extern "C" fn porto_WSARecv(
         // SAFETY: the caller's writable WSABUFs; no source address on a stream.
         let inline = unsafe { crate::abi::recv_inline(s, &bufs, nowhere, std::ptr::null_mut(), false) }?;
         if let Some(n) = inline {
-            // SAFETY: the caller's `received`.
-            return unsafe { report(received, n) };
+            // SAFETY: the caller's `received` and OVERLAPPED.
+            return unsafe { report(received, ov, n) };
         }
         let target = RecvTarget {
             bufs,
@@ -59,8 +59,8 @@ pub unsafe extern "C" fn porto_WSARecv(
             fromlen: 0,
             counted: None,
         };
-        tcp::recv(s, ov as u64, target)?;
-        Err(Wsa(PORTO_WSA_IO_PENDING))
+        // SAFETY: the caller's OVERLAPPED, valid until the completion is dequeued.
+        unsafe { pend(ov, || tcp::recv(s, ov as u64, target)) }
     })
 }
 
@@ -87,8 +87,8 @@ pub unsafe extern "C" fn porto_WSASend(
         overlapped_only(ov, routine)?;
         // SAFETY: forwarded contract.
         let p = unsafe { pieces(bufs, count) }?;
-        tcp::send(s, ov as u64, &p)?;
-        Err(Wsa(PORTO_WSA_IO_PENDING))
+        // SAFETY: the caller's OVERLAPPED, valid until the completion is dequeued.
+        unsafe { pend(ov, || tcp::send(s, ov as u64, &p).map(drop)) }
     })
 }
 
@@ -124,8 +124,8 @@ pub unsafe extern "C" fn porto_AcceptEx(
             raddrlen: raddrlen as usize,
             accept: accept_s,
         };
-        tcp::accept_ex(listen_s, ov as u64, target)?;
-        Err(Wsa(PORTO_WSA_IO_PENDING))
+        // SAFETY: the caller's OVERLAPPED (non-NULL), valid until the completion is dequeued.
+        unsafe { pend(ov, || tcp::accept_ex(listen_s, ov as u64, target)) }
     })
 }
 
@@ -209,8 +209,8 @@ pub unsafe extern "C" fn porto_ConnectEx(
             // SAFETY: `sendlen` readable bytes (the caller's contract).
             unsafe { std::slice::from_raw_parts(sendbuf.cast::<u8>(), sendlen as usize) }
         };
-        tcp::connect_ex(s, ov as u64, to, &[data])?;
-        Err(Wsa(PORTO_WSA_IO_PENDING))
+        // SAFETY: the caller's OVERLAPPED (non-NULL), valid until the completion is dequeued.
+        unsafe { pend(ov, || tcp::connect_ex(s, ov as u64, to, &[data])) }
     })
 }
 
@@ -232,8 +232,8 @@ pub unsafe extern "C" fn porto_DisconnectEx(
         if reserved != 0 {
             return Err(Wsa(PORTO_WSAEINVAL));
         }
-        tcp::disconnect_ex(s, ov as u64, flags)?;
-        Err(Wsa(PORTO_WSA_IO_PENDING))
+        // SAFETY: the caller's OVERLAPPED (non-NULL), valid until the completion is dequeued.
+        unsafe { pend(ov, || tcp::disconnect_ex(s, ov as u64, flags)) }
     })
 }
 

@@ -17,6 +17,11 @@ pub const PORTO_INFINITE: u32 = 0xFFFF_FFFF;
 
 pub const PORTO_ERROR_INVALID_HANDLE: i32 = 6;
 pub const PORTO_WAIT_TIMEOUT: i32 = 258;
+/// `STATUS_PENDING`: an `OVERLAPPED`'s `Internal` while its operation is in flight
+/// (`PORTO_HasOverlappedIoCompleted` tests it).
+pub const PORTO_STATUS_PENDING: u64 = 0x103;
+/// `ERROR_ABANDONED_WAIT_0`: the completion port was closed while the call waited on it.
+pub const PORTO_ERROR_ABANDONED_WAIT_0: i32 = 735;
 /// `ERROR_INVALID_PARAMETER` (`WSA_INVALID_PARAMETER`).
 pub const PORTO_WSA_INVALID_PARAMETER: i32 = 87;
 /// `WSA_INVALID_HANDLE`: not an event handle.

@@ -726,6 +726,11 @@ pub(crate) fn close_socket(h: u64) -> Result<(), Wsa> {
 
 /// `CloseHandle(port)`: sockets associated with it keep it alive until they close.
 pub(crate) fn close_handle(h: u64) -> Result<(), Wsa> {
+    // A port's waiters return at once with ERROR_ABANDONED_WAIT_0 (they hold the port, not
+    // the handle, so removing the handle alone would leave them waiting for ever).
+    if let Ok(p) = port(h) {
+        p.port.close();
+    }
     remove(
         h,
         |o| matches!(o, Obj::Port(_) | Obj::Event(_)),
@@ -804,6 +809,9 @@ pub(crate) fn dequeue(port_h: u64, max: usize, timeout: Option<Duration>) -> Res
         }
         if !done.is_empty() {
             return Ok(done);
+        }
+        if p.port.is_closed() {
+            return Err(Wsa(PORTO_ERROR_ABANDONED_WAIT_0));
         }
         if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
             return Err(Wsa(PORTO_WAIT_TIMEOUT));

@@ -93,6 +93,22 @@ fn the_boundary_from_cpp() {
     let _ = std::fs::remove_file(exe);
 }
 
+/// Windows behaviour real servers rely on (`ffi/tests/c/windows_semantics.cpp`):
+/// `HasOverlappedIoCompleted` false while pending, `CloseHandle` ending every
+/// `GetQueuedCompletionStatus(INFINITE)` with `ERROR_ABANDONED_WAIT_0` (it used to hang),
+/// and the library's thread not inheriting the caller's CPU pin.
+#[test]
+fn windows_semantics_servers_rely_on() {
+    let exe = compile("c++", "ffi/tests/c/windows_semantics.cpp", &["-std=c++17"]);
+    let o = Command::new(&exe)
+        .env("ASAN_OPTIONS", "detect_leaks=1")
+        .output()
+        .unwrap();
+    let text = output_text(&o);
+    assert!(o.status.success() && text.contains("all checks passed"), "{text}");
+    let _ = std::fs::remove_file(exe);
+}
+
 /// A finished process's stdout and stderr.
 fn output_text(o: &std::process::Output) -> String {
     format!(

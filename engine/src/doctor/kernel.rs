@@ -201,7 +201,7 @@ pub fn features() -> Vec<Feature> {
     ));
     out.push(feature(
         "sched_setaffinity",
-        crate::sys::net::pin_probe(),
+        crate::sys::cpu::probe(),
         "shard threads run unpinned (the scheduler may move them)",
     ));
     out

@@ -71,26 +71,8 @@ pub fn check(cfg: &Config, xdp: Option<&str>) -> Vec<Finding> {
     out
 }
 
-/// A kernel CPU list (`0-3,8,10-11`); `None` if malformed.
-pub(crate) fn cpu_list(s: &str) -> Option<Vec<usize>> {
-    let mut v = Vec::new();
-    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
-                if b < a || b - a > 4096 {
-                    return None;
-                }
-                v.extend(a..=b);
-            }
-            None => v.push(part.parse().ok()?),
-        }
-    }
-    Some(v)
-}
-
 fn cpu_file(leaf: &str) -> Option<Vec<usize>> {
-    cpu_list(&std::fs::read_to_string(format!("/sys/devices/system/cpu/{leaf}")).ok()?)
+    crate::sys::cpu::list(&std::fs::read_to_string(format!("/sys/devices/system/cpu/{leaf}")).ok()?)
 }
 
 /// Shard cores against the CPUs online, isolated from the scheduler (`isolcpus`) and from the
@@ -562,7 +544,7 @@ fn irq_affinity(iface: &str, cfg: &Config) -> Finding {
         let core = cfg.core_of(shard);
         let affinity = std::fs::read_to_string(format!("/proc/irq/{irq}/smp_affinity_list"))
             .ok()
-            .and_then(|s| cpu_list(s.trim()))
+            .and_then(|s| crate::sys::cpu::list(s.trim()))
             .unwrap_or_default();
         if !affinity.contains(&core) {
             wrong.push(format!(
@@ -626,14 +608,5 @@ rx-gro-hw: off [fixed]
             vec![(24, None), (25, Some(0)), (26, Some(1)), (29, Some(2))]
         );
         assert_eq!(iface_irqs(text, "veth0"), vec![]);
-    }
-
-    #[test]
-    fn cpu_lists_parse_and_garbage_is_refused() {
-        assert_eq!(cpu_list("0-3,8,10-11\n"), Some(vec![0, 1, 2, 3, 8, 10, 11]));
-        assert_eq!(cpu_list(""), Some(vec![]));
-        for bad in ["3-1", "a", "1-", "0-99999999"] {
-            assert_eq!(cpu_list(bad), None, "{bad}");
-        }
     }
 }

@@ -1393,6 +1393,15 @@ fn op_ud(kind: OpKind, idx: u32, gen: u32) -> u64 {
     op::user_data(tag, idx, gen)
 }
 
+/// An engine's unpinned shard thread runs on every online CPU, whatever mask the thread
+/// that started the engine had (a program pinned to one core before `WSAStartup` used to get
+/// its shard on that core too). Failure leaves the inherited mask, logged.
+pub(crate) fn unpin() {
+    if let Err(e) = crate::sys::cpu::online().and_then(|cpus| crate::sys::cpu::allow(&cpus)) {
+        tracing::warn!(error = %e, "could not widen an unpinned shard thread's CPU mask; it keeps its creator's");
+    }
+}
+
 /// Pins the calling thread to `core`; where the kernel refuses (a cpuset without that core,
 /// a seccomp profile), the thread runs unpinned and the refusal is returned for the report.
 pub(crate) fn pin(core: usize) -> Result<(), Degraded> {

@@ -15,6 +15,7 @@
 //! | [`bufring`] | an io_uring provided-buffer ring                | `push` of kernel addresses |
 //! | [`ring`]    | the io_uring instance, its SQ/CQ, registrations | `push` of an SQE          |
 //! | [`net`]     | socket(2), bind, listen, setsockopt, sockaddr   | none                      |
+//! | [`cpu`]     | the calling thread's CPU affinity               | none                      |
 
 // Kernel-facing: syscalls, mmaps and the rings shared with the kernel (every block with a SAFETY comment).
 #![allow(unsafe_code)]
@@ -22,6 +23,7 @@
 pub(crate) mod bpf;
 pub(crate) mod bufring;
 pub(crate) mod clock;
+pub(crate) mod cpu;
 pub(crate) mod genl;
 pub(crate) mod net;
 pub(crate) mod netns;

@@ -670,22 +670,6 @@ pub(crate) fn effective_caps() -> u64 {
         .unwrap_or(0)
 }
 
-/// Whether this thread may set its own CPU affinity (to the mask it has: nothing changes).
-pub(crate) fn pin_probe() -> io::Result<bool> {
-    // SAFETY: an all-zero cpu_set_t is a valid empty set; the calls fill or read it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let size = std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: `set` is a live cpu_set_t of `size` bytes.
-    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above; setting the mask it already has.
-    if unsafe { libc::sched_setaffinity(0, size, &set) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(true)
-}
-
 /// The soft RLIMIT_MEMLOCK in bytes, `None` if unlimited (or unreadable).
 pub(crate) fn memlock_limit() -> Option<u64> {
     let mut r = libc::rlimit {
