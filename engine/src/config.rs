@@ -107,7 +107,7 @@ pub struct Config {
     /// `PORTO_PROVIDER` if set.
     pub provider: Provider,
     /// Publish the shards' statistics in shared memory for `porto stats`
-    /// (`/dev/shm/porto.<pid>.<n>`, see `telemetry`). Off: nothing is written.
+    /// (a memfd `porto.<pid>.<n>`, see `telemetry`). Off: nothing is published.
     pub stats_publish: bool,
     /// How often a shard merges its latency samples and, with `stats_publish`, rewrites its
     /// published block (1..=60000 ms).

@@ -1,8 +1,9 @@
 //! Statistics another process can read while the engine runs (`porto stats`), as
 //! OpenOnload's `onload_stackdump` and VMA's `vma_stats` do: every engine publishes its
-//! shards' counters, latency percentiles and provider in one shared-memory file,
-//! `/dev/shm/porto.<pid>.<n>` (mode 0600; `PORTO_STATS_DIR` moves it), removed when the engine
-//! stops. A crashed process leaves its file behind: [`list`] reports it as stale.
+//! shards' counters, latency percentiles and provider in one shared-memory segment, a memfd
+//! `porto.<pid>.<n>` (mode 0600) found through `/proc/<pid>/fd`, gone with the engine or its
+//! process however it ends. Files earlier builds left in [`dir`] are still listed (stale once
+//! their process is gone, removed by `porto stats --clean`).
 //!
 //! Without locks on the data path: each shard rewrites only its own block, at most once per
 //! `Config::stats_period_ms`, under a sequence lock (odd while it writes); a reader copies a
@@ -389,7 +390,7 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The directory segments live in: `PORTO_STATS_DIR`, else `/dev/shm`.
+/// Where earlier builds left their statistics files: `PORTO_STATS_DIR`, else `/dev/shm`.
 pub fn dir() -> PathBuf {
     std::env::var_os("PORTO_STATS_DIR").map_or_else(|| PathBuf::from("/dev/shm"), PathBuf::from)
 }
@@ -474,18 +475,13 @@ impl Publisher {
                 (Some(Arc::new(p)), None)
             }
             Err(e) => {
-                tracing::warn!(
-                    dir = %dir().display(),
-                    error = %e,
-                    "cannot publish statistics for `porto stats` (set PORTO_STATS_DIR to a writable directory, or Config::stats_publish = false)"
-                );
-                let why = format!("creating a file in {}: {e}", dir().display());
+                tracing::warn!(error = %e, "cannot publish statistics for `porto stats` (memfd_create refused)");
                 (
                     None,
                     Some(Degraded::new(
                         "stats publishing",
-                        why,
-                        "`porto stats` cannot see this engine (set PORTO_STATS_DIR to a writable directory); in-process statistics are kept",
+                        format_args!("memfd_create: {e}"),
+                        "`porto stats` cannot see this engine; in-process statistics are kept",
                     )),
                 )
             }
@@ -499,10 +495,7 @@ impl Publisher {
         let layout = Layout::new(names.len());
         let words = HEADER_WORDS + names.len() * NAME_WORDS + shards * layout.words;
         let pid = std::process::id();
-        let path = dir().join(format!("porto.{pid}.{}", NEXT.fetch_add(1, Ordering::Relaxed)));
-        // A file left by a crashed process that had this pid is stale: replace it.
-        let _ = std::fs::remove_file(&path);
-        let seg = Segment::create(&path, words)?;
+        let seg = Segment::create_memfd(&format!("porto.{pid}.{}", NEXT.fetch_add(1, Ordering::Relaxed)), words)?;
         let w = seg.words();
         let process = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
         for (i, v) in [
@@ -780,30 +773,71 @@ fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// The process a segment from [`list`] belongs to: `/proc/<pid>/fd/<fd>` for a live engine's
+/// memfd, the name's `<pid>` for an earlier build's file `porto.<pid>.<n>`.
+pub fn pid_of(path: &Path) -> Option<u32> {
+    if let Ok(rest) = path.strip_prefix("/proc") {
+        return rest.components().next()?.as_os_str().to_str()?.parse().ok();
+    }
+    path.file_name()?.to_str()?.split('.').nth(1)?.parse().ok()
+}
+
 /// The file's writer is gone, judged by the pid in its name (`porto.<pid>.<n>`): for files
 /// [`read`] cannot parse (another build's format), which `porto stats --clean` still removes.
 pub fn orphaned(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.split('.').nth(1)?.parse::<u32>().ok())
-        .is_some_and(|pid| !pid_alive(pid))
+    !path.starts_with("/proc") && pid_of(path).is_some_and(|pid| !pid_alive(pid))
 }
 
-/// The statistics files in [`dir`], oldest name first.
+/// Whether `name` is `porto.<pid>.<n>` (with `pid` if given).
+fn segment_name(name: &str, pid: Option<u32>) -> bool {
+    let mut parts = name.strip_prefix("porto.").map(|r| r.split('.'));
+    let Some(parts) = parts.as_mut() else {
+        return false;
+    };
+    let (Some(p), Some(n), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    p.parse::<u32>().is_ok_and(|p| pid.is_none_or(|want| want == p)) && n.parse::<u64>().is_ok()
+}
+
+/// Every engine's statistics segment this process may read: the live engines' memfds, found
+/// as `/proc/<pid>/fd/<fd>` links to `/memfd:porto.<pid>.<n>` (a forked child holding its
+/// parent's is skipped: the name's pid must be the holder's), then files earlier builds left
+/// in [`dir`] (`porto stats --clean` removes those whose process is gone).
 pub fn list() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir())
+    let mut v: Vec<PathBuf> = Vec::new();
+    for proc_entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = proc_entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let target = target.to_string_lossy();
+            let name = target.strip_prefix("/memfd:").map(|t| t.trim_end_matches(" (deleted)"));
+            if name.is_some_and(|n| segment_name(n, Some(pid))) {
+                v.push(fd.path());
+            }
+        }
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir())
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.path())
                 .filter(|p| {
                     p.file_name()
                         .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("porto.") && n[6..].split('.').all(|x| x.parse::<u64>().is_ok()))
+                        .is_some_and(|n| segment_name(n, None))
                 })
                 .collect()
         })
         .unwrap_or_default();
-    v.sort();
+    files.sort();
+    v.extend(files);
     v
 }
 
@@ -966,12 +1000,6 @@ pub fn read(path: &Path) -> io::Result<EngineStats> {
 mod tests {
     use super::*;
 
-    fn temp_dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("porto-telemetry-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
     #[test]
     fn names_are_unique_and_fit_their_slot() {
         let names = counter_names();
@@ -1062,10 +1090,9 @@ mod tests {
     /// sequence number; readers must never see two different values in one copy.
     #[test]
     fn a_reader_never_sees_a_torn_block() {
-        let path = temp_dir().join("porto.torn");
-        let _ = std::fs::remove_file(&path);
         let words = HEADER_WORDS + 64;
-        let seg = std::sync::Arc::new(Segment::create(&path, words).unwrap());
+        let seg = std::sync::Arc::new(Segment::create_memfd("porto.torn", words).unwrap());
+        let path = seg.path().to_path_buf();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = {
             let (seg, stop) = (seg.clone(), stop.clone());

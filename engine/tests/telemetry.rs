@@ -1,6 +1,6 @@
-//! An engine publishes its shards' statistics in a shared-memory file only its owner may
-//! read, readable while it runs (`telemetry::read`, what `porto stats` uses), and removes it
-//! when it stops.
+//! An engine publishes its shards' statistics in shared memory only its owner may read
+//! (a memfd, found through `/proc`), readable while it runs (`telemetry::read`, what
+//! `porto stats` uses), and gone with the engine — or with the process, however it ends.
 
 use std::net::UdpSocket as StdUdp;
 use std::os::unix::fs::PermissionsExt;
@@ -14,7 +14,7 @@ use porto_engine::socket::{SocketOptions, UdpSocket};
 use porto_engine::telemetry;
 
 #[test]
-fn an_engine_publishes_its_counters_and_removes_the_file_when_it_stops() {
+fn an_engine_publishes_its_counters_and_its_segment_goes_when_it_stops() {
     let cfg = Config {
         shards: 2,
         pin: false,
@@ -80,7 +80,77 @@ fn an_engine_publishes_its_counters_and_removes_the_file_when_it_stops() {
 
     drop(sock);
     drop(engine);
-    assert!(!path.exists(), "the engine removes its file when it stops");
+    assert!(!telemetry::list().contains(&path), "the segment goes with the engine");
+}
+
+/// A process that ends without stopping its engine — returning from main, `exit()`, a
+/// signal, SIGKILL — leaves nothing in /dev/shm or anywhere else: its segment was a memfd.
+/// (Every C program that returns from `main` without `WSACleanup` used to leave a file.)
+#[test]
+fn nothing_is_left_behind_however_the_process_ends() {
+    if std::env::var_os("PORTO_TELEMETRY_CHILD").is_some() {
+        let engine = Engine::start(&Config {
+            pin: false,
+            huge_pages: false,
+            frames_per_shard: 256,
+            recv_frames: 64,
+            ..Config::default()
+        })
+        .unwrap();
+        println!("published {}", engine.stats_file().unwrap().display());
+        match std::env::var("PORTO_TELEMETRY_CHILD").unwrap().as_str() {
+            "exit" => std::process::exit(0),
+            _ => loop {
+                std::thread::sleep(Duration::from_secs(1));
+            },
+        }
+    }
+    let before: Vec<_> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    for how in ["exit", "SIGTERM", "SIGKILL"] {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "nothing_is_left_behind_however_the_process_ends",
+                "--exact",
+                "--nocapture",
+            ])
+            .env("PORTO_TELEMETRY_CHILD", how)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        while !line.starts_with("published") {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "{how}: the child published");
+        }
+        let listed = |pid: u32| {
+            telemetry::list()
+                .iter()
+                .filter_map(|p| telemetry::read(p).ok())
+                .any(|e| e.pid == pid)
+        };
+        if how != "exit" {
+            assert!(listed(pid), "{how}: the live engine is listed");
+            let sig = if how == "SIGTERM" { libc::SIGTERM } else { libc::SIGKILL };
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid as i32, sig) };
+        }
+        child.wait().unwrap();
+        assert!(!listed(pid), "{how}: nothing of the engine outlives its process");
+    }
+    let after: Vec<_> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| !before.contains(n))
+        .collect();
+    assert!(after.is_empty(), "left in /dev/shm: {after:?}");
 }
 
 #[test]

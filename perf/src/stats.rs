@@ -94,16 +94,11 @@ fn select(target: &str) -> Result<Vec<PathBuf>, Box<dyn std::error::Error>> {
     if let Ok(pid) = target.parse::<u32>() {
         let v: Vec<PathBuf> = telemetry::list()
             .into_iter()
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.split('.').nth(1) == Some(&pid.to_string()))
-            })
+            .filter(|p| telemetry::pid_of(p) == Some(pid))
             .collect();
         if v.is_empty() {
             return Err(format!(
-                "no engine of process {pid} publishes statistics in {} (is it running, with Config::stats_publish on? `porto stats` lists them)",
-                telemetry::dir().display()
+                "no engine of process {pid} publishes statistics (is it running, with Config::stats_publish on, and yours or are you root? `porto stats` lists them)"
             )
             .into());
         }
@@ -157,7 +152,10 @@ fn list(json_out: bool) -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     if engines.is_empty() {
-        println!("no porto engine publishes statistics in {}", telemetry::dir().display());
+        println!(
+            "no porto engine publishes statistics here (live engines are found through /proc; files of earlier builds in {})",
+            telemetry::dir().display()
+        );
         return Ok(());
     }
     println!(
@@ -181,7 +179,9 @@ fn list(json_out: bool) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     if stale > 0 {
-        println!("{stale} stale: their process is gone (a crash left the file); `porto stats --clean` removes them");
+        println!(
+            "{stale} stale: their process is gone (an earlier build left the file); `porto stats --clean` removes them"
+        );
     }
     Ok(())
 }

@@ -742,8 +742,8 @@ fn doctor_names_each_problem_and_its_fix() {
 
 /// `porto stats` from another process: a running `porto echo` is listed live, its shard's
 /// counters show the traffic sockperf sent (table, JSON, OpenMetrics); killed with SIGKILL it
-/// leaves its file behind, listed as stale, which `--clean` removes. The files go in a
-/// directory of this test's own (`PORTO_STATS_DIR`).
+/// leaves nothing (its statistics were a memfd). Files of earlier builds are looked for in a
+/// directory of this test's own (`PORTO_STATS_DIR`), and `--clean` removes them.
 #[test]
 fn stats_reads_a_running_engine_from_another_process() {
     use std::io::{BufRead, Read, Write};
@@ -874,20 +874,24 @@ fn stats_reads_a_running_engine_from_another_process() {
     );
     drop(prom);
 
-    // A crash leaves the file: listed as stale, removed by --clean; so is a file another
-    // build left (a format this one cannot read) whose process is gone.
+    // SIGKILL leaves nothing: the engine's statistics were a memfd, gone with the process.
     server.0.kill().unwrap();
     server.0.wait().unwrap();
+    let (ok, list, _) = stats(&[]);
+    assert!(ok && !list.lines().any(|l| l.contains(&pid)), "{list}");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "nothing in the stats directory"
+    );
+    // A file an earlier build left (a format this one cannot read) whose process is gone:
+    // named, and removed by --clean.
     std::fs::write(dir.join("porto.4194000.0"), [0u8; 512]).unwrap();
     let (ok, list, _) = stats(&[]);
-    assert!(
-        ok && list.lines().any(|l| l.contains(&pid) && l.contains("STALE")),
-        "{list}"
-    );
-    assert!(list.contains("1 stale file(s) of another porto build"), "{list}");
+    assert!(ok && list.contains("1 stale file(s) of another porto build"), "{list}");
     assert!(list.contains("--clean"), "the fix is named: {list}");
     let (ok, cleaned, _) = stats(&["--clean"]);
-    assert!(ok && cleaned.contains("2 stale file(s) removed"), "{cleaned}");
+    assert!(ok && cleaned.contains("1 stale file(s) removed"), "{cleaned}");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,7 +1,14 @@
-//! A shared-memory file seen as 64-bit atomic words: an engine publishes its statistics in
-//! one (`/dev/shm/porto.<pid>.<n>`, mode 0600, owner only) and `porto stats` maps it from
-//! another process. Atomics on both sides, so a reader racing the writer sees torn *values*
-//! (caught by the seqlock above this), never undefined behaviour.
+//! Shared memory seen as 64-bit atomic words: an engine publishes its statistics in one and
+//! `porto stats` maps it from another process. Atomics on both sides, so a reader racing
+//! the writer sees torn *values* (caught by the seqlock above this), never undefined
+//! behaviour.
+//!
+//! An engine's segment is a memfd (`memfd_create("porto.<pid>.<n>")`): memory with no name
+//! in any filesystem, which lives exactly as long as the process holds it — so nothing is
+//! left behind however the process ends (`exit` without stopping the engine, a signal,
+//! SIGKILL). Readers find it as `/proc/<pid>/fd/<fd>` (root, or the same user). Files made
+//! by earlier builds (`/dev/shm/porto.<pid>.<n>`) are still read, and removed by
+//! `porto stats --clean`.
 
 use std::ffi::CString;
 use std::io;
@@ -10,13 +17,15 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU64;
 
-/// A mapped segment; the creator unlinks the file when it drops.
+/// A mapped segment. The creator keeps its memfd open (readers' `/proc` path to it) for as
+/// long as the segment lives.
 #[derive(Debug)]
 pub(crate) struct Segment {
     ptr: NonNull<AtomicU64>,
     words: usize,
     path: PathBuf,
-    owner: bool,
+    /// The creator's memfd, held (closed on drop) so readers can open it through `/proc`.
+    _memfd: Option<OwnedFd>,
 }
 
 // SAFETY: the mapping is shared memory accessed only through `AtomicU64`s.
@@ -29,41 +38,31 @@ fn cpath(path: &Path) -> io::Result<CString> {
 }
 
 impl Segment {
-    /// Creates `path` (it must not exist) with room for `words` words, mode 0600, zeroed.
-    pub(crate) fn create(path: &Path, words: usize) -> io::Result<Segment> {
-        let c = cpath(path)?;
-        // SAFETY: plain syscalls on a path we own; every result is checked.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-                0o600,
-            )
-        };
+    /// Creates an anonymous segment (a memfd named `name`, close-on-exec) of `words` zeroed
+    /// words; its path is `/proc/<pid>/fd/<fd>`.
+    pub(crate) fn create_memfd(name: &str, words: usize) -> io::Result<Segment> {
+        let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: memfd_create takes a NUL-terminated name; the result is checked.
+        let fd = unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: a new fd nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let len = words * 8;
-        // SAFETY: as above.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } < 0 {
-            let e = io::Error::last_os_error();
-            let _ = std::fs::remove_file(path);
-            return Err(e);
+        // Owner only (reaching it through /proc already needs the same user or root).
+        // SAFETY: sizing and restricting our own fd.
+        if unsafe { libc::fchmod(fd.as_raw_fd(), 0o600) } < 0
+            || unsafe { libc::ftruncate(fd.as_raw_fd(), (words * 8) as libc::off_t) } < 0
+        {
+            return Err(io::Error::last_os_error());
         }
-        match Self::map(&fd, words, libc::PROT_READ | libc::PROT_WRITE) {
-            Ok(ptr) => Ok(Segment {
-                ptr,
-                words,
-                path: path.to_path_buf(),
-                owner: true,
-            }),
-            Err(e) => {
-                let _ = std::fs::remove_file(path);
-                Err(e)
-            }
-        }
+        let ptr = Self::map(&fd, words, libc::PROT_READ | libc::PROT_WRITE)?;
+        Ok(Segment {
+            ptr,
+            words,
+            path: PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), fd.as_raw_fd())),
+            _memfd: Some(fd),
+        })
     }
 
     /// Maps an existing segment read-only (its size is the file's).
@@ -76,7 +75,14 @@ impl Segment {
         }
         // SAFETY: a new fd nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let words = (std::fs::metadata(path)?.len() / 8) as usize;
+        // fstat, not stat: a `/proc/<pid>/fd/<n>` path's own metadata is the link's.
+        // SAFETY: an all-zero stat is valid; fstat fills it from our fd.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `fd` is open; `st` is a live stat.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let words = (st.st_size / 8) as usize;
         if words == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -88,7 +94,7 @@ impl Segment {
             ptr,
             words,
             path: path.to_path_buf(),
-            owner: false,
+            _memfd: None,
         })
     }
 
@@ -126,8 +132,5 @@ impl Drop for Segment {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping made in `map`; no reference outlives `self`.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.words * 8) };
-        if self.owner {
-            let _ = std::fs::remove_file(&self.path);
-        }
     }
 }

@@ -20,6 +20,7 @@ pub mod nr {
     pub const SETSOCKOPT: u32 = 54;
     pub const SCHED_SETAFFINITY: u32 = 203;
     pub const OPENAT: u32 = 257;
+    pub const MEMFD_CREATE: u32 = 319;
     pub const BPF: u32 = 321;
     pub const IO_URING_SETUP: u32 = 425;
     pub const IO_URING_ENTER: u32 = 426;
