@@ -50,10 +50,10 @@ impl Segment {
         // SAFETY: a new fd nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // Owner only (reaching it through /proc already needs the same user or root).
-        // SAFETY: sizing and restricting our own fd.
-        if unsafe { libc::fchmod(fd.as_raw_fd(), 0o600) } < 0
-            || unsafe { libc::ftruncate(fd.as_raw_fd(), (words * 8) as libc::off_t) } < 0
-        {
+        // SAFETY: restricting our own fd.
+        let chmod = unsafe { libc::fchmod(fd.as_raw_fd(), 0o600) };
+        // SAFETY: sizing our own fd.
+        if chmod < 0 || unsafe { libc::ftruncate(fd.as_raw_fd(), (words * 8) as libc::off_t) } < 0 {
             return Err(io::Error::last_os_error());
         }
         let ptr = Self::map(&fd, words, libc::PROT_READ | libc::PROT_WRITE)?;
