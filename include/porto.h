@@ -23,8 +23,11 @@
  * calls are serialised inside the library; any number of threads may wait in
  * porto_GetQueuedCompletionStatusEx on one port. WSAGetLastError is per thread.
  *
- * Handles are integers the library checks on every call: a closed or invented one fails with
- * PORTO_WSAENOTSOCK / PORTO_ERROR_INVALID_HANDLE. Pointers are checked for NULL (WSAEFAULT).
+ * Types are Windows' own: WSABUF.buf is char *, HANDLE (and WSAEVENT, RIO_CQ, RIO_RQ,
+ * RIO_BUFFERID) a pointer type, so `(HANDLE)sock`, `h == NULL` and INVALID_HANDLE_VALUE work
+ * as on Windows; SOCKET is an integer. Handles are numbered and checked by the library on
+ * every call: a closed or invented one fails with PORTO_WSAENOTSOCK /
+ * PORTO_ERROR_INVALID_HANDLE. Pointers are checked for NULL (WSAEFAULT).
  * A panic inside the library is caught and reported as PORTO_WSASYSCALLFAILURE.
  * Link: -lporto_c (static: libporto_c.a, plus -lpthread -ldl -lm).
  */
@@ -271,13 +274,17 @@ typedef struct {
 // A socket handle (Winsock's `SOCKET`).
 typedef uint64_t PORTO_SOCKET;
 
-// A completion port handle (Win32's `HANDLE`); 0 is NULL.
-typedef uint64_t PORTO_HANDLE;
+// Win32's `HANDLE` (a completion port, an event, a QoS handle; NULL is none), and the type
+// of every other handle here: a pointer type as Windows declares it, so `h == NULL`,
+// `(HANDLE)sock` and `h == INVALID_HANDLE_VALUE` compile in C and C++ as on Windows. The
+// library numbers its handles and checks every one it is given.
+typedef void *PORTO_HANDLE;
 
 // Winsock's `WSABUF`.
 typedef struct {
   uint32_t len;
-  uint8_t *buf;
+  // `CHAR FAR *buf`, as Windows declares it.
+  char *buf;
 } PORTO_WSABUF;
 
 // Win32's `OVERLAPPED`: the per-operation token. Its address comes back in the
@@ -321,8 +328,8 @@ typedef struct {
   int32_t tv_usec;
 } PORTO_TIMEVAL;
 
-// `WSAEVENT`: a handle from `porto_WSACreateEvent`.
-typedef uint64_t PORTO_WSAEVENT;
+// `WSAEVENT`: a handle from `porto_WSACreateEvent` (Windows' `HANDLE`).
+typedef PORTO_HANDLE PORTO_WSAEVENT;
 
 // `QOS_VERSION`: 1.0.
 typedef struct {
@@ -334,10 +341,10 @@ typedef struct {
 typedef uint32_t PORTO_QOS_FLOWID;
 
 // A registered buffer (`RIO_BUFFERID`), completion queue (`RIO_CQ`), request queue
-// (`RIO_RQ`): handles the library checks on every call.
-typedef uint64_t PORTO_RIO_BUFFERID;
+// (`RIO_RQ`): opaque pointers on Windows, handles the library checks on every call here.
+typedef PORTO_HANDLE PORTO_RIO_BUFFERID;
 
-typedef uint64_t PORTO_RIO_CQ;
+typedef PORTO_HANDLE PORTO_RIO_CQ;
 
 // The `Event` member of `RIO_NOTIFICATION_COMPLETION`: after `RIONotify`, `EventHandle`
 // (from `porto_WSACreateEvent`) is set when a result is there; `NotifyReset` non-zero:
@@ -365,7 +372,7 @@ typedef struct {
   PORTO_RIO_NOTIFICATION_IOCP Iocp;
 } PORTO_RIO_NOTIFICATION_COMPLETION;
 
-typedef uint64_t PORTO_RIO_RQ;
+typedef PORTO_HANDLE PORTO_RIO_RQ;
 
 // `RIO_BUF`: `Length` bytes at `Offset` in registered buffer `BufferId`.
 typedef struct {
@@ -537,17 +544,6 @@ typedef struct {
 
 #define PORTO_INVALID_SOCKET 18446744073709551615ull
 
-#define PORTO_INVALID_HANDLE_VALUE 18446744073709551615ull
-
-// `WSA_INVALID_EVENT`: what `porto_WSACreateEvent` returns on failure.
-#define PORTO_WSA_INVALID_EVENT 0
-
-#define PORTO_RIO_INVALID_BUFFERID 4294967295
-
-#define PORTO_RIO_INVALID_CQ 0
-
-#define PORTO_RIO_INVALID_RQ 0
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -606,7 +602,7 @@ int32_t porto_getsockname(PORTO_SOCKET s, struct sockaddr *name, int32_t *namele
 // `CreateIoCompletionPort`: with `file == PORTO_INVALID_HANDLE_VALUE`, a new port
 // (`concurrency` 0: as many threads as CPUs); with a socket and an existing port,
 // associates them once with `key` and returns the port. NULL (0) on failure.
-PORTO_HANDLE porto_CreateIoCompletionPort(uint64_t file,
+PORTO_HANDLE porto_CreateIoCompletionPort(PORTO_HANDLE file,
                                           PORTO_HANDLE existing,
                                           uint64_t key,
                                           uint32_t concurrency);
@@ -1194,6 +1190,13 @@ int32_t porto_getsockopt(PORTO_SOCKET s, int32_t level, int32_t name, void *valu
 #endif  // __cplusplus
 
 #endif  /* PORTO_H */
+
+/* Handle values as Windows spells them (pointer types, so these are casts). */
+#define PORTO_INVALID_HANDLE_VALUE ((PORTO_HANDLE)(intptr_t)-1)
+#define PORTO_WSA_INVALID_EVENT ((PORTO_WSAEVENT)NULL)
+#define PORTO_RIO_INVALID_BUFFERID ((PORTO_RIO_BUFFERID)(uintptr_t)0xFFFFFFFF)
+#define PORTO_RIO_INVALID_CQ ((PORTO_RIO_CQ)NULL)
+#define PORTO_RIO_INVALID_RQ ((PORTO_RIO_RQ)NULL)
 
 /* Windows' fd_set macros over PORTO_FD_SET (a count and an array of sockets). */
 #define PORTO_FD_ZERO(set) ((set)->fd_count = 0)

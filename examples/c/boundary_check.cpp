@@ -57,7 +57,7 @@ int main() {
     // An overlapped receive before the socket has a port: porto completes only into ports.
     PORTO_OVERLAPPED ov;
     std::memset(&ov, 0, sizeof ov);
-    unsigned char data[64];
+    char data[64];
     PORTO_WSABUF b = {sizeof data, data};
     uint32_t flags = 0;
     EXPECT(porto_WSARecvFrom(s, &b, 1, nullptr, &flags, nullptr, nullptr, &ov, nullptr) == PORTO_SOCKET_ERROR);
@@ -65,8 +65,8 @@ int main() {
 
     PORTO_HANDLE iocp = porto_CreateIoCompletionPort(PORTO_INVALID_HANDLE_VALUE, 0, 0, 1);
     EXPECT(iocp != 0);
-    EXPECT(porto_CreateIoCompletionPort(s, iocp, 7, 0) == iocp);
-    EXPECT(porto_CreateIoCompletionPort(s, iocp, 7, 0) == 0); // once only
+    EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)s, iocp, 7, 0) == iocp);
+    EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)s, iocp, 7, 0) == 0); // once only
     EXPECT(porto_WSARecvFrom(s, &b, 1, nullptr, &flags, nullptr, nullptr, nullptr, nullptr) == PORTO_SOCKET_ERROR);
     EXPECT(porto_WSAGetLastError() == PORTO_WSAEFAULT);
 
@@ -76,7 +76,7 @@ int main() {
     EXPECT(porto_WSAGetLastError() == PORTO_WAIT_TIMEOUT);
     EXPECT(porto_GetQueuedCompletionStatusEx(iocp, nullptr, 4, &n, 10, 0) == 0);
     EXPECT(porto_WSAGetLastError() == PORTO_WSAEFAULT);
-    EXPECT(porto_GetQueuedCompletionStatusEx(iocp + 1000, e, 4, &n, 10, 0) == 0);
+    EXPECT(porto_GetQueuedCompletionStatusEx((PORTO_HANDLE)((uintptr_t)iocp + 1000), e, 4, &n, 10, 0) == 0);
     EXPECT(porto_WSAGetLastError() == PORTO_ERROR_INVALID_HANDLE);
 
     // PostQueuedCompletionStatus round trip.
@@ -88,7 +88,7 @@ int main() {
     // CancelIoEx(s, NULL): every posted operation ends aborted, once; the socket stays usable.
     PORTO_OVERLAPPED ov2;
     std::memset(&ov2, 0, sizeof ov2);
-    unsigned char data2[64];
+    char data2[64];
     PORTO_WSABUF b2 = {sizeof data2, data2};
     EXPECT(porto_WSARecvFrom(s, &b, 1, nullptr, &flags, nullptr, nullptr, &ov, nullptr) == PORTO_SOCKET_ERROR);
     EXPECT(porto_WSARecvFrom(s, &b2, 1, nullptr, &flags, nullptr, nullptr, &ov2, nullptr) == PORTO_SOCKET_ERROR);
@@ -134,17 +134,17 @@ int main() {
         EXPECT(porto_WSAIoctl(l, PORTO_SIO_GET_EXTENSION_FUNCTION_POINTER, &gid, sizeof gid, &accept_ex,
                               sizeof accept_ex, &got, nullptr, nullptr) == 0);
         EXPECT(accept_ex == porto_AcceptEx && got == sizeof accept_ex);
-        static unsigned char abuf[256];
+        static char abuf[256];
         PORTO_OVERLAPPED aov;
         std::memset(&aov, 0, sizeof aov);
         EXPECT(accept_ex(l, t, abuf, 0, 32, 32, nullptr, &aov) == 0); // the listener has no port yet
         EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
-        EXPECT(porto_CreateIoCompletionPort(l, iocp, 11, 0) == iocp);
+        EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)l, iocp, 11, 0) == iocp);
         EXPECT(accept_ex(l, t, abuf, 0, 16, 32, nullptr, &aov) == 0); // address area too small
         EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
         EXPECT(accept_ex(l, u, abuf, 0, 32, 32, nullptr, &aov) == 0); // not a TCP socket
         EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
-        unsigned char rb[16];
+        char rb[16];
         PORTO_WSABUF w = {sizeof rb, rb};
         uint32_t fl = 0;
         EXPECT(porto_WSARecv(t, &w, 1, nullptr, &fl, &aov, nullptr) == PORTO_SOCKET_ERROR);
@@ -186,8 +186,8 @@ int main() {
         EXPECT(porto_listen(l, 4) == 0);
         int32_t lalen = sizeof la;
         EXPECT(porto_getsockname(l, reinterpret_cast<sockaddr *>(&la), &lalen) == 0);
-        EXPECT(porto_CreateIoCompletionPort(l, iocp, 21, 0) == iocp);
-        static unsigned char abuf[16 + 2 * 44];
+        EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)l, iocp, 21, 0) == iocp);
+        static char abuf[16 + 2 * 44];
         PORTO_OVERLAPPED aov, cov, sov, rov, dov;
         std::memset(&aov, 0, sizeof aov);
         std::memset(&cov, 0, sizeof cov);
@@ -201,7 +201,7 @@ int main() {
         any6.sin6_family = AF_INET6;
         any6.sin6_addr = in6addr_loopback;
         EXPECT(porto_bind(c, reinterpret_cast<sockaddr *>(&any6), sizeof any6) == 0);
-        EXPECT(porto_CreateIoCompletionPort(c, iocp, 22, 0) == iocp);
+        EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)c, iocp, 22, 0) == iocp);
         const char hello[] = "hello, AcceptEx"; // 15 bytes + NUL = 16: exactly AcceptEx's room
         EXPECT(porto_ConnectEx(c, reinterpret_cast<sockaddr *>(&la), sizeof la, hello, sizeof hello, nullptr, &cov) ==
                0);
@@ -233,11 +233,11 @@ int main() {
         EXPECT(porto_getsockname(c, reinterpret_cast<sockaddr *>(&cl), &cllen) == 0);
         EXPECT(remote && reinterpret_cast<sockaddr_in6 *>(remote)->sin6_port == cl.sin6_port);
         EXPECT(porto_setsockopt(acc, SOL_SOCKET, PORTO_SO_UPDATE_ACCEPT_CONTEXT, &l, sizeof l) == 0);
-        EXPECT(porto_CreateIoCompletionPort(acc, iocp, 23, 0) == iocp);
+        EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)acc, iocp, 23, 0) == iocp);
 
-        static unsigned char big[100000], got[100000];
+        static char big[100000], got[100000];
         for (size_t i = 0; i < sizeof big; i++)
-            big[i] = (unsigned char)(i * 7 + 3);
+            big[i] = (char)(i * 7 + 3);
         PORTO_WSABUF sb[2] = {{60000, big}, {40000, big + 60000}};
         EXPECT(porto_WSASend(c, sb, 2, nullptr, 0, &sov, nullptr) == PORTO_SOCKET_ERROR);
         EXPECT(porto_WSAGetLastError() == PORTO_WSA_IO_PENDING);
@@ -342,8 +342,8 @@ int main() {
         unsigned char ttl = 0;
         int32_t tlen = sizeof ttl;
         EXPECT(porto_getsockopt(tx, IPPROTO_IP, IP_MULTICAST_TTL, &ttl, &tlen) == 0 && ttl == 1 && tlen == 1);
-        EXPECT(porto_CreateIoCompletionPort(rx, iocp, 31, 0) == iocp);
-        EXPECT(porto_CreateIoCompletionPort(tx, iocp, 32, 0) == iocp);
+        EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)rx, iocp, 31, 0) == iocp);
+        EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)tx, iocp, 32, 0) == iocp);
         sockaddr_in group;
         std::memset(&group, 0, sizeof group);
         group.sin_family = AF_INET;
@@ -351,14 +351,14 @@ int main() {
         group.sin_addr = m.imr_multiaddr;
         // Sends one datagram to the group; true if rx received it within 300 ms.
         auto round_trip = [&](const char *text) {
-            static unsigned char rbuf[64];
+            static char rbuf[64];
             PORTO_WSABUF rb = {sizeof rbuf, rbuf};
             PORTO_OVERLAPPED rov, sov;
             std::memset(&rov, 0, sizeof rov);
             std::memset(&sov, 0, sizeof sov);
             uint32_t fl = 0;
             porto_WSARecvFrom(rx, &rb, 1, nullptr, &fl, nullptr, nullptr, &rov, nullptr);
-            PORTO_WSABUF sb = {(uint32_t)std::strlen(text), (unsigned char *)text};
+            PORTO_WSABUF sb = {(uint32_t)std::strlen(text), (char *)text};
             porto_WSASendTo(tx, &sb, 1, nullptr, 0, reinterpret_cast<sockaddr *>(&group), sizeof group, &sov,
                             nullptr);
             int got = 0, sent = 0;
@@ -409,14 +409,14 @@ int main() {
         int32_t kl = sizeof ka, ql = sizeof qa;
         EXPECT(porto_getsockname(k, reinterpret_cast<sockaddr *>(&ka), &kl) == 0);
         EXPECT(porto_getsockname(q, reinterpret_cast<sockaddr *>(&qa), &ql) == 0);
-        EXPECT(porto_CreateIoCompletionPort(k, iocp, 41, 0) == iocp);
-        EXPECT(porto_CreateIoCompletionPort(q, iocp, 42, 0) == iocp);
+        EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)k, iocp, 41, 0) == iocp);
+        EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)q, iocp, 42, 0) == iocp);
         EXPECT(porto_SetFileCompletionNotificationModes(k, 0x80) == 0);
         EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
         EXPECT(porto_SetFileCompletionNotificationModes(k, PORTO_FILE_SKIP_COMPLETION_PORT_ON_SUCCESS) == 1);
         EXPECT(porto_SetFileCompletionNotificationModes(q, PORTO_FILE_SKIP_COMPLETION_PORT_ON_SUCCESS |
                                                                PORTO_FILE_SKIP_SET_EVENT_ON_HANDLE) == 1);
-        unsigned char hi[] = {'h', 'e', 'l', 'l', 'o'};
+        char hi[] = {'h', 'e', 'l', 'l', 'o'};
         PORTO_WSABUF sb = {sizeof hi, hi};
         PORTO_OVERLAPPED sov, rov, rov2;
         std::memset(&sov, 0, sizeof sov);
@@ -431,7 +431,7 @@ int main() {
         EXPECT(porto_WSASendTo(q, &sb, 1, &sentb, 0, reinterpret_cast<sockaddr *>(&ka), sizeof ka, &sov, nullptr) == 0);
         EXPECT(sentb == sizeof hi); // at once, nothing queued
         EXPECT(settle() == 0);
-        unsigned char rbuf[16];
+        char rbuf[16];
         PORTO_WSABUF rb = {sizeof rbuf, rbuf};
         sockaddr_in from;
         int32_t fromlen = sizeof from;
@@ -446,7 +446,7 @@ int main() {
         // overtake it: it pends too, and they complete in order through the port.
         EXPECT(porto_WSARecvFrom(k, &rb, 1, &got, &fl, nullptr, nullptr, &rov, nullptr) == PORTO_SOCKET_ERROR);
         EXPECT(porto_WSAGetLastError() == PORTO_WSA_IO_PENDING);
-        unsigned char r2[16];
+        char r2[16];
         PORTO_WSABUF rb2 = {sizeof r2, r2};
         EXPECT(porto_WSASendTo(q, &sb, 1, &sentb, 0, reinterpret_cast<sockaddr *>(&ka), sizeof ka, &sov, nullptr) == 0);
         EXPECT(porto_WSASendTo(q, &sb, 1, &sentb, 0, reinterpret_cast<sockaddr *>(&ka), sizeof ka, &sov, nullptr) == 0);
@@ -495,7 +495,7 @@ int main() {
         PORTO_QOS_FLOWID fid = 0;
         EXPECT(porto_QOSAddSocketToFlow(qh, u, nullptr, PORTO_QOSTrafficTypeAudioVideo, 0, &fid) == 0);
         EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL); // not associated yet: no engine socket
-        EXPECT(porto_CreateIoCompletionPort(u, iocp, 51, 0) == iocp);
+        EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)u, iocp, 51, 0) == iocp);
         EXPECT(porto_QOSAddSocketToFlow(qh, u, nullptr, 9, 0, &fid) == 0); // no such traffic type
         EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
         EXPECT(porto_QOSAddSocketToFlow(qh, u, reinterpret_cast<sockaddr *>(&sa), PORTO_QOSTrafficTypeAudioVideo,
@@ -521,7 +521,7 @@ int main() {
         EXPECT(got_rate.Bandwidth == 2000000 && got_rate.ShapingBehavior == PORTO_QOSShapeAndMark);
         // 40 datagrams of 1000 B at 2 Mbit/s: 160 ms of traffic past the 10 ms bucket, so the
         // shaping holds some back; each still completes, and the flow counts them.
-        static unsigned char payload[1000];
+        static char payload[1000];
         static PORTO_OVERLAPPED sends[40];
         for (int i = 0; i < 40; i++) {
             std::memset(&sends[i], 0, sizeof sends[i]);
@@ -607,7 +607,7 @@ int main() {
         PORTO_RIO_BUF outside = {buf, 4000, 200};
         EXPECT(rio.RIOReceive(rq, &outside, 1, 0, nullptr) == 0);
         EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
-        PORTO_RIO_BUF unknown = {buf + 1000, 0, 16};
+        PORTO_RIO_BUF unknown = {(PORTO_RIO_BUFFERID)((uintptr_t)buf + 1000), 0, 16};
         EXPECT(rio.RIOReceive(rq, &unknown, 1, 0, nullptr) == 0);
         EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL);
         PORTO_RIO_BUF in = {buf, 0, 1024};
@@ -641,7 +641,7 @@ int main() {
         EXPECT(porto_WSAGetLastError() == PORTO_WSAETOOMANYREFS);
 
         PORTO_RIORESULT res[4];
-        EXPECT(rio.RIODequeueCompletion(cq + 1000, res, 4) == PORTO_RIO_CORRUPT_CQ);
+        EXPECT(rio.RIODequeueCompletion((PORTO_RIO_CQ)((uintptr_t)cq + 1000), res, 4) == PORTO_RIO_CORRUPT_CQ);
         EXPECT(rio.RIODequeueCompletion(cq, nullptr, 4) == PORTO_RIO_CORRUPT_CQ);
         EXPECT(rio.RIODequeueCompletion(cq, res, 4) == 0);
         // Closing the socket aborts the three receives, once each, and frees its request queue.
@@ -724,8 +724,8 @@ int main() {
         // A datagram from a plain kernel socket sets the event; its fd turns readable too.
         PORTO_SOCKET tx = porto_WSASocket(AF_INET6, SOCK_DGRAM, 0, nullptr, 0, 0);
         PORTO_HANDLE txp = porto_CreateIoCompletionPort(PORTO_INVALID_HANDLE_VALUE, 0, 0, 1);
-        EXPECT(porto_CreateIoCompletionPort(tx, txp, 1, 0) == txp);
-        unsigned char hello[] = "event";
+        EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)tx, txp, 1, 0) == txp);
+        char hello[] = "event";
         PORTO_WSABUF hb = {5, hello};
         PORTO_OVERLAPPED sov;
         std::memset(&sov, 0, sizeof sov);

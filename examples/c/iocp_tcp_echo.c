@@ -128,7 +128,7 @@ static void post_recv(CONN *c) {
     memset(&c->recv.ov, 0, sizeof c->recv.ov);
     c->recv.op = OP_RECV;
     c->recv.conn = c;
-    PORTO_WSABUF b = {BUF_SIZE, c->recv.data};
+    PORTO_WSABUF b = {BUF_SIZE, (char *)c->recv.data};
     if (porto_WSARecv(c->s, &b, 1, NULL, &flags, &c->recv.ov, NULL) == PORTO_SOCKET_ERROR &&
         porto_WSAGetLastError() != PORTO_WSA_IO_PENDING) {
         if (failed++ == 0)
@@ -174,7 +174,7 @@ static void on_data(CONN *c, const unsigned char *d, size_t n) {
             tx->op = OP_SEND;
             tx->conn = c;
             memcpy(tx->data, m, len);
-            PORTO_WSABUF b = {len, tx->data};
+            PORTO_WSABUF b = {len, (char *)tx->data};
             if (porto_WSASend(c->s, &b, 1, NULL, 0, &tx->ov, NULL) == PORTO_SOCKET_ERROR &&
                 porto_WSAGetLastError() != PORTO_WSA_IO_PENDING) {
                 if (failed++ == 0)
@@ -245,7 +245,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     iocp = porto_CreateIoCompletionPort(PORTO_INVALID_HANDLE_VALUE, 0, 0, 1);
-    if (iocp == 0 || porto_CreateIoCompletionPort(listener, iocp, LISTEN_KEY, 0) != iocp) {
+    if (iocp == 0 || porto_CreateIoCompletionPort((PORTO_HANDLE)listener, iocp, LISTEN_KEY, 0) != iocp) {
         fprintf(stderr, "iocp_tcp_echo: CreateIoCompletionPort failed: %d\n", porto_WSAGetLastError());
         return 1;
     }
@@ -329,7 +329,7 @@ int main(int argc, char **argv) {
                 }
                 porto_setsockopt(c->s, SOL_SOCKET, PORTO_SO_UPDATE_ACCEPT_CONTEXT, &listener, sizeof listener);
                 if (!c->associated) {
-                    if (porto_CreateIoCompletionPort(c->s, iocp, 2, 0) != iocp) {
+                    if (porto_CreateIoCompletionPort((PORTO_HANDLE)c->s, iocp, 2, 0) != iocp) {
                         fprintf(stderr, "iocp_tcp_echo: associating a connection failed: %d\n",
                                 porto_WSAGetLastError());
                         return 1;

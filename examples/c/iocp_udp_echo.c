@@ -47,7 +47,7 @@ static int post_recv(PORTO_SOCKET s, IO_CONTEXT *io) {
     uint32_t flags = 0;
     memset(&io->ov, 0, sizeof io->ov);
     io->is_recv = 1;
-    io->wsabuf.buf = io->data;
+    io->wsabuf.buf = (char *)io->data;
     io->wsabuf.len = BUF_SIZE;
     io->fromlen = (int32_t)sizeof io->from;
     if (porto_WSARecvFrom(s, &io->wsabuf, 1, NULL, &flags, (struct sockaddr *)&io->from, &io->fromlen, &io->ov,
@@ -109,7 +109,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     PORTO_HANDLE iocp = porto_CreateIoCompletionPort(PORTO_INVALID_HANDLE_VALUE, 0, 0, 1);
-    if (iocp == 0 || porto_CreateIoCompletionPort(s, iocp, 1, 0) != iocp) {
+    if (iocp == 0 || porto_CreateIoCompletionPort((PORTO_HANDLE)s, iocp, 1, 0) != iocp) {
         fprintf(stderr, "iocp_udp_echo: CreateIoCompletionPort failed: %d\n", porto_WSAGetLastError());
         return 1;
     }
@@ -173,7 +173,7 @@ int main(int argc, char **argv) {
                         IO_CONTEXT *tx = free_sends[--nfree];
                         memset(&tx->ov, 0, sizeof tx->ov);
                         tx->is_recv = 0;
-                        PORTO_WSABUF b = {bytes, io->data};
+                        PORTO_WSABUF b = {bytes, (char *)io->data};
                         if (porto_WSASendTo(s, &b, 1, NULL, 0, (struct sockaddr *)&io->from, io->fromlen, &tx->ov,
                                             NULL) == PORTO_SOCKET_ERROR &&
                             porto_WSAGetLastError() != PORTO_WSA_IO_PENDING) {

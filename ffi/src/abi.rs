@@ -24,7 +24,8 @@ use crate::state::{self, AcceptTarget, Out, RecvTarget, Startup, Wsa};
 #[derive(Debug)]
 pub struct PORTO_WSABUF {
     pub len: u32,
-    pub buf: *mut u8,
+    /// `CHAR FAR *buf`, as Windows declares it.
+    pub buf: *mut core::ffi::c_char,
 }
 
 /// Win32's `OVERLAPPED`: the per-operation token. Its address comes back in the
@@ -201,7 +202,7 @@ pub(crate) unsafe fn pieces<'a>(bufs: *const PORTO_WSABUF, count: u32) -> Result
         if b.len > 0 {
             non_null(b.buf)?;
             // SAFETY: `len` readable bytes at `buf` (the caller's contract).
-            out.push(unsafe { std::slice::from_raw_parts(b.buf.cast_const(), b.len as usize) });
+            out.push(unsafe { std::slice::from_raw_parts(b.buf.cast_const().cast::<u8>(), b.len as usize) });
         }
     }
     Ok(out)
@@ -349,25 +350,28 @@ pub unsafe extern "C" fn porto_getsockname(s: PORTO_SOCKET, name: *mut libc::soc
 /// associates them once with `key` and returns the port. NULL (0) on failure.
 #[no_mangle]
 pub extern "C" fn porto_CreateIoCompletionPort(
-    file: u64,
+    file: PORTO_HANDLE,
     existing: PORTO_HANDLE,
     key: u64,
     concurrency: u32,
 ) -> PORTO_HANDLE {
-    guard(0, || {
+    let port = guard(0, || {
         if file == PORTO_INVALID_HANDLE_VALUE {
-            if existing != 0 {
+            if !existing.0.is_null() {
                 return Err(Wsa(PORTO_WSAEINVAL));
             }
             return state::create_port(concurrency);
         }
-        if existing == 0 {
+        // A socket, as Windows programs pass it: `(HANDLE)sock`.
+        let sock = file.id();
+        if existing.0.is_null() {
             // Creating a port and associating in one call: supported as on Windows.
             let p = state::create_port(concurrency)?;
-            return state::associate(file, p, key);
+            return state::associate(sock, p, key);
         }
-        state::associate(file, existing, key)
-    })
+        state::associate(sock, existing.id(), key)
+    });
+    PORTO_HANDLE::of(port)
 }
 
 /// `WSARecvFrom` (overlapped only: `ov` is required, `routine` must be NULL). Returns
@@ -589,7 +593,7 @@ pub unsafe extern "C" fn porto_GetQueuedCompletionStatusEx(
             return Err(Wsa(PORTO_WSAEINVAL));
         }
         let timeout = (timeout_ms != PORTO_INFINITE).then(|| Duration::from_millis(u64::from(timeout_ms)));
-        let done = state::dequeue(port, count as usize, timeout)?;
+        let done = state::dequeue(port.id(), count as usize, timeout)?;
         // SAFETY: `count` writable entries (the caller's contract); `done.len() <= count`.
         let out = unsafe { std::slice::from_raw_parts_mut(entries, count as usize) };
         for (e, d) in out.iter_mut().zip(&done) {
@@ -749,7 +753,7 @@ pub extern "C" fn porto_PostQueuedCompletionStatus(
     key: u64,
     ov: *mut PORTO_OVERLAPPED,
 ) -> i32 {
-    guard(0, || state::post(port, bytes, key, ov as u64).map(|()| 1))
+    guard(0, || state::post(port.id(), bytes, key, ov as u64).map(|()| 1))
 }
 
 /// `CancelIoEx(socket, ov)`: the operation completes `PORTO_WSA_OPERATION_ABORTED`; with a
@@ -768,5 +772,5 @@ pub extern "C" fn porto_closesocket(s: PORTO_SOCKET) -> i32 {
 /// `CloseHandle` of a completion port.
 #[no_mangle]
 pub extern "C" fn porto_CloseHandle(h: PORTO_HANDLE) -> i32 {
-    guard(0, || state::close_handle(h).map(|()| 1))
+    guard(0, || state::close_handle(h.id()).map(|()| 1))
 }

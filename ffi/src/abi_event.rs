@@ -16,14 +16,14 @@ use crate::state::Wsa;
 /// Any thread.
 #[no_mangle]
 pub extern "C" fn porto_WSACreateEvent() -> PORTO_WSAEVENT {
-    guard(PORTO_WSA_INVALID_EVENT, event::create)
+    guard(PORTO_WSA_INVALID_EVENT, || event::create().map(PORTO_HANDLE::of))
 }
 
 /// `WSASetEvent`: TRUE, or FALSE (`PORTO_WSA_INVALID_HANDLE`). Any thread.
 #[no_mangle]
 pub extern "C" fn porto_WSASetEvent(h: PORTO_WSAEVENT) -> i32 {
     guard(0, || {
-        event::event(h).map(|e| {
+        event::event(h.id()).map(|e| {
             e.set();
             1
         })
@@ -34,7 +34,7 @@ pub extern "C" fn porto_WSASetEvent(h: PORTO_WSAEVENT) -> i32 {
 #[no_mangle]
 pub extern "C" fn porto_WSAResetEvent(h: PORTO_WSAEVENT) -> i32 {
     guard(0, || {
-        event::event(h).map(|e| {
+        event::event(h.id()).map(|e| {
             e.reset();
             1
         })
@@ -45,7 +45,7 @@ pub extern "C" fn porto_WSAResetEvent(h: PORTO_WSAEVENT) -> i32 {
 /// keeps it. Any thread.
 #[no_mangle]
 pub extern "C" fn porto_WSACloseEvent(h: PORTO_WSAEVENT) -> i32 {
-    guard(0, || event::close(h).map(|()| 1))
+    guard(0, || event::close(h.id()).map(|()| 1))
 }
 
 /// `WSAWaitForMultipleEvents(n, events, wait_all, timeout_ms, alertable)`:
@@ -72,7 +72,8 @@ pub unsafe extern "C" fn porto_WSAWaitForMultipleEvents(
         let events = non_null(events)?;
         // SAFETY: non-NULL, `n` handles (the caller's contract; n is at most 64).
         let handles = unsafe { std::slice::from_raw_parts(events, n as usize) };
-        event::wait(handles, wait_all != 0, timeout_ms)
+        let ids: Vec<u64> = handles.iter().map(|h| h.id()).collect();
+        event::wait(&ids, wait_all != 0, timeout_ms)
     })
 }
 
@@ -81,7 +82,7 @@ pub unsafe extern "C" fn porto_WSAWaitForMultipleEvents(
 /// `PORTO_WSA_INVALID_HANDLE`). Any thread.
 #[no_mangle]
 pub extern "C" fn porto_WaitForSingleObject(h: PORTO_HANDLE, timeout_ms: u32) -> u32 {
-    guard(PORTO_WAIT_FAILED, || event::wait(&[h], false, timeout_ms))
+    guard(PORTO_WAIT_FAILED, || event::wait(&[h.id()], false, timeout_ms))
 }
 
 /// porto's own: the eventfd behind event `h` (readable while it is set), to wait on with
@@ -89,5 +90,5 @@ pub extern "C" fn porto_WaitForSingleObject(h: PORTO_HANDLE, timeout_ms: u32) ->
 /// `porto_WSAResetEvent`, not by reading it; it stays the library's (do not close it).
 #[no_mangle]
 pub extern "C" fn porto_WSAEventFd(h: PORTO_WSAEVENT) -> i32 {
-    guard(-1, || event::event(h).map(|e| e.as_raw_fd()))
+    guard(-1, || event::event(h.id()).map(|e| e.as_raw_fd()))
 }

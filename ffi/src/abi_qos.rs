@@ -95,7 +95,7 @@ pub unsafe extern "C" fn porto_QOSCreateHandle(version: *const PORTO_QOS_VERSION
         }
         let h = qos::create()?;
         // SAFETY: non-NULL and valid.
-        unsafe { handle.write(h) };
+        unsafe { handle.write(PORTO_HANDLE::of(h)) };
         Ok(1)
     })
 }
@@ -103,7 +103,7 @@ pub unsafe extern "C" fn porto_QOSCreateHandle(version: *const PORTO_QOS_VERSION
 /// `QOSCloseHandle`: its flows' sockets leave them (unmarked, unshaped).
 #[no_mangle]
 pub extern "C" fn porto_QOSCloseHandle(handle: PORTO_HANDLE) -> i32 {
-    guard(0, || qos::close(handle).map(|()| 1))
+    guard(0, || qos::close(handle.id()).map(|()| 1))
 }
 
 /// `QOSAddSocketToFlow`: with `*flow == 0` a new flow of `traffic` (`PORTO_QOSTrafficType…`),
@@ -132,7 +132,7 @@ pub unsafe extern "C" fn porto_QOSAddSocketToFlow(
         let t = qos::traffic_of(traffic)?;
         // SAFETY: non-NULL and valid (the caller's contract).
         let id = unsafe { flow.read() };
-        let id = qos::add_socket(handle, s, t, id)?;
+        let id = qos::add_socket(handle.id(), s, t, id)?;
         // SAFETY: as above.
         unsafe { flow.write(id) };
         Ok(1)
@@ -149,7 +149,7 @@ pub extern "C" fn porto_QOSRemoveSocketFromFlow(
     flags: u32,
 ) -> i32 {
     let _ = flags;
-    guard(0, || qos::remove_socket(handle, s, flow).map(|()| 1))
+    guard(0, || qos::remove_socket(handle.id(), s, flow).map(|()| 1))
 }
 
 /// `QOSSetFlow`: `PORTO_QOSSetTrafficType` (a `u32`/`i32` traffic type in `buffer`) or
@@ -184,7 +184,7 @@ pub unsafe extern "C" fn porto_QOSSetFlow(
                 }
                 // SAFETY: `size >= 4` readable bytes (the caller's contract).
                 let t = qos::traffic_of(unsafe { buffer.cast::<i32>().read_unaligned() })?;
-                qos::set_traffic(handle, flow, t)?;
+                qos::set_traffic(handle.id(), flow, t)?;
             }
             PORTO_QOSSetOutgoingRate => {
                 if (size as usize) < std::mem::size_of::<PORTO_QOS_FLOWRATE_OUTGOING>() {
@@ -192,14 +192,14 @@ pub unsafe extern "C" fn porto_QOSSetFlow(
                 }
                 // SAFETY: `size` readable bytes hold one (the caller's contract).
                 let r = unsafe { buffer.cast::<PORTO_QOS_FLOWRATE_OUTGOING>().read_unaligned() };
-                qos::set_rate(handle, flow, r.Bandwidth, shaping_of(r.ShapingBehavior)?)?;
+                qos::set_rate(handle.id(), flow, r.Bandwidth, shaping_of(r.ShapingBehavior)?)?;
             }
             PORTO_QOSSetOutgoingDSCPValue => {
                 if (size as usize) < std::mem::size_of::<u32>() {
                     return Err(Wsa(PORTO_WSAEFAULT));
                 }
                 // SAFETY: `size >= 4` readable bytes (the caller's contract).
-                qos::set_dscp(handle, flow, unsafe { buffer.cast::<u32>().read_unaligned() })?;
+                qos::set_dscp(handle.id(), flow, unsafe { buffer.cast::<u32>().read_unaligned() })?;
             }
             _ => return Err(Wsa(PORTO_WSAEINVAL)),
         }
@@ -232,7 +232,7 @@ pub unsafe extern "C" fn porto_QOSQueryFlow(
             return Err(Wsa(PORTO_WSAEOPNOTSUPP));
         }
         non_null(size)?;
-        let info = qos::query(handle, flow)?;
+        let info = qos::query(handle.id(), flow)?;
         let non_conformant_unmarked = matches!(info.shape, Some((_, Shaping::UseNonConformantMarkings)));
         let marks = !matches!(info.shape, Some((_, Shaping::ShapeOnly)));
         let dscp = match info.dscp {

@@ -365,14 +365,14 @@ pub unsafe extern "C" fn porto_RIORegisterBuffer(data: *mut c_char, len: u32) ->
         let shard = state::first_shard()?;
         // The caller's contract above is what `ExternalBuffer::slice` asks (in `data_buf`).
         let buf = ExternalBuffer::register(&shard, ptr, len as usize).map_err(Wsa::from)?;
-        rio::register(buf, data as usize)
+        rio::register(buf, data as usize).map(PORTO_HANDLE::of)
     })
 }
 
 /// `RIODeregisterBuffer`. Errors (an unknown id) are left in `porto_WSAGetLastError`.
 #[no_mangle]
 pub extern "C" fn porto_RIODeregisterBuffer(id: PORTO_RIO_BUFFERID) {
-    guard((), || rio::deregister(id))
+    guard((), || rio::deregister(id.id()))
 }
 
 /// `RIOCreateCompletionQueue`: `size` entries (at most `PORTO_RIO_MAX_CQ_SIZE`); `n` NULL
@@ -394,25 +394,25 @@ pub unsafe extern "C" fn porto_RIOCreateCompletionQueue(
             let n = unsafe { &*n };
             match n.Type {
                 PORTO_RIO_EVENT_COMPLETION => Notify::Event {
-                    event: n.Event.EventHandle,
+                    event: n.Event.EventHandle.id(),
                     reset: n.Event.NotifyReset != 0,
                 },
                 PORTO_RIO_IOCP_COMPLETION => Notify::Iocp {
-                    port: n.Iocp.IocpHandle,
+                    port: n.Iocp.IocpHandle.id(),
                     key: n.Iocp.CompletionKey as u64,
                     token: n.Iocp.Overlapped as u64,
                 },
                 _ => return Err(Wsa(PORTO_WSAEINVAL)),
             }
         };
-        rio::create_cq(size, notify)
+        rio::create_cq(size, notify).map(PORTO_HANDLE::of)
     })
 }
 
 /// `RIOCloseCompletionQueue`.
 #[no_mangle]
 pub extern "C" fn porto_RIOCloseCompletionQueue(cq: PORTO_RIO_CQ) {
-    guard((), || rio::close_cq(cq))
+    guard((), || rio::close_cq(cq.id()))
 }
 
 /// `RIOCreateRequestQueue` on socket `s` (bound, or bound now to the unspecified address):
@@ -436,7 +436,7 @@ pub extern "C" fn porto_RIOCreateRequestQueue(
         if max_recv_bufs != 1 || max_send_bufs != 1 {
             return Err(Wsa(PORTO_WSAEINVAL));
         }
-        rio::create_rq(s, (max_recv, recv_cq), (max_send, send_cq), ctx as u64)
+        rio::create_rq(s, (max_recv, recv_cq.id()), (max_send, send_cq.id()), ctx as u64).map(PORTO_HANDLE::of)
     })
 }
 
@@ -452,7 +452,7 @@ unsafe fn data_buf(data: *const PORTO_RIO_BUF, count: u32) -> Result<Option<port
         (false, 1) => {
             // SAFETY: one valid RIO_BUF (the caller's contract).
             let b = unsafe { data.read_unaligned() };
-            let reg = rio::buffer(b.BufferId)?;
+            let reg = rio::buffer(b.BufferId.id())?;
             // SAFETY: the caller's RIO_BUF rules (forwarded contract).
             let s = unsafe { reg.buf.slice(b.Offset as usize, b.Length as usize) }.map_err(Wsa::from)?;
             Ok(Some(s))
@@ -476,7 +476,7 @@ unsafe fn addr_buf(b: *const PORTO_RIO_BUF) -> Result<Option<(usize, usize)>, Ws
     if (b.Length as usize) < std::mem::size_of::<PORTO_SOCKADDR_INET>() {
         return Err(Wsa(PORTO_WSAEFAULT));
     }
-    let at = rio::buffer(b.BufferId)?.at(b.Offset, b.Length)?;
+    let at = rio::buffer(b.BufferId.id())?.at(b.Offset, b.Length)?;
     Ok(Some((at, b.Length as usize)))
 }
 
@@ -505,7 +505,7 @@ unsafe fn flags_place(b: *const PORTO_RIO_BUF) -> Result<Option<usize>, Wsa> {
     if (b.Length as usize) < std::mem::size_of::<u32>() {
         return Err(Wsa(PORTO_WSAEFAULT));
     }
-    Ok(Some(rio::buffer(b.BufferId)?.at(b.Offset, b.Length)?))
+    Ok(Some(rio::buffer(b.BufferId.id())?.at(b.Offset, b.Length)?))
 }
 
 /// `RIOReceive`: receive into `data` (one `RIO_BUF`). TRUE (1) or FALSE (0) with the error
@@ -574,7 +574,7 @@ pub unsafe extern "C" fn porto_RIOReceiveEx(
             )
         };
         rio::issue(
-            rq,
+            rq.id(),
             Issue {
                 receive: true,
                 buf,
@@ -665,7 +665,7 @@ pub unsafe extern "C" fn porto_RIOSendEx(
         // SAFETY: forwarded contract.
         let (buf, control) = unsafe { (data_buf(data, count)?, control_buf(control)?) };
         rio::issue(
-            rq,
+            rq.id(),
             Issue {
                 receive: false,
                 buf,
@@ -695,7 +695,7 @@ pub unsafe extern "C" fn porto_RIODequeueCompletion(cq: PORTO_RIO_CQ, results: *
     guard(PORTO_RIO_CORRUPT_CQ, || {
         non_null(results).map_err(|_| Wsa(PORTO_WSAEFAULT))?;
         let mut done = Vec::new();
-        rio::dequeue(cq, size as usize, &mut done)?;
+        rio::dequeue(cq.id(), size as usize, &mut done)?;
         // SAFETY: `size` writable entries; `done.len() <= size`.
         let out = unsafe { std::slice::from_raw_parts_mut(results, size as usize) };
         for (o, d) in out.iter_mut().zip(&done) {
@@ -723,7 +723,7 @@ pub unsafe extern "C" fn porto_RIODequeueCompletion(cq: PORTO_RIO_CQ, results: *
 /// already does). 0, or the WSA error (`PORTO_WSAEINVAL`: no notification configured).
 #[no_mangle]
 pub extern "C" fn porto_RIONotify(cq: PORTO_RIO_CQ) -> i32 {
-    match std::panic::catch_unwind(|| rio::notify(cq)) {
+    match std::panic::catch_unwind(|| rio::notify(cq.id())) {
         Ok(Ok(())) => 0,
         Ok(Err(Wsa(code))) => code,
         Err(_) => PORTO_WSASYSCALLFAILURE,
@@ -736,12 +736,12 @@ pub extern "C" fn porto_RIONotify(cq: PORTO_RIO_CQ) -> i32 {
 /// queue. Any thread; completions into the queue wait for the move.
 #[no_mangle]
 pub extern "C" fn porto_RIOResizeCompletionQueue(cq: PORTO_RIO_CQ, size: u32) -> i32 {
-    guard(0, || rio::resize_cq(cq, size).map(|()| 1))
+    guard(0, || rio::resize_cq(cq.id(), size).map(|()| 1))
 }
 
 /// `RIOResizeRequestQueue`: new maxima; FALSE with `PORTO_WSAETOOMANYREFS` below what is
 /// outstanding, `PORTO_WSAENOBUFS` when a completion queue has no room for more.
 #[no_mangle]
 pub extern "C" fn porto_RIOResizeRequestQueue(rq: PORTO_RIO_RQ, max_recv: u32, max_send: u32) -> i32 {
-    guard(0, || rio::resize_rq(rq, max_recv, max_send).map(|()| 1))
+    guard(0, || rio::resize_rq(rq.id(), max_recv, max_send).map(|()| 1))
 }

@@ -6,11 +6,30 @@
 
 /// A socket handle (Winsock's `SOCKET`).
 pub type PORTO_SOCKET = u64;
-/// A completion port handle (Win32's `HANDLE`); 0 is NULL.
-pub type PORTO_HANDLE = u64;
+/// Win32's `HANDLE` (a completion port, an event, a QoS handle; NULL is none), and the type
+/// of every other handle here: a pointer type as Windows declares it, so `h == NULL`,
+/// `(HANDLE)sock` and `h == INVALID_HANDLE_VALUE` compile in C and C++ as on Windows. The
+/// library numbers its handles and checks every one it is given.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PORTO_HANDLE(pub *mut core::ffi::c_void);
+
+impl PORTO_HANDLE {
+    /// The library's number for it.
+    pub(crate) fn id(self) -> u64 {
+        self.0 as usize as u64
+    }
+
+    /// The handle of number `id`.
+    pub(crate) fn of(id: u64) -> PORTO_HANDLE {
+        PORTO_HANDLE(id as usize as *mut core::ffi::c_void)
+    }
+}
 
 pub const PORTO_INVALID_SOCKET: PORTO_SOCKET = 0xFFFF_FFFF_FFFF_FFFF;
-pub const PORTO_INVALID_HANDLE_VALUE: PORTO_HANDLE = 0xFFFF_FFFF_FFFF_FFFF;
+/// `INVALID_HANDLE_VALUE` (`(HANDLE)-1`; a macro in porto.h).
+/// cbindgen:ignore
+pub const PORTO_INVALID_HANDLE_VALUE: PORTO_HANDLE = PORTO_HANDLE(usize::MAX as *mut core::ffi::c_void);
 pub const PORTO_SOCKET_ERROR: i32 = -1;
 /// `dwMilliseconds` that waits for ever.
 pub const PORTO_INFINITE: u32 = 0xFFFF_FFFF;
@@ -27,10 +46,12 @@ pub const PORTO_WSA_INVALID_PARAMETER: i32 = 87;
 /// `WSA_INVALID_HANDLE`: not an event handle.
 pub const PORTO_WSA_INVALID_HANDLE: i32 = 6;
 
-/// `WSAEVENT`: a handle from `porto_WSACreateEvent`.
-pub type PORTO_WSAEVENT = u64;
-/// `WSA_INVALID_EVENT`: what `porto_WSACreateEvent` returns on failure.
-pub const PORTO_WSA_INVALID_EVENT: PORTO_WSAEVENT = 0;
+/// `WSAEVENT`: a handle from `porto_WSACreateEvent` (Windows' `HANDLE`).
+pub type PORTO_WSAEVENT = PORTO_HANDLE;
+/// `WSA_INVALID_EVENT` (NULL): what `porto_WSACreateEvent` returns on failure (a macro in
+/// porto.h).
+/// cbindgen:ignore
+pub const PORTO_WSA_INVALID_EVENT: PORTO_WSAEVENT = PORTO_HANDLE(std::ptr::null_mut());
 /// `WSAWaitForMultipleEvents`' results: `WSA_WAIT_EVENT_0 + i`, `WSA_WAIT_TIMEOUT`,
 /// `WSA_WAIT_FAILED` (the reason in `porto_WSAGetLastError`).
 pub const PORTO_WSA_WAIT_EVENT_0: u32 = 0;
@@ -79,13 +100,19 @@ pub const PORTO_SIO_GET_EXTENSION_FUNCTION_POINTER: u32 = 0xC800_0006;
 pub const PORTO_SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER: u32 = 0xC800_0024;
 
 /// A registered buffer (`RIO_BUFFERID`), completion queue (`RIO_CQ`), request queue
-/// (`RIO_RQ`): handles the library checks on every call.
-pub type PORTO_RIO_BUFFERID = u64;
-pub type PORTO_RIO_CQ = u64;
-pub type PORTO_RIO_RQ = u64;
-pub const PORTO_RIO_INVALID_BUFFERID: PORTO_RIO_BUFFERID = 0xFFFF_FFFF;
-pub const PORTO_RIO_INVALID_CQ: PORTO_RIO_CQ = 0;
-pub const PORTO_RIO_INVALID_RQ: PORTO_RIO_RQ = 0;
+/// (`RIO_RQ`): opaque pointers on Windows, handles the library checks on every call here.
+pub type PORTO_RIO_BUFFERID = PORTO_HANDLE;
+pub type PORTO_RIO_CQ = PORTO_HANDLE;
+pub type PORTO_RIO_RQ = PORTO_HANDLE;
+/// `RIO_INVALID_BUFFERID` (`(RIO_BUFFERID)0xFFFFFFFF`; macros in porto.h for these three).
+/// cbindgen:ignore
+pub const PORTO_RIO_INVALID_BUFFERID: PORTO_RIO_BUFFERID = PORTO_HANDLE(0xFFFF_FFFF_usize as *mut core::ffi::c_void);
+/// `RIO_INVALID_CQ` (NULL).
+/// cbindgen:ignore
+pub const PORTO_RIO_INVALID_CQ: PORTO_RIO_CQ = PORTO_HANDLE(std::ptr::null_mut());
+/// `RIO_INVALID_RQ` (NULL).
+/// cbindgen:ignore
+pub const PORTO_RIO_INVALID_RQ: PORTO_RIO_RQ = PORTO_HANDLE(std::ptr::null_mut());
 /// `RIODequeueCompletion`'s answer for a handle that is no completion queue.
 pub const PORTO_RIO_CORRUPT_CQ: u32 = 0xFFFF_FFFF;
 /// Largest `RIOCreateCompletionQueue` size (each entry is preallocated).

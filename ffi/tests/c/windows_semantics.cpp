@@ -90,12 +90,12 @@ int main() {
     EXPECT(porto_bind(s, reinterpret_cast<sockaddr *>(&a), sizeof a) == 0);
     int alen = sizeof a;
     EXPECT(porto_getsockname(s, reinterpret_cast<sockaddr *>(&a), &alen) == 0);
-    EXPECT(porto_CreateIoCompletionPort(s, iocp, 7, 0) == iocp);
+    EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)s, iocp, 7, 0) == iocp);
 
     char data[64];
     PORTO_WSABUF wb;
     wb.len = sizeof data;
-    wb.buf = reinterpret_cast<decltype(wb.buf)>(data);
+    wb.buf = data; // CHAR *, as Windows declares it
     PORTO_OVERLAPPED ov;
     std::memset(&ov, 0, sizeof ov);
     uint32_t flags = 0;
