@@ -55,6 +55,27 @@
 // (`PORTO_HasOverlappedIoCompleted` tests it).
 #define PORTO_STATUS_PENDING 259
 
+// `WSA_IO_INCOMPLETE`: `WSAGetOverlappedResult` without waiting, on an operation still in
+// flight.
+#define PORTO_WSA_IO_INCOMPLETE 996
+
+// `WSATRY_AGAIN`: `WSAAccept`'s condition deferred the connection (`CF_DEFER`).
+#define PORTO_WSATRY_AGAIN 11002
+
+// `WSAAccept` condition results.
+#define PORTO_CF_ACCEPT 0
+
+#define PORTO_CF_REJECT 1
+
+#define PORTO_CF_DEFER 2
+
+// `shutdown`'s `how` (Linux's SHUT_RD/WR/RDWR have the same values).
+#define PORTO_SD_RECEIVE 0
+
+#define PORTO_SD_SEND 1
+
+#define PORTO_SD_BOTH 2
+
 // `ERROR_ABANDONED_WAIT_0`: the completion port was closed while the call waited on it.
 #define PORTO_ERROR_ABANDONED_WAIT_0 735
 
@@ -327,6 +348,18 @@ typedef struct {
   int32_t tv_sec;
   int32_t tv_usec;
 } PORTO_TIMEVAL;
+
+// `WSAAccept`'s condition function (`LPCONDITIONPROC`): caller id and data, the QOS
+// pointers (NULL here), callee id and data, the group (0), and the callback data; returns
+// `PORTO_CF_ACCEPT`, `PORTO_CF_REJECT` or `PORTO_CF_DEFER`.
+typedef int32_t (*PORTO_LPCONDITIONPROC)(PORTO_WSABUF*,
+                                         PORTO_WSABUF*,
+                                         void*,
+                                         void*,
+                                         PORTO_WSABUF*,
+                                         PORTO_WSABUF*,
+                                         uint32_t*,
+                                         uintptr_t);
 
 // `WSAEVENT`: a handle from `porto_WSACreateEvent` (Windows' `HANDLE`).
 typedef PORTO_HANDLE PORTO_WSAEVENT;
@@ -691,6 +724,36 @@ int32_t porto_PostQueuedCompletionStatus(PORTO_HANDLE port,
 // NULL `ov`, every operation of the socket does (each once; the socket stays open).
 int32_t porto_CancelIoEx(PORTO_SOCKET s, PORTO_OVERLAPPED *ov);
 
+// `WSASetLastError`: what this thread's next `porto_WSAGetLastError` returns.
+void porto_WSASetLastError(int32_t code);
+
+// `WSAGetOverlappedResult(s, ov, &bytes, wait, &flags)`: TRUE with the bytes once the
+// operation's completion was dequeued (its `Internal` no longer `PORTO_STATUS_PENDING`);
+// FALSE with the operation's error if it failed; FALSE with `PORTO_WSA_IO_INCOMPLETE` if it
+// is still in flight and `wait` is FALSE. With `wait`, it waits until a thread dequeues the
+// completion (porto writes an OVERLAPPED when its completion is dequeued, so on a port
+// nobody dequeues from it waits for ever — as a program that never reads its port would
+// on Windows). `flags` gets 0. `s` is not checked against the operation (Windows does not
+// either).
+//
+// # Safety
+// `ov` is valid; `bytes` and `flags` are NULL or valid.
+int32_t porto_WSAGetOverlappedResult(PORTO_SOCKET s,
+                                     PORTO_OVERLAPPED *ov,
+                                     uint32_t *bytes,
+                                     int32_t wait,
+                                     uint32_t *flags);
+
+// `GetOverlappedResult(handle, ov, &bytes, wait)`: as `porto_WSAGetOverlappedResult` (the
+// handle is the socket as a `HANDLE`; the error is in `porto_WSAGetLastError`).
+//
+// # Safety
+// As for `porto_WSAGetOverlappedResult`.
+int32_t porto_GetOverlappedResult(PORTO_HANDLE handle,
+                                  PORTO_OVERLAPPED *ov,
+                                  uint32_t *bytes,
+                                  int32_t wait);
+
 // `closesocket`: outstanding operations complete `PORTO_WSA_OPERATION_ABORTED`.
 int32_t porto_closesocket(PORTO_SOCKET s);
 
@@ -813,6 +876,37 @@ void porto_FD_SET(PORTO_SOCKET s, PORTO_FD_SET *set);
 // # Safety
 // `set` valid.
 void porto_FD_CLR(PORTO_SOCKET s, PORTO_FD_SET *set);
+
+// `socket`: as `porto_WSASocket(af, type, protocol, NULL, 0, WSA_FLAG_OVERLAPPED)` — on
+// Windows `socket()` makes an overlapped-capable socket too. (A program renamed to porto
+// that kept libc's `socket()` got a kernel fd porto then refused.)
+PORTO_SOCKET porto_socket(int32_t af, int32_t ty, int32_t protocol);
+
+// `getpeername`: the connected peer; `PORTO_WSAENOTCONN` on a socket with none.
+//
+// # Safety
+// `name` is writable for `*namelen` bytes; `namelen` valid.
+int32_t porto_getpeername(PORTO_SOCKET s, struct sockaddr *name, int32_t *namelen);
+
+// `shutdown(s, how)`: `PORTO_SD_RECEIVE`, `PORTO_SD_SEND` or `PORTO_SD_BOTH`;
+// `PORTO_WSAENOTCONN` on a socket not connected, `PORTO_WSAEINVAL` for another `how`.
+int32_t porto_shutdown(PORTO_SOCKET s, int32_t how);
+
+// `WSAAccept`: `porto_accept`, with an optional condition function that sees the caller's
+// address (`lpCallerId`: its sockaddr) and this socket's (`lpCalleeId`) and decides:
+// `PORTO_CF_ACCEPT` returns the connection; `PORTO_CF_REJECT` closes it and fails with
+// `PORTO_WSAECONNREFUSED`; `PORTO_CF_DEFER` fails with `PORTO_WSATRY_AGAIN` and keeps the
+// connection for the next `WSAAccept` on this socket, which offers it to the condition
+// again first (Linux accepts before the condition runs, so a refused peer sees its
+// connection accepted and closed rather than refused).
+//
+// # Safety
+// `addr`/`addrlen` are NULL or valid; `condition` is NULL or a valid function.
+PORTO_SOCKET porto_WSAAccept(PORTO_SOCKET s,
+                             struct sockaddr *addr,
+                             int32_t *addrlen,
+                             PORTO_LPCONDITIONPROC condition,
+                             uintptr_t callback_data);
 
 // `WSACreateEvent`: a manual-reset event, not set; `PORTO_WSA_INVALID_EVENT` on failure.
 // Any thread.

@@ -90,7 +90,13 @@ impl CompletionPort {
     pub fn new(concurrency: usize, capacity: usize) -> CompletionPort {
         assert!(capacity > 0, "port capacity must be positive");
         let concurrency = if concurrency == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+            // Windows: "as many concurrently running threads as there are processors in the
+            // system" — the machine's, not the calling thread's affinity mask (a program pinned
+            // to one core before creating its port still gets one slot per processor).
+            crate::sys::cpu::online().map_or_else(
+                |_| std::thread::available_parallelism().map_or(1, |n| n.get()),
+                |c| c.len().max(1),
+            )
         } else {
             concurrency
         };

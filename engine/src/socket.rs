@@ -534,6 +534,21 @@ impl SocketCore {
         Ok(net::local_addr(self.fd)?)
     }
 
+    /// The connected peer, as the kernel has it (getpeername): `NotConnected` without one.
+    pub fn peer_addr(&self) -> Result<SocketAddr, Error> {
+        Ok(net::peer_addr(self.fd)?)
+    }
+
+    /// shutdown(2) on the kernel socket: `Read`, `Write` or `Both`.
+    pub fn shutdown(&self, how: std::net::Shutdown) -> Result<(), Error> {
+        let how = match how {
+            std::net::Shutdown::Read => libc::SHUT_RD,
+            std::net::Shutdown::Write => libc::SHUT_WR,
+            std::net::Shutdown::Both => libc::SHUT_RDWR,
+        };
+        net::shutdown_raw(self.fd, how).map_err(Error::from)
+    }
+
     /// The transport this socket's operations go through: its shard's provider (io_uring or
     /// epoll) for a kernel socket.
     pub fn transport(&self) -> Transport {

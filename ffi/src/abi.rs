@@ -14,6 +14,7 @@
 use std::ffi::c_void;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::codes::*;
@@ -620,10 +621,13 @@ pub unsafe extern "C" fn porto_GetQueuedCompletionStatusEx(
                 Err(code) => (code as u64, 0),
             };
             if !ov.is_null() {
-                // SAFETY: the OVERLAPPED given with the operation, valid until now.
+                // SAFETY: the OVERLAPPED given with the operation, valid until now. The
+                // status goes last, atomically (Release): a thread polling it
+                // (`HasOverlappedIoCompleted`, `WSAGetOverlappedResult`) that sees it done
+                // sees the byte count too.
                 unsafe {
-                    (*ov).Internal = status;
                     (*ov).InternalHigh = bytes;
+                    AtomicU64::from_ptr(&raw mut (*ov).Internal).store(status, Ordering::Release);
                 }
             }
             *e = PORTO_OVERLAPPED_ENTRY {
@@ -761,6 +765,98 @@ pub extern "C" fn porto_PostQueuedCompletionStatus(
 #[no_mangle]
 pub extern "C" fn porto_CancelIoEx(s: PORTO_SOCKET, ov: *mut PORTO_OVERLAPPED) -> i32 {
     guard(0, || state::cancel(s, (!ov.is_null()).then_some(ov as u64)).map(|()| 1))
+}
+
+/// `WSASetLastError`: what this thread's next `porto_WSAGetLastError` returns.
+#[no_mangle]
+pub extern "C" fn porto_WSASetLastError(code: i32) {
+    state::set_last_error(code);
+}
+
+/// `WSAGetOverlappedResult(s, ov, &bytes, wait, &flags)`: TRUE with the bytes once the
+/// operation's completion was dequeued (its `Internal` no longer `PORTO_STATUS_PENDING`);
+/// FALSE with the operation's error if it failed; FALSE with `PORTO_WSA_IO_INCOMPLETE` if it
+/// is still in flight and `wait` is FALSE. With `wait`, it waits until a thread dequeues the
+/// completion (porto writes an OVERLAPPED when its completion is dequeued, so on a port
+/// nobody dequeues from it waits for ever — as a program that never reads its port would
+/// on Windows). `flags` gets 0. `s` is not checked against the operation (Windows does not
+/// either).
+///
+/// # Safety
+/// `ov` is valid; `bytes` and `flags` are NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn porto_WSAGetOverlappedResult(
+    s: PORTO_SOCKET,
+    ov: *mut PORTO_OVERLAPPED,
+    bytes: *mut u32,
+    wait: i32,
+    flags: *mut u32,
+) -> i32 {
+    let _ = s;
+    guard(0, || {
+        non_null(ov)?;
+        if !flags.is_null() {
+            // SAFETY: non-NULL: the caller's.
+            unsafe { flags.write(0) };
+        }
+        // SAFETY: the caller's OVERLAPPED, valid.
+        unsafe { overlapped_result(ov, bytes, wait != 0) }
+    })
+}
+
+/// `GetOverlappedResult(handle, ov, &bytes, wait)`: as `porto_WSAGetOverlappedResult` (the
+/// handle is the socket as a `HANDLE`; the error is in `porto_WSAGetLastError`).
+///
+/// # Safety
+/// As for `porto_WSAGetOverlappedResult`.
+#[no_mangle]
+pub unsafe extern "C" fn porto_GetOverlappedResult(
+    handle: PORTO_HANDLE,
+    ov: *mut PORTO_OVERLAPPED,
+    bytes: *mut u32,
+    wait: i32,
+) -> i32 {
+    let _ = handle;
+    guard(0, || {
+        non_null(ov)?;
+        // SAFETY: the caller's OVERLAPPED, valid.
+        unsafe { overlapped_result(ov, bytes, wait != 0) }
+    })
+}
+
+/// Reads an OVERLAPPED's outcome, waiting (by polling, 50 µs to 1 ms apart) while it is in
+/// flight if `wait`.
+///
+/// # Safety
+/// `ov` is valid; `bytes` NULL or valid.
+unsafe fn overlapped_result(ov: *mut PORTO_OVERLAPPED, bytes: *mut u32, wait: bool) -> Result<i32, Wsa> {
+    // SAFETY: the caller's OVERLAPPED; `Internal` is written atomically by the dequeuing
+    // thread (Acquire pairs with its Release store).
+    let internal = unsafe { AtomicU64::from_ptr(&raw mut (*ov).Internal) };
+    let mut nap = Duration::from_micros(50);
+    let status = loop {
+        let st = internal.load(Ordering::Acquire);
+        if st != PORTO_STATUS_PENDING {
+            break st;
+        }
+        if !wait {
+            return Err(Wsa(PORTO_WSA_IO_INCOMPLETE));
+        }
+        // A thread that blocks lets go of its completion port, as Windows counts it: another
+        // thread may then dequeue (the completion this waits for, perhaps).
+        porto::CompletionPort::release_current_thread();
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(1));
+    };
+    if !bytes.is_null() {
+        // SAFETY: the caller's `bytes`; `InternalHigh` was written before the status.
+        unsafe { bytes.write((*ov).InternalHigh as u32) };
+    }
+    if status == 0 {
+        Ok(1)
+    } else {
+        Err(Wsa(status as i32))
+    }
 }
 
 /// `closesocket`: outstanding operations complete `PORTO_WSA_OPERATION_ABORTED`.

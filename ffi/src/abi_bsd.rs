@@ -395,3 +395,148 @@ pub unsafe extern "C" fn porto_FD_CLR(s: PORTO_SOCKET, set: *mut PORTO_FD_SET) {
         set.fd_count = n as u32 - 1;
     }
 }
+
+/// `socket`: as `porto_WSASocket(af, type, protocol, NULL, 0, WSA_FLAG_OVERLAPPED)` — on
+/// Windows `socket()` makes an overlapped-capable socket too. (A program renamed to porto
+/// that kept libc's `socket()` got a kernel fd porto then refused.)
+#[no_mangle]
+pub extern "C" fn porto_socket(af: i32, ty: i32, protocol: i32) -> PORTO_SOCKET {
+    guard(PORTO_INVALID_SOCKET, || crate::state::socket(af, ty, protocol))
+}
+
+/// `getpeername`: the connected peer; `PORTO_WSAENOTCONN` on a socket with none.
+///
+/// # Safety
+/// `name` is writable for `*namelen` bytes; `namelen` valid.
+#[no_mangle]
+pub unsafe extern "C" fn porto_getpeername(s: PORTO_SOCKET, name: *mut libc::sockaddr, namelen: *mut i32) -> i32 {
+    guard(PORTO_SOCKET_ERROR, || {
+        let peer = bsd::peer(s)?;
+        // SAFETY: the caller's contract.
+        unsafe { write_sockaddr(peer, name, namelen) }.map(|()| 0)
+    })
+}
+
+/// `shutdown(s, how)`: `PORTO_SD_RECEIVE`, `PORTO_SD_SEND` or `PORTO_SD_BOTH`;
+/// `PORTO_WSAENOTCONN` on a socket not connected, `PORTO_WSAEINVAL` for another `how`.
+#[no_mangle]
+pub extern "C" fn porto_shutdown(s: PORTO_SOCKET, how: i32) -> i32 {
+    guard(PORTO_SOCKET_ERROR, || bsd::shutdown(s, how).map(|()| 0))
+}
+
+/// `WSAAccept`'s condition function (`LPCONDITIONPROC`): caller id and data, the QOS
+/// pointers (NULL here), callee id and data, the group (0), and the callback data; returns
+/// `PORTO_CF_ACCEPT`, `PORTO_CF_REJECT` or `PORTO_CF_DEFER`.
+#[allow(non_camel_case_types)]
+pub type PORTO_LPCONDITIONPROC = Option<
+    unsafe extern "C" fn(
+        *mut crate::abi::PORTO_WSABUF,
+        *mut crate::abi::PORTO_WSABUF,
+        *mut core::ffi::c_void,
+        *mut core::ffi::c_void,
+        *mut crate::abi::PORTO_WSABUF,
+        *mut crate::abi::PORTO_WSABUF,
+        *mut u32,
+        usize,
+    ) -> i32,
+>;
+
+/// `WSAAccept`: `porto_accept`, with an optional condition function that sees the caller's
+/// address (`lpCallerId`: its sockaddr) and this socket's (`lpCalleeId`) and decides:
+/// `PORTO_CF_ACCEPT` returns the connection; `PORTO_CF_REJECT` closes it and fails with
+/// `PORTO_WSAECONNREFUSED`; `PORTO_CF_DEFER` fails with `PORTO_WSATRY_AGAIN` and keeps the
+/// connection for the next `WSAAccept` on this socket, which offers it to the condition
+/// again first (Linux accepts before the condition runs, so a refused peer sees its
+/// connection accepted and closed rather than refused).
+///
+/// # Safety
+/// `addr`/`addrlen` are NULL or valid; `condition` is NULL or a valid function.
+#[no_mangle]
+pub unsafe extern "C" fn porto_WSAAccept(
+    s: PORTO_SOCKET,
+    addr: *mut libc::sockaddr,
+    addrlen: *mut i32,
+    condition: PORTO_LPCONDITIONPROC,
+    callback_data: usize,
+) -> PORTO_SOCKET {
+    guard(PORTO_INVALID_SOCKET, || {
+        let (new, peer) = bsd::accept_next(s)?;
+        if let Some(cond) = condition {
+            let local = crate::state::local_addr(new).ok();
+            let verdict = {
+                let mut caller = SockaddrBuf::of(peer);
+                let mut callee = SockaddrBuf::of(local);
+                let mut group = 0u32;
+                // SAFETY: the condition is the caller's function (its contract); every
+                // pointer it is given lives across the call.
+                unsafe {
+                    cond(
+                        caller.wsabuf(),
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        callee.wsabuf(),
+                        std::ptr::null_mut(),
+                        &mut group,
+                        callback_data,
+                    )
+                }
+            };
+            match verdict {
+                PORTO_CF_ACCEPT => {}
+                PORTO_CF_DEFER => {
+                    bsd::defer(s, new, peer);
+                    return Err(Wsa(PORTO_WSATRY_AGAIN));
+                }
+                _ => {
+                    let _ = crate::state::close_socket(new);
+                    return Err(Wsa(PORTO_WSAECONNREFUSED));
+                }
+            }
+        }
+        if let (Some(peer), false) = (peer, addr.is_null()) {
+            // SAFETY: the caller's contract.
+            unsafe { write_sockaddr(peer, addr, addrlen)? };
+        }
+        Ok(new)
+    })
+}
+
+/// An address as `WSAAccept`'s condition sees it: a `WSABUF` over a sockaddr.
+struct SockaddrBuf {
+    storage: libc::sockaddr_storage,
+    buf: crate::abi::PORTO_WSABUF,
+}
+
+impl SockaddrBuf {
+    fn of(addr: Option<std::net::SocketAddr>) -> Box<SockaddrBuf> {
+        let mut b = Box::new(SockaddrBuf {
+            // SAFETY: all-zero is a valid sockaddr_storage.
+            storage: unsafe { std::mem::zeroed() },
+            buf: crate::abi::PORTO_WSABUF {
+                len: 0,
+                buf: std::ptr::null_mut(),
+            },
+        });
+        if let Some(a) = addr {
+            let mut len = std::mem::size_of::<libc::sockaddr_storage>() as i32;
+            let p = (&mut b.storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
+            // SAFETY: `storage` is writable for `len` bytes.
+            if unsafe { write_sockaddr(a, p, &mut len) }.is_ok() {
+                b.buf = crate::abi::PORTO_WSABUF {
+                    len: len as u32,
+                    buf: p.cast(),
+                };
+            }
+        }
+        b
+    }
+
+    fn wsabuf(&mut self) -> *mut crate::abi::PORTO_WSABUF {
+        if self.buf.buf.is_null() {
+            std::ptr::null_mut()
+        } else {
+            &mut self.buf
+        }
+    }
+}

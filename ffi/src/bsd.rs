@@ -182,6 +182,56 @@ pub(crate) fn accept(h: u64) -> Result<(u64, Option<SocketAddr>), Wsa> {
     Ok((new, peer))
 }
 
+/// Connections a `WSAAccept` condition deferred, per listening socket, offered again first.
+static DEFERRED: std::sync::Mutex<Vec<(u64, u64, Option<SocketAddr>)>> = std::sync::Mutex::new(Vec::new());
+
+/// `WSAAccept`'s next connection: one its condition deferred on `h`, else a new one.
+pub(crate) fn accept_next(h: u64) -> Result<(u64, Option<SocketAddr>), Wsa> {
+    {
+        let mut d = DEFERRED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = d.iter().position(|&(l, _, _)| l == h) {
+            let (_, new, peer) = d.remove(i);
+            return Ok((new, peer));
+        }
+    }
+    accept(h)
+}
+
+/// Keeps connection `new` (of listener `h`) for its next `WSAAccept` (CF_DEFER).
+pub(crate) fn defer(h: u64, new: u64, peer: Option<SocketAddr>) {
+    DEFERRED.lock().unwrap_or_else(|e| e.into_inner()).push((h, new, peer));
+}
+
+/// `getpeername`: the connected peer, as the kernel has it.
+pub(crate) fn peer(h: u64) -> Result<SocketAddr, Wsa> {
+    state::with_core(h, |c| c.peer_addr().map_err(Wsa::from)).map_err(|e| {
+        if e.0 == PORTO_WSAEINVAL {
+            Wsa(PORTO_WSAENOTCONN)
+        } else {
+            e
+        }
+    })
+}
+
+/// `shutdown(how)`.
+pub(crate) fn shutdown(h: u64, how: i32) -> Result<(), Wsa> {
+    if !matches!(how, PORTO_SD_RECEIVE | PORTO_SD_SEND | PORTO_SD_BOTH) {
+        return Err(Wsa(PORTO_WSAEINVAL));
+    }
+    let how = match how {
+        PORTO_SD_RECEIVE => std::net::Shutdown::Read,
+        PORTO_SD_SEND => std::net::Shutdown::Write,
+        _ => std::net::Shutdown::Both,
+    };
+    state::with_core(h, |c| c.shutdown(how).map_err(Wsa::from)).map_err(|e| {
+        if e.0 == PORTO_WSAEINVAL {
+            Wsa(PORTO_WSAENOTCONN)
+        } else {
+            e
+        }
+    })
+}
+
 /// `ioctlsocket(FIONBIO)`.
 pub(crate) fn set_nonblocking(h: u64, on: bool) -> Result<(), Wsa> {
     state::sock(h)?.bsd.nonblocking.store(on, Ordering::Relaxed);

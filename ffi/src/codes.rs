@@ -39,6 +39,19 @@ pub const PORTO_WAIT_TIMEOUT: i32 = 258;
 /// `STATUS_PENDING`: an `OVERLAPPED`'s `Internal` while its operation is in flight
 /// (`PORTO_HasOverlappedIoCompleted` tests it).
 pub const PORTO_STATUS_PENDING: u64 = 0x103;
+/// `WSA_IO_INCOMPLETE`: `WSAGetOverlappedResult` without waiting, on an operation still in
+/// flight.
+pub const PORTO_WSA_IO_INCOMPLETE: i32 = 996;
+/// `WSATRY_AGAIN`: `WSAAccept`'s condition deferred the connection (`CF_DEFER`).
+pub const PORTO_WSATRY_AGAIN: i32 = 11002;
+/// `WSAAccept` condition results.
+pub const PORTO_CF_ACCEPT: i32 = 0;
+pub const PORTO_CF_REJECT: i32 = 1;
+pub const PORTO_CF_DEFER: i32 = 2;
+/// `shutdown`'s `how` (Linux's SHUT_RD/WR/RDWR have the same values).
+pub const PORTO_SD_RECEIVE: i32 = 0;
+pub const PORTO_SD_SEND: i32 = 1;
+pub const PORTO_SD_BOTH: i32 = 2;
 /// `ERROR_ABANDONED_WAIT_0`: the completion port was closed while the call waited on it.
 pub const PORTO_ERROR_ABANDONED_WAIT_0: i32 = 735;
 /// `ERROR_INVALID_PARAMETER` (`WSA_INVALID_PARAMETER`).

@@ -8,6 +8,9 @@
 //     their worker threads.
 //  3. A program that pins its main thread to one CPU before WSAStartup does not get the
 //     library's threads squeezed onto that CPU.
+//  4. The calls servers make that porto.h lacked: socket(), WSASetLastError, getpeername,
+//     shutdown, WSAGetOverlappedResult / GetOverlappedResult, WSAAccept with a condition
+//     function (accept, reject, defer).
 #include "porto.h"
 
 #include <arpa/inet.h>
@@ -36,6 +39,20 @@ static int failures = 0;
     } while (0)
 
 // The CPUs a thread of this process named `name` may run on (Cpus_allowed_list), or "".
+static int conditions = 0;
+// WSAAccept's condition: reject the first connection, defer the second once, accept the rest.
+static int CALLBACK_condition(PORTO_WSABUF *caller, PORTO_WSABUF *, void *, void *, PORTO_WSABUF *callee,
+                              PORTO_WSABUF *, uint32_t *, uintptr_t data) {
+    if (caller == nullptr || callee == nullptr || caller->len < sizeof(sockaddr_in) || data != 42)
+        return PORTO_CF_REJECT + 100; // makes the check below fail
+    conditions++;
+    if (conditions == 1)
+        return PORTO_CF_REJECT;
+    if (conditions == 2)
+        return PORTO_CF_DEFER;
+    return PORTO_CF_ACCEPT;
+}
+
 static std::string allowed_cpus_of(const char *name) {
     DIR *d = opendir("/proc/self/task");
     if (!d)
@@ -105,6 +122,9 @@ int main() {
                              nullptr) == PORTO_SOCKET_ERROR);
     EXPECT(porto_WSAGetLastError() == PORTO_WSA_IO_PENDING);
     EXPECT(!PORTO_HasOverlappedIoCompleted(&ov));
+    uint32_t got_bytes = 7, got_flags = 7;
+    EXPECT(porto_WSAGetOverlappedResult(s, &ov, &got_bytes, 0, &got_flags) == 0);
+    EXPECT(porto_WSAGetLastError() == PORTO_WSA_IO_INCOMPLETE);
     int c = socket(AF_INET, SOCK_DGRAM, 0);
     EXPECT(sendto(c, "hello", 5, 0, reinterpret_cast<sockaddr *>(&a), sizeof a) == 5);
     uint32_t bytes = 0;
@@ -114,7 +134,33 @@ int main() {
     EXPECT(got == &ov && key == 7 && bytes == 5);
     EXPECT(PORTO_HasOverlappedIoCompleted(&ov));
     EXPECT(ov.Internal == 0 && ov.InternalHigh == 5);
+    EXPECT(porto_WSAGetOverlappedResult(s, &ov, &got_bytes, 1, &got_flags) == 1);
+    EXPECT(got_bytes == 5 && got_flags == 0);
+    // GetOverlappedResult(wait) returns once another thread dequeues the completion.
+    {
+        PORTO_OVERLAPPED ov2;
+        std::memset(&ov2, 0, sizeof ov2);
+        EXPECT(porto_WSARecvFrom(s, &wb, 1, nullptr, &flags, nullptr, nullptr, &ov2, nullptr) == PORTO_SOCKET_ERROR);
+        std::thread dq([iocp] {
+            uint32_t b2 = 0;
+            uint64_t k2 = 0;
+            PORTO_OVERLAPPED *o2 = nullptr;
+            porto_GetQueuedCompletionStatus(iocp, &b2, &k2, &o2, 5000);
+        });
+        EXPECT(sendto(c, "again!", 6, 0, reinterpret_cast<sockaddr *>(&a), sizeof a) == 6);
+        uint32_t b3 = 0;
+        EXPECT(porto_GetOverlappedResult((PORTO_HANDLE)s, &ov2, &b3, 1) == 1);
+        EXPECT(b3 == 6);
+        dq.join();
+    }
     close(c);
+    // Not connected: getpeername and shutdown say so.
+    sockaddr_in peer;
+    int plen = sizeof peer;
+    EXPECT(porto_getpeername(s, reinterpret_cast<sockaddr *>(&peer), &plen) == PORTO_SOCKET_ERROR);
+    EXPECT(porto_WSAGetLastError() == PORTO_WSAENOTCONN);
+    porto_WSASetLastError(12345);
+    EXPECT(porto_WSAGetLastError() == 12345);
     EXPECT(porto_closesocket(s) == 0);
 
     // 2. CloseHandle ends every wait on the port.
@@ -144,6 +190,53 @@ int main() {
     PORTO_OVERLAPPED *o = nullptr;
     EXPECT(porto_GetQueuedCompletionStatus(iocp, &b, &k, &o, PORTO_INFINITE) == 0);
     EXPECT(porto_WSAGetLastError() == PORTO_ERROR_INVALID_HANDLE);
+
+    // 4. socket(), WSAAccept with a condition, getpeername, shutdown on TCP.
+    {
+        PORTO_SOCKET l = porto_socket(AF_INET, SOCK_STREAM, IPPROTO_TCP);
+        EXPECT(l != PORTO_INVALID_SOCKET);
+        sockaddr_in la;
+        std::memset(&la, 0, sizeof la);
+        la.sin_family = AF_INET;
+        la.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        EXPECT(porto_bind(l, reinterpret_cast<sockaddr *>(&la), sizeof la) == 0);
+        int lal = sizeof la;
+        EXPECT(porto_getsockname(l, reinterpret_cast<sockaddr *>(&la), &lal) == 0);
+        EXPECT(porto_listen(l, 8) == 0);
+        int cs[3];
+        for (int &x : cs) {
+            x = socket(AF_INET, SOCK_STREAM, 0);
+            EXPECT(connect(x, reinterpret_cast<sockaddr *>(&la), sizeof la) == 0);
+        }
+        // The first is rejected (closed), the second deferred then accepted on the next call.
+        EXPECT(porto_WSAAccept(l, nullptr, nullptr, CALLBACK_condition, 42) == PORTO_INVALID_SOCKET);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAECONNREFUSED);
+        EXPECT(porto_WSAAccept(l, nullptr, nullptr, CALLBACK_condition, 42) == PORTO_INVALID_SOCKET);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSATRY_AGAIN);
+        sockaddr_in from2;
+        int from2len = sizeof from2;
+        PORTO_SOCKET acc = porto_WSAAccept(l, reinterpret_cast<sockaddr *>(&from2), &from2len, CALLBACK_condition, 42);
+        EXPECT(acc != PORTO_INVALID_SOCKET);
+        EXPECT(conditions == 3); // the deferred one was offered again
+        sockaddr_in mine;
+        socklen_t minelen = sizeof mine;
+        getsockname(cs[1], reinterpret_cast<sockaddr *>(&mine), &minelen);
+        EXPECT(from2.sin_port == mine.sin_port); // the deferred connection, not the third
+        sockaddr_in pa;
+        int pal = sizeof pa;
+        EXPECT(porto_getpeername(acc, reinterpret_cast<sockaddr *>(&pa), &pal) == 0);
+        EXPECT(pa.sin_port == mine.sin_port && pal == (int)sizeof(sockaddr_in));
+        char one = 0;
+        EXPECT(recv(cs[0], &one, 1, 0) <= 0); // the rejected one was closed
+        EXPECT(porto_shutdown(acc, 7) == PORTO_SOCKET_ERROR && porto_WSAGetLastError() == PORTO_WSAEINVAL);
+        EXPECT(porto_shutdown(acc, PORTO_SD_SEND) == 0);
+        EXPECT(recv(cs[1], &one, 1, 0) == 0); // EOF after SD_SEND
+        PORTO_SOCKET third = porto_WSAAccept(l, nullptr, nullptr, nullptr, 0);
+        EXPECT(third != PORTO_INVALID_SOCKET);
+        for (int x : cs)
+            close(x);
+        EXPECT(porto_closesocket(acc) == 0 && porto_closesocket(third) == 0 && porto_closesocket(l) == 0);
+    }
 
     EXPECT(porto_WSACleanup() == 0);
     if (failures == 0)
