@@ -602,8 +602,20 @@ pub unsafe extern "C" fn porto_GetQueuedCompletionStatusEx(
             if let Ok(n) = result {
                 result = match &d.out {
                     Out::None => Ok(n),
-                    // SAFETY: the targets are the caller's WSABUFs, from, fromlen, still valid.
-                    Out::Recv(target, buf, peer) => unsafe { copy_out(n, target, buf.as_deref(), *peer) },
+                    Out::Recv(target, buf, peer) => {
+                        let one: Option<&[u8]> = buf.as_deref();
+                        let parts: &[&[u8]] = match &one {
+                            Some(b) => std::slice::from_ref(b),
+                            None => &[],
+                        };
+                        // SAFETY: the targets are the caller's WSABUFs, from, fromlen, still valid.
+                        unsafe { copy_out(n, target, parts, *peer) }
+                    }
+                    Out::RecvFrames(target, g) => {
+                        let parts: Vec<&[u8]> = g.bufs().map(|b| &b[..]).collect();
+                        // SAFETY: as above.
+                        unsafe { copy_out(n, target, &parts, None) }
+                    }
                     Out::Accept {
                         target,
                         data,
@@ -695,17 +707,37 @@ pub unsafe extern "C" fn porto_GetQueuedCompletionStatus(
 ///
 /// # Safety
 /// The addresses in `t` are the caller's live WSABUFs and from/fromlen pointers.
-unsafe fn copy_out(n: usize, t: &RecvTarget, data: Option<&[u8]>, peer: Option<SocketAddr>) -> Result<usize, i32> {
-    let data = data.unwrap_or(&[]);
-    let data = &data[..n.min(data.len())];
-    let mut at = 0;
-    for &(ptr, len) in &t.bufs {
-        let k = len.min(data.len() - at);
-        // SAFETY: `len` writable bytes at `ptr` (WSARecvFrom's contract); k <= len.
-        unsafe { std::ptr::copy_nonoverlapping(data[at..].as_ptr(), ptr as *mut u8, k) };
-        at += k;
-        if at == data.len() {
-            break;
+unsafe fn copy_out(n: usize, t: &RecvTarget, parts: &[&[u8]], peer: Option<SocketAddr>) -> Result<usize, i32> {
+    // The received bytes: the first `n` of `parts`, in order.
+    let mut left = n;
+    let data = parts.iter().map_while(|p| {
+        if left == 0 {
+            return None;
+        }
+        let k = left.min(p.len());
+        left -= k;
+        Some(&p[..k])
+    });
+    let mut total = 0;
+    let mut at = 0; // index into the caller's buffers, and the offset in the current one
+    let mut off = 0;
+    let mut overflow = false;
+    for mut chunk in data {
+        total += chunk.len();
+        while !chunk.is_empty() {
+            let Some(&(ptr, len)) = t.bufs.get(at) else {
+                overflow = true;
+                break;
+            };
+            let k = (len - off).min(chunk.len());
+            // SAFETY: `len` writable bytes at `ptr` (the receive's contract); off + k <= len.
+            unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), (ptr as *mut u8).add(off), k) };
+            chunk = &chunk[k..];
+            off += k;
+            if off == len {
+                at += 1;
+                off = 0;
+            }
         }
     }
     if let Some(p) = peer {
@@ -714,10 +746,10 @@ unsafe fn copy_out(n: usize, t: &RecvTarget, data: Option<&[u8]>, peer: Option<S
             let _ = unsafe { write_sockaddr(p, t.from as *mut libc::sockaddr, t.fromlen as *mut i32) };
         }
     }
-    if at < data.len() {
+    if overflow {
         Err(PORTO_WSAEMSGSIZE)
     } else {
-        Ok(at)
+        Ok(total)
     }
 }
 

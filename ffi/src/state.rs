@@ -752,6 +752,8 @@ pub(crate) enum Out {
     None,
     /// A receive's data (and datagram source) into its buffers.
     Recv(RecvTarget, Option<Buf>, Option<SocketAddr>),
+    /// A stream receive over several frames (a buffer larger than one): its frames in order.
+    RecvFrames(RecvTarget, porto::Gather),
     /// `AcceptEx`: the first data (if any) and both addresses into its buffer.
     Accept {
         target: AcceptTarget,

@@ -122,13 +122,44 @@ pub(crate) fn recv(h: u64, token: u64, mut target: RecvTarget) -> Result<(), Wsa
         return Err(Wsa(PORTO_WSAEINVAL));
     }
     with_stream(h, |stream, port| {
+        // A buffer larger than a frame is filled as far as the data goes (up to
+        // RECV_FRAMES_MAX frames), as Windows fills it: one frame each time used to cut a 4 KB
+        // message in two, and an echo server's two replies met Nagle and delayed ACKs (40 ms
+        // a round trip).
+        let pool = stream.core().pool();
+        let frame = pool.frame_size() as usize;
+        let frames = if room > frame {
+            room.div_ceil(frame).min(RECV_FRAMES_MAX)
+        } else {
+            1
+        };
+        let mut g = Gather::with_capacity(frames);
+        for _ in 1..frames {
+            match pool.alloc() {
+                Ok(b) => {
+                    let _ = g.push(b);
+                }
+                Err(_) => break, // backpressure: fewer frames, not a failure
+            }
+        }
         port.expect(token, Pending::Recv(target))?;
-        stream.recv_at_most(token, max, None).map_err(|r| {
+        let r = if g.is_empty() {
+            stream.recv_at_most(token, max, None)
+        } else {
+            if let Ok(b) = pool.alloc() {
+                let _ = g.push(b);
+            }
+            stream.recv_scatter(g, token, None)
+        };
+        r.map_err(|r| {
             port.forget(token);
             Wsa::from(r.error)
         })
     })
 }
+
+/// Most pool frames one `WSARecv` fills (64 KiB of 2 KiB frames).
+const RECV_FRAMES_MAX: usize = 32;
 
 /// The caller's pieces copied into pool frames, grouped into gathers of up to `GATHER_MAX`
 /// frames (one engine send each). `WSAENOBUFS` when the pool has not enough frames free.
@@ -299,7 +330,13 @@ pub(crate) fn finish(p: &Arc<Port>, c: Completion, stage: Option<Pending>) -> Op
     };
     match stage {
         None => Some(done(c.result, Out::None)),
-        Some(Pending::Recv(t)) => Some(done(c.result, Out::Recv(t, c.buffer, c.peer))),
+        Some(Pending::Recv(t)) => Some(done(
+            c.result,
+            match c.gather {
+                Some(g) => Out::RecvFrames(t, g),
+                None => Out::Recv(t, c.buffer, c.peer),
+            },
+        )),
         Some(Pending::Accept(target)) => {
             let (Ok(_), Some(fd)) = (c.result, c.accepted) else {
                 return Some(done(c.result.and(Err(Error::Aborted)), Out::None));

@@ -233,6 +233,34 @@ int main() {
         EXPECT(recv(cs[1], &one, 1, 0) == 0); // EOF after SD_SEND
         PORTO_SOCKET third = porto_WSAAccept(l, nullptr, nullptr, nullptr, 0);
         EXPECT(third != PORTO_INVALID_SOCKET);
+        // 5. A WSARecv larger than a pool frame takes all that is waiting, across its WSABUFs,
+        // in one completion (it used to end at 2048 bytes, one frame: an echo server then
+        // answered in two sends and met Nagle with delayed ACKs, 40 ms a round trip).
+        {
+            PORTO_HANDLE port = porto_CreateIoCompletionPort(PORTO_INVALID_HANDLE_VALUE, nullptr, 0, 0);
+            EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)third, port, 9, 0) == port);
+            static char msg[6000], got[8192];
+            for (size_t i = 0; i < sizeof msg; i++)
+                msg[i] = (char)(i * 13 + 1);
+            EXPECT(send(cs[2], msg, sizeof msg, 0) == (ssize_t)sizeof msg);
+            std::this_thread::sleep_for(std::chrono::milliseconds(100)); // all of it is waiting
+            PORTO_WSABUF two[2] = {{5000, got}, {3192, got + 5000}};
+            PORTO_OVERLAPPED rov;
+            std::memset(&rov, 0, sizeof rov);
+            uint32_t rflags = 0;
+            int r = porto_WSARecv(third, two, 2, nullptr, &rflags, &rov, nullptr);
+            EXPECT(r == 0 || porto_WSAGetLastError() == PORTO_WSA_IO_PENDING);
+            uint32_t n = 0;
+            uint64_t k = 0;
+            PORTO_OVERLAPPED *o = nullptr;
+            EXPECT(porto_GetQueuedCompletionStatus(port, &n, &k, &o, 5000) == 1);
+            EXPECT(o == &rov && k == 9);
+            if (n != sizeof msg)
+                std::fprintf(stderr, "one WSARecv of 8192 took %u of %zu bytes waiting\n", n, sizeof msg);
+            EXPECT(n == sizeof msg);
+            EXPECT(std::memcmp(got, msg, sizeof msg) == 0);
+            EXPECT(porto_CloseHandle(port) == 1);
+        }
         for (int x : cs)
             close(x);
         EXPECT(porto_closesocket(acc) == 0 && porto_closesocket(third) == 0 && porto_closesocket(l) == 0);
