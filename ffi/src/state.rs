@@ -318,15 +318,18 @@ pub(crate) fn cleanup() -> Result<(), Wsa> {
     }
     g.users -= 1;
     if g.users == 0 {
-        g.objs.clear();
+        // Completion ports are kernel32's on Windows, not Winsock's: they outlive WSACleanup.
+        g.objs.retain(|_, o| matches!(o, Obj::Port(_)));
         g.engine = None;
     }
     Ok(())
 }
 
+/// A new handle for `obj`; Winsock's objects need `WSAStartup` first (`WSANOTINITIALISED`),
+/// a completion port does not (`CreateIoCompletionPort` is kernel32's on Windows).
 pub(crate) fn insert(obj: Obj) -> Result<u64, Wsa> {
     let mut g = write();
-    if g.engine.is_none() {
+    if g.engine.is_none() && !matches!(obj, Obj::Port(_)) {
         return Err(Wsa(PORTO_WSANOTINITIALISED));
     }
     let h = g.next;
@@ -367,6 +370,9 @@ pub(crate) fn remove(h: u64, is: impl Fn(&Obj) -> bool, bad: i32) -> Result<(), 
     let obj = {
         let mut g = write();
         match g.objs.get(&h) {
+            // Without Winsock only ports live (kernel32's on Windows): any other handle is
+            // Winsock's, and Winsock is not started.
+            None if g.engine.is_none() => return Err(Wsa(PORTO_WSANOTINITIALISED)),
             Some(o) if is(o) => g.objs.remove(&h),
             _ => return Err(Wsa(bad)),
         }

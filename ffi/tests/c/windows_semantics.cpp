@@ -80,6 +80,16 @@ static std::string allowed_cpus_of(const char *name) {
 int main() {
     alarm(60); // a hang is a failure, not a stuck CI job
 
+    // 0. A completion port is kernel32's on Windows: it works before WSAStartup and outlives
+    // WSACleanup; a Winsock object (a socket, an event) before WSAStartup is WSANOTINITIALISED.
+    PORTO_HANDLE early = porto_CreateIoCompletionPort(PORTO_INVALID_HANDLE_VALUE, nullptr, 0, 1);
+    EXPECT(early != nullptr);
+    EXPECT(porto_PostQueuedCompletionStatus(early, 3, 5, nullptr) == 1);
+    EXPECT(porto_WSACreateEvent() == PORTO_WSA_INVALID_EVENT);
+    EXPECT(porto_WSAGetLastError() == PORTO_WSANOTINITIALISED);
+    EXPECT(porto_socket(AF_INET, SOCK_DGRAM, 0) == PORTO_INVALID_SOCKET);
+    EXPECT(porto_WSAGetLastError() == PORTO_WSANOTINITIALISED);
+
     // 3. Pin the main thread to CPU 0 first, as a polled RIO server does.
     cpu_set_t one;
     CPU_ZERO(&one);
@@ -267,6 +277,20 @@ int main() {
     }
 
     EXPECT(porto_WSACleanup() == 0);
+    // After the last WSACleanup: Winsock calls are WSANOTINITIALISED; the early port still
+    // holds what was posted to it.
+    EXPECT(porto_closesocket(12345) == PORTO_SOCKET_ERROR);
+    EXPECT(porto_WSAGetLastError() == PORTO_WSANOTINITIALISED);
+    EXPECT(porto_bind(12345, reinterpret_cast<sockaddr *>(&a), sizeof a) == PORTO_SOCKET_ERROR);
+    EXPECT(porto_WSAGetLastError() == PORTO_WSANOTINITIALISED);
+    {
+        uint32_t eb = 0;
+        uint64_t ek = 0;
+        PORTO_OVERLAPPED *eo = reinterpret_cast<PORTO_OVERLAPPED *>(1);
+        EXPECT(porto_GetQueuedCompletionStatus(early, &eb, &ek, &eo, 0) == 1);
+        EXPECT(eb == 3 && ek == 5 && eo == nullptr);
+        EXPECT(porto_CloseHandle(early) == 1);
+    }
     if (failures == 0)
         std::printf("windows_semantics: all checks passed\n");
     return failures == 0 ? 0 : 1;
