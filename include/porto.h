@@ -139,6 +139,9 @@
 
 #define PORTO_WSAENOBUFS 10055
 
+// `WSAEMFILE`: too many open sockets (a shard's socket table, `PORTO_STARTUP::sockets_max`).
+#define PORTO_WSAEMFILE 10024
+
 #define PORTO_WSAEISCONN 10056
 
 #define PORTO_WSAENOTCONN 10057
@@ -290,6 +293,14 @@ typedef struct {
   uint32_t frames_per_shard;
   // 0 auto (io_uring, else epoll), 1 io_uring, 2 epoll.
   uint32_t provider;
+  // Bytes per pool frame (a power of two from 512); 0: 2048.
+  uint32_t frame_size;
+  // Operations in flight per shard; 0: 4096.
+  uint32_t ops_max;
+  // Sockets per shard; 0: 1024. The next one is `PORTO_WSAEMFILE`.
+  uint32_t sockets_max;
+  // Commands queued to a shard (requests between its turns); 0: 4096.
+  uint32_t commands_max;
 } PORTO_STARTUP;
 
 // A socket handle (Winsock's `SOCKET`).

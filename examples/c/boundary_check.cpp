@@ -34,7 +34,7 @@ int main() {
     EXPECT(porto_WSASocket(AF_INET, SOCK_DGRAM, 0, nullptr, 0, 0) == PORTO_INVALID_SOCKET);
     EXPECT(porto_WSAGetLastError() == PORTO_WSANOTINITIALISED);
     // Two shards: associations, listeners and connections spread over them (round robin).
-    PORTO_STARTUP cfg = {2, 0, 4096, 0};
+    PORTO_STARTUP cfg = {2, 0, 4096, 0, 0, 0, 0, 0};
     EXPECT(porto_WSAStartupEx(&cfg) == 0);
 
     PORTO_SOCKET s = porto_WSASocket(AF_INET, SOCK_DGRAM, 0, nullptr, 0, 0);

@@ -66,6 +66,14 @@ pub struct PORTO_STARTUP {
     pub frames_per_shard: u32,
     /// 0 auto (io_uring, else epoll), 1 io_uring, 2 epoll.
     pub provider: u32,
+    /// Bytes per pool frame (a power of two from 512); 0: 2048.
+    pub frame_size: u32,
+    /// Operations in flight per shard; 0: 4096.
+    pub ops_max: u32,
+    /// Sockets per shard; 0: 1024. The next one is `PORTO_WSAEMFILE`.
+    pub sockets_max: u32,
+    /// Commands queued to a shard (requests between its turns); 0: 4096.
+    pub commands_max: u32,
 }
 
 /// Runs `f` for an exported call: its error or a panic becomes the thread's last error and
@@ -286,6 +294,10 @@ pub unsafe extern "C" fn porto_WSAStartupEx(cfg: *const PORTO_STARTUP) -> i32 {
                 pin: c.pin != 0,
                 frames_per_shard: c.frames_per_shard,
                 provider: c.provider,
+                frame_size: c.frame_size,
+                ops_max: c.ops_max,
+                sockets_max: c.sockets_max,
+                commands_max: c.commands_max,
             })
         };
         state::startup(s)

@@ -94,6 +94,8 @@ pub const PORTO_WSAENETUNREACH: i32 = 10051;
 pub const PORTO_WSAECONNABORTED: i32 = 10053;
 pub const PORTO_WSAECONNRESET: i32 = 10054;
 pub const PORTO_WSAENOBUFS: i32 = 10055;
+/// `WSAEMFILE`: too many open sockets (a shard's socket table, `PORTO_STARTUP::sockets_max`).
+pub const PORTO_WSAEMFILE: i32 = 10024;
 pub const PORTO_WSAEISCONN: i32 = 10056;
 pub const PORTO_WSAENOTCONN: i32 = 10057;
 pub const PORTO_WSAESHUTDOWN: i32 = 10058;

@@ -50,6 +50,11 @@ pub(crate) struct Startup {
     pub frames_per_shard: u32,
     /// 0 auto, 1 io_uring, 2 epoll.
     pub provider: u32,
+    /// The engine's limits; 0 keeps `Config`'s default.
+    pub frame_size: u32,
+    pub ops_max: u32,
+    pub sockets_max: u32,
+    pub commands_max: u32,
 }
 
 /// A receive's destination in the caller's memory, kept until its completion is dequeued.
@@ -213,9 +218,7 @@ impl SockState {
 /// socket implicitly when it is first used).
 fn bind_any_udp(v6: bool) -> Result<std::net::UdpSocket, Wsa> {
     let any: SocketAddr = if v6 { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal");
-    SocketOptions::default()
-        .bind_kernel_udp(any)
-        .map_err(|_| Wsa(PORTO_WSASYSCALLFAILURE))
+    SocketOptions::default().bind_kernel_udp(any).map_err(setup)
 }
 
 #[derive(Debug)]
@@ -290,6 +293,10 @@ pub(crate) fn startup(s: Option<Startup>) -> Result<(), Wsa> {
             pin: false,
             frames_per_shard: 4096,
             provider: 0,
+            frame_size: 0,
+            ops_max: 0,
+            sockets_max: 0,
+            commands_max: 0,
         });
         let provider = match s.provider {
             0 => Provider::Auto,
@@ -297,13 +304,22 @@ pub(crate) fn startup(s: Option<Startup>) -> Result<(), Wsa> {
             2 => Provider::Epoll,
             _ => return Err(Wsa(PORTO_WSAEINVAL)),
         };
+        let d = Config::default();
+        let or = |v: u32, default: u32| if v == 0 { default } else { v };
         let cfg = Config {
             shards: s.shards.max(1),
             pin: s.pin,
             frames_per_shard: s.frames_per_shard,
             provider,
-            ..Config::default()
+            frame_size: or(s.frame_size, d.frame_size),
+            ops_max: or(s.ops_max, d.ops_max),
+            sockets_max: or(s.sockets_max, d.sockets_max),
+            commands_max: or(s.commands_max, d.commands_max),
+            ..d
         };
+        // A limit Config refuses (a frame size that is no power of two, …) is the caller's
+        // argument: WSAEINVAL, not a system failure.
+        cfg.validate().map_err(|_| Wsa(PORTO_WSAEINVAL))?;
         g.engine = Some(Engine::start(&cfg).map_err(|_| Wsa(PORTO_WSASYSCALLFAILURE))?);
     }
     g.users += 1;
@@ -464,6 +480,10 @@ pub(crate) fn setup(e: porto::SetupError) -> Wsa {
         porto::SetupError::Bind { source, .. } | porto::SetupError::Syscall { source, .. } => {
             Wsa::from(Error::from(source))
         }
+        // A shard's socket table is full: Windows' "too many open sockets".
+        porto::SetupError::Limit("socket") => Wsa(PORTO_WSAEMFILE),
+        // Any other bound (a shard's command queue, QoS flows): backpressure.
+        porto::SetupError::Limit(_) => Wsa(PORTO_WSAENOBUFS),
         _ => Wsa(PORTO_WSASYSCALLFAILURE),
     }
 }
@@ -517,7 +537,7 @@ pub(crate) fn open_core<T>(
         key: 0,
     };
     let shard = first_shard()?;
-    let sock = UdpSocket::adopt(&shard, k, delivery).map_err(|_| Wsa(PORTO_WSASYSCALLFAILURE))?;
+    let sock = UdpSocket::adopt(&shard, k, delivery).map_err(setup)?;
     let r = f(sock.core());
     *st = SockState::Rio { sock };
     r
@@ -619,7 +639,7 @@ pub(crate) fn associate(h: u64, port_h: u64, key: u64) -> Result<u64, Wsa> {
         port: p.port.clone(),
         key,
     };
-    let sock = UdpSocket::adopt(&shard, k, delivery).map_err(|_| Wsa(PORTO_WSASYSCALLFAILURE))?;
+    let sock = UdpSocket::adopt(&shard, k, delivery).map_err(setup)?;
     *st = SockState::Associated { sock, port: p, shard };
     Ok(port_h)
 }

@@ -291,6 +291,32 @@ int main() {
         EXPECT(eb == 3 && ek == 5 && eo == nullptr);
         EXPECT(porto_CloseHandle(early) == 1);
     }
+
+    // 6. The engine's limits from C (PORTO_STARTUP), and the socket past the limit answering
+    // WSAEMFILE (it used to be WSASYSCALLFAILURE).
+    {
+        PORTO_STARTUP bad = {1, 0, 4096, 0, 1000, 0, 0, 0}; // a frame size no power of two
+        EXPECT(porto_WSAStartupEx(&bad) == PORTO_WSAEINVAL);
+        PORTO_STARTUP small = {1, 0, 4096, 0, 4096, 64, 4, 0};
+        EXPECT(porto_WSAStartupEx(&small) == 0);
+        PORTO_HANDLE lp = porto_CreateIoCompletionPort(PORTO_INVALID_HANDLE_VALUE, nullptr, 0, 0);
+        std::vector<PORTO_SOCKET> socks;
+        int refused = 0;
+        for (int i = 0; i < 5; i++) {
+            PORTO_SOCKET u = porto_socket(AF_INET, SOCK_DGRAM, 0);
+            EXPECT(u != PORTO_INVALID_SOCKET);
+            socks.push_back(u);
+            if (porto_CreateIoCompletionPort((PORTO_HANDLE)u, lp, i, 0) == nullptr) {
+                EXPECT(porto_WSAGetLastError() == PORTO_WSAEMFILE);
+                refused++;
+            }
+        }
+        EXPECT(refused == 1); // four sockets fit the shard, the fifth is refused
+        for (PORTO_SOCKET u : socks)
+            EXPECT(porto_closesocket(u) == 0);
+        EXPECT(porto_CloseHandle(lp) == 1);
+        EXPECT(porto_WSACleanup() == 0);
+    }
     if (failures == 0)
         std::printf("windows_semantics: all checks passed\n");
     return failures == 0 ? 0 : 1;
