@@ -67,8 +67,17 @@ int main() {
     EXPECT(iocp != 0);
     EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)s, iocp, 7, 0) == iocp);
     EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)s, iocp, 7, 0) == 0); // once only
+    // No OVERLAPPED: the blocking call, as on Windows (here non-blocking mode: nothing waits).
+    uint32_t nb = 1;
+    EXPECT(porto_ioctlsocket(s, PORTO_FIONBIO, &nb) == 0);
     EXPECT(porto_WSARecvFrom(s, &b, 1, nullptr, &flags, nullptr, nullptr, nullptr, nullptr) == PORTO_SOCKET_ERROR);
-    EXPECT(porto_WSAGetLastError() == PORTO_WSAEFAULT);
+    EXPECT(porto_WSAGetLastError() == PORTO_WSAEWOULDBLOCK);
+    nb = 0;
+    EXPECT(porto_ioctlsocket(s, PORTO_FIONBIO, &nb) == 0);
+    // A completion routine is not supported.
+    EXPECT(porto_WSARecvFrom(s, &b, 1, nullptr, &flags, nullptr, nullptr, &ov, reinterpret_cast<void *>(1)) ==
+           PORTO_SOCKET_ERROR);
+    EXPECT(porto_WSAGetLastError() == PORTO_WSAEOPNOTSUPP);
 
     PORTO_OVERLAPPED_ENTRY e[4];
     uint32_t n = 99;

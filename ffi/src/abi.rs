@@ -245,6 +245,57 @@ pub(crate) unsafe fn report(out: *mut u32, ov: *mut PORTO_OVERLAPPED, n: usize) 
     Ok(0)
 }
 
+/// A receive with no OVERLAPPED (Windows: the socket treated as non-overlapped, the call
+/// blocking): `porto_recvfrom`'s work, the bytes spread over the WSABUFs in order; 0 with the
+/// count in `*received`, the source in `from`/`fromlen` if given.
+///
+/// # Safety
+/// `targets` are the caller's writable WSABUFs; `received`, `from`, `fromlen` NULL or valid.
+pub(crate) unsafe fn recv_blocking(
+    s: PORTO_SOCKET,
+    targets: &[(usize, usize)],
+    received: *mut u32,
+    from: *mut libc::sockaddr,
+    fromlen: *mut i32,
+) -> Result<i32, Wsa> {
+    let room: usize = targets.iter().map(|t| t.1).sum();
+    let mut tmp = vec![0u8; room];
+    let (n, peer) = crate::bsd::recv_from(s, &mut tmp)?;
+    let t = RecvTarget {
+        bufs: targets.to_vec(),
+        from: from as usize,
+        fromlen: fromlen as usize,
+        counted: None,
+    };
+    // SAFETY: the caller's buffers and address out-pointers.
+    let n = unsafe { copy_out(n, &t, &[&tmp[..n]], peer) }.map_err(Wsa)?;
+    if !received.is_null() {
+        // SAFETY: non-NULL: the caller's.
+        unsafe { received.write(n as u32) };
+    }
+    Ok(0)
+}
+
+/// A send with no OVERLAPPED: `porto_sendto`'s work over the WSABUFs gathered; 0 with the
+/// bytes in `*sent`.
+///
+/// # Safety
+/// `sent` NULL or valid.
+pub(crate) unsafe fn send_blocking(
+    s: PORTO_SOCKET,
+    pieces: &[&[u8]],
+    to: Option<SocketAddr>,
+    sent: *mut u32,
+) -> Result<i32, Wsa> {
+    let data = pieces.concat();
+    let n = crate::bsd::send_to(s, &data, to)?;
+    if !sent.is_null() {
+        // SAFETY: non-NULL: the caller's.
+        unsafe { sent.write(n as u32) };
+    }
+    Ok(0)
+}
+
 /// Starts an overlapped operation as Windows does: its OVERLAPPED says
 /// `PORTO_STATUS_PENDING` (so `PORTO_HasOverlappedIoCompleted` is false) from before the
 /// operation is handed over until its completion is dequeued, which writes the status and
@@ -410,6 +461,12 @@ pub unsafe extern "C" fn porto_WSARecvFrom(
 ) -> i32 {
     let _ = flags;
     guard(PORTO_SOCKET_ERROR, || {
+        if ov.is_null() && routine.is_null() {
+            // SAFETY: forwarded contract.
+            let targets = unsafe { wsabufs(bufs, count) }?;
+            // SAFETY: forwarded contract.
+            return unsafe { recv_blocking(s, &targets, received, from, fromlen) };
+        }
         overlapped_only(ov, routine)?;
         // SAFETY: forwarded contract.
         let targets = unsafe { wsabufs(bufs, count) }?;
@@ -450,11 +507,15 @@ pub unsafe extern "C" fn porto_WSASendTo(
 ) -> i32 {
     let _ = flags;
     guard(PORTO_SOCKET_ERROR, || {
-        overlapped_only(ov, routine)?;
         // SAFETY: forwarded contract.
         let to = unsafe { read_sockaddr(to, tolen) }?;
         // SAFETY: forwarded contract.
         let pieces = unsafe { pieces(bufs, count) }?;
+        if ov.is_null() && routine.is_null() {
+            // SAFETY: the caller's `sent`.
+            return unsafe { send_blocking(s, &pieces, Some(to), sent) };
+        }
+        overlapped_only(ov, routine)?;
         // SAFETY: the pieces are the caller's readable WSABUFs.
         if let Some(n) = unsafe { send_inline(s, &pieces, to) }? {
             // SAFETY: the caller's `sent` and OVERLAPPED.

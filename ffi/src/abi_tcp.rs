@@ -12,7 +12,8 @@
 use std::ffi::c_void;
 
 use crate::abi::{
-    guard, non_null, overlapped_only, pend, pieces, read_sockaddr, report, wsabufs, PORTO_OVERLAPPED, PORTO_WSABUF,
+    guard, non_null, overlapped_only, pend, pieces, read_sockaddr, recv_blocking, report, send_blocking, wsabufs,
+    PORTO_OVERLAPPED, PORTO_WSABUF,
 };
 use crate::codes::*;
 use crate::state::{AcceptTarget, RecvTarget, Wsa};
@@ -43,6 +44,12 @@ pub unsafe extern "C" fn porto_WSARecv(
 ) -> i32 {
     let _ = flags;
     guard(PORTO_SOCKET_ERROR, || {
+        if ov.is_null() && routine.is_null() {
+            // SAFETY: forwarded contract.
+            let targets = unsafe { wsabufs(bufs, count) }?;
+            // SAFETY: forwarded contract; no source address on a stream.
+            return unsafe { recv_blocking(s, &targets, received, std::ptr::null_mut(), std::ptr::null_mut()) };
+        }
         overlapped_only(ov, routine)?;
         // SAFETY: forwarded contract.
         let bufs = unsafe { wsabufs(bufs, count) }?;
@@ -82,8 +89,14 @@ pub unsafe extern "C" fn porto_WSASend(
     ov: *mut PORTO_OVERLAPPED,
     routine: *const c_void,
 ) -> i32 {
-    let _ = (sent, flags);
+    let _ = flags;
     guard(PORTO_SOCKET_ERROR, || {
+        if ov.is_null() && routine.is_null() {
+            // SAFETY: forwarded contract.
+            let p = unsafe { pieces(bufs, count) }?;
+            // SAFETY: the caller's `sent`.
+            return unsafe { send_blocking(s, &p, None, sent) };
+        }
         overlapped_only(ov, routine)?;
         // SAFETY: forwarded contract.
         let p = unsafe { pieces(bufs, count) }?;

@@ -163,6 +163,29 @@ int main() {
         EXPECT(b3 == 6);
         dq.join();
     }
+    // No OVERLAPPED: WSARecvFrom and WSASendTo are the blocking calls, as on Windows.
+    {
+        EXPECT(sendto(c, "blocking", 8, 0, reinterpret_cast<sockaddr *>(&a), sizeof a) == 8);
+        char p1[3], p2[16];
+        PORTO_WSABUF two[2] = {{sizeof p1, p1}, {sizeof p2, p2}};
+        uint32_t got_n = 0, fl = 0;
+        sockaddr_in src;
+        int srclen = sizeof src;
+        EXPECT(porto_WSARecvFrom(s, two, 2, &got_n, &fl, reinterpret_cast<sockaddr *>(&src), &srclen, nullptr, nullptr) ==
+               0);
+        EXPECT(got_n == 8 && std::memcmp(p1, "blo", 3) == 0 && std::memcmp(p2, "cking", 5) == 0);
+        sockaddr_in cme;
+        socklen_t cmelen = sizeof cme;
+        getsockname(c, reinterpret_cast<sockaddr *>(&cme), &cmelen);
+        EXPECT(src.sin_port == cme.sin_port);
+        PORTO_WSABUF out = {5, const_cast<char *>("reply")};
+        uint32_t sent_n = 0;
+        EXPECT(porto_WSASendTo(s, &out, 1, &sent_n, 0, reinterpret_cast<sockaddr *>(&cme), sizeof cme, nullptr, nullptr) ==
+               0);
+        EXPECT(sent_n == 5);
+        char back[8];
+        EXPECT(recv(c, back, sizeof back, 0) == 5);
+    }
     close(c);
     // Not connected: getpeername and shutdown say so.
     sockaddr_in peer;
