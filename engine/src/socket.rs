@@ -539,6 +539,12 @@ impl SocketCore {
         Ok(net::peer_addr(self.fd)?)
     }
 
+    /// connect(2) on a datagram socket: `addr` becomes its default destination and the only
+    /// source it receives from (Winsock's `connect` on UDP). Immediate: no packet is sent.
+    pub fn connect_datagram(&self, addr: SocketAddr) -> Result<(), Error> {
+        Ok(net::connect_wait(self.fd, &addr, 0)?)
+    }
+
     /// shutdown(2) on the kernel socket: `Read`, `Write` or `Both`.
     pub fn shutdown(&self, how: std::net::Shutdown) -> Result<(), Error> {
         let how = match how {

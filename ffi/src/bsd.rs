@@ -131,7 +131,10 @@ fn not_conn(s: &Sock) -> impl Fn(Wsa) -> Wsa + '_ {
 /// `WSAEOPNOTSUPP` (`ConnectEx` is the asynchronous connect); UDP `WSAEOPNOTSUPP`.
 pub(crate) fn connect(h: u64, to: SocketAddr) -> Result<(), Wsa> {
     let s = state::sock(h)?;
-    if !s.stream || s.bsd.nonblocking.load(Ordering::Relaxed) {
+    if !s.stream {
+        return connect_datagram(h, &s, to);
+    }
+    if s.bsd.nonblocking.load(Ordering::Relaxed) {
         return Err(Wsa(PORTO_WSAEOPNOTSUPP));
     }
     if to.is_ipv6() != s.v6 {
@@ -166,6 +169,18 @@ pub(crate) fn connect(h: u64, to: SocketAddr) -> Result<(), Wsa> {
             Err(Wsa(if connected { PORTO_WSAEISCONN } else { PORTO_WSAEINVAL }))
         }
     }
+}
+
+/// `connect` on UDP: a default peer — sends without an address (`send`, `WSASend`,
+/// `RIOSend`) go there and only its datagrams are received. An unbound socket is bound to
+/// the unspecified address first, as Windows binds implicitly.
+fn connect_datagram(h: u64, s: &Sock, to: SocketAddr) -> Result<(), Wsa> {
+    if to.is_ipv6() != s.v6 {
+        return Err(Wsa(PORTO_WSAEAFNOSUPPORT));
+    }
+    state::open_core(h, true, false, |c| c.connect_datagram(to).map_err(Wsa::from))?;
+    *s.peer.lock().unwrap_or_else(|e| e.into_inner()) = Some(to);
+    Ok(())
 }
 
 /// `accept`: the next connection as a new socket (not associated) and its peer.

@@ -245,6 +245,16 @@ pub(crate) struct Issue {
 pub(crate) fn issue(h: u64, req: Issue) -> Result<(), Wsa> {
     let flags = RioFlags::from_bits(req.flags).ok_or(Wsa(PORTO_WSAEINVAL))?;
     let r = rq(h)?;
+    // A send without an address on a datagram socket goes to the peer `connect` set; with
+    // none it is WSAENOTCONN here, at the call (it used to fail later, in the CQ). Looked up
+    // before the queue's lock (the handle table's lock is never taken under it).
+    let to = match (req.receive, req.to, req.buf.is_some()) {
+        (false, None, true) => match state::sock(r.sock) {
+            Ok(s) if !s.stream => Some(s.peer().ok_or(Wsa(PORTO_WSAENOTCONN))?),
+            _ => None,
+        },
+        (_, to, _) => to,
+    };
     let mut q = r.rq.lock().unwrap_or_else(|e| e.into_inner());
     let Some(buf) = req.buf else {
         if !flags.contains(RioFlags::COMMIT_ONLY) {
@@ -279,11 +289,11 @@ pub(crate) fn issue(h: u64, req: Issue) -> Result<(), Wsa> {
     let issued = match (req.receive, ex) {
         (true, None) => q.receive(buf, t, flags),
         (true, Some(ex)) => q.receive_ex(buf, ex, t, flags).map_err(|(e, b, _)| (e, b)),
-        (false, None) => match req.to {
+        (false, None) => match to {
             None => q.send(buf, t, flags),
             Some(to) => q.send_to(buf, to, t, flags),
         },
-        (false, Some(ex)) => q.send_ex(buf, req.to, ex, t, flags).map_err(|(e, b, _)| (e, b)),
+        (false, Some(ex)) => q.send_ex(buf, to, ex, t, flags).map_err(|(e, b, _)| (e, b)),
     };
     issued.map_err(|(e, _buf)| {
         let mut slab = cq.slab();

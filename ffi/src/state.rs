@@ -232,6 +232,8 @@ pub(crate) struct Sock {
     pub(crate) sends: InFlight,
     /// Timeouts and non-blocking mode of its blocking calls.
     pub(crate) bsd: crate::bsd::Blocking,
+    /// A UDP socket's peer after `connect` (its sends without an address go there).
+    pub(crate) peer: Mutex<Option<SocketAddr>>,
 }
 
 impl Sock {
@@ -244,7 +246,13 @@ impl Sock {
             recvs: InFlight::default(),
             sends: InFlight::default(),
             bsd: crate::bsd::Blocking::default(),
+            peer: Mutex::new(None),
         }
+    }
+
+    /// The UDP peer `connect` set, if any.
+    pub(crate) fn peer(&self) -> Option<SocketAddr> {
+        *self.peer.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -236,6 +236,12 @@ fn send_parts(stream: &TcpStream, port: &Port, token: u64, parts: Vec<Gather>) -
 /// `WSASend`: the pieces are copied at the call (the caller's buffers are free at once) and
 /// sent whole, in order with the connection's other sends; any length the pool can hold.
 pub(crate) fn send(h: u64, token: u64, pieces: &[&[u8]]) -> Result<usize, Wsa> {
+    let s = sock(h)?;
+    if !s.stream {
+        // WSASend on a UDP socket: to the peer `connect` set (WSAENOTCONN without one).
+        let to = s.peer().ok_or(Wsa(PORTO_WSAENOTCONN))?;
+        return state::send_to(h, token, pieces, to);
+    }
     let total: usize = pieces.iter().map(|p| p.len()).sum();
     with_stream(h, |stream, port| {
         // Frames of the pool of the connection's own shard.

@@ -299,6 +299,76 @@ int main() {
         EXPECT(porto_closesocket(acc) == 0 && porto_closesocket(third) == 0 && porto_closesocket(l) == 0);
     }
 
+    // 7. connect() on a UDP socket: a default peer for WSASend and RIOSend (it was
+    // WSAEOPNOTSUPP); RIOSend on an unconnected UDP socket fails WSAENOTCONN at the call (it
+    // used to fail later, in the completion queue, with WSASYSCALLFAILURE).
+    {
+        int peer_fd = socket(AF_INET, SOCK_DGRAM, 0);
+        sockaddr_in pa;
+        std::memset(&pa, 0, sizeof pa);
+        pa.sin_family = AF_INET;
+        pa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        EXPECT(bind(peer_fd, reinterpret_cast<sockaddr *>(&pa), sizeof pa) == 0);
+        socklen_t palen = sizeof pa;
+        getsockname(peer_fd, reinterpret_cast<sockaddr *>(&pa), &palen);
+        timeval tv = {5, 0};
+        setsockopt(peer_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+
+        PORTO_SOCKET u = porto_socket(AF_INET, SOCK_DGRAM, IPPROTO_UDP);
+        PORTO_RIO_EXTENSION_FUNCTION_TABLE rio;
+        PORTO_GUID id = PORTO_WSAID_MULTIPLE_RIO;
+        uint32_t gotb = 0;
+        EXPECT(porto_WSAIoctl(u, PORTO_SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER, &id, sizeof id, &rio, sizeof rio,
+                              &gotb, nullptr, nullptr) == 0);
+        static char rmem[256];
+        std::memcpy(rmem, "rio to the peer", 15);
+        PORTO_RIO_BUFFERID rb = rio.RIORegisterBuffer(rmem, sizeof rmem);
+        PORTO_RIO_CQ rcq = rio.RIOCreateCompletionQueue(8, nullptr);
+        PORTO_RIO_RQ rq = rio.RIOCreateRequestQueue(u, 1, 1, 2, 1, rcq, rcq, nullptr);
+        EXPECT(rb != PORTO_RIO_INVALID_BUFFERID && rcq != PORTO_RIO_INVALID_CQ && rq != PORTO_RIO_INVALID_RQ);
+        PORTO_RIO_BUF out = {rb, 0, 15};
+        EXPECT(rio.RIOSend(rq, &out, 1, 0, nullptr) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAENOTCONN);
+        EXPECT(porto_connect(u, reinterpret_cast<sockaddr *>(&pa), sizeof pa) == 0);
+        sockaddr_in gp;
+        int gplen = sizeof gp;
+        EXPECT(porto_getpeername(u, reinterpret_cast<sockaddr *>(&gp), &gplen) == 0 && gp.sin_port == pa.sin_port);
+        EXPECT(rio.RIOSend(rq, &out, 1, 0, (void *)7) == 1);
+        char got_rio[64];
+        EXPECT(recv(peer_fd, got_rio, sizeof got_rio, 0) == 15 && std::memcmp(got_rio, "rio to the peer", 15) == 0);
+        PORTO_RIORESULT res[2];
+        uint32_t nres = 0;
+        for (int i = 0; i < 500 && nres == 0; i++) {
+            nres = rio.RIODequeueCompletion(rcq, res, 2);
+            if (nres == 0)
+                std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        EXPECT(nres == 1 && res[0].Status == 0 && res[0].BytesTransferred == 15);
+        // WSASend (overlapped) and send() on a connected UDP socket go to the peer too.
+        PORTO_SOCKET u2 = porto_socket(AF_INET, SOCK_DGRAM, IPPROTO_UDP);
+        PORTO_HANDLE up = porto_CreateIoCompletionPort(PORTO_INVALID_HANDLE_VALUE, nullptr, 0, 0);
+        EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)u2, up, 1, 0) == up);
+        PORTO_WSABUF nowhere = {1, const_cast<char *>("x")};
+        PORTO_OVERLAPPED nov;
+        std::memset(&nov, 0, sizeof nov);
+        EXPECT(porto_WSASend(u2, &nowhere, 1, nullptr, 0, &nov, nullptr) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAENOTCONN);
+        EXPECT(porto_connect(u2, reinterpret_cast<sockaddr *>(&pa), sizeof pa) == 0);
+        PORTO_WSABUF wsb = {5, const_cast<char *>("wsa!!")};
+        PORTO_OVERLAPPED sov;
+        std::memset(&sov, 0, sizeof sov);
+        int sr = porto_WSASend(u2, &wsb, 1, nullptr, 0, &sov, nullptr);
+        EXPECT(sr == 0 || porto_WSAGetLastError() == PORTO_WSA_IO_PENDING);
+        EXPECT(recv(peer_fd, got_rio, sizeof got_rio, 0) == 5);
+        EXPECT(porto_send(u2, "send", 4, 0) == 4);
+        EXPECT(recv(peer_fd, got_rio, sizeof got_rio, 0) == 4);
+        EXPECT(porto_closesocket(u) == 0 && porto_closesocket(u2) == 0);
+        rio.RIOCloseCompletionQueue(rcq);
+        rio.RIODeregisterBuffer(rb);
+        EXPECT(porto_CloseHandle(up) == 1);
+        close(peer_fd);
+    }
+
     EXPECT(porto_WSACleanup() == 0);
     // After the last WSACleanup: Winsock calls are WSANOTINITIALISED; the early port still
     // holds what was posted to it.
