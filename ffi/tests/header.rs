@@ -100,13 +100,7 @@ fn rename_header(porto_h: &str) -> String {
         let mut i = 0;
         while i < b.len() {
             let rest = &line[i..];
-            let prefix = if rest.starts_with("porto_") {
-                Some(6)
-            } else if rest.starts_with("PORTO_") {
-                Some(6)
-            } else {
-                None
-            };
+            let prefix = (rest.starts_with("porto_") || rest.starts_with("PORTO_")).then_some(6);
             let boundary = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
             match prefix {
                 Some(p) if boundary => {
