@@ -288,6 +288,22 @@ fn refused_statistics_memory_costs_only_porto_stats() {
     });
 }
 
+/// /dev/shm not writable (a read-only container root, a profile refusing file creation):
+/// nothing is lost — the statistics are a memfd, which needs no directory.
+#[test]
+fn an_unwritable_dev_shm_costs_nothing() {
+    refused(
+        vec![Rule::syscall(nr::OPENAT, libc::EACCES).arg_bits(2, libc::O_CREAT as u32)],
+        || {
+            let mut shard = Shard::new(&uring(), None).unwrap();
+            let path = shard.stats_file().expect("published without any file").to_path_buf();
+            assert!(shard.info().degraded.is_empty(), "{}", shard.info());
+            udp_echo(&mut shard, &SocketOptions::default(), 5, 0);
+            assert!(porto_engine::telemetry::read(&path).is_ok());
+        },
+    );
+}
+
 /// Huge pages asked for and refused: the pool is on small pages, said. (This machine has
 /// none reserved, so its kernel refuses them too: the filter makes the refusal certain.)
 #[test]
