@@ -53,6 +53,12 @@ pub(crate) enum Request {
         /// A TOS instead of the socket's (a non-conformant packet re-marked by its flow).
         tos: Option<u8>,
     },
+    /// A stream receive of zero bytes (Winsock's zero-byte `WSARecv`): completes `Ok(0)` once
+    /// data is waiting (or the peer closed), without taking any — the application then
+    /// receives with a buffer of its own. No frame is held meanwhile.
+    Readable {
+        timeout: Option<Duration>,
+    },
     /// One receive scattered over the gather's buffers (each a whole frame, in order): a
     /// datagram with its sender (`from`), or what a stream has.
     RecvScatter {
@@ -87,7 +93,7 @@ impl Request {
     pub(crate) fn kind(&self) -> OpKind {
         match self {
             Request::RecvFrom { .. } => OpKind::RecvFrom,
-            Request::Recv { .. } | Request::RecvScatter { from: false, .. } => OpKind::Recv,
+            Request::Recv { .. } | Request::Readable { .. } | Request::RecvScatter { from: false, .. } => OpKind::Recv,
             Request::RecvScatter { from: true, .. } => OpKind::RecvFrom,
             Request::SendTo { .. } | Request::SendToMany { .. } | Request::SendShared { .. } => OpKind::SendTo,
             Request::Send { .. } | Request::SendGather { addr: None, .. } => OpKind::Send,
@@ -149,6 +155,8 @@ pub(crate) struct Slot {
     pub sent: u32,
     /// A single-shot stream receive reads at most this many bytes (0: a whole frame).
     pub recv_max: u32,
+    /// A zero-byte receive (`Request::Readable`): it waits for readability only.
+    pub readable: bool,
     /// Multishot stopped for want of buffers; waiting to be re-armed.
     pub starved: bool,
     /// Started by the QoS scheduler (counts against its send budget until it ends).
@@ -246,6 +254,7 @@ impl Slot {
             zc_copied: false,
             sent: 0,
             recv_max: 0,
+            readable: false,
             starved: false,
             scheduled: false,
             tos: None,
@@ -286,6 +295,7 @@ impl Table {
         s.zc_copied = false;
         s.sent = 0;
         s.recv_max = 0;
+        s.readable = false;
         s.starved = false;
         s.scheduled = false;
         s.tos = None;

@@ -1281,6 +1281,13 @@ impl TcpStream {
         )
     }
 
+    /// Zero-byte WSARecv: completes `Ok(0)` once data is waiting or the peer closed, taking
+    /// nothing and holding no frame meanwhile (servers with many idle connections post these
+    /// instead of a buffer each, then receive when it completes).
+    pub fn wait_readable(&self, token: u64, timeout: Option<Duration>) -> Result<(), Rejected> {
+        self.core.submit(token, Request::Readable { timeout })
+    }
+
     /// Multishot WSARecv: chunks as they arrive until EOF (a final `Ok(0)`), error or cancel.
     pub fn recv_multishot(&self, token: u64) -> Result<(), Rejected> {
         self.core.submit(

@@ -193,8 +193,15 @@ pub(crate) unsafe fn wsabufs(bufs: *const PORTO_WSABUF, count: u32) -> Result<Ve
     }
     // SAFETY: `count` valid WSABUFs (the caller's contract).
     let list = unsafe { std::slice::from_raw_parts(bufs, count as usize) };
+    // A zero-length WSABUF may point nowhere (the zero-byte receive passes NULL).
     list.iter()
-        .map(|b| non_null(b.buf).map(|p| (p as usize, b.len as usize)))
+        .map(|b| {
+            if b.len == 0 {
+                Ok((b.buf as usize, 0))
+            } else {
+                non_null(b.buf).map(|p| (p as usize, b.len as usize))
+            }
+        })
         .collect()
 }
 

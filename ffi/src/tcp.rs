@@ -119,7 +119,16 @@ pub(crate) fn recv(h: u64, token: u64, mut target: RecvTarget) -> Result<(), Wsa
     let room: usize = target.bufs.iter().map(|b| b.1).sum();
     let max = u32::try_from(room).unwrap_or(u32::MAX);
     if max == 0 {
-        return Err(Wsa(PORTO_WSAEINVAL));
+        // A zero-byte WSARecv: completes with 0 bytes once data is waiting (or the peer
+        // closed), taking none and holding no buffer — servers with many idle connections
+        // post these, then receive into a buffer of their own.
+        return with_stream(h, |stream, port| {
+            port.expect(token, Pending::Recv(target))?;
+            stream.wait_readable(token, None).map_err(|r| {
+                port.forget(token);
+                Wsa::from(r.error)
+            })
+        });
     }
     with_stream(h, |stream, port| {
         // A buffer larger than a frame is filled as far as the data goes (up to

@@ -447,6 +447,23 @@ impl EpollDriver {
                     Step::Done
                 }
             }
+            Prep::PollIn => {
+                let mut p = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one pollfd of ours; a zero timeout never blocks.
+                let n = unsafe { libc::poll(&mut p, 1, 0) };
+                if n < 0 {
+                    return self.failed(ud, errno());
+                }
+                if n == 0 {
+                    return Step::Blocked;
+                }
+                self.emit(Event::of(ud, i32::from(p.revents).max(1)));
+                Step::Done
+            }
             Prep::Connect { addr, len } => {
                 if !op.started {
                     // SAFETY: addr/len describe a sockaddr in the op's slot.

@@ -232,6 +232,8 @@ pub(crate) enum Prep {
         len: libc::socklen_t,
     },
     Shutdown,
+    /// Completes (result > 0) once the socket is readable: data waiting, or the peer closed.
+    PollIn,
 }
 
 impl Prep {
@@ -245,6 +247,7 @@ impl Prep {
                 | Prep::Recv { .. }
                 | Prep::AcceptMulti
                 | Prep::Accept { .. }
+                | Prep::PollIn
         )
     }
 

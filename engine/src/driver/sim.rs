@@ -337,6 +337,11 @@ impl SimDriver {
                 self.events.push_back(Event::of(ud, 0));
                 true
             }
+            // The simulated peer always has data: readable at once.
+            Prep::PollIn => {
+                self.events.push_back(Event::of(ud, libc::POLLIN as i32));
+                true
+            }
             Prep::AcceptMulti | Prep::Accept { .. } => false,
         };
         if ended {

@@ -182,6 +182,7 @@ impl UringDriver {
                 .build(),
             Prep::Connect { addr, len } => opcode::Connect::new(fd, addr, len).build(),
             Prep::Shutdown => opcode::Shutdown::new(fd, libc::SHUT_RDWR).build(),
+            Prep::PollIn => opcode::PollAdd::new(fd, libc::POLLIN as u32).build(),
         };
         let e = e.user_data(op.ud);
         if op.fixed {

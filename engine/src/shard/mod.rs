@@ -1001,6 +1001,10 @@ impl<D: Driver> Core<D> {
                 s.timeout = timeout;
                 s.gather = Some(gather);
             }
+            Request::Readable { timeout } => {
+                s.readable = true;
+                s.timeout = timeout;
+            }
             Request::Recv {
                 multishot,
                 timeout,

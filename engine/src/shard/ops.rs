@@ -137,6 +137,7 @@ impl<D: Driver> Core<D> {
                     provided: true,
                 }
             }
+            (OpKind::Recv, _) if s.readable => Prep::PollIn,
             (OpKind::Recv, _) if s.multishot => Prep::RecvMulti,
             (OpKind::Recv, _) => Prep::Recv {
                 len: match s.recv_max {
@@ -636,6 +637,7 @@ impl<D: Driver> Core<D> {
         let shared_dest = s.shared.take().and_then(|_| net::from_raw(&s.addr, s.addr_len));
         let mut rio = s.rio.take();
         let multishot = s.multishot;
+        let readable = s.readable;
         let started = s.started;
         if s.scheduled {
             self.qos.in_flight -= 1;
@@ -687,6 +689,8 @@ impl<D: Driver> Core<D> {
         self.ops.release(idx);
         let result = match res {
             None => Ok(0),
+            // A zero-byte receive: the socket is readable; nothing was taken.
+            Some(r) if r >= 0 && readable => Ok(0),
             Some(r) if r >= 0 => Ok(r as usize),
             Some(r) if timed_out && (r == -libc::ECANCELED || r == -libc::EAGAIN) => Err(Error::TimedOut),
             // A receive that lost a race for a datagram (EAGAIN, see `on_cqe`) while being

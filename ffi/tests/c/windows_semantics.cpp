@@ -39,6 +39,9 @@ static int failures = 0;
     } while (0)
 
 // The CPUs a thread of this process named `name` may run on (Cpus_allowed_list), or "".
+// An overlapped call's answer: 0 (done at once) or SOCKET_ERROR with WSA_IO_PENDING.
+#define SOCKET_ERROR_OR_PENDING(r) ((r) == 0 ? 0 : (porto_WSAGetLastError() == PORTO_WSA_IO_PENDING ? (r) : 12345))
+
 static int conditions = 0;
 // WSAAccept's condition: reject the first connection, defer the second once, accept the rest.
 static int CALLBACK_condition(PORTO_WSABUF *caller, PORTO_WSABUF *, void *, void *, PORTO_WSABUF *callee,
@@ -292,6 +295,22 @@ int main() {
                 std::fprintf(stderr, "one WSARecv of 8192 took %u of %zu bytes waiting\n", n, sizeof msg);
             EXPECT(n == sizeof msg);
             EXPECT(std::memcmp(got, msg, sizeof msg) == 0);
+            // The zero-byte WSARecv (NULL buffer, length 0): completes with 0 bytes once data
+            // is waiting, taking none; the next WSARecv gets the data.
+            PORTO_WSABUF zero = {0, nullptr};
+            std::memset(&rov, 0, sizeof rov);
+            r = porto_WSARecv(third, &zero, 1, nullptr, &rflags, &rov, nullptr);
+            EXPECT(r == SOCKET_ERROR_OR_PENDING(r));
+            EXPECT(porto_GetQueuedCompletionStatus(port, &n, &k, &o, 100) == 0); // nothing yet
+            EXPECT(porto_WSAGetLastError() == PORTO_WAIT_TIMEOUT);
+            EXPECT(send(cs[2], "later", 5, 0) == 5);
+            EXPECT(porto_GetQueuedCompletionStatus(port, &n, &k, &o, 5000) == 1);
+            EXPECT(o == &rov && n == 0);
+            PORTO_WSABUF one = {sizeof got, got};
+            std::memset(&rov, 0, sizeof rov);
+            r = porto_WSARecv(third, &one, 1, nullptr, &rflags, &rov, nullptr);
+            EXPECT(porto_GetQueuedCompletionStatus(port, &n, &k, &o, 5000) == 1);
+            EXPECT(n == 5 && std::memcmp(got, "later", 5) == 0);
             EXPECT(porto_CloseHandle(port) == 1);
         }
         for (int x : cs)
