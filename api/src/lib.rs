@@ -52,8 +52,9 @@ pub use porto_engine::pool::{Buf, Gather, Pool, SharedBuf, Shares, GATHER_MAX};
 pub use porto_engine::port::CompletionPort;
 pub use porto_engine::shard::{Delivery, QosFlow, Shard, ShardHandle, ShardInfo};
 pub use porto_engine::socket::{
-    poll, recv_batch, unspecified, DatagramOptions, DatagramSocket, Interface, PollFd, Readiness, Rejected, SocketCore,
-    SocketOptions, TcpListener, TcpStream, UdpSocket, XdpInfo, XdpOptions, XdpQueues, XdpUdpSocket,
+    poll, recv_batch, set_raw_option, unspecified, DatagramOptions, DatagramSocket, Interface, PollFd, Readiness,
+    Rejected, SocketCore, SocketOptions, TcpListener, TcpStream, UdpSocket, XdpInfo, XdpOptions, XdpQueues,
+    XdpUdpSocket,
 };
 pub use porto_engine::stats::{Snapshot as StatsSnapshot, Stats};
 pub use porto_engine::telemetry;

@@ -172,6 +172,13 @@ impl SocketOptions {
     }
 }
 
+/// setsockopt(2) on a kernel socket with the option's bytes as given: for options set
+/// before porto made the socket (Winsock programs set them between `WSASocket` and `bind`),
+/// applied once it exists.
+pub fn set_raw_option(fd: RawFd, level: i32, name: i32, value: &[u8]) -> std::io::Result<()> {
+    net::set_bytes(fd, level, name, value)
+}
+
 /// Where a kernel socket's receive stamps come from, as the kernel says (SO_TIMESTAMPING).
 pub(crate) fn kernel_stamping(fd: RawFd) -> Stamping {
     match net::get_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPING) {

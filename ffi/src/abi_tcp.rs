@@ -364,6 +364,14 @@ pub unsafe extern "C" fn porto_setsockopt(
         }
         non_null(value)?;
         let len = libc::socklen_t::try_from(len).map_err(|_| Wsa(PORTO_WSAEFAULT))?;
+        if !crate::state::has_fd(s)? {
+            // Before the kernel socket exists (between WSASocket and bind, as Windows
+            // programs set SO_REUSEADDR or SO_SNDBUF): kept, and applied when it is made.
+            // SAFETY: `len` readable bytes at `value` (the caller's contract).
+            let bytes = unsafe { std::slice::from_raw_parts(value.cast::<u8>(), len as usize) };
+            crate::state::sock(s)?.defer_opt(level, name, bytes);
+            return Ok(0);
+        }
         crate::state::with_fd(s, |fd| {
             // SAFETY: `len` readable bytes at `value` (the caller's contract); `fd` is the
             // socket's, held open by the lock `with_fd` keeps.
@@ -415,6 +423,20 @@ pub unsafe extern "C" fn porto_getsockopt(
         // SAFETY: `len` is valid (the caller's contract).
         let room = unsafe { len.read() };
         let mut n = libc::socklen_t::try_from(room).map_err(|_| Wsa(PORTO_WSAEFAULT))?;
+        if !crate::state::has_fd(s)? {
+            // Before the kernel socket exists: what was set meanwhile (else WSAEINVAL, the
+            // kernel's default not being known until the socket is made).
+            let v = crate::state::sock(s)?
+                .early_opt(level, name)
+                .ok_or(Wsa(PORTO_WSAEINVAL))?;
+            let k = v.len().min(n as usize);
+            // SAFETY: `n >= k` writable bytes at `value`; `len` valid (the caller's contract).
+            unsafe {
+                std::ptr::copy_nonoverlapping(v.as_ptr(), value.cast::<u8>(), k);
+                len.write(k as i32);
+            }
+            return Ok(0);
+        }
         crate::state::with_fd(s, |fd| {
             // SAFETY: `n` writable bytes at `value`; the lock keeps `fd` the socket's.
             if unsafe { libc::getsockopt(fd, level, name, value, &mut n) } != 0 {

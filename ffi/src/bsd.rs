@@ -153,6 +153,7 @@ pub(crate) fn connect(h: u64, to: SocketAddr) -> Result<(), Wsa> {
             };
             match made {
                 Ok(stream) => {
+                    s.apply_early_opts(std::os::fd::AsRawFd::as_raw_fd(stream.core()))?;
                     *st = SockState::Stream { stream, assoc };
                     Ok(())
                 }

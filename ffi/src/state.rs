@@ -216,9 +216,13 @@ impl SockState {
 
 /// A UDP socket bound to the unspecified address of its family (Windows binds an unbound
 /// socket implicitly when it is first used).
-fn bind_any_udp(v6: bool) -> Result<std::net::UdpSocket, Wsa> {
-    let any: SocketAddr = if v6 { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal");
-    SocketOptions::default().bind_kernel_udp(any).map_err(setup)
+/// The options set before it existed are applied to it.
+fn bind_any_udp(s: &Sock) -> Result<std::net::UdpSocket, Wsa> {
+    use std::os::fd::AsRawFd;
+    let any: SocketAddr = if s.v6 { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal");
+    let k = SocketOptions::default().bind_kernel_udp(any).map_err(setup)?;
+    s.apply_early_opts(k.as_raw_fd())?;
+    Ok(k)
 }
 
 #[derive(Debug)]
@@ -234,6 +238,9 @@ pub(crate) struct Sock {
     pub(crate) bsd: crate::bsd::Blocking,
     /// A UDP socket's peer after `connect` (its sends without an address go there).
     pub(crate) peer: Mutex<Option<SocketAddr>>,
+    /// Options set before the kernel socket existed (Winsock programs set them between
+    /// `WSASocket` and `bind`): (level, name, value), applied when it is made.
+    pub(crate) early_opts: Mutex<Vec<(i32, i32, Vec<u8>)>>,
 }
 
 impl Sock {
@@ -247,7 +254,34 @@ impl Sock {
             sends: InFlight::default(),
             bsd: crate::bsd::Blocking::default(),
             peer: Mutex::new(None),
+            early_opts: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Records option (level, name) = value for when the kernel socket is made (a later
+    /// setting of the same option replaces it).
+    pub(crate) fn defer_opt(&self, level: i32, name: i32, value: &[u8]) {
+        let mut o = self.early_opts.lock().unwrap_or_else(|e| e.into_inner());
+        o.retain(|&(l, n, _)| (l, n) != (level, name));
+        o.push((level, name, value.to_vec()));
+    }
+
+    /// The value an option was given before the kernel socket existed.
+    pub(crate) fn early_opt(&self, level: i32, name: i32) -> Option<Vec<u8>> {
+        let o = self.early_opts.lock().unwrap_or_else(|e| e.into_inner());
+        o.iter()
+            .find(|&&(l, n, _)| (l, n) == (level, name))
+            .map(|(_, _, v)| v.clone())
+    }
+
+    /// Applies the recorded options to the kernel socket just made (`fd`); the first the
+    /// kernel refuses is the error (the socket stays, as a failed `setsockopt` leaves it).
+    pub(crate) fn apply_early_opts(&self, fd: std::os::fd::RawFd) -> Result<(), Wsa> {
+        let opts = std::mem::take(&mut *self.early_opts.lock().unwrap_or_else(|e| e.into_inner()));
+        for (level, name, value) in &opts {
+            porto::set_raw_option(fd, *level, *name, value).map_err(|e| Wsa::from(Error::from(e)))?;
+        }
+        Ok(())
     }
 
     /// The UDP peer `connect` set, if any.
@@ -467,14 +501,18 @@ pub(crate) fn bind(h: u64, addr: SocketAddr) -> Result<(), Wsa> {
     if addr.is_ipv6() != s.v6 {
         return Err(Wsa(PORTO_WSAEAFNOSUPPORT));
     }
+    use std::os::fd::AsRawFd;
     let mut st = lock(&s);
     match &mut *st {
         SockState::Unbound => {
-            *st = SockState::Bound(SocketOptions::default().bind_kernel_udp(addr).map_err(setup)?);
+            let k = SocketOptions::default().bind_kernel_udp(addr).map_err(setup)?;
+            s.apply_early_opts(k.as_raw_fd())?;
+            *st = SockState::Bound(k);
             Ok(())
         }
         SockState::TcpIdle { fd: fd @ None, .. } => {
             let bound = SocketOptions::default().bind_kernel_tcp(addr).map_err(setup)?;
+            s.apply_early_opts(bound.as_raw_fd())?;
             *fd = Some(std::net::TcpStream::from(bound));
             Ok(())
         }
@@ -525,7 +563,7 @@ pub(crate) fn open_core<T>(
     let mut st = lock(&s);
     let k = match std::mem::replace(&mut *st, SockState::Unbound) {
         SockState::Bound(k) => k,
-        SockState::Unbound if bind_unbound => bind_any_udp(s.v6)?,
+        SockState::Unbound if bind_unbound => bind_any_udp(&s)?,
         other => {
             *st = other;
             return match (&*st, st.core()) {
@@ -565,6 +603,16 @@ pub(crate) fn with_fd<T>(h: u64, f: impl FnOnce(std::os::fd::RawFd) -> Result<T,
         _ => return Err(Wsa(PORTO_WSAEINVAL)),
     };
     f(fd)
+}
+
+/// Whether socket `h` has its kernel socket yet (porto makes it at `bind`, at the implicit
+/// bind of a first use, at `connect`, or takes it from `AcceptEx`).
+pub(crate) fn has_fd(h: u64) -> Result<bool, Wsa> {
+    match with_fd(h, |_| Ok(())) {
+        Ok(()) => Ok(true),
+        Err(Wsa(PORTO_WSAEINVAL)) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Runs `f` with socket `h`'s engine side (associated, listening, connected, or opened for
@@ -636,7 +684,7 @@ pub(crate) fn associate(h: u64, port_h: u64, key: u64) -> Result<u64, Wsa> {
     }
     let k = match std::mem::replace(&mut *st, SockState::Unbound) {
         SockState::Bound(k) => k,
-        SockState::Unbound => bind_any_udp(s.v6)?,
+        SockState::Unbound => bind_any_udp(&s)?,
         other => {
             // Associated once; a RIO-only socket's completions already have their place.
             *st = other;

@@ -455,6 +455,8 @@ fn accepted(
     } else {
         delivery(&assoc).unwrap_or_else(nowhere)
     };
+    // Options set on the accept socket before AcceptEx apply to the connection.
+    a.apply_early_opts(std::os::fd::AsRawFd::as_raw_fd(&fd))?;
     let stream = TcpStream::adopt(&shard()?, fd, to).map_err(state::setup)?;
     let local = stream.local_addr().map_err(Wsa::from)?;
     let peer = peer.ok_or(Wsa(PORTO_WSAECONNABORTED))?;

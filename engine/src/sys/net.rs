@@ -36,6 +36,12 @@ pub(crate) fn socket(addr: &SocketAddr, kind: Kind) -> io::Result<OwnedFd> {
 }
 
 /// setsockopt with an integer value.
+/// setsockopt(2) with the value's bytes as given (an option of any type).
+pub(crate) fn set_bytes(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &[u8]) -> io::Result<()> {
+    // SAFETY: the kernel reads `value.len()` bytes from the live slice.
+    cvt(unsafe { libc::setsockopt(fd, level, name, value.as_ptr().cast(), value.len() as libc::socklen_t) }).map(|_| ())
+}
+
 pub(crate) fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: the option value is a live c_int of the size passed.
     cvt(unsafe {

@@ -388,6 +388,45 @@ int main() {
         close(peer_fd);
     }
 
+    // 8. setsockopt/getsockopt before bind, as Windows servers call them right after
+    // WSASocket (SO_REUSEADDR, buffer sizes): kept, readable back, applied when the kernel
+    // socket is made (it was WSAEINVAL).
+    {
+        PORTO_SOCKET u = porto_socket(AF_INET, SOCK_DGRAM, IPPROTO_UDP);
+        int big = 1 << 20, got_v = 0;
+        int glen = sizeof got_v;
+        EXPECT(porto_getsockopt(u, SOL_SOCKET, SO_RCVBUF, &got_v, &glen) == PORTO_SOCKET_ERROR); // nothing set yet
+        EXPECT(porto_setsockopt(u, SOL_SOCKET, SO_RCVBUF, &big, sizeof big) == 0);
+        glen = sizeof got_v;
+        EXPECT(porto_getsockopt(u, SOL_SOCKET, SO_RCVBUF, &got_v, &glen) == 0 && got_v == big);
+        EXPECT(porto_setsockopt(u, SOL_SOCKET, 9999, &big, sizeof big) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAENOPROTOOPT);
+        sockaddr_in ua;
+        std::memset(&ua, 0, sizeof ua);
+        ua.sin_family = AF_INET;
+        ua.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        EXPECT(porto_bind(u, reinterpret_cast<sockaddr *>(&ua), sizeof ua) == 0);
+        glen = sizeof got_v;
+        EXPECT(porto_getsockopt(u, SOL_SOCKET, SO_RCVBUF, &got_v, &glen) == 0);
+        EXPECT(got_v >= big); // the kernel's value now (Linux doubles it)
+        EXPECT(porto_closesocket(u) == 0);
+
+        PORTO_SOCKET l = porto_socket(AF_INET, SOCK_STREAM, IPPROTO_TCP);
+        int on = 1;
+        EXPECT(porto_setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) == 0);
+        EXPECT(porto_bind(l, reinterpret_cast<sockaddr *>(&ua), sizeof ua) == 0);
+        int la_len = sizeof ua;
+        EXPECT(porto_getsockname(l, reinterpret_cast<sockaddr *>(&ua), &la_len) == 0);
+        EXPECT(porto_listen(l, 4) == 0);
+        PORTO_SOCKET t = porto_socket(AF_INET, SOCK_STREAM, IPPROTO_TCP);
+        int sndbuf = 1 << 18;
+        EXPECT(porto_setsockopt(t, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) == 0);
+        EXPECT(porto_connect(t, reinterpret_cast<sockaddr *>(&ua), sizeof ua) == 0);
+        glen = sizeof got_v;
+        EXPECT(porto_getsockopt(t, SOL_SOCKET, SO_SNDBUF, &got_v, &glen) == 0 && got_v >= sndbuf);
+        EXPECT(porto_closesocket(t) == 0 && porto_closesocket(l) == 0);
+    }
+
     EXPECT(porto_WSACleanup() == 0);
     // After the last WSACleanup: Winsock calls are WSANOTINITIALISED; the early port still
     // holds what was posted to it.
