@@ -380,6 +380,10 @@ impl Table {
         self.slots.len() - self.free.len()
     }
 
+    pub(crate) fn free_count(&self) -> usize {
+        self.free.len()
+    }
+
     /// Indices of live slots matching `f`, written into `out` (cleared first).
     pub(crate) fn find(&self, out: &mut Vec<u32>, f: impl Fn(&Slot) -> bool) {
         out.clear();

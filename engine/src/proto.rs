@@ -254,6 +254,14 @@ pub(crate) struct ShardShared {
     sock_gens: Box<[AtomicU32]>,
     /// `Config::fanout_pending_max`.
     pub(crate) fanout_pending_max: usize,
+    /// Operation-table slots the request queues on this shard hold for their requests (the
+    /// sum of their maxima): other operations leave them free, so a RIO request the queue
+    /// accepted always has a slot (Windows fails an oversized queue at creation, never a
+    /// request later).
+    pub(crate) rio_reserved: Arc<AtomicU32>,
+    /// Most slots RIO may reserve: three quarters of `ops_max`, the rest for the shard's
+    /// other operations.
+    pub(crate) rio_reserve_max: u32,
     /// RIO fixed-buffer slots whose region was dropped, for the shard to clear and reuse.
     pub(crate) rio_slots: Arc<RioSlots>,
     pub stats: Stats,
@@ -553,6 +561,8 @@ pub(crate) fn new_shared(
         free_sockets,
         sock_gens: (0..cfg.sockets_max).map(|_| AtomicU32::new(0)).collect(),
         fanout_pending_max: cfg.fanout_pending_limit() as usize,
+        rio_reserved: Arc::new(AtomicU32::new(0)),
+        rio_reserve_max: cfg.ops_max / 4 * 3,
         stats: Stats::default(),
         pool,
         info: OnceLock::new(),

@@ -716,8 +716,10 @@ pub(crate) struct RqShared {
     pub(crate) recv_out: AtomicU32,
     pub(crate) send_out: AtomicU32,
     /// Entries this queue holds in its receive and send CQs (max_recv, max_send; changed by
-    /// resize).
+    /// resize) — and as many slots in its shard's operation table.
     pub(crate) reserved: [AtomicUsize; 2],
+    /// The shard's count of operation slots request queues reserve (`ShardShared`'s).
+    pub(crate) shard_slots: Arc<AtomicU32>,
 }
 
 impl RqShared {
@@ -736,10 +738,13 @@ impl RqShared {
 }
 
 impl Drop for RqShared {
+    /// The last holder (the queue, or its last request in flight) gives back the queue's
+    /// CQ entries and its shard's operation slots.
     fn drop(&mut self) {
         for kind in [RioKind::Receive, RioKind::Send] {
             let n = self.reserved(kind).load(Ordering::Acquire);
             *self.cq(kind).reserved() -= n;
+            self.shard_slots.fetch_sub(n as u32, Ordering::AcqRel);
         }
     }
 }

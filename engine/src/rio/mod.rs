@@ -81,6 +81,17 @@ impl Drop for RequestQueue {
     }
 }
 
+/// Reserves `n` of a shard's operation slots for a request queue (`total`: the shard's count,
+/// at most `max`); `NoBuffers` past it.
+fn reserve_slots(total: &AtomicU32, max: u32, n: u32) -> Result<(), Error> {
+    total
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+            r.checked_add(n).filter(|&t| t <= max)
+        })
+        .map(drop)
+        .map_err(|_| Error::NoBuffers)
+}
+
 /// Reserves `n` more entries of the completion queue `cqs` (its capacity bounds the sum of
 /// its request queues' maxima, so results can never overflow it).
 fn reserve(cqs: &CqShared, n: usize) -> Result<(), Error> {
@@ -140,9 +151,26 @@ impl RequestQueue {
         key: u64,
     ) -> Result<RequestQueue, Error> {
         let (rcq, scq) = (&recv_cq.shared, &send_cq.shared);
-        reserve(rcq, max_recv as usize)?;
+        // Slots in the shard's operation table first: a queue the shard cannot carry fails
+        // here, at creation, as Windows fails it — never a request the queue accepted.
+        let shard = socket.shard();
+        reserve_slots(
+            &shard.rio_reserved,
+            shard.rio_reserve_max,
+            max_recv.saturating_add(max_send),
+        )?;
+        let give_back = || {
+            shard
+                .rio_reserved
+                .fetch_sub(max_recv.saturating_add(max_send), Ordering::AcqRel);
+        };
+        if let Err(e) = reserve(rcq, max_recv as usize) {
+            give_back();
+            return Err(e);
+        }
         if let Err(e) = reserve(scq, max_send as usize) {
             release(rcq, max_recv as usize);
+            give_back();
             return Err(e);
         }
         // u32 + u32 cannot wrap a 64-bit usize.
@@ -157,6 +185,7 @@ impl RequestQueue {
                 recv_out: AtomicU32::new(0),
                 send_out: AtomicU32::new(0),
                 reserved: [AtomicUsize::new(max_recv as usize), AtomicUsize::new(max_send as usize)],
+                shard_slots: shard.rio_reserved.clone(),
             }),
             max_recv,
             max_send,
@@ -173,6 +202,21 @@ impl RequestQueue {
         if self.rq.recv_out.load(Ordering::Acquire) > max_recv || self.rq.send_out.load(Ordering::Acquire) > max_send {
             return Err(Error::TooManyRefs);
         }
+        // The shard's operation slots: the growth reserved first (NoBuffers past the
+        // shard's room), a shrink given back at the end.
+        let (had, want) = (
+            self.max_recv.saturating_add(self.max_send),
+            max_recv.saturating_add(max_send),
+        );
+        let shard = self.socket.shard();
+        if want > had {
+            reserve_slots(&shard.rio_reserved, shard.rio_reserve_max, want - had)?;
+        }
+        let undo_slots = || {
+            if want > had {
+                shard.rio_reserved.fetch_sub(want - had, Ordering::AcqRel);
+            }
+        };
         // Grow first (each may fail; a failed second undoes the first), then shrink.
         let kinds = [
             (RioKind::Receive, max_recv as usize),
@@ -186,6 +230,7 @@ impl RequestQueue {
                     if let Some((k, n)) = grown {
                         release(self.rq.cq(k), n);
                     }
+                    undo_slots();
                     return Err(e);
                 }
                 grown = Some((kind, need - had));
@@ -196,6 +241,9 @@ impl RequestQueue {
             if need < had {
                 release(self.rq.cq(kind), had - need);
             }
+        }
+        if want < had {
+            shard.rio_reserved.fetch_sub(had - want, Ordering::AcqRel);
         }
         (self.max_recv, self.max_send) = (max_recv, max_send);
         Ok(())

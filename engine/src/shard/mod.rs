@@ -320,6 +320,8 @@ pub(crate) struct Core<D: Driver> {
     qos: QosState,
     /// Sends taken out of the QoS queues when their socket closes (reused).
     qos_scratch: Vec<Deferred>,
+    /// RIO operations in the op table now (within what the request queues reserved).
+    rio_live: u32,
     /// Frames of closed zero-copy AF_XDP sockets, with the time to give up on each.
     quarantine: Vec<(Quarantine, Instant)>,
     /// When the quarantined queues are probed next.
@@ -603,6 +605,7 @@ impl<D: Driver> Core<D> {
                 staged: None,
             },
             qos_scratch: Vec::with_capacity(QOS_QUEUE_MAX),
+            rio_live: 0,
             fanout_stalled: Vec::with_capacity(cfg.sockets_max as usize),
             quarantine: Vec::new(),
             quarantine_probe: Instant::now(),
@@ -973,7 +976,17 @@ impl<D: Driver> Core<D> {
             debug_assert!(false, "op on a closed socket");
             return;
         }
-        let Some(idx) = self.ops.alloc() else {
+        // Slots the request queues reserved and do not use now stay free for them: a RIO
+        // request its queue accepted always finds one.
+        let rio = matches!(req, Request::Rio(_));
+        let held = (self.shared.rio_reserved.load(std::sync::atomic::Ordering::Relaxed)).saturating_sub(self.rio_live)
+            as usize;
+        let idx = if rio || self.ops.free_count() > held {
+            self.ops.alloc()
+        } else {
+            None
+        };
+        let Some(idx) = idx else {
             self.shared.stats.add(&self.shared.stats.counters.ops_rejected, 1);
             if scheduled {
                 self.qos.in_flight -= 1;
@@ -982,6 +995,7 @@ impl<D: Driver> Core<D> {
             return;
         };
         self.sockets[sock as usize].live_ops += 1;
+        self.rio_live += u32::from(rio);
         // A socket whose TOS option the kernel refused marks each datagram instead.
         let sock_tos = self.sockets[sock as usize].tos_cmsg;
         let st = &self.shared.stats;

@@ -743,6 +743,7 @@ impl<D: Driver> Core<D> {
                 _ => {}
             }
         }
+        self.rio_live -= u32::from(rio.is_some());
         let entry = &mut self.sockets[sock as usize];
         entry.live_ops -= 1;
         if let Some(mut r) = rio {
