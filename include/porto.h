@@ -47,6 +47,9 @@
 // `dwMilliseconds` that waits for ever.
 #define PORTO_INFINITE 4294967295
 
+// `WSA_INFINITE`: `WSAWaitForMultipleEvents`' wait for ever (winsock2.h's name for `INFINITE`).
+#define PORTO_WSA_INFINITE PORTO_INFINITE
+
 #define PORTO_ERROR_INVALID_HANDLE 6
 
 #define PORTO_WAIT_TIMEOUT 258
@@ -739,12 +742,11 @@ int32_t porto_CancelIoEx(PORTO_SOCKET s, PORTO_OVERLAPPED *ov);
 void porto_WSASetLastError(int32_t code);
 
 // `WSAGetOverlappedResult(s, ov, &bytes, wait, &flags)`: TRUE with the bytes once the
-// operation's completion was dequeued (its `Internal` no longer `PORTO_STATUS_PENDING`);
-// FALSE with the operation's error if it failed; FALSE with `PORTO_WSA_IO_INCOMPLETE` if it
-// is still in flight and `wait` is FALSE. With `wait`, it waits until a thread dequeues the
-// completion (porto writes an OVERLAPPED when its completion is dequeued, so on a port
-// nobody dequeues from it waits for ever — as a program that never reads its port would
-// on Windows). `flags` gets 0. `s` is not checked against the operation (Windows does not
+// operation's successful completion was dequeued (its data copied; its `Internal` no longer
+// `PORTO_STATUS_PENDING`); FALSE with the operation's error as soon as it failed (written
+// when it ends, as Windows does, dequeued or not); FALSE with `PORTO_WSA_IO_INCOMPLETE` if
+// it is still in flight and `wait` is FALSE. With `wait`, a success waits until a thread
+// dequeues it (on a port nobody dequeues from, for ever). `flags` gets 0. `s` is not checked against the operation (Windows does not
 // either).
 //
 // # Safety
@@ -1310,5 +1312,6 @@ int32_t porto_getsockopt(PORTO_SOCKET s, int32_t level, int32_t name, void *valu
 #define PORTO_FD_ISSET(s, set) porto___WSAFDIsSet((s), (set))
 
 /* Win32's OVERLAPPED test: Internal is PORTO_STATUS_PENDING from the call that starts the
- * operation until its completion is dequeued (which writes the status and InternalHigh). */
+ * operation until it fails (the error written as it ends, dequeued or not, as on Windows) or
+ * its successful completion is dequeued (where its data is copied; status and InternalHigh). */
 #define PORTO_HasOverlappedIoCompleted(lpOverlapped) ((lpOverlapped)->Internal != PORTO_STATUS_PENDING)

@@ -10,6 +10,7 @@
 #ifndef PORTO_WINSOCK_H
 #define PORTO_WINSOCK_H
 
+#include <netdb.h>
 #include <poll.h>
 #include <stdint.h>
 #include <string.h>
@@ -29,7 +30,7 @@ typedef int32_t LONG;
 typedef uint32_t UINT, ULONG, *PULONG;
 typedef char CHAR, *PCHAR, *LPSTR;
 typedef const char *LPCSTR;
-typedef uint64_t ULONG_PTR, *PULONG_PTR, DWORD_PTR, UINT_PTR;
+typedef uint64_t ULONG_PTR, *PULONG_PTR, DWORD_PTR, *PDWORD_PTR, UINT_PTR;
 typedef int64_t LONG_PTR, INT_PTR;
 typedef void *PVOID, *LPVOID;
 typedef unsigned int GROUP;
@@ -37,6 +38,11 @@ typedef struct sockaddr SOCKADDR, *PSOCKADDR, *LPSOCKADDR;
 typedef struct sockaddr_in SOCKADDR_IN, *PSOCKADDR_IN;
 typedef struct sockaddr_in6 SOCKADDR_IN6, *PSOCKADDR_IN6;
 typedef struct sockaddr_storage SOCKADDR_STORAGE;
+/* ws2tcpip.h's getaddrinfo is libc's (<netdb.h>): the same contract and sockaddrs. LINGER is
+ * Linux's struct linger (int fields, not u_short): SO_LINGER goes to the Linux kernel. */
+typedef struct addrinfo ADDRINFOA, *PADDRINFOA;
+typedef struct linger LINGER, *PLINGER, *LPLINGER;
+#define VOID void
 typedef PORTO_OVERLAPPED OVERLAPPED, *LPOVERLAPPED, WSAOVERLAPPED, *LPWSAOVERLAPPED;
 typedef PORTO_OVERLAPPED_ENTRY *LPOVERLAPPED_ENTRY;
 typedef PORTO_WSABUF *LPWSABUF;
@@ -455,6 +461,8 @@ typedef struct { WORD wVersion; WORD wHighVersion; char szDescription[257]; char
 #define WSA_FLAG_OVERLAPPED PORTO_WSA_FLAG_OVERLAPPED
 #undef WSA_FLAG_REGISTERED_IO
 #define WSA_FLAG_REGISTERED_IO PORTO_WSA_FLAG_REGISTERED_IO
+#undef WSA_INFINITE
+#define WSA_INFINITE PORTO_WSA_INFINITE
 #undef WSA_INVALID_EVENT
 #define WSA_INVALID_EVENT PORTO_WSA_INVALID_EVENT
 #undef WSA_INVALID_HANDLE

@@ -19,7 +19,7 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
@@ -47,7 +47,12 @@ pub(crate) struct PortShared {
     overflowed: AtomicUsize,
     /// `close` was called: waits end, dequeues return at once.
     closed: std::sync::atomic::AtomicBool,
+    /// Told of each failed completion as it is queued ([`CompletionPort::on_failure`]).
+    on_failure: OnceLock<FailureHook>,
 }
+
+/// See [`CompletionPort::on_failure`].
+type FailureHook = Box<dyn Fn(&Completion) + Send + Sync>;
 
 /// An I/O completion port. Clones share the same port.
 #[derive(Clone)]
@@ -111,25 +116,48 @@ impl CompletionPort {
                 overflow: Mutex::new(std::collections::VecDeque::new()),
                 overflowed: AtomicUsize::new(0),
                 closed: std::sync::atomic::AtomicBool::new(false),
+                on_failure: OnceLock::new(),
             }),
         }
     }
 
     /// PostQueuedCompletionStatus. A full port hands the completion back.
     pub fn post(&self, c: Completion) -> Result<(), Completion> {
-        self.push(c)?;
+        self.shared.queue.push(c)?;
         self.wake();
         Ok(())
     }
 
+    /// `f` is called with every failed operation's completion as a shard queues it (before it
+    /// is queued, on the shard's thread; again if a full port makes the shard queue it
+    /// later), from then on; a second hook is refused (`false`). Windows writes an
+    /// operation's status into its OVERLAPPED when the operation ends, not when a thread
+    /// dequeues it — a program may wait for a cancelled operation with
+    /// `HasOverlappedIoCompleted` after its worker threads have gone. Successful completions
+    /// are not passed (the C ABI finishes those where their data is copied, at dequeue), and
+    /// neither are [`post`](Self::post)ed ones.
+    pub fn on_failure(&self, f: impl Fn(&Completion) + Send + Sync + 'static) -> bool {
+        self.shared.on_failure.set(Box::new(f)).is_ok()
+    }
+
+    fn ending(&self, c: &Completion) {
+        if c.result.is_err() {
+            if let Some(f) = self.shared.on_failure.get() {
+                f(c);
+            }
+        }
+    }
+
     /// Queues without waking anyone; follow with [`wake`](Self::wake) once per batch.
     pub(crate) fn push(&self, c: Completion) -> Result<(), Completion> {
+        self.ending(&c);
         self.shared.queue.push(c)
     }
 
     /// Queues past the capacity (a stopping shard's last completions, which must not be
     /// lost) and wakes a sleeper. Allocates: never on the data path.
     pub(crate) fn push_overflow(&self, c: Completion) {
+        self.ending(&c);
         let s = &*self.shared;
         s.overflow.lock().expect("port lock poisoned").push_back(c);
         s.overflowed.fetch_add(1, Ordering::Release);

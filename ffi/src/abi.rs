@@ -303,10 +303,38 @@ pub(crate) unsafe fn send_blocking(
     Ok(0)
 }
 
+/// An operation's end into its OVERLAPPED (NULL: none). The status goes last, atomically
+/// (Release): a thread polling it (`HasOverlappedIoCompleted`, `WSAGetOverlappedResult`)
+/// that sees it done sees the byte count too.
+///
+/// # Safety
+/// `ov` is NULL or the OVERLAPPED of an operation not yet dequeued (the caller's contract:
+/// valid until then).
+unsafe fn write_overlapped(ov: *mut PORTO_OVERLAPPED, status: u64, bytes: u64) {
+    if ov.is_null() {
+        return;
+    }
+    // SAFETY: the function's contract.
+    unsafe {
+        (*ov).InternalHigh = bytes;
+        AtomicU64::from_ptr(&raw mut (*ov).Internal).store(status, Ordering::Release);
+    }
+}
+
+/// A failed operation ended (on its shard's thread, as its completion is queued): its
+/// OVERLAPPED (`token`) holds `code` from now on, before any thread dequeues it.
+pub(crate) fn overlapped_ended(token: u64, code: i32) {
+    // SAFETY: `token` is the OVERLAPPED the operation was started with (`pend`), which the
+    // program keeps valid until the completion is dequeued; the completion is being queued
+    // now, so it is not dequeued yet.
+    unsafe { write_overlapped(token as *mut PORTO_OVERLAPPED, code as u64, 0) };
+}
+
 /// Starts an overlapped operation as Windows does: its OVERLAPPED says
 /// `PORTO_STATUS_PENDING` (so `PORTO_HasOverlappedIoCompleted` is false) from before the
-/// operation is handed over until its completion is dequeued, which writes the status and
-/// the byte count. `start` hands it over; if it cannot, the OVERLAPPED holds the error and
+/// operation is handed over until it fails (written as its completion is queued, as Windows
+/// writes it when the operation ends) or its successful completion is dequeued (where its
+/// data is copied), which writes the status and the byte count. `start` hands it over; if it cannot, the OVERLAPPED holds the error and
 /// the call fails with it; else the call's answer is `WSA_IO_PENDING`.
 ///
 /// # Safety
@@ -712,15 +740,9 @@ pub unsafe extern "C" fn porto_GetQueuedCompletionStatusEx(
                 Ok(n) => (0u64, n as u64),
                 Err(code) => (code as u64, 0),
             };
-            if !ov.is_null() {
-                // SAFETY: the OVERLAPPED given with the operation, valid until now. The
-                // status goes last, atomically (Release): a thread polling it
-                // (`HasOverlappedIoCompleted`, `WSAGetOverlappedResult`) that sees it done
-                // sees the byte count too.
-                unsafe {
-                    (*ov).InternalHigh = bytes;
-                    AtomicU64::from_ptr(&raw mut (*ov).Internal).store(status, Ordering::Release);
-                }
+            if !d.ov_written {
+                // SAFETY: the OVERLAPPED given with the operation, valid until now.
+                unsafe { write_overlapped(ov, status, bytes) };
             }
             *e = PORTO_OVERLAPPED_ENTRY {
                 lpCompletionKey: d.key,
@@ -886,12 +908,11 @@ pub extern "C" fn porto_WSASetLastError(code: i32) {
 }
 
 /// `WSAGetOverlappedResult(s, ov, &bytes, wait, &flags)`: TRUE with the bytes once the
-/// operation's completion was dequeued (its `Internal` no longer `PORTO_STATUS_PENDING`);
-/// FALSE with the operation's error if it failed; FALSE with `PORTO_WSA_IO_INCOMPLETE` if it
-/// is still in flight and `wait` is FALSE. With `wait`, it waits until a thread dequeues the
-/// completion (porto writes an OVERLAPPED when its completion is dequeued, so on a port
-/// nobody dequeues from it waits for ever — as a program that never reads its port would
-/// on Windows). `flags` gets 0. `s` is not checked against the operation (Windows does not
+/// operation's successful completion was dequeued (its data copied; its `Internal` no longer
+/// `PORTO_STATUS_PENDING`); FALSE with the operation's error as soon as it failed (written
+/// when it ends, as Windows does, dequeued or not); FALSE with `PORTO_WSA_IO_INCOMPLETE` if
+/// it is still in flight and `wait` is FALSE. With `wait`, a success waits until a thread
+/// dequeues it (on a port nobody dequeues from, for ever). `flags` gets 0. `s` is not checked against the operation (Windows does not
 /// either).
 ///
 /// # Safety

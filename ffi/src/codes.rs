@@ -33,6 +33,8 @@ pub const PORTO_INVALID_HANDLE_VALUE: PORTO_HANDLE = PORTO_HANDLE(usize::MAX as 
 pub const PORTO_SOCKET_ERROR: i32 = -1;
 /// `dwMilliseconds` that waits for ever.
 pub const PORTO_INFINITE: u32 = 0xFFFF_FFFF;
+/// `WSA_INFINITE`: `WSAWaitForMultipleEvents`' wait for ever (winsock2.h's name for `INFINITE`).
+pub const PORTO_WSA_INFINITE: u32 = PORTO_INFINITE;
 
 pub const PORTO_ERROR_INVALID_HANDLE: i32 = 6;
 pub const PORTO_WAIT_TIMEOUT: i32 = 258;

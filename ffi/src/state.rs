@@ -7,7 +7,7 @@
 //! are dereferenced in `abi` alone.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
@@ -141,9 +141,36 @@ pub(crate) enum Pending {
 pub(crate) struct Port {
     pub port: CompletionPort,
     pub(crate) pending: Mutex<HashMap<u64, Pending>>,
+    /// Operations whose OVERLAPPED [`failed`](Self::failed) wrote, not yet dequeued.
+    written: Mutex<HashSet<u64>>,
 }
 
 impl Port {
+    /// A failed operation's completion is being queued (the engine's
+    /// [`CompletionPort::on_failure`], on its shard's thread): its OVERLAPPED gets its status
+    /// now, as Windows writes it when the operation ends — a program waiting for a cancelled
+    /// operation with `HasOverlappedIoCompleted` while nobody dequeues (Microsoft's
+    /// iocpserverex at shutdown, its worker threads gone) sees it end. A successful one is
+    /// written where its data is copied, at dequeue.
+    fn failed(&self, c: &porto::Completion) {
+        let Err(e) = &c.result else { return };
+        let code = match self.pending().get(&c.token) {
+            // A part of a send that is not its last ends nothing; the last one ends the send
+            // with the first part's error.
+            Some(Pending::SendParts { left, .. }) if *left > 1 => return,
+            Some(Pending::SendParts { error: Some(first), .. }) => *first,
+            _ => e.wsa_code(),
+        };
+        if c.token != 0 && self.written.lock().unwrap_or_else(|e| e.into_inner()).insert(c.token) {
+            crate::abi::overlapped_ended(c.token, code);
+        }
+    }
+
+    /// The dequeue of `token`: whether [`failed`](Self::failed) wrote its OVERLAPPED.
+    fn was_written(&self, token: u64) -> bool {
+        self.written.lock().unwrap_or_else(|e| e.into_inner()).remove(&token)
+    }
+
     pub(crate) fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -376,18 +403,20 @@ pub(crate) fn cleanup() -> Result<(), Wsa> {
     }
     g.users -= 1;
     if g.users == 0 {
-        // Completion ports are kernel32's on Windows, not Winsock's: they outlive WSACleanup.
-        g.objs.retain(|_, o| matches!(o, Obj::Port(_)));
+        // Completion ports and events are kernel32's on Windows (WSACreateEvent is
+        // CreateEvent), not Winsock's: they outlive WSACleanup.
+        g.objs.retain(|_, o| matches!(o, Obj::Port(_) | Obj::Event(_)));
         g.engine = None;
     }
     Ok(())
 }
 
 /// A new handle for `obj`; Winsock's objects need `WSAStartup` first (`WSANOTINITIALISED`),
-/// a completion port does not (`CreateIoCompletionPort` is kernel32's on Windows).
+/// a completion port or an event does not (kernel32's on Windows: `CreateIoCompletionPort`,
+/// `CreateEvent` behind `WSACreateEvent`).
 pub(crate) fn insert(obj: Obj) -> Result<u64, Wsa> {
     let mut g = write();
-    if g.engine.is_none() && !matches!(obj, Obj::Port(_)) {
+    if g.engine.is_none() && !matches!(obj, Obj::Port(_) | Obj::Event(_)) {
         return Err(Wsa(PORTO_WSANOTINITIALISED));
     }
     let h = g.next;
@@ -399,7 +428,8 @@ pub(crate) fn insert(obj: Obj) -> Result<u64, Wsa> {
 /// The object behind handle `h`, if any (the engine running).
 pub(crate) fn get(h: u64) -> Result<Option<ObjRef>, Wsa> {
     let g = read();
-    if g.engine.is_none() {
+    // Without Winsock only kernel32's objects (ports, events) answer.
+    if g.engine.is_none() && !matches!(g.objs.get(&h), Some(Obj::Event(_))) {
         return Err(Wsa(PORTO_WSANOTINITIALISED));
     }
     Ok(g.objs.get(&h).map(|o| match o {
@@ -428,8 +458,8 @@ pub(crate) fn remove(h: u64, is: impl Fn(&Obj) -> bool, bad: i32) -> Result<(), 
     let obj = {
         let mut g = write();
         match g.objs.get(&h) {
-            // Without Winsock only ports live (kernel32's on Windows): any other handle is
-            // Winsock's, and Winsock is not started.
+            // Without Winsock only ports and events live (kernel32's on Windows): any other
+            // handle is Winsock's, and Winsock is not started.
             None if g.engine.is_none() => return Err(Wsa(PORTO_WSANOTINITIALISED)),
             Some(o) if is(o) => g.objs.remove(&h),
             _ => return Err(Wsa(bad)),
@@ -633,10 +663,18 @@ pub(crate) fn shard(i: usize) -> Result<ShardHandle, Wsa> {
 /// `CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, concurrency)`: a new port.
 pub(crate) fn create_port(concurrency: u32) -> Result<u64, Wsa> {
     const CAPACITY: usize = 65536;
-    insert(Obj::Port(Arc::new(Port {
+    let p = Arc::new(Port {
         port: CompletionPort::new(concurrency as usize, CAPACITY),
         pending: Mutex::new(HashMap::new()),
-    })))
+        written: Mutex::new(HashSet::new()),
+    });
+    let weak = Arc::downgrade(&p);
+    p.port.on_failure(move |c| {
+        if let Some(p) = weak.upgrade() {
+            p.failed(c);
+        }
+    });
+    insert(Obj::Port(p))
 }
 
 /// `CreateIoCompletionPort(socket, port, key, 0)`: associates once (an unbound socket is
@@ -852,6 +890,9 @@ pub(crate) struct Done {
     pub token: u64,
     /// Bytes, or the WSA error of a failed operation.
     pub result: Result<usize, i32>,
+    /// Its OVERLAPPED was written when it failed ([`Port::failed`]): the dequeue must not
+    /// touch it again (the program may have freed it, as on Windows).
+    pub ov_written: bool,
     pub out: Out,
 }
 
@@ -887,7 +928,9 @@ pub(crate) fn dequeue(port_h: u64, max: usize, timeout: Option<Duration>) -> Res
                     _ => pending.remove(&c.token),
                 }
             };
-            if let Some(d) = crate::tcp::finish(&p, c, stage) {
+            let written = p.was_written(c.token);
+            if let Some(mut d) = crate::tcp::finish(&p, c, stage) {
+                d.ov_written = written;
                 done.push(d);
             }
         }

@@ -341,6 +341,7 @@ pub(crate) fn finish(p: &Arc<Port>, c: Completion, stage: Option<Pending>) -> Op
         key: c.key,
         token: c.token,
         result: result.map_err(|e| e.wsa_code()),
+        ov_written: false,
         out,
     };
     match stage {
@@ -363,6 +364,7 @@ pub(crate) fn finish(p: &Arc<Port>, c: Completion, stage: Option<Pending>) -> Op
                     key: c.key,
                     token: c.token,
                     result: Err(code),
+                    ov_written: false,
                     out: Out::None,
                 }),
             }
@@ -394,6 +396,7 @@ pub(crate) fn finish(p: &Arc<Port>, c: Completion, stage: Option<Pending>) -> Op
                     key: c.key,
                     token: c.token,
                     result: Err(code),
+                    ov_written: false,
                     out: Out::None,
                 }),
             }
@@ -409,6 +412,7 @@ pub(crate) fn finish(p: &Arc<Port>, c: Completion, stage: Option<Pending>) -> Op
                 key: c.key,
                 token: c.token,
                 result,
+                ov_written: false,
                 out: Out::None,
             })
         }

@@ -39,7 +39,7 @@ typedef int32_t LONG;
 typedef uint32_t UINT, ULONG, *PULONG;
 typedef char CHAR, *PCHAR, *LPSTR;
 typedef const char *LPCSTR;
-typedef uint64_t ULONG_PTR, *PULONG_PTR, DWORD_PTR, UINT_PTR;
+typedef uint64_t ULONG_PTR, *PULONG_PTR, DWORD_PTR, *PDWORD_PTR, UINT_PTR;
 typedef int64_t LONG_PTR, INT_PTR;
 typedef void *PVOID, *LPVOID;
 typedef unsigned int GROUP;
@@ -47,6 +47,11 @@ typedef struct sockaddr SOCKADDR, *PSOCKADDR, *LPSOCKADDR;
 typedef struct sockaddr_in SOCKADDR_IN, *PSOCKADDR_IN;
 typedef struct sockaddr_in6 SOCKADDR_IN6, *PSOCKADDR_IN6;
 typedef struct sockaddr_storage SOCKADDR_STORAGE;
+/* ws2tcpip.h's getaddrinfo is libc's (<netdb.h>): the same contract and sockaddrs. LINGER is
+ * Linux's struct linger (int fields, not u_short): SO_LINGER goes to the Linux kernel. */
+typedef struct addrinfo ADDRINFOA, *PADDRINFOA;
+typedef struct linger LINGER, *PLINGER, *LPLINGER;
+#define VOID void
 typedef PORTO_OVERLAPPED OVERLAPPED, *LPOVERLAPPED, WSAOVERLAPPED, *LPWSAOVERLAPPED;
 typedef PORTO_OVERLAPPED_ENTRY *LPOVERLAPPED_ENTRY;
 typedef PORTO_WSABUF *LPWSABUF;
@@ -137,7 +142,7 @@ fn rename_header(porto_h: &str) -> String {
          * Sleep, the console), and `struct timeval` for select (Linux's stays: pass a\n \
          * PORTO_TIMEVAL). */\n\
          #ifndef PORTO_WINSOCK_H\n#define PORTO_WINSOCK_H\n\n\
-         #include <poll.h>\n#include <stdint.h>\n#include <string.h>\n#include <sys/select.h>\n\
+         #include <netdb.h>\n#include <poll.h>\n#include <stdint.h>\n#include <string.h>\n#include <sys/select.h>\n\
          #include <sys/socket.h>\n#include <sys/time.h>\n#include <unistd.h>\n#include \"porto.h\"\n\n",
     );
     out.push_str(WIN32_TYPES);

@@ -83,13 +83,16 @@ static std::string allowed_cpus_of(const char *name) {
 int main() {
     alarm(60); // a hang is a failure, not a stuck CI job
 
-    // 0. A completion port is kernel32's on Windows: it works before WSAStartup and outlives
-    // WSACleanup; a Winsock object (a socket, an event) before WSAStartup is WSANOTINITIALISED.
+    // 0. A completion port and an event are kernel32's on Windows (WSACreateEvent is
+    // CreateEvent; Microsoft's iocpserverex creates its cleanup event before WSAStartup): they
+    // work before WSAStartup and outlive WSACleanup; a socket before WSAStartup is
+    // WSANOTINITIALISED.
     PORTO_HANDLE early = porto_CreateIoCompletionPort(PORTO_INVALID_HANDLE_VALUE, nullptr, 0, 1);
     EXPECT(early != nullptr);
     EXPECT(porto_PostQueuedCompletionStatus(early, 3, 5, nullptr) == 1);
-    EXPECT(porto_WSACreateEvent() == PORTO_WSA_INVALID_EVENT);
-    EXPECT(porto_WSAGetLastError() == PORTO_WSANOTINITIALISED);
+    PORTO_WSAEVENT early_event = porto_WSACreateEvent();
+    EXPECT(early_event != PORTO_WSA_INVALID_EVENT);
+    EXPECT(porto_WSASetEvent(early_event) == 1);
     EXPECT(porto_socket(AF_INET, SOCK_DGRAM, 0) == PORTO_INVALID_SOCKET);
     EXPECT(porto_WSAGetLastError() == PORTO_WSANOTINITIALISED);
 
@@ -427,6 +430,55 @@ int main() {
         EXPECT(porto_closesocket(t) == 0 && porto_closesocket(l) == 0);
     }
 
+    // 9. Microsoft's iocpserverex at shutdown: its worker threads are gone (nobody dequeues
+    // any more), it closes the listener and spins on HasOverlappedIoCompleted over the
+    // listener's pending AcceptEx before freeing it. Windows writes a failed operation's
+    // OVERLAPPED when it ends, not when it is dequeued; porto wrote it at dequeue and the
+    // spin never ended. A later dequeue hands the completion out without writing the
+    // OVERLAPPED again (the program has freed it).
+    {
+        PORTO_HANDLE iocp = porto_CreateIoCompletionPort(PORTO_INVALID_HANDLE_VALUE, nullptr, 0, 0);
+        PORTO_SOCKET l = porto_WSASocket(AF_INET, SOCK_STREAM, IPPROTO_TCP, nullptr, 0, PORTO_WSA_FLAG_OVERLAPPED);
+        sockaddr_in la;
+        std::memset(&la, 0, sizeof la);
+        la.sin_family = AF_INET;
+        la.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        EXPECT(porto_bind(l, reinterpret_cast<sockaddr *>(&la), sizeof la) == 0);
+        EXPECT(porto_listen(l, 4) == 0);
+        EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)(uintptr_t)l, iocp, 7, 0) == iocp);
+        PORTO_SOCKET acc = porto_WSASocket(AF_INET, SOCK_STREAM, IPPROTO_TCP, nullptr, 0, PORTO_WSA_FLAG_OVERLAPPED);
+        PORTO_OVERLAPPED *ov = new PORTO_OVERLAPPED();
+        char abuf[2 * (sizeof(sockaddr_in6) + 16)];
+        uint32_t got_b = 0;
+        EXPECT(porto_AcceptEx(l, acc, abuf, 0, sizeof(sockaddr_in6) + 16, sizeof(sockaddr_in6) + 16, &got_b, ov) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSA_IO_PENDING);
+        EXPECT(!PORTO_HasOverlappedIoCompleted(ov));
+        EXPECT(porto_closesocket(l) == 0);
+        int spins = 0;
+        while (!PORTO_HasOverlappedIoCompleted(ov) && spins < 5000) { // ≤ 5 s, then a failure
+            usleep(1000);
+            spins++;
+        }
+        EXPECT(PORTO_HasOverlappedIoCompleted(ov));
+        EXPECT(ov->Internal == PORTO_WSA_OPERATION_ABORTED);
+        uint32_t ob = 1;
+        EXPECT(porto_WSAGetOverlappedResult(acc, ov, &ob, 0, nullptr) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSA_OPERATION_ABORTED && ob == 0);
+        // Freed as the sample frees it; then the completion is still there to dequeue once,
+        // and dequeuing it writes nothing into the freed OVERLAPPED (ASan would say).
+        uintptr_t was = reinterpret_cast<uintptr_t>(ov);
+        delete ov;
+        uint32_t qb = 1;
+        uint64_t qk = 0;
+        PORTO_OVERLAPPED *qo = nullptr;
+        EXPECT(porto_GetQueuedCompletionStatus(iocp, &qb, &qk, &qo, 2000) == 0);
+        EXPECT(reinterpret_cast<uintptr_t>(qo) == was && qk == 7 && qb == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSA_OPERATION_ABORTED);
+        EXPECT(porto_GetQueuedCompletionStatus(iocp, &qb, &qk, &qo, 0) == 0 && qo == nullptr);
+        EXPECT(porto_closesocket(acc) == 0);
+        EXPECT(porto_CloseHandle(iocp) == 1);
+    }
+
     EXPECT(porto_WSACleanup() == 0);
     // After the last WSACleanup: Winsock calls are WSANOTINITIALISED; the early port still
     // holds what was posted to it.
@@ -441,6 +493,9 @@ int main() {
         EXPECT(porto_GetQueuedCompletionStatus(early, &eb, &ek, &eo, 0) == 1);
         EXPECT(eb == 3 && ek == 5 && eo == nullptr);
         EXPECT(porto_CloseHandle(early) == 1);
+        // The early event kept its state through WSAStartup and WSACleanup.
+        EXPECT(porto_WSAWaitForMultipleEvents(1, &early_event, 1, 0, 0) == PORTO_WSA_WAIT_EVENT_0);
+        EXPECT(porto_WSACloseEvent(early_event) == 1);
     }
 
     // 6. The engine's limits from C (PORTO_STARTUP), and the socket past the limit answering
