@@ -249,34 +249,8 @@ typedef struct { WORD wVersion; WORD wHighVersion; char szDescription[257]; char
 #define QOS_PACKET_PRIORITY PORTO_QOS_PACKET_PRIORITY
 #undef QOS_VERSION
 #define QOS_VERSION PORTO_QOS_VERSION
-#undef RIOCloseCompletionQueue
-#define RIOCloseCompletionQueue porto_RIOCloseCompletionQueue
-#undef RIOCreateCompletionQueue
-#define RIOCreateCompletionQueue porto_RIOCreateCompletionQueue
-#undef RIOCreateRequestQueue
-#define RIOCreateRequestQueue porto_RIOCreateRequestQueue
-#undef RIODequeueCompletion
-#define RIODequeueCompletion porto_RIODequeueCompletion
-#undef RIODeregisterBuffer
-#define RIODeregisterBuffer porto_RIODeregisterBuffer
-#undef RIONotify
-#define RIONotify porto_RIONotify
 #undef RIORESULT
 #define RIORESULT PORTO_RIORESULT
-#undef RIOReceive
-#define RIOReceive porto_RIOReceive
-#undef RIOReceiveEx
-#define RIOReceiveEx porto_RIOReceiveEx
-#undef RIORegisterBuffer
-#define RIORegisterBuffer porto_RIORegisterBuffer
-#undef RIOResizeCompletionQueue
-#define RIOResizeCompletionQueue porto_RIOResizeCompletionQueue
-#undef RIOResizeRequestQueue
-#define RIOResizeRequestQueue porto_RIOResizeRequestQueue
-#undef RIOSend
-#define RIOSend porto_RIOSend
-#undef RIOSendEx
-#define RIOSendEx porto_RIOSendEx
 #undef RIO_BUF
 #define RIO_BUF PORTO_RIO_BUF
 #undef RIO_BUFFERID

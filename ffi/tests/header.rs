@@ -114,7 +114,11 @@ fn rename_header(porto_h: &str) -> String {
                         .unwrap_or(rest.len());
                     let full = &rest[..end];
                     let short = &full[p..];
-                    if !short.is_empty() && !NOT_RENAMED.contains(&short) {
+                    // RIO's functions exist on Windows only as members of
+                    // RIO_EXTENSION_FUNCTION_TABLE (`rio.RIOReceive(...)`), which porto's table
+                    // names alike: a macro would rename the member.
+                    let table_member = full.starts_with("porto_RIO");
+                    if !short.is_empty() && !NOT_RENAMED.contains(&short) && !table_member {
                         let upper = full.starts_with("PORTO_");
                         names
                             .entry(short.to_string())
