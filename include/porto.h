@@ -922,7 +922,8 @@ PORTO_SOCKET porto_WSAAccept(PORTO_SOCKET s,
                              uintptr_t callback_data);
 
 // `WSACreateEvent`: a manual-reset event, not set; `PORTO_WSA_INVALID_EVENT` on failure.
-// Any thread.
+// Any thread; before `WSAStartup` too (Windows' is kernel32's `CreateEvent`), and the event
+// outlives `WSACleanup`.
 PORTO_WSAEVENT porto_WSACreateEvent(void);
 
 // `WSASetEvent`: TRUE, or FALSE (`PORTO_WSA_INVALID_HANDLE`). Any thread.

@@ -13,7 +13,8 @@ use crate::event;
 use crate::state::Wsa;
 
 /// `WSACreateEvent`: a manual-reset event, not set; `PORTO_WSA_INVALID_EVENT` on failure.
-/// Any thread.
+/// Any thread; before `WSAStartup` too (Windows' is kernel32's `CreateEvent`), and the event
+/// outlives `WSACleanup`.
 #[no_mangle]
 pub extern "C" fn porto_WSACreateEvent() -> PORTO_WSAEVENT {
     guard(PORTO_WSA_INVALID_EVENT, || event::create().map(PORTO_HANDLE::of))
