@@ -52,6 +52,10 @@
 
 #define PORTO_ERROR_INVALID_HANDLE 6
 
+// `ERROR_INVALID_PARAMETER`: kernel32's answer to a bad argument (`CreateIoCompletionPort`
+// associating a handle a second time).
+#define PORTO_ERROR_INVALID_PARAMETER PORTO_WSA_INVALID_PARAMETER
+
 #define PORTO_WAIT_TIMEOUT 258
 
 // `STATUS_PENDING`: an `OVERLAPPED`'s `Internal` while its operation is in flight
@@ -648,7 +652,9 @@ int32_t porto_getsockname(PORTO_SOCKET s, struct sockaddr *name, int32_t *namele
 
 // `CreateIoCompletionPort`: with `file == PORTO_INVALID_HANDLE_VALUE`, a new port
 // (`concurrency` 0: as many threads as CPUs); with a socket and an existing port,
-// associates them once with `key` and returns the port. NULL (0) on failure.
+// associates them once with `key` and returns the port. NULL (0) on failure, with kernel32's
+// codes: `PORTO_ERROR_INVALID_PARAMETER` (associated already, or a port with
+// `PORTO_INVALID_HANDLE_VALUE`), `PORTO_ERROR_INVALID_HANDLE` (no socket, no port).
 PORTO_HANDLE porto_CreateIoCompletionPort(PORTO_HANDLE file,
                                           PORTO_HANDLE existing,
                                           uint64_t key,

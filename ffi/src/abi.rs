@@ -446,7 +446,9 @@ pub unsafe extern "C" fn porto_getsockname(s: PORTO_SOCKET, name: *mut libc::soc
 
 /// `CreateIoCompletionPort`: with `file == PORTO_INVALID_HANDLE_VALUE`, a new port
 /// (`concurrency` 0: as many threads as CPUs); with a socket and an existing port,
-/// associates them once with `key` and returns the port. NULL (0) on failure.
+/// associates them once with `key` and returns the port. NULL (0) on failure, with kernel32's
+/// codes: `PORTO_ERROR_INVALID_PARAMETER` (associated already, or a port with
+/// `PORTO_INVALID_HANDLE_VALUE`), `PORTO_ERROR_INVALID_HANDLE` (no socket, no port).
 #[no_mangle]
 pub extern "C" fn porto_CreateIoCompletionPort(
     file: PORTO_HANDLE,
@@ -457,18 +459,26 @@ pub extern "C" fn porto_CreateIoCompletionPort(
     let port = guard(0, || {
         if file == PORTO_INVALID_HANDLE_VALUE {
             if !existing.0.is_null() {
-                return Err(Wsa(PORTO_WSAEINVAL));
+                return Err(Wsa(PORTO_ERROR_INVALID_PARAMETER));
             }
             return state::create_port(concurrency);
         }
         // A socket, as Windows programs pass it: `(HANDLE)sock`.
         let sock = file.id();
-        if existing.0.is_null() {
+        let associated = if existing.0.is_null() {
             // Creating a port and associating in one call: supported as on Windows.
             let p = state::create_port(concurrency)?;
-            return state::associate(sock, p, key);
-        }
-        state::associate(sock, existing.id(), key)
+            state::associate(sock, p, key)
+        } else {
+            state::associate(sock, existing.id(), key)
+        };
+        // kernel32's codes, not Winsock's: a handle associated already is
+        // ERROR_INVALID_PARAMETER, one that is no socket ERROR_INVALID_HANDLE.
+        associated.map_err(|e| match e.0 {
+            PORTO_WSAEINVAL => Wsa(PORTO_ERROR_INVALID_PARAMETER),
+            PORTO_WSAENOTSOCK => Wsa(PORTO_ERROR_INVALID_HANDLE),
+            _ => e,
+        })
     });
     PORTO_HANDLE::of(port)
 }

@@ -37,6 +37,9 @@ pub const PORTO_INFINITE: u32 = 0xFFFF_FFFF;
 pub const PORTO_WSA_INFINITE: u32 = PORTO_INFINITE;
 
 pub const PORTO_ERROR_INVALID_HANDLE: i32 = 6;
+/// `ERROR_INVALID_PARAMETER`: kernel32's answer to a bad argument (`CreateIoCompletionPort`
+/// associating a handle a second time).
+pub const PORTO_ERROR_INVALID_PARAMETER: i32 = PORTO_WSA_INVALID_PARAMETER;
 pub const PORTO_WAIT_TIMEOUT: i32 = 258;
 /// `STATUS_PENDING`: an `OVERLAPPED`'s `Internal` while its operation is in flight
 /// (`PORTO_HasOverlappedIoCompleted` tests it).

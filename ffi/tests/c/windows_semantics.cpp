@@ -479,6 +479,59 @@ int main() {
         EXPECT(porto_CloseHandle(iocp) == 1);
     }
 
+    // 10. Misuse answered with the codes Windows documents (the table in
+    // docs/winsock-mapping.md); CreateIoCompletionPort is kernel32's and answers with Win32
+    // codes (it gave Winsock's).
+    {
+        PORTO_HANDLE mp = porto_CreateIoCompletionPort(PORTO_INVALID_HANDLE_VALUE, nullptr, 0, 1);
+        PORTO_HANDLE mp2 = porto_CreateIoCompletionPort(PORTO_INVALID_HANDLE_VALUE, nullptr, 0, 1);
+        PORTO_SOCKET u = porto_socket(AF_INET, SOCK_DGRAM, IPPROTO_UDP);
+        EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)(uintptr_t)u, mp, 1, 0) == mp);
+        EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)(uintptr_t)u, mp, 1, 0) == nullptr);
+        EXPECT(porto_WSAGetLastError() == PORTO_ERROR_INVALID_PARAMETER);
+        EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)(uintptr_t)u, mp2, 1, 0) == nullptr);
+        EXPECT(porto_WSAGetLastError() == PORTO_ERROR_INVALID_PARAMETER);
+        EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)(uintptr_t)99999, mp, 1, 0) == nullptr);
+        EXPECT(porto_WSAGetLastError() == PORTO_ERROR_INVALID_HANDLE);
+        EXPECT(porto_CreateIoCompletionPort(PORTO_INVALID_HANDLE_VALUE, mp, 0, 1) == nullptr);
+        EXPECT(porto_WSAGetLastError() == PORTO_ERROR_INVALID_PARAMETER);
+        EXPECT(porto_CloseHandle((PORTO_HANDLE)(uintptr_t)77777) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_ERROR_INVALID_HANDLE);
+        EXPECT(porto_PostQueuedCompletionStatus((PORTO_HANDLE)(uintptr_t)77777, 0, 0, nullptr) == 0);
+        EXPECT(porto_WSAGetLastError() == PORTO_ERROR_INVALID_HANDLE);
+        sockaddr_in ma;
+        std::memset(&ma, 0, sizeof ma);
+        ma.sin_family = AF_INET;
+        ma.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        EXPECT(porto_bind(99999, reinterpret_cast<sockaddr *>(&ma), sizeof ma) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAENOTSOCK);
+        PORTO_SOCKET b2 = porto_socket(AF_INET, SOCK_DGRAM, IPPROTO_UDP);
+        EXPECT(porto_bind(b2, reinterpret_cast<sockaddr *>(&ma), sizeof ma) == 0);
+        EXPECT(porto_bind(b2, reinterpret_cast<sockaddr *>(&ma), sizeof ma) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL); // bound already
+        EXPECT(porto_closesocket(b2) == 0);
+        EXPECT(porto_listen(u, 1) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEOPNOTSUPP); // not a stream socket
+        PORTO_SOCKET t = porto_socket(AF_INET, SOCK_STREAM, IPPROTO_TCP);
+        EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)(uintptr_t)t, mp, 2, 0) == mp);
+        char mb[8];
+        PORTO_WSABUF mw = {sizeof mb, mb};
+        uint32_t mf = 0;
+        PORTO_OVERLAPPED mov;
+        std::memset(&mov, 0, sizeof mov);
+        EXPECT(porto_WSARecv(t, &mw, 1, nullptr, &mf, &mov, nullptr) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAENOTCONN);
+        EXPECT(porto_send(t, mb, sizeof mb, 0) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAENOTCONN);
+        EXPECT(porto_accept(t, nullptr, nullptr) == PORTO_INVALID_SOCKET);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL); // listen was not called
+        EXPECT(porto_closesocket(u) == 0);
+        EXPECT(porto_closesocket(u) == PORTO_SOCKET_ERROR);
+        EXPECT(porto_WSAGetLastError() == PORTO_WSAENOTSOCK);
+        EXPECT(porto_closesocket(t) == 0);
+        EXPECT(porto_CloseHandle(mp) == 1 && porto_CloseHandle(mp2) == 1);
+    }
+
     EXPECT(porto_WSACleanup() == 0);
     // After the last WSACleanup: Winsock calls are WSANOTINITIALISED; the early port still
     // holds what was posted to it.
