@@ -199,6 +199,12 @@ pub(crate) enum SockState {
     Unbound,
     /// Bound by `bind`, not yet associated with a port (Winsock's order).
     Bound(std::net::UdpSocket),
+    /// UDP associated with a port before `bind` (Windows allows either order): the kernel
+    /// socket is made at `bind`, or bound to the unspecified address at the first use.
+    UdpWaiting {
+        port: Arc<Port>,
+        key: u64,
+    },
     Associated {
         sock: UdpSocket,
         port: Arc<Port>,
@@ -236,7 +242,7 @@ impl SockState {
             SockState::Associated { sock, .. } | SockState::Rio { sock } => Some(sock.core()),
             SockState::Listener { lst, .. } => Some(lst.core()),
             SockState::Stream { stream, .. } => Some(stream.core()),
-            SockState::Unbound | SockState::Bound(_) | SockState::TcpIdle { .. } => None,
+            SockState::Unbound | SockState::Bound(_) | SockState::UdpWaiting { .. } | SockState::TcpIdle { .. } => None,
         }
     }
 }
@@ -540,6 +546,12 @@ pub(crate) fn bind(h: u64, addr: SocketAddr) -> Result<(), Wsa> {
             *st = SockState::Bound(k);
             Ok(())
         }
+        SockState::UdpWaiting { port, key } => {
+            let k = SocketOptions::default().bind_kernel_udp(addr).map_err(setup)?;
+            s.apply_early_opts(k.as_raw_fd())?;
+            *st = associated(k, port.clone(), *key)?;
+            Ok(())
+        }
         SockState::TcpIdle { fd: fd @ None, .. } => {
             let bound = SocketOptions::default().bind_kernel_tcp(addr).map_err(setup)?;
             s.apply_early_opts(bound.as_raw_fd())?;
@@ -594,6 +606,17 @@ pub(crate) fn open_core<T>(
     let k = match std::mem::replace(&mut *st, SockState::Unbound) {
         SockState::Bound(k) => k,
         SockState::Unbound if bind_unbound => bind_any_udp(&s)?,
+        SockState::UdpWaiting { port, key } if bind_unbound => {
+            // Associated before bind: bound implicitly now, completing into its port.
+            let waiting = SockState::UdpWaiting {
+                port: port.clone(),
+                key,
+            };
+            *st = waiting;
+            let k = bind_any_udp(&s)?;
+            *st = associated(k, port, key)?;
+            return f(st.core().expect("associated"));
+        }
         other => {
             *st = other;
             return match (&*st, st.core()) {
@@ -677,13 +700,13 @@ pub(crate) fn create_port(concurrency: u32) -> Result<u64, Wsa> {
     insert(Obj::Port(p))
 }
 
-/// `CreateIoCompletionPort(socket, port, key, 0)`: associates once (an unbound socket is
-/// bound to the unspecified address first, as Windows binds implicitly), on the engine's
-/// next shard.
+/// `CreateIoCompletionPort(socket, port, key, 0)`: associates once, on the engine's next
+/// shard. An unbound UDP socket waits for its `bind` (Windows allows either order; it used
+/// to be bound to the unspecified address here, and the program's `bind` then failed), or is
+/// bound implicitly at its first use, as Windows binds.
 pub(crate) fn associate(h: u64, port_h: u64, key: u64) -> Result<u64, Wsa> {
     let s = sock(h)?;
     let p = port(port_h)?;
-    let shard = next_shard()?;
     let mut st = lock(&s);
     if s.stream {
         // TCP: remembered, and applied to whatever the socket is or becomes.
@@ -722,27 +745,43 @@ pub(crate) fn associate(h: u64, port_h: u64, key: u64) -> Result<u64, Wsa> {
     }
     let k = match std::mem::replace(&mut *st, SockState::Unbound) {
         SockState::Bound(k) => k,
-        SockState::Unbound => bind_any_udp(&s)?,
+        SockState::Unbound => {
+            // Not bound yet: the kernel socket waits for `bind` or the first use.
+            *st = SockState::UdpWaiting { port: p, key };
+            return Ok(port_h);
+        }
         other => {
             // Associated once; a RIO-only socket's completions already have their place.
             *st = other;
             return Err(Wsa(PORTO_WSAEINVAL));
         }
     };
+    *st = associated(k, p, key)?;
+    Ok(port_h)
+}
+
+/// A bound UDP socket opened on the engine's next shard, completing into `port` with `key`.
+fn associated(k: std::net::UdpSocket, port: Arc<Port>, key: u64) -> Result<SockState, Wsa> {
+    let shard = next_shard()?;
     let delivery = Delivery::Port {
-        port: p.port.clone(),
+        port: port.port.clone(),
         key,
     };
     let sock = UdpSocket::adopt(&shard, k, delivery).map_err(setup)?;
-    *st = SockState::Associated { sock, port: p, shard };
-    Ok(port_h)
+    Ok(SockState::Associated { sock, port, shard })
 }
 
 /// The associated socket's parts, or `WSAEINVAL`: porto completes overlapped operations
 /// only into a port (no event objects, no completion routines).
 fn with_assoc<T>(h: u64, f: impl FnOnce(&UdpSocket, &Arc<Port>, &ShardHandle) -> Result<T, Wsa>) -> Result<T, Wsa> {
     let s = sock(h)?;
-    let st = lock(&s);
+    let mut st = lock(&s);
+    if let SockState::UdpWaiting { port, key } = &*st {
+        // The first overlapped call binds implicitly, as Windows does.
+        let (port, key) = (port.clone(), *key);
+        let k = bind_any_udp(&s)?;
+        *st = associated(k, port, key)?;
+    }
     match &*st {
         SockState::Associated { sock, port, shard } => f(sock, port, shard),
         // Not associated with a port (a RIO-only socket included): nowhere to complete.

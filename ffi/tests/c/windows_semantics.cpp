@@ -510,6 +510,53 @@ int main() {
         EXPECT(porto_bind(b2, reinterpret_cast<sockaddr *>(&ma), sizeof ma) == PORTO_SOCKET_ERROR);
         EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL); // bound already
         EXPECT(porto_closesocket(b2) == 0);
+        // Associated before bind (Windows takes either order; porto used to bind at the
+        // association, and this bind failed WSAEINVAL): bound where the program says, and its
+        // receives complete into the port.
+        EXPECT(porto_bind(u, reinterpret_cast<sockaddr *>(&ma), sizeof ma) == 0);
+        sockaddr_in ua;
+        int ualen = sizeof ua;
+        EXPECT(porto_getsockname(u, reinterpret_cast<sockaddr *>(&ua), &ualen) == 0);
+        EXPECT(ua.sin_addr.s_addr == htonl(INADDR_LOOPBACK) && ua.sin_port != 0);
+        {
+            char rb[16] = {};
+            PORTO_WSABUF rw = {sizeof rb, rb};
+            uint32_t rf = 0;
+            PORTO_OVERLAPPED rov;
+            std::memset(&rov, 0, sizeof rov);
+            EXPECT(porto_WSARecvFrom(u, &rw, 1, nullptr, &rf, nullptr, nullptr, &rov, nullptr) == PORTO_SOCKET_ERROR);
+            EXPECT(porto_WSAGetLastError() == PORTO_WSA_IO_PENDING);
+            PORTO_SOCKET snd = porto_socket(AF_INET, SOCK_DGRAM, IPPROTO_UDP);
+            EXPECT(porto_sendto(snd, "waited", 6, 0, reinterpret_cast<sockaddr *>(&ua), sizeof ua) == 6);
+            uint32_t rbytes = 0;
+            uint64_t rkey = 0;
+            PORTO_OVERLAPPED *rgot = nullptr;
+            EXPECT(porto_GetQueuedCompletionStatus(mp, &rbytes, &rkey, &rgot, 5000) == 1);
+            EXPECT(rgot == &rov && rkey == 1 && rbytes == 6 && std::memcmp(rb, "waited", 6) == 0);
+            EXPECT(porto_closesocket(snd) == 0);
+        }
+        // Associated, never bound: the first overlapped call binds implicitly.
+        {
+            PORTO_SOCKET w = porto_socket(AF_INET, SOCK_DGRAM, IPPROTO_UDP);
+            EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)(uintptr_t)w, mp2, 3, 0) == mp2);
+            sockaddr_in wa;
+            int walen = sizeof wa;
+            EXPECT(porto_getsockname(w, reinterpret_cast<sockaddr *>(&wa), &walen) == PORTO_SOCKET_ERROR);
+            EXPECT(porto_WSAGetLastError() == PORTO_WSAEINVAL); // not bound yet, as on Windows
+            PORTO_WSABUF sw = {5, const_cast<char *>("hello")};
+            PORTO_OVERLAPPED sov;
+            std::memset(&sov, 0, sizeof sov);
+            int r = porto_WSASendTo(w, &sw, 1, nullptr, 0, reinterpret_cast<sockaddr *>(&ua), sizeof ua, &sov, nullptr);
+            EXPECT(r == 0 || porto_WSAGetLastError() == PORTO_WSA_IO_PENDING);
+            walen = sizeof wa;
+            EXPECT(porto_getsockname(w, reinterpret_cast<sockaddr *>(&wa), &walen) == 0 && wa.sin_port != 0);
+            uint32_t sb = 0;
+            uint64_t sk = 0;
+            PORTO_OVERLAPPED *sgot = nullptr;
+            EXPECT(porto_GetQueuedCompletionStatus(mp2, &sb, &sk, &sgot, 5000) == 1);
+            EXPECT(sgot == &sov && sk == 3 && sb == 5);
+            EXPECT(porto_closesocket(w) == 0);
+        }
         EXPECT(porto_listen(u, 1) == PORTO_SOCKET_ERROR);
         EXPECT(porto_WSAGetLastError() == PORTO_WSAEOPNOTSUPP); // not a stream socket
         PORTO_SOCKET t = porto_socket(AF_INET, SOCK_STREAM, IPPROTO_TCP);
@@ -565,7 +612,13 @@ int main() {
             PORTO_SOCKET u = porto_socket(AF_INET, SOCK_DGRAM, 0);
             EXPECT(u != PORTO_INVALID_SOCKET);
             socks.push_back(u);
-            if (porto_CreateIoCompletionPort((PORTO_HANDLE)u, lp, i, 0) == nullptr) {
+            // The shard takes the socket when it gets its kernel socket: at bind.
+            sockaddr_in la6;
+            std::memset(&la6, 0, sizeof la6);
+            la6.sin_family = AF_INET;
+            la6.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            EXPECT(porto_CreateIoCompletionPort((PORTO_HANDLE)u, lp, i, 0) == lp);
+            if (porto_bind(u, reinterpret_cast<sockaddr *>(&la6), sizeof la6) != 0) {
                 EXPECT(porto_WSAGetLastError() == PORTO_WSAEMFILE);
                 refused++;
             }
