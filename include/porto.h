@@ -42,6 +42,27 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 
+/* `RIO_NOTIFICATION_COMPLETION`, laid out as mswsock.h declares it: `Event` and `Iocp` share an
+ * anonymous union (written by hand: cbindgen writes no anonymous unions). `Type` is
+ * PORTO_RIO_EVENT_COMPLETION (reads `Event`: EventHandle from porto_WSACreateEvent, set when a
+ * result is there after RIONotify; NotifyReset non-zero: RIONotify resets it first) or
+ * PORTO_RIO_IOCP_COMPLETION (reads `Iocp`: after RIONotify, one completion with CompletionKey
+ * and Overlapped is queued to IocpHandle when a result is there). */
+typedef struct {
+  int32_t Type;
+  union {
+    struct {
+      void *EventHandle;
+      int32_t NotifyReset;
+    } Event;
+    struct {
+      void *IocpHandle;
+      void *CompletionKey;
+      void *Overlapped;
+    } Iocp;
+  };
+} PORTO_RIO_NOTIFICATION_COMPLETION;
+
 #define PORTO_SOCKET_ERROR -1
 
 // `dwMilliseconds` that waits for ever.
@@ -396,32 +417,6 @@ typedef uint32_t PORTO_QOS_FLOWID;
 typedef PORTO_HANDLE PORTO_RIO_BUFFERID;
 
 typedef PORTO_HANDLE PORTO_RIO_CQ;
-
-// The `Event` member of `RIO_NOTIFICATION_COMPLETION`: after `RIONotify`, `EventHandle`
-// (from `porto_WSACreateEvent`) is set when a result is there; `NotifyReset` non-zero:
-// `RIONotify` resets it first.
-typedef struct {
-  PORTO_HANDLE EventHandle;
-  int32_t NotifyReset;
-} PORTO_RIO_NOTIFICATION_EVENT;
-
-// The `Iocp` member of `RIO_NOTIFICATION_COMPLETION`: after `RIONotify`, one completion
-// with `CompletionKey` and `Overlapped` is queued to `IocpHandle` when a result is there.
-typedef struct {
-  PORTO_HANDLE IocpHandle;
-  void *CompletionKey;
-  void *Overlapped;
-} PORTO_RIO_NOTIFICATION_IOCP;
-
-// `RIO_NOTIFICATION_COMPLETION`. Windows' `Event` and `Iocp` share an anonymous union;
-// here they are two members of a struct, so `n.Iocp.IocpHandle = port;` compiles as is.
-typedef struct {
-  // `PORTO_RIO_EVENT_COMPLETION` (reads `Event`) or `PORTO_RIO_IOCP_COMPLETION` (reads
-  // `Iocp`).
-  int32_t Type;
-  PORTO_RIO_NOTIFICATION_EVENT Event;
-  PORTO_RIO_NOTIFICATION_IOCP Iocp;
-} PORTO_RIO_NOTIFICATION_COMPLETION;
 
 typedef PORTO_HANDLE PORTO_RIO_RQ;
 

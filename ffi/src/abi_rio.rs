@@ -67,6 +67,7 @@ pub struct PORTO_RIORESULT {
 /// The `Event` member of `RIO_NOTIFICATION_COMPLETION`: after `RIONotify`, `EventHandle`
 /// (from `porto_WSACreateEvent`) is set when a result is there; `NotifyReset` non-zero:
 /// `RIONotify` resets it first.
+/// cbindgen:ignore
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PORTO_RIO_NOTIFICATION_EVENT {
@@ -76,6 +77,7 @@ pub struct PORTO_RIO_NOTIFICATION_EVENT {
 
 /// The `Iocp` member of `RIO_NOTIFICATION_COMPLETION`: after `RIONotify`, one completion
 /// with `CompletionKey` and `Overlapped` is queued to `IocpHandle` when a result is there.
+/// cbindgen:ignore
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PORTO_RIO_NOTIFICATION_IOCP {
@@ -84,17 +86,47 @@ pub struct PORTO_RIO_NOTIFICATION_IOCP {
     pub Overlapped: *mut c_void,
 }
 
-/// `RIO_NOTIFICATION_COMPLETION`. Windows' `Event` and `Iocp` share an anonymous union;
-/// here they are two members of a struct, so `n.Iocp.IocpHandle = port;` compiles as is.
+/// `Event` or `Iocp`, as `Type` says.
+/// cbindgen:ignore
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
+pub union PORTO_RIO_NOTIFICATION {
+    pub Event: PORTO_RIO_NOTIFICATION_EVENT,
+    pub Iocp: PORTO_RIO_NOTIFICATION_IOCP,
+}
+
+/// `RIO_NOTIFICATION_COMPLETION`, laid out as mswsock.h has it: `Type`, then `Event` and
+/// `Iocp` in an anonymous union. porto.h declares it by hand (cbindgen writes no anonymous
+/// union; `ffi/cbindgen.toml`'s `after_includes`), so `n.Event.EventHandle` and designated
+/// initializers naming one member compile as on Windows.
+/// cbindgen:ignore
+#[repr(C)]
+#[derive(Clone, Copy)]
 pub struct PORTO_RIO_NOTIFICATION_COMPLETION {
     /// `PORTO_RIO_EVENT_COMPLETION` (reads `Event`) or `PORTO_RIO_IOCP_COMPLETION` (reads
     /// `Iocp`).
     pub Type: i32,
-    pub Event: PORTO_RIO_NOTIFICATION_EVENT,
-    pub Iocp: PORTO_RIO_NOTIFICATION_IOCP,
+    pub u: PORTO_RIO_NOTIFICATION,
 }
+
+impl std::fmt::Debug for PORTO_RIO_NOTIFICATION {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Which member holds is the enclosing `Type`'s to say.
+        f.write_str("PORTO_RIO_NOTIFICATION { .. }")
+    }
+}
+
+impl std::fmt::Debug for PORTO_RIO_NOTIFICATION_COMPLETION {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PORTO_RIO_NOTIFICATION_COMPLETION")
+            .field("Type", &self.Type)
+            .finish_non_exhaustive()
+    }
+}
+
+// porto.h's hand-written declaration has this layout (win_rio_udp.cpp asserts the C side).
+const _: () = assert!(std::mem::size_of::<PORTO_RIO_NOTIFICATION_COMPLETION>() == 32);
+const _: () = assert!(std::mem::offset_of!(PORTO_RIO_NOTIFICATION_COMPLETION, u) == 8);
 
 /// `SOCKADDR_INET`: an IPv4 or IPv6 address, told apart by `si_family`.
 #[repr(C)]
@@ -393,15 +425,24 @@ pub unsafe extern "C" fn porto_RIOCreateCompletionQueue(
             // SAFETY: non-NULL and valid (the caller's contract).
             let n = unsafe { &*n };
             match n.Type {
-                PORTO_RIO_EVENT_COMPLETION => Notify::Event {
-                    event: n.Event.EventHandle.id(),
-                    reset: n.Event.NotifyReset != 0,
-                },
-                PORTO_RIO_IOCP_COMPLETION => Notify::Iocp {
-                    port: n.Iocp.IocpHandle.id(),
-                    key: n.Iocp.CompletionKey as u64,
-                    token: n.Iocp.Overlapped as u64,
-                },
+                PORTO_RIO_EVENT_COMPLETION => {
+                    // SAFETY: `Type` says the caller filled `Event` (every bit pattern of its
+                    // fields is a valid value).
+                    let e = unsafe { n.u.Event };
+                    Notify::Event {
+                        event: e.EventHandle.id(),
+                        reset: e.NotifyReset != 0,
+                    }
+                }
+                PORTO_RIO_IOCP_COMPLETION => {
+                    // SAFETY: as above, `Iocp`.
+                    let i = unsafe { n.u.Iocp };
+                    Notify::Iocp {
+                        port: i.IocpHandle.id(),
+                        key: i.CompletionKey as u64,
+                        token: i.Overlapped as u64,
+                    }
+                }
                 _ => return Err(Wsa(PORTO_WSAEINVAL)),
             }
         };

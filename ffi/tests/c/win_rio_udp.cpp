@@ -12,6 +12,9 @@
 #include <cstring>
 #include <vector>
 
+// Windows' layout (x64): Type, then the Event/Iocp union at 8; 32 bytes.
+static_assert(sizeof(RIO_NOTIFICATION_COMPLETION) == 32, "RIO_NOTIFICATION_COMPLETION as mswsock.h lays it out");
+
 constexpr DWORD PACKET = 256;
 constexpr DWORD POSTED = 64; // receives posted at once
 constexpr DWORD BATCH = 32;  // datagrams in flight at once (at most POSTED)
