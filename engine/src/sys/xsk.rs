@@ -476,49 +476,29 @@ fn anon_mapping(len: usize) -> io::Result<Mapping> {
     })
 }
 
-/// Has the kernel let go of interface queue `queue`? A zero-copy socket's buffer pool stays
 /// What this kernel lets a process do with AF_XDP, without an interface: open an AF_XDP
 /// socket (`.0`), and register a small UMEM on it (`.1`, tried only if `.0` succeeded).
 pub(crate) fn probe() -> (io::Result<()>, Option<io::Result<()>>) {
-    const CHUNK: u32 = 2048;
-    const LEN: usize = 2 * CHUNK as usize;
-    // SAFETY: socket(2) takes no pointers.
-    let raw = match cvt(unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) }) {
-        Ok(r) => r,
+    let fd = match xdp_socket() {
+        Ok(fd) => fd,
         Err(e) => return (Err(e), None),
     };
-    // SAFETY: a fresh fd owned by nobody else.
-    let _fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let umem = match anon_mapping(LEN) {
-        Ok(m) => m,
-        Err(e) => return (Ok(()), Some(Err(e))),
-    };
-    let reg = libc::xdp_umem_reg {
-        addr: umem.ptr.as_ptr() as u64,
-        len: LEN as u64,
-        chunk_size: CHUNK,
-        headroom: 0,
-        flags: 0,
-        tx_metadata_len: 0,
-    };
-    (Ok(()), Some(setsockopt(raw, libc::XDP_UMEM_REG, &reg)))
+    (Ok(()), Some(small_umem(fd.as_raw_fd()).map(drop)))
 }
 
-/// attached to the driver's queue after `close(2)` until deferred work runs
-/// (`xsk_destruct` -> `xp_put_pool` -> `xp_release_deferred` -> `xp_clear_dev`, which tells
-/// the driver to stop using the pool, in Linux's `net/xdp/xsk_buff_pool.c`): until then the
-/// NIC may still DMA into frames the socket had lent it. While a pool is attached, binding
-/// any AF_XDP socket to the queue fails with EBUSY (`xp_assign_dev` checks
-/// `xsk_get_pool_from_qid` first), so a probe bind tells: `Ok(true)` once the queue is free.
-/// The probe is a copy-mode socket over a UMEM of its own (copy mode never hands its memory
-/// to the driver), closed at once.
-pub(crate) fn queue_released(ifindex: u32, queue: u32) -> io::Result<bool> {
-    const CHUNK: u32 = 2048;
-    const LEN: usize = 2 * CHUNK as usize;
+/// A fresh AF_XDP socket.
+fn xdp_socket() -> io::Result<OwnedFd> {
     // SAFETY: socket(2) takes no pointers.
     let raw = cvt(unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: a fresh fd owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// A two-frame UMEM of its own, registered on AF_XDP socket `raw` (the probes'): its mapping,
+/// to be kept until the socket is closed.
+fn small_umem(raw: RawFd) -> io::Result<Mapping> {
+    const CHUNK: u32 = 2048;
+    const LEN: usize = 2 * CHUNK as usize;
     let umem = anon_mapping(LEN)?;
     let reg = libc::xdp_umem_reg {
         addr: umem.ptr.as_ptr() as u64,
@@ -529,6 +509,22 @@ pub(crate) fn queue_released(ifindex: u32, queue: u32) -> io::Result<bool> {
         tx_metadata_len: 0,
     };
     setsockopt(raw, libc::XDP_UMEM_REG, &reg)?;
+    Ok(umem)
+}
+
+/// Has the kernel let go of interface queue `queue`? A zero-copy socket's buffer pool stays
+/// attached to the driver's queue after `close(2)` until deferred work runs
+/// (`xsk_destruct` -> `xp_put_pool` -> `xp_release_deferred` -> `xp_clear_dev`, which tells
+/// the driver to stop using the pool, in Linux's `net/xdp/xsk_buff_pool.c`): until then the
+/// NIC may still DMA into frames the socket had lent it. While a pool is attached, binding
+/// any AF_XDP socket to the queue fails with EBUSY (`xp_assign_dev` checks
+/// `xsk_get_pool_from_qid` first), so a probe bind tells: `Ok(true)` once the queue is free.
+/// The probe is a copy-mode socket over a UMEM of its own (copy mode never hands its memory
+/// to the driver), closed at once.
+pub(crate) fn queue_released(ifindex: u32, queue: u32) -> io::Result<bool> {
+    let fd = xdp_socket()?;
+    let raw = fd.as_raw_fd();
+    let umem = small_umem(raw)?;
     for opt in [
         libc::XDP_UMEM_FILL_RING,
         libc::XDP_UMEM_COMPLETION_RING,
