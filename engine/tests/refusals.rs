@@ -135,19 +135,7 @@ fn udp_echo(shard: &mut Shard, opts: &SocketOptions, n: u32, burst: u32) -> UdpS
 
 /// 100 KB through a TCP multishot receive, then EOF ends it with one terminal completion.
 fn tcp_receive(shard: &mut Shard) {
-    let h = shard.handle();
-    let lst = TcpListener::bind(
-        &h,
-        "127.0.0.1:0".parse().unwrap(),
-        8,
-        &SocketOptions::default(),
-        Delivery::Poll { key: 1 },
-    )
-    .unwrap();
-    let mut client = std::net::TcpStream::connect(lst.local_addr().unwrap()).unwrap();
-    lst.accept(1).unwrap();
-    let c = poll_one(shard, "the accept");
-    let server = TcpStream::adopt(&h, c.accepted.unwrap(), Delivery::Poll { key: 2 }).unwrap();
+    let (_lst, mut client, server) = common::accepted_pair(shard);
     server.recv_multishot(3).unwrap();
     let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let writer = std::thread::spawn(move || {

@@ -4,8 +4,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use porto_engine::completion::{Completion, OpKind};
-use porto_engine::shard::{Delivery, Shard};
-use porto_engine::socket::{SocketOptions, TcpListener, TcpStream};
+use porto_engine::shard::Shard;
 
 mod common;
 
@@ -25,19 +24,7 @@ fn poll_for(shard: &mut Shard, wait: Duration) -> Vec<Completion> {
 #[test]
 fn a_zero_byte_receive_waits_for_data_without_taking_it() {
     let mut shard = Shard::new(&common::small_config(), None).unwrap();
-    let h = shard.handle();
-    let lst = TcpListener::bind(
-        &h,
-        "127.0.0.1:0".parse().unwrap(),
-        8,
-        &SocketOptions::default(),
-        Delivery::Poll { key: 1 },
-    )
-    .unwrap();
-    let mut client = std::net::TcpStream::connect(lst.local_addr().unwrap()).unwrap();
-    lst.accept(1).unwrap();
-    let c = poll_for(&mut shard, Duration::from_secs(5)).pop().expect("the accept");
-    let server = TcpStream::adopt(&h, c.accepted.unwrap(), Delivery::Poll { key: 2 }).unwrap();
+    let (_lst, mut client, server) = common::accepted_pair(&mut shard);
     let free = shard.pool().free_frames();
 
     server.wait_readable(7, None).unwrap();

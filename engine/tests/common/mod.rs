@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use porto_engine::completion::OpKind;
 use porto_engine::config::Config;
 use porto_engine::netns::Topology;
-use porto_engine::shard::Shard;
+use porto_engine::shard::{Delivery, Shard};
+use porto_engine::socket::{SocketOptions, TcpListener, TcpStream};
 
 /// Polls `shard` until `n` successful send completions arrived or 10 s passed; returns how
 /// many did.
@@ -109,4 +110,29 @@ pub fn keys_in_order(shard: &mut Shard, op: OpKind, n: usize) -> Vec<u64> {
         keys.extend(out.drain(..).filter(|c| c.op == op).map(|c| c.key));
     }
     keys
+}
+
+/// A loopback TCP connection on `shard`: its listener (key 1, one accept taken), the client's
+/// std side, and the accepted side adopted with `Delivery::Poll { key: 2 }`.
+pub fn accepted_pair(shard: &mut Shard) -> (TcpListener, std::net::TcpStream, TcpStream) {
+    let h = shard.handle();
+    let lst = TcpListener::bind(
+        &h,
+        "127.0.0.1:0".parse().unwrap(),
+        8,
+        &SocketOptions::default(),
+        Delivery::Poll { key: 1 },
+    )
+    .unwrap();
+    let client = std::net::TcpStream::connect(lst.local_addr().unwrap()).unwrap();
+    lst.accept(1).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while out.is_empty() {
+        assert!(Instant::now() < deadline, "no accept within 5 s");
+        shard.poll_until(&mut out, 1, Duration::from_millis(10));
+    }
+    let accepted = out.remove(0).accepted.expect("the accept carries the connection");
+    let server = TcpStream::adopt(&h, accepted, Delivery::Poll { key: 2 }).unwrap();
+    (lst, client, server)
 }
