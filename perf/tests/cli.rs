@@ -349,18 +349,9 @@ fn xdp_echo_answers_sockperf(poll: bool, shards: u32) {
         "receive stamps taken when the RX ring is read"
     };
     assert!(xdp_lines.iter().all(|l| l.contains(source)), "{source}: {xdp_lines:?}");
-    let out = t
-        .command(porto::netns::Side::A, "sockperf")
-        .args(["ping-pong", "-i", &ip_b, "-p", "9000", "-m", "64", "-t", "1"])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, text) = sockperf_ping_pong_from_a(&t, &ip_b);
     drop(server);
-    assert!(out.status.success() && !text.contains("ERROR"), "{text}");
+    assert!(ok && !text.contains("ERROR"), "{text}");
     assert_answered(&text, "through AF_XDP");
 }
 

@@ -203,17 +203,8 @@ fn refused_bpf_falls_back_to_kernel_sockets_and_says_why() {
             .any(|l| l.contains("unavailable") && l.contains("Operation not permitted")),
         "{banner:#?}"
     );
-    let out = t
-        .command(Side::A, "sockperf")
-        .args(["ping-pong", "-i", &ip_b, "-p", "9000", "-m", "64", "-t", "1"])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, text) = sockperf_ping_pong_from_a(&t, &ip_b);
     drop(server);
-    assert!(out.status.success(), "{text}");
+    assert!(ok, "{text}");
     assert_answered(&text, "through kernel sockets after BPF was refused");
 }

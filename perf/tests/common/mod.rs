@@ -110,6 +110,22 @@ pub fn sockperf_ping_pong(port: u16, tcp: bool) -> String {
     text
 }
 
+/// One second of 64-byte `sockperf ping-pong` from namespace A of `t` to `ip`:9000: whether
+/// it succeeded, and what it printed (stdout then stderr).
+pub fn sockperf_ping_pong_from_a(t: &porto::netns::Topology, ip: &str) -> (bool, String) {
+    let out = t
+        .command(porto::netns::Side::A, "sockperf")
+        .args(["ping-pong", "-i", ip, "-p", "9000", "-m", "64", "-t", "1"])
+        .output()
+        .expect("sockperf runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 pub fn received_messages(text: &str) -> u64 {
     let line = text
         .lines()
