@@ -603,20 +603,13 @@ pub(crate) fn open_core<T>(
 ) -> Result<T, Wsa> {
     let s = sock(h)?;
     let mut st = lock(&s);
+    if bind_unbound {
+        // Associated before bind: bound implicitly now, completing into its port.
+        bind_waiting(&s, &mut st)?;
+    }
     let k = match std::mem::replace(&mut *st, SockState::Unbound) {
         SockState::Bound(k) => k,
         SockState::Unbound if bind_unbound => bind_any_udp(&s)?,
-        SockState::UdpWaiting { port, key } if bind_unbound => {
-            // Associated before bind: bound implicitly now, completing into its port.
-            let waiting = SockState::UdpWaiting {
-                port: port.clone(),
-                key,
-            };
-            *st = waiting;
-            let k = bind_any_udp(&s)?;
-            *st = associated(k, port, key)?;
-            return f(st.core().expect("associated"));
-        }
         other => {
             *st = other;
             return match (&*st, st.core()) {
@@ -760,6 +753,18 @@ pub(crate) fn associate(h: u64, port_h: u64, key: u64) -> Result<u64, Wsa> {
     Ok(port_h)
 }
 
+/// A UDP socket associated before `bind` (`UdpWaiting`) is bound to the unspecified address
+/// and opened, completing into its port; any other state is left as it is. On failure the
+/// socket still waits.
+fn bind_waiting(s: &Sock, st: &mut SockState) -> Result<(), Wsa> {
+    if let SockState::UdpWaiting { port, key } = &*st {
+        let (port, key) = (port.clone(), *key);
+        let k = bind_any_udp(s)?;
+        *st = associated(k, port, key)?;
+    }
+    Ok(())
+}
+
 /// A bound UDP socket opened on the engine's next shard, completing into `port` with `key`.
 fn associated(k: std::net::UdpSocket, port: Arc<Port>, key: u64) -> Result<SockState, Wsa> {
     let shard = next_shard()?;
@@ -776,12 +781,8 @@ fn associated(k: std::net::UdpSocket, port: Arc<Port>, key: u64) -> Result<SockS
 fn with_assoc<T>(h: u64, f: impl FnOnce(&UdpSocket, &Arc<Port>, &ShardHandle) -> Result<T, Wsa>) -> Result<T, Wsa> {
     let s = sock(h)?;
     let mut st = lock(&s);
-    if let SockState::UdpWaiting { port, key } = &*st {
-        // The first overlapped call binds implicitly, as Windows does.
-        let (port, key) = (port.clone(), *key);
-        let k = bind_any_udp(&s)?;
-        *st = associated(k, port, key)?;
-    }
+    // The first overlapped call binds implicitly, as Windows does.
+    bind_waiting(&s, &mut st)?;
     match &*st {
         SockState::Associated { sock, port, shard } => f(sock, port, shard),
         // Not associated with a port (a RIO-only socket included): nowhere to complete.
